@@ -1,0 +1,68 @@
+"""Process table for platforms without /proc (macOS, BSD), through psutil.
+
+Only the session / process-group and descendant-walk trackers run here. There
+are no pidfds, so the create time is checked right before each signal; psutil
+documents the remaining race.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+
+import psutil
+
+from tether.process import Delivery, ProcessInfo
+
+
+def _info(p: psutil.Process, fields: Collection[str]) -> ProcessInfo:
+    with p.oneshot():
+        uids = tuple(p.uids()) if "uids" in fields else None
+        cmdline = tuple(p.cmdline()) if "cmdline" in fields else None
+        return ProcessInfo(
+            pid=p.pid,
+            ppid=p.ppid(),
+            pgid=os.getpgid(p.pid),
+            sid=os.getsid(p.pid),
+            starttime=int(p.create_time() * 1e9),
+            state=p.status(),
+            comm=p.name(),
+            uids=(uids + (uids[1],))[:4] if uids else None,  # type: ignore[arg-type]
+            cmdline=cmdline,
+        )
+
+
+def read_process(pid: int, fields: Collection[str]) -> ProcessInfo | None:
+    try:
+        return _info(psutil.Process(pid), fields)
+    except (psutil.Error, OSError):
+        return None
+
+
+def snapshot(fields: Collection[str]) -> dict[int, ProcessInfo]:
+    table: dict[int, ProcessInfo] = {}
+    for p in psutil.process_iter():
+        try:
+            table[p.pid] = _info(p, fields)
+        except (psutil.Error, OSError):
+            continue
+    return table
+
+
+def starttime_of(pid: int) -> int | None:
+    try:
+        return int(psutil.Process(pid).create_time() * 1e9)
+    except (psutil.Error, OSError):
+        return None
+
+
+def send_signal(pid: int, starttime: int, sig: int) -> Delivery:
+    if starttime_of(pid) != starttime:
+        return Delivery.GONE
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return Delivery.GONE
+    except PermissionError:
+        return Delivery.DENIED
+    return Delivery.DELIVERED

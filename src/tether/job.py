@@ -1,0 +1,428 @@
+"""A job on a tether: start it, wait for it, cancel it; nothing it starts outlives it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import select
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import IO, Any
+
+from tether.errors import (
+    CommandNotExecutableError,
+    CommandNotFoundError,
+    NoSuchProcessError,
+    UnsafeTargetError,
+    UsageError,
+)
+from tether.membership import Membership
+from tether.policy import Policy
+from tether.process import ProcessHandle, ProcessInfo, ancestors, read_environ, read_process
+from tether.report import Report
+from tether.terminate import terminate
+from tether.tracking.base import Tracker, TrackerStatus
+from tether.tracking.cgroup import CgroupTracker
+from tether.tracking.cookie import COOKIE_VAR, CookieTracker, new_cookie
+from tether.tracking.select import parse_tracker_names, select_trackers
+from tether.tracking.session import SessionTracker
+from tether.tracking.subreaper import SubreaperTracker
+
+# The leader writes itself into the job cgroup *before* exec, so the job's
+# first instruction already runs inside it: no fork can precede containment.
+# `echo` is a builtin, so the process writing "0" is the shell itself.
+_CGROUP_SHIM = 'echo 0 >"$0" || exit 125; exec "$@"'
+
+_Stream = int | IO[Any] | None
+_dedicated_lock = threading.Lock()
+_dedicated_active = False
+
+
+def _raise_fd_limit() -> None:
+    # Every member holds a pidfd while it is tracked: a 1000-process tree
+    # needs more than the common soft limit of 1024 descriptors.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def resolve_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """The executable argv[0] names, or CommandNotFound / CommandNotExecutable."""
+    if not argv:
+        raise UsageError("no command given")
+    cmd = argv[0]
+    if not cmd:
+        raise CommandNotFoundError(cmd)
+    if os.sep in cmd:
+        if not os.path.exists(cmd):
+            raise CommandNotFoundError(cmd)
+        if os.path.isdir(cmd) or not os.access(cmd, os.X_OK):
+            raise CommandNotExecutableError(cmd)
+        return cmd
+    path = (env if env is not None else os.environ).get("PATH", os.defpath)
+    found = shutil.which(cmd, path=path)
+    if found is None:
+        # which() skips non-executable files; tell "exists" from "missing".
+        for d in path.split(os.pathsep):
+            if os.path.isfile(os.path.join(d or ".", cmd)):
+                raise CommandNotExecutableError(cmd)
+        raise CommandNotFoundError(cmd)
+    return found
+
+
+@dataclass(frozen=True)
+class CompletedJob:
+    """What :func:`run` returns.
+
+    Attributes:
+        returncode: the leader's exit status; negative -N if killed by signal N.
+        timed_out: the timeout expired and the policy was applied.
+        report: what the final termination found and did.
+    """
+
+    argv: tuple[str, ...]
+    returncode: int
+    timed_out: bool
+    report: Report
+
+
+class Job:
+    """A running job. Create with :func:`start`; use as a context manager.
+
+    Leaving the ``with`` block, normally or by an exception, terminates what
+    is left of the tree with the job's policy and waits for all of it.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        policy: Policy | str | None = None,
+        trackers: str | Sequence[str] | None = "auto",
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        stdin: _Stream = None,
+        stdout: _Stream = None,
+        stderr: _Stream = None,
+        dedicated_supervisor: bool = False,
+        wake_fd: int | None = None,
+    ) -> None:
+        global _dedicated_active
+        self.argv = tuple(argv)
+        if isinstance(policy, str):
+            policy = Policy.parse(policy)
+        self.policy = policy if policy is not None else Policy.default()
+        wanted = parse_tracker_names(trackers)
+        base_env = dict(env if env is not None else os.environ)
+        resolve_command(self.argv, base_env)
+        self.id = new_cookie()
+        self._report: Report | None = None
+        self._lock = threading.Lock()
+        self._dedicated = dedicated_supervisor
+        if dedicated_supervisor:
+            with _dedicated_lock:
+                if _dedicated_active:
+                    raise UsageError("only one job at a time may use a dedicated supervisor")
+                _dedicated_active = True
+        _raise_fd_limit()
+        self._selection = sel = select_trackers(wanted, self.id, dedicated=dedicated_supervisor)
+        base_env[COOKIE_VAR] = self.id
+        exec_argv: list[str] = list(self.argv)
+        if sel.cgroup is not None:
+            exec_argv = ["/bin/sh", "-c", _CGROUP_SHIM, sel.cgroup.procs_file, *self.argv]
+        try:
+            self._popen = subprocess.Popen(
+                exec_argv,
+                env=base_env,
+                cwd=cwd,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except FileNotFoundError:
+            self._cleanup_failed_start()
+            raise CommandNotFoundError(self.argv[0]) from None
+        except PermissionError:
+            self._cleanup_failed_start()
+            raise CommandNotExecutableError(self.argv[0]) from None
+        except BaseException:
+            self._cleanup_failed_start()
+            raise
+        self.pid = self._popen.pid
+        # Our unreaped child: its pid cannot be reused, so this cannot fail.
+        handle = ProcessHandle.open(self.pid)
+        assert handle is not None
+        self._leader = handle
+        leader = (self.pid, handle.starttime)
+        chosen: list[Tracker] = []
+        if sel.cgroup is not None:
+            chosen.append(CgroupTracker(sel.cgroup))
+        if sel.subreaper:
+            chosen.append(SubreaperTracker(os.getpid()))
+        if "session" in wanted:
+            chosen.append(SessionTracker(self.pid, handle.starttime, self.pid, self.pid))
+        if sel.used("cookie"):
+            chosen.append(CookieTracker(self.id, not_before=handle.starttime))
+        self._membership = Membership(
+            chosen,
+            sel.statuses,
+            not_before=handle.starttime,
+            leader=leader,
+            cgroup=sel.cgroup,
+            walk_roots=[leader] if "walk" in wanted else [],
+            cookie=self.id,
+            job_id=self.id,
+            caveats=sel.caveats(),
+            reap_all_children=sel.subreaper,
+            reap_leader=self._reap_leader,
+            wake_fd=wake_fd,
+        )
+        self._wake_fd = wake_fd
+
+    def _cleanup_failed_start(self) -> None:
+        global _dedicated_active
+        if self._selection.cgroup is not None:
+            self._selection.cgroup.remove()
+        if self._dedicated:
+            _dedicated_active = False
+
+    def _reap_leader(self) -> None:
+        self._popen.poll()
+
+    # -- observing -------------------------------------------------------
+
+    @property
+    def returncode(self) -> int | None:
+        """The leader's exit status once it has exited (-N: killed by signal N)."""
+        return self._popen.poll()
+
+    @property
+    def trackers(self) -> tuple[TrackerStatus, ...]:
+        """Every tracker, whether it was used for this job, and why (not)."""
+        return tuple(self._selection.statuses)
+
+    @property
+    def cgroup_path(self) -> str | None:
+        return self._selection.cgroup.path if self._selection.cgroup is not None else None
+
+    @property
+    def report(self) -> Report | None:
+        """The termination report, once the job has been terminated."""
+        return self._report
+
+    def members(self) -> list[ProcessInfo]:
+        """The job's live members now, leader included."""
+        with self._lock:
+            if self._report is not None:
+                return []
+            out = []
+            for m in self._membership.scan():
+                if m.alive:
+                    info = read_process(m.pid, ("cmdline",))
+                    if info is not None and info.starttime == m.starttime:
+                        out.append(info)
+            return out
+
+    def found_by(self) -> dict[int, tuple[str, ...]]:
+        """pid -> names of the trackers that found each live member."""
+        with self._lock:
+            return {m.pid: tuple(sorted(m.found_by)) for m in self._membership.scan() if m.alive}
+
+    # -- waiting ---------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the leader to exit; its status, or None if ``timeout`` passed.
+
+        Event-driven: sleeps in poll() on the leader's pidfd (and the wake fd
+        the CLI uses for signals), so an idle job costs no CPU.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self._leader.fileno, select.POLLIN)
+        if self._wake_fd is not None:
+            poller.register(self._wake_fd, select.POLLIN)
+        while True:
+            rc = self._popen.poll()
+            if rc is not None:
+                return rc
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            events = poller.poll(None if left is None else max(1, int(left * 1000 + 0.999)))
+            if any(fd == self._wake_fd for fd, _ in events):
+                return self._popen.poll()
+
+    # -- terminating -----------------------------------------------------
+
+    def cancel(
+        self,
+        reason: str = "cancelled",
+        *,
+        policy: Policy | None = None,
+        skip_to_last: Callable[[], bool] = lambda: False,
+    ) -> Report:
+        """Terminate the whole tree with the policy; return (and keep) the report.
+
+        Idempotent: a second call returns the first report.
+        """
+        global _dedicated_active
+        with self._lock:
+            if self._report is not None:
+                return self._report
+            try:
+                report = terminate(
+                    self._membership,
+                    policy if policy is not None else self.policy,
+                    job_id=self.id,
+                    reason=reason,
+                    skip_to_last=skip_to_last,
+                )
+                with contextlib.suppress(ChildProcessError):
+                    self._popen.wait(timeout=0 if not report.complete else None)
+            except subprocess.TimeoutExpired:
+                pass
+            finally:
+                self._membership.close()
+                self._leader.close()
+            cg = self._selection.cgroup
+            if cg is not None and report.complete:
+                cg.remove()
+            if self._dedicated:
+                _dedicated_active = False
+            self._report = report
+            return report
+
+    def __enter__(self) -> Job:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._report is None:
+            reason = "context exited" if exc_type is None else f"context exited by {exc_type.__name__}"
+            self.cancel(reason)
+
+
+def start(argv: Sequence[str], **options: Any) -> Job:
+    """Start ``argv`` on a tether. See :class:`Job` for the keyword options."""
+    return Job(argv, **options)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float | None = None,
+    policy: Policy | str | None = None,
+    **options: Any,
+) -> CompletedJob:
+    """Run ``argv`` to completion, then terminate anything it left behind.
+
+    If ``timeout`` (seconds) passes first, the whole tree is terminated with
+    the policy and ``timed_out`` is True.
+    """
+    with start(argv, policy=policy, **options) as job:
+        rc = job.wait(timeout)
+        timed_out = rc is None
+        report = job.cancel("timeout" if timed_out else "leftovers after the leader exited")
+        final = job.returncode
+    return CompletedJob(tuple(argv), final if final is not None else -signal.SIGKILL, timed_out, report)
+
+
+def check_target(pid: int) -> ProcessInfo:
+    """The process ``pid`` if tether may terminate its tree, else a UsageError."""
+    if pid <= 1:
+        raise UnsafeTargetError(pid, "pid 1 and below are never signalled")
+    me = os.getpid()
+    if pid == me:
+        raise UnsafeTargetError(pid, "that is tether itself")
+    if pid in ancestors(me):
+        raise UnsafeTargetError(pid, "that is an ancestor of tether")
+    info = read_process(pid, ("cmdline",))
+    if info is None:
+        raise NoSuchProcessError(pid)
+    if info.kernel_thread:
+        raise UnsafeTargetError(pid, "that is a kernel thread")
+    return info
+
+
+def tree_membership(pid: int) -> tuple[Membership, ProcessInfo]:
+    """Membership of the tree rooted at a process tether did not start."""
+    info = check_target(pid)
+    me = read_process(os.getpid())
+    assert me is not None
+    statuses: list[TrackerStatus] = [
+        TrackerStatus("cgroup", False, f"pid {pid} was not started by tether in a cgroup"),
+        TrackerStatus("subreaper", False, f"pid {pid} is not a child of tether"),
+    ]
+    trackers: list[Tracker] = []
+    sid = info.sid if info.sid == pid and info.sid != me.sid else 0
+    pgid = info.pgid if info.pgid == pid and info.pgid != me.pgid else 0
+    if sid or pgid:
+        trackers.append(SessionTracker(pid, info.starttime, sid, pgid))
+        what = " and ".join(
+            w for w, on in ((f"session {sid}", sid), (f"process group {pgid}", pgid)) if on
+        )
+        statuses.append(TrackerStatus("session", True, f"pid {pid} leads {what}"))
+    else:
+        statuses.append(
+            TrackerStatus("session", False, f"pid {pid} leads no session or group of its own")
+        )
+    env = read_environ(pid, info.starttime)
+    cookie = None
+    if env is not None:
+        for entry in env.split(b"\0"):
+            if entry.startswith(COOKIE_VAR.encode() + b"="):
+                cookie = entry.split(b"=", 1)[1].decode(errors="replace")
+    if cookie:
+        trackers.append(CookieTracker(cookie, not_before=info.starttime))
+        statuses.append(TrackerStatus("cookie", True, f"pid {pid} carries {COOKIE_VAR}={cookie}"))
+    else:
+        why = "environment unreadable" if env is None else f"no {COOKIE_VAR} in its environment"
+        statuses.append(TrackerStatus("cookie", False, f"pid {pid}: {why}"))
+    statuses.append(TrackerStatus("walk", True, f"descendants of pid {pid}"))
+    membership = Membership(
+        trackers,
+        statuses,
+        not_before=info.starttime,
+        leader=info.identity,
+        walk_roots=[info.identity],
+        job_id=f"pid-{pid}",
+        caveats=[
+            "a tree tether did not start has no cgroup or subreaper: descendants that were "
+            "re-parented to init before this call, left the session and carry no cookie "
+            "cannot be found",
+        ],
+    )
+    return membership, info
+
+
+def kill_tree(pid: int, *, policy: Policy | str | None = None) -> Report:
+    """Terminate the tree rooted at ``pid``, a process tether did not start.
+
+    Best effort: the report says which trackers could apply.
+    """
+    if isinstance(policy, str):
+        policy = Policy.parse(policy)
+    membership, _info = tree_membership(pid)
+    try:
+        return terminate(
+            membership,
+            policy if policy is not None else Policy.default(),
+            job_id=f"pid-{pid}",
+            reason=f"kill_tree({pid})",
+        )
+    finally:
+        membership.close()

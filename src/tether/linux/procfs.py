@@ -1,0 +1,180 @@
+"""Read /proc through per-process directory fds.
+
+A ``/proc/PID`` directory fd pins the process it was opened for: once that
+process is reaped, every read through the fd fails with ESRCH even if the pid
+is reused. Reading through it (and signalling through it, or a pidfd opened
+while it was still valid) means what was read and what is signalled are the
+same process.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+PROC = "/proc"
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_O_FILE = os.O_RDONLY | os.O_CLOEXEC
+#: Bit in /proc/PID/stat ``flags`` marking a kernel thread (include/linux/sched.h).
+PF_KTHREAD = 0x00200000
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ProcessGone(Exception):
+    """The process behind a /proc directory has exited and been reaped."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """The fields of /proc/PID/stat that tether uses (proc(5))."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgid: int
+    sid: int
+    flags: int
+    starttime: int  # clock ticks since boot: with pid, the process's identity
+
+    @property
+    def is_kernel_thread(self) -> bool:
+        return bool(self.flags & PF_KTHREAD) or self.pid == 2 or self.ppid == 2
+
+
+def parse_stat(data: bytes) -> Stat:
+    # comm may contain spaces and parentheses: it ends at the *last* ")".
+    lpar = data.index(b"(")
+    rpar = data.rindex(b")")
+    rest = data[rpar + 2 :].split()
+    return Stat(
+        pid=int(data[:lpar]),
+        comm=data[lpar + 1 : rpar].decode("utf-8", "replace"),
+        state=rest[0].decode(),
+        ppid=int(rest[1]),
+        pgid=int(rest[2]),
+        sid=int(rest[3]),
+        flags=int(rest[6]),
+        starttime=int(rest[19]),
+    )
+
+
+def _gone(err: OSError) -> bool:
+    return err.errno in (errno.ESRCH, errno.ENOENT)
+
+
+class ProcDir:
+    """An open ``/proc/PID`` directory: every read names the same process."""
+
+    __slots__ = ("fd", "pid")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        try:
+            self.fd = os.open(f"{PROC}/{pid}", _O_DIR)
+        except OSError as err:
+            if _gone(err):
+                raise ProcessGone(pid) from err
+            raise
+
+    def read(self, name: str) -> bytes:
+        """Read a whole file such as ``stat`` or ``environ``.
+
+        Raises:
+            ProcessGone: the process was reaped since the fd was opened.
+            PermissionError: e.g. ``environ`` of another user's process.
+        """
+        try:
+            fd = os.open(name, _O_FILE, dir_fd=self.fd)
+        except OSError as err:
+            if _gone(err):
+                raise ProcessGone(self.pid) from err
+            raise
+        try:
+            chunks = []
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except OSError as err:
+            if _gone(err):
+                raise ProcessGone(self.pid) from err
+            raise
+        finally:
+            os.close(fd)
+
+    def stat(self) -> Stat:
+        data = self.read("stat")
+        if not data:
+            raise ProcessGone(self.pid)
+        return parse_stat(data)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> ProcDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def pids() -> Iterator[int]:
+    """Every thread-group id visible in /proc (processes, not threads)."""
+    with os.scandir(PROC) as it:
+        for entry in it:
+            name = entry.name
+            if name.isdigit():
+                yield int(name)
+
+
+def parse_status_uids(data: bytes) -> tuple[int, int, int, int]:
+    """(ruid, euid, suid, fsuid) from /proc/PID/status.
+
+    ``status`` is used rather than the directory's owner: a non-dumpable
+    (setuid) process's /proc files turn root-owned, its Uid: line does not.
+    """
+    for line in data.splitlines():
+        if line.startswith(b"Uid:"):
+            r, e, s, f = (int(x) for x in line.split()[1:5])
+            return (r, e, s, f)
+    raise ValueError("no Uid: line in status")
+
+
+def parse_cgroup_v2(data: bytes) -> str | None:
+    """The unified-hierarchy path (the ``0::`` line) of /proc/PID/cgroup."""
+    for line in data.splitlines():
+        if line.startswith(b"0::"):
+            return line[3:].decode("utf-8", "surrogateescape")
+    return None
+
+
+def parse_cmdline(data: bytes) -> tuple[str, ...]:
+    return tuple(
+        arg.decode("utf-8", "surrogateescape") for arg in data.rstrip(b"\0").split(b"\0") if arg
+    ) if data else ()
+
+
+def environ_has(data: bytes, entry: bytes) -> bool:
+    """True if the NUL-separated environment ``data`` holds ``entry`` exactly."""
+    return data.startswith(entry + b"\0") or (b"\0" + entry + b"\0") in data or data == entry
+
+
+def boot_time() -> float:
+    """System boot time in seconds since the epoch (``btime`` of /proc/stat)."""
+    with open(f"{PROC}/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime"):
+                return float(line.split()[1])
+    raise RuntimeError("no btime in /proc/stat")
+
+
+def own_starttime() -> int:
+    with ProcDir(os.getpid()) as d:
+        return d.stat().starttime

@@ -1,0 +1,232 @@
+"""Termination policies: ``TERM,10s,KILL``, signal names and durations.
+
+A policy is a sequence of steps. Each step sends one signal to every member
+of the job that can still receive it, then waits up to its grace period for
+the tree to empty before the next step. The grace after the last signal is the
+bounded final wait: whatever is still alive then is reported as a survivor.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import signal
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from tether.errors import PolicyError
+
+DEFAULT_POLICY_TEXT = "TERM,10s,KILL"
+#: How long the last step waits for the kernel to confirm the tree is gone
+#: when the policy does not end with a duration of its own.
+DEFAULT_FINAL_WAIT = 5.0
+
+# systemd.time(7) units, longest spelling first so "min" is not read as "m" + "in".
+_UNIT_SECONDS: dict[str, float] = {
+    "usec": 1e-6, "us": 1e-6, "µs": 1e-6,
+    "msec": 1e-3, "ms": 1e-3,
+    "seconds": 1.0, "second": 1.0, "sec": 1.0, "s": 1.0,
+    "minutes": 60.0, "minute": 60.0, "min": 60.0, "m": 60.0,
+    "hours": 3600.0, "hour": 3600.0, "hr": 3600.0, "h": 3600.0,
+    "days": 86400.0, "day": 86400.0, "d": 86400.0,
+    "weeks": 604800.0, "week": 604800.0, "w": 604800.0,
+}  # fmt: skip
+_UNITS = "|".join(sorted((re.escape(u) for u in _UNIT_SECONDS), key=len, reverse=True))
+_DURATION_PART = re.compile(rf"\s*(\d+(?:\.\d*)?|\.\d+)\s*({_UNITS})?\s*", re.IGNORECASE)
+
+
+def parse_duration(text: str, *, bare_number_unit: str | None = "s") -> float:
+    """Parse a duration such as ``250ms``, ``10s``, ``2m``, ``1.5h`` or ``1min 30s``.
+
+    Args:
+        text: the duration as written by a user.
+        bare_number_unit: unit for a number without one (``"s"``, as in
+            coreutils ``timeout``), or None to require a unit.
+
+    Returns:
+        The duration in seconds.
+
+    Raises:
+        PolicyError: the text is not a non-negative, finite duration.
+    """
+    s = text.strip()
+    if not s:
+        raise PolicyError("empty duration")
+    pos, total, parts = 0, 0.0, 0
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if m is None or m.end() == pos:
+            raise PolicyError(f"bad duration {text!r} (examples: 250ms, 10s, 2m, 1h, '1min 30s')")
+        number, unit = m.group(1), m.group(2)
+        if unit is None:
+            # A bare number only stands alone ("10"), never inside "1min 30".
+            if bare_number_unit is None or parts or m.end() != len(s):
+                raise PolicyError(f"bad duration {text!r}: a unit is required (e.g. {number}s)")
+            unit = bare_number_unit
+        total += float(number) * _UNIT_SECONDS[unit.lower() if unit != "µs" else unit]
+        parts += 1
+        pos = m.end()
+    if not math.isfinite(total):
+        raise PolicyError(f"bad duration {text!r}: too large")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds the way :func:`parse_duration` reads them back."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1 or seconds != int(seconds):
+        ms = seconds * 1000
+        if ms == int(ms):
+            return f"{int(ms)}ms"
+        return f"{seconds:g}s"
+    s = int(seconds)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if s % size == 0:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def parse_signal(text: str) -> signal.Signals:
+    """Parse ``TERM``, ``SIGTERM``, ``sigterm`` or ``15`` into a signal.
+
+    Raises:
+        PolicyError: no such signal on this platform (or signal 0).
+    """
+    s = text.strip()
+    if s.isdigit():
+        try:
+            sig = signal.Signals(int(s))
+        except ValueError:
+            raise PolicyError(f"unknown signal {text!r}") from None
+        return sig
+    name = s.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return signal.Signals[name]
+    except KeyError:
+        raise PolicyError(f"unknown signal {text!r} (examples: TERM, SIGINT, 9)") from None
+
+
+def signal_name(sig: int) -> str:
+    """``15`` -> ``"TERM"``; unknown numbers render as digits."""
+    try:
+        return signal.Signals(sig).name.removeprefix("SIG")
+    except ValueError:
+        return str(sig)
+
+
+#: Signals a process cannot catch, block or ignore.
+UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a policy: send ``signal``, then wait up to ``grace`` seconds."""
+
+    signal: signal.Signals
+    grace: float
+
+    def __str__(self) -> str:
+        return f"{signal_name(self.signal)},{format_duration(self.grace)}"
+
+
+@dataclass(frozen=True)
+class KillScript:
+    """A user command run with the job's identity before (or instead of) signalling.
+
+    The script gets ``TETHER_JOB_ID``, ``TETHER_LEADER_PID`` and
+    ``TETHER_MEMBER_PIDS`` (space separated) in its environment, as JS7's
+    ``kill_task.sh`` gets the task's pid.
+    """
+
+    argv: tuple[str, ...]
+    mode: Literal["precede", "replace"] = "precede"
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a job's tree is terminated.
+
+    Attributes:
+        steps: signal then grace, in order; the last grace bounds the final wait.
+        leader_signal: signal for the job's leader in the first step, if it
+            should differ from the tree's (Clarive's ``kill_signal`` beside
+            ``kill_children_signal``).
+        tree_delay: how long the first step waits after signalling the leader
+            before the rest of the tree is signalled (the leader may shut its
+            own workers down). The wait ends early if the tree empties.
+        kill_script: optional user hook run before, or instead of, the signals.
+    """
+
+    steps: tuple[Step, ...]
+    leader_signal: signal.Signals | None = None
+    tree_delay: float = 0.0
+    kill_script: KillScript | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if not self.steps:
+            raise PolicyError("empty policy: give at least one signal, e.g. TERM,10s,KILL")
+        if self.tree_delay < 0:
+            raise PolicyError("tree delay must not be negative")
+
+    @classmethod
+    def parse(cls, text: str, **options: object) -> Policy:
+        """Parse ``"TERM,10s,KILL"`` or ``"INT,2s,TERM,10s,KILL"``.
+
+        Tokens are signals or durations (with a unit; a bare number is a
+        signal number). A signal with no duration after it is followed by the
+        next one at once; the last one by :data:`DEFAULT_FINAL_WAIT`.
+        Keyword ``options`` set the other fields of :class:`Policy`.
+        """
+        tokens = [t.strip() for t in text.split(",")]
+        if not text.strip() or any(not t for t in tokens):
+            raise PolicyError(f"empty policy or empty step in {text!r} (example: TERM,10s,KILL)")
+        steps: list[Step] = []
+        pending: signal.Signals | None = None
+        for tok in tokens:
+            if tok[0].isdigit() and not tok.isdigit() or tok[0] == ".":
+                grace = parse_duration(tok, bare_number_unit=None)
+                if pending is None:
+                    raise PolicyError(
+                        f"bad policy {text!r}: duration {tok!r} must follow a signal"
+                    )
+                steps.append(Step(pending, grace))
+                pending = None
+            else:
+                if pending is not None:
+                    steps.append(Step(pending, 0.0))
+                pending = parse_signal(tok)
+        if pending is not None:
+            steps.append(Step(pending, DEFAULT_FINAL_WAIT))
+        return cls(tuple(steps), **options)  # type: ignore[arg-type]
+
+    @classmethod
+    def default(cls) -> Policy:
+        """``TERM,10s,KILL``: what systemd and most supervisors do."""
+        return cls.parse(DEFAULT_POLICY_TEXT)
+
+    @classmethod
+    def from_timeout_flags(
+        cls, sig: signal.Signals | None = None, kill_after: float | None = None
+    ) -> Policy:
+        """The policy coreutils ``timeout -s SIG -k DURATION`` implies.
+
+        tether always ends with KILL (nothing may outlive the job); ``-k`` only
+        sets how long the first signal is given.
+        """
+        first = sig if sig is not None else signal.SIGTERM
+        grace = kill_after if kill_after is not None else 10.0
+        if first == signal.SIGKILL:
+            return cls((Step(first, DEFAULT_FINAL_WAIT),))
+        return cls((Step(first, grace), Step(signal.SIGKILL, DEFAULT_FINAL_WAIT)))
+
+    def skipping_to_last(self) -> Policy:
+        """This policy with only its last step (a second Ctrl-C)."""
+        return replace(self, steps=self.steps[-1:], leader_signal=None, tree_delay=0.0)
+
+    def __str__(self) -> str:
+        text = ",".join(str(s) for s in self.steps)
+        return text

@@ -1,0 +1,257 @@
+"""The escalation engine: one policy, applied to whatever a :class:`Target` finds.
+
+The engine never touches the kernel itself. A target (the real one is
+:class:`tether.membership.Membership`; unit tests use a fake with a fake clock)
+finds members, freezes and thaws them, delivers signals through verified
+handles, and says when the kernel confirms the tree is empty.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tether.policy import UNCATCHABLE, Policy, Step, signal_name
+from tether.process import Delivery
+from tether.report import MemberRecord, Report, StepRecord, Survivor
+from tether.tracking.base import TrackerStatus
+
+#: First and longest pause between rescans for late members during a grace.
+RESCAN_FIRST = 0.02
+RESCAN_MAX = 0.5
+
+
+@dataclass(eq=False)
+class Member:
+    """A process the target has found, and what happened to it."""
+
+    pid: int
+    starttime: int
+    start_time: float  # Unix time
+    cmdline: str
+    found_by: set[str]
+    is_leader: bool = False
+    signals: list[tuple[int, float]] = field(default_factory=list)  # (signal, clock() time)
+    exited_at: float | None = None  # clock() time the exit was seen
+    denied: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return self.exited_at is None
+
+
+class Target(Protocol):
+    """What the engine drives: the real process table or a fake one."""
+
+    def scan(self) -> Sequence[Member]:
+        """Refresh membership; return every member known so far (live or not)."""
+        ...
+
+    def freeze(self) -> str | None:
+        """Stop the tree from forking; return how (``"cgroup"``, ``"sigstop"``) or None."""
+        ...
+
+    def thaw(self) -> None: ...
+
+    def send(self, member: Member, sig: int) -> Delivery: ...
+
+    def kill_all(self) -> set[Member]:
+        """SIGKILL atomically where the kernel allows (cgroup.kill); the members covered."""
+        ...
+
+    def wait_empty(self, timeout: float) -> bool:
+        """Wait until the kernel confirms the tree empty (True) or ``timeout`` / a wake-up."""
+        ...
+
+    def survivors(self) -> list[Survivor]: ...
+
+    def run_kill_script(self, argv: Sequence[str], timeout: float) -> str: ...
+
+    @property
+    def trackers(self) -> tuple[TrackerStatus, ...]: ...
+
+    @property
+    def caveats(self) -> tuple[str, ...]: ...
+
+
+class Clock(Protocol):
+    def __call__(self) -> float: ...
+
+
+def terminate(
+    target: Target,
+    policy: Policy,
+    *,
+    job_id: str,
+    reason: str,
+    clock: Clock = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+    skip_to_last: Callable[[], bool] = lambda: False,
+) -> Report:
+    """Apply ``policy`` to every member ``target`` finds; return the report.
+
+    Each step: freeze (so nothing forks between the scan and the signal),
+    signal every live member not yet signalled in this step, SIGCONT after a
+    catchable signal (a stopped process keeps TERM pending otherwise), thaw,
+    then wait up to the grace for the kernel to confirm the tree empty,
+    giving members that appear meanwhile the same signal.
+    """
+    t0 = clock()
+    started_wall = wall_clock()
+    steps_done: list[StepRecord] = []
+    script_note: str | None = None
+
+    def now() -> float:
+        return clock() - t0
+
+    steps: list[Step] = list(policy.steps)
+    run_builtin = True
+    if policy.kill_script is not None:
+        target.scan()
+        script_note = target.run_kill_script(policy.kill_script.argv, policy.kill_script.timeout)
+        if policy.kill_script.mode == "replace":
+            run_builtin = False
+
+    empty = target.wait_empty(0)
+    if run_builtin and not empty:
+        i = 0
+        while i < len(steps):
+            step = steps[i]
+            record, empty = _run_step(
+                target, step, policy if i == 0 else None, now, skip_to_last, clock
+            )
+            steps_done.append(record)
+            if empty:
+                break
+            if skip_to_last() and i < len(steps) - 1:
+                i = len(steps) - 1
+            else:
+                i += 1
+    elif not run_builtin and not empty:
+        empty = target.wait_empty(steps[-1].grace)
+
+    members = target.scan()
+    complete = target.wait_empty(0)
+    survivors = tuple(target.survivors()) if not complete else ()
+    return Report(
+        job_id=job_id,
+        reason=reason,
+        policy=str(policy),
+        started_at=started_wall,
+        duration=now(),
+        complete=complete,
+        members=tuple(_record(m, t0) for m in members),
+        survivors=survivors,
+        trackers=target.trackers,
+        steps=tuple(steps_done),
+        caveats=target.caveats,
+        kill_script=script_note,
+    )
+
+
+def _deliver(
+    target: Target, members: Sequence[Member], sig: int, done: set[Member], clock: Clock
+) -> int:
+    sent = 0
+    for m in members:
+        if not m.alive or m in done or m.denied:
+            continue
+        done.add(m)
+        result = target.send(m, sig)
+        if result is Delivery.DELIVERED:
+            m.signals.append((sig, clock()))
+            sent += 1
+            if sig not in UNCATCHABLE:
+                target.send(m, signal.SIGCONT)
+        elif result is Delivery.DENIED:
+            m.denied = True
+    return sent
+
+
+def _run_step(
+    target: Target,
+    step: Step,
+    first: Policy | None,
+    now: Callable[[], float],
+    skip_to_last: Callable[[], bool],
+    clock: Clock,
+) -> tuple[StepRecord, bool]:
+    started = now()
+    sig = step.signal
+    done: set[Member] = set()
+    sent = 0
+    froze = target.freeze()
+    try:
+        members = target.scan()
+        if sig == signal.SIGKILL:
+            for m in target.kill_all():
+                if m.alive:
+                    done.add(m)
+                    m.signals.append((sig, clock()))
+                    sent += 1
+        if first is not None and (first.leader_signal is not None or first.tree_delay > 0):
+            leader_sig = first.leader_signal if first.leader_signal is not None else sig
+            leaders = [m for m in members if m.is_leader]
+            sent += _deliver(target, leaders, leader_sig, done, clock)
+            if first.tree_delay > 0:
+                target.thaw()
+                froze_again = None
+                if not target.wait_empty(first.tree_delay):
+                    froze_again = target.freeze()
+                members = target.scan()
+                froze = froze or froze_again
+        sent += _deliver(target, members, sig, done, clock)
+    finally:
+        target.thaw()
+
+    deadline = clock() + step.grace
+    pause = RESCAN_FIRST
+    empty = False
+    while True:
+        left = deadline - clock()
+        if target.wait_empty(max(0.0, min(left, pause))):
+            empty = True
+            break
+        if left <= 0 or skip_to_last():
+            break
+        # Members that appear during the grace (a TERM handler that forks
+        # while dying) get this step's signal too.
+        sent += _deliver(target, target.scan(), sig, done, clock)
+        pause = min(pause * 2, RESCAN_MAX)
+
+    left_after = sum(1 for m in target.scan() if m.alive) if not empty else 0
+    return (
+        StepRecord(
+            signal=signal_name(sig),
+            started_at=started,
+            grace=step.grace,
+            signalled=sent,
+            left_after=left_after,
+            duration=now() - started,
+            froze=froze,
+        ),
+        empty,
+    )
+
+
+def _record(m: Member, t0: float) -> MemberRecord:
+    if m.alive:
+        outcome = "denied" if m.denied else "survived"
+    elif not m.signals or m.signals[0][1] > (m.exited_at or 0):
+        outcome = "exited"
+    else:
+        outcome = "killed"
+    before_exit = [s for s, t in m.signals if m.exited_at is None or t <= m.exited_at]
+    return MemberRecord(
+        pid=m.pid,
+        start_time=m.start_time,
+        cmdline=m.cmdline,
+        found_by=tuple(sorted(m.found_by)),
+        outcome=outcome,
+        ended_by=signal_name(before_exit[-1]) if before_exit and not m.alive else None,
+        ended_at=None if m.exited_at is None else max(0.0, m.exited_at - t0),
+        signals=tuple(signal_name(s) for s, _ in m.signals),
+    )

@@ -1,0 +1,40 @@
+"""The tracker Protocol and the record of which trackers a job used."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from tether.process import ProcessInfo
+
+Table = dict[int, ProcessInfo]
+
+#: Tracker names, strongest first.
+TRACKER_NAMES = ("cgroup", "subreaper", "session", "cookie", "walk")
+
+
+class Tracker(Protocol):
+    """Finds members of one job from a process-table snapshot."""
+
+    name: str
+
+    def find(self, table: Table, members: set[int]) -> Iterable[int]:
+        """Pids in ``table`` this tracker says belong to the job.
+
+        ``members`` holds the pids already found by stronger trackers, so a
+        costly tracker (the cookie reads every environment) can skip them.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class TrackerStatus:
+    """Whether a tracker was used for a job, and why (not)."""
+
+    name: str
+    used: bool
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {'used' if self.used else 'not used'} ({self.reason})"

@@ -1,0 +1,21 @@
+"""cgroup v2 tracker: every process in the job's cgroup, whatever it did."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tether.linux.cgroupfs import JobCgroup
+from tether.tracking.base import Table
+
+
+class CgroupTracker:
+    name = "cgroup"
+
+    def __init__(self, cgroup: JobCgroup) -> None:
+        self.cgroup = cgroup
+
+    def find(self, table: Table, members: set[int]) -> Iterable[int]:
+        try:
+            return self.cgroup.procs()
+        except OSError:
+            return ()

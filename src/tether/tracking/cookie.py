@@ -1,0 +1,41 @@
+"""Environment-cookie tracker: ``TETHER_JOB_ID=<id>`` in a process's environment.
+
+A cookie is evidence for killing, never for exemption: anyone can set one.
+It survives re-parenting to init and leaving the session, and is lost by
+``env -i`` (the cgroup or subreaper trackers cover that).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from tether.linux import procfs
+from tether.process import read_environ
+from tether.tracking.base import Table
+
+COOKIE_VAR = "TETHER_JOB_ID"
+
+
+def new_cookie() -> str:
+    return os.urandom(12).hex()
+
+
+class CookieTracker:
+    name = "cookie"
+
+    def __init__(self, cookie: str, not_before: int) -> None:
+        self.entry = f"{COOKIE_VAR}={cookie}".encode()
+        # A job's process cannot be older than the job: only read the
+        # environment of processes started since, which keeps the scan cheap.
+        self.not_before = not_before
+
+    def find(self, table: Table, members: set[int]) -> Iterable[int]:
+        found = []
+        for p in table.values():
+            if p.pid in members or p.starttime < self.not_before or p.kernel_thread:
+                continue
+            env = read_environ(p.pid, p.starttime)
+            if env is not None and procfs.environ_has(env, self.entry):
+                found.append(p.pid)
+        return found

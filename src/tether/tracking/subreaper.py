@@ -1,0 +1,23 @@
+"""Subreaper tracker: orphans re-parent to the supervisor, not to init.
+
+With PR_SET_CHILD_SUBREAPER set on a supervisor that runs nothing but the job,
+every process the job ever starts stays in the supervisor's subtree: a
+double-forked daemon is adopted by the supervisor instead of init, so the
+parent-link walk from the supervisor stays complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tether.tracking.base import Table
+
+
+class SubreaperTracker:
+    name = "subreaper"
+
+    def __init__(self, supervisor_pid: int) -> None:
+        self.supervisor_pid = supervisor_pid
+
+    def find(self, table: Table, members: set[int]) -> Iterable[int]:
+        return [p.pid for p in table.values() if p.ppid == self.supervisor_pid]

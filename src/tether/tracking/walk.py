@@ -1,0 +1,38 @@
+"""Descendant walk: children of every process ever seen as a member.
+
+Identities (pid, start time) are remembered, so a child whose parent's pid was
+reused by a stranger is not taken for a member.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tether.process import children_map
+from tether.tracking.base import Table
+
+
+class WalkTracker:
+    name = "walk"
+
+    def __init__(self, roots: Iterable[tuple[int, int]] = ()) -> None:
+        self.seen: set[tuple[int, int]] = set(roots)
+
+    def remember(self, identities: Iterable[tuple[int, int]]) -> None:
+        self.seen.update(identities)
+
+    def find(self, table: Table, members: set[int]) -> Iterable[int]:
+        kids = children_map(table)
+        start = set(members)
+        start.update(
+            pid for pid, st in self.seen if (p := table.get(pid)) is not None and p.starttime == st
+        )
+        found: set[int] = set()
+        stack = list(start)
+        while stack:
+            pid = stack.pop()
+            for child in kids.get(pid, ()):
+                if child not in found:
+                    found.add(child)
+                    stack.append(child)
+        return found
