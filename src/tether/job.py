@@ -262,6 +262,12 @@ class Job:
             if any(fd == self._wake_fd for fd, _ in events):
                 return self._popen.poll()
 
+    def wait_tree(self, timeout: float | None = None) -> bool:
+        """Wait for every member to exit by itself; True if the tree emptied."""
+        with self._lock:
+            self._membership.scan()
+            return self._membership.wait_empty(float("inf") if timeout is None else timeout)
+
     # -- terminating -----------------------------------------------------
 
     def cancel(

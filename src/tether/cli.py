@@ -1,0 +1,385 @@
+"""The ``tether`` command: run, kill, ps.
+
+Exit status of ``tether run`` follows coreutils ``timeout``: 124 timed out,
+125 tether itself failed (bad input, or members survived the policy), 126 the
+command is not executable, 127 not found, 128+N the leader was killed by
+signal N, else the leader's own status. ``tether kill``: 0 the tree is gone,
+1 members survived, 2 bad input. ``tether ps``: 0, or 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import click
+
+from tether.errors import TetherError, UsageError
+from tether.policy import KillScript, Policy, parse_duration, parse_signal
+from tether.report import Report
+
+EXIT_TIMEOUT = 124
+EXIT_FAILED = 125
+EXIT_BAD_INPUT = 2  # kill / ps
+EXIT_SURVIVORS = 1  # kill
+
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+class _CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    raise _CliError(message, code)
+
+
+def _build_policy(
+    policy_text: str | None,
+    sig: str | None,
+    kill_after: str | None,
+    leader_signal: str | None,
+    tree_delay: str | None,
+    kill_script: str | None,
+    kill_script_mode: str,
+) -> Policy:
+    if policy_text is not None and (sig is not None or kill_after is not None):
+        raise UsageError("give either --policy or -s/-k, not both")
+    options: dict[str, Any] = {}
+    if leader_signal is not None:
+        options["leader_signal"] = parse_signal(leader_signal)
+    if tree_delay is not None:
+        options["tree_delay"] = parse_duration(tree_delay)
+    if kill_script is not None:
+        argv = tuple(shlex.split(kill_script))
+        if not argv:
+            raise UsageError("empty --kill-script")
+        options["kill_script"] = KillScript(argv, mode=kill_script_mode)  # type: ignore[arg-type]
+    if policy_text is not None:
+        return Policy.parse(policy_text, **options)
+    base = Policy.from_timeout_flags(
+        parse_signal(sig) if sig is not None else None,
+        parse_duration(kill_after) if kill_after is not None else None,
+    )
+    return Policy(base.steps, **options)
+
+
+def _write_json(target: str | None, report: Report) -> None:
+    if target is None:
+        return
+    text = report.to_json() + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as err:
+        _fail(f"cannot write {target}: {err.strerror}", EXIT_FAILED)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tether", message="tether %(version)s")
+def cli() -> None:
+    """Run jobs so that nothing they start can outlive them."""
+
+
+_policy_options: list[Callable[[Any], Any]] = [
+    click.option("--policy", "policy_text", metavar="SEQ",
+                 help="Termination policy, e.g. TERM,10s,KILL or INT,2s,TERM,10s,KILL."),
+    click.option("-s", "--signal", "sig", metavar="SIG",
+                 help="First signal (as timeout -s); the policy is SIG,DURATION,KILL."),
+    click.option("-k", "--kill-after", metavar="DURATION",
+                 help="Grace after the first signal before KILL (as timeout -k). Default 10s."),
+    click.option("--leader-signal", metavar="SIG",
+                 help="Signal for the job's leader in the first step, if unlike the tree's."),
+    click.option("--tree-delay", metavar="DURATION",
+                 help="Wait this long after signalling the leader before the rest of the tree."),
+    click.option("--kill-script", metavar="CMD",
+                 help="Command run with TETHER_JOB_ID, TETHER_LEADER_PID and TETHER_MEMBER_PIDS "
+                      "before the signals."),
+    click.option("--kill-script-mode", type=click.Choice(["precede", "replace"]),
+                 default="precede", show_default=True,
+                 help="Run the kill script before the signals, or instead of them."),
+    click.option("--json", "json_file", metavar="FILE",
+                 help="Write the termination report as JSON to FILE ('-' for stdout)."),
+]  # fmt: skip
+
+
+def _with_policy_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_policy_options):
+        f = option(f)
+    return f
+
+
+@cli.command(
+    context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False},
+    epilog="EXIT STATUS: 124 timed out; 125 tether failed or members survived; "
+    "126 command not executable; 127 command not found; 128+N leader killed by "
+    "signal N; otherwise the command's own status.",
+)
+@_with_policy_options
+@click.option("--timeout", "timeout_text", metavar="DURATION",
+              help="Terminate the whole tree after DURATION (e.g. 30s, 5m, '1min 30s').")
+@click.option("--trackers", default="auto", show_default=True, metavar="LIST",
+              help="Trackers to use: auto, or a list of cgroup,subreaper,session,cookie,walk.")
+@click.option("--wait-leftovers", is_flag=True,
+              help="When the leader exits, wait for leftover members instead of terminating them.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the report on stderr.")
+@click.option("-v", "--verbose", is_flag=True, help="Print the report even when nothing was left.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    command: tuple[str, ...],
+    policy_text: str | None,
+    sig: str | None,
+    kill_after: str | None,
+    leader_signal: str | None,
+    tree_delay: str | None,
+    kill_script: str | None,
+    kill_script_mode: str,
+    json_file: str | None,
+    timeout_text: str | None,
+    trackers: str,
+    wait_leftovers: bool,
+    quiet: bool,
+    verbose: bool,
+) -> None:
+    """Run COMMAND on a tether: when it ends, times out or is cancelled, its
+    whole tree is terminated with the policy.
+
+    INT, TERM, HUP or QUIT sent to tether start the policy on the whole tree;
+    a second INT skips to the last step. stdin, stdout and stderr pass through.
+    """
+    from tether.job import Job
+
+    policy = _build_policy(
+        policy_text, sig, kill_after, leader_signal, tree_delay, kill_script, kill_script_mode
+    )
+    timeout = parse_duration(timeout_text) if timeout_text is not None else None
+
+    received: list[int] = []
+    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in _FORWARDED}
+    old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+    try:
+        job = Job(
+            command,
+            policy=policy,
+            trackers=trackers,
+            dedicated_supervisor=True,
+            wake_fd=rfd,
+        )
+    except BaseException:
+        signal.set_wakeup_fd(old_wakeup)
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        raise
+    timed_out = False
+    reason = "leftovers after the leader exited"
+    with job:
+        deadline = None if timeout is None else _now() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - _now())
+            rc = job.wait(left)
+            if received:
+                reason = f"tether received SIG{signal.Signals(received[0]).name.removeprefix('SIG')}"
+                break
+            if rc is not None:
+                if wait_leftovers:
+                    job.wait_tree(None if deadline is None else max(0.0, deadline - _now()))
+                    if received:
+                        reason = "tether received a signal while waiting for leftovers"
+                    elif deadline is not None and _now() >= deadline and job.members():
+                        timed_out, reason = True, "timeout"
+                break
+            if deadline is not None and _now() >= deadline:
+                timed_out, reason = True, "timeout"
+                break
+        count_at_cancel = received.count(signal.SIGINT)
+
+        def skip_to_last() -> bool:
+            return received.count(signal.SIGINT) > max(count_at_cancel, 1) - (
+                1 if count_at_cancel == 0 else 0
+            )
+
+        report = job.cancel(reason, skip_to_last=skip_to_last)
+    signal.set_wakeup_fd(old_wakeup)
+    for s, h in old_handlers.items():
+        signal.signal(s, h)
+    os.close(rfd)
+    os.close(wfd)
+
+    _write_json(json_file, report)
+    terminated_something = bool(report.killed) or timed_out or received or not report.complete
+    if not quiet and (verbose or terminated_something):
+        click.echo(report.render_text(), err=True)
+    if not report.complete:
+        _fail(
+            f"{len(report.survivors)} member(s) survived the policy: "
+            + ", ".join(f"pid {s.pid} ({s.state})" for s in report.survivors),
+            EXIT_FAILED,
+        )
+    if timed_out:
+        sys.exit(EXIT_TIMEOUT)
+    rc = job.returncode
+    if rc is None:
+        sys.exit(EXIT_FAILED)
+    sys.exit(128 - rc if rc < 0 else rc)
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()
+
+
+@cli.command(epilog="EXIT STATUS: 0 the tree is gone; 1 members survived; 2 bad input.")
+@_with_policy_options
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the report.")
+@click.argument("pid", type=str)
+def kill(
+    pid: str,
+    policy_text: str | None,
+    sig: str | None,
+    kill_after: str | None,
+    leader_signal: str | None,
+    tree_delay: str | None,
+    kill_script: str | None,
+    kill_script_mode: str,
+    json_file: str | None,
+    quiet: bool,
+) -> None:
+    """Terminate the tree rooted at PID, a process tether did not start.
+
+    Best effort: the report says which trackers could apply.
+    """
+    from tether.job import kill_tree
+
+    policy = _build_policy(
+        policy_text, sig, kill_after, leader_signal, tree_delay, kill_script, kill_script_mode
+    )
+    report = kill_tree(_parse_pid(pid), policy=policy)
+    _write_json(json_file, report)
+    if not quiet and json_file != "-":
+        click.echo(report.render_text())
+    sys.exit(0 if report.complete else EXIT_SURVIVORS)
+
+
+def _parse_pid(text: str) -> int:
+    try:
+        pid = int(text, 10)
+    except ValueError:
+        raise UsageError(f"not a pid: {text!r}") from None
+    return pid
+
+
+@cli.command(epilog="EXIT STATUS: 0 listed; 2 bad input.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a tree.")
+@click.argument("pid", type=str)
+def ps(pid: str, as_json: bool) -> None:
+    """Show the tree rooted at PID and how each member was found."""
+    from tether.job import tree_membership
+    from tether.process import read_process
+
+    membership, root = tree_membership(_parse_pid(pid))
+    try:
+        members = [m for m in membership.scan() if m.alive]
+        rows = []
+        for m in members:
+            info = read_process(m.pid)
+            if info is None or info.starttime != m.starttime:
+                continue
+            rows.append((m, info))
+    finally:
+        membership.close()
+    if as_json:
+        out = {
+            "schema": 1,
+            "root": root.pid,
+            "members": [
+                {
+                    "pid": m.pid,
+                    "ppid": info.ppid,
+                    "pgid": info.pgid,
+                    "sid": info.sid,
+                    "state": info.state,
+                    "start_time": m.start_time,
+                    "found_by": sorted(m.found_by),
+                    "cmdline": m.cmdline,
+                }
+                for m, info in rows
+            ],
+            "trackers": [{"name": t.name, "used": t.used, "reason": t.reason}
+                         for t in membership.trackers],
+        }  # fmt: skip
+        click.echo(json.dumps(out, indent=2))
+        return
+    _print_tree(root.pid, [(m.pid, info.ppid, info.state, sorted(m.found_by), m.cmdline)
+                           for m, info in rows])  # fmt: skip
+    for t in membership.trackers:
+        click.echo(f"# {t}")
+
+
+def _print_tree(root: int, rows: Sequence[tuple[int, int, str, list[str], str]]) -> None:
+    by_pid = {r[0]: r for r in rows}
+    kids: dict[int, list[int]] = {}
+    for pid, ppid, *_ in rows:
+        kids.setdefault(ppid if ppid in by_pid else -1, []).append(pid)
+    click.echo(f"{'PID':>7} {'PPID':>7} S  {'FOUND BY':<22} COMMAND")
+
+    def show(pid: int, depth: int) -> None:
+        _, ppid, state, found, cmd = by_pid[pid]
+        click.echo(f"{pid:>7} {ppid:>7} {state}  {','.join(found):<22} {'  ' * depth}{cmd[:100]}")
+        for child in sorted(kids.get(pid, [])):
+            show(child, depth + 1)
+
+    for top in sorted(kids.get(-1, [])):
+        show(top, 0)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point: one-line errors and documented exit codes, never a traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    is_run = bool(args) and args[0] == "run"
+    bad_input = EXIT_FAILED if is_run else EXIT_BAD_INPUT
+    try:
+        cli.main(args, prog_name="tether", standalone_mode=False)
+    except click.UsageError as err:
+        click.echo(f"tether: {err.format_message()}", err=True)
+        sys.exit(bad_input)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except _CliError as err:
+        click.echo(f"tether: {err}", err=True)
+        sys.exit(err.code)
+    except TetherError as err:
+        code = err.exit_code if is_run else EXIT_BAD_INPUT
+        if isinstance(err, UsageError) and is_run:
+            code = EXIT_FAILED
+        click.echo(f"tether: {err}", err=True)
+        sys.exit(code)
+    except OSError as err:
+        click.echo(f"tether: {err.strerror or err}", err=True)
+        sys.exit(EXIT_FAILED if is_run else EXIT_BAD_INPUT)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
