@@ -1,0 +1,86 @@
+"""Every test is checked for leaks: no process it started may outlive it.
+
+Each test gets a unique TETHER_TEST_ID in the environment its children
+inherit; tether jobs also carry TETHER_JOB_ID and a tether-* cgroup. After
+the test, anything still alive with either, or any job cgroup left behind,
+fails the test (and is then killed, by verified identity, so one leak does not
+cascade into the next test).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from helpers import TEST_VAR, cgroup2_mount, processes_with_env, wait_for
+from tether.linux import procfs
+from tether.linux.cgroupfs import JobCgroup
+from tether.process import ProcessHandle
+
+
+def _job_cgroups() -> set[str]:
+    mount = cgroup2_mount()
+    out: set[str] = set()
+    if mount is None:
+        return out
+    for dirpath, dirs, _files in os.walk(mount):
+        for d in dirs:
+            if d.startswith("tether-"):
+                out.add(os.path.join(dirpath, d))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    test_id = uuid.uuid4().hex
+    old = os.environ.get(TEST_VAR)
+    os.environ[TEST_VAR] = test_id
+    cgroups_before = _job_cgroups()
+    # Processes started in the same clock tick as the test count as its own.
+    not_before = procfs.own_starttime()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(TEST_VAR, None)
+        else:
+            os.environ[TEST_VAR] = old
+
+    def leaks() -> list[procfs.Stat]:
+        mine = {st.pid: st for st in processes_with_env(f"{TEST_VAR}={test_id}".encode())}
+        for st in processes_with_env(b"TETHER_JOB_ID=", not_before):
+            mine.setdefault(st.pid, st)
+        mine.pop(os.getpid(), None)
+        return list(mine.values())
+
+    try:
+        wait_for(lambda: not leaks(), timeout=3.0, what="test processes to exit")
+    except AssertionError:
+        pass
+    left = leaks()
+    for st in left:
+        h = ProcessHandle.open(st.pid, st.starttime)
+        if h is not None:
+            h.send_signal(signal.SIGKILL)
+            h.close()
+    new_cgroups = _job_cgroups() - cgroups_before
+    for path in new_cgroups:
+        cg = JobCgroup(path)
+        try:
+            cg.thaw()
+            cg.kill()
+            cg.wait_empty(2.0)
+        except OSError:
+            pass
+        cg.remove()
+    if left or new_cgroups:
+        pytest.fail(
+            "test leaked: "
+            + ", ".join(f"pid {st.pid} ({st.comm})" for st in left)
+            + (f" cgroups {sorted(new_cgroups)}" if new_cgroups else ""),
+            pytrace=False,
+        )
