@@ -17,7 +17,8 @@ from tether.process import Delivery, ProcessInfo
 
 def _info(p: psutil.Process, fields: Collection[str]) -> ProcessInfo:
     with p.oneshot():
-        uids = tuple(p.uids()) if "uids" in fields else None
+        # psutil gives (real, effective, saved); the filesystem uid follows the effective.
+        u = p.uids() if "uids" in fields else None
         cmdline = tuple(p.cmdline()) if "cmdline" in fields else None
         return ProcessInfo(
             pid=p.pid,
@@ -27,7 +28,7 @@ def _info(p: psutil.Process, fields: Collection[str]) -> ProcessInfo:
             starttime=int(p.create_time() * 1e9),
             state=p.status(),
             comm=p.name(),
-            uids=(uids + (uids[1],))[:4] if uids else None,  # type: ignore[arg-type]
+            uids=(u.real, u.effective, u.saved, u.effective) if u is not None else None,
             cmdline=cmdline,
         )
 

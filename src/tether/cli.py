@@ -128,12 +128,24 @@ def _with_policy_options(f: Callable[..., Any]) -> Callable[..., Any]:
     "signal N; otherwise the command's own status.",
 )
 @_with_policy_options
-@click.option("--timeout", "timeout_text", metavar="DURATION",
-              help="Terminate the whole tree after DURATION (e.g. 30s, 5m, '1min 30s').")
-@click.option("--trackers", default="auto", show_default=True, metavar="LIST",
-              help="Trackers to use: auto, or a list of cgroup,subreaper,session,cookie,walk.")
-@click.option("--wait-leftovers", is_flag=True,
-              help="When the leader exits, wait for leftover members instead of terminating them.")
+@click.option(
+    "--timeout",
+    "timeout_text",
+    metavar="DURATION",
+    help="Terminate the whole tree after DURATION (e.g. 30s, 5m, '1min 30s').",
+)
+@click.option(
+    "--trackers",
+    default="auto",
+    show_default=True,
+    metavar="LIST",
+    help="Trackers to use: auto, or a list of cgroup,subreaper,session,cookie,walk.",
+)
+@click.option(
+    "--wait-leftovers",
+    is_flag=True,
+    help="When the leader exits, wait for leftover members instead of terminating them.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the report on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Print the report even when nothing was left.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -195,7 +207,9 @@ def run(
             left = None if deadline is None else max(0.0, deadline - _now())
             rc = job.wait(left)
             if received:
-                reason = f"tether received SIG{signal.Signals(received[0]).name.removeprefix('SIG')}"
+                reason = (
+                    f"tether received SIG{signal.Signals(received[0]).name.removeprefix('SIG')}"
+                )
                 break
             if rc is not None:
                 if wait_leftovers:

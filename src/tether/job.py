@@ -42,7 +42,8 @@ _CGROUP_SHIM = 'echo 0 >"$0" || exit 125; exec "$@"'
 
 _Stream = int | IO[Any] | None
 _dedicated_lock = threading.Lock()
-_dedicated_active = False
+#: Ids of jobs using a dedicated supervisor (at most one: its children are the job's).
+_dedicated_jobs: set[str] = set()
 
 
 def _raise_fd_limit() -> None:
@@ -115,7 +116,6 @@ class Job:
         dedicated_supervisor: bool = False,
         wake_fd: int | None = None,
     ) -> None:
-        global _dedicated_active
         self.argv = tuple(argv)
         if isinstance(policy, str):
             policy = Policy.parse(policy)
@@ -129,11 +129,16 @@ class Job:
         self._dedicated = dedicated_supervisor
         if dedicated_supervisor:
             with _dedicated_lock:
-                if _dedicated_active:
+                if _dedicated_jobs:
                     raise UsageError("only one job at a time may use a dedicated supervisor")
-                _dedicated_active = True
+                _dedicated_jobs.add(self.id)
         _raise_fd_limit()
-        self._selection = sel = select_trackers(wanted, self.id, dedicated=dedicated_supervisor)
+        try:
+            sel = select_trackers(wanted, self.id, dedicated=dedicated_supervisor)
+        except BaseException:
+            _dedicated_jobs.discard(self.id)
+            raise
+        self._selection = sel
         base_env[COOKIE_VAR] = self.id
         exec_argv: list[str] = list(self.argv)
         if sel.cgroup is not None:
@@ -190,11 +195,9 @@ class Job:
         self._wake_fd = wake_fd
 
     def _cleanup_failed_start(self) -> None:
-        global _dedicated_active
         if self._selection.cgroup is not None:
             self._selection.cgroup.remove()
-        if self._dedicated:
-            _dedicated_active = False
+        _dedicated_jobs.discard(self.id)
 
     def _reap_leader(self) -> None:
         self._popen.poll()
@@ -281,7 +284,6 @@ class Job:
 
         Idempotent: a second call returns the first report.
         """
-        global _dedicated_active
         with self._lock:
             if self._report is not None:
                 return self._report
@@ -303,8 +305,7 @@ class Job:
             cg = self._selection.cgroup
             if cg is not None and report.complete:
                 cg.remove()
-            if self._dedicated:
-                _dedicated_active = False
+            _dedicated_jobs.discard(self.id)
             self._report = report
             return report
 
@@ -318,7 +319,9 @@ class Job:
         tb: TracebackType | None,
     ) -> None:
         if self._report is None:
-            reason = "context exited" if exc_type is None else f"context exited by {exc_type.__name__}"
+            reason = (
+                "context exited" if exc_type is None else f"context exited by {exc_type.__name__}"
+            )
             self.cancel(reason)
 
 
@@ -344,7 +347,9 @@ def run(
         timed_out = rc is None
         report = job.cancel("timeout" if timed_out else "leftovers after the leader exited")
         final = job.returncode
-    return CompletedJob(tuple(argv), final if final is not None else -signal.SIGKILL, timed_out, report)
+    return CompletedJob(
+        tuple(argv), final if final is not None else -signal.SIGKILL, timed_out, report
+    )
 
 
 def check_target(pid: int) -> ProcessInfo:

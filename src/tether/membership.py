@@ -175,6 +175,8 @@ class Membership:
         if self._reap_all:
             # Only in a supervisor that runs nothing but this job: every child
             # it has is the leader or an orphan the subreaper adopted.
+            leader_pid = self.leader[0] if self.leader is not None else None
+            tried_leader = False
             while True:
                 try:
                     info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -182,10 +184,14 @@ class Membership:
                     return
                 if info is None or info.si_pid == 0:
                     return
-                if self.leader is not None and info.si_pid == self.leader[0]:
-                    if self._reap_leader is not None:
-                        self._reap_leader()
-                        continue
+                if info.si_pid == leader_pid:
+                    # Popen reaps its own child so it keeps the exit status;
+                    # if it cannot right now (another thread is waiting), stop.
+                    if tried_leader or self._reap_leader is None:
+                        return
+                    self._reap_leader()
+                    tried_leader = True
+                    continue
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(info.si_pid, os.WNOHANG)
         else:

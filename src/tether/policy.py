@@ -187,12 +187,10 @@ class Policy:
         steps: list[Step] = []
         pending: signal.Signals | None = None
         for tok in tokens:
-            if tok[0].isdigit() and not tok.isdigit() or tok[0] == ".":
+            if (tok[0].isdigit() and not tok.isdigit()) or tok[0] == ".":
                 grace = parse_duration(tok, bare_number_unit=None)
                 if pending is None:
-                    raise PolicyError(
-                        f"bad policy {text!r}: duration {tok!r} must follow a signal"
-                    )
+                    raise PolicyError(f"bad policy {text!r}: duration {tok!r} must follow a signal")
                 steps.append(Step(pending, grace))
                 pending = None
             else:

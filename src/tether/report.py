@@ -161,7 +161,9 @@ class Report:
             + ("tree confirmed empty by the kernel" if self.complete else "NOT confirmed empty"),
         ]
         if self.members:
-            lines.append(f"  {'PID':>7}  {'OUTCOME':<8} {'BY':<5} {'AT':>8}  {'FOUND BY':<24} COMMAND")
+            lines.append(
+                f"  {'PID':>7}  {'OUTCOME':<8} {'BY':<5} {'AT':>8}  {'FOUND BY':<24} COMMAND"
+            )
             for m in sorted(self.members, key=lambda m: (m.start_time, m.pid)):
                 at = "-" if m.ended_at is None else f"{m.ended_at:.3f}s"
                 lines.append(

@@ -10,6 +10,7 @@ processes" rule never applies.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -32,9 +33,7 @@ def find_cgroup2_mount(mountinfo: str = _MOUNTINFO) -> str | None:
                 if right.split(" ", 1)[0] == "cgroup2":
                     mount_point = left.split(" ")[4]
                     # mountinfo escapes space, tab, newline and backslash as octal.
-                    return mount_point.encode("latin-1", "surrogateescape").decode(
-                        "unicode_escape"
-                    )
+                    return mount_point.encode("latin-1", "surrogateescape").decode("unicode_escape")
     except OSError:
         return None
     return None
@@ -77,7 +76,9 @@ def probe(mount: str | None = None) -> CgroupProbe:
         return CgroupProbe(None, f"{mount} is not a cgroup2 hierarchy")
     # Moving a process needs write access to cgroup.procs of the common
     # ancestor (our own cgroup) as well as a writable directory to mkdir in.
-    if not (os.access(parent, os.W_OK) and os.access(os.path.join(parent, "cgroup.procs"), os.W_OK)):
+    if not (
+        os.access(parent, os.W_OK) and os.access(os.path.join(parent, "cgroup.procs"), os.W_OK)
+    ):
         return CgroupProbe(None, f"{parent} is not writable as uid {os.geteuid()}")
     return CgroupProbe(parent, f"job cgroups under {parent}")
 
@@ -152,10 +153,8 @@ class JobCgroup:
         return self._wait_event("frozen", 1, timeout)
 
     def thaw(self) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._write("cgroup.freeze", "0")
-        except FileNotFoundError:
-            pass
 
     def wait_empty(self, timeout: float) -> bool:
         return self._wait_event("populated", 0, timeout)

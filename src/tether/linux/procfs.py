@@ -156,9 +156,13 @@ def parse_cgroup_v2(data: bytes) -> str | None:
 
 
 def parse_cmdline(data: bytes) -> tuple[str, ...]:
-    return tuple(
-        arg.decode("utf-8", "surrogateescape") for arg in data.rstrip(b"\0").split(b"\0") if arg
-    ) if data else ()
+    return (
+        tuple(
+            arg.decode("utf-8", "surrogateescape") for arg in data.rstrip(b"\0").split(b"\0") if arg
+        )
+        if data
+        else ()
+    )
 
 
 def environ_has(data: bytes, entry: bytes) -> bool:

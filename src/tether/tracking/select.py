@@ -20,9 +20,8 @@ def parse_tracker_names(spec: str | Collection[str] | None) -> frozenset[str]:
     names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
     unknown = [n for n in names if n not in TRACKER_NAMES]
     if unknown or not names:
-        raise UsageError(
-            f"unknown tracker {', '.join(unknown) or '(none)'}; choose from {', '.join(TRACKER_NAMES)}"
-        )
+        given = ", ".join(unknown) or "(none)"
+        raise UsageError(f"unknown tracker {given}; choose from {', '.join(TRACKER_NAMES)}")
     return frozenset(names)
 
 
