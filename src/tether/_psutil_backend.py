@@ -57,6 +57,15 @@ def starttime_of(pid: int) -> int | None:
         return None
 
 
+def has_exited(pid: int, starttime: int) -> bool:
+    """Gone, replaced by another process, or a zombie (exited, not yet reaped)."""
+    try:
+        proc = psutil.Process(pid)
+        return int(proc.create_time() * 1e9) != starttime or proc.status() == psutil.STATUS_ZOMBIE
+    except (psutil.Error, OSError):
+        return True
+
+
 def send_signal(pid: int, starttime: int, sig: int) -> Delivery:
     if starttime_of(pid) != starttime:
         return Delivery.GONE

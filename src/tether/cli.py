@@ -179,7 +179,9 @@ def run(
     timeout = parse_duration(timeout_text) if timeout_text is not None else None
 
     received: list[int] = []
-    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    os.set_blocking(wfd, False)
 
     def on_signal(signum: int, _frame: object) -> None:
         received.append(signum)

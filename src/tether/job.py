@@ -251,7 +251,9 @@ class Job:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         poller = select.poll()
-        poller.register(self._leader.fileno, select.POLLIN)
+        pollable = self._leader.fileno >= 0
+        if pollable:
+            poller.register(self._leader.fileno, select.POLLIN)
         if self._wake_fd is not None:
             poller.register(self._wake_fd, select.POLLIN)
         while True:
@@ -261,6 +263,8 @@ class Job:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return None
+            if not pollable:
+                left = 0.05 if left is None else min(left, 0.05)
             events = poller.poll(None if left is None else max(1, int(left * 1000 + 0.999)))
             if any(fd == self._wake_fd for fd, _ in events):
                 return self._popen.poll()

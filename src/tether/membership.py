@@ -158,6 +158,13 @@ class Membership:
             poller.register(self.cgroup.events_fd, select.POLLPRI)
         if self._wake_fd is not None:
             poller.register(self._wake_fd, select.POLLIN)
+        unpollable = [m for m in self.live() if self._handles[m].fileno < 0]
+        if unpollable:
+            # No pidfds (psutil backend): check identities, and poll briefly.
+            for m in unpollable:
+                if self._handles[m].has_exited():
+                    m.exited_at = self._clock()
+            timeout = min(timeout, 0.05)
         woke = False
         if fds or timeout > 0:
             for fd, _ev in poller.poll(max(0, int(timeout * 1000))):

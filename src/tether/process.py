@@ -253,7 +253,7 @@ class ProcessHandle:
                 return True
             from tether import _psutil_backend
 
-            return _psutil_backend.starttime_of(self.pid) != self.starttime
+            return _psutil_backend.has_exited(self.pid, self.starttime)
         poller = select.poll()
         poller.register(self._pidfd, select.POLLIN)
         if poller.poll(0):
