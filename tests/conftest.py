@@ -9,6 +9,7 @@ cascade into the next test).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import uuid
@@ -57,10 +58,8 @@ def no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
         mine.pop(os.getpid(), None)
         return list(mine.values())
 
-    try:
+    with contextlib.suppress(AssertionError):
         wait_for(lambda: not leaks(), timeout=3.0, what="test processes to exit")
-    except AssertionError:
-        pass
     left = leaks()
     for st in left:
         h = ProcessHandle.open(st.pid, st.starttime)
