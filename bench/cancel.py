@@ -1,0 +1,297 @@
+"""Cancel-to-empty time for trees of 1, 100 and 1000 processes.
+
+Compares, in the same run and on the same tree shape (a Python launcher that
+forks N-1 sleeping children and reports ready through a file):
+
+  tether, cgroup        tether.start(trackers="auto") ... job.cancel()
+  tether, no cgroup     tether.start(trackers="session,cookie,walk") ... job.cancel()
+  killpg + wait         os.killpg(pgid, SIGKILL), then scan /proc until no live
+                        (non-zombie) process has that pgid
+  psutil recipe         Process(pid).children(recursive=True), kill each,
+                        psutil.wait_procs
+  raw cgroup.kill       own cgroup under the cgroup2 mount, write cgroup.kill,
+                        wait (POLLPRI) for "populated 0" in cgroup.events
+
+The clock runs from the cancel call until the tree is confirmed empty. "Empty"
+means every process has exited (a zombie counts, as it does for pidfds and
+cgroup "populated"): pid 1 on some machines reaps orphans lazily, so waiting
+for kill(-pgid, 0) to fail would time pid 1, not the kill. After each trial
+every process of the tree is checked by identity (pidfds opened when the tree
+was ready): "left" counts processes still alive when the call returned; they
+are then SIGKILLed through their pidfd. Nothing is killed by name.
+
+    python3 bench/cancel.py [--repeat 5] [--sizes 1,100,1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import psutil
+from _common import (
+    CGROUP_SHIM,
+    Tracked,
+    Tree,
+    cgroup2_mount,
+    median,
+    pass_miss,
+    raise_fd_limit,
+    reap,
+)
+
+import tether
+
+TRACKED = Tracked()
+RAW_CGROUPS: list[str] = []
+
+
+class Result:
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.left = 0  # processes alive when the cancel call returned
+        self.incomplete = 0  # cancel said the tree was not empty
+        self.found: list[int] = []  # members the tracker reported (tether only)
+
+
+def _check(res: Result, elapsed: float) -> None:
+    res.times.append(elapsed)
+    res.left += len(TRACKED.alive())
+
+
+def trial_tether(n: int, res: Result, trackers: str, policy: str) -> None:
+    tree = Tree(n, TRACKED)
+    job = tether.start(tree.argv, trackers=trackers, policy=policy, stdin=subprocess.DEVNULL)
+    try:
+        tree.wait_ready(job.pid)
+        t0 = time.perf_counter()
+        report = job.cancel("bench")
+        elapsed = time.perf_counter() - t0
+        _check(res, elapsed)
+        res.incomplete += not report.complete
+        res.found.append(len(report.members))
+    finally:
+        if job.report is None:
+            job.cancel("bench cleanup")
+        TRACKED.kill_leftovers()
+        tree.remove_files()
+
+
+def _live_in_pgid(pgid: int) -> bool:
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        rest = data[data.rindex(b")") + 2 :].split()
+        if int(rest[2]) == pgid and rest[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def trial_killpg(n: int, res: Result) -> None:
+    tree = Tree(n, TRACKED)
+    p = subprocess.Popen(tree.argv, start_new_session=True, stdin=subprocess.DEVNULL)
+    try:
+        tree.wait_ready(p.pid)
+        t0 = time.perf_counter()
+        os.killpg(p.pid, signal.SIGKILL)
+        while True:
+            p.poll()
+            if not _live_in_pgid(p.pid):
+                break
+            time.sleep(0.001)
+        _check(res, time.perf_counter() - t0)
+    finally:
+        TRACKED.kill_leftovers()
+        reap(p)
+        tree.remove_files()
+
+
+def trial_psutil(n: int, res: Result) -> None:
+    tree = Tree(n, TRACKED)
+    p = subprocess.Popen(tree.argv, start_new_session=True, stdin=subprocess.DEVNULL)
+    try:
+        tree.wait_ready(p.pid)
+        t0 = time.perf_counter()
+        parent = psutil.Process(p.pid)
+        procs = [parent, *parent.children(recursive=True)]
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        _gone, alive = psutil.wait_procs(procs, timeout=30)
+        _check(res, time.perf_counter() - t0)
+        res.incomplete += bool(alive)
+        res.found.append(len(procs))
+    finally:
+        TRACKED.kill_leftovers()
+        reap(p)
+        tree.remove_files()
+
+
+def _events(fd: int) -> dict[str, int]:
+    data = os.pread(fd, 4096, 0)
+    return {k.decode(): int(v) for k, v in (line.split() for line in data.splitlines())}
+
+
+def _rmdir(path: str) -> None:
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            if err.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def trial_raw_cgroup(n: int, res: Result, mount: str) -> None:
+    tree = Tree(n, TRACKED)
+    path = os.path.join(mount, f"tether-bench-raw-{os.getpid()}-{len(res.times)}-{n}")
+    os.mkdir(path)
+    RAW_CGROUPS.append(path)
+    events = os.open(os.path.join(path, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
+    p = None
+    try:
+        p = subprocess.Popen(
+            ["/bin/sh", "-c", CGROUP_SHIM, os.path.join(path, "cgroup.procs"), *tree.argv],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+        )
+        tree.wait_ready(p.pid)
+        poller = select.poll()
+        poller.register(events, select.POLLPRI)
+        t0 = time.perf_counter()
+        fd = os.open(os.path.join(path, "cgroup.kill"), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"1")
+        finally:
+            os.close(fd)
+        while _events(events).get("populated") != 0:
+            poller.poll(10_000)
+        _check(res, time.perf_counter() - t0)
+    finally:
+        os.close(events)
+        TRACKED.kill_leftovers()
+        reap(p)
+        _rmdir(path)
+        RAW_CGROUPS.remove(path)
+        tree.remove_files()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=5, help="trials per cell (median is shown)")
+    ap.add_argument("--sizes", default="1,100,1000", help="tree sizes (processes, leader included)")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    raise_fd_limit()
+    mount = cgroup2_mount()
+    can_cgroup = mount is not None and os.access(mount, os.W_OK)
+
+    methods: list[tuple[str, Callable[[int, Result], None]]] = []
+    if can_cgroup:
+        methods += [
+            ("tether cgroup (auto), KILL", lambda n, r: trial_tether(n, r, "auto", "KILL")),
+            (
+                "tether cgroup (auto), TERM,5s,KILL",
+                lambda n, r: trial_tether(n, r, "auto", "TERM,5s,KILL"),
+            ),
+        ]
+    nocg = "session,cookie,walk"
+    methods += [
+        ("tether no cgroup, KILL", lambda n, r: trial_tether(n, r, nocg, "KILL")),
+        ("tether no cgroup, TERM,5s,KILL", lambda n, r: trial_tether(n, r, nocg, "TERM,5s,KILL")),
+        ("killpg(SIGKILL) + wait", trial_killpg),
+        ("psutil children/kill/wait_procs", trial_psutil),
+    ]
+    if can_cgroup:
+        assert mount is not None
+        methods.append(
+            ("raw cgroup.kill + populated 0", lambda n, r: trial_raw_cgroup(n, r, mount))
+        )
+
+    results: dict[tuple[str, int], Result] = {(m, n): Result() for m, _ in methods for n in sizes}
+    print(
+        f"cancel-to-empty, median of {args.repeat} (ms); python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} cpus, kernel {os.uname().release}, cgroup2 at {mount}"
+    )
+    if not can_cgroup:
+        print("cgroup2 not writable: cgroup rows skipped")
+    try:
+        for n in sizes:
+            t0 = time.monotonic()
+            for _ in range(args.repeat):
+                for name, fn in methods:  # interleaved, so drift hits every method alike
+                    fn(n, results[(name, n)])
+            print(f"  n={n}: done in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    finally:
+        leaked = TRACKED.kill_leftovers()
+        for path in list(RAW_CGROUPS):
+            with contextlib.suppress(OSError):
+                _rmdir(path)
+        if leaked:
+            print(f"cleanup: {leaked} leftover process(es) SIGKILLed", file=sys.stderr)
+
+    width = max(len(m) for m, _ in methods)
+    head = f"{'method':<{width}}" + "".join(f"  {f'n={n} (min-max)':>22}" for n in sizes)
+    print(head + "   left  found")
+    print("-" * (len(head) + 14))
+    for name, _ in methods:
+        cells = []
+        left = found_bad = 0
+        for n in sizes:
+            r = results[(name, n)]
+            left += r.left + r.incomplete
+            found_bad += sum(1 for f in r.found if f != n)
+            cells.append(
+                f"  {median(r.times) * 1000:8.1f} ({min(r.times) * 1000:5.0f}-"
+                f"{max(r.times) * 1000:5.0f})"
+            )
+        found = (
+            "-"
+            if not results[(name, sizes[0])].found
+            else ("ok" if not found_bad else f"{found_bad} bad")
+        )
+        print(f"{name:<{width}}" + "".join(f"{c:>24}" for c in cells) + f"  {left:5d}  {found:>5}")
+    print(
+        "left: processes alive when the call returned (+ calls that reported survivors); "
+        "found: every trial found all N members"
+    )
+
+    print("\ntargets (informational)")
+    if can_cgroup:
+        for n in sizes:
+            t = median(results[("tether cgroup (auto), KILL", n)].times)
+            raw = median(results[("raw cgroup.kill + populated 0", n)].times)
+            print(
+                f"  with cgroup, n={n:<5} tether {t * 1000:8.1f} ms vs raw cgroup.kill "
+                f"{raw * 1000:7.1f} ms = {t / raw:5.2f}x  (target <= 1.5x)  "
+                f"{pass_miss(t <= 1.5 * raw)}"
+            )
+    big = max(sizes)
+    t = median(results[("tether no cgroup, KILL", big)].times)
+    ps = median(results[("psutil children/kill/wait_procs", big)].times)
+    print(
+        f"  no cgroup, n={big:<5} tether {t * 1000:8.1f} ms vs psutil recipe {ps * 1000:7.1f} ms "
+        f"= {ps / t:5.2f}x faster  (target >= 3x)  {pass_miss(ps >= 3 * t)}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Start-up cost: wall time of `tether run -- true` and alternatives.
+
+Each command is run --repeat times (interleaved), stdout/stderr discarded;
+the table shows the median wall time from spawn to exit status.
+
+    python3 bench/startup.py [--repeat 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from _common import PYTHON, median, pass_miss
+
+# With PYTHONDONTWRITEBYTECODE=1 (as in some CI images) tether's modules are
+# compiled from source on every start. The "(pyc cached)" rows remove it and
+# keep bytecode under a temporary PYTHONPYCACHEPREFIX (nothing written to src/).
+CACHE_DIR = tempfile.mkdtemp(prefix="tether-bench-pyc-")
+CACHED_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+CACHED_ENV["PYTHONPYCACHEPREFIX"] = CACHE_DIR
+
+
+def wall(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    rc = subprocess.run(
+        argv,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    ).returncode
+    return time.perf_counter() - t0, rc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=20)
+    args = ap.parse_args()
+    tether_bin = shutil.which("tether")
+    true_bin = shutil.which("true") or "/bin/true"
+    cmds: list[tuple[str, list[str]]] = [
+        ("python3 -c pass", [PYTHON, "-c", "pass"]),
+        ("timeout 10 true", ["timeout", "10", "true"]),
+        ("python3 -m tether.cli run -- true", [PYTHON, "-m", "tether.cli", "run", "--", "true"]),
+    ]
+    if tether_bin is not None:
+        cmds.insert(2, (f"tether run -- true ({tether_bin})", [tether_bin, "run", "--", "true"]))
+        # pyenv shims are shell scripts that re-exec: time the real entry point too.
+        if "shims" in tether_bin:
+            found = subprocess.run(
+                ["pyenv", "which", "tether"], capture_output=True, text=True, check=False
+            ).stdout.strip()
+            if found and found != tether_bin:
+                cmds.insert(3, (f"tether run -- true ({found})", [found, "run", "--", "true"]))
+    cmds.append(("python3 -c 'import tether.cli'", [PYTHON, "-c", "import tether.cli"]))
+    cmds.append((f"{true_bin}", [true_bin]))
+    cached = [c for c in cmds if c[0] == "python3 -c pass" or "run -- true" in c[0]]
+    cmds += [(f"{n} (pyc cached)", a) for n, a in cached]
+    envs = {n: (CACHED_ENV if n.endswith("(pyc cached)") else None) for n, _ in cmds}
+
+    times: dict[str, list[float]] = {n: [] for n, _ in cmds}
+    rcs: dict[str, set[int]] = {n: set() for n, _ in cmds}
+    for name, argv in cmds:  # warm-up: page cache, .pyc
+        wall(argv, envs[name])
+    for _ in range(args.repeat):
+        for name, argv in cmds:
+            t, rc = wall(argv, envs[name])
+            times[name].append(t)
+            rcs[name].add(rc)
+
+    print(
+        f"wall time to exit status, median of {args.repeat} (ms); python {sys.version.split()[0]}"
+    )
+    width = max(len(n) for n, _ in cmds)
+    base = median(times["python3 -c pass"])
+    print(f"{'command':<{width}}  {'median':>8}  {'min':>8}  {'max':>8}  {'vs python':>17}  rc")
+    print("-" * (width + 56))
+    for name, _ in cmds:
+        t = times[name]
+        print(
+            f"{name:<{width}}  {median(t) * 1000:8.1f}  {min(t) * 1000:8.1f}  "
+            f"{max(t) * 1000:8.1f}  "
+            f"{(median(t) - base) * 1000:+16.1f}  {','.join(map(str, sorted(rcs[name])))}"
+        )
+    print("\ntargets (informational): at most 60 ms more than `python3 -c pass`")
+    cbase = median(times["python3 -c pass (pyc cached)"])
+    for name, _ in cmds:
+        if "tether run" in name or "tether.cli run" in name:
+            extra = median(times[name]) - (cbase if name.endswith("(pyc cached)") else base)
+            print(
+                f"  {name:<{width}} {extra * 1000:+7.1f} ms  (target <= +60 ms)  "
+                f"{pass_miss(extra <= 0.060)}"
+            )
+    print(
+        f"  (pyc cached) rows are compared with `python3 -c pass (pyc cached)`; "
+        f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '(unset)')} here"
+    )
+    shutil.rmtree(CACHE_DIR, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
