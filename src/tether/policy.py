@@ -63,7 +63,10 @@ def parse_duration(text: str, *, bare_number_unit: str | None = "s") -> float:
             if bare_number_unit is None or parts or m.end() != len(s):
                 raise PolicyError(f"bad duration {text!r}: a unit is required (e.g. {number}s)")
             unit = bare_number_unit
-        total += float(number) * _UNIT_SECONDS[unit.lower() if unit != "µs" else unit]
+        size = _UNIT_SECONDS[unit.lower() if unit != "µs" else unit]
+        # Divide for sub-second units: 9 / 1000 is the float nearest 0.009,
+        # 9 * 1e-3 is not, and the policy would not survive str() -> parse().
+        total += float(number) / round(1 / size) if size < 1 else float(number) * size
         parts += 1
         pos = m.end()
     if not math.isfinite(total):
@@ -76,10 +79,11 @@ def format_duration(seconds: float) -> str:
     if seconds == 0:
         return "0s"
     if seconds < 1 or seconds != int(seconds):
-        ms = seconds * 1000
-        if ms == int(ms):
-            return f"{int(ms)}ms"
-        return f"{seconds:g}s"
+        ms = round(seconds * 1000)
+        if ms / 1000 == seconds:
+            return f"{ms}ms"
+        text = repr(seconds)
+        return f"{text}s" if "e" not in text else f"{seconds:.9f}s"
     s = int(seconds)
     for unit, size in (("h", 3600), ("m", 60)):
         if s % size == 0:

@@ -117,11 +117,18 @@ def terminate(
 
     empty = target.wait_empty(0)
     if run_builtin and not empty:
-        i = 0
+        # A skip requested before the first step (a second Ctrl-C already) counts.
+        i = len(steps) - 1 if skip_to_last() else 0
         while i < len(steps):
             step = steps[i]
+            last = i == len(steps) - 1
             record, empty = _run_step(
-                target, step, policy if i == 0 else None, now, skip_to_last, clock
+                target,
+                step,
+                policy if i == 0 else None,
+                now,
+                (lambda: False) if last else skip_to_last,
+                clock,
             )
             steps_done.append(record)
             if empty:
@@ -131,7 +138,7 @@ def terminate(
             else:
                 i += 1
     elif not run_builtin and not empty:
-        empty = target.wait_empty(steps[-1].grace)
+        empty = _wait_until(target, clock, clock() + steps[-1].grace)
 
     members = target.scan()
     complete = target.wait_empty(0)
@@ -150,6 +157,17 @@ def terminate(
         caveats=target.caveats,
         kill_script=script_note,
     )
+
+
+def _wait_until(
+    target: Target, clock: Clock, deadline: float, stop: Callable[[], bool] = lambda: False
+) -> bool:
+    """Wait for an empty tree until ``deadline``, through wake-ups, unless ``stop()``."""
+    while True:
+        if target.wait_empty(max(0.0, deadline - clock())):
+            return True
+        if clock() >= deadline or stop():
+            return False
 
 
 def _deliver(
@@ -199,7 +217,7 @@ def _run_step(
             if first.tree_delay > 0:
                 target.thaw()
                 froze_again = None
-                if not target.wait_empty(first.tree_delay):
+                if not _wait_until(target, clock, clock() + first.tree_delay, skip_to_last):
                     froze_again = target.freeze()
                 members = target.scan()
                 froze = froze or froze_again

@@ -161,6 +161,10 @@ class JobCgroup:
 
     def _wait_event(self, key: str, value: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
+        if self._events_fd < 0:
+            self._events_fd = os.open(
+                os.path.join(self.path, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC
+            )
         poller = select.poll()
         poller.register(self._events_fd, select.POLLPRI)
         while True:

@@ -1,0 +1,619 @@
+"""The escalation engine against a fake process table and a fake clock.
+
+Every time here is fake: the clock moves only when the engine waits, so the
+assertions can be exact about when each signal went out.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fakes import CONT, INT, KILL, TERM, FakeClock, FakeTarget
+from tether.policy import DEFAULT_FINAL_WAIT, KillScript, Policy
+from tether.report import Report
+from tether.terminate import RESCAN_MAX, terminate
+
+T0 = 1000.0  # FakeClock's start
+EPS = 1e-9
+
+
+def run(
+    target: FakeTarget,
+    policy: Policy | str = "TERM,10s,KILL",
+    **kw: object,
+) -> Report:
+    if isinstance(policy, str):
+        policy = Policy.parse(policy)
+    return terminate(
+        target,
+        policy,
+        job_id="job-1",
+        reason="test",
+        clock=target.clock,
+        wall_clock=lambda: 1234.5,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def record(report: Report, pid: int):  # type: ignore[no-untyped-def]
+    (m,) = [m for m in report.members if m.pid == pid]
+    return m
+
+
+def received(proc, *, include_cont: bool = False) -> list[tuple[int, float]]:  # type: ignore[no-untyped-def]
+    """(signal, time since T0) the fake process got."""
+    return [(s, t - T0) for s, t in proc.received if include_cont or s != CONT]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+# -- escalation ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cgroup", [True, False])
+def test_default_policy_sends_term_then_kill_exactly_after_the_grace(
+    clock: FakeClock, cgroup: bool
+) -> None:
+    target = FakeTarget(clock, cgroup=cgroup)
+    stubborn = target.add(dies_on={})
+
+    report = run(target, Policy.default())
+
+    assert [s.signal for s in report.steps] == ["TERM", "KILL"]
+    assert report.steps[0].started_at == 0.0
+    assert report.steps[1].started_at == pytest.approx(10.0)
+    assert report.steps[1].started_at >= 10.0 - EPS  # never early
+    m = record(report, stubborn.pid)
+    assert m.signals == ("TERM", "KILL")
+    assert m.outcome == "killed"
+    assert m.ended_by == "KILL"
+    assert m.ended_at == pytest.approx(10.0)
+    assert report.complete
+    assert report.survivors == ()
+    assert report.duration == pytest.approx(10.0)
+    if cgroup:
+        # cgroup.kill covered it: no per-process KILL, one kill_all in the KILL step.
+        assert [s for _, s, _ in target.sends()] == [TERM]
+        assert target.names().count("kill_all") == 1
+    else:
+        assert [(s, pytest.approx(t)) for s, t in received(stubborn)] == [(TERM, 0.0), (KILL, 10.0)]
+
+
+def test_members_are_reported_ended_by_the_signal_that_ended_them(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False)
+    slow = target.add(dies_on={TERM: 2.0})
+    quick = target.add(dies_on={TERM: 0.0})
+    stubborn = target.add(dies_on={})
+
+    report = run(target)
+
+    assert (record(report, slow.pid).ended_by, record(report, slow.pid).ended_at) == ("TERM", 2.0)
+    assert (record(report, quick.pid).ended_by, record(report, quick.pid).ended_at) == (
+        "TERM",
+        0.0,
+    )
+    s = record(report, stubborn.pid)
+    assert s.ended_by == "KILL"
+    assert s.ended_at == pytest.approx(10.0)
+    assert {m.outcome for m in report.members} == {"killed"}
+    # Those that died on TERM were never sent KILL.
+    assert KILL not in [sig for sig, _ in slow.received + quick.received]
+    assert record(report, slow.pid).signals == ("TERM",)
+    assert len(report.killed) == 3
+
+
+def test_tree_that_empties_during_the_grace_ends_the_termination_early(clock: FakeClock) -> None:
+    target = FakeTarget(clock)
+    target.add(dies_on={TERM: 3.0})
+    target.add(dies_on={TERM: 1.0})
+
+    report = run(target)
+
+    assert [s.signal for s in report.steps] == ["TERM"]
+    assert report.steps[0].left_after == 0
+    assert report.duration == 3.0
+    assert report.complete
+    assert "kill_all" not in target.names()
+
+
+def test_sigcont_follows_every_catchable_signal_but_not_kill(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False)
+    procs = [target.add(dies_on={}) for _ in range(3)]
+
+    run(target, "INT,1s,HUP,TERM,1s,KILL")
+
+    sends = target.sends(include_cont=True)
+    for i, (pid, sig, t) in enumerate(sends):
+        following = sends[i + 1] if i + 1 < len(sends) else None
+        if sig == CONT:
+            assert i > 0 and sends[i - 1][:1] == (pid,) and sends[i - 1][1] != KILL
+        elif sig == KILL:
+            assert following is None or following[:2] != (pid, CONT)
+        else:
+            assert following == (pid, CONT, t), f"no SIGCONT right after {sig!r} to {pid}"
+    for p in procs:
+        assert [s for s, _ in received(p, include_cont=True)] == [
+            INT, CONT, signal.SIGHUP, CONT, TERM, CONT, KILL,
+        ]  # fmt: skip
+
+
+def test_each_member_is_signalled_at_most_once_per_step(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False)
+    for _ in range(5):
+        target.add(dies_on={})
+    target.add(appears_at=T0 + 4.0, dies_on={})
+    target.add(dies_on={}, forks_on=TERM, child={"dies_on": {}})
+
+    report = run(target, "INT,3s,TERM,10s,KILL")
+
+    counts = Counter((pid, sig) for pid, sig, _ in target.sends())
+    assert counts, "nothing was sent"
+    assert set(counts.values()) == {1}, counts
+    # The rescans did happen (many waits), they just did not re-signal.
+    assert target.names().count("wait_empty") > 20
+    assert report.complete
+    assert [s.signalled for s in report.steps] == [6, 8, 8]
+
+
+def test_member_appearing_during_the_grace_gets_the_current_steps_signal(
+    clock: FakeClock,
+) -> None:
+    target = FakeTarget(clock)
+    target.add(dies_on={})  # keeps the tree alive through the grace
+    late = target.add(appears_at=T0 + 3.0, dies_on={TERM: 0.0})
+
+    report = run(target)
+
+    ((sig, t),) = received(late)
+    assert sig == TERM
+    assert 3.0 <= t <= 3.0 + RESCAN_MAX
+    m = record(report, late.pid)
+    assert (m.outcome, m.ended_by, m.signals) == ("killed", "TERM", ("TERM",))
+    assert report.steps[0].signalled == 2
+
+
+@pytest.mark.parametrize("child_dies_on_term", [True, False])
+def test_child_forked_by_a_term_handler_is_signalled_in_the_same_step(
+    clock: FakeClock, child_dies_on_term: bool
+) -> None:
+    target = FakeTarget(clock)
+    child = {"dies_on": {TERM: 0.0} if child_dies_on_term else {}, "cmdline": "child"}
+    parent = target.add(dies_on={TERM: 0.0}, forks_on=TERM, child=child)
+
+    report = run(target)
+
+    (forked,) = [p for p in target.procs if p is not parent]
+    assert forked.cmdline == "child"
+    assert received(forked)[0][0] == TERM
+    assert received(forked)[0][1] <= RESCAN_MAX
+    m = record(report, forked.pid)
+    assert m.signals == (("TERM",) if child_dies_on_term else ("TERM", "KILL"))
+    assert m.ended_by == ("TERM" if child_dies_on_term else "KILL")
+    assert report.complete
+
+
+def test_stopped_member_acts_on_term_because_sigcont_follows(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False)
+    stopped = target.add(stopped=True, dies_on={TERM: 0.5})
+    stopped_stubborn = target.add(stopped=True, dies_on={})
+
+    report = run(target)
+
+    m = record(report, stopped.pid)
+    assert (m.ended_by, m.ended_at) == ("TERM", 0.5)
+    s = record(report, stopped_stubborn.pid)
+    assert s.ended_by == "KILL"
+    assert report.complete
+
+
+def _collapsed(target: FakeTarget) -> list[str]:
+    """The call sequence without scans, runs of one call shown once."""
+    out: list[str] = []
+    for name in target.names():
+        if name != "scan" and (not out or out[-1] != name):
+            out.append(name)
+    return out
+
+
+@pytest.mark.parametrize("cgroup", [True, False])
+def test_freeze_comes_before_the_signals_and_thaw_after(clock: FakeClock, cgroup: bool) -> None:
+    target = FakeTarget(clock, cgroup=cgroup)
+    for _ in range(3):
+        target.add(dies_on={})
+
+    report = run(target)
+
+    kill = ["kill_all"] if cgroup else ["kill_all", "send"]
+    assert _collapsed(target) == [
+        "wait_empty",
+        *("freeze", "send", "thaw", "wait_empty"),
+        *("freeze", *kill, "thaw", "wait_empty"),
+    ]
+    # Each step's first round went out while frozen (SIGCONT included).
+    first_round = [c for c in target.calls if c[0] in ("send", "kill_all")]
+    assert first_round and all(c[-1] is True for c in first_round)
+    # Never waits while the tree is frozen; never left frozen.
+    assert not any(c[3] for c in target.calls if c[0] == "wait_empty" and c[2] > 0)
+    assert not target.frozen
+    assert [s.froze for s in report.steps] == (["cgroup"] * 2 if cgroup else ["sigstop"] * 2)
+
+
+@pytest.mark.parametrize(
+    ("cgroup", "mode", "froze"), [(False, "default", "sigstop"), (False, None, None)]
+)
+def test_step_records_how_the_tree_was_frozen(
+    clock: FakeClock, cgroup: bool, mode: str | None, froze: str | None
+) -> None:
+    target = FakeTarget(clock, cgroup=cgroup, freeze_mode=mode)
+    target.add(dies_on={TERM: 1.0})
+    report = run(target)
+    assert [s.froze for s in report.steps] == [froze]
+
+
+def test_leader_signal_goes_to_the_leader_only_and_tree_delay_defers_the_tree(
+    clock: FakeClock,
+) -> None:
+    target = FakeTarget(clock, cgroup=False)
+    leader = target.add(is_leader=True, dies_on={})
+    worker = target.add(dies_on={TERM: 0.0})
+    policy = Policy.parse("TERM,10s,KILL", leader_signal=INT, tree_delay=3.0)
+
+    report = run(target, policy)
+
+    assert received(leader) == [(INT, 0.0), (KILL, pytest.approx(13.0))]
+    assert received(worker) == [(TERM, 3.0)]
+    assert record(report, leader.pid).signals == ("INT", "KILL")
+    assert record(report, worker.pid).ended_by == "TERM"
+    assert report.steps[0].signal == "TERM"
+    assert report.steps[0].signalled == 2
+    assert report.steps[1].started_at == pytest.approx(13.0)
+    # The tree is not left frozen during the delay.
+    assert not any(c[3] for c in target.calls if c[0] == "wait_empty" and c[2] > 0)
+
+
+def test_tree_delay_ends_early_when_the_tree_empties(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False, wake_on_events=False)
+    leader = target.add(is_leader=True, dies_on={INT: 1.0})
+    worker = target.add(dies_on={}, exits_at=T0 + 2.0)  # the leader shuts it down
+    policy = Policy.parse("TERM,10s,KILL", leader_signal=INT, tree_delay=30.0)
+
+    report = run(target, policy)
+
+    assert received(leader) == [(INT, 0.0)]
+    assert received(worker) == []
+    assert report.complete
+    assert report.duration == 2.0
+    assert record(report, worker.pid).outcome == "exited"
+
+
+def test_tree_delay_is_not_cut_short_by_a_wake_up(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False)  # wait_empty wakes at each exit
+    target.add(is_leader=True, dies_on={INT: 1.0})
+    worker = target.add(dies_on={TERM: 0.0})
+    policy = Policy.parse("TERM,10s,KILL", leader_signal=INT, tree_delay=3.0)
+
+    run(target, policy)
+
+    assert received(worker) == [(TERM, 3.0)]
+
+
+def test_tree_delay_is_honoured_when_wait_empty_sleeps_its_whole_timeout(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False, wake_on_events=False)
+    target.add(is_leader=True, dies_on={INT: 1.0})
+    worker = target.add(dies_on={TERM: 0.0})
+    policy = Policy.parse("TERM,10s,KILL", leader_signal=INT, tree_delay=3.0)
+    run(target, policy)
+    assert received(worker) == [(TERM, 3.0)]
+
+
+# -- skip to last ----------------------------------------------------------
+
+
+def test_skip_to_last_during_a_grace_jumps_to_the_last_step(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False)
+    p = target.add(dies_on={})
+
+    report = run(target, "INT,5s,TERM,10s,KILL", skip_to_last=lambda: clock() >= T0 + 1.0)
+
+    assert [s.signal for s in report.steps] == ["INT", "KILL"]
+    (intr, kill) = received(p)
+    assert intr == (INT, 0.0)
+    assert kill[0] == KILL
+    assert 1.0 <= kill[1] <= 1.0 + RESCAN_MAX
+    assert report.complete
+
+
+def test_skip_to_last_already_requested_sends_only_the_last_signal(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False)
+    p = target.add(dies_on={})
+
+    report = run(target, "TERM,10s,KILL", skip_to_last=lambda: True)
+
+    assert [s for s, _ in received(p)] == [KILL]
+    assert [s.signal for s in report.steps] == ["KILL"]
+
+
+def test_skip_to_last_keeps_the_final_wait(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False)
+    target.add(dies_on={}, kill_delay=1.0)  # a short D state after KILL
+
+    report = run(target, "TERM,10s,KILL", skip_to_last=lambda: clock() >= T0 + 1.0)
+
+    assert [s.signal for s in report.steps] == ["TERM", "KILL"]
+    assert report.complete
+
+
+def test_policy_skipping_to_last_runs_only_the_last_step(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False)
+    p = target.add(dies_on={})
+    policy = Policy.parse("INT,2s,TERM,10s,KILL", leader_signal=signal.SIGHUP, tree_delay=4.0)
+
+    report = run(target, policy.skipping_to_last())
+
+    assert received(p) == [(KILL, 0.0)]
+    assert report.duration == 0.0
+
+
+# -- survivors and bounds ----------------------------------------------------
+
+
+@pytest.mark.parametrize("cgroup", [True, False])
+def test_unkillable_member_is_a_survivor_and_time_is_bounded(
+    clock: FakeClock, cgroup: bool
+) -> None:
+    target = FakeTarget(clock, cgroup=cgroup)
+    stuck = target.add(unkillable=True, cmdline="fuse-daemon /mnt")
+    ok = target.add(dies_on={})
+
+    report = run(target, "INT,1s,TERM,2s,KILL,3s")
+
+    assert not report.complete
+    assert [s.pid for s in report.survivors] == [stuck.pid]
+    assert report.survivors[0].state == "D"
+    assert report.survivors[0].cmdline == "fuse-daemon /mnt"
+    m = record(report, stuck.pid)
+    assert (m.outcome, m.ended_by, m.ended_at) == ("survived", None, None)
+    assert m.signals == ("INT", "TERM", "KILL")
+    assert record(report, ok.pid).ended_by == "KILL"
+    assert report.duration == pytest.approx(1.0 + 2.0 + 3.0)
+    assert report.duration <= 6.0 + EPS
+    assert [s.left_after for s in report.steps] == [2, 2, 1]
+    counts = Counter((pid, sig) for pid, sig, _ in target.sends())
+    assert set(counts.values()) == {1}
+
+
+def test_default_final_wait_bounds_an_unkillable_tree(clock: FakeClock) -> None:
+    target = FakeTarget(clock)
+    target.add(unkillable=True)
+    report = run(target, Policy.default())
+    assert report.duration == pytest.approx(10.0 + DEFAULT_FINAL_WAIT)
+    assert not report.complete
+
+
+def test_denied_member_is_tried_once_and_reported(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False)
+    denied = target.add(denied=True, cmdline="setuid-helper")
+    target.add(dies_on={TERM: 0.0})
+
+    report = run(target)
+
+    assert [(pid, sig) for pid, sig, _ in target.sends() if pid == denied.pid] == [
+        (denied.pid, TERM)
+    ]
+    m = record(report, denied.pid)
+    assert (m.outcome, m.ended_by, m.signals) == ("denied", None, ())
+    assert not report.complete
+    assert [s.pid for s in report.survivors] == [denied.pid]
+    assert "permission" in report.survivors[0].reason
+
+
+def test_member_that_exited_before_any_signal_is_reported_exited(clock: FakeClock) -> None:
+    target = FakeTarget(clock)
+    gone = target.add(dies_on={})
+    target.add(dies_on={TERM: 0.0})
+    target.scan()  # found while alive...
+    target.exit(gone)  # ...then exited on its own
+
+    report = run(target)
+
+    m = record(report, gone.pid)
+    assert (m.outcome, m.ended_by, m.signals) == ("exited", None, ())
+    assert received(gone) == []
+
+
+# -- kill scripts --------------------------------------------------------------
+
+
+def test_kill_script_precedes_the_signals(clock: FakeClock) -> None:
+    target = FakeTarget(clock)
+    procs = [target.add(dies_on={TERM: 0.0}) for _ in range(2)]
+    script = KillScript(("/opt/stop-it", "--now"), "precede", timeout=7.0)
+
+    report = run(target, Policy.parse("TERM,10s,KILL", kill_script=script))
+
+    names = target.names()
+    assert names.index("kill_script") < names.index("freeze") < names.index("send")
+    (call,) = [c for c in target.calls if c[0] == "kill_script"]
+    assert call[1:] == (("/opt/stop-it", "--now"), 7.0, tuple(p.pid for p in procs))
+    assert report.kill_script == "kill script /opt/stop-it exited with status 0"
+    assert [s.signal for s in report.steps] == ["TERM"]
+    assert report.complete
+
+
+def test_kill_script_that_empties_the_tree_leaves_nothing_to_signal(clock: FakeClock) -> None:
+    target = FakeTarget(clock, script=FakeTarget.kill_everything)
+    procs = [target.add(dies_on={}) for _ in range(2)]
+
+    report = run(target, Policy.parse("TERM,10s,KILL", kill_script=KillScript(("stop",))))
+
+    assert target.sends(include_cont=True) == []
+    assert "freeze" not in target.names()
+    assert report.steps == ()
+    assert report.complete
+    assert {record(report, p.pid).outcome for p in procs} == {"exited"}
+
+
+def test_kill_script_replace_sends_no_signal_and_waits_the_final_grace(clock: FakeClock) -> None:
+    target = FakeTarget(clock)
+    procs = [target.add(dies_on={}) for _ in range(2)]
+    policy = Policy.parse("TERM,10s,KILL,4s", kill_script=KillScript(("noop",), "replace"))
+
+    report = run(target, policy)
+
+    assert target.sends(include_cont=True) == []
+    assert not {"freeze", "kill_all"} & set(target.names())
+    assert report.steps == ()
+    assert report.duration == 4.0
+    assert not report.complete
+    assert sorted(s.pid for s in report.survivors) == [p.pid for p in procs]
+    assert {m.outcome for m in report.members} == {"survived"}
+
+
+def test_kill_script_replace_that_works_is_complete(clock: FakeClock) -> None:
+    target = FakeTarget(clock, script=FakeTarget.kill_everything)
+    target.add(dies_on={})
+    policy = Policy.parse("TERM,10s,KILL", kill_script=KillScript(("stop",), "replace"))
+    report = run(target, policy)
+    assert target.sends(include_cont=True) == []
+    assert report.complete
+    assert report.kill_script is not None
+
+
+def _staggered_exits(target: FakeTarget) -> None:
+    for i, p in enumerate(target.procs, start=1):
+        p.exits_at = target.clock() + i
+
+
+def test_kill_script_replace_waits_through_wake_ups(clock: FakeClock) -> None:
+    target = FakeTarget(clock, script=_staggered_exits)
+    for _ in range(3):
+        target.add(dies_on={})
+    policy = Policy.parse("TERM,10s,KILL", kill_script=KillScript(("stop",), "replace"))
+
+    report = run(target, policy)
+
+    assert report.complete
+    assert report.duration == 3.0
+
+
+def test_kill_script_replace_honoured_when_wait_empty_sleeps_its_whole_timeout(
+    clock: FakeClock,
+) -> None:
+    target = FakeTarget(clock, script=_staggered_exits, wake_on_events=False)
+    for _ in range(3):
+        target.add(dies_on={})
+    policy = Policy.parse("TERM,10s,KILL", kill_script=KillScript(("stop",), "replace"))
+    report = run(target, policy)
+    assert report.complete
+
+
+# -- empty trees and records -----------------------------------------------------
+
+
+def test_empty_tree_sends_nothing(clock: FakeClock) -> None:
+    target = FakeTarget(clock)
+
+    report = run(target)
+
+    assert target.sends(include_cont=True) == []
+    assert not {"freeze", "kill_all", "thaw"} & set(target.names())
+    assert report.steps == ()
+    assert report.members == ()
+    assert report.complete
+    assert report.duration == 0.0
+
+
+def test_tree_whose_members_all_exited_sends_nothing(clock: FakeClock) -> None:
+    target = FakeTarget(clock)
+    procs = [target.add() for _ in range(2)]
+    target.scan()
+    for p in procs:
+        target.exit(p)
+
+    report = run(target)
+
+    assert target.sends(include_cont=True) == []
+    assert report.complete
+    assert {m.outcome for m in report.members} == {"exited"}
+
+
+def test_step_records_and_report_fields(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False, caveats=("cookie can be scrubbed",))
+    slow = target.add(dies_on={TERM: 2.0})
+    target.add(dies_on={})
+
+    report = run(target)
+
+    term, kill = report.steps
+    assert (term.signal, term.started_at, term.grace, term.signalled, term.left_after) == (
+        "TERM", 0.0, 10.0, 2, 1,
+    )  # fmt: skip
+    assert term.duration == pytest.approx(10.0)
+    assert term.froze == "sigstop"
+    assert (kill.signal, kill.grace, kill.signalled, kill.left_after) == (
+        "KILL", DEFAULT_FINAL_WAIT, 1, 0,
+    )  # fmt: skip
+    assert kill.started_at == pytest.approx(10.0)
+    assert kill.duration == pytest.approx(0.0)
+    assert report.job_id == "job-1"
+    assert report.reason == "test"
+    assert report.policy == "TERM,10s,KILL,5s"
+    assert report.started_at == 1234.5
+    assert report.trackers == target.trackers
+    assert report.caveats == ("cookie can be scrubbed",)
+    assert report.kill_script is None
+    m = record(report, slow.pid)
+    assert m.start_time == slow.member.start_time  # type: ignore[union-attr]
+    assert m.cmdline == slow.cmdline
+    assert m.found_by == ("session", "walk")
+
+
+# -- a property over random trees ---------------------------------------------------
+
+_behaviour = st.fixed_dictionaries(
+    {
+        "dies_on": st.dictionaries(
+            st.sampled_from([TERM, INT, signal.SIGHUP]),
+            st.integers(0, 20_000).map(lambda ms: ms / 1000),
+            max_size=2,
+        ),
+        "stopped": st.booleans(),
+        "appears_at": st.integers(0, 15_000).map(lambda ms: T0 + ms / 1000),
+    }
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    behaviours=st.lists(_behaviour, max_size=6),
+    cgroup=st.booleans(),
+    policy=st.sampled_from(["TERM,10s,KILL", "INT,2s,TERM,3s,KILL,1s", "HUP,TERM,1s,KILL"]),
+)
+def test_any_killable_tree_ends_complete_without_storms(
+    behaviours: list[dict[str, object]], cgroup: bool, policy: str
+) -> None:
+    clock = FakeClock(T0)
+    target = FakeTarget(clock, cgroup=cgroup)
+    for b in behaviours:
+        target.add(**b)
+    p = Policy.parse(policy)
+
+    report = run(target, p)
+
+    # Members that appear after the tree was confirmed empty are not this job's.
+    assert report.complete
+    assert report.duration <= sum(s.grace for s in p.steps) + EPS
+    counts = Counter((pid, sig) for pid, sig, _ in target.sends())
+    assert not counts or set(counts.values()) == {1}
+    for m in report.members:
+        assert m.outcome in {"killed", "exited"}
+        if m.ended_by is not None:
+            assert m.ended_by == m.signals[-1]
