@@ -22,7 +22,7 @@ import click
 
 from tether.errors import TetherError, UsageError
 from tether.policy import KillScript, Policy, parse_duration, parse_signal
-from tether.report import Report
+from tether.report import Report, oneline
 
 EXIT_TIMEOUT = 124
 EXIT_FAILED = 125
@@ -358,7 +358,9 @@ def _print_tree(root: int, rows: Sequence[tuple[int, int, str, list[str], str]])
 
     def show(pid: int, depth: int) -> None:
         _, ppid, state, found, cmd = by_pid[pid]
-        click.echo(f"{pid:>7} {ppid:>7} {state}  {','.join(found):<22} {'  ' * depth}{cmd[:100]}")
+        click.echo(
+            f"{pid:>7} {ppid:>7} {state}  {','.join(found):<22} {'  ' * depth}{oneline(cmd, 100)}"
+        )
         for child in sorted(kids.get(pid, [])):
             show(child, depth + 1)
 

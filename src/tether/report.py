@@ -16,7 +16,7 @@ from tether.tracking.base import TrackerStatus
 JSON_SCHEMA_VERSION = 1
 
 
-def _oneline(text: str, width: int) -> str:
+def oneline(text: str, width: int) -> str:
     """A command line fit for one row: control characters shown as spaces."""
     flat = "".join(c if c.isprintable() else " " for c in text)
     return " ".join(flat.split())[:width]
@@ -168,12 +168,12 @@ class Report:
                 at = "-" if m.ended_at is None else f"{m.ended_at:.3f}s"
                 lines.append(
                     f"  {m.pid:>7}  {m.outcome:<8} {m.ended_by or '-':<5} {at:>8}  "
-                    f"{','.join(m.found_by):<24} {_oneline(m.cmdline, 80)}"
+                    f"{','.join(m.found_by):<24} {oneline(m.cmdline, 80)}"
                 )
         for s in self.survivors:
             lines.append(
                 f"  SURVIVOR pid {s.pid} state {s.state} wchan {s.wchan or '-'}: {s.reason}"
-                f" ({_oneline(s.cmdline, 60)})"
+                f" ({oneline(s.cmdline, 60)})"
             )
         for step in self.steps:
             lines.append(
