@@ -59,7 +59,9 @@ def main() -> int:
     escapes = {"sleep 300": "double-forked daemon", "sleep 301": "setsid child",
                "trap": "TERM-ignoring process", "/bin/sleep 302": "env -i child"}  # fmt: skip
     found = {
-        what: [m for m in report["members"] if key in m["cmdline"] and "its tree" not in m["cmdline"]]
+        what: [
+            m for m in report["members"] if key in m["cmdline"] and "its tree" not in m["cmdline"]
+        ]
         for key, what in escapes.items()
     }
     failures = [what for what, ms in found.items() if not ms]
