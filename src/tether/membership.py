@@ -214,10 +214,12 @@ class Membership:
             return False
         if self.cgroup is not None:
             return not self.cgroup.populated()
-        # Every known member has exited: a fresh scan must find no new one.
+        # Every known member has exited: a fresh scan must find no new one,
+        # not even one that has exited already — a pid hopper found this way
+        # has always just forked its successor.
         before = len(self._by_identity)
         self.scan()
-        return len(self._by_identity) == before or not self.live()
+        return len(self._by_identity) == before
 
     def wait_empty(self, timeout: float) -> bool:
         deadline = self._clock() + timeout
@@ -268,15 +270,17 @@ class Membership:
                 pass
             self.cgroup.thaw()
         # SIGSTOP sweep: stop what is found, rescan, until the set stops growing.
-        stopped = {id(m) for m in self._stopped}
+        seen = {id(m) for m in self._stopped}
         for _round in range(STOP_SWEEP_ROUNDS):
-            new = [m for m in self.scan() if m.alive and id(m) not in stopped]
+            # Any member not seen before, even one already dead, means the
+            # tree was still forking during the last round.
+            new = [m for m in self.scan() if id(m) not in seen]
             if not new:
                 return "sigstop"
             for m in new:
-                if self.send(m, signal.SIGSTOP) is Delivery.DELIVERED:
+                seen.add(id(m))
+                if m.alive and self.send(m, signal.SIGSTOP) is Delivery.DELIVERED:
                     self._stopped.append(m)
-                stopped.add(id(m))
         return "sigstop (tree still growing)"
 
     def thaw(self) -> None:
