@@ -227,9 +227,8 @@ def run(
         count_at_cancel = received.count(signal.SIGINT)
 
         def skip_to_last() -> bool:
-            return received.count(signal.SIGINT) > max(count_at_cancel, 1) - (
-                1 if count_at_cancel == 0 else 0
-            )
+            # Any INT beyond those that started this termination is "the second".
+            return received.count(signal.SIGINT) > count_at_cancel
 
         report = job.cancel(reason, skip_to_last=skip_to_last)
     signal.set_wakeup_fd(old_wakeup)

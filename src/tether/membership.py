@@ -170,7 +170,13 @@ class Membership:
             for fd, _ev in poller.poll(max(0, int(timeout * 1000))):
                 if fd in fds:
                     fds[fd].exited_at = self._clock()
+                elif self.cgroup is not None and fd == self.cgroup.events_fd:
+                    # kernfs keeps POLLPRI raised until the file is read again.
+                    self.cgroup.events()
                 elif fd == self._wake_fd:
+                    # Drained here, or every later wait would return at once
+                    # and the grace would turn into a busy rescan loop.
+                    self._drain_wake()
                     woke = True
         self._reap()
         return woke
@@ -231,7 +237,6 @@ class Membership:
             if left <= 0 or woke:
                 return False
             if self._poll_exits(min(left, 1.0)):
-                self._drain_wake()
                 return False
 
     def _drain_wake(self) -> None:
