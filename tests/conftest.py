@@ -18,21 +18,63 @@ from collections.abc import Iterator
 import pytest
 
 from helpers import TEST_VAR, cgroup2_mount, processes_with_env, wait_for
-from tether.linux import procfs
+from tether.linux import cgroupfs, procfs
 from tether.linux.cgroupfs import JobCgroup
 from tether.process import ProcessHandle
 
 
+_suite_cgroup: str | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def suite_cgroup() -> Iterator[str | None]:
+    """Run the suite in a cgroup of its own, so job cgroups are counted per suite.
+
+    Two suites on one machine (helpers, a CI retry) would otherwise see each
+    other's tether-* cgroups as leaks.
+    """
+    global _suite_cgroup
+    probe = cgroupfs.probe()
+    if probe.parent is None or os.geteuid() != 0:
+        yield None
+        return
+    original = probe.parent
+    path = os.path.join(original, f"suite-{os.getpid()}")
+    os.mkdir(path)
+    JobCgroup(path).move(os.getpid())
+    _suite_cgroup = path
+    try:
+        yield path
+    finally:
+        _suite_cgroup = None
+        JobCgroup(original).move(os.getpid())
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
 def _job_cgroups() -> set[str]:
-    mount = cgroup2_mount()
+    root = _suite_cgroup or cgroup2_mount()
     out: set[str] = set()
-    if mount is None:
+    if root is None:
         return out
-    for dirpath, dirs, _files in os.walk(mount):
+    for dirpath, dirs, _files in os.walk(root):
         for d in dirs:
             if d.startswith("tether-"):
                 out.add(os.path.join(dirpath, d))
     return out
+
+
+def _env_value(pid: int, name: bytes) -> bytes | None:
+    try:
+        with procfs.ProcDir(pid) as d:
+            env = d.read("environ")
+    except (procfs.ProcessGone, OSError):
+        return None
+    for entry in env.split(b"\0"):
+        key, sep, value = entry.partition(b"=")
+        if sep and key == name:
+            return value
+    return None
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +96,10 @@ def no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
     def leaks() -> list[procfs.Stat]:
         mine = {st.pid: st for st in processes_with_env(f"{TEST_VAR}={test_id}".encode())}
         for st in processes_with_env(b"TETHER_JOB_ID=", not_before):
-            mine.setdefault(st.pid, st)
+            # Another suite's test (a concurrent run on this machine) is not ours.
+            test = _env_value(st.pid, TEST_VAR.encode())
+            if test is None or test == test_id.encode():
+                mine.setdefault(st.pid, st)
         mine.pop(os.getpid(), None)
         return list(mine.values())
 
