@@ -32,14 +32,14 @@ EXIT_SURVIVORS = 1  # kill
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
-class _CliError(Exception):
+class CliError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    raise _CliError(message, code)
+def fail(message: str, code: int) -> NoReturn:
+    raise CliError(message, code)
 
 
 def _build_policy(
@@ -84,10 +84,32 @@ def _write_json(target: str | None, report: Report) -> None:
         with open(target, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as err:
-        _fail(f"cannot write {target}: {err.strerror}", EXIT_FAILED)
+        fail(f"cannot write {target}: {err.strerror}", EXIT_FAILED)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Commands that live in their own modules, imported only when invoked (or
+#: listed by --help), so `tether run` does not pay for them at start-up.
+#: name -> "module:attribute" of a click command.
+LAZY_COMMANDS: dict[str, str] = {}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = LAZY_COMMANDS.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        import importlib
+
+        module_name, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tether", message="tether %(version)s")
 def cli() -> None:
     """Run jobs so that nothing they start can outlive them."""
@@ -242,7 +264,7 @@ def run(
     if not quiet and (verbose or terminated_something):
         click.echo(report.render_text(), err=True)
     if not report.complete:
-        _fail(
+        fail(
             f"{len(report.survivors)} member(s) survived the policy: "
             + ", ".join(f"pid {s.pid} ({s.state})" for s in report.survivors),
             EXIT_FAILED,
@@ -381,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(130)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
-    except _CliError as err:
+    except CliError as err:
         click.echo(f"tether: {err}", err=True)
         sys.exit(err.code)
     except TetherError as err:
