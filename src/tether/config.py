@@ -1,0 +1,894 @@
+"""Configuration files: ``tether.toml``, validated strictly, every value with its source.
+
+Files are read in this order, later ones overriding earlier ones key by key:
+
+1. ``/etc/tether/tether.toml`` (the system file),
+2. ``$XDG_CONFIG_HOME/tether/tether.toml``, else ``~/.config/tether/tether.toml``,
+3. the file named by ``TETHER_CONFIG`` (an error if it is set and missing).
+
+Command-line flags override all of them (:meth:`EffectiveConfig.with_override`).
+A missing system or user file is skipped; an unreadable or malformed one is an
+error. Unknown tables, unknown keys and bad values are errors reported as
+``FILE:LINE: message`` (:class:`ConfigError`): a typo must never silently
+fall back to a default on a machine that kills processes.
+
+``tomllib`` reports no line numbers for values, so the line of each key is
+found by scanning the file's text for its table header and key (dotted keys
+and quoted keys included); it points at the right line for any ordinary file.
+
+The reference for every setting is ``docs/configuration.md``; :data:`SETTINGS`
+holds the same names, defaults and one-line descriptions.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tether.errors import TetherError, UsageError
+from tether.policy import (
+    KillScript,
+    Policy,
+    Step,
+    format_duration,
+    parse_duration,
+    parse_signal,
+    signal_name,
+)
+from tether.tracking.select import parse_tracker_names
+
+SYSTEM_CONFIG_FILE = "/etc/tether/tether.toml"
+CONFIG_ENV_VAR = "TETHER_CONFIG"
+JSON_SCHEMA_VERSION = 1
+
+
+class ConfigError(TetherError):
+    """A configuration file or override is malformed: ``FILE:LINE: message``.
+
+    Attributes:
+        message: what is wrong, without the location.
+        where: ``FILE:LINE``, ``FILE``, a command-line flag such as ``--policy``,
+            or ``TETHER_CONFIG``.
+    """
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str]]:
+        return (type(self), (self.where, self.message))
+
+
+# -- where a value came from ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a setting's value came from.
+
+    Attributes:
+        kind: ``"default"``, ``"file"`` (a configuration file) or ``"flag"``.
+        path: the file, for ``kind == "file"``.
+        line: the line of the key in that file (1-based).
+        flag: the command-line flag, for ``kind == "flag"``.
+        via_env: the file was named by ``TETHER_CONFIG``.
+        rank: precedence: 0 default, then 1, 2, ... for each file read, and
+            :data:`FLAG_RANK` for flags.
+    """
+
+    kind: Literal["default", "file", "flag"]
+    path: str | None = None
+    line: int | None = None
+    flag: str | None = None
+    via_env: bool = False
+    rank: int = 0
+
+    @property
+    def location(self) -> str:
+        """``FILE:LINE``, the flag, or ``default``: the prefix of error messages."""
+        if self.kind == "file":
+            return f"{self.path}:{self.line}" if self.line is not None else str(self.path)
+        if self.kind == "flag":
+            return str(self.flag)
+        return "default"
+
+    def __str__(self) -> str:
+        if self.kind == "file" and self.via_env:
+            return f"{self.location} ({CONFIG_ENV_VAR})"
+        return self.location
+
+
+DEFAULT_SOURCE = Source("default")
+FLAG_RANK = 1000
+
+
+# -- value types ---------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A value is malformed; the message has no location yet."""
+
+
+def _typename(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def _string(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be {what}, not {_typename(value)}")
+    return value
+
+
+def _parse_policy(value: object) -> str:
+    text = _string(value, 'a policy string such as "TERM,10s,KILL"').strip()
+    try:
+        Policy.parse(text)
+    except UsageError as err:
+        raise _Invalid(str(err)) from None
+    return text
+
+
+def _parse_signal(value: object) -> signal.Signals:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    text = _string(value, 'a signal such as "TERM", "SIGINT" or 15')
+    try:
+        return parse_signal(text)
+    except UsageError as err:
+        raise _Invalid(str(err)) from None
+
+
+def _parse_optional_signal(value: object) -> signal.Signals | None:
+    if value == "":
+        return None
+    return _parse_signal(value)
+
+
+def _parse_duration(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+        if seconds < 0 or not math.isfinite(seconds):
+            raise _Invalid(f"must be a non-negative, finite duration, not {value!r}")
+        return seconds
+    text = _string(value, 'a duration such as "10s", "2m", "1min 30s" or a number of seconds')
+    try:
+        return parse_duration(text)
+    except UsageError as err:
+        raise _Invalid(str(err)) from None
+
+
+def _parse_optional_duration(value: object) -> float | None:
+    if value == "":
+        return None
+    return _parse_duration(value)
+
+
+def _parse_timeout(value: object) -> float | None:
+    # As in coreutils timeout(1), a duration of 0 disables the timeout.
+    if isinstance(value, str) and value.strip().lower() in ("", "none"):
+        return None
+    seconds = _parse_duration(value)
+    return seconds or None
+
+
+def _string_list(value: object, what: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise _Invalid(f"must be an array of {what}, not {_typename(value)}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _Invalid(f"item {i + 1} must be {what}, not {_typename(item)}")
+        out.append(item)
+    return tuple(out)
+
+
+def _parse_kill_script(value: object) -> tuple[str, ...] | None:
+    if isinstance(value, str):
+        try:
+            argv = tuple(shlex.split(value))
+        except ValueError as err:
+            raise _Invalid(f"cannot split {value!r} into words: {err}") from None
+    else:
+        argv = _string_list(value, "strings (the command and its arguments)")
+    if argv and not argv[0]:
+        raise _Invalid("the command (first word) is empty")
+    return argv or None
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        text = _string(value, " or ".join(f'"{c}"' for c in choices))
+        if text not in choices:
+            raise _Invalid(f"must be {' or '.join(repr(c) for c in choices)}, not {text!r}")
+        return text
+
+    return parse
+
+
+def _parse_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, not {_typename(value)}")
+    return value
+
+
+def _integer(lowest: int, highest: int, why: str = "") -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be an integer, not {_typename(value)}")
+        if not lowest <= value <= highest:
+            raise _Invalid(f"must be between {lowest} and {highest}, not {value}{why}")
+        return value
+
+    return parse
+
+
+def _parse_trackers(value: object) -> str:
+    if isinstance(value, str):
+        names: str | tuple[str, ...] = value.strip()
+    else:
+        names = tuple(n.strip() for n in _string_list(value, "tracker names"))
+    if names in ("auto", ("auto",)):
+        return "auto"
+    try:
+        parse_tracker_names(names)
+    except UsageError as err:
+        raise _Invalid(str(err)) from None
+    items = names.split(",") if isinstance(names, str) else list(names)
+    return ",".join(dict.fromkeys(n.strip() for n in items))
+
+
+def _parse_regex_list(value: object) -> tuple[str, ...]:
+    patterns = _string_list(value, "regular expressions")
+    for i, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise _Invalid(f"item {i + 1} ({pattern!r}) is not a valid regex: {err}") from None
+    return patterns
+
+
+_USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?")
+
+
+def _parse_users(value: object) -> tuple[str, ...]:
+    users = _string_list(value, "user names or uids")
+    for i, user in enumerate(users):
+        if not _USER.fullmatch(user):
+            raise _Invalid(f"item {i + 1} ({user!r}) is not a user name or uid")
+    return users
+
+
+_SSH_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9]*\s*[= ]\s*\S.*")
+
+
+def _parse_ssh_options(value: object) -> tuple[str, ...]:
+    options = _string_list(value, 'ssh options such as "ConnectTimeout=10"')
+    for i, option in enumerate(options):
+        if not _SSH_OPTION.fullmatch(option):
+            raise _Invalid(
+                f"item {i + 1} ({option!r}) is not an ssh option NAME=VALUE "
+                '(each is passed as "-o ITEM", e.g. "ConnectTimeout=10")'
+            )
+    return options
+
+
+# -- how values are shown ----------------------------------------------------------
+
+
+def _toml_string(text: str) -> str:
+    # JSON string escapes (\" \\ \n \uXXXX) are valid TOML basic-string escapes.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, signal.Signals):
+        return _toml_string(signal_name(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, signal.Signals):
+        return signal_name(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+# -- the settings --------------------------------------------------------------------
+
+ValueKind = Literal[
+    "policy", "signal", "duration", "string", "argv", "choice", "bool", "int", "list"
+]
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One setting: its key, default, validation, and how it is written back.
+
+    Attributes:
+        key: ``table.name``.
+        default: the typed default value.
+        kind: what sort of value it is (for flags given as strings).
+        help: one line for the reference and ``tether config``.
+        unset: the TOML text for "not set" (None), e.g. ``""`` or ``"none"``.
+        flag: the command-line flag that overrides it, if any.
+        duration: durations are shown as ``10s`` and given in JSON as seconds.
+    """
+
+    key: str
+    default: object
+    parse: Callable[[object], object]
+    kind: ValueKind
+    help: str
+    unset: str = '""'
+    flag: str | None = None
+    duration: bool = False
+
+    def toml(self, value: object) -> str:
+        """The value as TOML text that parses back to the same value."""
+        if value is None:
+            return self.unset
+        if self.duration:
+            assert isinstance(value, float)
+            return _toml_string(format_duration(value))
+        return _toml_value(value)
+
+    def json(self, value: object) -> object:
+        """The value as JSON: durations in seconds, signals by name, arrays as lists."""
+        return _json_value(value)
+
+
+def _spec(key: str, default: object, parse: Callable[[object], object], kind: ValueKind,
+          help: str, **kw: Any) -> SettingSpec:  # fmt: skip
+    return SettingSpec(key, default, parse, kind, help, **kw)
+
+
+SETTINGS: tuple[SettingSpec, ...] = (
+    _spec("termination.policy", "TERM,10s,KILL", _parse_policy, "policy",
+          "signals and grace periods sent to the whole tree, in order", flag="--policy"),
+    _spec("termination.tree_signal", None, _parse_optional_signal, "signal",
+          "replaces the first signal of the policy (as timeout -s); \"\" keeps the policy's",
+          flag="-s"),
+    _spec("termination.grace", None, _parse_optional_duration, "duration",
+          "replaces the wait after the first signal (as timeout -k); \"\" keeps the policy's",
+          flag="-k", duration=True),
+    _spec("termination.leader_signal", None, _parse_optional_signal, "signal",
+          "first signal for the job's leader only; \"\" sends it the tree's",
+          flag="--leader-signal"),
+    _spec("termination.tree_delay", 0.0, _parse_duration, "duration",
+          "after signalling the leader, wait this long before signalling the rest of the tree",
+          flag="--tree-delay", duration=True),
+    _spec("termination.final_wait", None, _parse_optional_duration, "duration",
+          "bound on the wait after the last signal (survivors are reported); "
+          "\"\" keeps the policy's (5s unless it ends with a duration)", duration=True),
+    _spec("termination.kill_script", None, _parse_kill_script, "argv",
+          "command run with TETHER_JOB_ID, TETHER_LEADER_PID, TETHER_MEMBER_PIDS; \"\" for none",
+          flag="--kill-script"),
+    _spec("termination.kill_script_mode", "precede", _choice("precede", "replace"), "choice",
+          "run the kill script before the signals (precede) or instead of them (replace)",
+          flag="--kill-script-mode"),
+    _spec("termination.kill_script_timeout", 10.0, _parse_duration, "duration",
+          "how long the kill script may run", duration=True),
+    _spec("run.timeout", None, _parse_timeout, "duration",
+          "terminate the whole tree after this long; 0 or \"none\" for no timeout",
+          unset='"none"', flag="--timeout", duration=True),
+    _spec("run.trackers", "auto", _parse_trackers, "string",
+          "auto, or a list of cgroup, subreaper, session, cookie, walk", flag="--trackers"),
+    _spec("run.wait_leftovers", False, _parse_bool, "bool",
+          "when the leader exits, wait for leftover members instead of terminating them",
+          flag="--wait-leftovers"),
+    _spec("prune.min_uid", 1000, _integer(1, 2**32 - 2, " (root is never pruned)"), "int",
+          "processes of uids below this are never touched", flag="--min-uid"),
+    _spec("prune.min_age", 0.0, _parse_duration, "duration",
+          "processes younger than this are never touched", flag="--older-than", duration=True),
+    _spec("prune.orphans_only", False, _parse_bool, "bool",
+          "only consider processes re-parented to init", flag="--orphans-only"),
+    _spec("prune.exclude_users", (), _parse_users, "list",
+          "user names or uids never touched"),
+    _spec("prune.exclude_comm", (), _parse_regex_list, "list",
+          "regexes matched against the process name (comm); matches are never touched",
+          flag="--exclude-comm"),
+    _spec("prune.include_ssh", False, _parse_bool, "bool",
+          "also consider processes of interactive SSH sessions"),
+    _spec("prune.policy", "TERM,10s,KILL", _parse_policy, "policy",
+          "termination policy for what the pruner kills"),
+    _spec("remote.fanout", 64, _integer(1, 10000), "int",
+          "how many hosts are contacted at once", flag="--fanout"),
+    _spec("remote.ssh_options", (), _parse_ssh_options, "list",
+          "options passed to ssh, each as -o ITEM (e.g. \"ConnectTimeout=10\")"),
+    _spec("remote.transport", "openssh", _choice("openssh", "asyncssh"), "choice",
+          "openssh (the ssh client, honours ~/.ssh/config) or asyncssh (large fan-out)"),
+)  # fmt: skip
+
+_BY_KEY: dict[str, SettingSpec] = {s.key: s for s in SETTINGS}
+TABLES: tuple[str, ...] = tuple(dict.fromkeys(s.key.partition(".")[0] for s in SETTINGS))
+
+#: Names users bring from other tools, with what to write instead.
+_HINTS: dict[str, str] = {
+    "termination.kill_tree": (
+        "is not a setting: tether always terminates the whole tree (nothing may outlive "
+        "the job); to let the leader stop its own workers first, set tree_delay"
+    ),
+    "termination.kill_children": "is not a setting: tether always terminates the whole tree",
+    "termination.signal": "is not a setting: use tree_signal (the policy's first signal)",
+    "termination.kill_signal": "is not a setting: use leader_signal or tree_signal",
+    "termination.kill_children_signal": "is not a setting: use tree_signal",
+    "termination.kill_after": "is not a setting: use grace (the wait after the first signal)",
+    "termination.grace_timeout": "is not a setting: use grace or final_wait",
+    "run.policy": "belongs in [termination]",
+    "run.kill_script": "belongs in [termination]",
+    "prune.older_than": "is not a setting: use min_age",
+}
+
+
+# -- finding the line of a key ---------------------------------------------------
+
+_KEY_PART = r'(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|\'[^\']*\')'
+_DOTTED = rf"{_KEY_PART}(?:\s*\.\s*{_KEY_PART})*"
+_HEADER = re.compile(rf"\s*\[\s*({_DOTTED})\s*\]\s*(?:#.*)?$")
+_ARRAY_HEADER = re.compile(rf"\s*\[\[\s*({_DOTTED})\s*\]\]")
+_ASSIGN = re.compile(rf"\s*({_DOTTED})\s*=")
+_PART = re.compile(_KEY_PART)
+
+
+def _split_key(dotted: str) -> tuple[str, ...]:
+    parts = []
+    for m in _PART.finditer(dotted):
+        p = m.group(0)
+        if p[0] == '"':
+            p = json.loads(p)
+        elif p[0] == "'":
+            p = p[1:-1]
+        parts.append(p)
+    return tuple(parts)
+
+
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path (and table header) in TOML text to its first line (1-based).
+
+    A line scanner, not a parser: it skips the insides of multi-line strings
+    and is exact for headers and ``key = value`` lines, which is what error
+    messages point at.
+    """
+    lines: dict[tuple[str, ...], int] = {}
+    table: tuple[str, ...] = ()
+    in_multiline: str | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if in_multiline is not None:
+            if line.count(in_multiline) % 2 == 1:
+                in_multiline = None
+            continue
+        m = _ARRAY_HEADER.match(line) or _HEADER.match(line)
+        if m is not None:
+            table = _split_key(m.group(1))
+            lines.setdefault(table, number)
+            continue
+        m = _ASSIGN.match(line)
+        if m is not None:
+            path = table + _split_key(m.group(1))
+            for i in range(len(table) + 1, len(path) + 1):
+                lines.setdefault(path[:i], number)
+            rest = line[m.end() :]
+            for quote in ('"""', "'''"):
+                if rest.count(quote) % 2 == 1:
+                    in_multiline = quote
+                    break
+    return lines
+
+
+# -- loading -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A candidate configuration file and whether it was read."""
+
+    path: str
+    found: bool
+    via_env: bool = False
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One effective setting: its key, typed value, and where it came from."""
+
+    key: str
+    value: Any
+    source: Source
+    note: str | None = None
+
+    @property
+    def spec(self) -> SettingSpec:
+        return _BY_KEY[self.key]
+
+    @property
+    def text(self) -> str:
+        """The value as TOML text (``"10s"``, ``true``, ``["a", "b"]``)."""
+        return self.spec.toml(self.value)
+
+
+def _parse_file(path: str, via_env: bool, rank: int) -> dict[str, Setting]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except IsADirectoryError:
+        raise ConfigError(path, "is a directory, not a file") from None
+    except OSError as err:
+        raise ConfigError(path, f"cannot read: {err.strerror or err}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}", "not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        msg = str(err)
+        m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)
+        if m is None:
+            m = re.search(r"\s*\(at end of document\)$", msg)
+            where = f"{path}:{text.count(chr(10)) + 1}"
+            raise ConfigError(where, f"not valid TOML: {msg[: m.start()] if m else msg}") from None
+        raise ConfigError(
+            f"{path}:{m.group(1)}", f"not valid TOML: {msg[: m.start()]} (column {m.group(2)})"
+        ) from None
+    lines = key_lines(text)
+
+    def source(*path_parts: str) -> Source:
+        for i in range(len(path_parts), 0, -1):
+            line = lines.get(path_parts[:i])
+            if line is not None:
+                return Source("file", path, line, via_env=via_env, rank=rank)
+        return Source("file", path, 1, via_env=via_env, rank=rank)
+
+    out: dict[str, Setting] = {}
+    for table, body in data.items():
+        src = source(table)
+        if table not in TABLES:
+            owners = [k.partition(".")[0] for k in _BY_KEY if k.partition(".")[2] == table]
+            if not isinstance(body, dict) and owners:
+                raise ConfigError(
+                    src.location,
+                    f"{table} must be in a table: write it under [{owners[0]}]",
+                )
+            raise ConfigError(
+                src.location,
+                f"unknown table [{table}]{_suggest(table, TABLES) or ''} "
+                f"(tables: {', '.join(TABLES)})",
+            )
+        if not isinstance(body, dict):
+            raise ConfigError(src.location, f"{table} must be a table ([{table}]), not "
+                              f"{_typename(body)}")  # fmt: skip
+        for name, value in body.items():
+            key = f"{table}.{name}"
+            src = source(table, name)
+            spec = _BY_KEY.get(key)
+            if spec is None:
+                names = [k.partition(".")[2] for k in _BY_KEY if k.startswith(table + ".")]
+                hint = _HINTS.get(key)
+                if hint is not None:
+                    raise ConfigError(src.location, f"{key} {hint}")
+                raise ConfigError(
+                    src.location,
+                    f"unknown setting {key}{_suggest(name, names) or ''} "
+                    f"(in [{table}]: {', '.join(names)})",
+                )
+            try:
+                typed = spec.parse(value)
+            except _Invalid as err:
+                raise ConfigError(src.location, f"{key}: {err}") from None
+            out[key] = Setting(key, typed, src)
+    return out
+
+
+def _suggest(name: str, choices: Sequence[str]) -> str | None:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f" (did you mean {close[0]}?)" if close else None
+
+
+def user_config_file(env: Mapping[str, str]) -> str | None:
+    """``$XDG_CONFIG_HOME/tether/tether.toml``, else ``$HOME/.config/tether/tether.toml``.
+
+    A relative XDG_CONFIG_HOME is ignored, as the XDG base directory spec says.
+    None when neither variable gives a home.
+    """
+    xdg = env.get("XDG_CONFIG_HOME", "")
+    if os.path.isabs(xdg):
+        return os.path.join(xdg, "tether", "tether.toml")
+    home = env.get("HOME", "")
+    if not home:
+        return None
+    return os.path.join(home, ".config", "tether", "tether.toml")
+
+
+def config_files(
+    env: Mapping[str, str] | None = None, *, system_file: str | None = SYSTEM_CONFIG_FILE
+) -> list[tuple[str, bool]]:
+    """The candidate files, lowest precedence first, as (path, named by TETHER_CONFIG)."""
+    env = os.environ if env is None else env
+    out: list[tuple[str, bool]] = []
+    if system_file is not None:
+        out.append((system_file, False))
+    user = user_config_file(env)
+    if user is not None:
+        out.append((user, False))
+    named = env.get(CONFIG_ENV_VAR, "")
+    if named:
+        out.append((named, True))
+    return out
+
+
+def load_config(
+    env: Mapping[str, str] | None = None, *, system_file: str | None = SYSTEM_CONFIG_FILE
+) -> EffectiveConfig:
+    """Read the configuration files and return the effective configuration.
+
+    Args:
+        env: the environment to read ``HOME``, ``XDG_CONFIG_HOME`` and
+            ``TETHER_CONFIG`` from (default ``os.environ``).
+        system_file: the system-wide file (tests point it elsewhere; None skips it).
+
+    Raises:
+        ConfigError: a file is malformed, has an unknown key or a bad value, or
+            ``TETHER_CONFIG`` names a file that does not exist.
+    """
+    layers: list[dict[str, Setting]] = []
+    files: list[ConfigFile] = []
+    for path, via_env in config_files(env, system_file=system_file):
+        if not os.path.lexists(path):
+            if via_env:
+                raise ConfigError(CONFIG_ENV_VAR, f"{path}: no such file")
+            files.append(ConfigFile(path, False, via_env))
+            continue
+        layers.append(_parse_file(path, via_env, len(layers) + 1))
+        files.append(ConfigFile(path, True, via_env))
+    settings = {s.key: Setting(s.key, s.default, DEFAULT_SOURCE) for s in SETTINGS}
+    for layer in layers:
+        settings.update(layer)
+    config = EffectiveConfig(_resolve(settings), tuple(files))
+    config.check()
+    return config
+
+
+#: Settings that modify ``termination.policy`` rather than stand alone.
+POLICY_MODIFIERS = ("termination.tree_signal", "termination.grace", "termination.final_wait")
+
+
+def _resolve(settings: dict[str, Setting]) -> dict[str, Setting]:
+    """Drop policy modifiers set at a lower precedence than the policy itself.
+
+    A policy given later (a later file, or ``--policy``) is the whole policy:
+    ``grace = "30s"`` in /etc must not bend ``tether run --policy KILL``.
+    """
+    policy = settings["termination.policy"]
+    for key in POLICY_MODIFIERS:
+        s = settings[key]
+        if s.value is not None and s.source.rank < policy.source.rank:
+            settings[key] = Setting(
+                key,
+                None,
+                policy.source,
+                note=f"{s.text} from {s.source} is replaced by termination.policy",
+            )
+    return settings
+
+
+# -- the result ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EffectiveConfig:
+    """Every setting's effective value and source; immutable.
+
+    Read values with ``config["termination.policy"]`` (typed: durations in
+    seconds, signals as :class:`signal.Signals`, arrays as tuples, None when
+    unset), the source with ``config.setting(key).source``, and the policy
+    for ``tether run``/``kill`` with :meth:`policy_for_run`.
+
+    Attributes:
+        files: every candidate file, lowest precedence first, and whether it was read.
+    """
+
+    _settings: Mapping[str, Setting]
+    files: tuple[ConfigFile, ...] = field(default=())
+
+    @classmethod
+    def defaults(cls) -> EffectiveConfig:
+        """The built-in defaults, no file read."""
+        return cls({s.key: Setting(s.key, s.default, DEFAULT_SOURCE) for s in SETTINGS})
+
+    def __getitem__(self, key: str) -> Any:
+        return self.setting(key).value
+
+    def setting(self, key: str) -> Setting:
+        """The :class:`Setting` for ``key`` (``KeyError`` for an unknown key)."""
+        return self._settings[key]
+
+    def items(self) -> Iterator[Setting]:
+        """Every setting, in reference order."""
+        for spec in SETTINGS:
+            yield self._settings[spec.key]
+
+    def with_override(self, key: str, value: object, source: str | None = None) -> EffectiveConfig:
+        """This configuration with ``key`` set from the command line.
+
+        Args:
+            key: e.g. ``"termination.policy"``.
+            value: the flag's value; None means "flag not given" and returns
+                ``self``. Strings are read as the flag would be written
+                (``"10s"``, ``"TERM"``, ``"1000"``, ``"cgroup,session"``);
+                typed values (bool, int, float seconds, list) as in TOML.
+            source: the flag, e.g. ``"--policy"`` (default: the setting's own flag).
+
+        Raises:
+            ConfigError: ``"--policy: bad policy ..."``.
+        """
+        if value is None:
+            return self
+        spec = _BY_KEY[key]
+        flag = source or spec.flag or f"--{key.partition('.')[2].replace('_', '-')}"
+        value = _from_flag(spec, value)
+        try:
+            typed = spec.parse(value)
+        except _Invalid as err:
+            raise ConfigError(flag, str(err)) from None
+        settings = dict(self._settings)
+        settings[key] = Setting(key, typed, Source("flag", flag=flag, rank=FLAG_RANK))
+        config = EffectiveConfig(_resolve(settings), self.files)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Cross-setting checks (each setting alone was checked when read).
+
+        Raises:
+            ConfigError: e.g. ``grace`` with a one-step policy.
+        """
+        self.policy_for_run()
+        self.policy_for_prune()
+
+    def policy_for_run(self) -> Policy:
+        """The :class:`Policy` for ``tether run`` and ``tether kill``.
+
+        ``termination.policy`` with its first signal replaced by ``tree_signal``,
+        the wait after its first signal by ``grace``, its last wait by
+        ``final_wait`` (each when set), plus ``leader_signal``, ``tree_delay``
+        and the kill script.
+
+        Raises:
+            ConfigError: ``grace`` is set but the policy has only one signal.
+        """
+        steps = list(Policy.parse(self["termination.policy"]).steps)
+        tree_signal = self["termination.tree_signal"]
+        if tree_signal is not None:
+            steps[0] = Step(tree_signal, steps[0].grace)
+        grace = self["termination.grace"]
+        if grace is not None:
+            if len(steps) < 2:
+                policy = self.setting("termination.policy")
+                raise ConfigError(
+                    self.setting("termination.grace").source.location,
+                    "termination.grace is the wait between the first and the next signal, "
+                    f"but the policy {policy.value!r} ({policy.source}) has one signal; "
+                    "use final_wait",
+                )
+            steps[0] = Step(steps[0].signal, grace)
+        final_wait = self["termination.final_wait"]
+        if final_wait is not None:
+            steps[-1] = Step(steps[-1].signal, final_wait)
+        argv = self["termination.kill_script"]
+        kill_script = (
+            None
+            if argv is None
+            else KillScript(
+                argv,
+                mode=self["termination.kill_script_mode"],
+                timeout=self["termination.kill_script_timeout"],
+            )
+        )
+        return Policy(
+            tuple(steps),
+            leader_signal=self["termination.leader_signal"],
+            tree_delay=self["termination.tree_delay"],
+            kill_script=kill_script,
+        )
+
+    def policy_for_prune(self) -> Policy:
+        """The :class:`Policy` for what the pruner kills (``prune.policy``)."""
+        return Policy.parse(self["prune.policy"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, stable keys (schema 1).
+
+        ``{"schema": 1, "files": [{"path", "found", "via_env"}], "settings":
+        [{"key", "value", "source", "kind", "path", "line", "note"}], "effective_policy"}``;
+        durations are seconds, signals names, unset values null.
+        """
+        return {
+            "schema": JSON_SCHEMA_VERSION,
+            "files": [{"path": f.path, "found": f.found, "via_env": f.via_env} for f in self.files],
+            "settings": [
+                {
+                    "key": s.key,
+                    "value": s.spec.json(s.value),
+                    "source": str(s.source),
+                    "kind": s.source.kind,
+                    "path": s.source.path,
+                    "line": s.source.line,
+                    "note": s.note,
+                }
+                for s in self.items()
+            ],
+            "effective_policy": str(self.policy_for_run()),
+        }
+
+    def render_toml(self) -> str:
+        """The effective configuration as a TOML file, each line commented with its source.
+
+        Reading the output back as a configuration file gives the same values.
+        """
+        out: list[str] = []
+        table = None
+        settings = list(self.items())
+        width = max(len(s.key.partition(".")[2]) + 3 + len(s.text) for s in settings)
+        for s in settings:
+            t, _, name = s.key.partition(".")
+            if t != table:
+                if table is not None:
+                    out.append("")
+                out.append(f"[{t}]")
+                table = t
+            assignment = f"{name} = {s.text}"
+            note = f"; {s.note}" if s.note else ""
+            out.append(f"{assignment:<{width}}  # {s.source}{note}")
+        return "\n".join(out) + "\n"
+
+
+def _from_flag(spec: SettingSpec, value: object) -> object:
+    """A command-line string read as the setting's type (TOML is typed, flags are not)."""
+    if not isinstance(value, str):
+        return value
+    if spec.kind == "int":
+        try:
+            return int(value.strip(), 10)
+        except ValueError:
+            return value  # parse() names the expected type
+    if spec.kind == "bool":
+        lowered = value.strip().lower()
+        if lowered in ("true", "yes", "1", "on"):
+            return True
+        if lowered in ("false", "no", "0", "off"):
+            return False
+    if spec.kind == "list":
+        return [value]
+    return value
