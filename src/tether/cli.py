@@ -90,7 +90,9 @@ def _write_json(target: str | None, report: Report) -> None:
 #: Commands that live in their own modules, imported only when invoked (or
 #: listed by --help), so `tether run` does not pay for them at start-up.
 #: name -> "module:attribute" of a click command.
-LAZY_COMMANDS: dict[str, str] = {}
+LAZY_COMMANDS: dict[str, str] = {
+    "config": "tether.cli_config:config_command",
+}
 
 
 class _LazyGroup(click.Group):
