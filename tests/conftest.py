@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from helpers import TEST_VAR, cgroup2_mount, processes_with_env, wait_for
+from tether.journal import RUNTIME_DIR_VAR
 from tether.linux import cgroupfs, procfs
 from tether.linux.cgroupfs import JobCgroup
 from tether.process import ProcessHandle
 
-
-_suite_cgroup: str | None = None
+_suite: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,7 +35,6 @@ def suite_cgroup() -> Iterator[str | None]:
     Two suites on one machine (helpers, a CI retry) would otherwise see each
     other's tether-* cgroups as leaks.
     """
-    global _suite_cgroup
     probe = cgroupfs.probe()
     if probe.parent is None or os.geteuid() != 0:
         yield None
@@ -42,18 +43,18 @@ def suite_cgroup() -> Iterator[str | None]:
     path = os.path.join(original, f"suite-{os.getpid()}")
     os.mkdir(path)
     JobCgroup(path).move(os.getpid())
-    _suite_cgroup = path
+    _suite["cgroup"] = path
     try:
         yield path
     finally:
-        _suite_cgroup = None
+        _suite.clear()
         JobCgroup(original).move(os.getpid())
         with contextlib.suppress(OSError):
             os.rmdir(path)
 
 
 def _job_cgroups() -> set[str]:
-    root = _suite_cgroup or cgroup2_mount()
+    root = _suite.get("cgroup") or cgroup2_mount()
     out: set[str] = set()
     if root is None:
         return out
@@ -82,16 +83,21 @@ def no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
     test_id = uuid.uuid4().hex
     old = os.environ.get(TEST_VAR)
     os.environ[TEST_VAR] = test_id
+    # A journal per test: records left behind are leaks too.
+    journal = tempfile.mkdtemp(prefix="tether-journal-")
+    old_journal = os.environ.get(RUNTIME_DIR_VAR)
+    os.environ[RUNTIME_DIR_VAR] = journal
     cgroups_before = _job_cgroups()
     # Processes started in the same clock tick as the test count as its own.
     not_before = procfs.own_starttime()
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(TEST_VAR, None)
-        else:
-            os.environ[TEST_VAR] = old
+        for var, value in ((TEST_VAR, old), (RUNTIME_DIR_VAR, old_journal)):
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
     def leaks() -> list[procfs.Stat]:
         mine = {st.pid: st for st in processes_with_env(f"{TEST_VAR}={test_id}".encode())}
@@ -121,10 +127,13 @@ def no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
         except OSError:
             pass
         cg.remove()
-    if left or new_cgroups:
+    records = sorted(os.listdir(journal))
+    shutil.rmtree(journal, ignore_errors=True)
+    if left or new_cgroups or records:
         pytest.fail(
             "test leaked: "
             + ", ".join(f"pid {st.pid} ({st.comm})" for st in left)
-            + (f" cgroups {sorted(new_cgroups)}" if new_cgroups else ""),
+            + (f" cgroups {sorted(new_cgroups)}" if new_cgroups else "")
+            + (f" journal records {records}" if records else ""),
             pytrace=False,
         )

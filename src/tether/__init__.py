@@ -15,9 +15,14 @@ of what was killed::
         report = job.cancel()
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from tether.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
+    JournalError,
     NoSuchProcessError,
     PolicyError,
     TetherError,
@@ -25,10 +30,48 @@ from tether.errors import (
     UnsafeTargetError,
     UsageError,
 )
-from tether.job import CompletedJob, Job, kill_tree, run, start
-from tether.policy import KillScript, Policy, Step, parse_duration, parse_signal
-from tether.report import MemberRecord, Report, StepRecord, Survivor
-from tether.tracking.base import TrackerStatus
+
+if TYPE_CHECKING:
+    from tether.job import CompletedJob, Job, kill_tree, run, start
+    from tether.policy import KillScript, Policy, Step, parse_duration, parse_signal
+    from tether.report import MemberRecord, Report, StepRecord, Survivor
+    from tether.tracking.base import TrackerStatus
+
+# The engine is imported on first use (PEP 562): `import tether` stays cheap
+# for the CLI's fast paths and for the watchdog, which idles for a job's life.
+_LAZY = {
+    "CompletedJob": "tether.job",
+    "Job": "tether.job",
+    "kill_tree": "tether.job",
+    "run": "tether.job",
+    "start": "tether.job",
+    "KillScript": "tether.policy",
+    "Policy": "tether.policy",
+    "Step": "tether.policy",
+    "parse_duration": "tether.policy",
+    "parse_signal": "tether.policy",
+    "MemberRecord": "tether.report",
+    "Report": "tether.report",
+    "StepRecord": "tether.report",
+    "Survivor": "tether.report",
+    "TrackerStatus": "tether.tracking.base",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tether' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 
@@ -37,6 +80,7 @@ __all__ = [
     "CommandNotFoundError",
     "CompletedJob",
     "Job",
+    "JournalError",
     "KillScript",
     "MemberRecord",
     "NoSuchProcessError",

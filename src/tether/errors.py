@@ -9,7 +9,8 @@
      ├── CommandNotFoundError  (also FileNotFoundError)   -> exit 127
      ├── CommandNotExecutableError (also PermissionError) -> exit 126
      ├── NoSuchProcessError    (also ProcessLookupError)
-     └── TrackerError          a tracker could not be set up or used
+     ├── TrackerError          a tracker could not be set up or used
+     └── JournalError          the journal of live jobs cannot be used
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ class TrackerError(TetherError):
     """A tracker could not be set up or used."""
 
 
+class JournalError(TetherError):
+    """The journal of live jobs cannot be read or written (a job is not started
+    untracked because of it)."""
+
+
 for _cls in (
     TetherError,
     UsageError,
@@ -100,5 +106,6 @@ for _cls in (
     CommandNotExecutableError,
     NoSuchProcessError,
     TrackerError,
+    JournalError,
 ):
     _cls.__module__ = "tether"

@@ -9,25 +9,29 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import IO, Any
 
 from tether.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
+    JournalError,
     NoSuchProcessError,
     UnsafeTargetError,
     UsageError,
 )
+from tether.journal import WATCHDOG_DONE, JobRecord, Journal, new_record
+from tether.linux import procfs
 from tether.membership import Membership
 from tether.policy import Policy
 from tether.process import ProcessHandle, ProcessInfo, ancestors, read_environ, read_process
 from tether.report import Report
-from tether.terminate import terminate
+from tether.terminate import Member, terminate
 from tether.tracking.base import Tracker, TrackerStatus
 from tether.tracking.cgroup import CgroupTracker
 from tether.tracking.cookie import COOKIE_VAR, CookieTracker, new_cookie
@@ -44,6 +48,41 @@ _Stream = int | IO[Any] | None
 _dedicated_lock = threading.Lock()
 #: Ids of jobs using a dedicated supervisor (at most one: its children are the job's).
 _dedicated_jobs: set[str] = set()
+
+
+#: Watchdogs told their job is over, not yet reaped (they exit on their own).
+_released_watchdogs: set[int] = set()
+
+
+def _spawn_watchdog(args: Sequence[str], stdin: int) -> int:
+    """Start ``python -m tether.watchdog ARGS`` in its own session; its pid.
+
+    posix_spawn (vfork + exec) rather than Popen: nothing to clean up in this
+    process but the pid, which the caller reaps once the watchdog is done.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        return os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-m", "tether.watchdog", *args],
+            os.environ,
+            file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, devnull, 1)],
+            # Its own session: a Ctrl-C on the job's terminal must not take
+            # the watchdog down along with the supervisor.
+            setsid=True,
+        )
+    finally:
+        os.close(devnull)
+
+
+def _reap_released_watchdogs() -> None:
+    for pid in list(_released_watchdogs):
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid  # reaped already (a dedicated supervisor reaps every child)
+        if done:
+            _released_watchdogs.discard(pid)
 
 
 def _raise_fd_limit() -> None:
@@ -115,6 +154,9 @@ class Job:
         stderr: _Stream = None,
         dedicated_supervisor: bool = False,
         wake_fd: int | None = None,
+        journal: Journal | bool = True,
+        watchdog: bool = True,
+        restartable: bool = False,
     ) -> None:
         self.argv = tuple(argv)
         if isinstance(policy, str):
@@ -139,6 +181,17 @@ class Job:
             _dedicated_jobs.discard(self.id)
             raise
         self._selection = sel
+        self._journal: Journal | None = None
+        self._record: JobRecord | None = None
+        self._watchdog_pid = 0
+        self._watchdog_pipe = -1
+        if journal is not False:
+            self._journal = journal if isinstance(journal, Journal) else Journal.default()
+            try:
+                self._start_journal(restartable, watchdog)
+            except BaseException:
+                self._cleanup_failed_start()
+                raise
         base_env[COOKIE_VAR] = self.id
         exec_argv: list[str] = list(self.argv)
         if sel.cgroup is not None:
@@ -169,6 +222,16 @@ class Job:
         assert handle is not None
         self._leader = handle
         leader = (self.pid, handle.starttime)
+        if self._record is not None:
+            self._record = replace(
+                self._record,
+                leader=leader,
+                sid=self.pid,
+                not_before=handle.starttime,
+                state="running",
+                members=(leader,),
+            )
+            self._write_record()
         chosen: list[Tracker] = []
         if sel.cgroup is not None:
             chosen.append(CgroupTracker(sel.cgroup))
@@ -191,12 +254,87 @@ class Job:
             reap_all_children=sel.subreaper,
             reap_leader=self._reap_leader,
             wake_fd=wake_fd,
+            on_new_members=self._record_members if self._record is not None else None,
         )
+        if self._watchdog_pid:
+            self._membership.protect([self._watchdog_pid])
         self._wake_fd = wake_fd
+
+    # -- the journal and the watchdog ---------------------------------------
+
+    def _start_journal(self, restartable: bool, watchdog: bool) -> None:
+        """Record the job before its first process runs; start its watchdog."""
+        assert self._journal is not None
+        me = procfs.own_starttime()
+        sel = self._selection
+        self._record = new_record(
+            job_id=self.id,
+            cookie=self.id,
+            argv=self.argv,
+            policy=self.policy.to_dict(),
+            supervisor=(os.getpid(), me),
+            not_before=me,
+            cgroup=sel.cgroup.path if sel.cgroup is not None else None,
+            trackers=tuple(s.name for s in sel.statuses if s.used),
+            restartable=restartable,
+        )
+        self._write_record()
+        if not watchdog:
+            return
+        rfd, wfd = os.pipe()
+        try:
+            pid = _spawn_watchdog(
+                [self._journal.directory, self.id, str(os.getpid()), str(me)], stdin=rfd
+            )
+        except OSError as err:
+            os.close(wfd)
+            raise JournalError(f"cannot start the watchdog: {err.strerror}") from None
+        finally:
+            os.close(rfd)
+        self._watchdog_pid = pid
+        self._watchdog_pipe = wfd
+        started = ProcessHandle.open(pid)
+        if started is not None:
+            self._record = replace(self._record, watchdog=(started.pid, started.starttime))
+            started.close()
+
+    def _write_record(self) -> None:
+        if self._journal is not None and self._record is not None:
+            self._journal.write(self._record)
+
+    def _record_members(self, new: Sequence[Member]) -> None:
+        if self._record is None:
+            return
+        self._record = self._record.with_members({(m.pid, m.starttime) for m in new})
+        with contextlib.suppress(JournalError):
+            self._write_record()
+
+    def _finish_journal(self, complete: bool) -> None:
+        """Drop the record once the tree is proven empty; release the watchdog."""
+        if self._journal is not None and self._record is not None:
+            if complete:
+                self._journal.remove(self.id)
+            else:
+                # Survivors: keep the record so `tether reap` can try again.
+                self._record = replace(self._record, state="survivors")
+                with contextlib.suppress(JournalError):
+                    self._write_record()
+            self._journal.close()
+            self._record = None
+        if self._watchdog_pipe >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._watchdog_pipe, WATCHDOG_DONE)
+            os.close(self._watchdog_pipe)
+            self._watchdog_pipe = -1
+        if self._watchdog_pid:
+            _released_watchdogs.add(self._watchdog_pid)
+            self._watchdog_pid = 0
+        _reap_released_watchdogs()
 
     def _cleanup_failed_start(self) -> None:
         if self._selection.cgroup is not None:
             self._selection.cgroup.remove()
+        self._finish_journal(complete=True)
         _dedicated_jobs.discard(self.id)
 
     def _reap_leader(self) -> None:
@@ -309,6 +447,7 @@ class Job:
             cg = self._selection.cgroup
             if cg is not None and report.complete:
                 cg.remove()
+            self._finish_journal(report.complete)
             _dedicated_jobs.discard(self.id)
             self._report = report
             return report

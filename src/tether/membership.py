@@ -13,7 +13,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from tether.linux.cgroupfs import JobCgroup
 from tether.process import (
@@ -53,6 +53,7 @@ class Membership:
         reap_all_children: bool = False,
         reap_leader: Callable[[], None] | None = None,
         wake_fd: int | None = None,
+        on_new_members: Callable[[Sequence[Member]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._trackers = list(trackers)
@@ -67,6 +68,7 @@ class Membership:
         self._reap_all = reap_all_children
         self._reap_leader = reap_leader
         self._wake_fd = wake_fd
+        self._on_new_members = on_new_members
         self._clock = clock
         self._me = os.getpid()
         # Never a member: tether itself and every ancestor (they may share the
@@ -78,6 +80,10 @@ class Membership:
         self._in_cgroup: set[int] = set()
         self._stopped: list[Member] = []
         self._frozen = False
+
+    def protect(self, pids: Iterable[int]) -> None:
+        """Never treat these as members (tether's own helpers, e.g. the watchdog)."""
+        self._protected.update(pids)
 
     # -- finding members -------------------------------------------------
 
@@ -108,6 +114,7 @@ class Membership:
         for pid in self._walk.find(table, set(found)):
             if pid in found or self._allowed(table[pid]):
                 found.setdefault(pid, set()).add("walk")
+        new: list[Member] = []
         for pid, names in found.items():
             info = table[pid]
             member = self._by_identity.get(info.identity)
@@ -115,10 +122,13 @@ class Membership:
                 member = self._adopt(info, names)
                 if member is None:
                     continue
+                new.append(member)
             else:
                 member.found_by |= names
             self._ppid[member] = info.ppid
         self._walk.remember(self._by_identity)
+        if new and self._on_new_members is not None:
+            self._on_new_members(new)
         self._poll_exits(0)
         return list(self._by_identity.values())
 

@@ -232,3 +232,49 @@ class Policy:
     def __str__(self) -> str:
         text = ",".join(str(s) for s in self.steps)
         return text
+
+    def to_dict(self) -> dict[str, object]:
+        """Everything needed to apply this policy later (the journal keeps it)."""
+        return {
+            "steps": str(self),
+            "leader_signal": signal_name(self.leader_signal) if self.leader_signal else None,
+            "tree_delay": self.tree_delay,
+            "kill_script": None
+            if self.kill_script is None
+            else {
+                "argv": list(self.kill_script.argv),
+                "mode": self.kill_script.mode,
+                "timeout": self.kill_script.timeout,
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> Policy:
+        """Inverse of :meth:`to_dict`; PolicyError if anything is malformed."""
+        if not isinstance(data, dict) or not isinstance(data.get("steps"), str):
+            raise PolicyError(f"malformed policy {data!r}")
+        options: dict[str, object] = {}
+        leader = data.get("leader_signal")
+        if leader is not None:
+            if not isinstance(leader, str):
+                raise PolicyError(f"malformed leader signal {leader!r}")
+            options["leader_signal"] = parse_signal(leader)
+        delay = data.get("tree_delay", 0.0)
+        if not isinstance(delay, (int, float)) or isinstance(delay, bool):
+            raise PolicyError(f"malformed tree delay {delay!r}")
+        options["tree_delay"] = float(delay)
+        script = data.get("kill_script")
+        if script is not None:
+            argv = script.get("argv") if isinstance(script, dict) else None
+            mode = script.get("mode") if isinstance(script, dict) else None
+            timeout = script.get("timeout") if isinstance(script, dict) else None
+            if (
+                not isinstance(argv, list)
+                or not argv
+                or not all(isinstance(a, str) for a in argv)
+                or mode not in ("precede", "replace")
+                or not isinstance(timeout, (int, float))
+            ):
+                raise PolicyError(f"malformed kill script {script!r}")
+            options["kill_script"] = KillScript(tuple(argv), mode=mode, timeout=float(timeout))
+        return cls.parse(data["steps"], **options)

@@ -17,6 +17,7 @@ PUBLIC = [
     "CommandNotExecutableError",
     "CommandNotFoundError",
     "CompletedJob",
+    "JournalError",
     "Job",
     "KillScript",
     "MemberRecord",

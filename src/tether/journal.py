@@ -1,0 +1,370 @@
+"""The journal of live jobs: a durable record of every job tether supervises.
+
+Each job has one JSON file, written before its first process runs and
+rewritten as members are found, so that whoever outlives the supervisor (its
+watchdog, ``tether reap`` after both died, or an admin after a reboot) knows
+what to terminate and with which policy. The record is removed only once the
+job's tree is proven empty.
+
+Where: ``$TETHER_RUNTIME_DIR``, else ``/run/tether`` for root, else
+``$XDG_RUNTIME_DIR/tether``, else ``/tmp/tether-UID``. The directory must be
+owned by the caller and closed to everyone else (mode 0700); files are opened
+with O_NOFOLLOW relative to the directory's fd, so a symlink planted in place
+of a record is refused, never followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from tether.errors import JournalError, TetherError
+
+SCHEMA = 1
+RUNTIME_DIR_VAR = "TETHER_RUNTIME_DIR"
+_SUFFIX = ".json"
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+#: What a supervisor writes to its watchdog once the job is over.
+WATCHDOG_DONE = b"done\n"
+
+Identity = tuple[int, int]
+"""(pid, start time in clock ticks since boot): a process, not just a number."""
+
+
+def journal_dir(env: Mapping[str, str] | None = None) -> str:
+    """Where this user's journal lives (see the module docstring)."""
+    env = os.environ if env is None else env
+    explicit = env.get(RUNTIME_DIR_VAR)
+    if explicit:
+        return explicit
+    uid = os.geteuid()
+    if uid == 0:
+        return "/run/tether"
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        return os.path.join(runtime, "tether")
+    return f"/tmp/tether-{uid}"
+
+
+def boot_id() -> str:
+    """This boot's id: identities in a record of another boot mean nothing."""
+    try:
+        with open(_BOOT_ID, encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What the journal knows of one job.
+
+    ``not_before`` is a start-time floor (clock ticks since boot): no member
+    can have started before it, so an older process carrying the cookie is a
+    stranger. ``members`` grows as scans find them.
+    """
+
+    job_id: str
+    cookie: str
+    argv: tuple[str, ...]
+    policy: dict[str, Any]
+    owner_uid: int
+    started_at: float
+    boot_id: str
+    supervisor: Identity
+    not_before: int
+    cgroup: str | None = None
+    sid: int | None = None
+    leader: Identity | None = None
+    watchdog: Identity | None = None
+    members: tuple[Identity, ...] = ()
+    trackers: tuple[str, ...] = ()
+    restartable: bool = False
+    state: str = "starting"
+    schema: int = field(default=SCHEMA)
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> JobRecord:
+        """Parse a record; ValueError (with a readable message) if malformed."""
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"unknown schema {data.get('schema')!r}")
+
+        def get(key: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
+            if key not in data:
+                raise ValueError(f"missing {key!r}")
+            value = data[key]
+            if value is None and optional:
+                return None
+            # bool is an int: never accept one where a number is meant.
+            if not isinstance(value, kind) or (
+                isinstance(value, bool) and bool not in _tuple(kind)
+            ):
+                raise ValueError(f"bad {key!r}: {value!r}")
+            return value
+
+        def identity(key: str, optional: bool = False) -> Identity | None:
+            value = get(key, list, optional)
+            if value is None:
+                return None
+            return _identity(key, value)
+
+        members = tuple(_identity("members", v) for v in get("members", list))
+        argv = get("argv", list)
+        if not all(isinstance(a, str) for a in argv):
+            raise ValueError("bad 'argv'")
+        trackers = get("trackers", list)
+        if not all(isinstance(t, str) for t in trackers):
+            raise ValueError("bad 'trackers'")
+        supervisor = identity("supervisor")
+        assert supervisor is not None
+        return cls(
+            job_id=get("job_id", str),
+            cookie=get("cookie", str),
+            argv=tuple(argv),
+            policy=_policy(get("policy", dict)),
+            owner_uid=get("owner_uid", int),
+            started_at=float(get("started_at", (int, float))),
+            boot_id=get("boot_id", str),
+            supervisor=supervisor,
+            not_before=get("not_before", int),
+            cgroup=get("cgroup", str, optional=True),
+            sid=get("sid", int, optional=True),
+            leader=identity("leader", optional=True),
+            watchdog=identity("watchdog", optional=True),
+            members=members,
+            trackers=tuple(trackers),
+            restartable=get("restartable", bool),
+            state=get("state", str),
+        )
+
+    @property
+    def policy_text(self) -> str:
+        return str(self.policy.get("steps", "?"))
+
+    def with_members(self, found: set[Identity]) -> JobRecord:
+        return replace(self, members=tuple(sorted(set(self.members) | found)))
+
+
+def _policy(value: dict[str, Any]) -> dict[str, Any]:
+    from tether.policy import Policy
+
+    try:
+        Policy.from_dict(value)
+    except TetherError as err:
+        raise ValueError(f"bad 'policy': {err}") from None
+    return value
+
+
+def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _identity(key: str, value: object) -> Identity:
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        return (value[0], value[1])
+    raise ValueError(f"bad {key!r}: {value!r} is not a [pid, start time] pair")
+
+
+@dataclass(frozen=True)
+class JournalProblem:
+    """A journal file that could not be used: reported, skipped, never fatal."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class Journal:
+    """One user's journal directory."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._fd = -1
+
+    @classmethod
+    def default(cls, env: Mapping[str, str] | None = None) -> Journal:
+        return cls(journal_dir(env))
+
+    def _dirfd(self, create: bool) -> int:
+        if self._fd >= 0:
+            return self._fd
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.makedirs(os.path.dirname(self.directory) or "/", exist_ok=True)
+                os.mkdir(self.directory, 0o700)
+        try:
+            fd = os.open(
+                self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            )
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise JournalError(
+                    f"journal directory {self.directory} is a symlink or not a directory"
+                ) from None
+            raise JournalError(
+                f"cannot open journal directory {self.directory}: {err.strerror}"
+            ) from None
+        st = os.fstat(fd)
+        # Records steer signals: a directory others can write to (or one owned
+        # by someone else) could feed tether forged identities.
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            os.close(fd)
+            raise JournalError(
+                f"journal directory {self.directory} must be owned by uid {os.geteuid()} "
+                f"and not writable by others (it is uid {st.st_uid}, "
+                f"mode {stat.S_IMODE(st.st_mode):04o})"
+            )
+        self._fd = fd
+        return fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def path(self, job_id: str) -> str:
+        return os.path.join(self.directory, job_id + _SUFFIX)
+
+    def write(self, record: JobRecord) -> None:
+        """Replace the job's record atomically and durably."""
+        try:
+            dfd = self._dirfd(create=True)
+        except FileNotFoundError:
+            raise JournalError(f"cannot create journal directory {self.directory}") from None
+        tmp = f".{record.job_id}.{os.getpid()}.tmp"
+        data = record.to_json()
+        try:
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dfd,
+            )
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, record.job_id + _SUFFIX, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise JournalError(
+                f"cannot write journal record {self.path(record.job_id)}: {err.strerror}"
+            ) from None
+
+    def remove(self, job_id: str) -> None:
+        try:
+            dfd = self._dirfd(create=False)
+            os.unlink(job_id + _SUFFIX, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+
+    def read(self, job_id: str) -> JobRecord | JournalProblem | None:
+        """The job's record, a problem with it, or None if there is none."""
+        try:
+            dfd = self._dirfd(create=False)
+        except FileNotFoundError:
+            return None
+        return self._read_name(dfd, job_id + _SUFFIX)
+
+    def _read_name(self, dfd: int, name: str) -> JobRecord | JournalProblem | None:
+        path = os.path.join(self.directory, name)
+        try:
+            fd = os.open(
+                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd
+            )
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                return JournalProblem(path, "is a symlink, not a record: skipped")
+            return JournalProblem(path, f"unreadable ({err.strerror}): skipped")
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return JournalProblem(path, "is not a regular file: skipped")
+            if st.st_uid != os.geteuid():
+                return JournalProblem(path, f"is owned by uid {st.st_uid}, not by us: skipped")
+            raw = b""
+            while chunk := os.read(fd, 1 << 16):
+                raw += chunk
+        finally:
+            os.close(fd)
+        try:
+            record = JobRecord.from_json(raw)
+        except ValueError as err:
+            what = "empty" if not raw else f"corrupt or truncated: {err}"
+            return JournalProblem(path, f"{what}: skipped")
+        if record.job_id + _SUFFIX != name:
+            return JournalProblem(path, f"names job {record.job_id!r}, not its own file: skipped")
+        return record
+
+    def entries(self) -> Iterator[JobRecord | JournalProblem]:
+        """Every record (or problem), oldest first; nothing if there is no journal."""
+        try:
+            dfd = self._dirfd(create=False)
+        except FileNotFoundError:
+            return
+        found: list[JobRecord | JournalProblem] = []
+        for name in sorted(os.listdir(dfd)):
+            if name.startswith(".") or not name.endswith(_SUFFIX):
+                continue
+            entry = self._read_name(dfd, name)
+            if entry is not None:
+                found.append(entry)
+        found.sort(key=lambda e: e.started_at if isinstance(e, JobRecord) else 0.0)
+        yield from found
+
+
+def new_record(
+    *,
+    job_id: str,
+    cookie: str,
+    argv: tuple[str, ...],
+    policy: dict[str, Any],
+    supervisor: Identity,
+    not_before: int,
+    cgroup: str | None,
+    trackers: tuple[str, ...],
+    restartable: bool,
+) -> JobRecord:
+    return JobRecord(
+        job_id=job_id,
+        cookie=cookie,
+        argv=argv,
+        policy=policy,
+        owner_uid=os.geteuid(),
+        started_at=time.time(),
+        boot_id=boot_id(),
+        supervisor=supervisor,
+        not_before=not_before,
+        cgroup=cgroup,
+        trackers=trackers,
+        restartable=restartable,
+    )

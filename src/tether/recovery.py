@@ -1,0 +1,159 @@
+"""Terminating a job whose supervisor is gone, from its journal record.
+
+Used by the watchdog (its supervisor just died) and by ``tether reap`` (both
+died, or a reboot left records behind). Without the supervisor there is no
+subreaper holding the orphans and no pidfds: members are found again by the
+job's cgroup, its session (while the leader's pid is not reused), its cookie,
+and the identities the supervisor recorded — every one checked by start time,
+so a recorded pid now held by a stranger is never signalled.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from tether.journal import Identity, JobRecord, Journal, boot_id
+from tether.linux.cgroupfs import JobCgroup, find_cgroup2_mount
+from tether.membership import Membership
+from tether.policy import Policy
+from tether.process import read_process
+from tether.report import Report
+from tether.terminate import terminate
+from tether.tracking.base import Tracker, TrackerStatus
+from tether.tracking.cgroup import CgroupTracker
+from tether.tracking.cookie import CookieTracker
+from tether.tracking.session import SessionTracker
+
+
+def is_alive(identity: Identity | None) -> bool:
+    """Is exactly this process (pid and start time) alive and not a zombie?"""
+    if identity is None:
+        return False
+    info = read_process(identity[0])
+    return info is not None and info.starttime == identity[1] and info.state not in ("Z", "X")
+
+
+@dataclass(frozen=True)
+class JobState:
+    """Who is looking after a recorded job right now."""
+
+    supervisor_alive: bool
+    watchdog_alive: bool
+    same_boot: bool
+
+    @property
+    def orphaned(self) -> bool:
+        """Nobody is: ``tether reap`` may terminate it."""
+        return self.same_boot and not self.supervisor_alive and not self.watchdog_alive
+
+    def describe(self) -> str:
+        if not self.same_boot:
+            return "left by a previous boot"
+        if self.supervisor_alive:
+            return "supervised"
+        if self.watchdog_alive:
+            return "supervisor gone, watchdog terminating"
+        return "orphaned: supervisor and watchdog gone"
+
+
+def job_state(record: JobRecord) -> JobState:
+    same_boot = not record.boot_id or record.boot_id == boot_id()
+    return JobState(
+        supervisor_alive=same_boot and is_alive(record.supervisor),
+        watchdog_alive=same_boot and is_alive(record.watchdog),
+        same_boot=same_boot,
+    )
+
+
+def _job_cgroup(record: JobRecord) -> tuple[JobCgroup | None, str]:
+    if record.cgroup is None:
+        return None, "the job had no cgroup"
+    mount = find_cgroup2_mount()
+    path = os.path.realpath(record.cgroup)
+    # Only a directory tether itself would have made: under the cgroup2 mount
+    # and named after this job.
+    if (
+        mount is None
+        or not path.startswith(mount.rstrip("/") + "/")
+        or os.path.basename(path) != f"tether-{record.job_id}"
+    ):
+        return None, f"recorded cgroup {record.cgroup} is not this job's: ignored"
+    if not os.path.exists(os.path.join(path, "cgroup.procs")):
+        return None, f"cgroup {path} is gone"
+    return JobCgroup(path), path
+
+
+def membership_for(record: JobRecord, protected: Sequence[int] = ()) -> Membership:
+    """Trackers rebuilt from the record (no subreaper: its holder is gone)."""
+    trackers: list[Tracker] = []
+    statuses: list[TrackerStatus] = []
+    cgroup, why = _job_cgroup(record)
+    if cgroup is not None:
+        trackers.append(CgroupTracker(cgroup))
+    statuses.append(TrackerStatus("cgroup", cgroup is not None, why))
+    statuses.append(TrackerStatus("subreaper", False, "the supervisor that held orphans is gone"))
+    if record.leader is not None and record.sid is not None:
+        trackers.append(
+            SessionTracker(record.leader[0], record.leader[1], record.sid, record.leader[0])
+        )
+        statuses.append(TrackerStatus("session", True, f"session {record.sid}"))
+    else:
+        statuses.append(TrackerStatus("session", False, "the leader was never recorded"))
+    trackers.append(CookieTracker(record.cookie, not_before=record.not_before))
+    statuses.append(TrackerStatus("cookie", True, "TETHER_JOB_ID in the environment"))
+    roots = [*([record.leader] if record.leader else []), *record.members]
+    statuses.append(TrackerStatus("walk", True, f"descendants of {len(roots)} recorded members"))
+    caveats = [
+        "recovered from the journal after the supervisor died: orphans it held as "
+        "subreaper were re-parented; members are found by cgroup, session, cookie "
+        "and recorded identities"
+    ]
+    if cgroup is None:
+        caveats.append(
+            "without a cgroup, a member that left the session, cleared its environment "
+            "and was never recorded by a scan cannot be found"
+        )
+    membership = Membership(
+        trackers,
+        statuses,
+        not_before=record.not_before,
+        leader=record.leader,
+        cgroup=cgroup,
+        walk_roots=roots,
+        cookie=record.cookie,
+        job_id=record.job_id,
+        caveats=caveats,
+    )
+    membership.protect(protected)
+    return membership
+
+
+def recover(
+    record: JobRecord,
+    journal: Journal,
+    *,
+    reason: str,
+    policy: Policy | None = None,
+    protected: Sequence[int] = (),
+    on_start: Callable[[Membership], None] | None = None,
+) -> Report:
+    """Terminate what is left of a recorded job; drop the record once it is empty."""
+    membership = membership_for(record, protected)
+    try:
+        if on_start is not None:
+            on_start(membership)
+        report = terminate(
+            membership,
+            policy if policy is not None else Policy.from_dict(record.policy),
+            job_id=record.job_id,
+            reason=reason,
+        )
+    finally:
+        membership.close()
+    if report.complete:
+        if membership.cgroup is not None:
+            membership.cgroup.remove()
+        journal.remove(record.job_id)
+    return report
