@@ -298,8 +298,9 @@ def _parse_ssh_options(value: object) -> tuple[str, ...]:
 
 
 def _toml_string(text: str) -> str:
-    # JSON string escapes (\" \\ \n \uXXXX) are valid TOML basic-string escapes.
-    return json.dumps(text, ensure_ascii=False)
+    # JSON string escapes (\" \\ \n \uXXXX) are valid TOML basic-string escapes;
+    # JSON leaves DEL raw, which TOML forbids in a string.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _toml_value(value: object) -> str:
@@ -557,7 +558,7 @@ def _parse_file(path: str, via_env: bool, rank: int) -> dict[str, Setting]:
         m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)
         if m is None:
             m = re.search(r"\s*\(at end of document\)$", msg)
-            where = f"{path}:{text.count(chr(10)) + 1}"
+            where = f"{path}:{len(text.splitlines()) or 1}"
             raise ConfigError(where, f"not valid TOML: {msg[: m.start()] if m else msg}") from None
         raise ConfigError(
             f"{path}:{m.group(1)}", f"not valid TOML: {msg[: m.start()]} (column {m.group(2)})"
