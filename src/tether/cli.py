@@ -16,13 +16,16 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from tether.errors import TetherError, UsageError
 from tether.policy import KillScript, Policy, parse_duration, parse_signal
 from tether.report import Report, oneline
+
+if TYPE_CHECKING:
+    from tether.process import ProcessHandle
 
 EXIT_TIMEOUT = 124
 EXIT_FAILED = 125
@@ -91,6 +94,7 @@ def _write_json(target: str | None, report: Report) -> None:
 #: listed by --help), so `tether run` does not pay for them at start-up.
 #: name -> "module:attribute" of a click command.
 LAZY_COMMANDS: dict[str, str] = {
+    "reap": "tether.cli_journal:reap",
     "config": "tether.cli_config:config_command",
 }
 
@@ -170,6 +174,17 @@ def _with_policy_options(f: Callable[..., Any]) -> Callable[..., Any]:
     is_flag=True,
     help="When the leader exits, wait for leftover members instead of terminating them.",
 )
+@click.option(
+    "--outlive-caller",
+    is_flag=True,
+    help="Keep running when the process that started tether exits "
+    "(by default the job is terminated, as on SIGHUP).",
+)
+@click.option(
+    "--restartable",
+    is_flag=True,
+    help="Mark the job restartable in the journal (tether reap names such jobs).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the report on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Print the report even when nothing was left.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -186,6 +201,8 @@ def run(
     timeout_text: str | None,
     trackers: str,
     wait_leftovers: bool,
+    outlive_caller: bool,
+    restartable: bool,
     quiet: bool,
     verbose: bool,
 ) -> None:
@@ -193,7 +210,10 @@ def run(
     whole tree is terminated with the policy.
 
     INT, TERM, HUP or QUIT sent to tether start the policy on the whole tree;
-    a second INT skips to the last step. stdin, stdout and stderr pass through.
+    a second INT skips to the last step. So does the exit of the process that
+    started tether (its caller: a CI agent, a scheduler), unless
+    --outlive-caller. If tether itself is killed, its watchdog terminates the
+    job; if both are, `tether reap` does. stdin, stdout and stderr pass through.
     """
     from tether.job import Job
 
@@ -210,6 +230,7 @@ def run(
     def on_signal(signum: int, _frame: object) -> None:
         received.append(signum)
 
+    caller = None if outlive_caller else _open_caller()
     old_handlers = {s: signal.signal(s, on_signal) for s in _FORWARDED}
     old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
     try:
@@ -219,19 +240,27 @@ def run(
             trackers=trackers,
             dedicated_supervisor=True,
             wake_fd=rfd,
+            restartable=restartable,
         )
     except BaseException:
         signal.set_wakeup_fd(old_wakeup)
         for s, h in old_handlers.items():
             signal.signal(s, h)
+        if caller is not None:
+            caller.close()
         raise
+    watched = [caller.fileno] if caller is not None and caller.fileno >= 0 else []
     timed_out = False
     reason = "leftovers after the leader exited"
     with job:
         deadline = None if timeout is None else _now() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - _now())
-            rc = job.wait(left)
+            rc = job.wait(left, also=watched)
+            if caller is not None and caller.has_exited():
+                reason = f"the caller (pid {caller.pid}) exited"
+                received.append(signal.SIGHUP)
+                break
             if received:
                 reason = (
                     f"tether received SIG{signal.Signals(received[0]).name.removeprefix('SIG')}"
@@ -255,6 +284,8 @@ def run(
             return received.count(signal.SIGINT) > count_at_cancel
 
         report = job.cancel(reason, skip_to_last=skip_to_last)
+    if caller is not None:
+        caller.close()
     signal.set_wakeup_fd(old_wakeup)
     for s, h in old_handlers.items():
         signal.signal(s, h)
@@ -277,6 +308,26 @@ def run(
     if rc is None:
         sys.exit(EXIT_FAILED)
     sys.exit(128 - rc if rc < 0 else rc)
+
+
+def _open_caller() -> ProcessHandle | None:
+    """A verified handle on the process that started tether, to notice its exit.
+
+    Not PR_SET_PDEATHSIG: that fires when the *thread* that forked us exits,
+    and a threaded caller (a CI agent) may fork from a short-lived thread.
+    """
+    from tether.process import ProcessHandle
+
+    ppid = os.getppid()
+    if ppid <= 1:
+        return None  # started by init (or as init): no caller to outlive
+    handle = ProcessHandle.open(ppid)
+    if handle is None or os.getppid() != ppid:
+        # The parent exited between the two looks: we were already orphaned.
+        if handle is not None:
+            handle.close()
+        raise UsageError(f"the caller (pid {ppid}) exited before the job started")
+    return handle
 
 
 def _now() -> float:
@@ -325,11 +376,21 @@ def _parse_pid(text: str) -> int:
     return pid
 
 
-@cli.command(epilog="EXIT STATUS: 0 listed; 2 bad input.")
+@cli.command(
+    epilog="EXIT STATUS: 0 listed; 1 (without PID) a journal record was unusable; 2 bad input."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a tree.")
-@click.argument("pid", type=str)
-def ps(pid: str, as_json: bool) -> None:
-    """Show the tree rooted at PID and how each member was found."""
+@click.argument("pid", type=str, required=False)
+def ps(pid: str | None, as_json: bool) -> None:
+    """Show the tree rooted at PID and how each member was found.
+
+    Without PID, list the jobs in the journal of live jobs and whether their
+    supervisor (and its watchdog) is still alive.
+    """
+    if pid is None:
+        from tether.cli_journal import list_jobs
+
+        sys.exit(list_jobs(as_json))
     from tether.job import tree_membership
     from tether.process import read_process
 

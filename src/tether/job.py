@@ -381,11 +381,12 @@ class Job:
 
     # -- waiting ---------------------------------------------------------
 
-    def wait(self, timeout: float | None = None) -> int | None:
+    def wait(self, timeout: float | None = None, *, also: Sequence[int] = ()) -> int | None:
         """Wait for the leader to exit; its status, or None if ``timeout`` passed.
 
         Event-driven: sleeps in poll() on the leader's pidfd (and the wake fd
-        the CLI uses for signals), so an idle job costs no CPU.
+        the CLI uses for signals), so an idle job costs no CPU. It also
+        returns early when any fd in ``also`` becomes readable.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         poller = select.poll()
@@ -394,6 +395,8 @@ class Job:
             poller.register(self._leader.fileno, select.POLLIN)
         if self._wake_fd is not None:
             poller.register(self._wake_fd, select.POLLIN)
+        for fd in also:
+            poller.register(fd, select.POLLIN)
         while True:
             rc = self._popen.poll()
             if rc is not None:
@@ -404,7 +407,7 @@ class Job:
             if not pollable:
                 left = 0.05 if left is None else min(left, 0.05)
             events = poller.poll(None if left is None else max(1, int(left * 1000 + 0.999)))
-            if any(fd == self._wake_fd for fd, _ in events):
+            if any(fd == self._wake_fd or fd in also for fd, _ in events):
                 return self._popen.poll()
 
     def wait_tree(self, timeout: float | None = None) -> bool:

@@ -42,15 +42,22 @@ class JobState:
     supervisor_alive: bool
     watchdog_alive: bool
     same_boot: bool
+    #: The supervisor applied the whole policy and members survived it (e.g. in
+    #: D state): it has given the job up, alive or not.
+    given_up: bool = False
 
     @property
     def orphaned(self) -> bool:
         """Nobody is: ``tether reap`` may terminate it."""
-        return self.same_boot and not self.supervisor_alive and not self.watchdog_alive
+        if not self.same_boot:
+            return False
+        return self.given_up or (not self.supervisor_alive and not self.watchdog_alive)
 
     def describe(self) -> str:
         if not self.same_boot:
             return "left by a previous boot"
+        if self.given_up:
+            return "members survived its policy: given up by its supervisor"
         if self.supervisor_alive:
             return "supervised"
         if self.watchdog_alive:
@@ -64,6 +71,7 @@ def job_state(record: JobRecord) -> JobState:
         supervisor_alive=same_boot and is_alive(record.supervisor),
         watchdog_alive=same_boot and is_alive(record.watchdog),
         same_boot=same_boot,
+        given_up=record.state == "survivors",
     )
 
 

@@ -15,6 +15,7 @@ import pytest
 
 import tether
 from helpers import alive, cgroup2_mount, is_root, tether_cmd, wait_for, wait_for_file
+from tether.journal import JobRecord, Journal
 from tether.linux import procfs
 from tether.linux.cgroupfs import JobCgroup
 from tether.process import Delivery, ProcessHandle
@@ -163,6 +164,18 @@ def remove_job_cgroup(path: str | None) -> None:
     cg.remove()
 
 
+def reap_given_up_record() -> None:
+    """A job whose members survived keeps its journal record (state "survivors")
+    until `tether reap` finds the tree empty."""
+    entries = list(Journal.default().entries())
+    assert len(entries) == 1 and isinstance(entries[0], JobRecord), entries
+    assert entries[0].state == "survivors"
+    done = subprocess.run(tether_cmd("reap"), capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert b"given up by its supervisor; terminated, nothing left" in done.stdout
+    assert not list(Journal.default().entries())
+
+
 def test_frozen_member_is_reported_as_survivor(tmp_path: Path) -> None:
     with v1_freezer(f"tether-test-{os.getpid()}-lib") as freezer:
         job = tether.start(
@@ -198,6 +211,7 @@ def test_frozen_member_is_reported_as_survivor(tmp_path: Path) -> None:
                 wait_for(lambda: _gone_or_zombie(pid), 10.0, "the thawed member")
             job._popen.wait(timeout=10)  # the leader, killed by the policy
             remove_job_cgroup(job.cgroup_path)
+            reap_given_up_record()
 
 
 def test_frozen_member_makes_cli_exit_125(tmp_path: Path) -> None:
@@ -244,6 +258,7 @@ def test_frozen_member_makes_cli_exit_125(tmp_path: Path) -> None:
                     h.close()
                 wait_for(lambda: _gone_or_zombie(pid), 10.0, "the thawed member")
             remove_job_cgroup(cgroup_path)
+            reap_given_up_record()
 
 
 def _gone_or_zombie(pid: int) -> bool:

@@ -1,0 +1,179 @@
+"""The journal's file handling: atomic writes, strict reads, refusals that never crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tether.errors import JournalError
+from tether.journal import (
+    RUNTIME_DIR_VAR,
+    JobRecord,
+    Journal,
+    JournalProblem,
+    journal_dir,
+    new_record,
+)
+from tether.policy import Policy
+from tether.watchdog import watch
+
+
+def record(job_id: str = "0123456789abcdef01234567", **changes: object) -> JobRecord:
+    base = new_record(
+        job_id=job_id,
+        cookie=job_id,
+        argv=("sh", "-c", "echo 'quoted' $(x)\n"),
+        policy=Policy.parse("INT,2s,TERM,10s,KILL", tree_delay=1.5).to_dict(),
+        supervisor=(100, 2000),
+        not_before=2000,
+        cgroup=None,
+        trackers=("session", "cookie", "walk"),
+        restartable=True,
+    )
+    return JobRecord(**{**base.__dict__, **changes})
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Journal:
+    return Journal(str(tmp_path / "journal"))
+
+
+def test_round_trip_and_modes(journal: Journal) -> None:
+    r = record(leader=(101, 2001), members=((101, 2001), (102, 2003)), sid=101)
+    journal.write(r)
+    assert journal.read(r.job_id) == r
+    assert list(journal.entries()) == [r]
+    assert stat.S_IMODE(os.stat(journal.directory).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(journal.path(r.job_id)).st_mode) == 0o600
+    assert sorted(os.listdir(journal.directory)) == [f"{r.job_id}.json"], "temp file left"
+    assert Policy.from_dict(r.policy) == Policy.parse("INT,2s,TERM,10s,KILL", tree_delay=1.5)
+    journal.remove(r.job_id)
+    journal.remove(r.job_id)  # idempotent
+    assert journal.read(r.job_id) is None
+    assert list(journal.entries()) == []
+
+
+def test_missing_journal_reads_as_empty(tmp_path: Path) -> None:
+    j = Journal(str(tmp_path / "never-made"))
+    assert list(j.entries()) == []
+    assert j.read("x") is None
+    assert not (tmp_path / "never-made").exists()
+
+
+def test_members_accumulate(journal: Journal) -> None:
+    r = record().with_members({(5, 50)}).with_members({(6, 60), (5, 50)})
+    assert r.members == ((5, 50), (6, 60))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.pop("supervisor"), "missing 'supervisor'"),
+        (lambda d: d.update(supervisor=[1]), "is not a [pid, start time] pair"),
+        (lambda d: d.update(members=[[1, True]]), "is not a [pid, start time] pair"),
+        (lambda d: d.update(owner_uid=True), "bad 'owner_uid'"),
+        (lambda d: d.update(argv=["a", 1]), "bad 'argv'"),
+        (lambda d: d.update(schema=99), "unknown schema 99"),
+        (lambda d: d.update(policy={"steps": "TERM,banana"}), "bad 'policy'"),
+        (lambda d: d.update(restartable="yes"), "bad 'restartable'"),
+    ],
+)
+def test_malformed_records_are_problems(journal: Journal, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    r = record()
+    data = json.loads(r.to_json())
+    mutate(data)
+    journal.write(r)
+    Path(journal.path(r.job_id)).write_text(json.dumps(data))
+    (entry,) = journal.entries()
+    assert isinstance(entry, JournalProblem)
+    assert message in entry.message
+    assert entry.path == journal.path(r.job_id)
+
+
+def test_truncated_empty_and_misnamed(journal: Journal) -> None:
+    r = record()
+    journal.write(r)
+    raw = Path(journal.path(r.job_id)).read_bytes()
+    Path(journal.path(r.job_id)).write_bytes(raw[:20])
+    Path(journal.directory, "empty.json").write_bytes(b"")
+    Path(journal.directory, "other.json").write_bytes(raw)
+    Path(journal.directory, "notes.txt").write_text("ignored")
+    messages = sorted(str(e) for e in journal.entries())
+    assert len(messages) == 3
+    assert any("empty.json: empty: skipped" in m for m in messages)
+    assert any("other.json: names job" in m for m in messages)
+    assert any(f"{r.job_id}.json: corrupt or truncated" in m for m in messages)
+
+
+def test_symlink_and_fifo_records_are_refused(journal: Journal, tmp_path: Path) -> None:
+    r = record()
+    journal.write(record(job_id="a" * 24))
+    target = tmp_path / "target.json"
+    target.write_bytes(r.to_json())
+    os.symlink(target, journal.path(r.job_id))
+    os.mkfifo(Path(journal.directory, "fifo.json"))
+    problems = {
+        Path(e.path).name: e.message for e in journal.entries() if isinstance(e, JournalProblem)
+    }
+    assert problems[f"{r.job_id}.json"] == "is a symlink, not a record: skipped"
+    assert problems["fifo.json"] == "is not a regular file: skipped"
+    # Writing through the planted symlink replaces it, never writes its target.
+    journal.write(r)
+    assert not os.path.islink(journal.path(r.job_id))
+    assert target.read_bytes() == r.to_json()
+
+
+def test_directory_open_to_others_is_refused(journal: Journal) -> None:
+    journal.write(record())
+    journal.close()
+    os.chmod(journal.directory, 0o777)
+    with pytest.raises(JournalError, match="not writable by others"):
+        list(journal.entries())
+
+
+def test_symlinked_directory_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(JournalError, match="is a symlink or not a directory"):
+        list(Journal(str(tmp_path / "link")).entries())
+
+
+def test_default_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert journal_dir({RUNTIME_DIR_VAR: "/x/y"}) == "/x/y"
+    if os.geteuid() == 0:
+        assert journal_dir({}) == "/run/tether"
+    else:
+        assert journal_dir({"XDG_RUNTIME_DIR": "/run/user/5"}) == "/run/user/5/tether"
+        assert journal_dir({}) == f"/tmp/tether-{os.geteuid()}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_never_crash_the_reader(
+    tmp_path_factory: pytest.TempPathFactory, raw: bytes
+) -> None:
+    j = Journal(str(tmp_path_factory.mktemp("j") / "journal"))
+    j.write(record())
+    Path(j.path(record().job_id)).write_bytes(raw)
+    (entry,) = j.entries()
+    assert isinstance(entry, (JobRecord, JournalProblem))
+
+
+def test_watch_tells_done_from_gone() -> None:
+    r, w = os.pipe()
+    os.write(w, b"do")
+    os.write(w, b"ne\n")
+    assert watch(-1, r) is False
+    os.close(r)
+    os.close(w)
+    r, w = os.pipe()
+    os.close(w)
+    assert watch(-1, r) is True  # EOF without "done": the supervisor is gone
+    os.close(r)
