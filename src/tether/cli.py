@@ -22,6 +22,7 @@ import click
 
 from tether.errors import TetherError, UsageError
 from tether.policy import KillScript, Policy, parse_duration, parse_signal
+from tether.remote.options import wants_remote, with_remote_options
 from tether.report import Report, oneline
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ def _write_json(target: str | None, report: Report) -> None:
 #: listed by --help), so `tether run` does not pay for them at start-up.
 #: name -> "module:attribute" of a click command.
 LAZY_COMMANDS: dict[str, str] = {
+    "cancel": "tether.remote.cli:cancel_command",
     "reap": "tether.cli_journal:reap",
     "config": "tether.cli_config:config_command",
 }
@@ -187,6 +189,7 @@ def _with_policy_options(f: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the report on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Print the report even when nothing was left.")
+@with_remote_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     command: tuple[str, ...],
@@ -205,6 +208,7 @@ def run(
     restartable: bool,
     quiet: bool,
     verbose: bool,
+    **remote: Any,
 ) -> None:
     """Run COMMAND on a tether: when it ends, times out or is cancelled, its
     whole tree is terminated with the policy.
@@ -221,6 +225,20 @@ def run(
         policy_text, sig, kill_after, leader_signal, tree_delay, kill_script, kill_script_mode
     )
     timeout = parse_duration(timeout_text) if timeout_text is not None else None
+    if wants_remote(remote):
+        from tether.remote.cli import run_remote
+
+        run_remote(
+            command,
+            policy=policy,
+            timeout=timeout,
+            trackers=trackers,
+            wait_leftovers=wait_leftovers,
+            json_file=json_file,
+            quiet=quiet,
+            verbose=verbose,
+            **remote,
+        )
 
     received: list[int] = []
     rfd, wfd = os.pipe()

@@ -1,0 +1,10 @@
+"""Remote jobs over SSH, contained on the remote host by tether's own engine.
+
+- :mod:`tether.remote.hostlist`: pdsh/clush host lists and ``[USER@]HOST[:PORT]``;
+- :mod:`tether.remote.bootstrap`: the fixed ssh command and how the engine is
+  shipped (zip over stdin, no install needed);
+- :mod:`tether.remote.protocol`: frames between client and agent;
+- :mod:`tether.remote.agent`: the remote supervisor (run, out-of-band cancel);
+- :mod:`tether.remote.client`: connections, one host's job, out-of-band cancel;
+- :mod:`tether.remote.cli`: ``tether run --host/-w`` and ``tether cancel``.
+"""

@@ -1,0 +1,479 @@
+"""The remote side: tether's own engine, supervising a job on the remote host.
+
+Started by the bootstrap (:mod:`tether.remote.bootstrap`) with the ssh channel
+on stdin/stdout. It answers one SPEC frame:
+
+- ``run``: start the job as a :class:`tether.job.Job` with a dedicated
+  supervisor (this process: subreaper, cgroup when root, session, cookie), its
+  journal record and watchdog; stream stdout/stderr back; on a CANCEL frame,
+  the timeout, a signal, or **EOF on the control channel** (connection lost,
+  local tether killed: a dead man's switch) terminate the tree with the
+  policy; send the exit status and the report.
+- ``cancel``: the out-of-band path. Find a job by id in this host's journal,
+  stop its old supervisor and watchdog (tether's own processes, SIGKILL by
+  verified identity, never a job member), terminate what is left with
+  :func:`tether.recovery.recover`, and send the report.
+
+The agent never blocks on the channel: output is queued and written when the
+channel can take it, so a stalled client cannot stop it from seeing a cancel
+or the end of the control stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from tether.remote.protocol import (
+    ACK,
+    CANCEL,
+    ERROR,
+    HEADER_SIZE,
+    HELLO,
+    PROTOCOL,
+    RESULT,
+    SPEC,
+    STARTED,
+    STDERR,
+    STDOUT,
+    FrameBuffer,
+    ProtocolError,
+    decode_argv,
+    decode_env,
+    json_frame,
+    load_json,
+    parse_header,
+)
+
+__all__ = ["PROTOCOL", "main"]
+
+JOB_ID = re.compile(r"[0-9a-f]{8,64}")
+#: Stop reading the job's output while this much is queued for a slow client.
+_HIGH_WATER = 1 << 20
+#: After the tree is proven empty, how long to wait for its output pipes' EOF
+#: (a pipe can only stay open if a process outside the job holds it).
+_DRAIN_AFTER_EMPTY = 2.0
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return buf
+
+
+def _read_frame(fd: int) -> tuple[bytes, bytes]:
+    kind, size = parse_header(_read_exact(fd, HEADER_SIZE))
+    return kind, _read_exact(fd, size)
+
+
+def _write_all(fd: int, data: bytes, stall: float = 60.0) -> None:
+    """Write everything; give up (TimeoutError) after ``stall`` s without progress."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            _r, writable, _x = select.select([], [fd], [], stall)
+            if not writable:
+                raise TimeoutError(f"the channel took nothing for {stall:.0f}s") from None
+            continue
+        view = view[n:]
+
+
+def _identity(pid: int) -> list[int] | None:
+    from tether.process import read_process
+
+    info = read_process(pid)
+    return None if info is None else [info.pid, info.starttime]
+
+
+def main(env: dict[str, str], mode: str) -> int:
+    """Serve one SPEC on stdin/stdout; the agent's exit status."""
+    # Keep the channel to ourselves: every process started from here (the
+    # job, its watchdog) gets /dev/null for 0, 1 and 2, and no stray print can
+    # corrupt the frames. The watchdog holding the channel open would also
+    # keep the ssh session alive after the agent exits.
+    ctl = os.dup(0)
+    out = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    os.chdir(env.get("HOME") or "/")
+    import tether
+
+    _write_all(
+        out,
+        json_frame(
+            HELLO,
+            {
+                "protocol": PROTOCOL,
+                "pid": os.getpid(),
+                "identity": _identity(os.getpid()),
+                "parent": _identity(os.getppid()),
+                "python": ".".join(map(str, sys.version_info[:3])),
+                "tether": tether.__version__,
+                "mode": mode,
+                "uid": os.geteuid(),
+            },
+        ),
+    )
+    try:
+        kind, payload = _read_frame(ctl)
+        if kind != SPEC:
+            raise ProtocolError(f"expected a SPEC frame, got {kind!r}")
+        spec = load_json(payload)
+    except (EOFError, ProtocolError, OSError):
+        return 3
+    op = spec.get("op")
+    try:
+        if op == "run":
+            return _Runner(ctl, out, env, spec).run()
+        if op == "cancel":
+            return _cancel(out, spec)
+    except ProtocolError as err:
+        _write_all(out, json_frame(ERROR, {"message": f"protocol error: {err}", "exit_code": 125}))
+        return 3
+    _write_all(out, json_frame(ERROR, {"message": f"unknown operation {op!r}", "exit_code": 125}))
+    return 3
+
+
+class _Runner:
+    def __init__(self, ctl: int, out: int, env: dict[str, str], spec: dict[str, Any]) -> None:
+        self.ctl = ctl
+        self.out = out
+        self.spec = spec
+        self.env = dict(env)
+        self.outbuf = bytearray()
+        self.out_dead = False
+        self.ctl_open = True
+        self.cancel_thread: threading.Thread | None = None
+        self.cancels = 0
+        self.cancel_reason: str | None = None
+        self.report: Any = None
+        self.cancel_error: BaseException | None = None
+        self.timed_out = False
+        self.job: Any = None
+        self.done_w = -1
+
+    # -- the channel --------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        if not self.out_dead:
+            self.outbuf += data
+            self.flush()
+
+    def flush(self) -> None:
+        while self.outbuf and not self.out_dead:
+            try:
+                n = os.write(self.out, self.outbuf[: 1 << 16])
+            except BlockingIOError:
+                return
+            except OSError:
+                # The channel is gone (EPIPE): same as losing the control side.
+                self.out_dead = True
+                self.outbuf.clear()
+                self.start_cancel("connection lost (output channel closed)")
+                return
+            del self.outbuf[:n]
+
+    # -- cancelling -----------------------------------------------------------
+
+    def start_cancel(self, reason: str) -> None:
+        if self.job is None:
+            return
+        if self.cancel_thread is not None:
+            return
+        self.cancel_reason = reason
+        job = self.job
+        count = self.cancels
+
+        def work() -> None:
+            try:
+                self.report = job.cancel(reason, skip_to_last=lambda: self.cancels > max(count, 1))
+            except BaseException as err:
+                self.cancel_error = err
+            finally:
+                with contextlib.suppress(OSError):
+                    os.write(self.done_w, b"x")
+
+        self.cancel_thread = threading.Thread(target=work, name="tether-cancel", daemon=True)
+        self.cancel_thread.start()
+
+    def on_control(self, kind: bytes, payload: bytes) -> None:
+        if kind == CANCEL:
+            self.cancels += 1
+            self.send(json_frame(ACK, {"cancels": self.cancels}))
+            reason = load_json(payload).get("reason") if payload else None
+            self.start_cancel(str(reason or "cancelled by the client"))
+
+    # -- the job --------------------------------------------------------------
+
+    def run(self) -> int:
+        from tether.errors import TetherError
+        from tether.job import Job
+        from tether.policy import Policy
+
+        spec = self.spec
+        argv = [os.fsdecode(a) for a in decode_argv(spec.get("argv"))]
+        extra = decode_env(spec.get("env", {}))
+        for k, v in extra.items():
+            self.env[os.fsdecode(k)] = os.fsdecode(v)
+        timeout = spec.get("timeout")
+        if timeout is not None and not isinstance(timeout, (int, float)):
+            raise ProtocolError("bad timeout")
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self.done_r, self.done_w = os.pipe()
+        wake_r, wake_w = os.pipe()
+        for fd in (wake_r, wake_w, self.done_r, self.done_w):
+            os.set_blocking(fd, False)
+        received: list[int] = []
+
+        def on_signal(signum: int, _frame: object) -> None:
+            received.append(signum)
+
+        for s in _SIGNALS:
+            signal.signal(s, on_signal)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        try:
+            policy = Policy.from_dict(spec.get("policy"))
+            self.job = Job(
+                argv,
+                policy=policy,
+                trackers=spec.get("trackers") or "auto",
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                dedicated_supervisor=True,
+            )
+        except TetherError as err:
+            message = {"message": str(err), "exit_code": err.exit_code}
+            _write_all(self.out, json_frame(ERROR, message))
+            return 0
+        except OSError as err:
+            _write_all(
+                self.out,
+                json_frame(ERROR, {"message": f"cannot start: {err.strerror}", "exit_code": 125}),
+            )
+            return 0
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        job = self.job
+        leader = _identity(job.pid)
+        self.send(
+            json_frame(
+                STARTED,
+                {
+                    "job_id": job.id,
+                    "leader": leader,
+                    "trackers": [[t.name, t.used, t.reason] for t in job.trackers],
+                },
+            )
+        )
+        os.set_blocking(self.out, False)
+        os.set_blocking(self.ctl, False)
+        leader_fd = os.pidfd_open(job.pid)
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
+        frames = FrameBuffer()
+        pipes = {out_r: STDOUT, err_r: STDERR}
+        leader_done = False
+        drain_until: float | None = None
+        poller = select.poll()
+        registered: set[int] = set()
+
+        def want(fd: int, mask: int) -> None:
+            if fd in registered:
+                poller.modify(fd, mask)
+            else:
+                poller.register(fd, mask)
+                registered.add(fd)
+
+        def drop(fd: int) -> None:
+            if fd in registered:
+                poller.unregister(fd)
+                registered.discard(fd)
+
+        want(self.ctl, select.POLLIN)
+        want(leader_fd, select.POLLIN)
+        want(wake_r, select.POLLIN)
+        want(self.done_r, select.POLLIN)
+        while True:
+            # Output pipes: read unless the client is too far behind.
+            for fd in pipes:
+                if len(self.outbuf) < _HIGH_WATER:
+                    want(fd, select.POLLIN)
+                else:
+                    drop(fd)
+            if self.outbuf and not self.out_dead:
+                want(self.out, select.POLLOUT)
+            else:
+                drop(self.out)
+            if self.report is not None or self.cancel_error is not None:
+                now = time.monotonic()
+                if drain_until is None:
+                    complete = self.report is not None and self.report.complete
+                    drain_until = now + (_DRAIN_AFTER_EMPTY if complete else 0.2)
+                if not pipes or now >= drain_until:
+                    break
+            waits = []
+            if deadline is not None and self.cancel_thread is None:
+                waits.append(deadline - time.monotonic())
+            if drain_until is not None:
+                waits.append(drain_until - time.monotonic())
+            timeout_ms = None if not waits else max(0, int(min(waits) * 1000) + 1)
+            events = poller.poll(timeout_ms)
+            for fd, _ev in events:
+                if fd in pipes:
+                    try:
+                        data = os.read(fd, 1 << 16)
+                    except BlockingIOError:
+                        continue
+                    if data:
+                        self.send(_frame_bytes(pipes[fd], data))
+                    else:
+                        drop(fd)
+                        del pipes[fd]
+                        os.close(fd)
+                elif fd == self.out:
+                    self.flush()
+                elif fd == self.ctl:
+                    try:
+                        data = os.read(self.ctl, 1 << 16)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        drop(self.ctl)
+                        self.ctl_open = False
+                        self.start_cancel("control connection closed (dead man's switch)")
+                        continue
+                    for kind, payload in frames.feed(data):
+                        self.on_control(kind, payload)
+                elif fd == leader_fd:
+                    drop(leader_fd)
+                    leader_done = True
+                    self.start_cancel("leftovers after the leader exited")
+                elif fd == wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(wake_r, 512)
+                    if received:
+                        self.cancels += 1
+                        name = signal.Signals(received[-1]).name
+                        self.start_cancel(f"remote agent received {name}")
+                elif fd == self.done_r:
+                    drop(self.done_r)
+            if (
+                deadline is not None
+                and self.cancel_thread is None
+                and not leader_done
+                and time.monotonic() >= deadline
+            ):
+                self.timed_out = True
+                self.start_cancel("timeout")
+        if self.cancel_thread is not None:
+            self.cancel_thread.join()
+        for fd in pipes:
+            os.close(fd)
+        os.close(leader_fd)
+        signal.set_wakeup_fd(-1)
+        rc = job.returncode
+        if self.cancel_error is not None:
+            result: dict[str, Any] = {
+                "error": f"termination failed: {self.cancel_error}",
+                "returncode": rc,
+                "timed_out": self.timed_out,
+            }
+        else:
+            result = {
+                "returncode": rc,
+                "timed_out": self.timed_out,
+                "reason": self.cancel_reason,
+                "report": self.report.to_dict(),
+            }
+        self.send(json_frame(RESULT, result))
+        if not self.out_dead:
+            os.set_blocking(self.out, True)
+            with contextlib.suppress(OSError):
+                _write_all(self.out, bytes(self.outbuf))
+        return 0
+
+
+def _frame_bytes(kind: bytes, data: bytes) -> bytes:
+    from tether.remote.protocol import frame
+
+    return frame(kind, data)
+
+
+def _stop(identity: tuple[int, int] | None, what: str, notes: list[str]) -> None:
+    """SIGKILL one of tether's own processes (never a job member) by identity."""
+    from tether.process import ProcessHandle
+
+    if identity is None:
+        return
+    handle = ProcessHandle.open(identity[0], identity[1])
+    if handle is None:
+        notes.append(f"{what} pid {identity[0]} already gone")
+        return
+    try:
+        handle.send_signal(signal.SIGKILL)
+        if handle.fileno >= 0:
+            select.select([handle.fileno], [], [], 5.0)
+        notes.append(f"{what} pid {identity[0]} stopped (SIGKILL)")
+    finally:
+        handle.close()
+
+
+def _cancel(out: int, spec: dict[str, Any]) -> int:
+    """The out-of-band path: terminate a recorded job through this new connection."""
+    from tether.journal import Journal, JournalProblem
+    from tether.policy import Policy
+    from tether.recovery import job_state, recover
+
+    job_id = spec.get("job_id")
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise ProtocolError(f"bad job id {job_id!r}")
+    journal = Journal.default()
+    try:
+        record = journal.read(job_id)
+        if record is None:
+            _write_all(out, json_frame(RESULT, {"found": False, "journal": journal.directory}))
+            return 0
+        if isinstance(record, JournalProblem):
+            _write_all(out, json_frame(ERROR, {"message": str(record), "exit_code": 125}))
+            return 0
+        state = job_state(record)
+        notes: list[str] = [f"job was {state.describe()}"]
+        # The watchdog first: killing the supervisor would make it start
+        # recovering the job itself, racing us.
+        _stop(record.watchdog, "watchdog", notes)
+        _stop(record.supervisor, "supervisor", notes)
+        raw_policy = spec.get("policy")
+        policy = Policy.from_dict(raw_policy) if raw_policy is not None else None
+        report = recover(
+            record,
+            journal,
+            reason=str(spec.get("reason") or "cancelled out of band over a new connection"),
+            policy=policy,
+            protected=[os.getpid()],
+        )
+    finally:
+        journal.close()
+    _write_all(out, json_frame(RESULT, {"found": True, "notes": notes, "report": report.to_dict()}))
+    return 0

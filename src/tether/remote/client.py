@@ -1,0 +1,694 @@
+"""The local side: reach a host with the OpenSSH client, load the agent, run or cancel.
+
+One :class:`Connection` is one ``ssh`` process whose stdin/stdout carry the
+bootstrap and then the frames of :mod:`tether.remote.protocol`. ssh is started
+in a session of its own: a Ctrl-C on the terminal reaches tether (which cancels
+the remote job and waits for its report), not ssh (whose death would leave the
+report behind). As a consequence ssh cannot prompt for a password on the
+terminal: use keys or an agent, as for any batch ssh.
+
+Host key checking, ProxyJump, ControlMaster, keys and aliases are ssh's own
+business: tether passes ``-F FILE`` and ``-o OPTION`` through and adds only
+``-T`` (no pty).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.errors import TetherError
+from tether.policy import Policy
+from tether.remote import protocol
+from tether.remote.bootstrap import MIN_ENGINE_PYTHON, REMOTE_COMMAND, package_zip, stage1_block
+from tether.remote.hostlist import Target
+from tether.report import MemberRecord, Report, StepRecord, Survivor
+from tether.tracking.base import TrackerStatus
+
+#: Lines of login-shell noise (motd, rc files) tolerated before the banner.
+_MAX_NOISE_LINES = 200
+
+
+class RemoteError(TetherError):
+    """A remote host could not be reached, or its agent could not run the job."""
+
+    def __init__(self, host: str, message: str, exit_code: int = 125) -> None:
+        super().__init__(f"{host}: {message}")
+        self.host = host
+        self.message = message
+        self.exit_code = exit_code
+
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, int]]:
+        return (type(self), (self.host, self.message, self.exit_code))
+
+
+RemoteError.__module__ = "tether"
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    """How to invoke the OpenSSH client."""
+
+    options: tuple[str, ...] = ()
+    config_file: str | None = None
+    program: str = "ssh"
+
+    def argv(self, target: Target) -> list[str]:
+        argv = [self.program, "-T"]
+        if self.config_file is not None:
+            argv += ["-F", self.config_file]
+        for opt in self.options:
+            argv += ["-o", opt]
+        if target.port is not None:
+            argv += ["-p", str(target.port)]
+        if target.user is not None:
+            argv += ["-l", target.user]
+        # "--": the host can never be read as an option (it is validated too).
+        return [*argv, "--", target.host, REMOTE_COMMAND]
+
+
+class Connection:
+    """One ssh process running the bootstrap and then the agent."""
+
+    def __init__(self, target: Target, ssh: SshOptions) -> None:
+        self.target = target
+        self.label = target.label
+        self._buf = bytearray()
+        self._eof = False
+        self._write_lock = threading.Lock()
+        self._stderr: deque[str] = deque(maxlen=20)
+        self.hello: dict[str, Any] = {}
+        try:
+            self.proc = subprocess.Popen(
+                ssh.argv(target),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                bufsize=0,
+            )
+        except OSError as err:
+            raise RemoteError(self.label, f"cannot run {ssh.program}: {err.strerror}") from None
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._out = self.proc.stdout.fileno()
+        self._stderr_thread = threading.Thread(
+            target=self._read_stderr, name=f"ssh-stderr-{self.label}", daemon=True
+        )
+        self._stderr_thread.start()
+
+    # -- ssh's own stderr: the reason when a connection fails --------------
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        pending = b""
+        while True:
+            try:
+                chunk = self.proc.stderr.read(4096)
+            except (OSError, ValueError):
+                break
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                text = line.decode(errors="replace").strip()
+                if text:
+                    self._stderr.append(text)
+        if pending.strip():
+            self._stderr.append(pending.decode(errors="replace").strip())
+
+    def ssh_error(self) -> str:
+        """Why the connection ended: ssh's last words, else its exit status."""
+        self._stderr_thread.join(timeout=2.0)
+        rc = self.proc.poll()
+        lines = [
+            line
+            for line in self._stderr
+            if not line.startswith("Warning: Permanently added")
+            and not line.startswith("Pseudo-terminal")
+        ]
+        if lines:
+            return "ssh: " + lines[-1]
+        if rc is None:
+            return "connection closed"
+        return f"ssh exited with status {rc}"
+
+    # -- reading --------------------------------------------------------------
+
+    def _fill(self, timeout: float | None) -> bool:
+        """Read more from ssh's stdout; False on EOF (or timeout, if given)."""
+        if self._eof:
+            return False
+        if timeout is not None:
+            ready, _w, _x = select.select([self._out], [], [], max(0.0, timeout))
+            if not ready:
+                return False
+        try:
+            chunk = os.read(self._out, 1 << 16)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._eof = True
+            return False
+        self._buf += chunk
+        return True
+
+    def read_line(self, deadline: float | None = None) -> bytes | None:
+        while b"\n" not in self._buf:
+            left = None if deadline is None else deadline - time.monotonic()
+            if (left is not None and left <= 0) or not self._fill(left):
+                return None
+        line, _, rest = bytes(self._buf).partition(b"\n")
+        self._buf = bytearray(rest)
+        return line
+
+    def read_frame(self) -> tuple[bytes, bytes] | None:
+        """The next frame, or None when the connection ended."""
+        while True:
+            if len(self._buf) >= protocol.HEADER_SIZE:
+                kind, size = protocol.parse_header(bytes(self._buf[: protocol.HEADER_SIZE]))
+                end = protocol.HEADER_SIZE + size
+                if len(self._buf) >= end:
+                    payload = bytes(self._buf[protocol.HEADER_SIZE : end])
+                    del self._buf[:end]
+                    return kind, payload
+            if not self._fill(None):
+                return None
+
+    # -- writing --------------------------------------------------------------
+
+    def write(self, data: bytes) -> bool:
+        """Send bytes to the remote side; False if the connection is gone."""
+        assert self.proc.stdin is not None
+        with self._write_lock:
+            try:
+                self.proc.stdin.write(data)
+                self.proc.stdin.flush()
+            except (OSError, ValueError):
+                return False
+        return True
+
+    # -- the bootstrap ------------------------------------------------------
+
+    def handshake(self) -> dict[str, Any]:
+        """Load the agent on the remote host; its HELLO."""
+        banner = None
+        for _ in range(_MAX_NOISE_LINES):
+            line = self.read_line()
+            if line is None:
+                raise RemoteError(self.label, self.ssh_error(), 125)
+            if line.startswith((b"TETHER-PY ", b"TETHER-NO-PYTHON")):
+                banner = line.decode(errors="replace")
+                break
+        if banner is None:
+            raise RemoteError(self.label, "no tether bootstrap banner from the remote shell")
+        if banner.startswith("TETHER-NO-PYTHON"):
+            raise RemoteError(
+                self.label,
+                "python3 not found on the remote host (tether's remote engine needs "
+                f"python3 >= {'.'.join(map(str, MIN_ENGINE_PYTHON))} there)",
+            )
+        version_text = banner.split()[1]
+        try:
+            version = tuple(int(x) for x in version_text.split(".")[:2])
+        except ValueError:
+            raise RemoteError(self.label, f"bad banner {banner!r}") from None
+        if version < MIN_ENGINE_PYTHON:
+            raise RemoteError(
+                self.label,
+                f"remote python3 is {version_text}; tether's remote engine needs "
+                f">= {'.'.join(map(str, MIN_ENGINE_PYTHON))}",
+            )
+        import tether
+
+        blob, digest = package_zip()
+        offer = {"version": tether.__version__, "protocol": protocol.PROTOCOL, "sha256": digest}
+        if not self.write(stage1_block() + json.dumps(offer).encode() + b"\n"):
+            raise RemoteError(self.label, self.ssh_error())
+        answer = self.read_line()
+        if answer is None:
+            raise RemoteError(self.label, self.ssh_error())
+        try:
+            mode = json.loads(answer)
+        except ValueError:
+            raise RemoteError(self.label, f"bad answer from stage 1: {answer[:200]!r}") from None
+        if mode.get("mode") == "error":
+            raise RemoteError(self.label, str(mode.get("message")))
+        if mode.get("mode") == "ship" and not self.write(b"%d\n" % len(blob) + blob):
+            raise RemoteError(self.label, self.ssh_error())
+        first = self.read_frame()
+        if first is None or first[0] != protocol.HELLO:
+            raise RemoteError(self.label, "the remote agent did not start: " + self.ssh_error())
+        self.hello = protocol.load_json(first[1])
+        return self.hello
+
+    def close(self, timeout: float = 5.0) -> int | None:
+        """Close our end, wait for ssh (kill it after ``timeout``); its status."""
+        assert self.proc.stdin is not None
+        with self._write_lock, contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            rc = self.proc.wait()
+        self._stderr_thread.join(timeout=2.0)
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+        return rc
+
+    def kill(self) -> None:
+        """SIGKILL our ssh process (our unreaped child: its pid cannot be reused)."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGKILL)
+
+
+# -- reports travel as dicts ---------------------------------------------------
+
+
+def report_from_dict(data: dict[str, Any]) -> Report:
+    """Rebuild a :class:`Report` from its ``to_dict()`` form (schema 1)."""
+    return Report(
+        job_id=data["job_id"],
+        reason=data["reason"],
+        policy=data["policy"],
+        started_at=data["started_at"],
+        duration=data["duration"],
+        complete=data["complete"],
+        members=tuple(
+            MemberRecord(
+                pid=m["pid"],
+                start_time=m["start_time"],
+                cmdline=m["cmdline"],
+                found_by=tuple(m["found_by"]),
+                outcome=m["outcome"],
+                ended_by=m["ended_by"],
+                ended_at=m["ended_at"],
+                signals=tuple(m.get("signals", ())),
+            )
+            for m in data["members"]
+        ),
+        survivors=tuple(
+            Survivor(
+                pid=s["pid"],
+                start_time=s["start_time"],
+                cmdline=s["cmdline"],
+                state=s["state"],
+                wchan=s["wchan"],
+                reason=s["reason"],
+            )
+            for s in data["survivors"]
+        ),
+        trackers=tuple(TrackerStatus(t["name"], t["used"], t["reason"]) for t in data["trackers"]),
+        steps=tuple(
+            StepRecord(
+                signal=s["signal"],
+                started_at=s["started_at"],
+                grace=s["grace"],
+                signalled=s["signalled"],
+                left_after=s["left_after"],
+                duration=s["duration"],
+                froze=s.get("froze"),
+            )
+            for s in data.get("steps", ())
+        ),
+        caveats=tuple(data.get("caveats", ())),
+        kill_script=data.get("kill_script"),
+    )
+
+
+# -- one host ------------------------------------------------------------------
+
+
+@dataclass
+class HostResult:
+    """How one host's job ended (or why it never ran)."""
+
+    target: Target
+    exit_status: int = 125
+    error: str | None = None
+    job_id: str | None = None
+    returncode: int | None = None
+    timed_out: bool = False
+    reason: str | None = None
+    cancelled: str | None = None  # None, "in-band" or "out-of-band"
+    report: dict[str, Any] | None = None
+    remote: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.target.label,
+            "exit_status": self.exit_status,
+            "error": self.error,
+            "job_id": self.job_id,
+            "returncode": self.returncode,
+            "timed_out": self.timed_out,
+            "reason": self.reason,
+            "cancelled": self.cancelled,
+            "remote": self.remote,
+            "notes": self.notes,
+            "report": self.report,
+        }
+
+
+def exit_status(returncode: int | None, timed_out: bool, report: dict[str, Any] | None) -> int:
+    """``tether run``'s conventions for one host's outcome."""
+    if report is not None and not report.get("complete", False):
+        return 125
+    if timed_out:
+        return 124
+    if returncode is None:
+        return 125
+    return 128 - returncode if returncode < 0 else returncode
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run on every host."""
+
+    argv: tuple[str, ...]
+    policy: Policy
+    timeout: float | None = None
+    trackers: str = "auto"
+    env: tuple[tuple[str, str], ...] = ()
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "op": "run",
+            "argv": protocol.encode_argv(self.argv),
+            "policy": self.policy.to_dict(),
+            "timeout": self.timeout,
+            "trackers": self.trackers,
+            "env": protocol.encode_env(dict(self.env)),
+        }
+
+
+class OutputSink:
+    """Where remote output goes: raw for one host, ``host: line`` for many."""
+
+    def __init__(self, prefix: bool, stdout: Any = None, stderr: Any = None) -> None:
+        import sys
+
+        self.prefix = prefix
+        self._streams = {
+            protocol.STDOUT: stdout if stdout is not None else sys.stdout.buffer,
+            protocol.STDERR: stderr if stderr is not None else sys.stderr.buffer,
+        }
+        self._partial: dict[tuple[str, bytes], bytes] = {}
+        self._lock = threading.Lock()
+
+    def write(self, label: str, kind: bytes, data: bytes) -> None:
+        stream = self._streams[kind]
+        with self._lock:
+            if not self.prefix:
+                self._emit(stream, data)
+                return
+            key = (label, kind)
+            pending = self._partial.pop(key, b"") + data
+            *lines, rest = pending.split(b"\n")
+            if lines:
+                head = label.encode() + b": "
+                self._emit(stream, b"".join(head + line + b"\n" for line in lines))
+            if rest:
+                self._partial[key] = rest
+
+    def finish(self, label: str) -> None:
+        """Flush a host's unterminated last lines."""
+        if not self.prefix:
+            return
+        with self._lock:
+            for kind in (protocol.STDOUT, protocol.STDERR):
+                rest = self._partial.pop((label, kind), b"")
+                if rest:
+                    self._emit(self._streams[kind], label.encode() + b": " + rest + b"\n")
+
+    @staticmethod
+    def _emit(stream: Any, data: bytes) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            stream.write(data)
+            stream.flush()
+
+
+class HostRun:
+    """One host's job: connect, run, stream, and cancel (in band or out of band)."""
+
+    def __init__(
+        self,
+        target: Target,
+        spec: RunSpec,
+        ssh: SshOptions,
+        sink: OutputSink,
+        on_event: Any = None,
+    ) -> None:
+        self.target = target
+        self.label = target.label
+        self.spec = spec
+        self.ssh = ssh
+        self.sink = sink
+        self.on_event = on_event or (lambda: None)
+        self.result = HostResult(target)
+        self.conn: Connection | None = None
+        self.job_id: str | None = None
+        self.cancel_sent_at: float | None = None
+        self.cancel_reason: str | None = None
+        self.acked = False
+        self.done = threading.Event()
+        self.cancelled = threading.Event()
+        self._oob: threading.Thread | None = None
+        self._oob_result: HostResult | None = None
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._main, name=f"tether-{self.label}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    # -- cancel (called from the coordinating thread) -------------------------
+
+    def cancel(self, reason: str) -> None:
+        """Ask the remote agent to terminate the job (again: skip to the last step)."""
+        with self._lock:
+            self.cancelled.set()
+            self.cancel_reason = self.cancel_reason or reason
+            conn, started = self.conn, self.job_id is not None
+            if self.cancel_sent_at is None:
+                self.cancel_sent_at = time.monotonic()
+        if (
+            conn is not None
+            and started
+            and not conn.write(protocol.json_frame(protocol.CANCEL, {"reason": reason}))
+        ):
+            self.cancel_out_of_band("the connection is gone")
+
+    def cancel_out_of_band(self, why: str) -> None:
+        """Cancel over a new connection (once); the first one is then closed."""
+        with self._lock:
+            if self._oob is not None or self.done.is_set() or self.job_id is None:
+                return
+            job_id = self.job_id
+            self._oob = threading.Thread(
+                target=self._run_oob, args=(job_id, why), name=f"tether-oob-{self.label}"
+            )
+            self._oob.daemon = True
+        self._oob.start()
+
+    def _run_oob(self, job_id: str, why: str) -> None:
+        result = cancel_job(
+            self.target,
+            job_id,
+            self.ssh,
+            policy=self.spec.policy,
+            reason=f"{self.cancel_reason or 'cancelled'}; out of band ({why})",
+        )
+        result.notes.insert(0, f"cancelled over a new connection: {why}")
+        self._oob_result = result
+        # The first connection is stale or hung: end it; its reader thread
+        # then sees EOF and takes the out-of-band result.
+        conn = self.conn
+        if conn is not None:
+            conn.kill()
+
+    def ack_overdue(self, ack_timeout: float) -> bool:
+        return (
+            self.cancel_sent_at is not None
+            and not self.acked
+            and not self.done.is_set()
+            and self._oob is None
+            and time.monotonic() - self.cancel_sent_at >= ack_timeout
+        )
+
+    # -- the host's thread ------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except RemoteError as err:
+            self.result.error = err.message
+            self.result.exit_status = err.exit_code
+        except Exception as err:  # a bug or a broken peer: one host, one line
+            self.result.error = f"{type(err).__name__}: {err}"
+            self.result.exit_status = 125
+        finally:
+            self.sink.finish(self.label)
+            if self.conn is not None:
+                self.conn.close(timeout=5.0)
+            self.done.set()
+            self.on_event()
+
+    def _run(self) -> None:
+        if self.cancelled.is_set():
+            raise RemoteError(self.label, "cancelled before it started")
+        conn = Connection(self.target, self.ssh)
+        with self._lock:
+            self.conn = conn
+        self.result.remote = conn.handshake()
+        if self.cancelled.is_set():
+            raise RemoteError(self.label, "cancelled before it started")
+        if not conn.write(protocol.json_frame(protocol.SPEC, self.spec.payload())):
+            raise RemoteError(self.label, conn.ssh_error())
+        while True:
+            got = conn.read_frame()
+            if got is None:
+                self._connection_lost(conn)
+                return
+            kind, payload = got
+            if kind in (protocol.STDOUT, protocol.STDERR):
+                self.sink.write(self.label, kind, payload)
+            elif kind == protocol.STARTED:
+                data = protocol.load_json(payload)
+                with self._lock:
+                    self.job_id = self.result.job_id = str(data.get("job_id"))
+                    pending = self.cancelled.is_set()
+                if pending:
+                    # Cancelled while starting: deliver it now.
+                    self.cancel(self.cancel_reason or "cancelled")
+                self.on_event()
+            elif kind == protocol.ACK:
+                self.acked = True
+                self.result.cancelled = "in-band"
+            elif kind == protocol.ERROR:
+                data = protocol.load_json(payload)
+                raise RemoteError(
+                    self.label, str(data.get("message")), int(data.get("exit_code", 125))
+                )
+            elif kind == protocol.RESULT:
+                self._take_result(protocol.load_json(payload))
+                return
+
+    def _take_result(self, data: dict[str, Any]) -> None:
+        r = self.result
+        r.returncode = data.get("returncode")
+        r.timed_out = bool(data.get("timed_out"))
+        r.reason = data.get("reason")
+        r.report = data.get("report")
+        if data.get("error"):
+            r.error = str(data["error"])
+            r.exit_status = 125
+        else:
+            r.exit_status = exit_status(r.returncode, r.timed_out, r.report)
+
+    def _connection_lost(self, conn: Connection) -> None:
+        """EOF before the RESULT: the remote agent's dead man's switch has fired.
+
+        Confirm over a new connection (which also terminates the job if the
+        agent could not) unless that is already under way.
+        """
+        why = conn.ssh_error()
+        if self.job_id is None:
+            raise RemoteError(self.label, f"connection lost before the job started ({why})")
+        if self._oob is None:
+            self.cancel_out_of_band(f"first connection lost: {why}")
+        assert self._oob is not None
+        self._oob.join()
+        oob = self._oob_result
+        assert oob is not None
+        r = self.result
+        r.cancelled = "out-of-band"
+        r.report = oob.report
+        r.notes.extend(oob.notes)
+        r.reason = oob.reason
+        if oob.error is not None:
+            r.error = oob.error
+            r.exit_status = 125
+        elif self.cancelled.is_set():
+            # Cancelled by us; the leader's own status died with its
+            # supervisor, so there is none to pass on.
+            r.notes.append("the leader's exit status is unknown (its supervisor was stopped)")
+            r.exit_status = 125
+        else:
+            r.error = f"connection lost ({why}); the remote job was terminated"
+            r.exit_status = 125
+
+
+def cancel_job(
+    target: Target,
+    job_id: str,
+    ssh: SshOptions,
+    *,
+    policy: Policy | None = None,
+    reason: str | None = None,
+) -> HostResult:
+    """Out-of-band cancel: a new connection finds the job by id and terminates it."""
+    result = HostResult(target, job_id=job_id, cancelled="out-of-band")
+    conn: Connection | None = None
+    try:
+        conn = Connection(target, ssh)
+        result.remote = conn.handshake()
+        spec: dict[str, Any] = {"op": "cancel", "job_id": job_id, "reason": reason}
+        if policy is not None:
+            spec["policy"] = policy.to_dict()
+        if not conn.write(protocol.json_frame(protocol.SPEC, spec)):
+            raise RemoteError(target.label, conn.ssh_error())
+        got = conn.read_frame()
+        if got is None:
+            raise RemoteError(target.label, "no answer to the cancel: " + conn.ssh_error())
+        kind, payload = got
+        data = protocol.load_json(payload)
+        if kind == protocol.ERROR:
+            raise RemoteError(target.label, str(data.get("message")))
+        if kind != protocol.RESULT:
+            raise RemoteError(target.label, f"unexpected frame {kind!r}")
+        if not data.get("found"):
+            result.notes.append(f"no live job {job_id} in the remote journal (already ended)")
+            result.exit_status = 0
+            return result
+        result.notes.extend(str(n) for n in data.get("notes", ()))
+        result.report = data.get("report")
+        result.reason = (result.report or {}).get("reason")
+        result.exit_status = 0 if (result.report or {}).get("complete") else 1
+    except RemoteError as err:
+        result.error = err.message
+        result.exit_status = err.exit_code
+    finally:
+        if conn is not None:
+            conn.close(timeout=5.0)
+    return result
+
+
+def render_host_report(result: HostResult, prefix: bool) -> str:
+    """The text report for one host (lines prefixed with the host for many)."""
+    lines: list[str] = []
+    if result.report is not None:
+        lines.extend(report_from_dict(result.report).render_text().splitlines())
+    lines.extend(f"  note: {n}" for n in result.notes)
+    if not prefix:
+        return "\n".join(lines)
+    return "\n".join(f"{result.target.label}: {line}" for line in lines)
+
+
+def worst(statuses: Sequence[int]) -> int:
+    """The exit status of a fan-out: the largest of the hosts' (as pdsh -S)."""
+    return max(statuses, default=0)
