@@ -25,7 +25,7 @@ from tether.errors import (
     UnsafeTargetError,
     UsageError,
 )
-from tether.journal import WATCHDOG_DONE, JobRecord, Journal, new_record
+from tether.journal import JobRecord, Journal, new_record
 from tether.linux import procfs
 from tether.membership import Membership
 from tether.policy import Policy
@@ -38,6 +38,7 @@ from tether.tracking.cookie import COOKIE_VAR, CookieTracker, new_cookie
 from tether.tracking.select import parse_tracker_names, select_trackers
 from tether.tracking.session import SessionTracker
 from tether.tracking.subreaper import SubreaperTracker
+from tether.watchdog import WATCHDOG_DONE
 
 # The leader writes itself into the job cgroup *before* exec, so the job's
 # first instruction already runs inside it: no fork can precede containment.
@@ -50,6 +51,7 @@ _dedicated_lock = threading.Lock()
 _dedicated_jobs: set[str] = set()
 
 
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Watchdogs told their job is over, not yet reaped (they exit on their own).
 _released_watchdogs: set[int] = set()
 
@@ -61,11 +63,20 @@ def _spawn_watchdog(args: Sequence[str], stdin: int) -> int:
     process but the pid, which the caller reaps once the watchdog is done.
     """
     devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    env = dict(os.environ)
+    flags = []
+    if os.path.isdir(_PACKAGE_PARENT):
+        # -S skips site (and every .pth it runs: tens of ms on some
+        # installs); tether is found through PYTHONPATH instead.
+        flags = ["-S"]
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p
+        )
     try:
         return os.posix_spawn(
             sys.executable,
-            [sys.executable, "-m", "tether.watchdog", *args],
-            os.environ,
+            [sys.executable, *flags, "-m", "tether.watchdog", *args],
+            env,
             file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, devnull, 1)],
             # Its own session: a Ctrl-C on the job's terminal must not take
             # the watchdog down along with the supervisor.

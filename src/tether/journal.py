@@ -31,8 +31,6 @@ SCHEMA = 1
 RUNTIME_DIR_VAR = "TETHER_RUNTIME_DIR"
 _SUFFIX = ".json"
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
-#: What a supervisor writes to its watchdog once the job is over.
-WATCHDOG_DONE = b"done\n"
 
 Identity = tuple[int, int]
 """(pid, start time in clock ticks since boot): a process, not just a number."""

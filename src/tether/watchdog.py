@@ -27,7 +27,11 @@ import os
 import select
 import sys
 
-from tether.journal import WATCHDOG_DONE
+# Only os/select/sys at import: the watchdog idles for the job's whole life
+# and starts beside every job, so it imports the engine only when needed.
+
+#: What a supervisor writes to its watchdog once the job is over.
+WATCHDOG_DONE = b"done\n"
 
 
 def _say(message: str) -> None:
@@ -60,6 +64,29 @@ def watch(supervisor_fd: int, control_fd: int) -> bool:
             return True
 
 
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2 :].split()[19])
+
+
+def _open_verified(pid: int, start: int) -> int:
+    """A pidfd for exactly (pid, start), or -1 if that process is gone."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return -1
+    # Checked after opening: the pidfd pins the process, so a match now means
+    # the fd refers to the supervisor, not to a newcomer with its pid.
+    if _start_ticks(pid) != start:
+        os.close(fd)
+        return -1
+    return fd
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 4:
         _say("usage: python -m tether.watchdog JOURNAL_DIR JOB_ID PID START_TIME")
@@ -67,15 +94,13 @@ def main(argv: list[str]) -> int:
     directory, job_id, pid_text, start_text = argv
     # Hold no mount busy for the job's lifetime.
     os.chdir("/")
-    from tether.process import ProcessHandle
-
     pid = int(pid_text)
-    handle = ProcessHandle.open(pid, int(start_text))
-    if handle is None:
+    pidfd = _open_verified(pid, int(start_text))
+    if pidfd < 0:
         gone = True  # the supervisor died before we could even look
     else:
-        gone = watch(handle.fileno, 0)
-        handle.close()
+        gone = watch(pidfd, 0)
+        os.close(pidfd)
     if not gone:
         return 0
 
