@@ -514,3 +514,46 @@ def test_unprivileged_sigkill_of_tether_run_leaves_nothing(open_tmp: Path) -> No
     wait_for(lambda: not user_records(), SETTLE, "the journal record to be removed")
     assert "nothing left" in (tmp_path / "stderr").read_text()
     user_journal.close()
+
+
+@needs_root
+def test_unprivileged_reap(open_tmp: Path) -> None:
+    """A user's own `tether reap` terminates the user's orphaned job (no cgroup)."""
+    user = ensure_unprivileged_user()
+    python = user_python(user)
+    if python is None:
+        pytest.skip("no Python the unprivileged user can run with tether importable")
+    script, marks = write_tree(open_tmp)
+    os.chown(marks, user.pw_uid, user.pw_gid)
+    runtime = open_tmp / "runtime"
+    runtime.mkdir(mode=0o700)
+    os.chown(runtime, user.pw_uid, user.pw_gid)
+    tether_as_user = ["env", f"{RUNTIME_DIR_VAR}={runtime}", *python, "-m", "tether.cli"]
+    proc = subprocess.Popen(
+        as_user(user, [*tether_as_user, "run", "-q", "--policy", POLICY, "--",
+                       python[-1], str(script), str(marks)]),
+    )  # fmt: skip
+    ids = wait_for_marks(marks, NAMES)
+
+    def user_records() -> list[JobRecord]:
+        return [JobRecord.from_json(p.read_bytes()) for p in runtime.glob("*.json")]
+
+    wait_for(lambda: any(r.watchdog for r in user_records()), SETTLE, "the job's record")
+    (record,) = user_records()
+    assert record.watchdog is not None
+    kill_identity(*record.watchdog)
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: not alive(*record.watchdog), SETTLE, "the watchdog to die")
+    assert not all_gone(ids)
+    done = subprocess.run(
+        as_user(user, [*tether_as_user, "reap", "--json"]), capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    (job,) = json.loads(done.stdout)["jobs"]
+    assert job["action"] == "terminated"
+    trackers = {t["name"]: t for t in job["report"]["trackers"]}
+    assert trackers["cgroup"]["used"] is False
+    assert any("without a cgroup" in c for c in job["report"]["caveats"])
+    assert all_gone(ids)
+    assert not user_records()
