@@ -98,6 +98,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "cancel": "tether.remote.cli:cancel_command",
     "reap": "tether.cli_journal:reap",
     "config": "tether.cli_config:config_command",
+    "prune": "tether.cli_prune:prune_command",
+    "epilog": "tether.cli_prune:epilog_command",
 }
 
 

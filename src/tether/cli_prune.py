@@ -1,0 +1,474 @@
+"""``tether prune`` and ``tether epilog``: stray processes on batch and CI nodes."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import click
+
+from tether.errors import TetherError, UsageError
+from tether.policy import Policy, parse_duration
+
+EXIT_OK = 0
+EXIT_NOT_KILLED = 1
+EXIT_BAD_INPUT = 2
+
+_PRUNE_EPILOG = """\
+A process is a candidate when every one of its uids (real, effective, saved,
+filesystem) is at or above the floor: --min-uid, else prune.min_uid from the
+configuration, else UID_MIN from /etc/login.defs, else 1000. So a
+setuid-style process (ruid 1000, euid 0) is never a candidate.
+
+\b
+Never touched: kernel threads, pid 1, tether and its ancestors and its
+session, systemd's system.slice services, processes younger than --min-age,
+and legitimate processes:
+  - members of live tether jobs in root's journal (/run/tether): descendants
+    of a live supervisor and the processes of its root-owned tether-* cgroup.
+    A user's own `tether run` outside any batch job does NOT make its tree
+    legitimate: user journals are written by the user;
+  - batch jobs: Slurm job cgroups (slurm/uid_N/job_M, slurmstepd.scope/job_M),
+    `scontrol listpids` while slurmd runs, `qstat -f` sessions while pbs_mom
+    runs (--batch), and session ids listed by --sessions-file/--sessions-command
+    (lines "SID [JOBID [USER]]");
+  - interactive sessions (under a root sshd, or a utmp login), unless
+    --include-ssh.
+An environment variable (TETHER_JOB_ID, SLURM_JOB_ID) never makes a process
+legitimate: anyone can set one. Job lists are read after the process scan, so
+a job starting during the scan is seen.
+
+A dry run (the default) prints what would be killed and why. --kill applies
+the policy to every stray through verified pidfds. Every decision is logged to
+syslog (ident tether-prune) or, under systemd, to the journal.
+
+\b
+EXIT STATUS:
+  0  done: dry run, or every stray was killed (or none was found)
+  1  a stray could not be killed (survived the policy, or permission denied)
+  2  bad input or configuration, unknown user, or a job list could not be
+     read (nothing was killed)
+"""
+
+_EPILOG_EPILOG = """\
+Slurm (Epilog=): reads SLURM_JOB_ID, SLURM_JOB_UID, SLURM_JOB_USER from the
+environment. Torque/PBS (mom_priv/epilogue): give the epilogue's arguments
+after --, as in `exec tether epilog -- "$@"` (job id, user, group, job name,
+session id, ...). The environment may be empty and PATH unset.
+
+When the user has no other job on this node (as far as every job source
+says; a job whose owner cannot be told counts as theirs), every process of
+that user is killed, as slurm.epilog.clean does; otherwise only the ended
+job's strays: processes in its cgroup or session, or carrying its
+SLURM_JOB_ID/PBS_JOBID. Legitimate processes (other jobs, live tether jobs,
+interactive sessions unless --include-ssh) and processes with a uid below the
+floor are never touched. --min-age defaults to 0 here (the job is over).
+
+\b
+EXIT STATUS (a non-zero epilog status drains a Slurm node):
+  0  done, nothing to do, or a harmless failure: bad environment or
+     arguments, unknown user, bad configuration, or a job list that could not
+     be read. The failure is logged at error level; with an unreadable job
+     list only the ended job's cgroup and session are killed.
+  1  a process of the ended job's user could not be killed: the node keeps
+     a stray (e.g. stuck in D state), so draining it is deliberate
+  2  only with --strict: what exits 0 above as a harmless failure
+"""
+
+_common_options: list[Any] = [
+    click.option("--policy", "policy_text", metavar="SEQ",
+                 help="Termination policy (default: prune.policy, else TERM,10s,KILL)."),
+    click.option("--min-uid", metavar="UID", type=int,
+                 help="The uid floor (default: prune.min_uid, else UID_MIN of /etc/login.defs, "
+                      "else 1000)."),
+    click.option("--min-age", metavar="DURATION",
+                 help="Never touch processes younger than this."),
+    click.option("--exclude-user", "exclude_users", metavar="USER", multiple=True,
+                 help="Never touch this user's processes (name or uid; repeatable)."),
+    click.option("--exclude-comm", metavar="REGEX", multiple=True,
+                 help="Never touch processes whose name (comm) matches (repeatable)."),
+    click.option("--include-ssh", is_flag=True, default=None,
+                 help="Interactive (ssh, console) sessions are not exempt."),
+    click.option("--batch", type=click.Choice(["auto", "slurm", "torque", "none"]),
+                 default="auto", show_default=True,
+                 help="Which batch system's job list to read."),
+    click.option("--sessions-file", "sessions_files", metavar="FILE", multiple=True,
+                 help='File of running jobs\' session ids, "SID [JOBID [USER]]" per line.'),
+    click.option("--sessions-command", "sessions_commands", metavar="CMD", multiple=True,
+                 help="Command printing running jobs' session ids, in the same format."),
+    click.option("--slurm-cgroup-root", "slurm_cgroup_roots", metavar="DIR", multiple=True,
+                 help="Look for Slurm job cgroups below DIR (default: the cgroup mounts)."),
+    click.option("--config", "config_file", metavar="FILE",
+                 help="Read this tether.toml (its [prune] table) instead of TETHER_CONFIG."),
+    click.option("--json", "as_json", is_flag=True, help="Print JSON (stable keys) on stdout."),
+    click.option("-v", "--verbose", is_flag=True,
+                 help="Also list the user processes left alone, and why."),
+    click.option("--syslog-facility", default="authpriv", show_default=True, metavar="NAME",
+                 help="Syslog facility for the decision log."),
+    click.option("--syslog-socket", metavar="PATH",
+                 help="Syslog socket (default $TETHER_SYSLOG_SOCKET, else /dev/log)."),
+    click.option("--no-syslog", is_flag=True, help="Do not log decisions."),
+]  # fmt: skip
+
+
+def _with_common(f: Any) -> Any:
+    for option in reversed(_common_options):
+        f = option(f)
+    return f
+
+
+@dataclass(frozen=True)
+class _Common:
+    policy_text: str | None
+    min_uid: int | None
+    min_age: str | None
+    exclude_users: tuple[str, ...]
+    exclude_comm: tuple[str, ...]
+    include_ssh: bool | None
+    batch: str
+    sessions_files: tuple[str, ...]
+    sessions_commands: tuple[str, ...]
+    slurm_cgroup_roots: tuple[str, ...]
+    config_file: str | None
+    as_json: bool
+    verbose: bool
+    syslog_facility: str
+    syslog_socket: str | None
+    no_syslog: bool
+
+
+def _uid(user: str, what: str) -> int:
+    from tether.prune.sources import uid_of
+
+    uid = uid_of(user.strip())
+    if uid is None:
+        raise UsageError(f"{what}: unknown user {user!r}")
+    return uid
+
+
+def _regexes(patterns: Sequence[str], what: str) -> tuple[re.Pattern[str], ...]:
+    out = []
+    for p in patterns:
+        try:
+            out.append(re.compile(p))
+        except re.error as err:
+            raise UsageError(f"{what}: bad regular expression {p!r}: {err}") from None
+    return tuple(out)
+
+
+def _load_config(path: str | None) -> Any:
+    from tether.config import CONFIG_ENV_VAR, load_config
+
+    env: Mapping[str, str] = os.environ
+    if path is not None:
+        if not os.path.exists(path):
+            raise UsageError(f"--config: {path}: no such file")
+        env = {**os.environ, CONFIG_ENV_VAR: path}
+    return load_config(env)
+
+
+def _options(
+    c: _Common,
+    *,
+    default_min_age: float,
+    extra: Mapping[str, Any],
+) -> tuple[Any, Policy]:
+    """PruneOptions and the policy from flags over the configuration."""
+    from tether.prune.classify import PruneOptions
+    from tether.prune.scan import uid_min
+
+    config = _load_config(c.config_file)
+
+    def configured(key: str) -> Any:
+        setting = config.setting(key)
+        return None if setting.source.kind == "default" else setting.value
+
+    floor = c.min_uid if c.min_uid is not None else configured("prune.min_uid")
+    if floor is None:
+        floor = uid_min()
+    if floor < 1:
+        raise UsageError(f"--min-uid {floor}: the floor must be at least 1 (root is never pruned)")
+    if c.min_age is not None:
+        min_age = parse_duration(c.min_age)
+    else:
+        from_config = configured("prune.min_age")
+        min_age = default_min_age if from_config is None else float(from_config)
+    exclude = {_uid(u, "--exclude-user") for u in c.exclude_users}
+    exclude.update(_uid(u, "prune.exclude_users") for u in config["prune.exclude_users"])
+    include_ssh = c.include_ssh if c.include_ssh is not None else bool(config["prune.include_ssh"])
+    comm = _regexes([*config["prune.exclude_comm"], *c.exclude_comm], "--exclude-comm")
+    if c.policy_text is not None:
+        try:
+            policy = Policy.parse(c.policy_text)
+        except UsageError as err:
+            raise UsageError(f"--policy: {err}") from None
+    else:
+        policy = config.policy_for_prune()
+    options = PruneOptions(
+        min_uid=floor,
+        min_age=min_age,
+        exclude_users=frozenset(exclude),
+        exclude_comm=comm,
+        include_ssh=include_ssh,
+        **extra,
+    )
+    return options, policy
+
+
+def _sources(c: _Common) -> list[Any]:
+    from tether.prune.sources import default_sources
+
+    commands = []
+    for text in c.sessions_commands:
+        argv = shlex.split(text)
+        if not argv:
+            raise UsageError("--sessions-command: empty command")
+        commands.append(argv)
+    return default_sources(
+        c.batch,
+        sessions_files=c.sessions_files,
+        sessions_commands=commands,
+        slurm_cgroup_roots=c.slurm_cgroup_roots or None,
+    )
+
+
+def _log(c: _Common) -> Any:
+    from tether.prune.log import FACILITIES, DecisionLog
+
+    if c.syslog_facility not in FACILITIES:
+        raise UsageError(
+            f"--syslog-facility: unknown facility {c.syslog_facility!r} "
+            f"(one of {', '.join(sorted(FACILITIES))})"
+        )
+    return DecisionLog(
+        facility=c.syslog_facility, socket_path=c.syslog_socket, enabled=not c.no_syslog
+    )
+
+
+def _show(outcome: Any, c: _Common) -> None:
+    if c.as_json:
+        click.echo(outcome.to_json())
+    else:
+        click.echo(outcome.render_text(verbose=c.verbose))
+    if outcome.log_problem and c.as_json:
+        click.echo(f"tether: warning: decisions not logged: {outcome.log_problem}", err=True)
+
+
+@click.command(
+    "prune", epilog=_PRUNE_EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.option("--kill", is_flag=True, help="Kill the strays (default: a dry run, nothing is sent).")
+@_with_common
+@click.option("--older-than", metavar="DURATION", help="Only processes at least this old.")
+@click.option("--min-cputime", metavar="DURATION", help="Only processes that used this much CPU.")
+@click.option(
+    "--orphans-only",
+    is_flag=True,
+    default=None,
+    help="Only processes whose tree of user processes hangs from init or a subreaper.",
+)
+@click.option("--user", "users", metavar="USER", multiple=True,
+              help="Only this user's processes (name or uid; repeatable).")  # fmt: skip
+@click.option("--gid", type=int, metavar="GID",
+              help="Only processes carrying supplementary group GID (see --tag-gid).")  # fmt: skip
+def prune_command(
+    kill: bool,
+    older_than: str | None,
+    min_cputime: str | None,
+    orphans_only: bool | None,
+    users: tuple[str, ...],
+    gid: int | None,
+    **common: Any,
+) -> None:
+    """Find (and with --kill, terminate) stray user processes: those outside
+    every live job, batch job and interactive session on this node.
+    """
+    from tether.prune.classify import plan
+    from tether.prune.outcome import execute
+
+    c = _Common(**common)
+    config_orphans = None
+    extra: dict[str, Any] = {
+        "older_than": parse_duration(older_than) if older_than is not None else 0.0,
+        "min_cputime": parse_duration(min_cputime) if min_cputime is not None else 0.0,
+        "users": frozenset(_uid(u, "--user") for u in users),
+        "gid": gid,
+    }
+    if gid is not None and gid < 0:
+        raise UsageError(f"--gid {gid}: not a group id")
+    options, policy = _options(c, default_min_age=60.0, extra=extra)
+    if orphans_only is None:
+        config_orphans = bool(_load_config(c.config_file)["prune.orphans_only"])
+        options = replace(options, orphans_only=config_orphans)
+    else:
+        options = replace(options, orphans_only=orphans_only)
+    sources = _sources(c)
+    log = _log(c)
+    try:
+        try:
+            p = plan(options, sources, verbose=c.verbose)
+        except TetherError as err:
+            log.error(f"event=error error={str(err)!r} action=nothing killed")
+            raise UsageError(f"{err} (nothing was killed)") from None
+        outcome = execute(p, kill=kill, policy=policy, log=log)
+    finally:
+        log.close()
+    _show(outcome, c)
+    sys.exit(EXIT_NOT_KILLED if outcome.failed else EXIT_OK)
+
+
+# -- epilog ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _JobContext:
+    kind: str  # "slurm" or "torque"
+    job_id: str
+    uid: int
+    sids: frozenset[int]
+    env: tuple[bytes, ...]
+
+
+def job_context(argv: Sequence[str], env: Mapping[str, str]) -> _JobContext:
+    """The ended job from Torque's epilogue arguments, else Slurm's environment.
+
+    Raises:
+        UsageError: neither is there, or they do not make sense.
+    """
+    from tether.prune.sources import uid_of
+
+    if argv:
+        if len(argv) < 2 or not argv[0].strip():
+            raise UsageError(
+                "Torque epilogue arguments: expected JOBID USER [GROUP JOBNAME SESSION ...], "
+                f"got {list(argv)!r}"
+            )
+        job_id, user = argv[0].strip(), argv[1].strip()
+        uid = uid_of(user)
+        if uid is None:
+            raise UsageError(f"Torque epilogue: unknown user {user!r}")
+        sids: set[int] = set()
+        if len(argv) >= 5 and argv[4].strip():
+            text = argv[4].strip()
+            if not text.isdigit():
+                raise UsageError(f"Torque epilogue: session id {text!r} is not a number")
+            if int(text) > 1:
+                sids.add(int(text))
+        return _JobContext(
+            "torque", job_id, uid, frozenset(sids), (f"PBS_JOBID={job_id}".encode(),)
+        )
+    return _slurm_context(env)
+
+
+def _slurm_context(env: Mapping[str, str]) -> _JobContext:
+    from tether.prune.sources import uid_of
+
+    job_id = env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")
+    uid_text = env.get("SLURM_JOB_UID") or env.get("SLURM_UID")
+    if not job_id:
+        raise UsageError(
+            "no job: give Torque's epilogue arguments after --, or run under Slurm "
+            "(SLURM_JOB_ID, SLURM_JOB_UID)"
+        )
+    if not job_id.isdigit():
+        raise UsageError(f"SLURM_JOB_ID={job_id!r} is not a job id")
+    name = env.get("SLURM_JOB_USER")
+    resolved = uid_of(name) if name is not None else None
+    if uid_text is None or not uid_text.isdigit():
+        if name is None:
+            raise UsageError("SLURM_JOB_UID is missing or not a number, and SLURM_JOB_USER unset")
+        if resolved is None:
+            raise UsageError(f"SLURM_JOB_USER={name!r}: unknown user, and no SLURM_JOB_UID")
+        uid = resolved
+    else:
+        uid = int(uid_text)
+        if resolved is not None and resolved != uid:
+            raise UsageError(f"SLURM_JOB_USER={name!r} is uid {resolved}, but SLURM_JOB_UID={uid}")
+    markers = (f"SLURM_JOB_ID={job_id}".encode(), f"SLURM_JOBID={job_id}".encode())
+    return _JobContext("slurm", job_id, uid, frozenset(), markers)
+
+
+@click.command(
+    "epilog", epilog=_EPILOG_EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.option("--dry-run", is_flag=True, help="Only report and log what would be killed.")
+@click.option("--strict", is_flag=True,
+              help="Exit 2 on bad input, configuration or job lists, instead of 0.")  # fmt: skip
+@_with_common
+@click.argument("torque_args", nargs=-1, metavar="[-- JOBID USER GROUP JOBNAME SESSION ...]")
+def epilog_command(
+    dry_run: bool, strict: bool, torque_args: tuple[str, ...], **common: Any
+) -> None:
+    """Kill what an ended batch job left behind on this node (a Slurm Epilog,
+    or a Torque/PBS epilogue)."""
+    from tether.prune.classify import EndedJob, plan
+    from tether.prune.log import DecisionLog
+    from tether.prune.outcome import execute
+    from tether.prune.sources import SlurmCgroups, SourceError
+
+    c = _Common(**common)
+    try:
+        log = _log(c)
+    except UsageError as err:
+        click.echo(f"tether: {err}", err=True)
+        log = DecisionLog()
+
+    def harmless(err: Exception) -> None:
+        log.error(f'event=error command=epilog error={str(err)!r} action="nothing killed"')
+        log.close()
+        click.echo(f"tether: epilog: {err} (nothing was killed)", err=True)
+        sys.exit(EXIT_BAD_INPUT if strict else EXIT_OK)
+
+    try:
+        ctx = job_context(torque_args, os.environ)
+        options, policy = _options(c, default_min_age=0.0, extra={})
+        sources = _sources(c)
+    except (TetherError, ValueError) as err:
+        harmless(err)
+        return
+    ended = EndedJob(uid=ctx.uid, job_id=ctx.job_id, sids=ctx.sids, env=ctx.env)
+    if ctx.uid < options.min_uid:
+        log.info(
+            f"event=skip command=epilog job={ctx.job_id} uid={ctx.uid} "
+            f'reason="uid below the floor {options.min_uid}"'
+        )
+        log.close()
+        if not c.as_json:
+            click.echo(
+                f"tether epilog: job {ctx.job_id}: uid {ctx.uid} is below the floor "
+                f"{options.min_uid}: nothing to do"
+            )
+        sys.exit(EXIT_OK)
+    degraded: str | None = None
+    try:
+        p = plan(options, sources, ended=ended, verbose=c.verbose)
+    except SourceError as err:
+        # Which other jobs run here is unknown: kill only what provably was
+        # the ended job's (its Slurm cgroup, its session), never by env marker.
+        degraded = str(err)
+        log.error(
+            f"event=error command=epilog job={ctx.job_id} error={degraded!r} "
+            'action="only the ended job\'s cgroup and session"'
+        )
+        p = plan(
+            options,
+            [SlurmCgroups(c.slurm_cgroup_roots or None)],
+            ended=replace(ended, env=()),
+            verbose=c.verbose,
+            whole_user_allowed=False,
+        )
+    try:
+        outcome = execute(p, kill=not dry_run, policy=policy, log=log)
+    finally:
+        log.close()
+    _show(outcome, c)
+    if degraded is not None:
+        click.echo(f"tether: epilog: {degraded}: only the ended job's own processes", err=True)
+    if outcome.failed:
+        sys.exit(EXIT_NOT_KILLED)
+    sys.exit(EXIT_BAD_INPUT if strict and degraded is not None else EXIT_OK)

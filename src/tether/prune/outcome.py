@@ -1,0 +1,282 @@
+"""Acting on a plan: log every decision, kill (or not), render text and JSON."""
+
+from __future__ import annotations
+
+import json
+import pwd
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tether.policy import Policy
+from tether.process import read_process, starttime_to_epoch
+from tether.prune.classify import Plan, Stray
+from tether.prune.log import DecisionLog, fields
+from tether.report import Report, oneline
+
+JSON_SCHEMA_VERSION = 1
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+@dataclass(frozen=True)
+class StrayView:
+    """A stray with what a person needs to recognise it (read once, verified)."""
+
+    stray: Stray
+    user: str
+    cmdline: str
+    cgroup: str | None
+    start_time: float  # Unix time
+    outcome: str  # "would kill" (dry run), "killed", "exited", "survived", "denied", "gone"
+
+
+def _view(stray: Stray, outcome: str) -> StrayView:
+    info = read_process(stray.pid, ("cmdline", "cgroup"))
+    if info is not None and info.starttime != stray.starttime:
+        info = None
+    return StrayView(
+        stray=stray,
+        user=user_name(stray.uids[0]),
+        cmdline=info.describe() if info is not None else f"[{stray.comm}]",
+        cgroup=info.cgroup if info is not None else None,
+        start_time=starttime_to_epoch(stray.starttime),
+        outcome=outcome,
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one prune (or epilog) run decided and did."""
+
+    mode: str  # "dry-run" or "kill"
+    plan: Plan
+    strays: tuple[StrayView, ...]
+    report: Report | None
+    log_target: str
+    log_problem: str | None
+
+    @property
+    def failed(self) -> tuple[StrayView, ...]:
+        """Strays that could not be killed (survived the policy, or denied)."""
+        return tuple(s for s in self.strays if s.outcome in ("survived", "denied"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; keys are stable, new keys may be added."""
+        plan = self.plan
+        opts = plan.options
+        return {
+            "schema": JSON_SCHEMA_VERSION,
+            "mode": self.mode,
+            "epilog": None
+            if plan.ended is None
+            else {
+                "job_id": plan.ended.job_id,
+                "uid": plan.ended.uid,
+                "user": user_name(plan.ended.uid),
+                "whole_user": plan.whole_user,
+            },
+            "options": {
+                "min_uid": opts.min_uid,
+                "min_age": opts.min_age,
+                "older_than": opts.older_than,
+                "min_cputime": opts.min_cputime,
+                "orphans_only": opts.orphans_only,
+                "users": sorted(opts.users),
+                "exclude_users": sorted(opts.exclude_users),
+                "exclude_comm": [p.pattern for p in opts.exclude_comm],
+                "include_ssh": opts.include_ssh,
+            },
+            "scanned": plan.scanned,
+            "scan_seconds": round(plan.seconds, 6),
+            "sources": [{"name": s.name, "used": s.used, "detail": s.detail} for s in plan.sources],
+            "jobs": [{"source": j.source, "job_id": j.job_id, "uid": j.uid} for j in plan.jobs],
+            "strays": [
+                {
+                    "pid": v.stray.pid,
+                    "start_time": v.start_time,
+                    "ppid": v.stray.ppid,
+                    "sid": v.stray.sid,
+                    "uids": list(v.stray.uids),
+                    "user": v.user,
+                    "comm": v.stray.comm,
+                    "cmdline": v.cmdline,
+                    "cgroup": v.cgroup,
+                    "age": round(v.stray.age, 3),
+                    "cputime": round(v.stray.cputime, 3),
+                    "orphan": v.stray.orphan,
+                    "rule": v.stray.rule,
+                    "outcome": v.outcome,
+                }
+                for v in self.strays
+            ],
+            "exempt": dict(plan.exempt),
+            "exempt_user_processes": [
+                {"pid": e.pid, "uids": list(e.uids), "comm": e.comm, "reason": e.reason}
+                for e in plan.exempt_users
+            ],
+            "unreadable": [
+                {"pid": pid, "error": why} for pid, why in sorted(plan.unreadable.items())
+            ],
+            "log": {"target": self.log_target, "problem": self.log_problem},
+            "report": self.report.to_dict() if self.report is not None else None,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+    def render_text(self, *, verbose: bool = False) -> str:
+        plan = self.plan
+        lines: list[str] = []
+        verb = "would kill" if self.mode == "dry-run" else "killing"
+        head = (
+            f"tether prune ({self.mode}): {len(self.strays)} stray(s) among "
+            f"{plan.scanned} processes, uid floor {plan.options.min_uid}, "
+            f"min age {plan.options.min_age:g}s"
+        )
+        if plan.ended is not None:
+            scope = (
+                f"every process of {user_name(plan.ended.uid)} (no other job here)"
+                if plan.whole_user
+                else f"only job {plan.ended.job_id}'s processes (the user has another job here)"
+            )
+            head = (
+                f"tether epilog ({self.mode}): job {plan.ended.job_id} of "
+                f"{user_name(plan.ended.uid)} ended: {scope}; {len(self.strays)} stray(s)"
+            )
+        lines.append(head)
+        if self.strays:
+            lines.append(f"{'PID':>7} {'USER':<12} {'AGE':>8} {'CPU':>7}  OUTCOME     COMMAND")
+            for v in self.strays:
+                s = v.stray
+                outcome = verb if v.outcome == "would kill" else v.outcome
+                lines.append(
+                    f"{s.pid:>7} {v.user[:12]:<12} {_age(s.age):>8} {s.cputime:>6.1f}s  "
+                    f"{outcome:<11} {oneline(v.cmdline, 80)}"
+                )
+                lines.append(f"{'':>9}why: {s.rule}")
+        for source in plan.sources:
+            lines.append(f"# {source}")
+        if plan.exempt:
+            lines.append(
+                "# left alone: " + ", ".join(f"{n} {why}" for why, n in plan.exempt.items())
+            )
+        if verbose:
+            for e in plan.exempt_users:
+                lines.append(f"#   pid {e.pid} ({e.comm}, uid {e.uids[0]}): {e.reason}")
+        if plan.unreadable:
+            lines.append(
+                f"# warning: {len(plan.unreadable)} /proc entries could not be read and were "
+                "left alone: "
+                + "; ".join(why for _pid, why in sorted(plan.unreadable.items())[:5])
+                + (" ..." if len(plan.unreadable) > 5 else "")
+            )
+        if self.report is not None and not self.report.complete:
+            for survivor in self.report.survivors:
+                lines.append(f"# could not kill pid {survivor.pid}: {survivor.reason}")
+        if self.log_problem:
+            lines.append(f"# warning: decisions not logged: {self.log_problem}")
+        return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+def execute(plan: Plan, *, kill: bool, policy: Policy, log: DecisionLog) -> Outcome:
+    """Log the plan's decisions and, with ``kill``, terminate the strays.
+
+    A dry run signals nothing: it only reads /proc and logs.
+    """
+    mode = "kill" if kill else "dry-run"
+    what = "epilog" if plan.ended is not None else "prune"
+    job = plan.ended.job_id if plan.ended is not None else "-"
+    log.info(
+        fields(
+            event="start",
+            mode=mode,
+            command=what,
+            job=job,
+            scanned=plan.scanned,
+            strays=len(plan.strays),
+            floor=plan.options.min_uid,
+            min_age=f"{plan.options.min_age:g}s",
+        )
+    )
+    for pid, why in sorted(plan.unreadable.items()):
+        log.warning(fields(event="unreadable", pid=pid, error=why, action="left alone"))
+    report: Report | None = None
+    outcomes: dict[tuple[int, int], str] = {}
+    if kill and plan.strays:
+        from tether.prune.kill import kill_strays
+
+        report = kill_strays(
+            plan,
+            policy,
+            job_id=f"prune-{int(time.time())}",
+            reason=f"tether {what}: stray processes",
+        )
+        by_identity = {(m.pid, m.start_time): m for m in report.members}
+        for s in plan.strays:
+            member = by_identity.get((s.pid, starttime_to_epoch(s.starttime)))
+            outcomes[s.identity] = member.outcome if member is not None else "gone"
+    views = tuple(
+        _view(s, outcomes.get(s.identity, "would kill") if kill else "would kill")
+        for s in plan.strays
+    )
+    for v in views:
+        s = v.stray
+        action = "would-kill" if not kill else v.outcome
+        log_fn = log.error if v.outcome in ("survived", "denied") else log.info
+        log_fn(
+            fields(
+                event="stray",
+                action=action,
+                pid=s.pid,
+                start=f"{v.start_time:.2f}",
+                user=v.user,
+                uid=s.uids[0],
+                euid=s.uids[1],
+                comm=s.comm,
+                ppid=s.ppid,
+                sid=s.sid,
+                age=f"{s.age:.0f}s",
+                cpu=f"{s.cputime:.1f}s",
+                rule=s.rule,
+                cmdline=oneline(v.cmdline, 200),
+                job=job,
+            )
+        )
+    failed = sum(1 for v in views if v.outcome in ("survived", "denied"))
+    killed = sum(1 for v in views if v.outcome in ("killed", "exited", "gone")) if kill else 0
+    log.info(
+        fields(
+            event="done",
+            mode=mode,
+            command=what,
+            job=job,
+            strays=len(views),
+            killed=killed,
+            failed=failed,
+            exempt=sum(plan.exempt.values()),
+        )
+    )
+    return Outcome(
+        mode=mode,
+        plan=plan,
+        strays=views,
+        report=report,
+        log_target=log.target,
+        log_problem=log.problem or log.failure,
+    )

@@ -1,0 +1,605 @@
+"""Who is legitimate: live tether jobs, batch jobs, interactive sessions.
+
+Each reader returns the :class:`Job` records it can vouch for. A record only
+counts when it is unforgeable by the processes it exempts: a root-owned cgroup
+(tether's or Slurm's), ancestry under a live supervisor, a batch system's own
+list of pids or sessions, sshd running as root. An environment variable never
+counts (any process can set one).
+
+::
+
+    JobSource (Protocol: name, jobs(table) -> list[Job], raises SourceError)
+     ├── TetherJobs       root's journal: records whose supervisor is alive
+     ├── SlurmCgroups     .../slurm/uid_N/job_M and .../slurmstepd.scope/job_M
+     ├── Scontrol         `scontrol listpids` (Slurm without job cgroups)
+     ├── SessionList      a file or command listing session ids ("SID [JOB [USER]]")
+     └── TorqueQstat      `qstat -f` output: session_id of running jobs on this host
+
+Interactive sessions are found from the process table itself
+(:func:`interactive_roots`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import socket
+import struct
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tether.errors import TetherError
+from tether.prune.scan import Table
+
+Identity = tuple[int, int]
+
+#: Where commands are looked for: an epilogue often runs with no PATH at all.
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+COMMAND_TIMEOUT = 20.0
+_UID_DIR = re.compile(r"uid_(\d+)")
+_JOB_DIR = re.compile(r"job_(\d+)")
+
+
+class SourceError(TetherError):
+    """A source of legitimate jobs could not be read: nothing may be killed."""
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(f"{source}: {message}")
+        self.source = source
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[SourceError], tuple[str, str]]:
+        return (type(self), (self.source, self.message))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One running job on this node, and the processes it vouches for.
+
+    A process is the job's if its pid is in ``pids``, its session is in
+    ``sids``, it is one of the ``roots`` (pid and start time), or it descends
+    from any of those.
+    """
+
+    source: str
+    job_id: str
+    uid: int | None = None
+    pids: frozenset[int] = frozenset()
+    sids: frozenset[int] = frozenset()
+    roots: tuple[Identity, ...] = ()
+    cgroup: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.source} job {self.job_id}"
+
+
+class JobSource(Protocol):
+    name: str
+
+    def jobs(self, table: Table) -> list[Job]:
+        """The jobs running now. Raises SourceError if they cannot be known."""
+        ...
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def run_command(source: str, argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> str:
+    """Run a reader's command with a fixed PATH; its stdout, or SourceError."""
+    if not argv:
+        raise SourceError(source, "empty command")
+    exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=SAFE_PATH)
+    if exe is None:
+        raise SourceError(source, f"command not found: {argv[0]} (looked in {SAFE_PATH})")
+    try:
+        done = subprocess.run(
+            [exe, *argv[1:]],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            env={"PATH": SAFE_PATH, "LC_ALL": "C"},
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise SourceError(source, f"{argv[0]} did not answer within {timeout:g}s") from None
+    except OSError as err:
+        raise SourceError(source, f"cannot run {argv[0]}: {err.strerror}") from None
+    if done.returncode != 0:
+        why = done.stderr.decode(errors="replace").strip().splitlines()
+        raise SourceError(
+            source,
+            f"{argv[0]} exited with status {done.returncode}" + (f": {why[-1]}" if why else ""),
+        )
+    return done.stdout.decode("utf-8", "replace")
+
+
+def uid_of(user: str) -> int | None:
+    """A user name or numeric uid as a uid; None if unknown."""
+    if user.isdigit():
+        return int(user)
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+def _cgroup_procs(path: str) -> set[int]:
+    """Pids in a cgroup and every cgroup below it (missing ones are skipped)."""
+    out: set[int] = set()
+    for dirpath, _dirs, _files in os.walk(path):
+        try:
+            with open(os.path.join(dirpath, "cgroup.procs"), "rb") as f:
+                out.update(int(x) for x in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def _uid_of_processes(table: Table, pids: Iterable[int]) -> int | None:
+    """The real uid of the first non-root process among ``pids`` (a job's owner)."""
+    for pid in sorted(pids):
+        proc = table.procs.get(pid)
+        if (
+            proc is not None
+            and table.load_status(proc)
+            and proc.uids is not None
+            and proc.uids[0] != 0
+        ):
+            return proc.uids[0]
+    return None
+
+
+def find_mounts() -> tuple[str | None, list[str], str | None]:
+    """The cgroup2 mount; the v1 freezer and cpuset mounts; the v1 name=systemd mount."""
+    unified: str | None = None
+    v1: list[str] = []
+    systemd: str | None = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields = right.split()
+                if not fields:
+                    continue
+                point = left.split(" ")[4].encode("latin-1", "surrogateescape")
+                path = point.decode("unicode_escape")
+                if fields[0] == "cgroup2" and unified is None:
+                    unified = path
+                elif fields[0] == "cgroup" and len(fields) >= 3:
+                    opts = set(fields[2].split(","))
+                    if {"freezer", "cpuset"} & opts:
+                        v1.append(path)
+                    if "name=systemd" in opts:
+                        systemd = path
+    except OSError:
+        pass
+    return unified, v1, systemd
+
+
+def system_slice_dir() -> str | None:
+    """systemd's ``system.slice`` cgroup (unified hierarchy first, else the v1 one)."""
+    unified, _v1, systemd = find_mounts()
+    for base in (unified, systemd):
+        if base is not None and os.path.isdir(os.path.join(base, "system.slice")):
+            return os.path.join(base, "system.slice")
+    return None
+
+
+def system_service_pids(path: str | None) -> set[int]:
+    """Pids of system services: the ``system.slice`` subtree, except Slurm's job
+    cgroups below ``slurmstepd.scope`` (a job's processes are not a service)."""
+    out: set[int] = set()
+    if path is None:
+        return out
+    for dirpath, dirs, _files in os.walk(path):
+        if os.path.basename(dirpath) == "slurmstepd.scope":
+            dirs[:] = [d for d in dirs if not _JOB_DIR.fullmatch(d)]
+        try:
+            with open(os.path.join(dirpath, "cgroup.procs"), "rb") as f:
+                out.update(int(x) for x in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+# -- tether's own jobs -------------------------------------------------------------
+
+
+class TetherJobs:
+    """Live tether jobs from the journal (root's, /run/tether, when run as root).
+
+    A record counts only while its supervisor (pid and start time) is alive.
+    Its members are the supervisor's descendants, plus the processes of its
+    ``tether-JOB`` cgroup when that cgroup is root-owned and under the cgroup2
+    mount. A user's own journal is not read by a root pruner: a record there
+    is whatever the user wrote.
+    """
+
+    name = "tether"
+
+    def __init__(self, journal_dir: str | None = None) -> None:
+        self.journal_dir = journal_dir
+
+    def jobs(self, table: Table) -> list[Job]:
+        from tether.journal import JobRecord, Journal
+        from tether.recovery import job_state
+
+        journal = Journal(self.journal_dir) if self.journal_dir else Journal.default()
+        try:
+            entries = [e for e in journal.entries() if isinstance(e, JobRecord)]
+        except TetherError as err:
+            raise SourceError(self.name, str(err)) from None
+        finally:
+            journal.close()
+        unified, _v1, _systemd = find_mounts()
+        out: list[Job] = []
+        for record in entries:
+            if not job_state(record).supervisor_alive:
+                continue
+            pids: set[int] = set()
+            cgroup = self._cgroup(record.cgroup, record.job_id, unified)
+            if cgroup is not None:
+                pids = _cgroup_procs(cgroup)
+            roots = [record.supervisor]
+            if record.watchdog is not None:
+                roots.append(record.watchdog)
+            out.append(
+                Job(
+                    self.name,
+                    record.job_id,
+                    uid=record.owner_uid,
+                    pids=frozenset(pids),
+                    roots=tuple(roots),
+                    cgroup=cgroup,
+                )
+            )
+        return out
+
+    @staticmethod
+    def _cgroup(path: str | None, job_id: str, unified: str | None) -> str | None:
+        if path is None or unified is None:
+            return None
+        real = os.path.realpath(path)
+        if not real.startswith(unified.rstrip("/") + "/") or os.path.basename(real) != (
+            f"tether-{job_id}"
+        ):
+            return None
+        try:
+            st = os.stat(real)
+        except OSError:
+            return None
+        # Only root can create a cgroup owned by root: a user's delegated
+        # subtree is owned by the user and proves nothing to a root pruner.
+        return real if st.st_uid == 0 else None
+
+
+# -- Slurm -----------------------------------------------------------------------
+
+
+class SlurmCgroups:
+    """Slurm job cgroups: ``.../slurm/uid_N/job_M`` (cgroup/v1 plugin layout) and
+    ``.../slurmstepd.scope/job_M`` (cgroup/v2 plugin), found below ``roots``
+    (default: the cgroup2 mount and the v1 freezer/cpuset mounts).
+
+    Every process in a job's cgroup subtree is the job's.
+    """
+
+    name = "slurm-cgroup"
+    max_depth = 8
+
+    def __init__(self, roots: Sequence[str] | None = None) -> None:
+        if roots is None:
+            unified, v1, _systemd = find_mounts()
+            roots = [*([unified] if unified else []), *v1]
+        self.roots = list(roots)
+
+    def job_dirs(self) -> list[tuple[str, str, int | None]]:
+        """(job id, path, uid or None) of every Slurm job cgroup below the roots."""
+        found: list[tuple[str, str, int | None]] = []
+        for root in self.roots:
+            base = root.rstrip("/").count("/")
+            for dirpath, dirs, _files in os.walk(root):
+                if dirpath.count("/") - base >= self.max_depth:
+                    dirs[:] = []
+                    continue
+                parent = os.path.basename(dirpath)
+                grandparent = os.path.basename(os.path.dirname(dirpath))
+                uid_match = _UID_DIR.fullmatch(parent)
+                in_v1 = uid_match is not None and grandparent == "slurm"
+                in_v2 = parent == "slurmstepd.scope"
+                if not (in_v1 or in_v2):
+                    continue
+                for d in list(dirs):
+                    m = _JOB_DIR.fullmatch(d)
+                    if m is not None:
+                        uid = int(uid_match.group(1)) if uid_match is not None else None
+                        found.append((m.group(1), os.path.join(dirpath, d), uid))
+                dirs[:] = []  # nothing of interest deeper (job steps are the job's)
+        return found
+
+    def jobs(self, table: Table) -> list[Job]:
+        by_id: dict[str, tuple[set[int], int | None, str]] = {}
+        for job_id, path, uid in self.job_dirs():
+            pids = _cgroup_procs(path)
+            entry = by_id.setdefault(job_id, (set(), uid, path))
+            entry[0].update(pids)
+        out = []
+        for job_id, (pids, path_uid, path) in sorted(by_id.items()):
+            uid = path_uid if path_uid is not None else _uid_of_processes(table, pids)
+            out.append(Job(self.name, job_id, uid=uid, pids=frozenset(pids), cgroup=path))
+        return out
+
+
+class Scontrol:
+    """``scontrol listpids``: the pids slurmd tracks for each job step on this node."""
+
+    name = "scontrol"
+
+    def __init__(self, argv: Sequence[str] = ("scontrol", "listpids")) -> None:
+        self.argv = tuple(argv)
+
+    def jobs(self, table: Table) -> list[Job]:
+        text = run_command(self.name, self.argv)
+        by_job: dict[str, set[int]] = {}
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) < 2 or not fields[0].isdigit():
+                continue  # the header, or a step with no pid ("-")
+            by_job.setdefault(fields[1], set()).add(int(fields[0]))
+        return [
+            Job(self.name, job_id, uid=_uid_of_processes(table, pids), pids=frozenset(pids))
+            for job_id, pids in sorted(by_job.items())
+        ]
+
+
+# -- session lists (Torque/PBS, SGE, anything else) ------------------------------------
+
+
+def parse_session_lines(source: str, text: str) -> list[Job]:
+    """``SID [JOBID [USER]]`` per line; ``#`` comments and blank lines ignored."""
+    out: list[Job] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.split()
+        if not fields[0].isdigit() or int(fields[0]) <= 1:
+            raise SourceError(source, f"line {n}: {fields[0]!r} is not a session id (> 1)")
+        sid = int(fields[0])
+        job_id = fields[1] if len(fields) > 1 else f"session-{sid}"
+        uid = None
+        if len(fields) > 2:
+            uid = uid_of(fields[2])
+            if uid is None:
+                raise SourceError(source, f"line {n}: unknown user {fields[2]!r}")
+        out.append(Job(source, job_id, uid=uid, sids=frozenset({sid})))
+    return out
+
+
+class SessionList:
+    """Session ids of running jobs, from a file or the stdout of a command.
+
+    Each line is ``SID [JOBID [USER]]``. The file must be owned by root (or by
+    the caller) and not writable by others: it decides what survives.
+    """
+
+    def __init__(self, *, path: str | None = None, command: Sequence[str] | None = None) -> None:
+        if (path is None) == (command is None):
+            raise ValueError("give a path or a command")
+        self.path = path
+        self.command = tuple(command) if command is not None else None
+        self.name = "sessions-file" if path is not None else "sessions-command"
+
+    def jobs(self, table: Table) -> list[Job]:
+        if self.command is not None:
+            return [self._with_uid(j, table) for j in parse_session_lines(
+                self.name, run_command(self.name, self.command))]  # fmt: skip
+        assert self.path is not None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as err:
+            raise SourceError(self.name, f"cannot read {self.path}: {err.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+                raise SourceError(
+                    self.name,
+                    f"{self.path} must be owned by root and not writable by others "
+                    f"(it is uid {st.st_uid}, mode {st.st_mode & 0o7777:04o})",
+                )
+            text = f.read().decode("utf-8", "replace")
+        return [self._with_uid(j, table) for j in parse_session_lines(self.name, text)]
+
+    @staticmethod
+    def _with_uid(job: Job, table: Table) -> Job:
+        if job.uid is not None:
+            return job
+        members = [p.pid for p in table.procs.values() if p.sid in job.sids]
+        uid = _uid_of_processes(table, members)
+        return Job(job.source, job.job_id, uid=uid, sids=job.sids)
+
+
+_QSTAT_KEY = re.compile(r"\s+([A-Za-z_.]+) = (.*)")
+
+
+def parse_qstat(text: str, hostname: str) -> list[Job]:
+    """Running jobs with a session on ``hostname`` from ``qstat -f -1`` output."""
+    jobs: list[Job] = []
+    current: dict[str, str] = {}
+
+    def flush() -> None:
+        if not current:
+            return
+        hosts = {h.split("/")[0].split(".")[0] for h in current.get("exec_host", "").split("+")}
+        sid = current.get("session_id", "")
+        if current.get("job_state") == "R" and hostname in hosts and sid.isdigit():
+            user = current.get("euser") or current.get("Job_Owner", "").split("@")[0]
+            jobs.append(
+                Job(
+                    "torque",
+                    current["Job Id"],
+                    uid=uid_of(user) if user else None,
+                    sids=frozenset({int(sid)}),
+                )
+            )
+        current.clear()
+
+    for line in text.splitlines():
+        if line.startswith("Job Id:"):
+            flush()
+            current["Job Id"] = line.split(":", 1)[1].strip()
+        elif (m := _QSTAT_KEY.match(line)) is not None and current:
+            current[m.group(1)] = m.group(2).strip()
+    flush()
+    return jobs
+
+
+class TorqueQstat:
+    """Torque/PBS: the session of each running job whose exec_host is this node.
+
+    The session is the job script's on the mother superior; processes started
+    through the TM interface on sister nodes are in other sessions, so list
+    those with a :class:`SessionList` if they must survive.
+    """
+
+    name = "torque"
+
+    def __init__(self, argv: Sequence[str] = ("qstat", "-f", "-1"), hostname: str | None = None):
+        self.argv = tuple(argv)
+        self.hostname = (hostname or socket.gethostname()).split(".")[0]
+
+    def jobs(self, table: Table) -> list[Job]:
+        return parse_qstat(run_command(self.name, self.argv), self.hostname)
+
+
+# -- interactive sessions ---------------------------------------------------------------
+
+UTMP = "/var/run/utmp"
+_UTMP_ENTRY = struct.Struct("@hi")
+_UTMP_SIZE = 384  # sizeof(struct utmp) with glibc on Linux, every architecture
+USER_PROCESS = 7
+SSHD_NAMES = frozenset({"sshd", "sshd-session"})
+
+
+def utmp_pids(path: str = UTMP) -> list[int]:
+    """Pids of USER_PROCESS entries (logins on a terminal) in utmp."""
+    with contextlib.suppress(OSError):
+        with open(path, "rb") as f:
+            data = f.read()
+        out = []
+        for off in range(0, len(data) - _UTMP_SIZE + 1, _UTMP_SIZE):
+            kind, pid = _UTMP_ENTRY.unpack_from(data, off)
+            if kind == USER_PROCESS and pid > 1:
+                out.append(pid)
+        return out
+    return []
+
+
+@dataclass
+class Interactive:
+    """Roots of interactive sessions: root-owned sshd processes and utmp logins."""
+
+    roots: list[Identity] = field(default_factory=list)
+    sids: set[int] = field(default_factory=set)
+
+
+def interactive_roots(table: Table, utmp: str = UTMP) -> Interactive:
+    """Where interactive sessions hang from.
+
+    Descendants of an sshd running as root (a user cannot start one, or rename
+    a process of theirs into a root-owned one), and of the login processes
+    utmp lists. A process that left such a tree (double-forked to init, or to
+    a ``systemd --user`` manager) is no longer interactive.
+    """
+    out = Interactive()
+    for proc in table.procs.values():
+        if proc.comm in SSHD_NAMES and table.load_status(proc):
+            assert proc.uids is not None
+            if proc.uids[0] == 0 and proc.uids[1] == 0:
+                out.roots.append(proc.identity)
+    for pid in utmp_pids(utmp):
+        login = table.procs.get(pid)
+        if login is not None:
+            out.roots.append(login.identity)
+            if login.sid > 1:
+                out.sids.add(login.sid)
+    return out
+
+
+def as_job(interactive: Interactive) -> Job:
+    return Job(
+        "interactive",
+        "sessions",
+        roots=tuple(interactive.roots),
+        sids=frozenset(interactive.sids),
+    )
+
+
+# -- choosing sources ----------------------------------------------------------------
+
+
+class WhenRunning:
+    """A source read only while its daemon runs as root on this node (auto mode).
+
+    ``skipped`` says why it was not read, for the report.
+    """
+
+    def __init__(self, source: JobSource, daemon: str) -> None:
+        self.source = source
+        self.daemon = daemon
+        self.name = source.name
+        self.skipped: str | None = None
+
+    def jobs(self, table: Table) -> list[Job]:
+        for proc in table.procs.values():
+            if (
+                proc.comm == self.daemon
+                and table.load_status(proc)
+                and proc.uids is not None
+                and proc.uids[0] == 0
+            ):
+                self.skipped = None
+                return self.source.jobs(table)
+        self.skipped = f"not read ({self.daemon} is not running)"
+        return []
+
+
+BATCH_CHOICES = ("auto", "slurm", "torque", "none")
+
+
+def default_sources(
+    batch: str = "auto",
+    *,
+    sessions_files: Sequence[str] = (),
+    sessions_commands: Sequence[Sequence[str]] = (),
+    journal_dir: str | None = None,
+    slurm_cgroup_roots: Sequence[str] | None = None,
+) -> list[JobSource]:
+    """The readers of legitimate jobs for this node.
+
+    ``batch``: ``auto`` reads Slurm job cgroups, ``scontrol listpids`` while
+    slurmd runs and ``qstat -f`` while pbs_mom runs; ``slurm`` and ``torque``
+    require their reader; ``none`` reads no batch system. Live tether jobs and
+    the given session lists are always read.
+    """
+    if batch not in BATCH_CHOICES:
+        raise ValueError(f"unknown batch system {batch!r} (one of {', '.join(BATCH_CHOICES)})")
+    out: list[JobSource] = [TetherJobs(journal_dir)]
+    if batch in ("auto", "slurm") or slurm_cgroup_roots:
+        out.append(SlurmCgroups(slurm_cgroup_roots))
+    if batch == "auto":
+        out.append(WhenRunning(Scontrol(), "slurmd"))
+        out.append(WhenRunning(TorqueQstat(), "pbs_mom"))
+    elif batch == "slurm":
+        out.append(Scontrol())
+    elif batch == "torque":
+        out.append(TorqueQstat())
+    out.extend(SessionList(path=p) for p in sessions_files)
+    out.extend(SessionList(command=c) for c in sessions_commands)
+    return out
