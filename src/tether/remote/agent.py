@@ -147,6 +147,11 @@ def main(env: dict[str, str], mode: str) -> int:
     except ProtocolError as err:
         _write_all(out, json_frame(ERROR, {"message": f"protocol error: {err}", "exit_code": 125}))
         return 3
+    except Exception as err:  # one line back to the client, never a silent death
+        message = {"message": f"remote agent failed: {type(err).__name__}: {err}", "exit_code": 125}
+        with contextlib.suppress(OSError):
+            _write_all(out, json_frame(ERROR, message))
+        return 3
     _write_all(out, json_frame(ERROR, {"message": f"unknown operation {op!r}", "exit_code": 125}))
     return 3
 
@@ -440,6 +445,22 @@ def _stop(identity: tuple[int, int] | None, what: str, notes: list[str]) -> None
         handle.close()
 
 
+def _lock_journal(directory: str) -> int:
+    """flock the journal directory: out-of-band cancels of one user take turns.
+
+    Two may race for one job (``tether cancel`` while the client that lost its
+    connection confirms over a new one); the second then finds no record.
+    """
+    import fcntl
+
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return -1  # no journal yet: nothing to find, nothing to race for
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
 def _cancel(out: int, spec: dict[str, Any]) -> int:
     """The out-of-band path: terminate a recorded job through this new connection."""
     from tether.journal import Journal, JournalProblem
@@ -450,6 +471,7 @@ def _cancel(out: int, spec: dict[str, Any]) -> int:
     if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
         raise ProtocolError(f"bad job id {job_id!r}")
     journal = Journal.default()
+    lock = _lock_journal(journal.directory)
     try:
         record = journal.read(job_id)
         if record is None:
@@ -475,5 +497,7 @@ def _cancel(out: int, spec: dict[str, Any]) -> int:
         )
     finally:
         journal.close()
+        if lock >= 0:
+            os.close(lock)  # releases the flock
     _write_all(out, json_frame(RESULT, {"found": True, "notes": notes, "report": report.to_dict()}))
     return 0

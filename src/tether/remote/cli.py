@@ -23,7 +23,7 @@ from typing import NoReturn
 
 import click
 
-from tether.cli import EXIT_BAD_INPUT, EXIT_FAILED, fail
+from tether.cli import EXIT_BAD_INPUT, EXIT_FAILED
 from tether.policy import Policy, parse_duration
 from tether.remote.client import (
     HostResult,
@@ -40,6 +40,16 @@ from tether.remote.hostlist import HostListError, parse_target, resolve_targets
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 JSON_SCHEMA = 1
 _JOB_ID_CHARS = frozenset("0123456789abcdef")
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """One line on stderr and the exit status.
+
+    Not ``tether.cli.fail``: under ``python -m tether.cli`` that module runs
+    as ``__main__``, whose ``main()`` does not catch ``tether.cli.CliError``.
+    """
+    click.echo(f"tether: {message}", err=True)
+    sys.exit(code)
 
 
 def _ssh(options: tuple[str, ...], config: str | None) -> SshOptions:

@@ -380,7 +380,7 @@ def exit_status(returncode: int | None, timed_out: bool, report: dict[str, Any] 
 class RunSpec:
     """What to run on every host."""
 
-    argv: tuple[str, ...]
+    argv: tuple[str | bytes, ...]
     policy: Policy
     timeout: float | None = None
     trackers: str = "auto"
