@@ -112,7 +112,10 @@ def main(env: dict[str, str], mode: str) -> int:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
-    os.chdir(env.get("HOME") or "/")
+    try:
+        os.chdir(env.get("HOME") or "/")
+    except OSError:
+        os.chdir("/")
     import tether
 
     _write_all(
