@@ -319,7 +319,7 @@ def prune_command(
     finally:
         log.close()
     _show(outcome, c)
-    sys.exit(EXIT_NOT_KILLED if outcome.failed else EXIT_OK)
+    sys.exit(EXIT_OK if outcome.complete else EXIT_NOT_KILLED)
 
 
 # -- epilog ------------------------------------------------------------------------
@@ -469,6 +469,6 @@ def epilog_command(
     _show(outcome, c)
     if degraded is not None:
         click.echo(f"tether: epilog: {degraded}: only the ended job's own processes", err=True)
-    if outcome.failed:
+    if not outcome.complete:
         sys.exit(EXIT_NOT_KILLED)
     sys.exit(EXIT_BAD_INPUT if strict and degraded is not None else EXIT_OK)

@@ -18,7 +18,7 @@ the one termination engine. See ``tether prune --help``.
 from __future__ import annotations
 
 from tether.prune.classify import EndedJob, Exempt, Plan, PruneOptions, SourceStatus, Stray, plan
-from tether.prune.groups import GidTracker, processes_with_supplementary_gid
+from tether.prune.groups import GidTracker, kill_gid, processes_with_supplementary_gid
 from tether.prune.log import DecisionLog
 from tether.prune.outcome import Outcome, StrayView, execute
 from tether.prune.scan import uid_min
@@ -55,6 +55,7 @@ __all__ = [
     "TorqueQstat",
     "default_sources",
     "execute",
+    "kill_gid",
     "plan",
     "processes_with_supplementary_gid",
     "uid_min",

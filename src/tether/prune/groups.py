@@ -13,9 +13,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
+from tether.errors import UsageError
 from tether.prune.scan import PROC, parse_status
 from tether.tracking.base import Table
+
+if TYPE_CHECKING:
+    from tether.membership import Membership
+    from tether.policy import Policy
+    from tether.report import Report
 
 
 def processes_with_supplementary_gid(gid: int) -> list[tuple[int, int]]:
@@ -27,7 +34,7 @@ def processes_with_supplementary_gid(gid: int) -> list[tuple[int, int]]:
     from tether.linux import procfs
 
     if gid < 0:
-        raise ValueError(f"not a gid: {gid}")
+        raise UsageError(f"not a group id: {gid}")
     out: list[tuple[int, int]] = []
     for name in os.listdir(PROC):
         if not name.isdigit():
@@ -64,3 +71,46 @@ class GidTracker:
             if info is None or info.starttime == starttime:
                 found.append(pid)
         return found
+
+
+def gid_membership(gid: int) -> Membership:
+    """A :class:`~tether.membership.Membership` of every process carrying ``gid``.
+
+    tether itself, its ancestors, pid 1 and kernel threads are never members.
+    """
+    from tether.membership import Membership
+    from tether.tracking.base import TrackerStatus
+
+    if gid < 0:
+        raise UsageError(f"not a group id: {gid}")
+    return Membership(
+        [GidTracker(gid)],
+        [
+            TrackerStatus("gid", True, f"processes with supplementary group {gid}"),
+            TrackerStatus("walk", True, "children they fork while being terminated"),
+        ],
+        not_before=0,
+        leader=None,
+        job_id=f"gid-{gid}",
+        caveats=[
+            f"group {gid} finds only processes that kept it: a process that dropped its "
+            "supplementary groups (with CAP_SETGID) is not found",
+        ],
+    )
+
+
+def kill_gid(gid: int, *, policy: Policy | None = None) -> Report:
+    """Terminate every process carrying supplementary group ``gid`` (``tether kill --gid``)."""
+    from tether.policy import Policy
+    from tether.terminate import terminate
+
+    membership = gid_membership(gid)
+    try:
+        return terminate(
+            membership,
+            policy if policy is not None else Policy.default(),
+            job_id=f"gid-{gid}",
+            reason=f"tether kill --gid {gid}",
+        )
+    finally:
+        membership.close()

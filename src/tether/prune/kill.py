@@ -14,6 +14,8 @@ uid check; they are the stray's own processes, never a new job's.
 
 from __future__ import annotations
 
+import contextlib
+import resource
 from collections.abc import Iterable, Sequence
 
 from tether.membership import Membership
@@ -88,8 +90,18 @@ class StrayMembership(Membership):
         return known
 
 
+def _raise_fd_limit() -> None:
+    # One pidfd per stray: a node with thousands of strays needs more than
+    # the common soft limit of 1024 descriptors.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def kill_strays(plan: Plan, policy: Policy, *, job_id: str, reason: str) -> Report:
     """Apply ``policy`` to the plan's strays; the engine's report."""
+    _raise_fd_limit()
     membership = StrayMembership(
         plan.strays, floor=plan.options.min_uid, exempt=plan.legit, job_id=job_id
     )

@@ -66,6 +66,11 @@ class Outcome:
         """Strays that could not be killed (survived the policy, or denied)."""
         return tuple(s for s in self.strays if s.outcome in ("survived", "denied"))
 
+    @property
+    def complete(self) -> bool:
+        """Nothing that was to be killed is left (always True for a dry run)."""
+        return not self.failed and (self.report is None or self.report.complete)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; keys are stable, new keys may be added."""
         plan = self.plan

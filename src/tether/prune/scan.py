@@ -15,7 +15,7 @@ checked again there, right before the pidfd that signals it is opened (see
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tether.linux.procfs import CLOCK_TICKS, PF_KTHREAD
 
@@ -74,40 +74,48 @@ def uptime() -> float:
 def parse_stat(data: bytes, now: float) -> Proc:
     """A :class:`Proc` from /proc/PID/stat; ``now`` is :func:`uptime` at scan time."""
     # comm may contain spaces and parentheses: it ends at the *last* ")".
-    lpar = data.index(b"(")
-    rpar = data.rindex(b")")
-    rest = data[rpar + 2 :].split()
-    pid = int(data[:lpar])
-    ppid = int(rest[1])
-    starttime = int(rest[19])
+    head, _, rest = data.rpartition(b") ")
+    f = rest.split(b" ", 21)  # up to starttime (field 22 of proc(5))
+    lpar = head.index(b" (")
+    pid = int(head[:lpar])
+    ppid = int(f[1])
+    starttime = int(f[19])
     return Proc(
-        pid=pid,
-        ppid=ppid,
-        pgid=int(rest[2]),
-        sid=int(rest[3]),
-        starttime=starttime,
-        state=rest[0].decode(),
-        comm=data[lpar + 1 : rpar].decode("utf-8", "replace"),
-        kernel_thread=bool(int(rest[6]) & PF_KTHREAD) or pid == 2 or ppid == 2,
-        cputime=(int(rest[11]) + int(rest[12])) / CLOCK_TICKS,
-        age=now - starttime / CLOCK_TICKS,
+        pid,
+        ppid,
+        int(f[2]),
+        int(f[3]),
+        starttime,
+        f[0].decode(),
+        head[lpar + 2 :].decode("utf-8", "replace"),
+        bool(int(f[6]) & PF_KTHREAD) or pid == 2 or ppid == 2,
+        (int(f[11]) + int(f[12])) / CLOCK_TICKS,
+        now - starttime / CLOCK_TICKS,
     )
+
+
+def _line(data: bytes, key: bytes) -> bytes | None:
+    """The rest of the line that starts with ``key``, or None."""
+    if data.startswith(key):
+        i = 0
+    else:
+        i = data.find(b"\n" + key)
+        if i < 0:
+            return None
+        i += 1
+    end = data.find(b"\n", i)
+    return data[i + len(key) : end if end >= 0 else len(data)]
 
 
 def parse_status(data: bytes) -> tuple[tuple[int, int, int, int], tuple[int, ...]]:
     """(ruid, euid, suid, fsuid) and the supplementary gids from /proc/PID/status."""
-    uids: tuple[int, int, int, int] | None = None
-    groups: tuple[int, ...] = ()
-    for line in data.splitlines():
-        if line.startswith(b"Uid:"):
-            r, e, s, f = (int(x) for x in line.split()[1:5])
-            uids = (r, e, s, f)
-        elif line.startswith(b"Groups:"):
-            groups = tuple(int(x) for x in line.split()[1:])
-            break  # Groups: follows Uid: and Gid: (proc(5))
-    if uids is None:
+    uid_line = _line(data, b"Uid:")
+    if uid_line is None:
         raise ValueError("no Uid: line")
-    return uids, groups
+    r, e, s, f = (int(x) for x in uid_line.split()[:4])
+    groups_line = _line(data, b"Groups:")
+    groups = tuple(int(x) for x in groups_line.split()) if groups_line else ()
+    return (r, e, s, f), groups
 
 
 @dataclass
@@ -117,12 +125,26 @@ class Table:
     procs: dict[int, Proc]
     unreadable: dict[int, str]  # pid -> why
     now: float  # uptime at scan time
+    _by_sid: dict[int, list[int]] | None = field(default=None, repr=False)
+    _children: dict[int, list[int]] | None = field(default=None, repr=False)
+
+    def in_sessions(self, sids: frozenset[int]) -> list[int]:
+        """Pids of the processes in any of these sessions."""
+        if self._by_sid is None:
+            by_sid: dict[int, list[int]] = {}
+            for p in self.procs.values():
+                by_sid.setdefault(p.sid, []).append(p.pid)
+            self._by_sid = by_sid
+        return [pid for sid in sids for pid in self._by_sid.get(sid, ())]
 
     def children(self) -> dict[int, list[int]]:
-        kids: dict[int, list[int]] = {}
-        for p in self.procs.values():
-            kids.setdefault(p.ppid, []).append(p.pid)
-        return kids
+        """ppid -> child pids (computed once)."""
+        if self._children is None:
+            kids: dict[int, list[int]] = {}
+            for p in self.procs.values():
+                kids.setdefault(p.ppid, []).append(p.pid)
+            self._children = kids
+        return self._children
 
     def load_status(self, proc: Proc) -> bool:
         """Fill in ``uids`` and ``groups``; False (and noted) if they cannot be read."""
@@ -147,24 +169,33 @@ def scan() -> Table:
     now = uptime()
     procs: dict[int, Proc] = {}
     unreadable: dict[int, str] = {}
-    for name in os.listdir(PROC):
-        if not name.isdigit():
-            continue
-        try:
-            data = _read(f"{PROC}/{name}/stat")
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # exited meanwhile
-        except OSError as err:
-            unreadable[int(name)] = f"/proc/{name}/stat: {err.strerror}"
-            continue
-        if not data:
-            continue  # a reaped process can leave an empty read behind
-        try:
-            proc = parse_stat(data, now)
-        except (ValueError, IndexError):
-            unreadable[int(name)] = f"/proc/{name}/stat: unexpected contents"
-            continue
-        procs[proc.pid] = proc
+    proc_fd = os.open(PROC, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    op, rd, cl = os.open, os.read, os.close
+    try:
+        for name in os.listdir(proc_fd):
+            if not name.isdigit():
+                continue
+            try:
+                fd = op(name + "/stat", _O_FILE, dir_fd=proc_fd)
+                try:
+                    data = rd(fd, 4096)
+                finally:
+                    cl(fd)
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # exited meanwhile
+            except OSError as err:
+                unreadable[int(name)] = f"/proc/{name}/stat: {err.strerror}"
+                continue
+            if not data:
+                continue  # a reaped process can leave an empty read behind
+            try:
+                proc = parse_stat(data, now)
+            except (ValueError, IndexError):
+                unreadable[int(name)] = f"/proc/{name}/stat: unexpected contents"
+                continue
+            procs[proc.pid] = proc
+    finally:
+        cl(proc_fd)
     return Table(procs, unreadable, now)
 
 

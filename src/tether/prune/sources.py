@@ -420,8 +420,7 @@ class SessionList:
     def _with_uid(job: Job, table: Table) -> Job:
         if job.uid is not None:
             return job
-        members = [p.pid for p in table.procs.values() if p.sid in job.sids]
-        uid = _uid_of_processes(table, members)
+        uid = _uid_of_processes(table, table.in_sessions(job.sids))
         return Job(job.source, job.job_id, uid=uid, sids=job.sids)
 
 

@@ -1,0 +1,243 @@
+"""Scan-and-classify time of `tether prune` on a node with thousands of processes.
+
+Starts --procs processes (default: enough to bring the node to 5000): --jobs
+batch jobs, each a session of its own run as one of four uids, listed in a
+sessions file (as a Torque/SGE epilogue would list them), and a --stray-fraction
+of orphaned user processes re-parented to init. Then compares, median of
+--repeat runs, with the same rules (every uid >= 1000, not in a listed session
+or below one, min age 0):
+
+  - tether.prune.plan() in-process (scan + job list + classify);
+  - `tether prune --json` end to end (Python and click start-up included);
+  - a ps-based script, as per-site cron scripts do: `ps -eo ...` piped to awk.
+
+Both must name the same strays (checked). Targets: plan() under 100 ms, and at
+least 5x faster than the ps-based script. Every process is started by this
+script, held through a pidfd and killed through it: nothing by name.
+
+    python3 bench/prune.py [--total 5000] [--jobs 40] [--stray-fraction 0.2] [--repeat 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from _common import PYTHON, Tracked, median, pass_miss, raise_fd_limit
+
+from tether.prune import PruneOptions, SessionList, plan
+
+UID_BASE = 61000  # numeric uids, no passwd entry needed (setresuid takes any)
+
+# Root launcher: jobs (setsid, drop to a uid, fork the rest of the job) and
+# strays (double fork into init as the stray uid); writes every pid when ready.
+LAUNCHER = r"""
+import os, sys, time
+jobs, per_job, strays, uid_base = (int(x) for x in sys.argv[1:5])
+ready, sessions = sys.argv[5], sys.argv[6]
+r, w = os.pipe()
+
+def drop(uid):
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+
+def sleep_forever():
+    os.close(r)
+    os.close(w)
+    while True:
+        time.sleep(3600)
+
+lines = []
+for j in range(jobs):
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        drop(uid_base + 1 + j % 4)
+        kids = [os.getpid()]
+        for _ in range(per_job - 1):
+            k = os.fork()
+            if k == 0:
+                sleep_forever()
+            kids.append(k)
+        os.write(w, "".join(f"j {k}\n" for k in kids).encode())
+        sleep_forever()
+    lines.append(f"{pid} job{j}")
+for _ in range(strays):
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        drop(uid_base + 9)
+        g = os.fork()
+        if g == 0:
+            os.write(w, f"s {os.getpid()}\n".encode())
+            sleep_forever()
+        os._exit(0)
+    os.waitpid(pid, 0)
+os.close(w)
+want = jobs * per_job + strays
+buf = b""
+while buf.count(b"\n") < want:
+    chunk = os.read(r, 65536)
+    if not chunk:
+        break
+    buf += chunk
+with open(sessions, "w") as f:
+    f.write("\n".join(lines) + "\n")
+with open(ready + ".tmp", "wb") as f:
+    f.write(buf)
+os.rename(ready + ".tmp", ready)
+while True:
+    time.sleep(3600)
+"""
+
+PS_SCRIPT = r"""
+# Strays: every uid >= FLOOR, older than MINAGE, not in (or below) a listed session.
+sessions=$1 floor=$2 minage=$3
+ps -eo pid=,ppid=,sid=,ruid=,euid=,suid=,fsuid=,etimes=,stat= | awk -v sf="$sessions" \
+    -v floor="$floor" -v minage="$minage" -v self="$$" '
+BEGIN {
+  while ((getline line < sf) > 0) { split(line, f, " "); if (f[1] ~ /^[0-9]+$/) job[f[1]] = 1 }
+}
+{
+  pid = $1; n++; order[n] = pid; ppid[pid] = $2; sid[pid] = $3
+  ok[pid] = ($4 >= floor && $5 >= floor && $6 >= floor && $7 >= floor && $8 >= minage \
+             && $9 !~ /^Z/ && pid != self)
+}
+END {
+  for (i = 1; i <= n; i++) { p = order[i]; if (sid[p] in job) legit[p] = 1 }
+  changed = 1
+  while (changed) {
+    changed = 0
+    for (i = 1; i <= n; i++) {
+      p = order[i]
+      if (!(p in legit) && (ppid[p] in legit)) { legit[p] = 1; changed = 1 }
+    }
+  }
+  for (i = 1; i <= n; i++) { p = order[i]; if (ok[p] && !(p in legit)) print p }
+}'
+"""
+
+
+def node_processes() -> int:
+    return sum(1 for name in os.listdir("/proc") if name.isdigit())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--total", type=int, default=5000, help="processes on the node to reach")
+    ap.add_argument("--jobs", type=int, default=40)
+    ap.add_argument("--stray-fraction", type=float, default=0.2)
+    ap.add_argument("--repeat", type=int, default=7)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (the processes run as other uids)", file=sys.stderr)
+        return 2
+    raise_fd_limit()
+    add = max(args.jobs, args.total - node_processes() - 1)
+    strays = int(add * args.stray_fraction)
+    per_job = max(1, (add - strays) // args.jobs)
+    tmp = tempfile.mkdtemp(prefix="tether-bench-prune-")
+    ready = os.path.join(tmp, "ready")
+    sessions = os.path.join(tmp, "sessions")
+    script = os.path.join(tmp, "strays.sh")
+    with open(script, "w") as f:
+        f.write(PS_SCRIPT)
+    tracked = Tracked()
+    launcher = subprocess.Popen(
+        [PYTHON, "-c", LAUNCHER, str(args.jobs), str(per_job), str(strays), str(UID_BASE),
+         ready, sessions],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    tracked.add([launcher.pid])
+    rows: dict[str, list[float]] = {}
+    found: dict[str, set[int]] = {}
+    try:
+        deadline = time.monotonic() + 300
+        while not os.path.exists(ready):
+            if time.monotonic() > deadline or launcher.poll() is not None:
+                raise RuntimeError("launcher did not get ready")
+            time.sleep(0.05)
+        with open(ready) as f:
+            tagged = [line.split() for line in f.read().splitlines()]
+        pids = [int(pid) for _kind, pid in tagged]
+        expected = {int(pid) for kind, pid in tagged if kind == "s"}
+        tracked.add(pids)
+        total = node_processes()
+        options = PruneOptions(min_uid=1000, min_age=0.0)
+
+        def tether_plan() -> set[int]:
+            p = plan(options, [SessionList(path=sessions)])
+            return {s.pid for s in p.strays}
+
+        def tether_cli() -> set[int]:
+            out = subprocess.run(
+                [PYTHON, "-m", "tether.cli", "prune", "--json", "--no-syslog", "--batch", "none",
+                 "--min-uid", "1000", "--min-age", "0", "--sessions-file", sessions],
+                capture_output=True,
+                check=True,
+            ).stdout  # fmt: skip
+            return {s["pid"] for s in json.loads(out)["strays"]}
+
+        def ps_script() -> set[int]:
+            out = subprocess.run(
+                ["sh", script, sessions, "1000", "0"], capture_output=True, check=True
+            ).stdout
+            return {int(x) for x in out.split()}
+
+        methods = [
+            ("tether.prune.plan() in-process", tether_plan),
+            ("tether prune --json (whole command)", tether_cli),
+            ("ps -eo ... | awk (cron-style script)", ps_script),
+        ]
+        for _name, fn in methods:  # warm-up: imports, dentry cache
+            fn()
+        for _ in range(args.repeat):
+            for name, fn in methods:
+                t0 = time.perf_counter()
+                found[name] = fn()
+                rows.setdefault(name, []).append(time.perf_counter() - t0)
+    finally:
+        left = tracked.kill_leftovers()
+        with contextlib.suppress(Exception):
+            launcher.wait(timeout=30)
+        for name in (ready, sessions, script):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        with contextlib.suppress(OSError):
+            os.rmdir(tmp)
+        if left:
+            print(f"cleanup: killed {left} process(es) by pidfd", file=sys.stderr)
+
+    print(
+        f"prune scan-and-classify on a node with {total} processes: {args.jobs} jobs x "
+        f"{per_job} processes (listed sessions), {strays} orphaned strays; median of "
+        f"{args.repeat} (ms); {os.cpu_count()} cpus"
+    )
+    width = max(len(n) for n, _ in methods)
+    print(f"{'method':<{width}}  {'median':>8}  {'min':>8}  {'max':>8}  {'strays':>6}  agrees")
+    print("-" * (width + 44))
+    for name, _ in methods:
+        t = rows[name]
+        print(
+            f"{name:<{width}}  {median(t) * 1000:8.1f}  {min(t) * 1000:8.1f}  "
+            f"{max(t) * 1000:8.1f}  {len(found[name]):6d}  "
+            f"{'yes' if found[name] == expected else 'NO'}"
+        )
+    mine = median(rows[methods[0][0]])
+    ps = median(rows[methods[2][0]])
+    print("\ntargets (informational):")
+    print(f"  plan() under 100 ms: {mine * 1000:.1f} ms  {pass_miss(mine < 0.1)}")
+    print(f"  at least 5x faster than the ps script: {ps / mine:.1f}x  {pass_miss(ps >= 5 * mine)}")
+    return 0 if all(found[n] == expected for n, _ in methods) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

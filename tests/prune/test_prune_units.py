@@ -1,0 +1,159 @@
+"""Pure parts of the pruner: parsers, the epilog's inputs, rules on a synthetic table."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tether.cli_prune import job_context
+from tether.errors import UsageError
+from tether.prune.classify import _legitimate, _Orphans
+from tether.prune.log import fields
+from tether.prune.scan import Proc, Table, parse_stat, parse_status, uid_min
+from tether.prune.sources import Job, SourceError, parse_qstat, parse_session_lines
+
+
+def test_parse_stat_handles_hostile_comm() -> None:
+    line = (
+        b"4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 90 0 0 0 150 50 0 0 20 0 1 0 "
+        b"1000 5000000 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n"
+    )
+    p = parse_stat(line, now=20.0)
+    assert (p.pid, p.comm, p.state, p.ppid, p.pgid, p.sid) == (4242, "a) b (c)", "S", 1, 4242, 4242)
+    assert p.starttime == 1000 and p.cputime == 200 / os.sysconf("SC_CLK_TCK")
+    assert not p.kernel_thread
+
+
+def test_parse_status_reads_all_uids_and_groups() -> None:
+    data = b"Name:\tx\nUid:\t1001\t0\t0\t0\nGid:\t1001\t1001\t1001\t1001\nGroups:\t27 64123 \n"
+    assert parse_status(data) == ((1001, 0, 0, 0), (27, 64123))
+    assert parse_status(b"Uid:\t1\t2\t3\t4\nGroups:\n") == ((1, 2, 3, 4), ())
+    with pytest.raises(ValueError):
+        parse_status(b"")
+
+
+def test_uid_min_from_login_defs(tmp_path: Path) -> None:
+    defs = tmp_path / "login.defs"
+    defs.write_text("# comment\nUID_MIN\t\t\t 2000\nUID_MAX 60000\n")
+    assert uid_min(str(defs)) == 2000
+    defs.write_text("#UID_MIN 500\n")
+    assert uid_min(str(defs)) == 1000
+    defs.write_text("UID_MIN banana\n")
+    assert uid_min(str(defs)) == 1000
+    assert uid_min(str(tmp_path / "missing")) == 1000
+
+
+def test_session_lines() -> None:
+    jobs = parse_session_lines("s", "# header\n\n1234\n5678 42.server root  # a comment\n")
+    assert [(j.job_id, j.uid, j.sids) for j in jobs] == [
+        ("session-1234", None, frozenset({1234})),
+        ("42.server", 0, frozenset({5678})),
+    ]
+    for bad in ("abc\n", "1\n", "12 job no-such-user-xyz\n"):
+        with pytest.raises(SourceError):
+            parse_session_lines("s", bad)
+
+
+QSTAT = """\
+Job Id: 101.srv
+    Job_Name = a
+    Job_Owner = root@login
+    job_state = R
+    exec_host = node7/0-3+node8/0
+    session_id = 4242
+    euser = root
+
+Job Id: 102.srv
+    job_state = R
+    exec_host = node9/0
+    session_id = 5555
+
+Job Id: 103.srv
+    job_state = Q
+    exec_host = node7/1
+    session_id = 6666
+"""
+
+
+def test_qstat_running_jobs_of_this_host() -> None:
+    jobs = parse_qstat(QSTAT, "node7")
+    assert [(j.job_id, j.uid, j.sids) for j in jobs] == [("101.srv", 0, frozenset({4242}))]
+    assert [j.job_id for j in parse_qstat(QSTAT, "node9")] == ["102.srv"]
+
+
+def test_slurm_epilog_environment() -> None:
+    ctx = job_context((), {"SLURM_JOB_ID": "76", "SLURM_JOB_UID": "0", "SLURM_JOB_USER": "root"})
+    assert (ctx.kind, ctx.job_id, ctx.uid) == ("slurm", "76", 0)
+    assert b"SLURM_JOB_ID=76" in ctx.env
+    assert job_context((), {"SLURM_JOB_ID": "7", "SLURM_JOB_USER": "root"}).uid == 0
+    for env in (
+        {},
+        {"SLURM_JOB_ID": "x", "SLURM_JOB_UID": "0"},
+        {"SLURM_JOB_ID": "7"},
+        {"SLURM_JOB_ID": "7", "SLURM_JOB_USER": "no-such-user-xyz"},
+        {"SLURM_JOB_ID": "7", "SLURM_JOB_UID": "5", "SLURM_JOB_USER": "root"},
+    ):
+        with pytest.raises(UsageError):
+            job_context((), env)
+
+
+def test_torque_epilogue_arguments() -> None:
+    ctx = job_context(["9.srv", "root", "root", "name", "321", "x"], {})
+    assert (ctx.kind, ctx.job_id, ctx.uid, ctx.sids) == ("torque", "9.srv", 0, frozenset({321}))
+    assert ctx.env == (b"PBS_JOBID=9.srv",)
+    assert job_context(["9.srv", "root"], {}).sids == frozenset()
+    for argv in (["9.srv"], ["9.srv", "no-such-user-xyz"], ["9.srv", "root", "g", "n", "x"]):
+        with pytest.raises(UsageError):
+            job_context(argv, {})
+
+
+def table(*rows: tuple[int, int, int, tuple[int, int, int, int], str]) -> Table:
+    """A synthetic table: (pid, ppid, sid, uids, comm)."""
+    procs = {
+        pid: Proc(pid, ppid, sid, sid, pid, "S", comm, False, 0.0, 100.0, uids, ())
+        for pid, ppid, sid, uids, comm in rows
+    }
+    return Table(procs, {}, 1000.0)
+
+
+U, R = (1001, 1001, 1001, 1001), (0, 0, 0, 0)
+
+
+def test_orphans_and_subreapers() -> None:
+    t = table(
+        (10, 1, 10, R, "sshd"),  # a daemon holding a session
+        (11, 10, 11, U, "bash"),
+        (12, 11, 11, U, "sleep"),
+        (20, 1, 20, U, "daemon"),  # re-parented to init
+        (21, 20, 20, U, "worker"),
+        (30, 1, 30, U, "systemd"),  # a user manager: a subreaper
+        (31, 30, 31, U, "gpg-agent"),
+    )
+    orphan = _Orphans(t, 1000)
+    assert not orphan(t.procs[12]) and not orphan(t.procs[11])
+    assert orphan(t.procs[21]) and orphan(t.procs[20]) and orphan(t.procs[31])
+
+
+def test_legitimacy_flows_to_descendants_and_sessions() -> None:
+    t = table(
+        (10, 1, 10, U, "job"),
+        (11, 10, 10, U, "step"),
+        (12, 1, 10, U, "escaped-in-session"),
+        (13, 12, 13, U, "its-child"),
+        (20, 1, 20, U, "stray"),
+        (30, 1, 30, U, "root-of-job-b"),
+    )
+    legit = _legitimate(
+        t,
+        [Job("sessions", "a", sids=frozenset({10})), Job("tether", "b", roots=((30, 30),))],
+    )
+    assert set(legit) == {10, 11, 12, 13, 30}
+    assert legit[13] == "sessions job a" and legit[30] == "tether job b"
+    # A root whose start time does not match is a stranger holding the pid.
+    assert 30 not in _legitimate(t, [Job("tether", "b", roots=((30, 29),))])
+
+
+def test_log_fields_are_quoted() -> None:
+    assert fields(a=1, b="x y", c='q"', d="") == 'a=1 b="x y" c="q\\"" d=""'
