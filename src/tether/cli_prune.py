@@ -43,9 +43,11 @@ An environment variable (TETHER_JOB_ID, SLURM_JOB_ID) never makes a process
 legitimate: anyone can set one. Job lists are read after the process scan, so
 a job starting during the scan is seen.
 
-A dry run (the default) prints what would be killed and why. --kill applies
-the policy to every stray through verified pidfds. Every decision is logged to
-syslog (ident tether-prune) or, under systemd, to the journal.
+A dry run (the default) prints what would be killed and why, and sends no
+signal. --kill applies the policy to every stray (and to children a stray
+forks while it is terminated) through pidfds opened after its start time and
+uids were checked again. Every decision is logged to syslog (ident
+tether-prune) or, under systemd, to the journal.
 
 \b
 EXIT STATUS:
@@ -87,7 +89,8 @@ _common_options: list[Any] = [
                  help="The uid floor (default: prune.min_uid, else UID_MIN of /etc/login.defs, "
                       "else 1000)."),
     click.option("--min-age", metavar="DURATION",
-                 help="Never touch processes younger than this."),
+                 help="Never touch processes younger than this (default: prune.min_age, else "
+                      "60s for prune, 0s for epilog)."),
     click.option("--exclude-user", "exclude_users", metavar="USER", multiple=True,
                  help="Never touch this user's processes (name or uid; repeatable)."),
     click.option("--exclude-comm", metavar="REGEX", multiple=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import pwd
 import time
@@ -17,6 +18,7 @@ from tether.report import Report, oneline
 JSON_SCHEMA_VERSION = 1
 
 
+@functools.lru_cache(maxsize=1024)
 def user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
