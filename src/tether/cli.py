@@ -250,8 +250,13 @@ def run(
     def on_signal(signum: int, _frame: object) -> None:
         received.append(signum)
 
+    def on_child(_signum: int, _frame: object) -> None:
+        # Only wakes the loop (through the wakeup fd) to reap adopted orphans.
+        pass
+
     caller = None if outlive_caller else _open_caller()
     old_handlers = {s: signal.signal(s, on_signal) for s in _FORWARDED}
+    old_handlers[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, on_child)
     old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
     try:
         job = Job(
@@ -297,6 +302,12 @@ def run(
             if deadline is not None and _now() >= deadline:
                 timed_out, reason = True, "timeout"
                 break
+            # A SIGCHLD: an orphan the subreaper adopted has exited. Reap it
+            # now, or zombies pile up for the job's whole life (tether as a
+            # container's PID 1 must reap like an init).
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                os.read(rfd, 4096)
+            job.reap_adopted()
         count_at_cancel = received.count(signal.SIGINT)
 
         def skip_to_last() -> bool:
@@ -504,4 +515,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 
 if __name__ == "__main__":
-    main()
+    # Under `python -m tether.cli` this module is __main__; lazy command
+    # modules import tether.cli again, and their CliError must be the one
+    # main() catches, so run main from the imported module.
+    from tether.cli import main as _main
+
+    _main()

@@ -421,6 +421,13 @@ class Job:
             if any(fd == self._wake_fd or fd in also for fd, _ in events):
                 return self._popen.poll()
 
+    def reap_adopted(self) -> None:
+        """Reap exited orphans a dedicated supervisor adopted (and the leader, if
+        it exited). Without this they stay zombies until the job is cancelled."""
+        with self._lock:
+            if self._report is None:
+                self._membership.reap()
+
     def wait_tree(self, timeout: float | None = None) -> bool:
         """Wait for every member to exit by itself; True if the tree emptied."""
         with self._lock:

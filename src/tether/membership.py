@@ -156,7 +156,7 @@ class Membership:
 
     def _poll_exits(self, timeout: float) -> bool:
         """Mark members whose pidfd says exited; True if the wake fd fired."""
-        self._reap()
+        self.reap()
         poller = select.poll()
         fds: dict[int, Member] = {}
         for m in self.live():
@@ -188,10 +188,10 @@ class Membership:
                     # and the grace would turn into a busy rescan loop.
                     self._drain_wake()
                     woke = True
-        self._reap()
+        self.reap()
         return woke
 
-    def _reap(self) -> None:
+    def reap(self) -> None:
         """Reap exited children so no zombie of the job outlives it."""
         if self._reap_leader is not None:
             self._reap_leader()

@@ -214,7 +214,11 @@ def _run_step(
             leader_sig = first.leader_signal if first.leader_signal is not None else sig
             leaders = [m for m in members if m.is_leader]
             sent += _deliver(target, leaders, leader_sig, done, clock)
-            if first.tree_delay > 0:
+            # The delay is for the leader to stop its own workers. A leader
+            # that had already exited before this step (leftovers after it
+            # ended) will not, so then the tree is signalled at once. One that
+            # exits during the delay may have started their shutdown: wait on.
+            if first.tree_delay > 0 and any(m.alive for m in leaders):
                 target.thaw()
                 froze_again = None
                 if not _wait_until(target, clock, clock() + first.tree_delay, skip_to_last):

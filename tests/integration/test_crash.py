@@ -557,3 +557,35 @@ def test_unprivileged_reap(open_tmp: Path) -> None:
     assert any("without a cgroup" in c for c in job["report"]["caveats"])
     assert all_gone(ids)
     assert not user_records()
+
+
+def test_tether_run_reaps_adopted_orphans_while_the_job_runs(tmp_path: Path) -> None:
+    """As a subreaper (or a container's PID 1), tether reaps like an init would."""
+    script = (
+        "for i in 1 2 3 4 5; do (sleep 0.01 &); done; "
+        f"touch {tmp_path}/ready; while [ ! -e {tmp_path}/go ]; do sleep 0.05; done"
+    )
+    proc = subprocess.Popen(tether_cmd("run", "-q", "--", "sh", "-c", script))
+    wait_for_file_exists = tmp_path / "ready"
+    wait_for(wait_for_file_exists.exists, SETTLE, "the orphans to be started")
+
+    def zombie_children() -> list[int]:
+        out = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                st = proc_stat(int(entry))
+                if st is not None and st.ppid == proc.pid and st.state == "Z":
+                    out.append(st.pid)
+        return out
+
+    def adopted() -> int:
+        kids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+        return sum(1 for k in kids if (s := proc_stat(k)) is not None and s.ppid == proc.pid)
+
+    try:
+        wait_for(lambda: not zombie_children(), SETTLE, "adopted orphans to be reaped")
+        assert proc.poll() is None, "the job should still be running"
+        assert adopted() <= 3  # the leader, the watchdog, maybe the leader's sleep
+    finally:
+        (tmp_path / "go").touch()
+        assert proc.wait(timeout=SETTLE) == 0

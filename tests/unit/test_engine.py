@@ -617,3 +617,17 @@ def test_any_killable_tree_ends_complete_without_storms(
         assert m.outcome in {"killed", "exited"}
         if m.ended_by is not None:
             assert m.ended_by == m.signals[-1]
+
+
+def test_tree_delay_is_skipped_when_the_leader_had_already_exited(clock: FakeClock) -> None:
+    """Leftovers after the leader ended: nobody is left to shut the workers down."""
+    target = FakeTarget(clock, cgroup=False)
+    leader = target.add(is_leader=True, dies_on={INT: 0.0})
+    target.exit(leader)
+    worker = target.add(dies_on={TERM: 0.0})
+    policy = Policy.parse("TERM,10s,KILL", leader_signal=INT, tree_delay=30.0)
+
+    report = run(target, policy)
+
+    assert received(worker) == [(TERM, 0.0)]
+    assert report.duration < 1.0
