@@ -114,6 +114,9 @@ class Membership:
         for pid in self._walk.find(table, set(found)):
             if pid in found or self._allowed(table[pid]):
                 found.setdefault(pid, set()).add("walk")
+        for pid in self._walk.alive_roots(table):
+            if pid not in found and self._allowed(table[pid]):
+                found[pid] = {"walk"}
         new: list[Member] = []
         for pid, names in found.items():
             info = table[pid]

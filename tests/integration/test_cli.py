@@ -414,3 +414,19 @@ def test_wait_leftovers_waits_for_a_leftover_that_exits(tmp_path: Path) -> None:
     assert report["complete"] is True
     assert report["steps"] == []
     assert all(m["outcome"] == "exited" for m in report["members"])
+
+
+def test_kill_a_process_that_leads_nothing_and_has_no_cookie() -> None:
+    """The target itself is a member even when only its identity says so."""
+    proc = subprocess.Popen(["sleep", "300"])  # our session, our group, no cookie
+    with procfs.ProcDir(proc.pid) as d:
+        start = d.stat().starttime
+    done = subprocess.run(
+        tether_cmd("kill", "--json", "-", str(proc.pid)), capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [m["pid"] for m in report["members"]] == [proc.pid]
+    assert report["members"][0]["found_by"] == ["walk"]
+    assert proc.wait(timeout=10) == -signal.SIGTERM
+    assert not alive(proc.pid, start)

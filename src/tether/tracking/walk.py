@@ -16,7 +16,14 @@ class WalkTracker:
     name = "walk"
 
     def __init__(self, roots: Iterable[tuple[int, int]] = ()) -> None:
-        self.seen: set[tuple[int, int]] = set(roots)
+        self.roots = frozenset(roots)
+        self.seen: set[tuple[int, int]] = set(self.roots)
+
+    def alive_roots(self, table: Table) -> set[int]:
+        """The roots given at the start, where still alive: members themselves
+        (the target of ``tether kill``, identities recorded in the journal),
+        even when no other tracker can see them."""
+        return _alive(table, self.roots)
 
     def remember(self, identities: Iterable[tuple[int, int]]) -> None:
         self.seen.update(identities)
@@ -24,9 +31,7 @@ class WalkTracker:
     def find(self, table: Table, members: set[int]) -> Iterable[int]:
         kids = children_map(table)
         start = set(members)
-        start.update(
-            pid for pid, st in self.seen if (p := table.get(pid)) is not None and p.starttime == st
-        )
+        start.update(_alive(table, self.seen))
         found: set[int] = set()
         stack = list(start)
         while stack:
@@ -36,3 +41,9 @@ class WalkTracker:
                     found.add(child)
                     stack.append(child)
         return found
+
+
+def _alive(table: Table, identities: Iterable[tuple[int, int]]) -> set[int]:
+    return {
+        pid for pid, st in identities if (p := table.get(pid)) is not None and p.starttime == st
+    }
