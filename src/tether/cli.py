@@ -185,6 +185,13 @@ def _with_policy_options(f: Callable[..., Any]) -> Callable[..., Any]:
     "(by default the job is terminated, as on SIGHUP).",
 )
 @click.option(
+    "--tag-gid",
+    type=click.IntRange(min=0),
+    metavar="GID",
+    help="(root) Add supplementary group GID to the job's processes, so `tether kill "
+    "--gid` and `tether prune` find those that escaped session and cgroup.",
+)
+@click.option(
     "--restartable",
     is_flag=True,
     help="Mark the job restartable in the journal (tether reap names such jobs).",
@@ -207,6 +214,7 @@ def run(
     trackers: str,
     wait_leftovers: bool,
     outlive_caller: bool,
+    tag_gid: int | None,
     restartable: bool,
     quiet: bool,
     verbose: bool,
@@ -266,6 +274,7 @@ def run(
             dedicated_supervisor=True,
             wake_fd=rfd,
             restartable=restartable,
+            tag_gid=tag_gid,
         )
     except BaseException:
         signal.set_wakeup_fd(old_wakeup)
@@ -369,10 +378,18 @@ def _now() -> float:
 
 @cli.command(epilog="EXIT STATUS: 0 the tree is gone; 1 members survived; 2 bad input.")
 @_with_policy_options
+@click.option(
+    "--gid",
+    type=click.IntRange(min=0),
+    metavar="GID",
+    help="Instead of a tree: every process carrying supplementary group GID "
+    "(see tether run --tag-gid).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the report.")
-@click.argument("pid", type=str)
+@click.argument("pid", type=str, required=False)
 def kill(
-    pid: str,
+    pid: str | None,
+    gid: int | None,
     policy_text: str | None,
     sig: str | None,
     kill_after: str | None,
@@ -383,16 +400,25 @@ def kill(
     json_file: str | None,
     quiet: bool,
 ) -> None:
-    """Terminate the tree rooted at PID, a process tether did not start.
+    """Terminate the tree rooted at PID, a process tether did not start, or
+    with --gid every process tagged with that supplementary group.
 
     Best effort: the report says which trackers could apply.
     """
-    from tether.job import kill_tree
-
+    if (pid is None) == (gid is None):
+        raise UsageError("give either a PID or --gid GID")
     policy = _build_policy(
         policy_text, sig, kill_after, leader_signal, tree_delay, kill_script, kill_script_mode
     )
-    report = kill_tree(_parse_pid(pid), policy=policy)
+    if gid is not None:
+        from tether.prune.groups import kill_gid
+
+        report = kill_gid(gid, policy=policy)
+    else:
+        from tether.job import kill_tree
+
+        assert pid is not None
+        report = kill_tree(_parse_pid(pid), policy=policy)
     _write_json(json_file, report)
     if not quiet and json_file != "-":
         click.echo(report.render_text())

@@ -168,8 +168,16 @@ class Job:
         journal: Journal | bool = True,
         watchdog: bool = True,
         restartable: bool = False,
+        tag_gid: int | None = None,
     ) -> None:
         self.argv = tuple(argv)
+        if tag_gid is not None and (tag_gid < 0 or os.geteuid() != 0):
+            raise UsageError(
+                f"not a group id: {tag_gid}"
+                if tag_gid < 0
+                else "tagging a job with a group (--tag-gid) needs root (CAP_SETGID)"
+            )
+        self.tag_gid = tag_gid
         if isinstance(policy, str):
             policy = Policy.parse(policy)
         self.policy = policy if policy is not None else Policy.default()
@@ -191,6 +199,10 @@ class Job:
         except BaseException:
             _dedicated_jobs.discard(self.id)
             raise
+        if tag_gid is not None:
+            sel.statuses.append(
+                TrackerStatus("gid", True, f"supplementary group {tag_gid} on every process")
+            )
         self._selection = sel
         self._journal: Journal | None = None
         self._record: JobRecord | None = None
@@ -217,6 +229,9 @@ class Job:
                 stderr=stderr,
                 start_new_session=True,
                 close_fds=True,
+                # The tag survives setsid, double forks and env -i; only
+                # CAP_SETGID can drop it (SGE's ENABLE_ADDGRP_KILL).
+                extra_groups=None if tag_gid is None else [*os.getgroups(), tag_gid],
             )
         except FileNotFoundError:
             self._cleanup_failed_start()
@@ -252,6 +267,10 @@ class Job:
             chosen.append(SessionTracker(self.pid, handle.starttime, self.pid, self.pid))
         if sel.used("cookie"):
             chosen.append(CookieTracker(self.id, not_before=handle.starttime))
+        if tag_gid is not None:
+            from tether.prune.groups import GidTracker
+
+            chosen.append(GidTracker(tag_gid))
         self._membership = Membership(
             chosen,
             sel.statuses,
@@ -288,6 +307,7 @@ class Job:
             cgroup=sel.cgroup.path if sel.cgroup is not None else None,
             trackers=tuple(s.name for s in sel.statuses if s.used),
             restartable=restartable,
+            tag_gid=self.tag_gid,
         )
         self._write_record()
         if not watchdog:

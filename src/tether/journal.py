@@ -85,6 +85,7 @@ class JobRecord:
     members: tuple[Identity, ...] = ()
     trackers: tuple[str, ...] = ()
     restartable: bool = False
+    tag_gid: int | None = None
     state: str = "starting"
     schema: int = field(default=SCHEMA)
 
@@ -149,6 +150,7 @@ class JobRecord:
             members=members,
             trackers=tuple(trackers),
             restartable=get("restartable", bool),
+            tag_gid=get("tag_gid", int, optional=True) if "tag_gid" in data else None,
             state=get("state", str),
         )
 
@@ -351,6 +353,7 @@ def new_record(
     cgroup: str | None,
     trackers: tuple[str, ...],
     restartable: bool,
+    tag_gid: int | None = None,
 ) -> JobRecord:
     return JobRecord(
         job_id=job_id,
@@ -365,4 +368,5 @@ def new_record(
         cgroup=cgroup,
         trackers=trackers,
         restartable=restartable,
+        tag_gid=tag_gid,
     )

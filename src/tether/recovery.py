@@ -109,6 +109,11 @@ def membership_for(record: JobRecord, protected: Sequence[int] = ()) -> Membersh
         statuses.append(TrackerStatus("session", True, f"session {record.sid}"))
     else:
         statuses.append(TrackerStatus("session", False, "the leader was never recorded"))
+    if record.tag_gid is not None:
+        from tether.prune.groups import GidTracker
+
+        trackers.append(GidTracker(record.tag_gid))
+        statuses.append(TrackerStatus("gid", True, f"supplementary group {record.tag_gid}"))
     trackers.append(CookieTracker(record.cookie, not_before=record.not_before))
     statuses.append(TrackerStatus("cookie", True, "TETHER_JOB_ID in the environment"))
     roots = [*([record.leader] if record.leader else []), *record.members]
