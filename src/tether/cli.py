@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -21,11 +20,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from tether.errors import TetherError, UsageError
-from tether.policy import KillScript, Policy, parse_duration, parse_signal
+from tether.policy import Policy, parse_duration, parse_signal
 from tether.remote.options import wants_remote, with_remote_options
 from tether.report import Report, oneline
 
 if TYPE_CHECKING:
+    from tether.config import EffectiveConfig
     from tether.process import ProcessHandle
 
 EXIT_TIMEOUT = 124
@@ -46,34 +46,43 @@ def fail(message: str, code: int) -> NoReturn:
     raise CliError(message, code)
 
 
-def _build_policy(
+def _configured(
     policy_text: str | None,
     sig: str | None,
     kill_after: str | None,
     leader_signal: str | None,
     tree_delay: str | None,
     kill_script: str | None,
-    kill_script_mode: str,
-) -> Policy:
+    kill_script_mode: str | None,
+    **run_flags: object,
+) -> EffectiveConfig:
+    """The configuration files (tether.toml) with the command-line flags on top."""
+    from tether.config import load_config
+
     if policy_text is not None and (sig is not None or kill_after is not None):
         raise UsageError("give either --policy or -s/-k, not both")
-    options: dict[str, Any] = {}
-    if leader_signal is not None:
-        options["leader_signal"] = parse_signal(leader_signal)
-    if tree_delay is not None:
-        options["tree_delay"] = parse_duration(tree_delay)
-    if kill_script is not None:
-        argv = tuple(shlex.split(kill_script))
-        if not argv:
-            raise UsageError("empty --kill-script")
-        options["kill_script"] = KillScript(argv, mode=kill_script_mode)  # type: ignore[arg-type]
-    if policy_text is not None:
-        return Policy.parse(policy_text, **options)
-    base = Policy.from_timeout_flags(
-        parse_signal(sig) if sig is not None else None,
-        parse_duration(kill_after) if kill_after is not None else None,
+    if kill_script is not None and not kill_script.strip():
+        raise UsageError("empty --kill-script")
+    config = load_config()
+    if sig is not None or kill_after is not None:
+        # As coreutils timeout: -s SIG -k DURATION is the whole policy SIG,DURATION,KILL.
+        timeout_policy = Policy.from_timeout_flags(
+            parse_signal(sig) if sig is not None else None,
+            parse_duration(kill_after) if kill_after is not None else None,
+        )
+        config = config.with_override("termination.policy", str(timeout_policy), "-s/-k")
+    flags: tuple[tuple[str, str | None, str], ...] = (
+        ("termination.policy", policy_text, "--policy"),
+        ("termination.leader_signal", leader_signal, "--leader-signal"),
+        ("termination.tree_delay", tree_delay, "--tree-delay"),
+        ("termination.kill_script", kill_script, "--kill-script"),
+        ("termination.kill_script_mode", kill_script_mode, "--kill-script-mode"),
     )
-    return Policy(base.steps, **options)
+    for key, value, flag in flags:
+        config = config.with_override(key, value, flag)
+    for name, given in run_flags.items():
+        config = config.with_override(f"run.{name}", given)
+    return config
 
 
 def _write_json(target: str | None, report: Report) -> None:
@@ -140,8 +149,8 @@ _policy_options: list[Callable[[Any], Any]] = [
                  help="Command run with TETHER_JOB_ID, TETHER_LEADER_PID and TETHER_MEMBER_PIDS "
                       "before the signals."),
     click.option("--kill-script-mode", type=click.Choice(["precede", "replace"]),
-                 default="precede", show_default=True,
-                 help="Run the kill script before the signals, or instead of them."),
+                 help="Run the kill script before the signals, or instead of them "
+                      "(default: precede)."),
     click.option("--json", "json_file", metavar="FILE",
                  help="Write the termination report as JSON to FILE ('-' for stdout)."),
 ]  # fmt: skip
@@ -168,10 +177,8 @@ def _with_policy_options(f: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option(
     "--trackers",
-    default="auto",
-    show_default=True,
     metavar="LIST",
-    help="Trackers to use: auto, or a list of cgroup,subreaper,session,cookie,walk.",
+    help="Trackers to use: auto (default), or a list of cgroup,subreaper,session,cookie,walk.",
 )
 @click.option(
     "--wait-leftovers",
@@ -208,10 +215,10 @@ def run(
     leader_signal: str | None,
     tree_delay: str | None,
     kill_script: str | None,
-    kill_script_mode: str,
+    kill_script_mode: str | None,
     json_file: str | None,
     timeout_text: str | None,
-    trackers: str,
+    trackers: str | None,
     wait_leftovers: bool,
     outlive_caller: bool,
     tag_gid: int | None,
@@ -231,10 +238,14 @@ def run(
     """
     from tether.job import Job
 
-    policy = _build_policy(
-        policy_text, sig, kill_after, leader_signal, tree_delay, kill_script, kill_script_mode
-    )
-    timeout = parse_duration(timeout_text) if timeout_text is not None else None
+    config = _configured(
+        policy_text, sig, kill_after, leader_signal, tree_delay, kill_script, kill_script_mode,
+        timeout=timeout_text, trackers=trackers, wait_leftovers=wait_leftovers or None,
+    )  # fmt: skip
+    policy = config.policy_for_run()
+    timeout = config["run.timeout"]
+    trackers = config["run.trackers"]
+    wait_leftovers = config["run.wait_leftovers"]
     if wants_remote(remote):
         from tether.remote.cli import run_remote
 
@@ -396,7 +407,7 @@ def kill(
     leader_signal: str | None,
     tree_delay: str | None,
     kill_script: str | None,
-    kill_script_mode: str,
+    kill_script_mode: str | None,
     json_file: str | None,
     quiet: bool,
 ) -> None:
@@ -407,9 +418,9 @@ def kill(
     """
     if (pid is None) == (gid is None):
         raise UsageError("give either a PID or --gid GID")
-    policy = _build_policy(
+    policy = _configured(
         policy_text, sig, kill_after, leader_signal, tree_delay, kill_script, kill_script_mode
-    )
+    ).policy_for_run()
     if gid is not None:
         from tether.prune.groups import kill_gid
 

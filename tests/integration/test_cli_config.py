@@ -172,3 +172,51 @@ def test_help_has_exit_status(tmp_path: Path) -> None:
         tether_cmd("--help"), capture_output=True, text=True, timeout=60, check=False
     )
     assert "config" in listing.stdout
+
+
+# -- tether run and kill read the configuration ----------------------------------------
+
+
+def _run_env(tmp_path: Path, text: str) -> dict[str, str]:
+    config = tmp_path / "tether.toml"
+    config.write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"}
+    env.update(HOME=str(tmp_path / "home"), TETHER_CONFIG=str(config))
+    return env
+
+
+def test_run_takes_policy_and_timeout_from_the_file(tmp_path: Path) -> None:
+    env = _run_env(tmp_path, '[termination]\npolicy = "INT,1s,KILL"\n[run]\ntimeout = "200ms"\n')
+    done = subprocess.run(
+        tether_cmd("run", "-q", "--json", "-", "--", "sleep", "30"),
+        env=env, capture_output=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 124, done.stderr
+    report = json.loads(done.stdout)
+    assert report["policy"] == "INT,1s,KILL,5s"
+    assert report["reason"] == "timeout"
+    assert report["members"][0]["ended_by"] == "INT"
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    env = _run_env(tmp_path, '[termination]\npolicy = "INT,1s,KILL"\ngrace = "3s"\n')
+    done = subprocess.run(
+        tether_cmd("run", "-q", "--timeout", "100ms", "-s", "HUP", "-k", "2s", "--json", "-",
+                   "--", "sleep", "30"),
+        env=env, capture_output=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 124, done.stderr
+    assert json.loads(done.stdout)["policy"] == "HUP,2s,KILL,5s"
+
+
+def test_run_with_a_bad_file_starts_nothing(tmp_path: Path) -> None:
+    env = _run_env(tmp_path, '[termination]\npolicy = "TERM,banana"\n')
+    marker = tmp_path / "ran"
+    done = subprocess.run(
+        tether_cmd("run", "--", "touch", str(marker)), env=env, capture_output=True, check=False
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 125
+    assert err.startswith(f"tether: {tmp_path / 'tether.toml'}:2: ")
+    assert len(err.splitlines()) == 1
+    assert not marker.exists()
