@@ -133,7 +133,7 @@ def tether_fanout(lab: SshLab, work: Path, script: Path, n: int) -> tuple[float,
     marks = fresh_marks(work, "fanout")
     proc = subprocess.Popen(
         [*TETHER, "run", "-F", lab.config_file, "-q", "-w", f"b[01-{n:02d}]",
-         "--policy", POLICY, "--", "python3", str(script), str(marks)],
+         "-f", str(max(n, 32)), "--policy", POLICY, "--", "python3", str(script), str(marks)],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     idents = wait_trees(marks, n)
@@ -228,7 +228,19 @@ def client_cpu(lab: SshLab, n: int) -> tuple[float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     subprocess.run(
-        [*TETHER, "run", "-F", lab.config_file, "-q", "-w", f"b[01-{n:02d}]", "--", "true"],
+        [
+            *TETHER,
+            "run",
+            "-F",
+            lab.config_file,
+            "-q",
+            "-w",
+            f"b[01-{n:02d}]",
+            "-f",
+            str(max(n, 32)),
+            "--",
+            "true",
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
     )

@@ -176,7 +176,7 @@ class SshLab:
             "  BatchMode yes\n"
             "  SendEnv TETHER_TEST_ID TETHER_RUNTIME_DIR\n"
             "  ControlMaster no\n"
-            "  ConnectTimeout 10\n"
+            "  ConnectTimeout 30\n"
             "  LogLevel ERROR\n"
         )
         (self.base / "ssh_config").write_text("\n".join(blocks))
