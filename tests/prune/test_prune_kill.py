@@ -296,3 +296,33 @@ def test_help_documents_exit_status() -> None:
         )
         assert b"EXIT STATUS" in done.stdout
     assert sys.executable
+
+
+def test_tagged_escapee_of_a_live_tether_job_is_legitimate(procs: Procs, tmp_path: Path) -> None:
+    """A root job's --tag-gid vouches for a process that left its session (no cgroup)."""
+    tag = 47114
+    ready = procs.dir / "tagged.ready"
+    go = procs.dir / "tagged.go"
+    user = procs.users["c"]
+    escapee = (
+        f"(setsid setpriv --reuid={user.pw_uid} --regid={user.pw_gid} --keep-groups "
+        f"sh -c 'echo $$ > {ready}.tmp && mv {ready}.tmp {ready} && exec sleep 600' &); "
+        f"while [ ! -e {go} ]; do sleep 0.05; done"
+    )
+    job = subprocess.Popen(
+        tether_cmd("run", "-q", "--tag-gid", str(tag), "--trackers", "session,walk",
+                   "--", "sh", "-c", escapee),
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(ready.exists, timeout=30, what="the tagged escapee")
+        pid = int(ready.read_text())
+        rc, out, err = prune("--min-age", "0", "-v")
+        assert rc == 0, err
+        assert pid not in {s["pid"] for s in out["strays"]}
+        reasons = {e["pid"]: e["reason"] for e in out["exempt_user_processes"]}
+        assert reasons[pid].startswith("in tether job ")
+    finally:
+        go.touch()
+        job.wait(timeout=60)  # the job's end takes the escapee with it (found by gid)

@@ -217,8 +217,9 @@ class TetherJobs:
     A record counts only while its supervisor (pid and start time) is alive.
     Its members are the supervisor's descendants, plus the processes of its
     ``tether-JOB`` cgroup when that cgroup is root-owned and under the cgroup2
-    mount. A user's own journal is not read by a root pruner: a record there
-    is whatever the user wrote.
+    mount, plus the processes carrying its ``--tag-gid`` group. A user's own
+    journal is not read by a root pruner: a record there is whatever the user
+    wrote.
     """
 
     name = "tether"
@@ -246,6 +247,16 @@ class TetherJobs:
             cgroup = self._cgroup(record.cgroup, record.job_id, unified)
             if cgroup is not None:
                 pids = _cgroup_procs(cgroup)
+            if record.tag_gid is not None:
+                # Only CAP_SETGID adds a supplementary group: a root job's tag
+                # vouches for processes that left its session and cgroup.
+                from tether.prune.groups import processes_with_supplementary_gid
+
+                pids |= {
+                    pid
+                    for pid, start in processes_with_supplementary_gid(record.tag_gid)
+                    if (proc := table.procs.get(pid)) is not None and proc.starttime == start
+                }
             roots = [record.supervisor]
             if record.watchdog is not None:
                 roots.append(record.watchdog)
