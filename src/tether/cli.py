@@ -22,7 +22,7 @@ import click
 from tether.errors import TetherError, UsageError
 from tether.policy import Policy, parse_duration, parse_signal
 from tether.remote.options import wants_remote, with_remote_options
-from tether.report import Report, oneline
+from tether.report import oneline
 
 if TYPE_CHECKING:
     from tether.config import EffectiveConfig
@@ -85,10 +85,11 @@ def _configured(
     return config
 
 
-def _write_json(target: str | None, report: Report) -> None:
+def write_json(target: str | None, text: str) -> None:
+    """The ``--json FILE`` option: write ``text`` to FILE, or stdout for ``-``."""
     if target is None:
         return
-    text = report.to_json() + "\n"
+    text += "\n"
     if target == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -302,6 +303,11 @@ def run(
         while True:
             left = None if deadline is None else max(0.0, deadline - _now())
             rc = job.wait(left, also=watched)
+            # Drain the wake fd *before* looking at what woke us: a signal
+            # that lands after the checks below then leaves its byte for the
+            # next wait instead of being slept through.
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                os.read(rfd, 4096)
             if caller is not None and caller.has_exited():
                 reason = f"the caller (pid {caller.pid}) exited"
                 received.append(signal.SIGHUP)
@@ -325,8 +331,6 @@ def run(
             # A SIGCHLD: an orphan the subreaper adopted has exited. Reap it
             # now, or zombies pile up for the job's whole life (tether as a
             # container's PID 1 must reap like an init).
-            with contextlib.suppress(BlockingIOError, InterruptedError):
-                os.read(rfd, 4096)
             job.reap_adopted()
         count_at_cancel = received.count(signal.SIGINT)
 
@@ -343,7 +347,7 @@ def run(
     os.close(rfd)
     os.close(wfd)
 
-    _write_json(json_file, report)
+    write_json(json_file, report.to_json())
     terminated_something = bool(report.killed) or timed_out or received or not report.complete
     if not quiet and (verbose or terminated_something):
         click.echo(report.render_text(), err=True)
@@ -430,7 +434,7 @@ def kill(
 
         assert pid is not None
         report = kill_tree(_parse_pid(pid), policy=policy)
-    _write_json(json_file, report)
+    write_json(json_file, report.to_json())
     if not quiet and json_file != "-":
         click.echo(report.render_text())
     sys.exit(0 if report.complete else EXIT_SURVIVORS)

@@ -116,8 +116,8 @@ class JobCgroup:
             try:
                 with open(os.path.join(dirpath, "cgroup.procs"), "rb") as f:
                     out.extend(int(x) for x in f.read().split())
-            except FileNotFoundError:
-                continue
+            except OSError:
+                continue  # removed meanwhile (or unreadable): nothing to count there
         return out
 
     def events(self) -> dict[str, int]:

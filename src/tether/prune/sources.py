@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tether.errors import TetherError
+from tether.linux.cgroupfs import JobCgroup
 from tether.prune.scan import Table
 
 Identity = tuple[int, int]
@@ -131,14 +132,7 @@ def uid_of(user: str) -> int | None:
 
 def _cgroup_procs(path: str) -> set[int]:
     """Pids in a cgroup and every cgroup below it (missing ones are skipped)."""
-    out: set[int] = set()
-    for dirpath, _dirs, _files in os.walk(path):
-        try:
-            with open(os.path.join(dirpath, "cgroup.procs"), "rb") as f:
-                out.update(int(x) for x in f.read().split())
-        except OSError:
-            continue
-    return out
+    return set(JobCgroup(path).procs())
 
 
 def _uid_of_processes(table: Table, pids: Iterable[int]) -> int | None:

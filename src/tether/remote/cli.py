@@ -23,7 +23,7 @@ from typing import NoReturn
 
 import click
 
-from tether.cli import EXIT_BAD_INPUT, EXIT_FAILED
+from tether.cli import EXIT_BAD_INPUT, EXIT_FAILED, fail, write_json
 from tether.policy import Policy, parse_duration
 from tether.remote.client import (
     HostResult,
@@ -42,16 +42,6 @@ JSON_SCHEMA = 1
 _JOB_ID_CHARS = frozenset("0123456789abcdef")
 
 
-def fail(message: str, code: int) -> NoReturn:
-    """One line on stderr and the exit status.
-
-    Not ``tether.cli.fail``: under ``python -m tether.cli`` that module runs
-    as ``__main__``, whose ``main()`` does not catch ``tether.cli.CliError``.
-    """
-    click.echo(f"tether: {message}", err=True)
-    sys.exit(code)
-
-
 def _ssh(options: tuple[str, ...], config: str | None) -> SshOptions:
     for opt in options:
         if not opt or "\n" in opt or "\0" in opt:
@@ -62,21 +52,8 @@ def _ssh(options: tuple[str, ...], config: str | None) -> SshOptions:
 
 
 def _write_json(target: str | None, results: list[HostResult]) -> None:
-    if target is None:
-        return
-    text = (
-        json.dumps({"schema": JSON_SCHEMA, "hosts": [r.to_dict() for r in results]}, indent=2)
-        + "\n"
-    )
-    if target == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    try:
-        with open(target, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as err:
-        fail(f"cannot write {target}: {err.strerror}", EXIT_FAILED)
+    document = {"schema": JSON_SCHEMA, "hosts": [r.to_dict() for r in results]}
+    write_json(target, json.dumps(document, indent=2))
 
 
 def run_remote(
