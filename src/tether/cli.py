@@ -106,6 +106,7 @@ def write_json(target: str | None, text: str) -> None:
 #: name -> "module:attribute" of a click command.
 LAZY_COMMANDS: dict[str, str] = {
     "cancel": "tether.remote.cli:cancel_command",
+    "completion": "tether.cli_completion:completion_command",
     "reap": "tether.cli_journal:reap",
     "config": "tether.cli_config:config_command",
     "prune": "tether.cli_prune:prune_command",
