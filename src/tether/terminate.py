@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tether import logs
 from tether.policy import UNCATCHABLE, Policy, Step, signal_name
 from tether.process import Delivery
 from tether.report import MemberRecord, Report, StepRecord, Survivor
@@ -22,6 +23,30 @@ from tether.tracking.base import TrackerStatus
 #: First and longest pause between rescans for late members during a grace.
 RESCAN_FIRST = 0.02
 RESCAN_MAX = 0.5
+
+_LOG = "tether.terminate"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a termination stands, for a progress display (``on_progress``).
+
+    Given at each step's start (after its signal went out) and at each rescan
+    during its grace, so at most :data:`RESCAN_MAX` seconds apart.
+
+    Attributes:
+        step: the step running, from 1.
+        steps: how many steps the policy has.
+        signal: the step's signal, e.g. ``"TERM"``.
+        members_left: members still alive.
+        grace_left: seconds left of the step's grace (0 once it is spent).
+    """
+
+    step: int
+    steps: int
+    signal: str
+    members_left: int
+    grace_left: float
 
 
 @dataclass(eq=False)
@@ -90,6 +115,7 @@ def terminate(
     clock: Clock = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     skip_to_last: Callable[[], bool] = lambda: False,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> Report:
     """Apply ``policy`` to every member ``target`` finds; return the report.
 
@@ -98,6 +124,9 @@ def terminate(
     catchable signal (a stopped process keeps TERM pending otherwise), thaw,
     then wait up to the grace for the kernel to confirm the tree empty,
     giving members that appear meanwhile the same signal.
+
+    ``on_progress``, if given, is called with a :class:`Progress` at each
+    step's start and each rescan (it must be quick: the grace is running).
     """
     t0 = clock()
     started_wall = wall_clock()
@@ -116,6 +145,8 @@ def terminate(
             run_builtin = False
 
     empty = target.wait_empty(0)
+    logs.log(_LOG, logs.INFO, f"terminating job {job_id}: {reason}",
+             job_id=job_id, reason=reason, policy=str(policy))  # fmt: skip
     if run_builtin and not empty:
         # A skip requested before the first step (a second Ctrl-C already) counts.
         i = len(steps) - 1 if skip_to_last() else 0
@@ -129,6 +160,7 @@ def terminate(
                 now,
                 (lambda: False) if last else skip_to_last,
                 clock,
+                _Where(job_id, i + 1, len(steps), on_progress),
             )
             steps_done.append(record)
             if empty:
@@ -143,6 +175,10 @@ def terminate(
     members = target.scan()
     complete = target.wait_empty(0)
     survivors = tuple(target.survivors()) if not complete else ()
+    for s in survivors:
+        logs.log(_LOG, logs.WARNING,
+                 f"job {job_id}: pid {s.pid} survived the policy (state {s.state}): {s.reason}",
+                 job_id=job_id, pid=s.pid, state=s.state, wchan=s.wchan)  # fmt: skip
     return Report(
         job_id=job_id,
         reason=reason,
@@ -170,15 +206,35 @@ def _wait_until(
             return False
 
 
+@dataclass(frozen=True)
+class _Where:
+    """Which step is running, for progress and log records."""
+
+    job_id: str
+    step: int
+    steps: int
+    on_progress: Callable[[Progress], None] | None
+
+
 def _deliver(
-    target: Target, members: Sequence[Member], sig: int, done: set[Member], clock: Clock
+    target: Target,
+    members: Sequence[Member],
+    sig: int,
+    done: set[Member],
+    clock: Clock,
+    job_id: str = "",
 ) -> int:
     sent = 0
+    debug = logs.enabled(logs.DEBUG, _LOG)
     for m in members:
         if not m.alive or m in done or m.denied:
             continue
         done.add(m)
         result = target.send(m, sig)
+        if debug:
+            logs.log(_LOG, logs.DEBUG, f"pid {m.pid}: SIG{signal_name(sig)} {result.value}",
+                     job_id=job_id, pid=m.pid, signal=signal_name(sig),
+                     delivery=result.value)  # fmt: skip
         if result is Delivery.DELIVERED:
             m.signals.append((sig, clock()))
             sent += 1
@@ -196,9 +252,12 @@ def _run_step(
     now: Callable[[], float],
     skip_to_last: Callable[[], bool],
     clock: Clock,
+    where: _Where,
 ) -> tuple[StepRecord, bool]:
     started = now()
     sig = step.signal
+    name = signal_name(sig)
+    job_id = where.job_id
     done: set[Member] = set()
     sent = 0
     froze = target.freeze()
@@ -210,10 +269,13 @@ def _run_step(
                     done.add(m)
                     m.signals.append((sig, clock()))
                     sent += 1
+                    logs.log(_LOG, logs.DEBUG, f"pid {m.pid}: SIGKILL by cgroup.kill",
+                             job_id=job_id, pid=m.pid, signal=name,
+                             delivery="cgroup.kill")  # fmt: skip
         if first is not None and (first.leader_signal is not None or first.tree_delay > 0):
             leader_sig = first.leader_signal if first.leader_signal is not None else sig
             leaders = [m for m in members if m.is_leader]
-            sent += _deliver(target, leaders, leader_sig, done, clock)
+            sent += _deliver(target, leaders, leader_sig, done, clock, job_id)
             # The delay is for the leader to stop its own workers. A leader
             # that had already exited before this step (leftovers after it
             # ended) will not, so then the tree is signalled at once. One that
@@ -225,11 +287,19 @@ def _run_step(
                     froze_again = target.freeze()
                 members = target.scan()
                 froze = froze or froze_again
-        sent += _deliver(target, members, sig, done, clock)
+        sent += _deliver(target, members, sig, done, clock, job_id)
     finally:
         target.thaw()
 
     deadline = clock() + step.grace
+    if where.on_progress is not None or logs.enabled(logs.INFO, _LOG):
+        alive = sum(1 for m in members if m.alive)
+        logs.log(_LOG, logs.INFO,
+                 f"job {job_id}: step {where.step}/{where.steps} SIG{name} to {alive} member(s)",
+                 job_id=job_id, step=where.step, signal=name, members=alive,
+                 signalled=sent, grace=step.grace)  # fmt: skip
+        if where.on_progress is not None:
+            where.on_progress(Progress(where.step, where.steps, name, alive, step.grace))
     pause = RESCAN_FIRST
     empty = False
     while True:
@@ -241,13 +311,22 @@ def _run_step(
             break
         # Members that appear during the grace (a TERM handler that forks
         # while dying) get this step's signal too.
-        sent += _deliver(target, target.scan(), sig, done, clock)
+        found = target.scan()
+        sent += _deliver(target, found, sig, done, clock, job_id)
+        if where.on_progress is not None:
+            alive = sum(1 for m in found if m.alive)
+            grace_left = max(0.0, deadline - clock())
+            where.on_progress(Progress(where.step, where.steps, name, alive, grace_left))
         pause = min(pause * 2, RESCAN_MAX)
 
     left_after = sum(1 for m in target.scan() if m.alive) if not empty else 0
+    logs.log(_LOG, logs.INFO,
+             f"job {job_id}: step SIG{name} done, {left_after} member(s) left",
+             job_id=job_id, step=where.step, signal=name, signalled=sent,
+             left=left_after)  # fmt: skip
     return (
         StepRecord(
-            signal=signal_name(sig),
+            signal=name,
             started_at=started,
             grace=step.grace,
             signalled=sent,

@@ -6,8 +6,11 @@ assertions can be exact about when each signal went out.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import signal
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +19,7 @@ from hypothesis import strategies as st
 from fakes import CONT, INT, KILL, TERM, FakeClock, FakeTarget
 from tether.policy import DEFAULT_FINAL_WAIT, KillScript, Policy
 from tether.report import Report
-from tether.terminate import RESCAN_MAX, terminate
+from tether.terminate import RESCAN_MAX, Progress, terminate
 
 T0 = 1000.0  # FakeClock's start
 EPS = 1e-9
@@ -631,3 +634,81 @@ def test_tree_delay_is_skipped_when_the_leader_had_already_exited(clock: FakeClo
 
     assert received(worker) == [(TERM, 0.0)]
     assert report.duration < 1.0
+
+
+# -- progress and log events -------------------------------------------------
+
+
+def test_progress_is_given_at_each_step_and_rescan_with_the_grace_left(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False)
+    target.add(dies_on={})  # ignores TERM
+    target.add(dies_on={TERM: 1.0})  # takes a second to shut down
+    seen: list[tuple[float, Progress]] = []
+
+    report = run(target, "TERM,3s,KILL", on_progress=lambda p: seen.append((clock() - T0, p)))
+
+    assert seen[0] == (0.0, Progress(1, 2, "TERM", 2, 3.0))
+    term = [(t, p) for t, p in seen if p.signal == "TERM"]
+    assert all(p.step == 1 and p.steps == 2 for _, p in term)
+    for t, p in term:
+        assert p.grace_left == pytest.approx(max(0.0, 3.0 - t))
+        assert p.members_left == (2 if t < 1.0 else 1)
+    assert any(p.members_left == 1 for _, p in term)  # the exit was seen during the grace
+    times = [t for t, _ in term]
+    assert times == sorted(times)
+    assert all(b - a <= RESCAN_MAX + EPS for a, b in itertools.pairwise(times))
+    kill = [p for _, p in seen if p.signal == "KILL"]
+    assert kill[0] == Progress(2, 2, "KILL", 1, DEFAULT_FINAL_WAIT)
+    assert report.complete
+
+
+def test_progress_after_a_skip_names_the_last_step(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False)
+    target.add(dies_on={})
+    seen: list[Progress] = []
+
+    run(target, "INT,5s,TERM,10s,KILL", skip_to_last=lambda: clock() >= T0 + 1.0,
+        on_progress=seen.append)  # fmt: skip
+
+    assert sorted({(p.step, p.steps, p.signal) for p in seen}) == [(1, 3, "INT"), (3, 3, "KILL")]
+
+
+def test_progress_callback_changes_nothing_the_engine_does(clock: FakeClock) -> None:
+    def scenario(on_progress: Callable[[Progress], None] | None) -> tuple[object, ...]:
+        c = FakeClock(T0)
+        target = FakeTarget(c, cgroup=False)
+        target.add(dies_on={})
+        target.add(dies_on={TERM: 0.7}, forks_on=TERM, child={"dies_on": {}}, fork_delay=0.3)
+        report = terminate(target, Policy.parse("TERM,2s,KILL"), job_id="j", reason="r",
+                           clock=c, wall_clock=lambda: 0.0, on_progress=on_progress)  # fmt: skip
+        return report.to_dict(), target.calls
+
+    seen: list[Progress] = []
+    assert scenario(seen.append) == scenario(None)  # no extra scans, same signals, same times
+    assert seen
+
+
+def test_engine_logs_steps_signals_and_survivors(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tether")
+    target = FakeTarget(clock, cgroup=False)
+    stuck = target.add(unkillable=True)
+    ok = target.add(dies_on={TERM: 0.0})
+
+    run(target, "TERM,1s,KILL,1s")
+
+    events = [(r.levelname, r.name, dict(r.tether_fields)) for r in caplog.records]  # type: ignore[attr-defined]
+    assert all(name == "tether.terminate" for _, name, _ in events)
+    assert all(f["job_id"] == "job-1" for _, _, f in events)
+    steps = [f for level, _, f in events if level == "INFO" and "members" in f]
+    assert [(f["step"], f["signal"], f["members"]) for f in steps] == [
+        (1, "TERM", 2),
+        (2, "KILL", 1),
+    ]
+    done = [f for level, _, f in events if level == "INFO" and "left" in f]
+    assert [(f["signal"], f["left"]) for f in done] == [("TERM", 1), ("KILL", 1)]
+    signalled = {(f["pid"], f["signal"]) for level, _, f in events if level == "DEBUG"}
+    assert signalled == {(stuck.pid, "TERM"), (ok.pid, "TERM"), (stuck.pid, "KILL")}
+    warnings = [f for level, _, f in events if level == "WARNING"]
+    assert [(f["pid"], f["state"]) for f in warnings] == [(stuck.pid, "D")]

@@ -16,9 +16,16 @@ import socket
 import sys
 from typing import TextIO
 
+# The transport is shared with tether's own event log (--log-target syslog).
+from tether.log_handlers import PRIORITY as _PRIORITY
+from tether.log_handlers import SYSLOG_SOCKET as DEFAULT_SOCKET
+from tether.log_handlers import SYSLOG_SOCKET_VAR as SOCKET_ENV
+from tether.log_handlers import SysLog as _SysLog
+from tether.log_handlers import fields, stderr_is_journal
+
+__all__ = ["DEFAULT_FACILITY", "FACILITIES", "IDENT", "DecisionLog", "fields", "stderr_is_journal"]
+
 IDENT = "tether-prune"
-DEFAULT_SOCKET = "/dev/log"
-SOCKET_ENV = "TETHER_SYSLOG_SOCKET"
 DEFAULT_FACILITY = "authpriv"
 
 FACILITIES = {
@@ -26,26 +33,6 @@ FACILITIES = {
     for name, code in logging.handlers.SysLogHandler.facility_names.items()
     if name not in ("security",)  # an alias of auth
 }
-_PRIORITY = {
-    logging.DEBUG: 7,
-    logging.INFO: 6,
-    logging.WARNING: 4,
-    logging.ERROR: 3,
-    logging.CRITICAL: 2,
-}
-
-
-def stderr_is_journal(env: dict[str, str] | None = None, stream: TextIO | None = None) -> bool:
-    """True when ``JOURNAL_STREAM`` (``DEV:INODE``) matches our stderr."""
-    value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
-    dev, _, ino = value.partition(":")
-    if not (dev.isdigit() and ino.isdigit()):
-        return False
-    try:
-        st = os.fstat((stream or sys.stderr).fileno())
-    except (OSError, ValueError):
-        return False
-    return st.st_dev == int(dev) and st.st_ino == int(ino)
 
 
 class _JournalStderr(logging.Handler):
@@ -62,17 +49,6 @@ class _JournalStderr(logging.Handler):
             self.stream.flush()
         except Exception:
             self.handleError(record)
-
-
-class _SysLog(logging.handlers.SysLogHandler):
-    """A syslog handler that remembers a failed send instead of printing a traceback."""
-
-    failure: str | None = None
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        err = sys.exc_info()[1]
-        why = (err.strerror or str(err)) if isinstance(err, OSError) else str(err)
-        self.failure = f"syslog socket {self.address}: {why}"
 
 
 class DecisionLog:
@@ -134,14 +110,3 @@ class DecisionLog:
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)
-
-
-def fields(**items: object) -> str:
-    """``key=value`` pairs, values quoted when they hold spaces or quotes."""
-    out = []
-    for key, value in items.items():
-        text = str(value)
-        if not text or any(c.isspace() or c in "\"'=" for c in text):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        out.append(f"{key}={text}")
-    return " ".join(out)
