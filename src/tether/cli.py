@@ -4,7 +4,12 @@ Exit status of ``tether run`` follows coreutils ``timeout``: 124 timed out,
 125 tether itself failed (bad input, or members survived the policy), 126 the
 command is not executable, 127 not found, 128+N the leader was killed by
 signal N, else the leader's own status. ``tether kill``: 0 the tree is gone,
-1 members survived, 2 bad input. ``tether ps``: 0, or 2 on bad input.
+1 members survived, 2 bad input. ``tether ps``: 0, or 2 on bad input. Each
+command's ``--help`` ends with its EXIT STATUS block (the man pages read it).
+
+On a terminal, ``ps`` draws a coloured tree, ``run`` and ``kill`` show a
+progress line on stderr and the report as a table (:mod:`tether.terminal`);
+piped, the output is the plain, stable columns.
 """
 
 from __future__ import annotations
@@ -19,14 +24,18 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from tether import logs
 from tether.errors import TetherError, UsageError
 from tether.policy import Policy, parse_duration, parse_signal
 from tether.remote.options import wants_remote, with_remote_options
 from tether.report import oneline
 
 if TYPE_CHECKING:
+    from typing import TextIO
+
     from tether.config import EffectiveConfig
     from tether.process import ProcessHandle
+    from tether.terminal import ProgressLine
 
 EXIT_TIMEOUT = 124
 EXIT_FAILED = 125
@@ -130,10 +139,71 @@ class _LazyGroup(click.Group):
         return command
 
 
-@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+_GROUP_EPILOG = """\
+Logging: by default nothing is logged beyond each command's own messages.
+With any --log-* option (or TETHER_LOG_LEVEL, TETHER_LOG_FORMAT,
+TETHER_LOG_TARGET; the options win) tether logs its events: job started
+(trackers used and not), each step (signal, members), each member signalled
+(debug), survivors, the leader's exit. json: one object a line with ts,
+level, logger, msg and the event's fields (job_id, pid, signal...). auto:
+journald when systemd connected stderr to the journal (JOURNAL_STREAM), else
+stderr. syslog: /dev/log; journald: /run/systemd/journal/socket.
+
+Output: on a terminal, ps draws a tree in colour, run and kill show progress
+on stderr and the report as a table; NO_COLOR (non-empty) or TERM=dumb turns
+colour off. Piped, the output is the plain columns scripts parse.
+
+\b
+EXIT STATUS (of tether itself; each command's --help lists its own):
+  0  --help or --version was printed
+  2  unknown command, or a bad option before it (e.g. --log-level loud,
+     or a bad TETHER_LOG_* value); 125 instead when the command is run,
+     whose own failures are 125 (tether epilog only warns about a bad
+     TETHER_LOG_* value: a failing epilog drains a Slurm node)
+"""
+
+#: Options of the group (before the command) that take a value: main() skips
+#: them to tell which command runs.
+_GROUP_VALUE_OPTIONS = ("--log-level", "--log-format", "--log-target")
+
+
+@click.group(
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=_GROUP_EPILOG,
+)
 @click.version_option(package_name="tether", message="tether %(version)s")
-def cli() -> None:
+@click.option(
+    "--log-level",
+    type=click.Choice(list(logs.LEVELS), case_sensitive=False),
+    help="Log events at this level and above (default warning; env TETHER_LOG_LEVEL).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(list(logs.FORMATS), case_sensitive=False),
+    help="text, or json (one object a line; env TETHER_LOG_FORMAT). Default text.",
+)
+@click.option(
+    "--log-target",
+    type=click.Choice(list(logs.TARGETS), case_sensitive=False),
+    help="Where logs go (default auto: journald under systemd, else stderr; "
+    "env TETHER_LOG_TARGET).",
+)
+@click.pass_context
+def cli(
+    ctx: click.Context, log_level: str | None, log_format: str | None, log_target: str | None
+) -> None:
     """Run jobs so that nothing they start can outlive them."""
+    try:
+        settings = logs.resolve(log_level, log_format, log_target, os.environ)
+    except UsageError as err:
+        # Only a variable can be bad here (click checked the options). A
+        # failing epilog drains a Slurm node: it warns and logs nothing.
+        if ctx.invoked_subcommand != "epilog":
+            raise
+        click.echo(f"tether: {err}; logging nothing", err=True)
+        return
+    logs.configure(settings, os.environ)
 
 
 _policy_options: list[Callable[[Any], Any]] = [
@@ -164,11 +234,21 @@ def _with_policy_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+_RUN_EPILOG = """\
+\b
+EXIT STATUS (the command's own status, except):
+  124  timed out: --timeout expired and the tree was terminated
+  125  tether itself failed: bad input (including a bad option before
+       run), or members survived the policy
+  126  the command was found but is not executable
+  127  the command was not found
+  128+N  the leader was killed by signal N
+"""
+
+
 @cli.command(
     context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False},
-    epilog="EXIT STATUS: 124 timed out; 125 tether failed or members survived; "
-    "126 command not executable; 127 command not found; 128+N leader killed by "
-    "signal N; otherwise the command's own status.",
+    epilog=_RUN_EPILOG,
 )
 @_with_policy_options
 @click.option(
@@ -339,7 +419,12 @@ def run(
             # Any INT beyond those that started this termination is "the second".
             return received.count(signal.SIGINT) > count_at_cancel
 
-        report = job.cancel(reason, skip_to_last=skip_to_last)
+        progress = _progress_line(quiet)
+        try:
+            report = job.cancel(reason, skip_to_last=skip_to_last, on_progress=progress)
+        finally:
+            if progress is not None:
+                progress.clear()
     if caller is not None:
         caller.close()
     signal.set_wakeup_fd(old_wakeup)
@@ -351,7 +436,9 @@ def run(
     write_json(json_file, report.to_json())
     terminated_something = bool(report.killed) or timed_out or received or not report.complete
     if not quiet and (verbose or terminated_something):
-        click.echo(report.render_text(), err=True)
+        from tether.terminal import render_report
+
+        click.echo(render_report(report, sys.stderr), err=True)
     if not report.complete:
         fail(
             f"{len(report.survivors)} member(s) survived the policy: "
@@ -392,7 +479,34 @@ def _now() -> float:
     return time.monotonic()
 
 
-@cli.command(epilog="EXIT STATUS: 0 the tree is gone; 1 members survived; 2 bad input.")
+def _progress_line(quiet: bool) -> ProgressLine | None:
+    """A progress line for a termination, on stderr if it is a terminal (never piped)."""
+    if quiet or not _isatty(sys.stderr):
+        return None
+    from tether.terminal import ProgressLine
+
+    return ProgressLine(sys.stderr)
+
+
+def _isatty(stream: TextIO) -> bool:
+    # Not tether.terminal's: piped runs (CI, cron) need not import it at all.
+    try:
+        return stream.isatty()
+    except (ValueError, AttributeError):
+        return False
+
+
+_KILL_EPILOG = """\
+\b
+EXIT STATUS:
+  0  the tree is gone
+  1  members survived the policy
+  2  bad input: unknown signal, bad duration, pid 1 or below, tether
+     itself or an ancestor, no such process
+"""
+
+
+@cli.command(epilog=_KILL_EPILOG)
 @_with_policy_options
 @click.option(
     "--gid",
@@ -434,10 +548,18 @@ def kill(
         from tether.job import kill_tree
 
         assert pid is not None
-        report = kill_tree(_parse_pid(pid), policy=policy)
+        target = _parse_pid(pid)
+        progress = _progress_line(quiet)
+        try:
+            report = kill_tree(target, policy=policy, on_progress=progress)
+        finally:
+            if progress is not None:
+                progress.clear()
     write_json(json_file, report.to_json())
     if not quiet and json_file != "-":
-        click.echo(report.render_text())
+        from tether.terminal import render_report
+
+        click.echo(render_report(report, sys.stdout))
     sys.exit(0 if report.complete else EXIT_SURVIVORS)
 
 
@@ -449,9 +571,21 @@ def _parse_pid(text: str) -> int:
     return pid
 
 
-@cli.command(
-    epilog="EXIT STATUS: 0 listed; 1 (without PID) a journal record was unusable; 2 bad input."
-)
+_PS_EPILOG = """\
+On a terminal the tree is drawn with connectors, each member's state and the
+trackers that found it in colour (unless NO_COLOR or TERM=dumb); piped, the
+columns are plain and stable.
+
+\b
+EXIT STATUS:
+  0  listed
+  1  (without PID) a journal record was unusable (reported and skipped)
+  2  bad input: not a pid, pid 1 or below, tether itself or an ancestor,
+     no such process; or an unusable journal directory
+"""
+
+
+@cli.command(epilog=_PS_EPILOG)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a tree.")
 @click.argument("pid", type=str, required=False)
 def ps(pid: str | None, as_json: bool) -> None:
@@ -500,10 +634,28 @@ def ps(pid: str | None, as_json: bool) -> None:
         }  # fmt: skip
         click.echo(json.dumps(out, indent=2))
         return
-    _print_tree(root.pid, [(m.pid, info.ppid, info.state, sorted(m.found_by), m.cmdline)
-                           for m, info in rows])  # fmt: skip
+    tree = [(m.pid, info.ppid, info.state, sorted(m.found_by), m.cmdline) for m, info in rows]
+    if _isatty(sys.stdout):
+        _draw_tree(tree, [str(t) for t in membership.trackers if t.used],
+                   [str(t) for t in membership.trackers if not t.used])  # fmt: skip
+        return
+    _print_tree(root.pid, tree)
     for t in membership.trackers:
         click.echo(f"# {t}")
+
+
+def _draw_tree(
+    rows: Sequence[tuple[int, int, str, list[str], str]], used: list[str], unused: list[str]
+) -> None:
+    from tether.terminal import DIM, Paint, colour_wanted, tree_lines, width_of
+
+    paint = Paint(colour_wanted(sys.stdout))
+    for line in tree_lines(rows, paint, sys.stdout, width_of(sys.stdout)):
+        click.echo(line)
+    for t in used:
+        click.echo(f"# {t}")
+    for t in unused:
+        click.echo(paint(f"# {t}", DIM))
 
 
 def _print_tree(root: int, rows: Sequence[tuple[int, int, str, list[str], str]]) -> None:
@@ -525,10 +677,24 @@ def _print_tree(root: int, rows: Sequence[tuple[int, int, str, list[str], str]])
         show(top, 0)
 
 
+def _command_name(args: Sequence[str]) -> str | None:
+    """The command ``args`` run, past the group's options (``--log-level debug run``)."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _GROUP_VALUE_OPTIONS:
+            i += 2
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            return arg
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point: one-line errors and documented exit codes, never a traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
-    is_run = bool(args) and args[0] == "run"
+    is_run = _command_name(args) == "run"
     bad_input = EXIT_FAILED if is_run else EXIT_BAD_INPUT
     try:
         cli.main(args, prog_name="tether", standalone_mode=False)

@@ -80,6 +80,9 @@ def list_jobs(as_json: bool) -> int:
     if not jobs:
         click.echo(f"no jobs in the journal ({journal.directory})")
         return EXIT_LEFT_SOMETHING if problems else EXIT_OK
+    if sys.stdout.isatty():
+        _draw_jobs(jobs)
+        return EXIT_LEFT_SOMETHING if problems else EXIT_OK
     click.echo(
         f"{'JOB':<24} {'SUPERVISOR':>10} {'LEADER':>7} {'STARTED':<19} {'STATE':<38} COMMAND"
     )
@@ -94,11 +97,57 @@ def list_jobs(as_json: bool) -> int:
     return EXIT_LEFT_SOMETHING if problems else EXIT_OK
 
 
-@click.command(
-    epilog="EXIT STATUS: 0 every orphaned job is gone (or there was none); "
-    "1 members survived the policy, or a journal record was unusable (reported and "
-    "skipped); 2 bad input."
-)
+def _state_colour(state: JobState) -> str | None:
+    from tether import terminal as t
+
+    if not state.same_boot:
+        return t.DIM
+    if state.given_up:
+        return f"{t.BOLD};{t.RED}"
+    if state.supervisor_alive:
+        return t.GREEN
+    return t.YELLOW if state.watchdog_alive else f"{t.BOLD};{t.RED}"
+
+
+def _draw_jobs(jobs: list[tuple[JobRecord, JobState]]) -> None:
+    """The journal listing for a terminal: state in colour, the trackers each job uses."""
+    from tether import terminal as t
+
+    paint = t.Paint(t.colour_wanted(sys.stdout))
+    width = t.width_of(sys.stdout)
+    rows = []
+    for record, state in jobs:
+        what = state.describe() + (", restartable" if record.restartable else "")
+        rows.append((record, state, what, list(record.trackers)))
+    state_width = max(len("STATE"), *(len(r[2]) for r in rows))
+    found_width = max(len("TRACKERS"), *(len(",".join(r[3])) for r in rows))
+    head = (
+        f"{'JOB':<24} {'SUPERVISOR':>10} {'LEADER':>7} {'STARTED':<19} "
+        f"{'STATE':<{state_width}} {'TRACKERS':<{found_width}} COMMAND"
+    )
+    click.echo(paint(head, t.BOLD))
+    room = max(20, width - (24 + 1 + 10 + 1 + 7 + 1 + 19 + 1 + state_width + 1 + found_width + 1))
+    for record, state, what, trackers in rows:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started_at))
+        leader = str(record.leader[0]) if record.leader else "-"
+        click.echo(
+            f"{paint.pad(record.job_id, t.BOLD, 24)} {record.supervisor[0]:>10} {leader:>7} "
+            f"{started:<19} {paint.pad(what, _state_colour(state), state_width)} "
+            f"{paint.trackers(trackers, found_width)} {oneline(' '.join(record.argv), room)}"
+        )
+
+
+_REAP_EPILOG = """\
+\b
+EXIT STATUS:
+  0  every orphaned job is gone (or there was none)
+  1  members survived the policy, or a journal record was unusable
+     (reported and skipped)
+  2  bad input or an unusable journal directory
+"""
+
+
+@click.command(epilog=_REAP_EPILOG)
 @click.option(
     "-n", "--dry-run", is_flag=True, help="List what would be terminated; signal nothing."
 )
@@ -145,7 +194,9 @@ def reap(dry_run: bool, as_json: bool) -> None:
             result["report"] = report.to_dict()
             failed = failed or not report.complete
             if not as_json:
-                click.echo(report.render_text())
+                from tether.terminal import render_report
+
+                click.echo(render_report(report, sys.stdout))
         results.append(result)
         if not as_json:
             click.echo(_describe(result))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import IO, Any
 
+from tether import logs
 from tether.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
@@ -30,8 +31,8 @@ from tether.linux import procfs
 from tether.membership import Membership
 from tether.policy import Policy
 from tether.process import ProcessHandle, ProcessInfo, ancestors, read_environ, read_process
-from tether.report import Report
-from tether.terminate import Member, terminate
+from tether.report import Report, oneline
+from tether.terminate import Member, Progress, terminate
 from tether.tracking.base import Tracker, TrackerStatus
 from tether.tracking.cgroup import CgroupTracker
 from tether.tracking.cookie import COOKIE_VAR, CookieTracker, new_cookie
@@ -46,6 +47,7 @@ from tether.watchdog import WATCHDOG_DONE
 _CGROUP_SHIM = 'echo 0 >"$0" || exit 125; exec "$@"'
 
 _Stream = int | IO[Any] | None
+_LOG = "tether.job"
 _dedicated_lock = threading.Lock()
 #: Ids of jobs using a dedicated supervisor (at most one: its children are the job's).
 _dedicated_jobs: set[str] = set()
@@ -186,6 +188,7 @@ class Job:
         resolve_command(self.argv, base_env)
         self.id = new_cookie()
         self._report: Report | None = None
+        self._leader_logged = False
         self._lock = threading.Lock()
         self._dedicated = dedicated_supervisor
         if dedicated_supervisor:
@@ -289,6 +292,14 @@ class Job:
         if self._watchdog_pid:
             self._membership.protect([self._watchdog_pid])
         self._wake_fd = wake_fd
+        if logs.enabled(logs.INFO, _LOG):
+            used = [s.name for s in sel.statuses if s.used]
+            refused = [f"{s.name}: {s.reason}" for s in sel.statuses if not s.used]
+            logs.log(_LOG, logs.INFO,
+                     f"job {self.id} started: pid {self.pid}, trackers {','.join(used)}",
+                     job_id=self.id, pid=self.pid, argv=oneline(" ".join(self.argv), 200),
+                     trackers=used, not_used=refused, caveats=list(sel.caveats()),
+                     cgroup=self.cgroup_path)  # fmt: skip
 
     # -- the journal and the watchdog ---------------------------------------
 
@@ -376,7 +387,16 @@ class Job:
     @property
     def returncode(self) -> int | None:
         """The leader's exit status once it has exited (-N: killed by signal N)."""
-        return self._popen.poll()
+        return self._note_leader(self._popen.poll())
+
+    def _note_leader(self, rc: int | None) -> int | None:
+        """Log the leader's exit once, when it is first seen."""
+        if rc is not None and not self._leader_logged:
+            self._leader_logged = True
+            how = f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+            logs.log(_LOG, logs.INFO, f"job {self.id}: leader pid {self.pid} {how}",
+                     job_id=self.id, pid=self.pid, returncode=rc)  # fmt: skip
+        return rc
 
     @property
     def trackers(self) -> tuple[TrackerStatus, ...]:
@@ -429,7 +449,7 @@ class Job:
         for fd in also:
             poller.register(fd, select.POLLIN)
         while True:
-            rc = self._popen.poll()
+            rc = self._note_leader(self._popen.poll())
             if rc is not None:
                 return rc
             left = None if deadline is None else deadline - time.monotonic()
@@ -439,7 +459,7 @@ class Job:
                 left = 0.05 if left is None else min(left, 0.05)
             events = poller.poll(None if left is None else max(1, int(left * 1000 + 0.999)))
             if any(fd == self._wake_fd or fd in also for fd, _ in events):
-                return self._popen.poll()
+                return self._note_leader(self._popen.poll())
 
     def reap_adopted(self) -> None:
         """Reap exited orphans a dedicated supervisor adopted (and the leader, if
@@ -462,10 +482,12 @@ class Job:
         *,
         policy: Policy | None = None,
         skip_to_last: Callable[[], bool] = lambda: False,
+        on_progress: Callable[[Progress], None] | None = None,
     ) -> Report:
         """Terminate the whole tree with the policy; return (and keep) the report.
 
-        Idempotent: a second call returns the first report.
+        Idempotent: a second call returns the first report. ``on_progress``
+        is given to :func:`tether.terminate.terminate` (a progress display).
         """
         with self._lock:
             if self._report is not None:
@@ -477,9 +499,11 @@ class Job:
                     job_id=self.id,
                     reason=reason,
                     skip_to_last=skip_to_last,
+                    on_progress=on_progress,
                 )
                 with contextlib.suppress(ChildProcessError):
                     self._popen.wait(timeout=0 if not report.complete else None)
+                self._note_leader(self._popen.returncode)
             except subprocess.TimeoutExpired:
                 pass
             finally:
@@ -604,7 +628,12 @@ def tree_membership(pid: int) -> tuple[Membership, ProcessInfo]:
     return membership, info
 
 
-def kill_tree(pid: int, *, policy: Policy | str | None = None) -> Report:
+def kill_tree(
+    pid: int,
+    *,
+    policy: Policy | str | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> Report:
     """Terminate the tree rooted at ``pid``, a process tether did not start.
 
     Best effort: the report says which trackers could apply.
@@ -618,6 +647,7 @@ def kill_tree(pid: int, *, policy: Policy | str | None = None) -> Report:
             policy if policy is not None else Policy.default(),
             job_id=f"pid-{pid}",
             reason=f"kill_tree({pid})",
+            on_progress=on_progress,
         )
     finally:
         membership.close()

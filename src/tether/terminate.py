@@ -216,25 +216,27 @@ class _Where:
     on_progress: Callable[[Progress], None] | None
 
 
+#: (pid, signal, how) of members signalled while the tree was frozen.
+_Notes = list[tuple[int, int, str]]
+
+
 def _deliver(
     target: Target,
     members: Sequence[Member],
     sig: int,
     done: set[Member],
     clock: Clock,
-    job_id: str = "",
+    notes: _Notes | None = None,
 ) -> int:
+    """Signal the live members not yet done; notes for the debug log if wanted."""
     sent = 0
-    debug = logs.enabled(logs.DEBUG, _LOG)
     for m in members:
         if not m.alive or m in done or m.denied:
             continue
         done.add(m)
         result = target.send(m, sig)
-        if debug:
-            logs.log(_LOG, logs.DEBUG, f"pid {m.pid}: SIG{signal_name(sig)} {result.value}",
-                     job_id=job_id, pid=m.pid, signal=signal_name(sig),
-                     delivery=result.value)  # fmt: skip
+        if notes is not None:
+            notes.append((m.pid, sig, result.value))
         if result is Delivery.DELIVERED:
             m.signals.append((sig, clock()))
             sent += 1
@@ -243,6 +245,15 @@ def _deliver(
         elif result is Delivery.DENIED:
             m.denied = True
     return sent
+
+
+def _log_signalled(job_id: str, notes: _Notes | None) -> None:
+    # Written after the thaw: a log write that blocks must not keep the tree frozen.
+    for pid, sig, how in notes or ():
+        logs.log(_LOG, logs.DEBUG, f"pid {pid}: SIG{signal_name(sig)} {how}",
+                 job_id=job_id, pid=pid, signal=signal_name(sig), delivery=how)  # fmt: skip
+    if notes:
+        notes.clear()
 
 
 def _run_step(
@@ -260,6 +271,7 @@ def _run_step(
     job_id = where.job_id
     done: set[Member] = set()
     sent = 0
+    notes: _Notes | None = [] if logs.enabled(logs.DEBUG, _LOG) else None
     froze = target.freeze()
     try:
         members = target.scan()
@@ -269,13 +281,12 @@ def _run_step(
                     done.add(m)
                     m.signals.append((sig, clock()))
                     sent += 1
-                    logs.log(_LOG, logs.DEBUG, f"pid {m.pid}: SIGKILL by cgroup.kill",
-                             job_id=job_id, pid=m.pid, signal=name,
-                             delivery="cgroup.kill")  # fmt: skip
+                    if notes is not None:
+                        notes.append((m.pid, sig, "cgroup.kill"))
         if first is not None and (first.leader_signal is not None or first.tree_delay > 0):
             leader_sig = first.leader_signal if first.leader_signal is not None else sig
             leaders = [m for m in members if m.is_leader]
-            sent += _deliver(target, leaders, leader_sig, done, clock, job_id)
+            sent += _deliver(target, leaders, leader_sig, done, clock, notes)
             # The delay is for the leader to stop its own workers. A leader
             # that had already exited before this step (leftovers after it
             # ended) will not, so then the tree is signalled at once. One that
@@ -287,7 +298,7 @@ def _run_step(
                     froze_again = target.freeze()
                 members = target.scan()
                 froze = froze or froze_again
-        sent += _deliver(target, members, sig, done, clock, job_id)
+        sent += _deliver(target, members, sig, done, clock, notes)
     finally:
         target.thaw()
 
@@ -300,6 +311,7 @@ def _run_step(
                  signalled=sent, grace=step.grace)  # fmt: skip
         if where.on_progress is not None:
             where.on_progress(Progress(where.step, where.steps, name, alive, step.grace))
+    _log_signalled(job_id, notes)
     pause = RESCAN_FIRST
     empty = False
     while True:
@@ -312,7 +324,8 @@ def _run_step(
         # Members that appear during the grace (a TERM handler that forks
         # while dying) get this step's signal too.
         found = target.scan()
-        sent += _deliver(target, found, sig, done, clock, job_id)
+        sent += _deliver(target, found, sig, done, clock, notes)
+        _log_signalled(job_id, notes)
         if where.on_progress is not None:
             alive = sum(1 for m in found if m.alive)
             grace_left = max(0.0, deadline - clock())

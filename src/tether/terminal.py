@@ -1,0 +1,289 @@
+"""Output for people at a terminal: colour, tree connectors, a progress line, tables.
+
+Plain ANSI escapes, no rich: rich costs ~30 ms of start-up, and this is drawn
+only when the stream is a terminal. Piped output keeps the plain columns that
+scripts parse. Colour follows https://no-color.org: any non-empty
+``NO_COLOR`` turns it off, as does ``TERM=dumb``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, TextIO
+
+from tether.report import MemberRecord, Report, oneline
+
+if TYPE_CHECKING:
+    from tether.terminate import Progress
+
+RESET = "\x1b[0m"
+BOLD = "1"
+DIM = "2"
+RED = "31"
+GREEN = "32"
+YELLOW = "33"
+BLUE = "34"
+MAGENTA = "35"
+CYAN = "36"
+CLEAR_TO_EOL = "\x1b[K"
+
+#: /proc/PID/stat state letter -> (word, colour) (proc(5)).
+STATES: dict[str, tuple[str, str | None]] = {
+    "R": ("running", GREEN),
+    "S": ("sleeping", None),
+    "D": ("disk sleep", f"{BOLD};{MAGENTA}"),
+    "T": ("stopped", YELLOW),
+    "t": ("traced", YELLOW),
+    "Z": ("zombie", RED),
+    "X": ("dead", RED),
+    "I": ("idle", DIM),
+    "P": ("parked", DIM),
+    "W": ("paging", DIM),
+}
+TRACKER_COLOURS = {
+    "cgroup": BLUE,
+    "subreaper": MAGENTA,
+    "session": CYAN,
+    "cookie": YELLOW,
+    "walk": GREEN,
+    "gid": RED,
+}
+
+
+def is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (ValueError, AttributeError):  # closed, or a stream without a fd
+        return False
+
+
+def colour_wanted(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
+    """Colour on ``stream``: a terminal, no ``NO_COLOR``, and not ``TERM=dumb``."""
+    env = os.environ if env is None else env
+    return is_terminal(stream) and not env.get("NO_COLOR") and env.get("TERM") != "dumb"
+
+
+def width_of(stream: TextIO, default: int = 100) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or default
+    except (OSError, ValueError, AttributeError):
+        return default
+
+
+class Paint:
+    """Wraps text in SGR escapes, or leaves it alone when colour is off."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __call__(self, text: str, code: str | None) -> str:
+        if not self.on or not code or not text:
+            return text
+        return f"\x1b[{code}m{text}{RESET}"
+
+    def pad(self, text: str, code: str | None, width: int, right: bool = False) -> str:
+        """``text`` padded to ``width`` visible columns, then painted."""
+        padding = " " * max(0, width - len(text))
+        painted = self(text, code)
+        return padding + painted if right else painted + padding
+
+    def trackers(self, names: Sequence[str], width: int = 0) -> str:
+        plain = ",".join(names)
+        painted = ",".join(self(n, TRACKER_COLOURS.get(n)) for n in names)
+        return painted + " " * max(0, width - len(plain))
+
+
+def _box(stream: TextIO) -> tuple[str, str, str]:
+    """Tree connectors (branch, last, pipe): box drawing if the stream can encode it."""
+    try:
+        "├└│─".encode(stream.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "|- ", "`- ", "|  "
+    return "├─ ", "└─ ", "│  "
+
+
+# -- tether ps PID -------------------------------------------------------------
+
+#: One row of `tether ps PID`: pid, ppid, state letter, found_by, cmdline.
+Row = tuple[int, int, str, Sequence[str], str]
+
+
+def tree_lines(rows: Sequence[Row], paint: Paint, stream: TextIO, width: int) -> list[str]:
+    """The members as a tree with connectors, their state and how each was found."""
+    by_pid = {r[0]: r for r in rows}
+    kids: dict[int, list[int]] = {}
+    for pid, ppid, *_ in rows:
+        kids.setdefault(ppid if ppid in by_pid else -1, []).append(pid)
+    branch, last, pipe = _box(stream)
+    found_width = max([8, *(len(",".join(r[3])) for r in rows)])
+    head = f"{'PID':>7} {'PPID':>7}  {'STATE':<10}  {'FOUND BY':<{found_width}}  COMMAND"
+    out = [paint(head, BOLD)]
+    fixed = 7 + 1 + 7 + 2 + 10 + 2 + found_width + 2
+
+    def show(pid: int, prefix: str, connector: str, child_prefix: str) -> None:
+        _, ppid, state, found, cmd = by_pid[pid]
+        word, colour = STATES.get(state, (state, None))
+        room = max(20, width - fixed - len(prefix) - len(connector))
+        out.append(
+            f"{pid:>7} {ppid:>7}  {paint.pad(word, colour, 10)}  "
+            f"{paint.trackers(found, found_width)}  "
+            f"{paint(prefix + connector, DIM)}{oneline(cmd, room)}"
+        )
+        children = sorted(kids.get(pid, []))
+        for i, child in enumerate(children):
+            end = i == len(children) - 1
+            show(
+                child,
+                child_prefix,
+                last if end else branch,
+                child_prefix + ("   " if end else pipe),
+            )
+
+    for top in sorted(kids.get(-1, [])):
+        show(top, "", "", "")
+    return out
+
+
+# -- reports -------------------------------------------------------------------
+
+
+def _how(m: MemberRecord) -> tuple[str, str | None]:
+    if m.outcome == "killed":
+        return f"killed by {m.ended_by or '?'}", RED if m.ended_by == "KILL" else YELLOW
+    if m.outcome == "exited":
+        return "exited by itself", GREEN
+    return m.outcome.upper(), f"{BOLD};{RED}"
+
+
+def report_table(report: Report, paint: Paint, width: int = 100) -> str:
+    """The report as a table for a terminal; survivors stand out.
+
+    The same facts as :meth:`Report.render_text`, laid out for reading
+    rather than parsing (that one stays the stable text for pipes and logs).
+    """
+    lines = [
+        f"tether: job {paint(report.job_id, BOLD)} terminated ({report.reason}) "
+        f"with policy {report.policy}",
+    ]
+    verdict = (
+        paint("tree confirmed empty by the kernel", GREEN)
+        if report.complete
+        else paint("NOT confirmed empty", f"{BOLD};{RED}")
+    )
+    survivors = len(report.survivors)
+    lines.append(
+        f"  {len(report.members)} member(s), {len(report.killed)} killed, "
+        + paint(f"{survivors} survivor(s)", f"{BOLD};{RED}" if survivors else None)
+        + f", {report.duration:.3f}s: {verdict}"
+    )
+    if report.members:
+        found_width = max([8, *(len(",".join(m.found_by)) for m in report.members)])
+        lines.append("")
+        head = (
+            f"  {'PID':>7}  {'FOUND BY':<{found_width}}  {'HOW IT ENDED':<16}  {'WHEN':>8}  COMMAND"
+        )
+        lines.append(paint(head, BOLD))
+        room = max(20, width - (2 + 7 + 2 + found_width + 2 + 16 + 2 + 8 + 2))
+        for m in sorted(report.members, key=lambda m: (m.start_time, m.pid)):
+            how, colour = _how(m)
+            when = "-" if m.ended_at is None else f"{m.ended_at:.3f}s"
+            row = (
+                f"  {m.pid:>7}  {paint.trackers(m.found_by, found_width)}  "
+                f"{paint.pad(how, colour, 16)}  {when:>8}  {oneline(m.cmdline, room)}"
+            )
+            lines.append(row)
+        lines.append("")
+    for s in report.survivors:
+        lines.append(
+            paint(f"  SURVIVOR pid {s.pid}", f"{BOLD};{RED}")
+            + f" state {STATES.get(s.state, (s.state, None))[0]} ({s.state}), "
+            f"wchan {s.wchan or '-'}: {s.reason}"
+        )
+    for n, step in enumerate(report.steps):
+        lines.append(
+            f"  {'steps:' if n == 0 else '':<6} {paint.pad(step.signal, BOLD, 4)} at "
+            f"{step.started_at:.3f}s: signalled {step.signalled}, {step.left_after} left "
+            f"after {step.duration:.3f}s" + (f" (froze by {step.froze})" if step.froze else "")
+        )
+    used = [t.name for t in report.trackers if t.used]
+    lines.append("  trackers: " + (paint.trackers(used) if used else "none"))
+    for t in report.trackers:
+        if not t.used:
+            lines.append(paint(f"    not used: {t.name} ({t.reason})", DIM))
+    lines.extend(f"  caveat: {c}" for c in report.caveats)
+    if report.kill_script:
+        lines.append(f"  kill script: {report.kill_script}")
+    return "\n".join(lines)
+
+
+def render_report(report: Report, stream: TextIO) -> str:
+    """What to print of ``report`` on ``stream``: a table on a terminal, else
+    the stable text of :meth:`Report.render_text` (scripts and logs parse it)."""
+    if not is_terminal(stream):
+        return report.render_text()
+    return report_table(report, Paint(colour_wanted(stream)), width_of(stream))
+
+
+# -- progress ------------------------------------------------------------------
+
+
+class ProgressLine:
+    """One status line on a terminal, redrawn in place while a termination runs.
+
+    Drawn only once the termination has lasted ``after`` seconds, so a tree
+    that dies at once does not flicker. ``\\r`` + clear-to-end-of-line
+    (spaces instead on ``TERM=dumb``, which has no such escape).
+    """
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        after: float = 0.25,
+    ) -> None:
+        import time
+
+        self.stream = stream if stream is not None else sys.stderr
+        env = os.environ if env is None else env
+        self.paint = Paint(colour_wanted(self.stream, env))
+        self.dumb = env.get("TERM") == "dumb"
+        self.started = time.monotonic()
+        self.after = after
+        self.drawn = 0  # visible width of what is on the line now
+        self._clock = time.monotonic
+
+    def __call__(self, p: Progress) -> None:
+        if self._clock() - self.started < self.after:
+            return
+        text = (
+            f"tether: step {p.step}/{p.steps} {p.signal}: {p.members_left} member(s) left, "
+            f"{p.grace_left:.1f}s of grace left"
+        )
+        painted = (
+            f"tether: step {p.step}/{p.steps} {self.paint(p.signal, BOLD)}: "
+            f"{self.paint(str(p.members_left), YELLOW)} member(s) left, "
+            f"{p.grace_left:.1f}s of grace left"
+        )
+        self._write("\r" + painted + self._erase(len(text)))
+        self.drawn = len(text)
+
+    def clear(self) -> None:
+        """Remove the line, if one was drawn."""
+        if self.drawn:
+            self._write("\r" + self._erase(0) + "\r")
+            self.drawn = 0
+
+    def _erase(self, written: int) -> str:
+        if self.dumb:
+            return " " * max(0, self.drawn - written)
+        return CLEAR_TO_EOL
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a display must never break a termination
