@@ -193,8 +193,11 @@ _policy_opts = [
 
 @click.command(
     "cancel",
-    epilog="EXIT STATUS: 0 the remote tree is gone (or the job had ended); 1 members "
-    "survived; 2 bad input; 125 the host could not be reached or its agent failed.",
+    epilog="\b\nEXIT STATUS:\n"
+    "  0  the remote tree is gone (or the job had ended)\n"
+    "  1  members survived the policy\n"
+    "  2  bad input\n"
+    "  125  the host could not be reached or its agent failed\n",
 )
 @click.option("--host", "host", required=True, metavar="[USER@]HOST[:PORT]",
               help="The host the job runs on.")  # fmt: skip
