@@ -86,7 +86,7 @@ ENVIRONMENT: tuple[tuple[tuple[str, ...], str], ...] = (
 )  # fmt: skip
 
 # Which names count as environment variables when the source is scanned.
-_ENV_NAME = re.compile(r"\b(?:TETHER|SLURM|PBS|XDG)_[A-Z][A-Z0-9_]*\b|\bNO_COLOR\b")
+_ENV_NAME = re.compile(r"\b(?:TETHER|SLURM|PBS|XDG)_[A-Z0-9_]*[A-Z0-9]\b|\bNO_COLOR\b")
 # Test-only variables are not the user's business.
 _ENV_IGNORED = frozenset({"TETHER_TEST_ID"})
 

@@ -1,0 +1,89 @@
+"""The wheel builds from the repository, holds the whole package and the man
+pages, installs into a fresh venv and runs from there."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import tether
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+PACKAGE = ROOT / "src" / "tether"
+
+
+def _source_tree(dest: Path) -> Path:
+    """The files a build reads, copied: an in-tree build would leave build/
+    behind, whose stale files a later build would ship."""
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    shutil.copytree(ROOT / "src", dest / "src", ignore=ignore)
+    shutil.copytree(ROOT / "man", dest / "man")
+    return dest
+
+
+def test_wheel_builds_installs_and_runs(tmp_path: Path) -> None:
+    tree = _source_tree(tmp_path / "tree")
+    dist = tmp_path / "dist"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "-q", "-w", str(dist), "."],
+        cwd=tree, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = dist.glob("tether-*.whl")
+
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    modules = {f"tether/{p.relative_to(PACKAGE).as_posix()}" for p in PACKAGE.rglob("*.py")}
+    assert "tether/remote/cli.py" in modules
+    assert not modules - names, f"missing from the wheel: {sorted(modules - names)}"
+    assert "tether/py.typed" in names
+    data = f"tether-{tether.__version__}.data/data/share/man"
+    pages = {f"{data}/man{p.suffix[1:]}/{p.name}" for p in (ROOT / "man").glob("tether*.[158]")}
+    assert f"{data}/man1/tether.1" in pages and f"{data}/man5/tether.toml.5" in pages
+    assert not pages - names, f"man pages missing from the wheel: {sorted(pages - names)}"
+
+    venv = tmp_path / "venv"
+    # No pip of its own (ensurepip is slow): the system's pip, seen through
+    # --system-site-packages, installs into the venv it runs in.
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+        check=True, timeout=120,
+    )  # fmt: skip
+    python = venv / "bin" / "python"
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "--no-index",
+         "--disable-pip-version-check", "-q", str(wheel)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert (venv / "share" / "man" / "man8" / "tether-prune.8").is_file()
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run(
+        [str(python), "-c", "import tether; print(tether.__file__)"],
+        capture_output=True, text=True, env=env, timeout=60, check=True,
+    )  # fmt: skip
+    assert where.stdout.startswith(str(venv)), "the venv imported another tether"
+    version = subprocess.run(
+        [str(venv / "bin" / "tether"), "--version"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert (version.returncode, version.stdout) == (0, f"tether {tether.__version__}\n")
+    ran = subprocess.run(
+        [str(venv / "bin" / "tether"), "run", "--", "true"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    failed = subprocess.run(
+        [str(venv / "bin" / "tether"), "run", "--", "sh", "-c", "exit 7"],
+        capture_output=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert failed.returncode == 7
