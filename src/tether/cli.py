@@ -693,7 +693,17 @@ def _command_name(args: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point: one-line errors and documented exit codes, never a traceback."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _run_cli(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        # A log target that failed (no syslog socket) is said once, not per record.
+        problem = logs.failure()
+        if problem is not None:
+            with contextlib.suppress(Exception):
+                click.echo(f"tether: logging failed: {problem}", err=True)
+
+
+def _run_cli(args: list[str]) -> NoReturn:
     is_run = _command_name(args) == "run"
     bad_input = EXIT_FAILED if is_run else EXIT_BAD_INPUT
     try:

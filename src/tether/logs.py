@@ -101,6 +101,19 @@ def configure(settings: LogSettings, env: Mapping[str, str]) -> str | None:
     return what
 
 
+def failure() -> str | None:
+    """Why records configured by :func:`configure` could not be sent, if so."""
+    if _state.threshold is None:
+        return None
+    import logging
+
+    for handler in logging.getLogger(ROOT).handlers:
+        problem = getattr(handler, "failure", None)
+        if problem:
+            return str(problem)
+    return None
+
+
 def enabled(level: int, name: str = ROOT) -> bool:
     """Would a record at ``level`` on logger ``name`` be written? Cheap when not."""
     if _state.threshold is not None:
