@@ -1,0 +1,200 @@
+"""The CLI under a pseudo-terminal: trees, colour, progress and tables for people;
+the same commands piped keep the plain, stable output scripts parse."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import kill_identity, proc_stat, tether_cmd, wait_for, wait_for_file
+
+ESC = "\x1b["
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+LIVENESS = 60.0  # a bound for "did not hang", not a timing assertion
+
+
+def plain(text: str) -> str:
+    return ANSI.sub("", text)
+
+
+def env_with(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
+    env["TERM"] = "xterm-256color"
+    env.update(extra)
+    return env
+
+
+def run_in_pty(
+    argv: list[str], env: dict[str, str], *, ready: Path | None = None, signal_after: int = 0
+) -> tuple[int, str]:
+    """Run ``argv`` with stdin, stdout and stderr on a pty; its status and all it wrote.
+
+    With ``ready``, once that file exists the process is sent ``signal_after``.
+    Reads until EOF, bounded by a deadline.
+    """
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+    )
+    os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + LIVENESS
+    signalled = ready is None
+    try:
+        while time.monotonic() < deadline:
+            if not signalled and ready is not None and ready.exists():
+                proc.send_signal(signal_after)
+                signalled = True
+            readable, _, _ = select.select([master], [], [], 0.1)
+            if readable:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every writer closed the pty
+                    break
+                if not data:
+                    break
+                out += data
+        else:
+            pytest.fail(f"{argv} did not finish; wrote {bytes(out)!r}")
+        return proc.wait(timeout=LIVENESS), out.decode()
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# -- tether ps PID -------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_tree() -> Iterator[int]:
+    """sh with two children, one of which has a child: four processes."""
+    proc = subprocess.Popen(["sh", "-c", "sleep 100 & sh -c 'sleep 100 & wait' & wait"])
+    root = proc.pid
+
+    def descendants() -> list[tuple[int, int]]:
+        found, todo = [], [root]
+        while todo:
+            pid = todo.pop()
+            try:
+                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            for k in map(int, kids):
+                st = proc_stat(k)
+                if st is not None:
+                    found.append((k, st.starttime))
+                    todo.append(k)
+        return found
+
+    wait_for(lambda: len(descendants()) == 3, what="the tree's three descendants")
+    try:
+        yield root
+    finally:
+        for pid, starttime in descendants():
+            kill_identity(pid, starttime)
+        proc.kill()
+        proc.wait()
+
+
+def test_ps_on_a_terminal_draws_the_tree_in_colour(small_tree: int) -> None:
+    rc, out = run_in_pty(tether_cmd("ps", str(small_tree)), env_with())
+    assert rc == 0, out
+    assert ESC in out and "\x1b[32mwalk\x1b[0m" in out  # a tracker's colour
+    text = plain(out)
+    assert "├─ sleep 100" in text
+    assert "└─ sh -c sleep 100 & wait" in text
+    assert "   └─ sleep 100" in text  # the grandchild, under the last child
+    assert re.search(rf"^\s*{small_tree}\s+\d+\s+sleeping\s+walk\s+sh -c", text, re.M), text
+    assert "# walk: used" in text
+
+
+@pytest.mark.parametrize("env", [{"NO_COLOR": "1"}, {"TERM": "dumb"}], ids=["NO_COLOR", "dumb"])
+def test_ps_without_colour_still_draws_the_tree(small_tree: int, env: dict[str, str]) -> None:
+    rc, out = run_in_pty(tether_cmd("ps", str(small_tree)), env_with(**env))
+    assert rc == 0, out
+    assert "\x1b" not in out
+    assert "├─ sleep 100" in out and "sleeping" in out
+
+
+def test_ps_piped_keeps_the_plain_columns(small_tree: int) -> None:
+    done = subprocess.run(
+        tether_cmd("ps", str(small_tree)), capture_output=True, text=True, env=env_with(),
+        timeout=LIVENESS, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout and "─" not in done.stdout
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"{'PID':>7} {'PPID':>7} S  {'FOUND BY':<22} COMMAND"
+    rows = [ln for ln in lines[1:] if not ln.startswith("#")]
+    assert len(rows) == 4
+    for row in rows:
+        assert re.fullmatch(r"\s*\d+\s+\d+ [RS]  walk\s+ *\S.*", row), row
+    assert rows[0].split()[0] == str(small_tree)
+
+
+# -- tether run: progress and the report -------------------------------------------
+
+
+def term_ignoring_job(tmp_path: Path) -> list[str]:
+    """A leader and a child that both ignore TERM; the child says when it is ready."""
+    child = (
+        "import pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "pathlib.Path(sys.argv[1]).write_text('ready')\n"
+        "time.sleep(100)\n"
+    )
+    return [
+        "sh", "-c", f'trap "" TERM; {sys.executable} -c "$0" "$1" & wait; wait',
+        child, str(tmp_path / "ready"),
+    ]  # fmt: skip
+
+
+def run_argv(tmp_path: Path) -> list[str]:
+    return tether_cmd("run", "--policy", "TERM,3s,KILL", "--", *term_ignoring_job(tmp_path))
+
+
+def test_run_on_a_terminal_shows_progress_and_a_table(tmp_path: Path) -> None:
+    rc, out = run_in_pty(
+        run_argv(tmp_path), env_with(), ready=tmp_path / "ready", signal_after=signal.SIGTERM
+    )
+    assert rc == 128 + signal.SIGKILL, out  # the leader ignored TERM: KILL ended it
+    text = plain(out)
+    assert "\rtether: step 1/2 TERM: 2 member(s) left, " in text, repr(out)
+    assert "s of grace left" in text
+    assert "\x1b[K" in out  # the line is redrawn in place
+    # Cleared before the report: nothing of the progress line is left before it.
+    assert "\r\x1b[K\r" + "tether: job " in out.replace("\x1b[1m", "").replace("\x1b[0m", "")
+    assert "HOW IT ENDED" in text
+    assert len(re.findall(r"killed by KILL", text)) >= 2
+    assert "tree confirmed empty by the kernel" in text
+    assert "\x1b[32mtree confirmed empty by the kernel\x1b[0m" in out
+
+
+def test_run_piped_shows_no_progress_and_the_plain_report(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        run_argv(tmp_path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env_with(),
+    )  # fmt: skip
+    try:
+        wait_for_file(tmp_path / "ready", LIVENESS)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=LIVENESS)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGKILL, err
+    assert "\r" not in err and "\x1b" not in err
+    assert "step 1/2" not in err
+    assert "tether: job " in err and " OUTCOME  BY " in err  # Report.render_text's columns
