@@ -295,6 +295,8 @@ def test_failing_hosts_get_one_line_each_and_others_run(lab: SshLab, tmp_path: P
             lab,
             "-w",
             "h01,unreach,badauth,unknown,nopy,h02",
+            "--remote-engine",
+            "python",
             "--",
             "sh",
             "-c",

@@ -478,7 +478,10 @@ def _cancel(out: int, spec: dict[str, Any]) -> int:
     try:
         record = journal.read(job_id)
         if record is None:
-            _write_all(out, json_frame(RESULT, {"found": False, "journal": journal.directory}))
+            # A job of the POSIX-shell agent keeps its record in sh-ID/.
+            shell_job = os.path.isdir(os.path.join(journal.directory, f"sh-{job_id}"))
+            answer = {"found": False, "journal": journal.directory, "shell_job": shell_job}
+            _write_all(out, json_frame(RESULT, answer))
             return 0
         if isinstance(record, JournalProblem):
             _write_all(out, json_frame(ERROR, {"message": str(record), "exit_code": 125}))

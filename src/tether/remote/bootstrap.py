@@ -7,7 +7,9 @@ part of it; argv, policy and environment travel later, as data in frames.
 1. **Stage 0** (the hex argument, runs on any python3) announces
    ``TETHER-PY x.y.z`` on stdout, then reads one length-prefixed block of Python
    from stdin and runs it. Without python3, the shell prints
-   ``TETHER-NO-PYTHON`` instead.
+   ``TETHER-NO-PYTHON`` and waits for the POSIX-shell agent instead
+   (:mod:`tether.remote.shell`); so does a python3 older than the engine's
+   floor, through :data:`STAGE1_TO_SHELL`.
 2. **Stage 1** (:data:`STAGE1`, sent only to Python >= 3.11, the engine's floor)
    reads what the client offers (tether version, protocol, sha256 of a zip of
    the ``tether`` package) and answers how it will load the engine:
@@ -30,6 +32,8 @@ import hashlib
 import io
 import os
 import zipfile
+
+from tether.remote.shell import SHELL_BOOT
 
 #: The engine's floor (pyproject's requires-python).
 MIN_ENGINE_PYTHON = (3, 11)
@@ -56,8 +60,14 @@ REMOTE_COMMAND = (
     "/bin/sh -c 'if command -v python3 >/dev/null 2>&1; then exec python3 -c "
     '"import sys;exec(bytes.fromhex(sys.argv[1]))" '
     + _STAGE0.encode().hex()
-    + "; fi; echo TETHER-NO-PYTHON; exit 127'"
+    + "; fi; echo TETHER-NO-PYTHON; "
+    + SHELL_BOOT
+    + "; exit 127'"
 )
+
+#: Stage 1 for a python3 too old for the engine (or when the shell engine is
+#: asked for): hand the channel over to the POSIX-shell agent.
+STAGE1_TO_SHELL = f"import os\nos.execv('/bin/sh', ['/bin/sh', '-c', {SHELL_BOOT!r}])\n"
 
 STAGE1 = """
 import hashlib, json, os, stat, sys, tempfile
@@ -181,7 +191,7 @@ def package_zip() -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def stage1_block() -> bytes:
+def stage1_block(code_text: str = STAGE1) -> bytes:
     """Stage 1 as stage 0 reads it: a 10-digit length, then the source."""
-    code = STAGE1.encode()
+    code = code_text.encode()
     return b"%010d" % len(code) + code

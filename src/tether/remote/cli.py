@@ -42,13 +42,13 @@ JSON_SCHEMA = 1
 _JOB_ID_CHARS = frozenset("0123456789abcdef")
 
 
-def _ssh(options: tuple[str, ...], config: str | None) -> SshOptions:
+def _ssh(options: tuple[str, ...], config: str | None, engine: str = "auto") -> SshOptions:
     for opt in options:
         if not opt or "\n" in opt or "\0" in opt:
             raise HostListError(f"bad ssh option {opt!r}")
     if config is not None and not os.path.isfile(config):
         raise HostListError(f"ssh config file {config!r} does not exist")
-    return SshOptions(tuple(options), config)
+    return SshOptions(tuple(options), config, engine=engine)
 
 
 def _write_json(target: str | None, results: list[HostResult]) -> None:
@@ -73,6 +73,7 @@ def run_remote(
     remote_ssh_options: tuple[str, ...] = (),
     remote_ssh_config: str | None = None,
     remote_cancel_timeout: str = "5s",
+    remote_engine: str = "auto",
 ) -> NoReturn:
     """Run ``command`` on every target; exit with the largest host status."""
     if wait_leftovers:
@@ -80,7 +81,7 @@ def run_remote(
     targets = resolve_targets(remote_hosts, remote_host_lists, remote_excludes)
     if not targets:
         fail("no hosts left to run on (every host was excluded)", EXIT_FAILED)
-    ssh = _ssh(remote_ssh_options, remote_ssh_config)
+    ssh = _ssh(remote_ssh_options, remote_ssh_config, remote_engine)
     ack_timeout = parse_duration(remote_cancel_timeout)
     spec = RunSpec(tuple(command), policy, timeout, trackers)
     prefix = len(targets) > 1 or bool(remote_host_lists)

@@ -15,6 +15,7 @@ business: tether passes ``-F FILE`` and ``-o OPTION`` through and adds only
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import select
@@ -29,14 +30,24 @@ from typing import Any
 
 from tether.errors import TetherError
 from tether.policy import Policy
-from tether.remote import protocol
-from tether.remote.bootstrap import MIN_ENGINE_PYTHON, REMOTE_COMMAND, package_zip, stage1_block
+from tether.remote import protocol, shell
+from tether.remote.bootstrap import (
+    MIN_ENGINE_PYTHON,
+    REMOTE_COMMAND,
+    STAGE1_TO_SHELL,
+    package_zip,
+    stage1_block,
+)
 from tether.remote.hostlist import Target
 from tether.report import MemberRecord, Report, StepRecord, Survivor
 from tether.tracking.base import TrackerStatus
 
 #: Lines of login-shell noise (motd, rc files) tolerated before the banner.
 _MAX_NOISE_LINES = 200
+#: Which remote engine to load: the Python engine if the host can run it,
+#: else the POSIX-shell agent ("auto"); only one of them ("python", "sh").
+ENGINES = ("auto", "python", "sh")
+_FLOOR = ".".join(map(str, MIN_ENGINE_PYTHON))
 
 
 class RemoteError(TetherError):
@@ -62,6 +73,7 @@ class SshOptions:
     options: tuple[str, ...] = ()
     config_file: str | None = None
     program: str = "ssh"
+    engine: str = "auto"  # one of ENGINES (not an ssh option, but travels with them)
 
     def argv(self, target: Target) -> list[str]:
         argv = [self.program, "-T"]
@@ -88,6 +100,9 @@ class Connection:
         self._write_lock = threading.Lock()
         self._stderr: deque[str] = deque(maxlen=20)
         self.hello: dict[str, Any] = {}
+        self.engine_choice = ssh.engine
+        #: The engine that answered: "python" or "sh" (after the handshake).
+        self.engine = "python"
         try:
             self.proc = subprocess.Popen(
                 ssh.argv(target),
@@ -213,21 +228,29 @@ class Connection:
         if banner is None:
             raise RemoteError(self.label, "no tether bootstrap banner from the remote shell")
         if banner.startswith("TETHER-NO-PYTHON"):
-            raise RemoteError(
-                self.label,
-                "python3 not found on the remote host (tether's remote engine needs "
-                f"python3 >= {'.'.join(map(str, MIN_ENGINE_PYTHON))} there)",
-            )
+            if self.engine_choice == "python":
+                raise RemoteError(
+                    self.label,
+                    f"python3 not found on the remote host (the Python engine needs python3 >= "
+                    f"{_FLOOR} there; --remote-engine auto falls back to the POSIX-shell agent)",
+                )
+            return self._load_shell_agent()
         version_text = banner.split()[1]
         try:
             version = tuple(int(x) for x in version_text.split(".")[:2])
         except ValueError:
             raise RemoteError(self.label, f"bad banner {banner!r}") from None
+        if self.engine_choice == "sh" or (
+            version < MIN_ENGINE_PYTHON and self.engine_choice == "auto"
+        ):
+            if not self.write(stage1_block(STAGE1_TO_SHELL)):
+                raise RemoteError(self.label, self.ssh_error())
+            return self._load_shell_agent()
         if version < MIN_ENGINE_PYTHON:
             raise RemoteError(
                 self.label,
-                f"remote python3 is {version_text}; tether's remote engine needs "
-                f">= {'.'.join(map(str, MIN_ENGINE_PYTHON))}",
+                f"remote python3 is {version_text}; the Python engine needs >= {_FLOOR} "
+                "(--remote-engine auto falls back to the POSIX-shell agent)",
             )
         import tether
 
@@ -251,6 +274,50 @@ class Connection:
             raise RemoteError(self.label, "the remote agent did not start: " + self.ssh_error())
         self.hello = protocol.load_json(first[1])
         return self.hello
+
+    def _load_shell_agent(self) -> dict[str, Any]:
+        if not self.write(shell.agent_block()):
+            raise RemoteError(self.label, self.ssh_error())
+        first = self.read_frame()
+        if first is not None and first[0] == protocol.ERROR:
+            raise RemoteError(self.label, str(protocol.load_json(first[1]).get("message")))
+        if first is None or first[0] != protocol.HELLO:
+            raise RemoteError(self.label, "the shell agent did not start: " + self.ssh_error())
+        self.engine = "sh"
+        self.hello = protocol.load_json(first[1])
+        return self.hello
+
+    # -- what the engines read ------------------------------------------------
+
+    def send_run(self, spec: RunSpec) -> bool:
+        if self.engine == "sh":
+            try:
+                data = shell.encode_run(spec.argv, spec.policy, spec.timeout, dict(spec.env))
+            except shell.ShellEngineError as err:
+                raise RemoteError(self.label, f"{err} (the host runs the shell agent)") from None
+            return self.write(data)
+        return self.write(protocol.json_frame(protocol.SPEC, spec.payload()))
+
+    def send_cancel(self, reason: str) -> bool:
+        if self.engine == "sh":
+            return self.write(shell.encode_cancel(reason))
+        return self.write(protocol.json_frame(protocol.CANCEL, {"reason": reason}))
+
+    def send_cancel_job(self, job_id: str, reason: str | None, policy: Policy | None) -> bool:
+        if self.engine == "sh":
+            try:
+                return self.write(shell.encode_cancel_job(job_id, reason, policy))
+            except shell.ShellEngineError as err:
+                raise RemoteError(self.label, str(err)) from None
+        spec: dict[str, Any] = {"op": "cancel", "job_id": job_id, "reason": reason}
+        if policy is not None:
+            spec["policy"] = policy.to_dict()
+        return self.write(protocol.json_frame(protocol.SPEC, spec))
+
+    def load_result(self, payload: bytes, policy_text: str | None) -> dict[str, Any]:
+        if self.engine == "sh":
+            return shell.decode_result(payload, policy_text)
+        return protocol.load_json(payload)
 
     def close(self, timeout: float = 5.0) -> int | None:
         """Close our end, wait for ssh (kill it after ``timeout``); its status."""
@@ -486,11 +553,7 @@ class HostRun:
             conn, started = self.conn, self.job_id is not None
             if self.cancel_sent_at is None:
                 self.cancel_sent_at = time.monotonic()
-        if (
-            conn is not None
-            and started
-            and not conn.write(protocol.json_frame(protocol.CANCEL, {"reason": reason}))
-        ):
+        if conn is not None and started and not conn.send_cancel(reason):
             self.cancel_out_of_band("the connection is gone")
 
     def cancel_out_of_band(self, why: str) -> None:
@@ -557,7 +620,7 @@ class HostRun:
         self.result.remote = conn.handshake()
         if self.cancelled.is_set():
             raise RemoteError(self.label, "cancelled before it started")
-        if not conn.write(protocol.json_frame(protocol.SPEC, self.spec.payload())):
+        if not conn.send_run(self.spec):
             raise RemoteError(self.label, conn.ssh_error())
         while True:
             got = conn.read_frame()
@@ -585,7 +648,7 @@ class HostRun:
                     self.label, str(data.get("message")), int(data.get("exit_code", 125))
                 )
             elif kind == protocol.RESULT:
-                self._take_result(protocol.load_json(payload))
+                self._take_result(conn.load_result(payload, str(self.spec.policy)))
                 return
 
     def _take_result(self, data: dict[str, Any]) -> None:
@@ -643,24 +706,13 @@ def cancel_job(
 ) -> HostResult:
     """Out-of-band cancel: a new connection finds the job by id and terminates it."""
     result = HostResult(target, job_id=job_id, cancelled="out-of-band")
-    conn: Connection | None = None
     try:
-        conn = Connection(target, ssh)
-        result.remote = conn.handshake()
-        spec: dict[str, Any] = {"op": "cancel", "job_id": job_id, "reason": reason}
-        if policy is not None:
-            spec["policy"] = policy.to_dict()
-        if not conn.write(protocol.json_frame(protocol.SPEC, spec)):
-            raise RemoteError(target.label, conn.ssh_error())
-        got = conn.read_frame()
-        if got is None:
-            raise RemoteError(target.label, "no answer to the cancel: " + conn.ssh_error())
-        kind, payload = got
-        data = protocol.load_json(payload)
-        if kind == protocol.ERROR:
-            raise RemoteError(target.label, str(data.get("message")))
-        if kind != protocol.RESULT:
-            raise RemoteError(target.label, f"unexpected frame {kind!r}")
+        data = _cancel_over_new_connection(target, job_id, ssh, policy, reason, result)
+        if not data.get("found") and data.get("shell_job") and ssh.engine == "auto":
+            # The Python engine answered, but the shell agent ran this job
+            # (--remote-engine sh): ask that one.
+            shell_ssh = dataclasses.replace(ssh, engine="sh")
+            data = _cancel_over_new_connection(target, job_id, shell_ssh, policy, reason, result)
         if not data.get("found"):
             result.notes.append(f"no live job {job_id} in the remote journal (already ended)")
             result.exit_status = 0
@@ -672,10 +724,33 @@ def cancel_job(
     except RemoteError as err:
         result.error = err.message
         result.exit_status = err.exit_code
-    finally:
-        if conn is not None:
-            conn.close(timeout=5.0)
     return result
+
+
+def _cancel_over_new_connection(
+    target: Target,
+    job_id: str,
+    ssh: SshOptions,
+    policy: Policy | None,
+    reason: str | None,
+    result: HostResult,
+) -> dict[str, Any]:
+    conn = Connection(target, ssh)
+    try:
+        result.remote = conn.handshake()
+        if not conn.send_cancel_job(job_id, reason, policy):
+            raise RemoteError(target.label, conn.ssh_error())
+        got = conn.read_frame()
+        if got is None:
+            raise RemoteError(target.label, "no answer to the cancel: " + conn.ssh_error())
+        kind, payload = got
+        if kind == protocol.ERROR:
+            raise RemoteError(target.label, str(protocol.load_json(payload).get("message")))
+        if kind != protocol.RESULT:
+            raise RemoteError(target.label, f"unexpected frame {kind!r}")
+        return conn.load_result(payload, str(policy) if policy is not None else None)
+    finally:
+        conn.close(timeout=5.0)
 
 
 def render_host_report(result: HostResult, prefix: bool) -> str:

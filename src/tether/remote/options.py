@@ -22,6 +22,12 @@ _options: list[Callable[[Any], Any]] = [
                  help="Passed to ssh as -o OPTION (e.g. ConnectTimeout=5)."),
     click.option("-F", "--ssh-config", "remote_ssh_config", metavar="FILE",
                  help="ssh configuration file (ssh -F)."),
+    click.option("--remote-engine", "remote_engine", default="auto", show_default=True,
+                 type=click.Choice(["auto", "python", "sh"]),
+                 help="What supervises the job there: the Python engine (needs python3 >= "
+                      "3.11 on the host; shipped if tether is not installed), the POSIX-shell "
+                      "agent (weaker: no cgroup, pidfd or watchdog; the report says so), or "
+                      "auto: Python if the host can run it, else the shell agent."),
     click.option("--cancel-timeout", "remote_cancel_timeout", metavar="DURATION", default="5s",
                  show_default=True,
                  help="A host that does not acknowledge a cancel within this long is "

@@ -1,0 +1,296 @@
+"""The POSIX-shell agent: remote jobs on hosts without a python3 >= 3.11.
+
+The lab's hosts do have python3, so most cases force the shell agent with
+``--remote-engine sh``; the ``nopy`` host (PATH without python3) reaches it
+the way a real python-less host does, through ``auto``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sshd import SshLab
+from test_remote import (
+    ECHO_ARGV,
+    POLICY,
+    REMOTE_PYTHON,
+    _Capture,
+    assert_gone,
+    finish,
+    read_identity,
+    signal_identity,
+    tether_run,
+    tree,
+    wait_trees,
+)
+
+from helpers import alive, tether_cmd
+from tether.policy import Policy
+from tether.remote.client import HostRun, OutputSink, RunSpec, SshOptions
+from tether.remote.hostlist import parse_target
+from tether.remote.shell import decode_result, encode_cancel, encode_run, escape
+
+__all__ = ["tree"]  # the fixture, used by name
+SH = ("--remote-engine", "sh")
+
+
+def shell_job_dirs() -> list[Path]:
+    journal = Path(os.environ["TETHER_RUNTIME_DIR"])
+    return [p for p in journal.iterdir() if p.name.startswith("sh-")] if journal.exists() else []
+
+
+def test_cancel_reaches_daemon_setsid_child_and_term_ignorer(
+    lab: SshLab, tree: tuple[Path, Path]
+) -> None:
+    script, marks = tree
+    proc = tether_run(
+        lab, "--host", "h07", *SH, "--policy", POLICY, "--", REMOTE_PYTHON, str(script), str(marks)
+    )
+    identities = wait_trees(marks, 1)
+    proc.send_signal(signal.SIGTERM)
+    rc, out, err = finish(proc)
+    assert [i for i in identities if alive(*i)] == []
+    assert rc == 128 + signal.SIGTERM, err
+    assert out == "tree up\n"
+    assert "4 killed, 0 survivor(s)" in err, err
+    assert "caveat: remote engine: the POSIX-shell agent" in err
+    assert "step KILL" in err  # the ignorer needed the last step
+    assert shell_job_dirs() == []  # its record is gone with the tree
+
+
+def test_report_names_how_each_member_was_found(
+    lab: SshLab, tree: tuple[Path, Path], tmp_path: Path
+) -> None:
+    script, marks = tree
+    report = tmp_path / "report.json"
+    proc = tether_run(
+        lab, "--host", "h08", *SH, "--policy", POLICY, "--json", str(report),
+        "--", REMOTE_PYTHON, str(script), str(marks),
+    )  # fmt: skip
+    wait_trees(marks, 1)
+    proc.send_signal(signal.SIGINT)
+    rc, _out, err = finish(proc)
+    assert rc == 128 + signal.SIGTERM, err  # the leader's own end: the policy's TERM
+    host = json.loads(report.read_text())["hosts"][0]
+    assert host["remote"]["engine"] == "sh"
+    found = {m["pid"]: m for m in host["report"]["members"]}
+    pids = {read_identity(p)[0]: p.stem for p in marks.glob("*/*.pid")}
+    assert set(pids) <= set(found)
+    assert all(found[p]["outcome"] == "killed" for p in pids)
+    # The daemon and the setsid child left the session: the cookie (or the
+    # walk, while their parent lived) found them.
+    for pid, name in pids.items():
+        if name in ("daemon", "setsid"):
+            assert found[pid]["found_by"][0] in ("cookie", "walk"), found[pid]
+        else:
+            assert found[pid]["found_by"] == ["session"], found[pid]
+    assert host["report"]["complete"] is True
+    assert [t["name"] for t in host["report"]["trackers"] if not t["used"]] == [
+        "cgroup",
+        "subreaper",
+    ]
+
+
+def test_local_sigkill_fires_the_dead_mans_switch(lab: SshLab, tree: tuple[Path, Path]) -> None:
+    script, marks = tree
+    proc = tether_run(
+        lab, "--host", "h09", *SH, "--policy", POLICY, "--", REMOTE_PYTHON, str(script), str(marks)
+    )
+    identities = wait_trees(marks, 1)
+    proc.kill()
+    proc.communicate()
+    assert_gone(identities)
+
+
+def test_dropped_connection_empties_the_remote_tree(lab: SshLab, tree: tuple[Path, Path]) -> None:
+    script, marks = tree
+    proc = tether_run(
+        lab, "--host", "h10", *SH, "--policy", POLICY, "--", REMOTE_PYTHON, str(script), str(marks)
+    )
+    identities = wait_trees(marks, 1)
+    leader = read_identity(next(marks.glob("*/leader.pid")))
+    # leader -> the agent's runner subshell -> the agent -> the sshd session.
+    signal_identity(_sshd_above(leader), signal.SIGKILL)
+    rc, _out, err = finish(proc)
+    assert_gone(identities)
+    assert rc == 125, err
+    assert "h10: connection lost" in err
+
+
+def _sshd_above(identity: tuple[int, int]) -> tuple[int, int]:
+    from helpers import proc_stat
+
+    st = proc_stat(identity[0])
+    while st is not None and not st.comm.startswith("sshd"):
+        st = proc_stat(st.ppid)
+    assert st is not None
+    return st.pid, st.starttime
+
+
+def test_out_of_band_cancel_when_the_connection_hangs(lab: SshLab, tree: tuple[Path, Path]) -> None:
+    script, marks = tree
+    proc = tether_run(
+        lab, "--host", "h11", *SH, "--policy", POLICY, "--cancel-timeout", "1s",
+        "--", REMOTE_PYTHON, str(script), str(marks),
+    )  # fmt: skip
+    identities = wait_trees(marks, 1)
+    leader = read_identity(next(marks.glob("*/leader.pid")))
+    sshd = _sshd_above(leader)
+    signal_identity(sshd, signal.SIGSTOP)  # the first connection hangs
+    try:
+        proc.send_signal(signal.SIGTERM)
+        rc, _out, err = finish(proc)
+    finally:
+        signal_identity(sshd, signal.SIGCONT)
+    assert [i for i in identities if alive(*i)] == []
+    assert rc == 125, err
+    assert "cancelled over a new connection: no acknowledgement within 1s" in err
+    assert "supervisor pid" in err and "stopped (SIGKILL)" in err
+    assert shell_job_dirs() == []
+
+
+def test_tether_cancel_finds_a_shell_job_by_id(lab: SshLab, tree: tuple[Path, Path]) -> None:
+    script, marks = tree
+    proc = tether_run(
+        lab, "--host", "h12", *SH, "--policy", POLICY, "--", REMOTE_PYTHON, str(script), str(marks)
+    )
+    identities = wait_trees(marks, 1)
+    (job_dir,) = shell_job_dirs()
+    job_id = job_dir.name.removeprefix("sh-")
+    # Without --remote-engine: the Python engine answers first, names the
+    # job as the shell agent's, and the client asks the shell agent.
+    cancel = subprocess.run(
+        tether_cmd("cancel", "--host", "h12", "-F", lab.config_file, "--json", "-", job_id),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert cancel.returncode == 0, cancel.stderr
+    result = json.loads(cancel.stdout)["hosts"][0]
+    assert result["report"]["complete"] and result["report"]["policy"] == "TERM,1s,KILL,5s"
+    assert {i[0] for i in identities} <= {m["pid"] for m in result["report"]["members"]}
+    rc, _out, err = finish(proc)
+    assert rc == 125, err
+    assert [i for i in identities if alive(*i)] == []
+    assert shell_job_dirs() == []
+
+
+def test_timeout_and_exit_status(lab: SshLab) -> None:
+    rc, out, err = finish(
+        tether_run(
+            lab, "--host", "h13", *SH, "--timeout", "1s", "--", "sh", "-c", "echo a; sleep 30"
+        )
+    )
+    assert rc == 124, err
+    assert out == "a\n"
+    rc, out, err = finish(
+        tether_run(lab, "--host", "h13", *SH, "--", "sh", "-c", "echo out; echo err >&2; exit 7")
+    )
+    assert (rc, out, err) == (7, "out\n", "err\n")
+    rc, _out, err = finish(tether_run(lab, "--host", "h13", *SH, "--", "no-such-command-tether"))
+    assert rc == 127, err
+
+
+def test_host_without_python_falls_back_to_the_shell_agent(lab: SshLab) -> None:
+    rc, out, err = finish(
+        tether_run(lab, "--host", "nopy", "-v", "--", "/bin/sh", "-c", "echo ran there")
+    )
+    assert rc == 0, err
+    assert out == "ran there\n"
+    assert "caveat: remote engine: the POSIX-shell agent" in err
+
+
+def test_shell_agent_refuses_what_it_cannot_do(lab: SshLab) -> None:
+    rc, _out, err = finish(
+        tether_run(lab, "--host", "h13", *SH, "--kill-script", "true", "--", "true")
+    )
+    assert rc == 125
+    assert err.strip().splitlines() == [
+        "tether: h13: kill scripts need the Python engine on the remote host "
+        "(the host runs the shell agent)"
+    ]
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.binary(max_size=24).filter(lambda b: b"\0" not in b), max_size=4))
+def test_argv_arrives_byte_exact(lab: SshLab, args: list[bytes]) -> None:
+    args = [*args, b"'\"$(touch /nonexistent/x)`id`;\n\\", b"%s%d\\n", b"\xff\xfe not utf-8", b""]
+    out, err = _Capture(), _Capture()
+    spec = RunSpec((REMOTE_PYTHON.encode(), b"-c", ECHO_ARGV.encode(), *args), Policy.parse(POLICY))
+    run = HostRun(
+        parse_target("h14"),
+        spec,
+        SshOptions(config_file=lab.config_file, engine="sh"),
+        OutputSink(False, out, err),
+    )
+    run.start()
+    run.thread.join(60)
+    assert run.result.exit_status == 0, (run.result.error, bytes(err.data))
+    assert run.result.remote.get("engine") == "sh"
+    assert bytes(out.data) == repr(args).encode()
+
+
+# -- the encoding, without a host ----------------------------------------------
+
+
+def test_escape_is_only_octal_escapes() -> None:
+    data = bytes(range(1, 256))
+    escaped = escape(data)
+    assert set(escaped) <= set(b"\\01234567")
+    assert len(escaped) == 4 * len(data)
+    decoded = subprocess.run(
+        ["/bin/sh", "-c", 'printf "$1"', "sh", escaped.decode()], capture_output=True, check=True
+    ).stdout
+    assert decoded == data
+
+
+def test_spec_lines_carry_no_raw_user_bytes() -> None:
+    nasty = "$(id)\n`id`; rm -rf ~ 'x' \"y\" %s \\"
+    spec = encode_run(("echo", nasty), Policy.parse("INT,2s,TERM,10s,KILL"), 1.5, {"A_B": nasty})
+    lines = spec.decode().splitlines()
+    assert lines[0] == "run" and lines[-1] == "end"
+    for line in lines:
+        key, _, value = line.partition(" ")
+        if key in ("arg", "env"):
+            assert set(value) <= set("\\01234567")
+    assert "step INT:2000" in lines and "step KILL:5000" in lines and "timeout 1500" in lines
+    assert encode_cancel(nasty).startswith(b"cancel \\")
+
+
+def test_decode_result_of_a_run() -> None:
+    payload = (
+        "found 1\nstatus 143\ntimed_out 0\nreasonhex " + b"because".hex() + "\n"
+        "job abc\nsteps TERM:1000 KILL:5000\nbtime 1000 100\nstarted 5000\nduration 300\n"
+        "step TERM 10 1000 2 1 200\nstep KILL 210 5000 1 0 90\n"
+        "member 10 200 session TERM 100 0 " + b"sleep\x0030\x00".hex() + "\n"
+        "member 11 250 cookie TERM,KILL 300 0 \n"
+        "member 12 260 walk - 50 0 \n"
+    ).encode()
+    result = decode_result(payload, "TERM,1s,KILL,5s")
+    assert result["returncode"] == -15 and result["timed_out"] is False
+    report = result["report"]
+    assert report["reason"] == "because" and report["complete"] is True
+    members = {m["pid"]: m for m in report["members"]}
+    assert members[10]["cmdline"] == "sleep 30" and members[10]["start_time"] == 1002.0
+    assert members[11]["outcome"] == "killed" and members[11]["ended_by"] == "KILL"
+    assert members[12]["outcome"] == "exited" and members[12]["ended_by"] is None
+    assert [s["signal"] for s in report["steps"]] == ["TERM", "KILL"]
+
+
+def test_decode_result_of_an_unknown_job() -> None:
+    assert decode_result(b"found 0", None) == {"found": False}
+
+
+@pytest.mark.parametrize("status, expected", [("0", 0), ("3", 3), ("137", -9), ("-", None)])
+def test_decode_status(status: str, expected: int | None) -> None:
+    result = decode_result(f"found 1\nstatus {status}\njob x\n".encode(), "KILL")
+    assert result["returncode"] == expected
