@@ -9,6 +9,7 @@ AcceptEnv), so the leak guard sees any remote process, cgroup or record left.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -381,3 +382,43 @@ def test_sessions_send_this_tests_id(lab: SshLab) -> None:
     )
     assert rc == 0, err
     assert out.strip() == os.environ["TETHER_TEST_ID"]
+
+
+# -- stdin ---------------------------------------------------------------------------
+
+
+def test_stdin_reaches_one_hosts_job_byte_exact(lab: SshLab, tmp_path: Path) -> None:
+    data = os.urandom(3 << 20)  # more than the stdin window: credit must flow back
+    source = tmp_path / "in"
+    source.write_bytes(data)
+    with open(source, "rb") as stdin:
+        got = subprocess.run(
+            tether_cmd("run", "-F", lab.config_file, "--host", "h07", "--", "sha256sum"),
+            stdin=stdin, capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+def test_stdin_not_read_by_the_job_does_not_hang_it(lab: SshLab, tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.write_bytes(b"x" * (4 << 20))
+    with open(source, "rb") as stdin:
+        got = subprocess.run(
+            tether_cmd("run", "-F", lab.config_file, "--host", "h08", "--",
+                       "sh", "-c", "head -c 3 >/dev/null; echo took 3"),
+            stdin=stdin, capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert (got.returncode, got.stdout) == (0, b"took 3\n"), got.stderr
+
+
+def test_no_stdin_and_fan_out_give_dev_null(lab: SshLab) -> None:
+    for args in (["--host", "h09", "-n"], ["-w", "h09,h10"]):
+        got = subprocess.run(
+            tether_cmd("run", "-F", lab.config_file, *args, "--", "sh", "-c", "wc -c"),
+            input=b"12345", capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        assert [line.split()[-1] for line in got.stdout.splitlines()] == [b"0"] * (
+            2 if "-w" in args else 1
+        )

@@ -43,6 +43,8 @@ from tether.remote.protocol import (
     SPEC,
     STARTED,
     STDERR,
+    STDIN,
+    STDIN_CREDIT,
     STDOUT,
     FrameBuffer,
     ProtocolError,
@@ -176,6 +178,12 @@ class _Runner:
         self.timed_out = False
         self.job: Any = None
         self.done_w = -1
+        # The job's stdin, when the client forwards its own: a pipe we feed.
+        self.stdin_w = -1
+        self.inbuf = bytearray()
+        self.stdin_eof = False
+        self.poller = select.poll()
+        self.registered: set[int] = set()
 
     # -- the channel --------------------------------------------------------
 
@@ -221,7 +229,47 @@ class _Runner:
         self.cancel_thread = threading.Thread(target=work, name="tether-cancel", daemon=True)
         self.cancel_thread.start()
 
+    def feed_stdin(self) -> None:
+        """Write queued stdin to the job; credit the client for what it took."""
+        taken = 0
+        while self.stdin_w >= 0 and self.inbuf:
+            try:
+                n = os.write(self.stdin_w, self.inbuf[: 1 << 16])
+            except BlockingIOError:
+                break
+            except OSError:
+                # The job closed its stdin (or exited): what is left is dropped,
+                # and still credited so the client never stalls on it.
+                taken += len(self.inbuf)
+                self.inbuf.clear()
+                self.close_stdin()
+                break
+            taken += n
+            del self.inbuf[:n]
+        if self.stdin_w < 0 and self.inbuf:
+            taken += len(self.inbuf)
+            self.inbuf.clear()
+        if self.stdin_eof and not self.inbuf:
+            self.close_stdin()
+        if taken:
+            self.send(json_frame(STDIN_CREDIT, {"taken": taken}))
+
+    def close_stdin(self) -> None:
+        if self.stdin_w >= 0:
+            if self.stdin_w in self.registered:
+                self.poller.unregister(self.stdin_w)
+                self.registered.discard(self.stdin_w)
+            os.close(self.stdin_w)
+            self.stdin_w = -1
+
     def on_control(self, kind: bytes, payload: bytes) -> None:
+        if kind == STDIN:
+            if payload:
+                self.inbuf += payload
+            else:
+                self.stdin_eof = True
+            self.feed_stdin()
+            return
         if kind == CANCEL:
             self.cancels += 1
             self.send(json_frame(ACK, {"cancels": self.cancels}))
@@ -245,6 +293,10 @@ class _Runner:
             raise ProtocolError("bad timeout")
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        stdin_r = -1
+        if spec.get("stdin"):
+            stdin_r, self.stdin_w = os.pipe()
+            os.set_blocking(self.stdin_w, False)
         self.done_r, self.done_w = os.pipe()
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w, self.done_r, self.done_w):
@@ -264,7 +316,7 @@ class _Runner:
                 policy=policy,
                 trackers=spec.get("trackers") or "auto",
                 env=self.env,
-                stdin=subprocess.DEVNULL,
+                stdin=stdin_r if stdin_r >= 0 else subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
                 dedicated_supervisor=True,
@@ -282,6 +334,8 @@ class _Runner:
         finally:
             os.close(out_w)
             os.close(err_w)
+            if stdin_r >= 0:
+                os.close(stdin_r)
         job = self.job
         leader = _identity(job.pid)
         self.send(
@@ -302,8 +356,8 @@ class _Runner:
         pipes = {out_r: STDOUT, err_r: STDERR}
         leader_done = False
         drain_until: float | None = None
-        poller = select.poll()
-        registered: set[int] = set()
+        poller = self.poller
+        registered = self.registered
 
         def want(fd: int, mask: int) -> None:
             if fd in registered:
@@ -332,6 +386,11 @@ class _Runner:
                 want(self.out, select.POLLOUT)
             else:
                 drop(self.out)
+            if self.stdin_w >= 0:
+                if self.inbuf:
+                    want(self.stdin_w, select.POLLOUT)
+                else:
+                    drop(self.stdin_w)
             if self.report is not None or self.cancel_error is not None:
                 now = time.monotonic()
                 if drain_until is None:
@@ -360,6 +419,8 @@ class _Runner:
                         os.close(fd)
                 elif fd == self.out:
                     self.flush()
+                elif fd == self.stdin_w:
+                    self.feed_stdin()
                 elif fd == self.ctl:
                     try:
                         data = os.read(self.ctl, 1 << 16)
@@ -370,6 +431,8 @@ class _Runner:
                     if not data:
                         drop(self.ctl)
                         self.ctl_open = False
+                        self.inbuf.clear()
+                        self.close_stdin()
                         self.start_cancel("control connection closed (dead man's switch)")
                         continue
                     for kind, payload in frames.feed(data):
@@ -397,6 +460,7 @@ class _Runner:
                 self.start_cancel("timeout")
         if self.cancel_thread is not None:
             self.cancel_thread.join()
+        self.close_stdin()
         for fd in pipes:
             os.close(fd)
         os.close(leader_fd)

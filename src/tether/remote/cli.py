@@ -74,6 +74,7 @@ def run_remote(
     remote_ssh_config: str | None = None,
     remote_cancel_timeout: str = "5s",
     remote_engine: str = "auto",
+    remote_no_stdin: bool = False,
 ) -> NoReturn:
     """Run ``command`` on every target; exit with the largest host status."""
     if wait_leftovers:
@@ -83,8 +84,10 @@ def run_remote(
         fail("no hosts left to run on (every host was excluded)", EXIT_FAILED)
     ssh = _ssh(remote_ssh_options, remote_ssh_config, remote_engine)
     ack_timeout = parse_duration(remote_cancel_timeout)
-    spec = RunSpec(tuple(command), policy, timeout, trackers)
     prefix = len(targets) > 1 or bool(remote_host_lists)
+    # One host reads our stdin, as with ssh; a fan-out does not (as pdsh).
+    stdin_fd = None if remote_no_stdin or prefix else sys.stdin.fileno()
+    spec = RunSpec(tuple(command), policy, timeout, trackers, stdin_fd=stdin_fd)
     sink = OutputSink(prefix)
 
     ev_r, ev_w = os.pipe()

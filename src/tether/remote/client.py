@@ -452,9 +452,12 @@ class RunSpec:
     timeout: float | None = None
     trackers: str = "auto"
     env: tuple[tuple[str, str], ...] = ()
+    #: Forward this fd (our stdin) to the job's stdin; None: the job gets /dev/null.
+    stdin_fd: int | None = None
 
     def payload(self) -> dict[str, Any]:
         return {
+            "stdin": self.stdin_fd is not None,
             "op": "run",
             "argv": protocol.encode_argv(self.argv),
             "policy": self.policy.to_dict(),
@@ -538,6 +541,8 @@ class HostRun:
         self._oob: threading.Thread | None = None
         self._oob_result: HostResult | None = None
         self._lock = threading.Lock()
+        self._stdin_credit = threading.Condition()
+        self._stdin_in_flight = 0
         self.thread = threading.Thread(target=self._main, name=f"tether-{self.label}", daemon=True)
 
     def start(self) -> None:
@@ -638,7 +643,19 @@ class HostRun:
                 if pending:
                     # Cancelled while starting: deliver it now.
                     self.cancel(self.cancel_reason or "cancelled")
+                elif self.spec.stdin_fd is not None and conn.engine == "python":
+                    threading.Thread(
+                        target=self._forward_stdin,
+                        args=(conn, self.spec.stdin_fd),
+                        name=f"tether-stdin-{self.label}",
+                        daemon=True,
+                    ).start()
                 self.on_event()
+            elif kind == protocol.STDIN_CREDIT:
+                taken = int(protocol.load_json(payload).get("taken", 0))
+                with self._stdin_credit:
+                    self._stdin_in_flight -= taken
+                    self._stdin_credit.notify()
             elif kind == protocol.ACK:
                 self.acked = True
                 self.result.cancelled = "in-band"
@@ -649,6 +666,23 @@ class HostRun:
                 )
             elif kind == protocol.RESULT:
                 self._take_result(conn.load_result(payload, str(self.spec.policy)))
+                return
+
+    def _forward_stdin(self, conn: Connection, fd: int) -> None:
+        """Our stdin to the job's, at most STDIN_WINDOW bytes ahead of it (as ssh)."""
+        while not self.done.is_set():
+            with self._stdin_credit:
+                while self._stdin_in_flight >= protocol.STDIN_WINDOW and not self.done.is_set():
+                    self._stdin_credit.wait(0.5)
+                room = protocol.STDIN_WINDOW - self._stdin_in_flight
+            try:
+                data = os.read(fd, min(room, 1 << 16))
+            except OSError:
+                data = b""
+            if data:
+                with self._stdin_credit:
+                    self._stdin_in_flight += len(data)
+            if not conn.write(protocol.frame(protocol.STDIN, data)) or not data:
                 return
 
     def _take_result(self, data: dict[str, Any]) -> None:

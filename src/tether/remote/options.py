@@ -22,6 +22,9 @@ _options: list[Callable[[Any], Any]] = [
                  help="Passed to ssh as -o OPTION (e.g. ConnectTimeout=5)."),
     click.option("-F", "--ssh-config", "remote_ssh_config", metavar="FILE",
                  help="ssh configuration file (ssh -F)."),
+    click.option("-n", "--no-stdin", "remote_no_stdin", is_flag=True,
+                 help="Give a remote job /dev/null as stdin (as ssh -n). By default a "
+                      "single host's job reads tether's stdin; with several hosts none does."),
     click.option("--remote-engine", "remote_engine", default="auto", show_default=True,
                  type=click.Choice(["auto", "python", "sh"]),
                  help="What supervises the job there: the Python engine (needs python3 >= "

@@ -7,9 +7,11 @@ exact bytes, so quotes, ``$()``, newlines and non-UTF-8 bytes arrive intact and
 nothing is ever parsed by a remote shell.
 
 client -> agent:  SPEC (once), CANCEL (reason; a second one skips to the last
-                  policy step)
+                  policy step), STDIN (bytes for the job's stdin; empty: EOF)
 agent  -> client: HELLO (once), STARTED, STDOUT, STDERR, ACK (a cancel was
-                  received), ERROR (the job could not start), RESULT (last)
+                  received), STDIN_CREDIT (stdin bytes the job has taken, so
+                  the client may send more), ERROR (the job could not
+                  start), RESULT (last)
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ STDERR = b"E"
 ACK = b"A"
 ERROR = b"X"
 RESULT = b"R"
+STDIN = b"I"
+STDIN_CREDIT = b"i"
+
+#: Stdin bytes the client may have in flight before the agent credits them:
+#: a job that does not read its stdin must not make the agent buffer it all.
+STDIN_WINDOW = 1 << 20
 
 _HEADER = struct.Struct(">cI")
 HEADER_SIZE = _HEADER.size

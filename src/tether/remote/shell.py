@@ -37,6 +37,7 @@ CAVEATS = (
     "members are signalled by pid after a /proc scan (no pidfd): a pid reused between "
     "scan and signal could be hit",
     "no freezing while signalling: a member forked during a step is caught by the next rescan",
+    "stdin is not forwarded: the job's stdin is /dev/null",
     "no watchdog: if the shell agent itself is killed while its connection stays up, "
     "the job runs on until `tether cancel --host HOST JOB_ID`",
 )
