@@ -198,3 +198,47 @@ def test_run_piped_shows_no_progress_and_the_plain_report(tmp_path: Path) -> Non
     assert "\r" not in err and "\x1b" not in err
     assert "step 1/2" not in err
     assert "tether: job " in err and " OUTCOME  BY " in err  # Report.render_text's columns
+
+
+# -- tether ps: the journal listing ---------------------------------------------------
+
+
+def test_ps_journal_listing_in_colour_on_a_terminal_plain_piped() -> None:
+    job = subprocess.Popen(
+        tether_cmd("run", "--", "sleep", "100"), stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env_with(),
+    )  # fmt: skip
+    try:
+
+        def listed() -> bool:
+            done = subprocess.run(
+                tether_cmd("ps", "--json"), capture_output=True, text=True, timeout=LIVENESS,
+                check=False,
+            )  # fmt: skip
+            return (
+                done.returncode == 0
+                and '"leader_pid": null' not in done.stdout
+                and ('"job_id"' in done.stdout)
+            )
+
+        wait_for(listed, LIVENESS, "the job's journal record")
+        rc, out = run_in_pty(tether_cmd("ps"), env_with())
+        assert rc == 0, out
+        assert "\x1b[32msupervised\x1b[0m" in out
+        text = plain(out)
+        assert re.search(r"^JOB\s+SUPERVISOR\s+LEADER\s+STARTED\s+STATE\s+TRACKERS\s+COMMAND", text)
+        assert "session" in text and "sleep 100" in text
+
+        piped = subprocess.run(
+            tether_cmd("ps"), capture_output=True, text=True, timeout=LIVENESS, check=False,
+            env=env_with(),
+        )  # fmt: skip
+        assert piped.returncode == 0
+        assert "\x1b" not in piped.stdout and "TRACKERS" not in piped.stdout
+        assert piped.stdout.splitlines()[0] == (
+            f"{'JOB':<24} {'SUPERVISOR':>10} {'LEADER':>7} {'STARTED':<19} {'STATE':<38} COMMAND"
+        )
+    finally:
+        job.send_signal(signal.SIGTERM)
+        job.communicate(timeout=LIVENESS)
+    assert job.returncode == 128 + signal.SIGTERM
