@@ -427,6 +427,10 @@ SETTINGS: tuple[SettingSpec, ...] = (
           "how many hosts are contacted at once", flag="--fanout"),
     _spec("remote.ssh_options", (), _parse_ssh_options, "list",
           "options passed to ssh, each as -o ITEM (e.g. \"ConnectTimeout=10\")"),
+    _spec("remote.engine", "auto", _choice("auto", "python", "sh"), "choice",
+          "what supervises a remote job: python (needs python3 >= 3.11 there), sh (the "
+          "POSIX-shell agent: weaker guarantees), or auto (python if the host can, else sh)",
+          flag="--remote-engine"),
     _spec("remote.transport", "openssh", _choice("openssh", "asyncssh"), "choice",
           "openssh (the ssh client, honours ~/.ssh/config) or asyncssh (large fan-out)"),
 )  # fmt: skip

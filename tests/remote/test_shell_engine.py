@@ -294,3 +294,17 @@ def test_decode_result_of_an_unknown_job() -> None:
 def test_decode_status(status: str, expected: int | None) -> None:
     result = decode_result(f"found 1\nstatus {status}\njob x\n".encode(), "KILL")
     assert result["returncode"] == expected
+
+
+def test_engine_from_the_configuration_file_and_the_flag_wins(
+    lab: SshLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "tether.toml"
+    config.write_text('[remote]\nengine = "sh"\nfanout = 1\n')
+    monkeypatch.setenv("TETHER_CONFIG", str(config))
+    rc, _out, err = finish(tether_run(lab, "--host", "h15", "-v", "--", "true"))
+    assert rc == 0 and "POSIX-shell agent" in err, err
+    rc, _out, err = finish(
+        tether_run(lab, "--host", "h15", "-v", "--remote-engine", "python", "--", "true")
+    )
+    assert rc == 0 and "POSIX-shell agent" not in err, err

@@ -69,14 +69,22 @@ def run_remote(
     remote_hosts: tuple[str, ...] = (),
     remote_host_lists: tuple[str, ...] = (),
     remote_excludes: tuple[str, ...] = (),
-    remote_fanout: int = 32,
+    remote_fanout: int | None = None,
     remote_ssh_options: tuple[str, ...] = (),
     remote_ssh_config: str | None = None,
     remote_cancel_timeout: str = "5s",
-    remote_engine: str = "auto",
+    remote_engine: str | None = None,
     remote_no_stdin: bool = False,
 ) -> NoReturn:
     """Run ``command`` on every target; exit with the largest host status."""
+    from tether.config import load_config
+
+    config = load_config()
+    if remote_fanout is None:
+        remote_fanout = int(config["remote.fanout"])
+    remote_engine = remote_engine or str(config["remote.engine"])
+    # ssh takes the first value of an option: the command line's must come first.
+    remote_ssh_options = (*remote_ssh_options, *config["remote.ssh_options"])
     if wait_leftovers:
         fail("--wait-leftovers is not supported with --host/-w", EXIT_FAILED)
     targets = resolve_targets(remote_hosts, remote_host_lists, remote_excludes)
