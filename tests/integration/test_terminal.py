@@ -3,6 +3,7 @@ the same commands piped keep the plain, stable output scripts parse."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import select
@@ -16,6 +17,10 @@ from pathlib import Path
 import pytest
 
 from helpers import kill_identity, proc_stat, tether_cmd, wait_for, wait_for_file
+from tether.report import MemberRecord, Report, Survivor
+from tether.terminal import Paint, ProgressLine, report_table
+from tether.terminate import Progress
+from tether.tracking.base import TrackerStatus
 
 ESC = "\x1b["
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -242,3 +247,47 @@ def test_ps_journal_listing_in_colour_on_a_terminal_plain_piped() -> None:
         job.send_signal(signal.SIGTERM)
         job.communicate(timeout=LIVENESS)
     assert job.returncode == 128 + signal.SIGTERM
+
+
+# -- the renderers on their own ---------------------------------------------------------
+
+
+def a_report_with_a_survivor() -> Report:
+    return Report(
+        job_id="j1", reason="test", policy="TERM,1s,KILL", started_at=0.0, duration=2.5,
+        complete=False,
+        members=(
+            MemberRecord(1, 1.0, "leader", ("session",), "killed", "TERM", 0.1, ("TERM",)),
+            MemberRecord(2, 2.0, "fuse /mnt", ("walk",), "survived", None, None,
+                         ("TERM", "KILL")),
+        ),
+        survivors=(Survivor(2, 2.0, "fuse /mnt", "D", "fuse_wait", "uninterruptible sleep"),),
+        trackers=(TrackerStatus("session", True, "own session"),
+                  TrackerStatus("cgroup", False, "not writable")),
+    )  # fmt: skip
+
+
+def test_report_table_highlights_survivors() -> None:
+    report = a_report_with_a_survivor()
+    coloured = report_table(report, Paint(True))
+    survivor_row = next(ln for ln in coloured.splitlines() if "fuse /mnt" in ln and "  2  " in ln)
+    assert "\x1b[1;31mSURVIVED" in survivor_row
+    assert "\x1b[1;31m  SURVIVOR pid 2\x1b[0m state disk sleep (D), wchan fuse_wait" in coloured
+    assert "\x1b[1;31mNOT confirmed empty\x1b[0m" in coloured
+    text = report_table(report, Paint(False))
+    assert "\x1b" not in text
+    assert re.search(r"^\s+1\s+session\s+killed by TERM\s+0\.100s\s+leader$", text, re.M), text
+    assert "not used: cgroup (not writable)" in text
+
+
+def test_progress_line_on_a_dumb_terminal_erases_with_spaces() -> None:
+    out = io.StringIO()
+    line = ProgressLine(out, env={"TERM": "dumb"}, after=0.0)
+    line(Progress(1, 2, "TERM", 12, 2.5))
+    line(Progress(1, 2, "TERM", 3, 2.0))
+    line.clear()
+    written = out.getvalue()
+    assert "\x1b" not in written
+    first = "tether: step 1/2 TERM: 12 member(s) left, 2.5s of grace left"
+    second = "tether: step 1/2 TERM: 3 member(s) left, 2.0s of grace left"
+    assert written == f"\r{first}\r{second} \r{' ' * len(second)}\r"
