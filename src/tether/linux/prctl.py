@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 
@@ -14,7 +13,14 @@ PR_GET_CHILD_SUBREAPER = 37
 
 @functools.lru_cache(maxsize=1)
 def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # dlopen(NULL): the symbols already loaded, libc's among them. Not
+    # ctypes.util.find_library("c"), which runs `ldconfig -p` in a subprocess
+    # (a fork, an exec and a parse of the whole cache on every `tether run`).
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "prctl"):  # a statically linked Python without libc's symbols
+        from ctypes.util import find_library
+
+        libc = ctypes.CDLL(find_library("c") or "libc.so.6", use_errno=True)
     # Declared so a pointer argument is passed as 64 bits, not truncated to an int.
     libc.prctl.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]
     libc.prctl.restype = ctypes.c_int
