@@ -1,7 +1,10 @@
-"""Start-up cost: wall time of `tether run -- true` and alternatives.
+"""Start-up cost: wall time of `tether run -- true` and alternatives, and import times.
 
 Each command is run --repeat times (interleaved), stdout/stderr discarded;
-the table shows the median wall time from spawn to exit status.
+the table shows the median wall time from spawn to exit status. Then the
+import time of `tether` (the library) and `tether.cli` (what every command
+pays) as `python3 -X importtime` reports it, with the heaviest modules under
+`tether.cli` and what `tether run` imports beyond it.
 
     python3 bench/startup.py [--repeat 20]
 """
@@ -37,6 +40,51 @@ def wall(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int
         env=env,
     ).returncode
     return time.perf_counter() - t0, rc
+
+
+def import_profile(code: str, repeat: int) -> dict[str, tuple[list[int], list[int]]]:
+    """``python3 -X importtime -c CODE``, --repeat times (bytecode cached):
+    module -> (self times, cumulative times) in microseconds."""
+    out: dict[str, tuple[list[int], list[int]]] = {}
+    for _ in range(repeat):
+        err = subprocess.run(
+            [PYTHON, "-X", "importtime", "-c", code],
+            capture_output=True, text=True, env=CACHED_ENV, check=True,
+        ).stderr  # fmt: skip
+        lines = err.splitlines()
+        # site's own imports (and its .pth files') come first and cost
+        # `python3 -c pass` as much: only what follows is the code's.
+        start = next((i + 1 for i, ln in enumerate(lines) if ln.endswith("| site")), 0)
+        for line in lines[start:]:
+            if not line.startswith("import time:") or "[us]" in line:
+                continue
+            self_us, cumulative_us, name = line.removeprefix("import time:").split("|")
+            # Nested imports are indented under their importer; keep the depth.
+            own, total = out.setdefault(name.rstrip(), ([], []))
+            own.append(int(self_us))
+            total.append(int(cumulative_us))
+    return out
+
+
+def print_import_times(repeat: int) -> None:
+    print(f"\nimport time (python3 -X importtime, bytecode cached), median of {repeat} (ms)")
+    for module in ("click", "tether", "tether.cli"):
+        profile = import_profile(f"import {module}", repeat)
+        own, total = profile[f" {module}"]  # the top-level line: one space, no indent
+        print(f"  import {module:<12} {median(total) / 1000:7.1f}  (min {min(total) / 1000:.1f})")
+    # What tether.cli imports, heaviest first by self time; and what
+    # `tether run` adds (the engine, the configuration) after the CLI is up.
+    profile = import_profile("import tether.cli", repeat)
+    rows = sorted(profile.items(), key=lambda kv: -median(kv[1][0]))[:12]
+    print("  heaviest modules under tether.cli (self ms, cumulative ms):")
+    for name, (own, total) in rows:
+        print(f"    {median(own) / 1000:6.1f} {median(total) / 1000:7.1f}  {name.strip()}")
+    run_path = import_profile("import tether.cli; import tether.job, tether.config", repeat)
+    extra = {n: t for n, t in run_path.items() if n not in profile and n.count(" ") == 1}
+    print("  imported by `tether run` after tether.cli (cumulative ms):")
+    for name, (_own, total) in sorted(extra.items(), key=lambda kv: -median(kv[1][1])):
+        if median(total) >= 500:
+            print(f"    {median(total) / 1000:7.1f}  {name.strip()}")
 
 
 def main() -> int:
@@ -102,6 +150,7 @@ def main() -> int:
         f"  (pyc cached) rows are compared with `python3 -c pass (pyc cached)`; "
         f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '(unset)')} here"
     )
+    print_import_times(args.repeat)
     shutil.rmtree(CACHE_DIR, ignore_errors=True)
     return 0
 
