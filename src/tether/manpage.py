@@ -82,7 +82,8 @@ ENVIRONMENT: tuple[tuple[tuple[str, ...], str], ...] = (
      "The journald socket log records are sent to (default "
      "/run/systemd/journal/socket)."),
     (("NO_COLOR",),
-     "When set (to anything), tether's output has no colour (https://no-color.org)."),
+     "Non-empty: no colour in tether's output (https://no-color.org); TERM=dumb does "
+     "the same. Colour is only ever used on a terminal."),
 )  # fmt: skip
 
 # Which names count as environment variables when the source is scanned.
@@ -152,7 +153,7 @@ def _line(text: str) -> str:
 
 
 # Inline code (`tether reap`) and option names (--policy, -s) are set in bold.
-_INLINE = re.compile(r"`([^`]+)`|(?<![\w\-\[/.])(--?[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*)")
+_INLINE = re.compile(r"`([^`]+)`|(?<![\w\-\[.])(--?[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*)")
 
 
 def _inline(text: str) -> str:
@@ -280,8 +281,10 @@ def _exit_status(p: _Paragraph) -> ExitStatus:
 def _render_exit_status(status: ExitStatus) -> list[str]:
     out = []
     if status.intro:
-        text = status.intro[0].upper() + status.intro[1:]
-        out += [".PP", _line(_inline(text if text.endswith(".") else text + "."))]
+        # The header's parenthesis leads into the list: "(the command's own
+        # status, except):" reads as "The command's own status, except:".
+        text = status.intro[0].upper() + status.intro[1:].rstrip(".:")
+        out += [".PP", _line(_inline(text + ":"))]
     for code, text in status.codes:
         out += [".TP", f"\\fB{_escape(code)}\\fR", _line(_inline(text))]
     if status.rest:
