@@ -104,7 +104,7 @@ _KINDS = {
     "duration": 'duration: e.g. "250ms", "10s", "1min 30s", or a number of seconds',
     "string": "string",
     "argv": "command: a string (split like a shell) or an array of strings",
-    "choice": "string: one of the words named below",
+    "choice": "string: one of the words above",
     "bool": "boolean: true or false",
     "int": "integer",
     "list": "array of strings",
@@ -568,7 +568,8 @@ def config_page(date: str) -> Page:
         out += [
             ".TP",
             f"\\fB{_escape(key)}\\fR = \\fI{_escape(default)}\\fR",
-            _line(_inline(spec.help[0].upper() + spec.help[1:] + ".")),
+            # As written: a help may start with a value ("auto, or a list...").
+            _line(_inline(spec.help + ".")),
             ".br",
             _line(_inline(" ".join(facts))),
         ]
