@@ -41,7 +41,9 @@ def test_wheel_builds_installs_and_runs(tmp_path: Path) -> None:
 
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-    modules = {f"tether/{p.relative_to(PACKAGE).as_posix()}" for p in PACKAGE.rglob("*.py")}
+    # Modules and the files they read at run time (the remote shell agent).
+    shipped = [*PACKAGE.rglob("*.py"), *PACKAGE.rglob("*.sh")]
+    modules = {f"tether/{p.relative_to(PACKAGE).as_posix()}" for p in shipped}
     assert "tether/remote/cli.py" in modules
     assert not modules - names, f"missing from the wheel: {sorted(modules - names)}"
     assert "tether/py.typed" in names
