@@ -340,6 +340,9 @@ def run(
             json_file=json_file,
             quiet=quiet,
             verbose=verbose,
+            outlive_caller=outlive_caller,
+            restartable=restartable,
+            tag_gid=tag_gid,
             **remote,
         )
 

@@ -422,3 +422,30 @@ def test_no_stdin_and_fan_out_give_dev_null(lab: SshLab) -> None:
         assert [line.split()[-1] for line in got.stdout.splitlines()] == [b"0"] * (
             2 if "-w" in args else 1
         )
+
+
+# -- the caller ----------------------------------------------------------------------
+
+
+def test_caller_death_cancels_every_host(lab: SshLab, tree: tuple[Path, Path]) -> None:
+    """As locally: the exit of whoever started tether (a CI agent) cancels the job."""
+    script, marks = tree
+    report = marks.parent / "report.json"
+    cmd = tether_cmd(
+        "run", "-F", lab.config_file, "-w", "h16,h17", "--policy", POLICY, "--json", str(report),
+        "--", REMOTE_PYTHON, str(script), str(marks),
+    )  # fmt: skip
+    caller = subprocess.Popen(
+        ["sh", "-c", '"$@" & echo $! > "$0"; wait', str(marks.parent / "tether.pid"), *cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    identities = wait_trees(marks, 2)
+    tether_pid = int((marks.parent / "tether.pid").read_text())
+    caller.kill()
+    caller.wait()
+    assert_gone(identities)
+    wait_for(lambda: report.exists() and proc_stat(tether_pid) is None, 60, "tether to exit")
+    hosts = json.loads(report.read_text())["hosts"]
+    assert {h["report"]["reason"] for h in hosts} == {f"the caller (pid {caller.pid}) exited"}
+    assert all(h["report"]["complete"] for h in hosts)

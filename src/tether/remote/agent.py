@@ -320,6 +320,8 @@ class _Runner:
                 stdout=out_w,
                 stderr=err_w,
                 dedicated_supervisor=True,
+                restartable=bool(spec.get("restartable")),
+                tag_gid=_gid(spec.get("tag_gid")),
             )
         except TetherError as err:
             message = {"message": str(err), "exit_code": err.exit_code}
@@ -485,6 +487,14 @@ class _Runner:
             with contextlib.suppress(OSError):
                 _write_all(self.out, bytes(self.outbuf))
         return 0
+
+
+def _gid(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"bad tag gid {value!r}")
+    return value
 
 
 def _frame_bytes(kind: bytes, data: bytes) -> bytes:

@@ -23,7 +23,7 @@ from typing import NoReturn
 
 import click
 
-from tether.cli import EXIT_BAD_INPUT, EXIT_FAILED, fail, write_json
+from tether.cli import EXIT_BAD_INPUT, EXIT_FAILED, _open_caller, fail, write_json
 from tether.policy import Policy, parse_duration
 from tether.remote.client import (
     HostResult,
@@ -66,6 +66,9 @@ def run_remote(
     json_file: str | None,
     quiet: bool,
     verbose: bool,
+    outlive_caller: bool = True,
+    restartable: bool = False,
+    tag_gid: int | None = None,
     remote_hosts: tuple[str, ...] = (),
     remote_host_lists: tuple[str, ...] = (),
     remote_excludes: tuple[str, ...] = (),
@@ -95,7 +98,15 @@ def run_remote(
     prefix = len(targets) > 1 or bool(remote_host_lists)
     # One host reads our stdin, as with ssh; a fan-out does not (as pdsh).
     stdin_fd = None if remote_no_stdin or prefix else sys.stdin.fileno()
-    spec = RunSpec(tuple(command), policy, timeout, trackers, stdin_fd=stdin_fd)
+    spec = RunSpec(
+        tuple(command),
+        policy,
+        timeout,
+        trackers,
+        stdin_fd=stdin_fd,
+        restartable=restartable,
+        tag_gid=tag_gid,
+    )
     sink = OutputSink(prefix)
 
     ev_r, ev_w = os.pipe()
@@ -112,6 +123,9 @@ def run_remote(
     def on_signal(signum: int, _frame: object) -> None:
         received.append(signum)
 
+    # As locally: the caller's exit (a CI agent, a scheduler) cancels every
+    # host, as a SIGHUP would, unless --outlive-caller.
+    caller = None if outlive_caller else _open_caller()
     old_handlers = {s: signal.signal(s, on_signal) for s in _FORWARDED}
     old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     runs = [HostRun(t, spec, ssh, sink, on_event) for t in targets]
@@ -119,18 +133,22 @@ def run_remote(
     active: list[HostRun] = []
     seen_signals = 0
     cancel_reason: str | None = None
+    caller_gone: str | None = None
     try:
         while pending or active:
             while pending and len(active) < remote_fanout and cancel_reason is None:
                 run = pending.popleft()
                 active.append(run)
                 run.start()
+            if caller is not None and cancel_reason is None and caller.has_exited():
+                received.append(signal.SIGHUP)
+                caller_gone = f"the caller (pid {caller.pid}) exited"
             if len(received) > seen_signals:
                 new = received[seen_signals:]
                 seen_signals = len(received)
                 if cancel_reason is None:
                     name = signal.Signals(new[0]).name
-                    cancel_reason = f"tether received {name} on the client"
+                    cancel_reason = caller_gone or f"tether received {name} on the client"
                     for run in pending:
                         run.result.error = "cancelled before it started"
                     pending.clear()
@@ -152,6 +170,8 @@ def run_remote(
             poller = select.poll()
             poller.register(ev_r, select.POLLIN)
             poller.register(wake_r, select.POLLIN)
+            if caller is not None and caller.fileno >= 0 and cancel_reason is None:
+                poller.register(caller.fileno, select.POLLIN)
             poller.poll(wait_ms)
             for fd in (ev_r, wake_r):
                 with contextlib.suppress(OSError):
@@ -162,6 +182,8 @@ def run_remote(
             signal.signal(s, h)
         for fd in (ev_r, ev_w, wake_r, wake_w):
             os.close(fd)
+        if caller is not None:
+            caller.close()
     results = [r.result for r in runs]
     _write_json(json_file, results)
     for result in results:

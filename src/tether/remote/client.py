@@ -291,6 +291,8 @@ class Connection:
 
     def send_run(self, spec: RunSpec) -> bool:
         if self.engine == "sh":
+            if spec.tag_gid is not None:
+                raise RemoteError(self.label, "--tag-gid needs the Python engine on the host")
             try:
                 data = shell.encode_run(spec.argv, spec.policy, spec.timeout, dict(spec.env))
             except shell.ShellEngineError as err:
@@ -454,10 +456,14 @@ class RunSpec:
     env: tuple[tuple[str, str], ...] = ()
     #: Forward this fd (our stdin) to the job's stdin; None: the job gets /dev/null.
     stdin_fd: int | None = None
+    restartable: bool = False
+    tag_gid: int | None = None
 
     def payload(self) -> dict[str, Any]:
         return {
             "stdin": self.stdin_fd is not None,
+            "restartable": self.restartable,
+            "tag_gid": self.tag_gid,
             "op": "run",
             "argv": protocol.encode_argv(self.argv),
             "policy": self.policy.to_dict(),
