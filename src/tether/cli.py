@@ -28,7 +28,6 @@ from tether import logs
 from tether.errors import TetherError, UsageError
 from tether.policy import Policy, parse_duration, parse_signal
 from tether.remote.options import wants_remote, with_remote_options
-from tether.report import oneline
 
 if TYPE_CHECKING:
     from typing import TextIO
@@ -662,6 +661,8 @@ def _draw_tree(
 
 
 def _print_tree(root: int, rows: Sequence[tuple[int, int, str, list[str], str]]) -> None:
+    from tether.report import oneline
+
     by_pid = {r[0]: r for r in rows}
     kids: dict[int, list[int]] = {}
     for pid, ppid, *_ in rows:

@@ -22,14 +22,11 @@ holds the same names, defaults and one-line descriptions.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
 import re
-import shlex
 import signal
-import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -207,6 +204,8 @@ def _string_list(value: object, what: str) -> tuple[str, ...]:
 def _parse_kill_script(value: object) -> tuple[str, ...] | None:
     if isinstance(value, str):
         try:
+            import shlex
+
             argv = tuple(shlex.split(value))
         except ValueError as err:
             raise _Invalid(f"cannot split {value!r} into words: {err}") from None
@@ -555,6 +554,8 @@ def _parse_file(path: str, via_env: bool, rank: int) -> dict[str, Setting]:
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}", "not UTF-8 text") from None
+    import tomllib  # only when a file exists: most runs have none
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -617,6 +618,8 @@ def _parse_file(path: str, via_env: bool, rank: int) -> dict[str, Setting]:
 
 
 def _suggest(name: str, choices: Sequence[str]) -> str | None:
+    import difflib
+
     close = difflib.get_close_matches(name, choices, n=1)
     return f" (did you mean {close[0]}?)" if close else None
 

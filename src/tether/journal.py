@@ -266,8 +266,10 @@ class Journal:
                 dir_fd=dfd,
             )
             try:
+                # No fsync: the record only has to outlive tether's process
+                # (the page cache does), not the machine; a record from an
+                # earlier boot is discarded by its boot id anyway.
                 os.write(fd, data)
-                os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, record.job_id + _SUFFIX, src_dir_fd=dfd, dst_dir_fd=dfd)
