@@ -440,12 +440,17 @@ def epilog_command(
             f"event=skip command=epilog job={ctx.job_id} uid={ctx.uid} "
             f'reason="uid below the floor {options.min_uid}"'
         )
-        log.close()
-        if not c.as_json:
+        if c.as_json:
+            # Scripts still get their document: a plan that may kill nothing.
+            _show(
+                execute(plan(options, sources, ended=ended), kill=False, policy=policy, log=log), c
+            )
+        else:
             click.echo(
                 f"tether epilog: job {ctx.job_id}: uid {ctx.uid} is below the floor "
                 f"{options.min_uid}: nothing to do"
             )
+        log.close()
         sys.exit(EXIT_OK)
     degraded: str | None = None
     try:

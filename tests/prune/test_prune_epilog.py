@@ -150,6 +150,9 @@ def test_epilog_with_an_unreadable_job_list_kills_only_the_job(
 def test_epilog_of_a_system_user_does_nothing(procs: Procs) -> None:
     stray = procs.start("a", "stray")
     env = {**slurm_env(procs, "5"), "SLURM_JOB_UID": "0", "SLURM_JOB_USER": "root"}
-    rc, _out, err = epilog(["--batch", "none"], env)
+    rc, out, err = epilog(["--batch", "none"], env)
     assert rc == 0, err
     assert stray.alive
+    # --json still gets its document, with nothing to kill.
+    assert out["epilog"]["uid"] == 0 and out["mode"] == "dry-run"
+    assert out["strays"] == []
