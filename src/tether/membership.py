@@ -231,8 +231,11 @@ class Membership:
     def _confirmed_empty(self) -> bool:
         if any(m.alive for m in self._by_identity.values()):
             return False
-        if self.cgroup is not None:
-            return not self.cgroup.populated()
+        # An empty cgroup is not proof alone: a leader cancelled within
+        # moments of its start may still be in the shim that moves it into
+        # the cgroup (outside it, but in the job's session).
+        if self.cgroup is not None and self.cgroup.populated():
+            return False
         # Every known member has exited: a fresh scan must find no new one,
         # not even one that has exited already — a pid hopper found this way
         # has always just forked its successor.

@@ -145,3 +145,18 @@ def test_bad_input_leaves_nothing_running() -> None:
         tether.run(["true"], policy="TERM,10x")
     with pytest.raises(tether.UsageError):
         tether.start(["true"], trackers="bogus")
+
+
+@pytest.mark.parametrize("trackers", ["auto", "session,cookie,walk"])
+def test_cancel_at_once_after_start_is_complete(trackers: str) -> None:
+    """A leader cancelled within moments of its start may still be in the shim
+    that moves it into the cgroup: an empty cgroup must not end the
+    termination while it runs outside (it was once reported a survivor,
+    signalled by nothing)."""
+    for _ in range(15):
+        job = tether.start(["sleep", "60"], policy=Policy.parse("TERM,5s,KILL"), trackers=trackers)
+        leader = read_process(job.pid)
+        report = job.cancel("at once")
+        assert report.complete, report.render_text()
+        assert report.survivors == ()
+        assert leader is None or not alive(leader.pid, leader.starttime)
