@@ -17,6 +17,10 @@ PATH=${PATH:+$PATH:}/usr/bin:/bin:/usr/sbin:/sbin
 export PATH
 AGENT=$$
 
+# (Files are created with `true >FILE`, never `: >FILE`: a failed redirection
+# on a special builtin such as `:` exits a POSIX shell, and another agent
+# finishing the same job may remove its directory at any moment.)
+
 # -- frames -----------------------------------------------------------------
 
 _oct() { _b=$(($1 & 255)); _o="\\$((_b >> 6))$(((_b >> 3) & 7))$((_b & 7))"; }
@@ -167,13 +171,13 @@ scan() {
 			if grep -q -a -F "$COOKIE_VAR=$ID" "$_d/environ" 2>/dev/null; then
 				_how=cookie
 			else
-				: >"$M/no.$_k"
+				true >"$M/no.$_k"
 			fi
 		fi
 		[ -n "$_how" ] || continue
 		echo "$_how" >"$M/$_k.how"
 		hex "$_d/cmdline" >"$M/$_k.cmd"
-		: >"$M/parent.$_p"
+		true >"$M/parent.$_p"
 		ALIVE="$ALIVE $_k"
 		NEW="$NEW $_k"
 	done
@@ -207,7 +211,7 @@ hit() {
 			echo "$_s" >>"$M/$_k.sig"
 			_n=$((_n + 1))
 		elif [ -e "/proc/$_p" ]; then
-			: >"$M/$_k.denied"
+			true >"$M/$_k.denied"
 		fi
 		case $_s in KILL | STOP) ;; *) kill -s CONT "$_p" 2>/dev/null ;; esac
 	done
@@ -218,7 +222,7 @@ hit() {
 terminate() {
 	now_ms
 	TERM_AT=$NOW
-	: >"$D/steps"
+	true >"$D/steps"
 	LEADER_HIT=0
 	_nsteps=0
 	for _s in $STEPS; do _nsteps=$((_nsteps + 1)); done
@@ -343,6 +347,21 @@ if [ "$OP" = cancel ]; then
 	case $ID in *[!0-9a-f]* | '') bail "bad job id" ;; esac
 	D=$J/sh-$ID
 	M=$D/m
+	# One out-of-band cancel of a job at a time (`tether cancel` may race the
+	# client that lost its connection); mkdir is the atomic test-and-set. A
+	# lock whose holder is gone is taken over.
+	LOCK=$J/.sh-lock-$ID
+	until mkdir "$LOCK" 2>/dev/null; do
+		_h=
+		IFS= read -r _h 2>/dev/null <"$LOCK/pid"
+		if [ -n "$_h" ] && ! kill -0 "$_h" 2>/dev/null; then
+			rm -rf "$LOCK"
+			continue
+		fi
+		sleep "$TICK"
+	done
+	echo "$AGENT" >"$LOCK/pid"
+	trap 'rm -rf "$LOCK"' EXIT
 	if [ ! -f "$D/record" ]; then
 		say R "found 0" "$TMP_FRAME.result"
 		rm -f "$TMP_FRAME".*
@@ -463,13 +482,13 @@ exec 3<&0
 		case $_line in
 		cancel*)
 			_n=$((_n + 1))
-			: >"$D/cancel.$_n"
+			true >"$D/cancel.$_n"
 			say A "{\"cancels\":$_n}" "$TMP_FRAME.ack"
 			printf 'cancel %s\n' "${_line#cancel }" >&4 # echo would decode the escapes
 			;;
 		esac
 	done
-	: >"$D/eof"
+	true >"$D/eof"
 	echo eof >&4
 ) <&3 &
 READER=$!
