@@ -191,7 +191,7 @@ def test_bad_setting_reports_file_and_line(files: Files, line: str, needle: str)
         ("[prune]\nexclude_comm = 'sshd'\n", 2, "must be an array"),
         ("[prune]\nexclude_users = ['bad user']\n", 2, "not a user name"),
         ("[remote]\nfanout = 0\n", 2, "between 1 and"),
-        ("[remote]\ntransport = 'telnet'\n", 2, "'openssh' or 'asyncssh'"),
+        ("[remote]\ntransport = 'telnet'\n", 2, "must be 'openssh'"),
         ("[remote]\nssh_options = ['-v']\n", 2, 'passed as "-o ITEM"'),
         ("[remote]\nssh_options = [1]\n", 2, "item 1 must be"),
         ("[runn]\ntimeout = 1\n", 1, "unknown table [runn] (did you mean run?)"),
@@ -375,7 +375,7 @@ exclude_comm = ['^slurm\\w+$', "sshd"]
 min_age = "1h"
 [remote]
 ssh_options = ["ConnectTimeout=10"]
-transport = "asyncssh"
+transport = "openssh"
 """
     )
     first = files.load()
