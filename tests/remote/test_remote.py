@@ -112,14 +112,21 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 60) -> tuple[int, str
 
 
 def session_process(leader: tuple[int, int]) -> tuple[int, int]:
-    """The sshd process serving a remote job: the parent of its agent."""
+    """The sshd process serving a remote job: the first sshd above its leader
+    (leader -> agent for the Python engine; leader -> runner -> agent for the
+    shell agent)."""
     st = proc_stat(leader[0])
     assert st is not None and st.starttime == leader[1]
-    agent = proc_stat(st.ppid)
-    assert agent is not None
-    sshd = proc_stat(agent.ppid)
-    assert sshd is not None and sshd.comm.startswith("sshd"), sshd
-    return sshd.pid, sshd.starttime
+    while st is not None and not st.comm.startswith("sshd"):
+        st = proc_stat(st.ppid)
+    assert st is not None, "no sshd above the leader"
+    return st.pid, st.starttime
+
+
+@pytest.fixture(params=["python", "sh"])
+def engine(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """The remote engine, as tether run options: each case runs under both."""
+    return ("--remote-engine", str(request.param))
 
 
 def signal_identity(identity: tuple[int, int], sig: int) -> None:
@@ -174,12 +181,13 @@ def test_report_as_json(lab: SshLab, tmp_path: Path) -> None:
 
 
 def test_cancel_reaches_daemon_setsid_child_and_term_ignorer(
-    lab: SshLab, tree: tuple[Path, Path]
+    lab: SshLab, tree: tuple[Path, Path], engine: tuple[str, str]
 ) -> None:
     script, marks = tree
     proc = tether_run(
-        lab, "--host", "h01", "--policy", POLICY, "--", REMOTE_PYTHON, str(script), str(marks)
-    )
+        lab, "--host", "h01", *engine, "--policy", POLICY,
+        "--", REMOTE_PYTHON, str(script), str(marks),
+    )  # fmt: skip
     identities = wait_trees(marks, 1)
     assert all(alive(*i) for i in identities)
     proc.send_signal(signal.SIGTERM)
@@ -188,14 +196,18 @@ def test_cancel_reaches_daemon_setsid_child_and_term_ignorer(
     assert rc == 128 + signal.SIGTERM, err
     assert out == "tree up\n"
     assert "4 killed, 0 survivor(s)" in err and "tree confirmed empty" in err
-    assert "KILL" in err  # the ignorer needed the last step
+    assert "step KILL" in err  # the ignorer needed the last step
+    assert ("caveat: remote engine: the POSIX-shell agent" in err) == (engine[1] == "sh")
 
 
-def test_local_sigkill_fires_the_dead_mans_switch(lab: SshLab, tree: tuple[Path, Path]) -> None:
+def test_local_sigkill_fires_the_dead_mans_switch(
+    lab: SshLab, tree: tuple[Path, Path], engine: tuple[str, str]
+) -> None:
     script, marks = tree
     proc = tether_run(
-        lab, "--host", "h02", "--policy", POLICY, "--", REMOTE_PYTHON, str(script), str(marks)
-    )
+        lab, "--host", "h02", *engine, "--policy", POLICY,
+        "--", REMOTE_PYTHON, str(script), str(marks),
+    )  # fmt: skip
     identities = wait_trees(marks, 1)
     proc.kill()
     proc.communicate()
@@ -203,11 +215,14 @@ def test_local_sigkill_fires_the_dead_mans_switch(lab: SshLab, tree: tuple[Path,
     assert_gone(identities)
 
 
-def test_dropped_connection_empties_the_remote_tree(lab: SshLab, tree: tuple[Path, Path]) -> None:
+def test_dropped_connection_empties_the_remote_tree(
+    lab: SshLab, tree: tuple[Path, Path], engine: tuple[str, str]
+) -> None:
     script, marks = tree
     proc = tether_run(
-        lab, "--host", "h03", "--policy", POLICY, "--", REMOTE_PYTHON, str(script), str(marks)
-    )
+        lab, "--host", "h03", *engine, "--policy", POLICY,
+        "--", REMOTE_PYTHON, str(script), str(marks),
+    )  # fmt: skip
     identities = wait_trees(marks, 1)
     leader = read_identity(next(marks.glob("*/leader.pid")))
     signal_identity(session_process(leader), signal.SIGKILL)
@@ -217,10 +232,12 @@ def test_dropped_connection_empties_the_remote_tree(lab: SshLab, tree: tuple[Pat
     assert "h03: connection lost" in err
 
 
-def test_out_of_band_cancel_when_the_connection_hangs(lab: SshLab, tree: tuple[Path, Path]) -> None:
+def test_out_of_band_cancel_when_the_connection_hangs(
+    lab: SshLab, tree: tuple[Path, Path], engine: tuple[str, str]
+) -> None:
     script, marks = tree
     proc = tether_run(
-        lab, "--host", "h04", "--policy", POLICY, "--cancel-timeout", "1s",
+        lab, "--host", "h04", *engine, "--policy", POLICY, "--cancel-timeout", "1s",
         "--", REMOTE_PYTHON, str(script), str(marks),
     )  # fmt: skip
     identities = wait_trees(marks, 1)
@@ -340,23 +357,26 @@ class _Capture:
         pass
 
 
+@pytest.mark.parametrize("engine_name", ["python", "sh"])
 @settings(
-    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.lists(st.binary(max_size=24).filter(lambda b: b"\0" not in b), max_size=5))
-def test_argv_arrives_byte_exact(lab: SshLab, args: list[bytes]) -> None:
-    args = [*args, b"'\"$(touch /nonexistent/x)`id`;\n\\", b"\xff\xfe not utf-8"]
+def test_argv_arrives_byte_exact(lab: SshLab, engine_name: str, args: list[bytes]) -> None:
+    # Shell metacharacters, printf directives, non-UTF-8 bytes, an empty argument.
+    args = [*args, b"'\"$(touch /nonexistent/x)`id`;\n\\", b"%s%d\\n", b"\xff\xfe not utf-8", b""]
     out, err = _Capture(), _Capture()
     spec = RunSpec((REMOTE_PYTHON.encode(), b"-c", ECHO_ARGV.encode(), *args), Policy.parse(POLICY))
     run = HostRun(
         parse_target("h06"),
         spec,
-        SshOptions(config_file=lab.config_file),
+        SshOptions(config_file=lab.config_file, engine=engine_name),
         OutputSink(False, out, err),
     )
     run.start()
     run.thread.join(60)
     assert run.result.exit_status == 0, (run.result.error, bytes(err.data))
+    assert run.result.remote.get("engine", "python") == engine_name
     assert bytes(out.data) == repr(args).encode()
 
 

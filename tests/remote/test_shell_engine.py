@@ -2,7 +2,9 @@
 
 The lab's hosts do have python3, so most cases force the shell agent with
 ``--remote-engine sh``; the ``nopy`` host (PATH without python3) reaches it
-the way a real python-less host does, through ``auto``.
+the way a real python-less host does, through ``auto``. The cases both
+engines share (cancel, local SIGKILL, dropped and hung connections, argv)
+are in test_remote.py, run under each engine.
 """
 
 from __future__ import annotations
@@ -14,18 +16,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from sshd import SshLab
 from test_remote import (
-    ECHO_ARGV,
     POLICY,
     REMOTE_PYTHON,
-    _Capture,
-    assert_gone,
     finish,
     read_identity,
-    signal_identity,
     tether_run,
     tree,
     wait_trees,
@@ -33,8 +29,6 @@ from test_remote import (
 
 from helpers import alive, tether_cmd
 from tether.policy import Policy
-from tether.remote.client import HostRun, OutputSink, RunSpec, SshOptions
-from tether.remote.hostlist import parse_target
 from tether.remote.shell import decode_result, encode_cancel, encode_run, escape
 
 __all__ = ["tree"]  # the fixture, used by name
@@ -44,25 +38,6 @@ SH = ("--remote-engine", "sh")
 def shell_job_dirs() -> list[Path]:
     journal = Path(os.environ["TETHER_RUNTIME_DIR"])
     return [p for p in journal.iterdir() if p.name.startswith("sh-")] if journal.exists() else []
-
-
-def test_cancel_reaches_daemon_setsid_child_and_term_ignorer(
-    lab: SshLab, tree: tuple[Path, Path]
-) -> None:
-    script, marks = tree
-    proc = tether_run(
-        lab, "--host", "h07", *SH, "--policy", POLICY, "--", REMOTE_PYTHON, str(script), str(marks)
-    )
-    identities = wait_trees(marks, 1)
-    proc.send_signal(signal.SIGTERM)
-    rc, out, err = finish(proc)
-    assert [i for i in identities if alive(*i)] == []
-    assert rc == 128 + signal.SIGTERM, err
-    assert out == "tree up\n"
-    assert "4 killed, 0 survivor(s)" in err, err
-    assert "caveat: remote engine: the POSIX-shell agent" in err
-    assert "step KILL" in err  # the ignorer needed the last step
-    assert shell_job_dirs() == []  # its record is gone with the tree
 
 
 def test_report_names_how_each_member_was_found(
@@ -96,64 +71,6 @@ def test_report_names_how_each_member_was_found(
         "cgroup",
         "subreaper",
     ]
-
-
-def test_local_sigkill_fires_the_dead_mans_switch(lab: SshLab, tree: tuple[Path, Path]) -> None:
-    script, marks = tree
-    proc = tether_run(
-        lab, "--host", "h09", *SH, "--policy", POLICY, "--", REMOTE_PYTHON, str(script), str(marks)
-    )
-    identities = wait_trees(marks, 1)
-    proc.kill()
-    proc.communicate()
-    assert_gone(identities)
-
-
-def test_dropped_connection_empties_the_remote_tree(lab: SshLab, tree: tuple[Path, Path]) -> None:
-    script, marks = tree
-    proc = tether_run(
-        lab, "--host", "h10", *SH, "--policy", POLICY, "--", REMOTE_PYTHON, str(script), str(marks)
-    )
-    identities = wait_trees(marks, 1)
-    leader = read_identity(next(marks.glob("*/leader.pid")))
-    # leader -> the agent's runner subshell -> the agent -> the sshd session.
-    signal_identity(_sshd_above(leader), signal.SIGKILL)
-    rc, _out, err = finish(proc)
-    assert_gone(identities)
-    assert rc == 125, err
-    assert "h10: connection lost" in err
-
-
-def _sshd_above(identity: tuple[int, int]) -> tuple[int, int]:
-    from helpers import proc_stat
-
-    st = proc_stat(identity[0])
-    while st is not None and not st.comm.startswith("sshd"):
-        st = proc_stat(st.ppid)
-    assert st is not None
-    return st.pid, st.starttime
-
-
-def test_out_of_band_cancel_when_the_connection_hangs(lab: SshLab, tree: tuple[Path, Path]) -> None:
-    script, marks = tree
-    proc = tether_run(
-        lab, "--host", "h11", *SH, "--policy", POLICY, "--cancel-timeout", "1s",
-        "--", REMOTE_PYTHON, str(script), str(marks),
-    )  # fmt: skip
-    identities = wait_trees(marks, 1)
-    leader = read_identity(next(marks.glob("*/leader.pid")))
-    sshd = _sshd_above(leader)
-    signal_identity(sshd, signal.SIGSTOP)  # the first connection hangs
-    try:
-        proc.send_signal(signal.SIGTERM)
-        rc, _out, err = finish(proc)
-    finally:
-        signal_identity(sshd, signal.SIGCONT)
-    assert [i for i in identities if alive(*i)] == []
-    assert rc == 125, err
-    assert "cancelled over a new connection: no acknowledgement within 1s" in err
-    assert "supervisor pid" in err and "stopped (SIGKILL)" in err
-    assert shell_job_dirs() == []
 
 
 def test_tether_cancel_finds_a_shell_job_by_id(lab: SshLab, tree: tuple[Path, Path]) -> None:
@@ -216,27 +133,6 @@ def test_shell_agent_refuses_what_it_cannot_do(lab: SshLab) -> None:
         "tether: h13: kill scripts need the Python engine on the remote host "
         "(the host runs the shell agent)"
     ]
-
-
-@settings(
-    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(st.lists(st.binary(max_size=24).filter(lambda b: b"\0" not in b), max_size=4))
-def test_argv_arrives_byte_exact(lab: SshLab, args: list[bytes]) -> None:
-    args = [*args, b"'\"$(touch /nonexistent/x)`id`;\n\\", b"%s%d\\n", b"\xff\xfe not utf-8", b""]
-    out, err = _Capture(), _Capture()
-    spec = RunSpec((REMOTE_PYTHON.encode(), b"-c", ECHO_ARGV.encode(), *args), Policy.parse(POLICY))
-    run = HostRun(
-        parse_target("h14"),
-        spec,
-        SshOptions(config_file=lab.config_file, engine="sh"),
-        OutputSink(False, out, err),
-    )
-    run.start()
-    run.thread.join(60)
-    assert run.result.exit_status == 0, (run.result.error, bytes(err.data))
-    assert run.result.remote.get("engine") == "sh"
-    assert bytes(out.data) == repr(args).encode()
 
 
 # -- the encoding, without a host ----------------------------------------------

@@ -154,17 +154,17 @@ def decode_result(payload: bytes, policy_text: str | None) -> dict[str, Any]:
     termination began; start times are clock ticks since boot.
     """
     fields: dict[str, list[str]] = {}
-    members: list[dict[str, Any]] = []
-    survivors: list[dict[str, Any]] = []
+    members: list[list[str]] = []
+    survivors: list[list[str]] = []
     steps: list[dict[str, Any]] = []
     notes: list[str] = []
     for raw in payload.decode("ascii", errors="replace").splitlines():
         key, _, rest = raw.partition(" ")
         parts = rest.split(" ")
         if key == "member":
-            members.append({"raw": parts})
+            members.append(parts)
         elif key == "survivor":
-            survivors.append({"raw": parts})
+            survivors.append(parts)
         elif key == "step":
             sig, at, grace, signalled, left, duration = parts[:6]
             steps.append(
@@ -189,10 +189,10 @@ def decode_result(payload: bytes, policy_text: str | None) -> dict[str, Any]:
     def unix(ticks: str) -> float:
         return btime + int(ticks) / (clk or 100)
 
-    alive = {(s["raw"][0], s["raw"][1]) for s in survivors}
+    alive = {(s[0], s[1]) for s in survivors}
     member_dicts = []
     for m in members:
-        pid, start, how, sigs, end, denied, *rest = m["raw"] + [""]
+        pid, start, how, sigs, end, denied, cmd = [*m, ""][:7]
         signals = [] if sigs in ("-", "") else sigs.split(",")
         if denied == "1":
             outcome = "denied"
@@ -206,7 +206,7 @@ def decode_result(payload: bytes, policy_text: str | None) -> dict[str, Any]:
             {
                 "pid": int(pid),
                 "start_time": unix(start),
-                "cmdline": _cmdline(rest[0] if rest else ""),
+                "cmdline": _cmdline(cmd),
                 "found_by": [how],
                 "outcome": outcome,
                 "ended_by": signals[-1] if signals and outcome == "killed" else None,
@@ -216,12 +216,12 @@ def decode_result(payload: bytes, policy_text: str | None) -> dict[str, Any]:
         )
     survivor_dicts = []
     for s in survivors:
-        pid, start, state, wchan, *rest = s["raw"] + [""]
+        pid, start, state, wchan, cmd = [*s, ""][:5]
         survivor_dicts.append(
             {
                 "pid": int(pid),
                 "start_time": unix(start),
-                "cmdline": _cmdline(rest[0] if rest else ""),
+                "cmdline": _cmdline(cmd),
                 "state": state,
                 "wchan": None if wchan in ("-", "0", "") else wchan,
                 "reason": "stuck in the kernel (D state)"

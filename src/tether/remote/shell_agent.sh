@@ -314,6 +314,24 @@ report() {
 	} >"$1"
 }
 
+# send_result REASON LINE...: the RESULT frame (LINEs, the reason, the
+# report), then the job's files are removed.
+send_result() {
+	report "$TMP_FRAME.result"
+	_reason=$1
+	shift
+	{
+		echo "found 1"
+		printf '%s\n' "$@"
+		printf 'reasonhex '
+		printf '%s' "$_reason" | od -An -tx1 | tr -d ' \n'
+		echo
+		cat "$TMP_FRAME.result"
+	} >"$TMP_FRAME.out"
+	frame R "$TMP_FRAME.out"
+	finish
+}
+
 finish() { # remove the record and the job's files
 	rm -rf "$D"
 	rm -f "$TMP_FRAME".*
@@ -397,17 +415,7 @@ if [ "$OP" = cancel ]; then
 		NOTES="supervisor pid $OLD_AGENT already gone"
 	fi
 	terminate
-	report "$TMP_FRAME.result"
-	{
-		echo "found 1"
-		echo "note $NOTES"
-		printf 'reasonhex '
-		printf '%s' "${REASON_IN:-cancelled out of band over a new connection}" | od -An -tx1 | tr -d ' \n'
-		echo
-		cat "$TMP_FRAME.result"
-	} >"$TMP_FRAME.out"
-	frame R "$TMP_FRAME.out"
-	finish
+	send_result "${REASON_IN:-cancelled out of band over a new connection}" "note $NOTES"
 	exit 0
 fi
 [ "$OP" = run ] || bail "unknown operation"
@@ -563,16 +571,5 @@ else
 	done
 fi
 
-report "$TMP_FRAME.result"
-{
-	echo "found 1"
-	echo "status $LEADER_STATUS"
-	echo "timed_out $TIMED_OUT"
-	printf 'reasonhex '
-	printf '%s' "$REASON" | od -An -tx1 | tr -d ' \n'
-	echo
-	cat "$TMP_FRAME.result"
-} >"$TMP_FRAME.out"
-frame R "$TMP_FRAME.out"
-finish
+send_result "$REASON" "status $LEADER_STATUS" "timed_out $TIMED_OUT"
 exit 0
