@@ -21,19 +21,18 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from tether.errors import JournalError, TetherError
+from tether.identity import Identity
+from tether.policy import Policy
 
 SCHEMA = 1
 RUNTIME_DIR_VAR = "TETHER_RUNTIME_DIR"
 _SUFFIX = ".json"
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
-
-Identity = tuple[int, int]
-"""(pid, start time in clock ticks since boot): a process, not just a number."""
 
 
 def journal_dir(env: Mapping[str, str] | None = None) -> str:
@@ -66,13 +65,14 @@ class JobRecord:
 
     ``not_before`` is a start-time floor (clock ticks since boot): no member
     can have started before it, so an older process carrying the cookie is a
-    stranger. ``members`` grows as scans find them.
+    stranger. ``members`` grows as scans find them. ``policy`` is the one the
+    job was started with, applied by whoever terminates the job later.
     """
 
     job_id: str
     cookie: str
     argv: tuple[str, ...]
-    policy: dict[str, Any]
+    policy: Policy
     owner_uid: int
     started_at: float
     boot_id: str
@@ -89,8 +89,25 @@ class JobRecord:
     state: str = "starting"
     schema: int = field(default=SCHEMA)
 
+    def __post_init__(self) -> None:
+        # Plain (pid, start) pairs are accepted and kept as Identity.
+        for name in ("supervisor", "leader", "watchdog"):
+            value = getattr(self, name)
+            if value is not None and type(value) is not Identity:
+                object.__setattr__(self, name, Identity(*value))
+        if any(type(m) is not Identity for m in self.members):
+            object.__setattr__(self, "members", tuple(Identity(*m) for m in self.members))
+        # Transition: callers that still pass Policy.to_dict() (job.py's
+        # new_record call, tests that build records by hand) get it parsed
+        # here. Remove once every caller passes a Policy.
+        if isinstance(self.policy, dict):
+            object.__setattr__(self, "policy", Policy.from_dict(self.policy))
+
     def to_json(self) -> bytes:
-        data = asdict(self)
+        # Field order as declared; the policy as Policy.to_dict(), identities
+        # as [pid, start] lists (the format older tethers wrote and read).
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["policy"] = self.policy.to_dict()
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
@@ -156,20 +173,19 @@ class JobRecord:
 
     @property
     def policy_text(self) -> str:
-        return str(self.policy.get("steps", "?"))
+        return str(self.policy)
 
-    def with_members(self, found: set[Identity]) -> JobRecord:
-        return replace(self, members=tuple(sorted(set(self.members) | found)))
+    def with_members(self, found: Iterable[tuple[int, int]]) -> JobRecord:
+        """This record with ``found`` identities added (each kept once, sorted)."""
+        known = set(self.members) | {Identity(*m) for m in found}
+        return replace(self, members=tuple(sorted(known)))
 
 
-def _policy(value: dict[str, Any]) -> dict[str, Any]:
-    from tether.policy import Policy
-
+def _policy(value: dict[str, Any]) -> Policy:
     try:
-        Policy.from_dict(value)
+        return Policy.from_dict(value)
     except TetherError as err:
         raise ValueError(f"bad 'policy': {err}") from None
-    return value
 
 
 def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -182,7 +198,7 @@ def _identity(key: str, value: object) -> Identity:
         and len(value) == 2
         and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
     ):
-        return (value[0], value[1])
+        return Identity(value[0], value[1])
     raise ValueError(f"bad {key!r}: {value!r} is not a [pid, start time] pair")
 
 
@@ -349,23 +365,28 @@ def new_record(
     job_id: str,
     cookie: str,
     argv: tuple[str, ...],
-    policy: dict[str, Any],
-    supervisor: Identity,
+    policy: Policy | dict[str, Any],
+    supervisor: Identity | tuple[int, int],
     not_before: int,
     cgroup: str | None,
     trackers: tuple[str, ...],
     restartable: bool,
     tag_gid: int | None = None,
 ) -> JobRecord:
+    """A job's first record (state ``starting``).
+
+    ``policy`` may still be a ``Policy.to_dict()`` for one transition (job.py
+    passes one); it is parsed here. Pass a :class:`Policy`.
+    """
     return JobRecord(
         job_id=job_id,
         cookie=cookie,
         argv=argv,
-        policy=policy,
+        policy=policy if isinstance(policy, Policy) else Policy.from_dict(policy),
         owner_uid=os.geteuid(),
         started_at=time.time(),
         boot_id=boot_id(),
-        supervisor=supervisor,
+        supervisor=Identity(*supervisor),
         not_before=not_before,
         cgroup=cgroup,
         trackers=trackers,

@@ -14,7 +14,8 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tether.journal import Identity, JobRecord, Journal, boot_id
+from tether.identity import Identity
+from tether.journal import JobRecord, Journal, boot_id
 from tether.linux.cgroupfs import JobCgroup, find_cgroup2_mount
 from tether.membership import Membership
 from tether.policy import Policy
@@ -31,8 +32,10 @@ def is_alive(identity: Identity | None) -> bool:
     """Is exactly this process (pid and start time) alive and not a zombie?"""
     if identity is None:
         return False
-    info = read_process(identity[0])
-    return info is not None and info.starttime == identity[1] and info.state not in ("Z", "X")
+    info = read_process(identity.pid)
+    return (
+        info is not None and info.starttime == identity.starttime and info.state not in ("Z", "X")
+    )
 
 
 @dataclass(frozen=True)
@@ -103,14 +106,13 @@ def membership_for(record: JobRecord, protected: Sequence[int] = ()) -> Membersh
     statuses.append(TrackerStatus("cgroup", cgroup is not None, why))
     statuses.append(TrackerStatus("subreaper", False, "the supervisor that held orphans is gone"))
     if record.leader is not None and record.sid is not None:
-        trackers.append(
-            SessionTracker(record.leader[0], record.leader[1], record.sid, record.leader[0])
-        )
+        leader = record.leader
+        trackers.append(SessionTracker(leader.pid, leader.starttime, record.sid, leader.pid))
         statuses.append(TrackerStatus("session", True, f"session {record.sid}"))
     else:
         statuses.append(TrackerStatus("session", False, "the leader was never recorded"))
     if record.tag_gid is not None:
-        from tether.prune.groups import GidTracker
+        from tether.tracking.gid import GidTracker
 
         trackers.append(GidTracker(record.tag_gid))
         statuses.append(TrackerStatus("gid", True, f"supplementary group {record.tag_gid}"))
@@ -159,7 +161,7 @@ def recover(
             on_start(membership)
         report = terminate(
             membership,
-            policy if policy is not None else Policy.from_dict(record.policy),
+            policy if policy is not None else record.policy,
             job_id=record.job_id,
             reason=reason,
         )

@@ -1,25 +1,44 @@
 """What a termination did: every member, how it ended, survivors, trackers, timings.
 
 Rendered as text for people and as JSON (stable keys, see ``to_dict``) for
-machines. Times in a report are seconds since the termination started, except
-``started_at`` and members' ``start_time``, which are Unix times.
+machines; a remote agent's report crosses the wire as that JSON and is read
+back with ``Report.from_dict``. Times in a report are seconds since the
+termination started, except ``started_at`` and members' ``start_time``, which
+are Unix times.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from tether.errors import TetherError
 from tether.tracking.base import TrackerStatus
 
-JSON_SCHEMA_VERSION = 1
+#: The ``"schema"`` of a report's JSON; bumped only for a change that is not
+#: additive (docs/schemas/report.schema.json).
+SCHEMA_VERSION = 1
+
+OUTCOMES = ("killed", "exited", "survived", "denied")
+FROZE = ("cgroup", "sigstop")
+
+
+class MalformedReportError(TetherError, ValueError):
+    """A report's JSON (e.g. from a remote agent) is not one ``Report.to_dict`` writes."""
 
 
 def oneline(text: str, width: int) -> str:
     """A command line fit for one row: control characters shown as spaces."""
-    flat = "".join(c if c.isprintable() else " " for c in text)
-    return " ".join(flat.split())[:width]
+    return " ".join(_printable(text).split())[:width]
+
+
+def _printable(text: str) -> str:
+    # Text from a remote host or /proc may hold escape sequences, newlines or
+    # lone surrogates: none of them reaches a terminal.
+    return "".join(c if c.isprintable() else " " for c in text)
 
 
 @dataclass(frozen=True)
@@ -99,7 +118,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict. Keys are stable; new keys may be added."""
         return {
-            "schema": JSON_SCHEMA_VERSION,
+            "schema": SCHEMA_VERSION,
             "job_id": self.job_id,
             "reason": self.reason,
             "policy": self.policy,
@@ -149,13 +168,52 @@ class Report:
             "kill_script": self.kill_script,
         }
 
+    @classmethod
+    def from_dict(cls, data: object) -> Report:
+        """The inverse of :meth:`to_dict`, for JSON from anywhere (a remote agent).
+
+        Every field is type- and range-checked (``docs/schemas/report.schema.json``);
+        unknown keys are ignored (changes within a schema version are
+        additive), and ``signals``, ``steps``, ``froze``, ``caveats`` and
+        ``kill_script``, which older agents did not send, default to empty.
+        Short fields (names, signals, states) are at most 256 characters; the
+        size of the whole is bounded by whoever read the bytes (a remote frame
+        is at most 64 MiB).
+
+        Raises:
+            MalformedReportError: anything else, with where and what.
+        """
+        r = _Fields(data, "report")
+        schema = r.data.get("schema")
+        if type(schema) is not int or schema != SCHEMA_VERSION:
+            raise MalformedReportError(
+                f"report: unknown schema {_show(schema)} "
+                f"(this tether reads schema {SCHEMA_VERSION})"
+            )
+        return cls(
+            job_id=r.token("job_id"),
+            reason=r.text("reason"),
+            policy=r.text("policy"),
+            started_at=r.number("started_at"),
+            duration=r.number("duration", minimum=0.0),
+            complete=r.flag("complete"),
+            members=r.each("members", _member),
+            survivors=r.each("survivors", _survivor),
+            trackers=r.each("trackers", _tracker),
+            steps=r.each("steps", _step, default=()),
+            caveats=r.texts("caveats", default=()),
+            kill_script=r.text_or_none("kill_script", default=None),
+        )
+
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
     def render_text(self) -> str:
         """A plain-text report for people (no colour; the CLI may add some)."""
+        p = _printable
         lines = [
-            f"tether: job {self.job_id} terminated ({self.reason}) with policy {self.policy}",
+            f"tether: job {p(self.job_id)} terminated ({p(self.reason)}) "
+            f"with policy {p(self.policy)}",
             f"  {len(self.members)} member(s), {len(self.killed)} killed, "
             f"{len(self.survivors)} survivor(s), {self.duration:.3f}s, "
             + ("tree confirmed empty by the kernel" if self.complete else "NOT confirmed empty"),
@@ -167,20 +225,183 @@ class Report:
             for m in sorted(self.members, key=lambda m: (m.start_time, m.pid)):
                 at = "-" if m.ended_at is None else f"{m.ended_at:.3f}s"
                 lines.append(
-                    f"  {m.pid:>7}  {m.outcome:<8} {m.ended_by or '-':<5} {at:>8}  "
-                    f"{','.join(m.found_by):<24} {oneline(m.cmdline, 80)}"
+                    f"  {m.pid:>7}  {p(m.outcome):<8} {p(m.ended_by or '-'):<5} {at:>8}  "
+                    f"{p(','.join(m.found_by)):<24} {oneline(m.cmdline, 80)}"
                 )
         for s in self.survivors:
             lines.append(
-                f"  SURVIVOR pid {s.pid} state {s.state} wchan {s.wchan or '-'}: {s.reason}"
-                f" ({oneline(s.cmdline, 60)})"
+                f"  SURVIVOR pid {s.pid} state {p(s.state)} wchan {p(s.wchan or '-')}: "
+                f"{p(s.reason)} ({oneline(s.cmdline, 60)})"
             )
         for step in self.steps:
             lines.append(
-                f"  step {step.signal:<5} at {step.started_at:.3f}s: signalled {step.signalled}, "
-                f"{step.left_after} left after {step.duration:.3f}s"
-                + (f" (froze by {step.froze})" if step.froze else "")
+                f"  step {p(step.signal):<5} at {step.started_at:.3f}s: "
+                f"signalled {step.signalled}, {step.left_after} left after {step.duration:.3f}s"
+                + (f" (froze by {p(step.froze)})" if step.froze else "")
             )
-        lines.append("  trackers: " + "; ".join(str(t) for t in self.trackers))
-        lines.extend(f"  caveat: {c}" for c in self.caveats)
+        lines.append("  trackers: " + "; ".join(p(str(t)) for t in self.trackers))
+        lines.extend(f"  caveat: {p(c)}" for c in self.caveats)
         return "\n".join(lines)
+
+
+# -- reading a report back (from_dict) -----------------------------------------
+
+_MAX_TOKEN = 256
+_MAX_INT = (1 << 63) - 1
+_T = TypeVar("_T")
+_MISSING: Any = object()
+
+
+def _show(value: object) -> str:
+    """A bounded repr of a hostile value for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Fields:
+    """Typed reads from one JSON object; errors name where (``members[3].pid``)."""
+
+    def __init__(self, data: object, where: str) -> None:
+        if not isinstance(data, dict):
+            raise MalformedReportError(f"{where}: expected an object, got {_show(data)}")
+        self.data: Mapping[str, object] = data
+        self.where = where
+
+    def _get(self, key: str, default: object) -> object:
+        if key in self.data:
+            return self.data[key]
+        if default is _MISSING:
+            raise MalformedReportError(f"{self.where}: missing {key!r}")
+        return default
+
+    def _bad(self, key: str, expected: str, value: object) -> MalformedReportError:
+        return MalformedReportError(f"{self.where}.{key}: expected {expected}, got {_show(value)}")
+
+    def text(self, key: str, default: object = _MISSING) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str):
+            raise self._bad(key, "a string", value)
+        return value
+
+    def text_or_none(self, key: str, default: object = _MISSING) -> str | None:
+        value = self._get(key, default)
+        return None if value is None else self.text(key)
+
+    def token(self, key: str, default: object = _MISSING) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str) or len(value) > _MAX_TOKEN:
+            raise self._bad(key, f"a string of at most {_MAX_TOKEN} characters", value)
+        return value
+
+    def token_or_none(self, key: str, default: object = _MISSING) -> str | None:
+        value = self._get(key, default)
+        return None if value is None else self.token(key)
+
+    def choice(self, key: str, choices: tuple[str, ...], default: object = _MISSING) -> str:
+        value = self._get(key, default)
+        if value not in choices:
+            raise self._bad(key, "one of " + ", ".join(choices), value)
+        assert isinstance(value, str)
+        return value
+
+    def choice_or_none(
+        self, key: str, choices: tuple[str, ...], default: object = _MISSING
+    ) -> str | None:
+        value = self._get(key, default)
+        return None if value is None else self.choice(key, choices)
+
+    def flag(self, key: str) -> bool:
+        value = self._get(key, _MISSING)
+        if not isinstance(value, bool):
+            raise self._bad(key, "true or false", value)
+        return value
+
+    def integer(self, key: str, minimum: int) -> int:
+        value = self._get(key, _MISSING)
+        # bool is an int: never accept one where a number is meant.
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or not minimum <= value <= _MAX_INT
+        ):
+            raise self._bad(key, f"an integer >= {minimum}", value)
+        return value
+
+    def number(self, key: str, minimum: float | None = None) -> float:
+        value = self._get(key, _MISSING)
+        number = _finite(value)
+        if number is None or (minimum is not None and number < minimum):
+            at_least = "" if minimum is None else f" >= {minimum:g}"
+            raise self._bad(key, f"a finite number{at_least}", value)
+        return number
+
+    def number_or_none(self, key: str) -> float | None:
+        return None if self._get(key, _MISSING) is None else self.number(key)
+
+    def texts(
+        self, key: str, *, default: object = _MISSING, token: bool = False
+    ) -> tuple[str, ...]:
+        value = self._get(key, default)
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, str) and (not token or len(v) <= _MAX_TOKEN) for v in value
+        ):
+            raise self._bad(key, "a list of strings", value)
+        return tuple(value)
+
+    def each(
+        self, key: str, read: Callable[[_Fields], _T], *, default: object = _MISSING
+    ) -> tuple[_T, ...]:
+        value = self._get(key, default)
+        if not isinstance(value, (list, tuple)):
+            raise self._bad(key, "a list", value)
+        return tuple(read(_Fields(v, f"{self.where}.{key}[{i}]")) for i, v in enumerate(value))
+
+
+def _finite(value: object) -> float | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _member(f: _Fields) -> MemberRecord:
+    return MemberRecord(
+        pid=f.integer("pid", minimum=1),
+        start_time=f.number("start_time"),
+        cmdline=f.text("cmdline"),
+        found_by=f.texts("found_by", token=True),
+        outcome=f.choice("outcome", OUTCOMES),
+        ended_by=f.token_or_none("ended_by"),
+        ended_at=f.number_or_none("ended_at"),
+        signals=f.texts("signals", default=(), token=True),
+    )
+
+
+def _survivor(f: _Fields) -> Survivor:
+    return Survivor(
+        pid=f.integer("pid", minimum=1),
+        start_time=f.number("start_time"),
+        cmdline=f.text("cmdline"),
+        state=f.token("state"),
+        wchan=f.token_or_none("wchan"),
+        reason=f.text("reason"),
+    )
+
+
+def _tracker(f: _Fields) -> TrackerStatus:
+    return TrackerStatus(f.token("name"), f.flag("used"), f.text("reason"))
+
+
+def _step(f: _Fields) -> StepRecord:
+    return StepRecord(
+        signal=f.token("signal"),
+        started_at=f.number("started_at"),
+        grace=f.number("grace", minimum=0.0),
+        signalled=f.integer("signalled", minimum=0),
+        left_after=f.integer("left_after", minimum=0),
+        duration=f.number("duration", minimum=0.0),
+        froze=f.choice_or_none("froze", FROZE, default=None),
+    )

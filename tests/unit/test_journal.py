@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tether.errors import JournalError
+from tether.identity import Identity
 from tether.journal import (
     RUNTIME_DIR_VAR,
     JobRecord,
@@ -29,8 +32,8 @@ def record(job_id: str = "0123456789abcdef01234567", **changes: object) -> JobRe
         job_id=job_id,
         cookie=job_id,
         argv=("sh", "-c", "echo 'quoted' $(x)\n"),
-        policy=Policy.parse("INT,2s,TERM,10s,KILL", tree_delay=1.5).to_dict(),
-        supervisor=(100, 2000),
+        policy=Policy.parse("INT,2s,TERM,10s,KILL", tree_delay=1.5),
+        supervisor=Identity(100, 2000),
         not_before=2000,
         cgroup=None,
         trackers=("session", "cookie", "walk"),
@@ -52,7 +55,13 @@ def test_round_trip_and_modes(journal: Journal) -> None:
     assert stat.S_IMODE(os.stat(journal.directory).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(journal.path(r.job_id)).st_mode) == 0o600
     assert sorted(os.listdir(journal.directory)) == [f"{r.job_id}.json"], "temp file left"
-    assert Policy.from_dict(r.policy) == Policy.parse("INT,2s,TERM,10s,KILL", tree_delay=1.5)
+    read = journal.read(r.job_id)
+    assert isinstance(read, JobRecord)
+    assert read.policy == Policy.parse("INT,2s,TERM,10s,KILL", tree_delay=1.5)
+    assert read.policy_text == "INT,2s,TERM,10s,KILL,5s"
+    assert read.leader == Identity(101, 2001) and type(read.leader) is Identity
+    assert read.supervisor.pid == 100 and read.supervisor.starttime == 2000
+    assert all(type(m) is Identity for m in read.members)
     journal.remove(r.job_id)
     journal.remove(r.job_id)  # idempotent
     assert journal.read(r.job_id) is None
@@ -67,8 +76,52 @@ def test_missing_journal_reads_as_empty(tmp_path: Path) -> None:
 
 
 def test_members_accumulate(journal: Journal) -> None:
-    r = record().with_members({(5, 50)}).with_members({(6, 60), (5, 50)})
+    r = record().with_members({(5, 50)}).with_members({Identity(6, 60), (5, 50)})
     assert r.members == ((5, 50), (6, 60))
+    assert all(type(m) is Identity for m in r.members)
+
+
+# A record exactly as tether wrote it before records kept a typed Policy and
+# Identity (identities as [pid, start] lists, the policy as Policy.to_dict()).
+EARLIER_RECORD = (
+    b'{"job_id":"0123456789abcdef01234567","cookie":"0123456789abcdef01234567",'
+    b'"argv":["sh","-c","x"],"policy":{"steps":"INT,2s,TERM,10s,KILL,5s",'
+    b'"leader_signal":null,"tree_delay":1.5,"kill_script":null},"owner_uid":1000,'
+    b'"started_at":1700000000.5,"boot_id":"b","supervisor":[100,2000],"not_before":2000,'
+    b'"cgroup":null,"sid":101,"leader":[101,2001],"watchdog":[103,2002],'
+    b'"members":[[101,2001],[102,2003]],"trackers":["session","cookie","walk"],'
+    b'"restartable":true,"tag_gid":47113,"state":"running","schema":1}'
+)
+
+
+def test_records_written_earlier_read_and_rewrite_unchanged() -> None:
+    r = JobRecord.from_json(EARLIER_RECORD)
+    assert r.policy == Policy.parse("INT,2s,TERM,10s,KILL", tree_delay=1.5)
+    assert r.supervisor == Identity(100, 2000)
+    assert r.watchdog == Identity(103, 2002)
+    assert r.members == (Identity(101, 2001), Identity(102, 2003))
+    assert r.to_json() == EARLIER_RECORD
+
+
+def test_plain_pairs_and_a_policy_dict_are_still_accepted() -> None:
+    # Transition: job.py passes Policy.to_dict() and plain (pid, start) pairs.
+    policy = Policy.parse("TERM,3s,KILL", leader_signal=signal.SIGINT)
+    r = new_record(
+        job_id="j",
+        cookie="c",
+        argv=("true",),
+        policy=policy.to_dict(),
+        supervisor=(1, 2),
+        not_before=2,
+        cgroup=None,
+        trackers=(),
+        restartable=False,
+    )
+    assert r.policy == policy
+    assert type(r.supervisor) is Identity
+    r = replace(r, leader=(3, 4), watchdog=(5, 6), members=((7, 8),))
+    assert (type(r.leader), type(r.watchdog), type(r.members[0])) == (Identity,) * 3
+    assert JobRecord.from_json(r.to_json()) == r
 
 
 @pytest.mark.parametrize(
