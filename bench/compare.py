@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 from _common import PYTHON, Tracked, cgroup2_mount, reap, starttime
 
-from tether.linux import prctl
+from tether._platform.linux import prctl
 
 TRACKED = Tracked()
 

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 import pytest
 
 from helpers import TEST_VAR, cgroup2_mount, processes_with_env, wait_for
+from tether._platform.linux import cgroupfs, procfs
+from tether._platform.linux.cgroupfs import JobCgroup
 from tether.journal import RUNTIME_DIR_VAR
-from tether.linux import cgroupfs, procfs
-from tether.linux.cgroupfs import JobCgroup
 from tether.process import ProcessHandle
 
 _suite: dict[str, str] = {}

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tether.linux import cgroupfs, procfs
+from tether._platform.linux import cgroupfs, procfs
 
 TEST_VAR = "TETHER_TEST_ID"
 UNPRIVILEGED_USER = "tether-test"

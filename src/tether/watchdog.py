@@ -2,16 +2,19 @@
 
 Started by the supervisor before the job's first process, one per job, as
 ``python -m tether.watchdog JOURNAL_DIR JOB_ID PID START_TIME`` with a pipe
-from the supervisor on stdin. It is not a member of the job: it starts before
-the leader (so it is older than the job's start-time floor), in a session of
-its own (terminal signals to the job's group miss it), outside the job's
-cgroup, and the supervisor protects its pid from every scan.
+from the supervisor on stdin. It is the supervisor's own child: parentage,
+not a start time read from /proc, proves which process it watches. It is
+not a member of the job: it starts before the leader (so it is older than
+the job's start-time floor), in a session of its own (terminal signals to
+the job's group miss it), outside the job's cgroup, and the supervisor
+protects its pid from every scan.
 
 It sleeps in poll() on two things and costs no CPU while the job runs:
 
-- the supervisor's pidfd, readable when the supervisor exits for any reason
-  (SIGKILL, OOM kill, crash) — unlike PR_SET_PDEATHSIG, which fires when the
-  *thread* that forked us exits, a trap in a threaded library caller;
+- the supervisor's pidfd (where there are pidfds), readable when the
+  supervisor exits for any reason (SIGKILL, OOM kill, crash) — unlike
+  PR_SET_PDEATHSIG, which fires when the *thread* that forked us exits, a
+  trap in a threaded library caller;
 - the pipe, on which the supervisor writes ``done`` after it has proven the
   tree empty and removed the journal record.
 
@@ -64,26 +67,30 @@ def watch(supervisor_fd: int, control_fd: int) -> bool:
             return True
 
 
-def _start_ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
+def _open_supervisor(pid: int) -> int | None:
+    """A pollable fd on the supervisor while it lives, -1 if there is no such fd,
+    or None once it is gone.
+
+    The supervisor spawns its watchdog itself, so parentage proves identity
+    without reading a start time (and without /proc, on any backend): a
+    parent that exits re-parents us before its pid can be reused, so if
+    getppid() still names it after pidfd_open, the pidfd is the supervisor.
+    Without pidfds (not Linux, or Linux < 5.3) the pipe alone tells of its
+    death: its write end closes when the supervisor exits.
+    """
+    fd = -1
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is not None:
+        try:
+            fd = pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        except OSError:
+            fd = -1
+    if os.getppid() != pid:
+        if fd >= 0:
+            os.close(fd)
         return None
-    return int(data[data.rindex(b")") + 2 :].split()[19])
-
-
-def _open_verified(pid: int, start: int) -> int:
-    """A pidfd for exactly (pid, start), or -1 if that process is gone."""
-    try:
-        fd = os.pidfd_open(pid)
-    except (ProcessLookupError, OSError):
-        return -1
-    # Checked after opening: the pidfd pins the process, so a match now means
-    # the fd refers to the supervisor, not to a newcomer with its pid.
-    if _start_ticks(pid) != start:
-        os.close(fd)
-        return -1
     return fd
 
 
@@ -91,19 +98,28 @@ def main(argv: list[str]) -> int:
     if len(argv) != 4:
         _say("usage: python -m tether.watchdog JOURNAL_DIR JOB_ID PID START_TIME")
         return 2
-    directory, job_id, pid_text, start_text = argv
+    # START_TIME is the supervisor's start time as the journal records it;
+    # parentage is what proves the supervisor here (see _open_supervisor).
+    directory, job_id, pid_text, _start_text = argv
     # Hold no mount busy for the job's lifetime.
     os.chdir("/")
     pid = int(pid_text)
-    pidfd = _open_verified(pid, int(start_text))
-    if pidfd < 0:
+    pidfd = _open_supervisor(pid)
+    if pidfd is None:
         gone = True  # the supervisor died before we could even look
     else:
         gone = watch(pidfd, 0)
-        os.close(pidfd)
+        if pidfd >= 0:
+            os.close(pidfd)
     if not gone:
         return 0
 
+    if sys.flags.no_site:
+        # Started with -S for a cheap idle; recovery may need site-packages
+        # (the psutil backend imports psutil), so add them now.
+        import site
+
+        site.main()
     from tether.journal import Journal, JournalProblem
     from tether.recovery import recover
 

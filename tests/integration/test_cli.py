@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import alive, tether_cmd, wait_for, wait_for_file
-from tether.linux import procfs
+from tether._platform.linux import procfs
 from tether.process import ProcessHandle
 
 PY = sys.executable

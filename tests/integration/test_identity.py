@@ -15,9 +15,9 @@ import pytest
 
 import tether
 from helpers import alive, cgroup2_mount, is_root, tether_cmd, wait_for, wait_for_file
+from tether._platform.linux import procfs
+from tether._platform.linux.cgroupfs import JobCgroup
 from tether.journal import JobRecord, Journal
-from tether.linux import procfs
-from tether.linux.cgroupfs import JobCgroup
 from tether.process import Delivery, ProcessHandle
 
 PY = sys.executable

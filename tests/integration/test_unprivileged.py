@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import alive, as_user, ensure_unprivileged_user, is_root, user_python, wait_for_file
-from tether.linux import procfs
+from tether._platform.linux import procfs
 from tether.process import ProcessHandle
 
 LIVENESS = 30.0

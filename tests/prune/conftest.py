@@ -19,7 +19,7 @@ import pytest
 from prune_support import USERS, Cgroups, Procs, ensure_user
 
 from helpers import cgroup2_mount, is_root, user_python
-from tether.linux import cgroupfs
+from tether._platform.linux import cgroupfs
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from tether.linux.procfs import CLOCK_TICKS, PF_KTHREAD
+from tether._platform.linux.procfs import CLOCK_TICKS, PF_KTHREAD
 
 PROC = "/proc"
 _O_FILE = os.O_RDONLY | os.O_CLOEXEC

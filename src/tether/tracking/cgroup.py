@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tether.linux.cgroupfs import JobCgroup
+from tether._platform.linux.cgroupfs import JobCgroup
 from tether.tracking.base import Table
 
 

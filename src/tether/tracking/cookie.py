@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from tether.linux import procfs
+from tether._platform.linux import procfs
 from tether.process import read_environ
 from tether.tracking.base import Table
 
