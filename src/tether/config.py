@@ -6,7 +6,8 @@ Files are read in this order, later ones overriding earlier ones key by key:
 2. ``$XDG_CONFIG_HOME/tether/tether.toml``, else ``~/.config/tether/tether.toml``,
 3. the file named by ``TETHER_CONFIG`` (an error if it is set and missing).
 
-Command-line flags override all of them (:meth:`EffectiveConfig.with_override`).
+Command-line flags override all of them: every command merges its flags with
+:meth:`EffectiveConfig.with_flags`.
 A missing system or user file is skipped; an unreadable or malformed one is an
 error. Unknown tables, unknown keys and bad values are errors reported as
 ``FILE:LINE: message`` (:class:`ConfigError`): a typo must never silently
@@ -28,7 +29,7 @@ import os
 import re
 import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from tether.errors import TetherError, UsageError
@@ -138,13 +139,16 @@ def _string(value: object, what: str) -> str:
     return value
 
 
-def _parse_policy(value: object) -> str:
+def _parse_policy(value: object) -> Policy:
+    # Parsed once, here: the setting keeps the Policy (and the text as written,
+    # for display: see Setting.literal). A Policy is taken as it is (-s/-k).
+    if isinstance(value, Policy):
+        return value
     text = _string(value, 'a policy string such as "TERM,10s,KILL"').strip()
     try:
-        Policy.parse(text)
+        return Policy.parse(text)
     except UsageError as err:
         raise _Invalid(str(err)) from None
-    return text
 
 
 def _parse_signal(value: object) -> signal.Signals:
@@ -337,12 +341,16 @@ class SettingSpec:
 
     Attributes:
         key: ``table.name``.
-        default: the typed default value.
+        default: the default value, typed (a policy as its text: the setting's
+            value is the parsed :class:`Policy`).
         kind: what sort of value it is (for flags given as strings).
         help: one line for the reference and ``tether config``.
         unset: the TOML text for "not set" (None), e.g. ``""`` or ``"none"``.
         flag: the command-line flag that overrides it, if any.
         duration: durations are shown as ``10s`` and given in JSON as seconds.
+        combine: how a flag's values meet the files' for a list: ``"append"``
+            (after them) or ``"prepend"`` (before them: ssh takes the first
+            value of an option); ``"replace"`` for everything else.
     """
 
     key: str
@@ -353,6 +361,7 @@ class SettingSpec:
     unset: str = '""'
     flag: str | None = None
     duration: bool = False
+    combine: Literal["replace", "append", "prepend"] = "replace"
 
     def toml(self, value: object) -> str:
         """The value as TOML text that parses back to the same value."""
@@ -414,10 +423,10 @@ SETTINGS: tuple[SettingSpec, ...] = (
     _spec("prune.orphans_only", False, _parse_bool, "bool",
           "only consider processes re-parented to init", flag="--orphans-only"),
     _spec("prune.exclude_users", (), _parse_users, "list",
-          "user names or uids never touched"),
+          "user names or uids never touched", combine="append"),
     _spec("prune.exclude_comm", (), _parse_regex_list, "list",
           "regexes matched against the process name (comm); matches are never touched",
-          flag="--exclude-comm"),
+          flag="--exclude-comm", combine="append"),
     _spec("prune.include_ssh", False, _parse_bool, "bool",
           "also consider processes of interactive SSH sessions"),
     _spec("prune.policy", "TERM,10s,KILL", _parse_policy, "policy",
@@ -425,7 +434,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
     _spec("remote.fanout", 32, _integer(1, 10000), "int",
           "how many hosts are contacted at once", flag="--fanout"),
     _spec("remote.ssh_options", (), _parse_ssh_options, "list",
-          "options passed to ssh, each as -o ITEM (e.g. \"ConnectTimeout=10\")"),
+          "options passed to ssh, each as -o ITEM (e.g. \"ConnectTimeout=10\")",
+          combine="prepend"),
     _spec("remote.engine", "auto", _choice("auto", "python", "sh"), "choice",
           "what supervises a remote job: python (needs python3 >= 3.11 there), sh (the "
           "POSIX-shell agent: weaker guarantees), or auto (python if the host can, else sh)",
@@ -525,12 +535,22 @@ class ConfigFile:
 
 @dataclass(frozen=True)
 class Setting:
-    """One effective setting: its key, typed value, and where it came from."""
+    """One effective setting: its key, typed value, and where it came from.
+
+    Attributes:
+        key: ``table.name``.
+        value: the typed value (a :class:`Policy` for a policy).
+        source: where it came from.
+        note: why a value given somewhere was dropped (a policy modifier).
+        literal: a policy as it was written (``"TERM,10s,KILL"``), which is
+            what ``tether config`` shows; None for other settings.
+    """
 
     key: str
     value: Any
     source: Source
     note: str | None = None
+    literal: str | None = None
 
     @property
     def spec(self) -> SettingSpec:
@@ -539,7 +559,39 @@ class Setting:
     @property
     def text(self) -> str:
         """The value as TOML text (``"10s"``, ``true``, ``["a", "b"]``)."""
+        if self.literal is not None:
+            return _toml_string(self.literal)
         return self.spec.toml(self.value)
+
+    @property
+    def json_value(self) -> object:
+        """The value as JSON: a policy as written, durations in seconds, signals by name."""
+        if self.literal is not None:
+            return self.literal
+        return self.spec.json(self.value)
+
+
+def _typed(spec: SettingSpec, raw: object, source: Source) -> Setting:
+    """The setting ``raw`` gives (a TOML value, or a flag's read by :func:`_from_flag`).
+
+    Raises:
+        _Invalid: ``raw`` is not a valid value for ``spec``.
+    """
+    value = spec.parse(raw)
+    literal = None
+    if spec.kind == "policy":
+        literal = raw.strip() if isinstance(raw, str) else str(value)
+    return Setting(spec.key, value, source, literal=literal)
+
+
+def _default(spec: SettingSpec) -> Setting:
+    if spec.kind == "policy":
+        return _typed(spec, spec.default, DEFAULT_SOURCE)
+    return Setting(spec.key, spec.default, DEFAULT_SOURCE)
+
+
+#: Every setting at its default (the two default policies parsed once, here).
+_DEFAULTS: dict[str, Setting] = {spec.key: _default(spec) for spec in SETTINGS}
 
 
 def _parse_file(path: str, via_env: bool, rank: int) -> dict[str, Setting]:
@@ -611,10 +663,9 @@ def _parse_file(path: str, via_env: bool, rank: int) -> dict[str, Setting]:
                     f"(in [{table}]: {', '.join(names)})",
                 )
             try:
-                typed = spec.parse(value)
+                out[key] = _typed(spec, value, src)
             except _Invalid as err:
                 raise ConfigError(src.location, f"{key}: {err}") from None
-            out[key] = Setting(key, typed, src)
     return out
 
 
@@ -681,7 +732,7 @@ def load_config(
             continue
         layers.append(_parse_file(path, via_env, len(layers) + 1))
         files.append(ConfigFile(path, True, via_env))
-    settings = {s.key: Setting(s.key, s.default, DEFAULT_SOURCE) for s in SETTINGS}
+    settings = dict(_DEFAULTS)
     for layer in layers:
         settings.update(layer)
     config = EffectiveConfig(_resolve(settings), tuple(files))
@@ -716,13 +767,28 @@ def _resolve(settings: dict[str, Setting]) -> dict[str, Setting]:
 
 
 @dataclass(frozen=True)
+class Flag:
+    """A command-line value and the flag that gave it, for :meth:`EffectiveConfig.with_flags`.
+
+    Attributes:
+        value: as :meth:`EffectiveConfig.with_flags` takes it (None: not given).
+        name: the flag as the command spells it (``"-s/-k"``, ``"--exclude-user"``):
+            the setting's source and the prefix of error messages.
+    """
+
+    value: object
+    name: str
+
+
+@dataclass(frozen=True)
 class EffectiveConfig:
     """Every setting's effective value and source; immutable.
 
-    Read values with ``config["termination.policy"]`` (typed: durations in
-    seconds, signals as :class:`signal.Signals`, arrays as tuples, None when
-    unset), the source with ``config.setting(key).source``, and the policy
-    for ``tether run``/``kill`` with :meth:`policy_for_run`.
+    Read values with ``config["run.timeout"]`` (typed: durations in seconds,
+    signals as :class:`signal.Signals`, arrays as tuples, policies as
+    :class:`Policy`, None when unset), the source with
+    ``config.setting(key).source``, and the policy for ``tether run``/``kill``
+    with :meth:`policy_for_run`. Flags go on top with :meth:`with_flags`.
 
     Attributes:
         files: every candidate file, lowest precedence first, and whether it was read.
@@ -734,7 +800,7 @@ class EffectiveConfig:
     @classmethod
     def defaults(cls) -> EffectiveConfig:
         """The built-in defaults, no file read."""
-        return cls({s.key: Setting(s.key, s.default, DEFAULT_SOURCE) for s in SETTINGS})
+        return cls(dict(_DEFAULTS))
 
     def __getitem__(self, key: str) -> Any:
         return self.setting(key).value
@@ -748,34 +814,68 @@ class EffectiveConfig:
         for spec in SETTINGS:
             yield self._settings[spec.key]
 
+    def with_flags(self, flags: Mapping[str, object]) -> EffectiveConfig:
+        """This configuration with a command's flags on top: the one flags-over-config merge.
+
+        Every command (run, kill, prune, epilog, remote run) gives its flags
+        here, once, and reads the effective values back.
+
+        Args:
+            flags: setting key -> the flag's value; None (or an empty list)
+                means "not given" and leaves the setting as configured.
+                Strings are read as the flag would be written (``"10s"``,
+                ``"TERM"``, ``"1000"``, ``"cgroup,session"``); typed values
+                (bool, int, float seconds, list, a :class:`Policy`) as in TOML.
+                Wrap a value in :class:`Flag` to name the flag that gave it
+                (default: the setting's own flag, e.g. ``--policy``).
+
+        A flag replaces the configured value, except for a list setting whose
+        :attr:`SettingSpec.combine` adds the flag's items after (``append``)
+        or before (``prepend``) the configured ones.
+
+        Raises:
+            ConfigError: ``"--policy: bad policy ..."``; or a cross-setting
+                check failed (:meth:`check`).
+        """
+        settings = dict(self._settings)
+        changed = False
+        for key, given in flags.items():
+            name = given.name if isinstance(given, Flag) else None
+            value = given.value if isinstance(given, Flag) else given
+            if value is None or (isinstance(value, list | tuple) and not value):
+                continue
+            spec = _BY_KEY[key]
+            flag = name or spec.flag or f"--{key.partition('.')[2].replace('_', '-')}"
+            source = Source("flag", flag=flag, rank=FLAG_RANK)
+            try:
+                setting = _typed(spec, _from_flag(spec, value), source)
+            except _Invalid as err:
+                raise ConfigError(flag, str(err)) from None
+            configured = settings[key].value
+            if spec.combine == "append":
+                setting = replace(setting, value=(*configured, *setting.value))
+            elif spec.combine == "prepend":
+                setting = replace(setting, value=(*setting.value, *configured))
+            settings[key] = setting
+            changed = True
+        if not changed:
+            return self
+        config = EffectiveConfig(_resolve(settings), self.files)
+        config.check()
+        return config
+
     def with_override(self, key: str, value: object, source: str | None = None) -> EffectiveConfig:
-        """This configuration with ``key`` set from the command line.
+        """This configuration with one flag on top: :meth:`with_flags` for ``key`` alone.
 
         Args:
             key: e.g. ``"termination.policy"``.
-            value: the flag's value; None means "flag not given" and returns
-                ``self``. Strings are read as the flag would be written
-                (``"10s"``, ``"TERM"``, ``"1000"``, ``"cgroup,session"``);
-                typed values (bool, int, float seconds, list) as in TOML.
+            value: the flag's value, as :meth:`with_flags` takes it (None: ``self``).
             source: the flag, e.g. ``"--policy"`` (default: the setting's own flag).
 
         Raises:
             ConfigError: ``"--policy: bad policy ..."``.
         """
-        if value is None:
-            return self
-        spec = _BY_KEY[key]
-        flag = source or spec.flag or f"--{key.partition('.')[2].replace('_', '-')}"
-        value = _from_flag(spec, value)
-        try:
-            typed = spec.parse(value)
-        except _Invalid as err:
-            raise ConfigError(flag, str(err)) from None
-        settings = dict(self._settings)
-        settings[key] = Setting(key, typed, Source("flag", flag=flag, rank=FLAG_RANK))
-        config = EffectiveConfig(_resolve(settings), self.files)
-        config.check()
-        return config
+        return self.with_flags({key: value if source is None else Flag(value, source)})
 
     def check(self) -> None:
         """Cross-setting checks (each setting alone was checked when read).
@@ -797,7 +897,7 @@ class EffectiveConfig:
         Raises:
             ConfigError: ``grace`` is set but the policy has only one signal.
         """
-        steps = list(Policy.parse(self["termination.policy"]).steps)
+        steps = list(self["termination.policy"].steps)
         tree_signal = self["termination.tree_signal"]
         if tree_signal is not None:
             steps[0] = Step(tree_signal, steps[0].grace)
@@ -808,7 +908,7 @@ class EffectiveConfig:
                 raise ConfigError(
                     self.setting("termination.grace").source.location,
                     "termination.grace is the wait between the first and the next signal, "
-                    f"but the policy {policy.value!r} ({policy.source}) has one signal; "
+                    f"but the policy {policy.literal!r} ({policy.source}) has one signal; "
                     "use final_wait",
                 )
             steps[0] = Step(steps[0].signal, grace)
@@ -834,7 +934,8 @@ class EffectiveConfig:
 
     def policy_for_prune(self) -> Policy:
         """The :class:`Policy` for what the pruner kills (``prune.policy``)."""
-        return Policy.parse(self["prune.policy"])
+        policy: Policy = self["prune.policy"]
+        return policy
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, stable keys (schema 1).
@@ -849,7 +950,7 @@ class EffectiveConfig:
             "settings": [
                 {
                     "key": s.key,
-                    "value": s.spec.json(s.value),
+                    "value": s.json_value,
                     "source": str(s.source),
                     "kind": s.source.kind,
                     "path": s.source.path,

@@ -1,4 +1,8 @@
-"""The man pages under man/ are the ones tether.manpage generates, and render cleanly."""
+"""The man pages under man/ are the ones tools/manpage.py generates, and render cleanly.
+
+tools/ is on the tests' path (pyproject.toml): the generator is a build tool,
+outside the wheel.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,11 @@ from pathlib import Path
 import click
 import pytest
 
-from tether import manpage
+import manpage
 from tether.config import SETTINGS, load_config
 
 MAN_DIR = Path(__file__).resolve().parent.parent.parent / "man"
-REGENERATE = "python3 -m tether.manpage --output man/"
+REGENERATE = "python3 tools/manpage.py --output man/"
 EXPECTED = {
     "tether.1", "tether-run.1", "tether-kill.1", "tether-ps.1", "tether-config.1",
     "tether-cancel.1", "tether-completion.1", "tether-prune.8", "tether-reap.8",
@@ -132,7 +136,7 @@ def test_tether_page_lists_commands_environment_files() -> None:
 def test_every_environment_variable_in_the_source_is_described() -> None:
     described = {v for names, _ in manpage.ENVIRONMENT for v in names}
     undescribed = manpage.environment_names() - described
-    assert not undescribed, f"describe {sorted(undescribed)} in tether.manpage.ENVIRONMENT"
+    assert not undescribed, f"describe {sorted(undescribed)} in tools/manpage.py ENVIRONMENT"
     assert {"TETHER_CONFIG", "TETHER_RUNTIME_DIR", "TETHER_JOB_ID"} <= manpage.environment_names()
 
 

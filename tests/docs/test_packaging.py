@@ -1,5 +1,6 @@
 """The wheel builds from the repository, holds the whole package and the man
-pages, installs into a fresh venv and runs from there."""
+pages (but not the build tools under tools/), installs into a fresh venv and
+runs from there."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def _source_tree(dest: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
     shutil.copytree(ROOT / "src", dest / "src", ignore=ignore)
     shutil.copytree(ROOT / "man", dest / "man")
+    # As in a checkout: the build must leave tools/ out by itself.
+    shutil.copytree(ROOT / "tools", dest / "tools", ignore=ignore)
     return dest
 
 
@@ -44,8 +47,12 @@ def test_wheel_builds_installs_and_runs(tmp_path: Path) -> None:
     # Modules and the files they read at run time (the remote shell agent).
     shipped = [*PACKAGE.rglob("*.py"), *PACKAGE.rglob("*.sh")]
     modules = {f"tether/{p.relative_to(PACKAGE).as_posix()}" for p in shipped}
-    assert "tether/remote/cli.py" in modules
+    assert {"tether/cli/__init__.py", "tether/cli/run.py", "tether/remote/fanout.py"} <= modules
     assert not modules - names, f"missing from the wheel: {sorted(modules - names)}"
+    # Build tools (tools/manpage.py) stay out of the runtime package.
+    assert (ROOT / "tools" / "manpage.py").is_file()
+    built_tools = sorted(n for n in names if "manpage" in n or n.startswith("tools/"))
+    assert not built_tools, f"build tools in the wheel: {built_tools}"
     assert "tether/py.typed" in names
     data = f"tether-{tether.__version__}.data/data/share/man"
     pages = {f"{data}/man{p.suffix[1:]}/{p.name}" for p in (ROOT / "man").glob("tether*.[158]")}

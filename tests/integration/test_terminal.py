@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from helpers import kill_identity, proc_stat, tether_cmd, wait_for, wait_for_file
+from tether.display import Paint, ProgressLine, report_table
 from tether.report import MemberRecord, Report, Survivor
-from tether.terminal import Paint, ProgressLine, report_table
 from tether.terminate import Progress
 from tether.tracking.base import TrackerStatus
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.cli_prune import job_context
+from tether.cli.prune import job_context
 from tether.errors import UsageError
 from tether.prune.classify import _legitimate, _Orphans
 from tether.prune.log import fields

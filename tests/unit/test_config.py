@@ -19,6 +19,7 @@ from tether.config import (
     SETTINGS,
     ConfigError,
     EffectiveConfig,
+    Flag,
     config_files,
     key_lines,
     load_config,
@@ -69,7 +70,8 @@ def test_no_files_gives_defaults(files: Files) -> None:
     config = files.load()
     for s in config.items():
         assert s.source.kind == "default", s
-    assert config["termination.policy"] == "TERM,10s,KILL"
+    assert config["termination.policy"] == Policy.parse("TERM,10s,KILL")
+    assert config.setting("termination.policy").text == '"TERM,10s,KILL"'
     assert config["run.timeout"] is None
     assert config["run.trackers"] == "auto"
     assert config["prune.min_uid"] == 1000
@@ -86,7 +88,8 @@ def test_precedence_default_system_user_env_flag(files: Files) -> None:
 
     config = files.load()
     policy = config.setting("termination.policy")
-    assert policy.value == "TERM,3s,KILL"
+    assert policy.value == Policy.parse("TERM,3s,KILL")
+    assert policy.literal == "TERM,3s,KILL"
     assert (policy.source.path, policy.source.line, policy.source.via_env) == (str(named), 4, True)
     assert str(policy.source) == f"{named}:4 (TETHER_CONFIG)"
     # Keys the later files do not set keep the earlier file's value and source.
@@ -96,14 +99,14 @@ def test_precedence_default_system_user_env_flag(files: Files) -> None:
     assert config.setting("run.trackers").source.kind == "default"
 
     flagged = config.with_override("termination.policy", "TERM,4s,KILL", source="--policy")
-    assert flagged["termination.policy"] == "TERM,4s,KILL"
+    assert flagged.setting("termination.policy").literal == "TERM,4s,KILL"
     assert str(flagged.setting("termination.policy").source) == "--policy"
-    assert config["termination.policy"] == "TERM,3s,KILL"  # immutable
+    assert config.setting("termination.policy").literal == "TERM,3s,KILL"  # immutable
 
     del files.env["TETHER_CONFIG"]
-    assert files.load()["termination.policy"] == "TERM,2s,KILL"
+    assert files.load().setting("termination.policy").literal == "TERM,2s,KILL"
     files.user.unlink()
-    assert files.load()["termination.policy"] == "TERM,1s,KILL"
+    assert files.load().setting("termination.policy").literal == "TERM,1s,KILL"
 
 
 def test_xdg_config_home_is_honoured(files: Files, tmp_path: Path) -> None:
@@ -280,7 +283,8 @@ ssh_options = ["ConnectTimeout=10", "BatchMode yes"]
 """
     )
     config = files.load()
-    assert config["termination.policy"] == "INT,2s,TERM,10s,KILL"
+    assert config.setting("termination.policy").text == '"INT,2s,TERM,10s,KILL"'
+    assert config["termination.policy"] == Policy.parse("INT,2s,TERM,10s,KILL")
     assert config["termination.leader_signal"] is signal.SIGTERM
     assert config["termination.tree_delay"] == 1.5
     assert config["termination.final_wait"] == 90.0
@@ -342,6 +346,60 @@ def test_with_override(files: Files) -> None:
     with pytest.raises(ConfigError) as info:
         config.with_override("prune.min_uid", "lots")
     assert str(info.value) == "--min-uid: must be an integer, not a string"
+
+
+def test_with_flags_is_one_merge_for_every_command(files: Files) -> None:
+    files.named(
+        '[termination]\npolicy = "INT,2s,TERM,10s,KILL"\n'
+        '[prune]\nexclude_comm = ["^a$"]\nexclude_users = ["slurm"]\n'
+        '[remote]\nssh_options = ["ConnectTimeout=10"]\n'
+    )
+    config = files.load()
+    assert config.with_flags({"run.timeout": None, "prune.exclude_comm": ()}) is config
+    flagged = config.with_flags(
+        {
+            "termination.policy": Flag(Policy.from_timeout_flags(signal.SIGINT, 3.0), "-s/-k"),
+            "termination.tree_delay": "1s",
+            "run.timeout": "10m",
+            "run.wait_leftovers": True,
+            "prune.exclude_comm": ("^b$",),
+            "prune.exclude_users": Flag(("root",), "--exclude-user"),
+            "remote.ssh_options": ("ConnectTimeout=5",),
+        }
+    )
+    policy = flagged.setting("termination.policy")
+    assert (str(policy.source), policy.literal) == ("-s/-k", "INT,3s,KILL,5s")
+    assert str(flagged.policy_for_run()) == "INT,3s,KILL,5s"
+    assert flagged.policy_for_run().tree_delay == 1.0
+    assert flagged["run.timeout"] == 600.0
+    assert flagged["run.wait_leftovers"] is True
+    # Lists add to the files': after them, or (ssh: first value wins) before them.
+    assert flagged["prune.exclude_comm"] == ("^a$", "^b$")
+    assert flagged["prune.exclude_users"] == ("slurm", "root")
+    assert str(flagged.setting("prune.exclude_users").source) == "--exclude-user"
+    assert flagged["remote.ssh_options"] == ("ConnectTimeout=5", "ConnectTimeout=10")
+    # The files' configuration is untouched.
+    assert config["run.timeout"] is None
+    with pytest.raises(ConfigError) as info:
+        config.with_flags({"prune.policy": Flag("TERM,soon,KILL", "--policy")})
+    assert str(info.value).startswith("--policy: unknown signal 'soon'")
+
+
+def test_policies_are_parsed_once_per_source(files: Files, monkeypatch: pytest.MonkeyPatch) -> None:
+    files.named('[termination]\npolicy = "INT,2s,KILL"\n')
+    calls: list[str] = []
+    parse = Policy.parse.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[Policy], text: str, **options: object) -> Policy:
+        calls.append(text)
+        return parse(cls, text, **options)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Policy, "parse", classmethod(counting))
+    config = files.load().with_flags({"termination.tree_delay": "1s", "run.timeout": "5s"})
+    for _ in range(3):
+        config.policy_for_run()
+        config.policy_for_prune()
+    assert calls == ["INT,2s,KILL"]
 
 
 def test_to_dict_has_stable_keys(files: Files) -> None:

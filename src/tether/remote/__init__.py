@@ -6,5 +6,8 @@
 - :mod:`tether.remote.protocol`: frames between client and agent;
 - :mod:`tether.remote.agent`: the remote supervisor (run, out-of-band cancel);
 - :mod:`tether.remote.client`: connections, one host's job, out-of-band cancel;
-- :mod:`tether.remote.cli`: ``tether run --host/-w`` and ``tether cancel``.
+- :mod:`tether.remote.fanout`: one job on many hosts, so many at a time.
+
+Nothing here imports click or :mod:`tether.cli`: ``tether run --host/-w`` and
+``tether cancel`` are :mod:`tether.cli.run` and :mod:`tether.cli.cancel`.
 """

@@ -8,16 +8,17 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from tether.cli._common import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_OK, configured
 from tether.errors import TetherError, UsageError
-from tether.policy import Policy, parse_duration
+from tether.policy import parse_duration
 
-EXIT_OK = 0
-EXIT_NOT_KILLED = 1
-EXIT_BAD_INPUT = 2
+if TYPE_CHECKING:
+    from tether.config import EffectiveConfig
+    from tether.policy import Policy
 
 _PRUNE_EPILOG = """\
 A process is a candidate when every one of its uids (real, effective, saved,
@@ -154,73 +155,62 @@ def _uid(user: str, what: str) -> int:
     return uid
 
 
-def _regexes(patterns: Sequence[str], what: str) -> tuple[re.Pattern[str], ...]:
-    out = []
-    for p in patterns:
-        try:
-            out.append(re.compile(p))
-        except re.error as err:
-            raise UsageError(f"{what}: bad regular expression {p!r}: {err}") from None
-    return tuple(out)
-
-
-def _load_config(path: str | None) -> Any:
-    from tether.config import CONFIG_ENV_VAR, load_config
-
-    env: Mapping[str, str] = os.environ
-    if path is not None:
-        if not os.path.exists(path):
-            raise UsageError(f"--config: {path}: no such file")
-        env = {**os.environ, CONFIG_ENV_VAR: path}
-    return load_config(env)
-
-
 def _options(
     c: _Common,
     *,
     default_min_age: float,
     extra: Mapping[str, Any],
-) -> tuple[Any, Policy]:
-    """PruneOptions and the policy from flags over the configuration."""
+    flags: Mapping[str, object] | None = None,
+) -> tuple[Any, Policy, EffectiveConfig]:
+    """PruneOptions, the policy and the configuration, from flags over the files.
+
+    ``flags``: a command's own flags that are settings, beyond the common ones.
+    """
+    from tether.config import Flag
     from tether.prune.classify import PruneOptions
     from tether.prune.scan import uid_min
 
-    config = _load_config(c.config_file)
+    config = configured(
+        {
+            "prune.policy": Flag(c.policy_text, "--policy"),
+            "prune.min_uid": c.min_uid,
+            "prune.min_age": c.min_age,
+            "prune.exclude_users": Flag(c.exclude_users, "--exclude-user"),
+            "prune.exclude_comm": c.exclude_comm,
+            "prune.include_ssh": c.include_ssh,
+            **(flags or {}),
+        },
+        config_file=c.config_file,
+    )
 
-    def configured(key: str) -> Any:
+    def configured_value(key: str) -> Any:
+        # None when neither a flag nor a file set it: the command's own default applies.
         setting = config.setting(key)
         return None if setting.source.kind == "default" else setting.value
 
-    floor = c.min_uid if c.min_uid is not None else configured("prune.min_uid")
+    floor = configured_value("prune.min_uid")
     if floor is None:
         floor = uid_min()
     if floor < 1:
         raise UsageError(f"--min-uid {floor}: the floor must be at least 1 (root is never pruned)")
-    if c.min_age is not None:
-        min_age = parse_duration(c.min_age)
-    else:
-        from_config = configured("prune.min_age")
-        min_age = default_min_age if from_config is None else float(from_config)
-    exclude = {_uid(u, "--exclude-user") for u in c.exclude_users}
-    exclude.update(_uid(u, "prune.exclude_users") for u in config["prune.exclude_users"])
-    include_ssh = c.include_ssh if c.include_ssh is not None else bool(config["prune.include_ssh"])
-    comm = _regexes([*config["prune.exclude_comm"], *c.exclude_comm], "--exclude-comm")
-    if c.policy_text is not None:
-        try:
-            policy = Policy.parse(c.policy_text)
-        except UsageError as err:
-            raise UsageError(f"--policy: {err}") from None
-    else:
-        policy = config.policy_for_prune()
+    min_age = configured_value("prune.min_age")
+    if min_age is None:
+        min_age = default_min_age
+    exclude = {
+        _uid(u, "--exclude-user" if u in c.exclude_users else "prune.exclude_users")
+        for u in config["prune.exclude_users"]
+    }
+    # Checked by the configuration (files and --exclude-comm alike): they compile.
+    comm = tuple(re.compile(p) for p in config["prune.exclude_comm"])
     options = PruneOptions(
         min_uid=floor,
         min_age=min_age,
         exclude_users=frozenset(exclude),
         exclude_comm=comm,
-        include_ssh=include_ssh,
+        include_ssh=config["prune.include_ssh"],
         **extra,
     )
-    return options, policy
+    return options, config.policy_for_prune(), config
 
 
 def _sources(c: _Common) -> list[Any]:
@@ -295,7 +285,6 @@ def prune_command(
     from tether.prune.outcome import execute
 
     c = _Common(**common)
-    config_orphans = None
     extra: dict[str, Any] = {
         "older_than": parse_duration(older_than) if older_than is not None else 0.0,
         "min_cputime": parse_duration(min_cputime) if min_cputime is not None else 0.0,
@@ -304,12 +293,10 @@ def prune_command(
     }
     if gid is not None and gid < 0:
         raise UsageError(f"--gid {gid}: not a group id")
-    options, policy = _options(c, default_min_age=60.0, extra=extra)
-    if orphans_only is None:
-        config_orphans = bool(_load_config(c.config_file)["prune.orphans_only"])
-        options = replace(options, orphans_only=config_orphans)
-    else:
-        options = replace(options, orphans_only=orphans_only)
+    options, policy, config = _options(
+        c, default_min_age=60.0, extra=extra, flags={"prune.orphans_only": orphans_only}
+    )
+    options = replace(options, orphans_only=config["prune.orphans_only"])
     sources = _sources(c)
     log = _log(c)
     try:
@@ -322,7 +309,7 @@ def prune_command(
     finally:
         log.close()
     _show(outcome, c)
-    sys.exit(EXIT_OK if outcome.complete else EXIT_NOT_KILLED)
+    sys.exit(EXIT_OK if outcome.complete else EXIT_INCOMPLETE)
 
 
 # -- epilog ------------------------------------------------------------------------
@@ -429,7 +416,7 @@ def epilog_command(
 
     try:
         ctx = job_context(torque_args, os.environ)
-        options, policy = _options(c, default_min_age=0.0, extra={})
+        options, policy, _ = _options(c, default_min_age=0.0, extra={})
         sources = _sources(c)
     except (TetherError, ValueError) as err:
         harmless(err)
@@ -478,5 +465,5 @@ def epilog_command(
     if degraded is not None:
         click.echo(f"tether: epilog: {degraded}: only the ended job's own processes", err=True)
     if not outcome.complete:
-        sys.exit(EXIT_NOT_KILLED)
+        sys.exit(EXIT_INCOMPLETE)
     sys.exit(EXIT_BAD_INPUT if strict and degraded is not None else EXIT_OK)

@@ -43,8 +43,6 @@ def config_command(as_json: bool, keys: tuple[str, ...]) -> None:
     known = {s.key for s in SETTINGS}
     for key in keys:
         if key not in known:
-            # A TetherError, not tether.cli.fail(): under `python -m tether.cli`
-            # that module is __main__ and its CliError is not the one main() catches.
             raise UsageError(f"unknown setting {key!r} (see tether config)")
     if as_json:
         out = config.to_dict()

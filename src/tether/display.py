@@ -1,4 +1,5 @@
-"""Output for people at a terminal: colour, tree connectors, a progress line, tables.
+"""What the commands show: for people at a terminal, colour, tree connectors,
+a progress line and tables; piped, the plain ``tether ps`` tree.
 
 Plain ANSI escapes, no rich: rich costs ~30 ms of start-up, and this is drawn
 only when the stream is a terminal. Piped output keeps the plain columns that
@@ -143,6 +144,27 @@ def tree_lines(rows: Sequence[Row], paint: Paint, stream: TextIO, width: int) ->
 
     for top in sorted(kids.get(-1, [])):
         show(top, "", "", "")
+    return out
+
+
+def plain_tree_lines(rows: Sequence[Row]) -> list[str]:
+    """The members as plain, stable columns (``tether ps PID`` piped: scripts parse it)."""
+    by_pid = {r[0]: r for r in rows}
+    kids: dict[int, list[int]] = {}
+    for pid, ppid, *_ in rows:
+        kids.setdefault(ppid if ppid in by_pid else -1, []).append(pid)
+    out = [f"{'PID':>7} {'PPID':>7} S  {'FOUND BY':<22} COMMAND"]
+
+    def show(pid: int, depth: int) -> None:
+        _, ppid, state, found, cmd = by_pid[pid]
+        out.append(
+            f"{pid:>7} {ppid:>7} {state}  {','.join(found):<22} {'  ' * depth}{oneline(cmd, 100)}"
+        )
+        for child in sorted(kids.get(pid, [])):
+            show(child, depth + 1)
+
+    for top in sorted(kids.get(-1, [])):
+        show(top, 0)
     return out
 
 

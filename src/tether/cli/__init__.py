@@ -1,0 +1,191 @@
+"""The ``tether`` command: the group, its lazy command table, and ``main``.
+
+One module per command (``run``, ``kill``, ``ps``, ``reap``, ``cancel``,
+``config``, ``completion``, ``prune`` with ``epilog``), imported only when
+that command runs (or ``--help`` lists them), so ``tether run`` does not pay
+for the others at start-up. What they share (exit statuses, errors, ``--json``
+output, the policy options and the flags-over-config merge) is in
+:mod:`tether.cli._common`.
+
+Exit status of ``tether run`` follows coreutils ``timeout``: 124 timed out,
+125 tether itself failed (bad input, or members survived the policy), 126 the
+command is not executable, 127 not found, 128+N the leader was killed by
+signal N, else the leader's own status. The other commands: 0 done, 1 not all
+done (members survived...), 2 bad input. Each command's ``--help`` ends with
+its EXIT STATUS block (the man pages read it).
+
+On a terminal, ``ps`` draws a coloured tree, ``run`` and ``kill`` show a
+progress line on stderr and the report as a table (:mod:`tether.display`);
+piped, the output is the plain, stable columns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+import click
+
+from tether import logs
+from tether.cli._common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    CliError,
+)
+from tether.errors import TetherError, UsageError
+
+#: Every command, imported only when invoked (or listed by --help):
+#: name -> "module:attribute" of a click command.
+COMMANDS: dict[str, str] = {
+    "cancel": "tether.cli.cancel:cancel_command",
+    "completion": "tether.cli.completion:completion_command",
+    "config": "tether.cli.config:config_command",
+    "epilog": "tether.cli.prune:epilog_command",
+    "kill": "tether.cli.kill:kill",
+    "prune": "tether.cli.prune:prune_command",
+    "ps": "tether.cli.ps:ps",
+    "reap": "tether.cli.reap:reap",
+    "run": "tether.cli.run:run",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        import importlib
+
+        module_name, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+_GROUP_EPILOG = """\
+Logging: by default nothing is logged beyond each command's own messages.
+With any --log-* option (or TETHER_LOG_LEVEL, TETHER_LOG_FORMAT,
+TETHER_LOG_TARGET; the options win) tether logs its events: job started
+(trackers used and not), each step (signal, members), each member signalled
+(debug), survivors, the leader's exit. json: one object a line with ts,
+level, logger, msg and the event's fields (job_id, pid, signal...). auto:
+journald when systemd connected stderr to the journal (JOURNAL_STREAM), else
+stderr. syslog: /dev/log; journald: /run/systemd/journal/socket.
+
+Output: on a terminal, ps draws a tree in colour, run and kill show progress
+on stderr and the report as a table; NO_COLOR (non-empty) or TERM=dumb turns
+colour off. Piped, the output is the plain columns scripts parse.
+
+\b
+EXIT STATUS (of tether itself; each command's --help lists its own):
+  0  --help or --version was printed
+  2  unknown command, or a bad option before it (e.g. --log-level loud,
+     or a bad TETHER_LOG_* value); 125 instead when the command is run,
+     whose own failures are 125 (tether epilog only warns about a bad
+     TETHER_LOG_* value: a failing epilog drains a Slurm node)
+"""
+
+#: Options of the group (before the command) that take a value: main() skips
+#: them to tell which command runs.
+_GROUP_VALUE_OPTIONS = ("--log-level", "--log-format", "--log-target")
+
+
+@click.group(
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=_GROUP_EPILOG,
+)
+@click.version_option(package_name="tether", message="tether %(version)s")
+@click.option(
+    "--log-level",
+    type=click.Choice(list(logs.LEVELS), case_sensitive=False),
+    help="Log events at this level and above (default warning; env TETHER_LOG_LEVEL).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(list(logs.FORMATS), case_sensitive=False),
+    help="text, or json (one object a line; env TETHER_LOG_FORMAT). Default text.",
+)
+@click.option(
+    "--log-target",
+    type=click.Choice(list(logs.TARGETS), case_sensitive=False),
+    help="Where logs go (default auto: journald under systemd, else stderr; "
+    "env TETHER_LOG_TARGET).",
+)
+@click.pass_context
+def cli(
+    ctx: click.Context, log_level: str | None, log_format: str | None, log_target: str | None
+) -> None:
+    """Run jobs so that nothing they start can outlive them."""
+    try:
+        settings = logs.resolve(log_level, log_format, log_target, os.environ)
+    except UsageError as err:
+        # Only a variable can be bad here (click checked the options). A
+        # failing epilog drains a Slurm node: it warns and logs nothing.
+        if ctx.invoked_subcommand != "epilog":
+            raise
+        click.echo(f"tether: {err}; logging nothing", err=True)
+        return
+    logs.configure(settings, os.environ)
+
+
+def _command_name(args: Sequence[str]) -> str | None:
+    """The command ``args`` run, past the group's options (``--log-level debug run``)."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _GROUP_VALUE_OPTIONS:
+            i += 2
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            return arg
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point: one-line errors and documented exit codes, never a traceback."""
+    try:
+        _run_cli(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        # A log target that failed (no syslog socket) is said once, not per record.
+        problem = logs.failure()
+        if problem is not None:
+            with contextlib.suppress(Exception):
+                click.echo(f"tether: logging failed: {problem}", err=True)
+
+
+def _run_cli(args: list[str]) -> NoReturn:
+    is_run = _command_name(args) == "run"
+    bad_input = EXIT_FAILED if is_run else EXIT_BAD_INPUT
+    try:
+        cli.main(args, prog_name="tether", standalone_mode=False)
+    except click.UsageError as err:
+        click.echo(f"tether: {err.format_message()}", err=True)
+        sys.exit(bad_input)
+    except click.exceptions.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except CliError as err:
+        click.echo(f"tether: {err}", err=True)
+        sys.exit(err.code)
+    except TetherError as err:
+        code = err.exit_code if is_run else EXIT_BAD_INPUT
+        if isinstance(err, UsageError) and is_run:
+            code = EXIT_FAILED
+        click.echo(f"tether: {err}", err=True)
+        sys.exit(code)
+    except OSError as err:
+        click.echo(f"tether: {err.strerror or err}", err=True)
+        sys.exit(bad_input)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    sys.exit(0)

@@ -1,0 +1,186 @@
+"""What every command shares: exit statuses, errors, JSON output, terminal
+checks, and the flags-over-config merge with the policy options.
+
+Kept import-light: ``tether run`` imports this module on every start.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from tether.errors import UsageError
+
+if TYPE_CHECKING:
+    from typing import TextIO
+
+    from tether.config import EffectiveConfig
+    from tether.display import ProgressLine
+
+# -- exit statuses -----------------------------------------------------------------
+# Each command's --help ends with the EXIT STATUS block it documents (the man
+# pages read it); these are the numbers, once.
+
+#: Done (kill: the tree is gone; reap/prune/epilog: nothing left behind).
+EXIT_OK = 0
+#: Not all done: members survived the policy, a stray could not be killed, or
+#: a journal record was unusable (kill, ps, reap, prune, epilog, cancel).
+EXIT_INCOMPLETE = 1
+#: Bad input: bad option or value, no such process, bad configuration (every
+#: command but run, which says EXIT_FAILED, as coreutils timeout does).
+EXIT_BAD_INPUT = 2
+#: tether run: --timeout expired and the tree was terminated.
+EXIT_TIMEOUT = 124
+#: tether run: tether itself failed (bad input, or members survived the policy).
+#: 126 and 127 (command not executable, not found) come with the error
+#: (:attr:`tether.errors.TetherError.exit_code`), 128+N from the leader's signal.
+EXIT_FAILED = 125
+#: Interrupted before a command started (click's Abort: Ctrl-C at a prompt).
+EXIT_INTERRUPTED = 130
+
+
+class CliError(Exception):
+    """A command's failure: ``tether: MESSAGE`` on stderr, then exit ``code``."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int) -> NoReturn:
+    raise CliError(message, code)
+
+
+def write_json(target: str | None, text: str) -> None:
+    """The ``--json FILE`` option: write ``text`` to FILE, or stdout for ``-``."""
+    if target is None:
+        return
+    text += "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as err:
+        fail(f"cannot write {target}: {err.strerror}", EXIT_FAILED)
+
+
+# -- terminals ---------------------------------------------------------------------
+
+
+def isatty(stream: TextIO) -> bool:
+    # Not tether.display's: piped runs (CI, cron) need not import it at all.
+    try:
+        return stream.isatty()
+    except (ValueError, AttributeError):
+        return False
+
+
+def progress_line(quiet: bool) -> ProgressLine | None:
+    """A progress line for a termination, on stderr if it is a terminal (never piped)."""
+    if quiet or not isatty(sys.stderr):
+        return None
+    from tether.display import ProgressLine
+
+    return ProgressLine(sys.stderr)
+
+
+def parse_pid(text: str) -> int:
+    try:
+        pid = int(text, 10)
+    except ValueError:
+        raise UsageError(f"not a pid: {text!r}") from None
+    return pid
+
+
+# -- flags over configuration ------------------------------------------------------
+
+
+def configured(flags: Mapping[str, object], *, config_file: str | None = None) -> EffectiveConfig:
+    """The configuration files (tether.toml) with a command's flags on top.
+
+    Every command that reads the configuration comes through here, and so
+    through the one merge, :meth:`tether.config.EffectiveConfig.with_flags`.
+
+    Args:
+        flags: setting key -> flag value (None: not given), as ``with_flags`` takes them.
+        config_file: a file to read instead of ``TETHER_CONFIG`` (prune's ``--config``).
+    """
+    import os
+
+    from tether.config import CONFIG_ENV_VAR, load_config
+
+    env: Mapping[str, str] = os.environ
+    if config_file is not None:
+        if not os.path.exists(config_file):
+            raise UsageError(f"--config: {config_file}: no such file")
+        env = {**os.environ, CONFIG_ENV_VAR: config_file}
+    return load_config(env).with_flags(flags)
+
+
+_policy_options: list[Callable[[Any], Any]] = [
+    click.option("--policy", "policy_text", metavar="SEQ",
+                 help="Termination policy, e.g. TERM,10s,KILL or INT,2s,TERM,10s,KILL."),
+    click.option("-s", "--signal", "sig", metavar="SIG",
+                 help="First signal (as timeout -s); the policy is SIG,DURATION,KILL."),
+    click.option("-k", "--kill-after", metavar="DURATION",
+                 help="Grace after the first signal before KILL (as timeout -k). Default 10s."),
+    click.option("--leader-signal", metavar="SIG",
+                 help="Signal for the job's leader in the first step, if unlike the tree's."),
+    click.option("--tree-delay", metavar="DURATION",
+                 help="Wait this long after signalling the leader before the rest of the tree."),
+    click.option("--kill-script", metavar="CMD",
+                 help="Command run with TETHER_JOB_ID, TETHER_LEADER_PID and TETHER_MEMBER_PIDS "
+                      "before the signals."),
+    click.option("--kill-script-mode", type=click.Choice(["precede", "replace"]),
+                 help="Run the kill script before the signals, or instead of them "
+                      "(default: precede)."),
+    click.option("--json", "json_file", metavar="FILE",
+                 help="Write the termination report as JSON to FILE ('-' for stdout)."),
+]  # fmt: skip
+
+
+def with_policy_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the policy options of ``run`` and ``kill`` (and ``--json FILE``)."""
+    for option in reversed(_policy_options):
+        f = option(f)
+    return f
+
+
+def policy_flags(
+    policy_text: str | None,
+    sig: str | None,
+    kill_after: str | None,
+    leader_signal: str | None,
+    tree_delay: str | None,
+    kill_script: str | None,
+    kill_script_mode: str | None,
+) -> dict[str, object]:
+    """The policy options as settings, for :func:`configured`."""
+    from tether.config import Flag
+    from tether.policy import Policy, parse_duration, parse_signal
+
+    if policy_text is not None and (sig is not None or kill_after is not None):
+        raise UsageError("give either --policy or -s/-k, not both")
+    if kill_script is not None and not kill_script.strip():
+        raise UsageError("empty --kill-script")
+    policy: object = policy_text
+    if sig is not None or kill_after is not None:
+        # As coreutils timeout: -s SIG -k DURATION is the whole policy SIG,DURATION,KILL.
+        timeout_policy = Policy.from_timeout_flags(
+            parse_signal(sig) if sig is not None else None,
+            parse_duration(kill_after) if kill_after is not None else None,
+        )
+        policy = Flag(timeout_policy, "-s/-k")
+    return {
+        "termination.policy": policy,
+        "termination.leader_signal": leader_signal,
+        "termination.tree_delay": tree_delay,
+        "termination.kill_script": kill_script,
+        "termination.kill_script_mode": kill_script_mode,
+    }

@@ -1,0 +1,233 @@
+"""``tether ps``: the tree rooted at PID and how each member was found; without
+PID, the journal of live jobs and who is looking after each.
+
+The journal's JSON rows (:func:`job_dict`) are shared with ``tether reap``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from tether.cli._common import EXIT_INCOMPLETE, EXIT_OK, isatty, parse_pid
+
+if TYPE_CHECKING:
+    from tether.journal import JobRecord, JournalProblem
+    from tether.recovery import JobState
+
+_PS_EPILOG = """\
+On a terminal the tree is drawn with connectors, each member's state and the
+trackers that found it in colour (unless NO_COLOR or TERM=dumb); piped, the
+columns are plain and stable.
+
+\b
+EXIT STATUS:
+  0  listed
+  1  (without PID) a journal record was unusable (reported and skipped)
+  2  bad input: not a pid, pid 1 or below, tether itself or an ancestor,
+     no such process; or an unusable journal directory
+"""
+
+
+@click.command("ps", epilog=_PS_EPILOG)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a tree.")
+@click.argument("pid", type=str, required=False)
+def ps(pid: str | None, as_json: bool) -> None:
+    """Show the tree rooted at PID and how each member was found.
+
+    Without PID, list the jobs in the journal of live jobs and whether their
+    supervisor (and its watchdog) is still alive.
+    """
+    if pid is None:
+        sys.exit(list_jobs(as_json))
+    from tether.job import tree_membership
+    from tether.process import read_process
+
+    membership, root = tree_membership(parse_pid(pid))
+    try:
+        members = [m for m in membership.scan() if m.alive]
+        rows = []
+        for m in members:
+            info = read_process(m.pid)
+            if info is None or info.starttime != m.starttime:
+                continue
+            rows.append((m, info))
+    finally:
+        membership.close()
+    if as_json:
+        out = {
+            "schema": 1,
+            "root": root.pid,
+            "members": [
+                {
+                    "pid": m.pid,
+                    "ppid": info.ppid,
+                    "pgid": info.pgid,
+                    "sid": info.sid,
+                    "state": info.state,
+                    "start_time": m.start_time,
+                    "found_by": sorted(m.found_by),
+                    "cmdline": m.cmdline,
+                }
+                for m, info in rows
+            ],
+            "trackers": [{"name": t.name, "used": t.used, "reason": t.reason}
+                         for t in membership.trackers],
+        }  # fmt: skip
+        click.echo(json.dumps(out, indent=2))
+        return
+    tree = [(m.pid, info.ppid, info.state, sorted(m.found_by), m.cmdline) for m, info in rows]
+    if isatty(sys.stdout):
+        _draw_tree(tree, [str(t) for t in membership.trackers if t.used],
+                   [str(t) for t in membership.trackers if not t.used])  # fmt: skip
+        return
+    from tether.display import plain_tree_lines
+
+    for line in plain_tree_lines(tree):
+        click.echo(line)
+    for t in membership.trackers:
+        click.echo(f"# {t}")
+
+
+def _draw_tree(
+    rows: Sequence[tuple[int, int, str, list[str], str]], used: list[str], unused: list[str]
+) -> None:
+    from tether.display import DIM, Paint, colour_wanted, tree_lines, width_of
+
+    paint = Paint(colour_wanted(sys.stdout))
+    for line in tree_lines(rows, paint, sys.stdout, width_of(sys.stdout)):
+        click.echo(line)
+    for t in used:
+        click.echo(f"# {t}")
+    for t in unused:
+        click.echo(paint(f"# {t}", DIM))
+
+
+# -- the journal of live jobs (ps without PID; reap) ---------------------------------
+
+
+def _identity(identity: tuple[int, int] | None, alive: bool) -> dict[str, Any] | None:
+    if identity is None:
+        return None
+    return {"pid": identity[0], "start_ticks": identity[1], "alive": alive}
+
+
+def job_dict(record: JobRecord, state: JobState) -> dict[str, Any]:
+    """One journal job as JSON (``tether ps --json`` and ``tether reap --json``)."""
+    return {
+        "job_id": record.job_id,
+        "argv": list(record.argv),
+        "state": state.describe(),
+        "orphaned": state.orphaned,
+        "supervisor": _identity(record.supervisor, state.supervisor_alive),
+        "watchdog": _identity(record.watchdog, state.watchdog_alive),
+        "leader_pid": record.leader[0] if record.leader else None,
+        "cgroup": record.cgroup,
+        "policy": record.policy_text,
+        "started_at": record.started_at,
+        "recorded_members": len(record.members),
+        "restartable": record.restartable,
+        "record_state": record.state,
+    }
+
+
+def problem_dict(p: JournalProblem) -> dict[str, str]:
+    """An unusable journal record as JSON."""
+    return {"path": p.path, "message": p.message}
+
+
+def warn(p: JournalProblem) -> None:
+    """Say on stderr that a journal record was unusable (and skipped)."""
+    click.echo(f"tether: journal: {p}", err=True)
+
+
+def list_jobs(as_json: bool) -> int:
+    """``tether ps`` without a pid: every job in the journal and its state."""
+    from tether.journal import Journal, JournalProblem
+    from tether.recovery import job_state
+    from tether.report import oneline
+
+    journal = Journal.default()
+    jobs: list[tuple[JobRecord, JobState]] = []
+    problems: list[JournalProblem] = []
+    for entry in journal.entries():
+        if isinstance(entry, JournalProblem):
+            problems.append(entry)
+        else:
+            jobs.append((entry, job_state(entry)))
+    journal.close()
+    if as_json:
+        out = {
+            "schema": 1,
+            "journal": journal.directory,
+            "jobs": [job_dict(r, s) for r, s in jobs],
+            "problems": [problem_dict(p) for p in problems],
+        }
+        click.echo(json.dumps(out, indent=2))
+        return EXIT_INCOMPLETE if problems else EXIT_OK
+    for p in problems:
+        warn(p)
+    if not jobs:
+        click.echo(f"no jobs in the journal ({journal.directory})")
+        return EXIT_INCOMPLETE if problems else EXIT_OK
+    if sys.stdout.isatty():
+        _draw_jobs(jobs)
+        return EXIT_INCOMPLETE if problems else EXIT_OK
+    click.echo(
+        f"{'JOB':<24} {'SUPERVISOR':>10} {'LEADER':>7} {'STARTED':<19} {'STATE':<38} COMMAND"
+    )
+    for record, state in jobs:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started_at))
+        what = state.describe() + (", restartable" if record.restartable else "")
+        leader = str(record.leader[0]) if record.leader else "-"
+        click.echo(
+            f"{record.job_id:<24} {record.supervisor[0]:>10} {leader:>7} {started:<19} "
+            f"{what:<38} {oneline(' '.join(record.argv), 60)}"
+        )
+    return EXIT_INCOMPLETE if problems else EXIT_OK
+
+
+def _state_colour(state: JobState) -> str | None:
+    from tether import display as d
+
+    if not state.same_boot:
+        return d.DIM
+    if state.given_up:
+        return f"{d.BOLD};{d.RED}"
+    if state.supervisor_alive:
+        return d.GREEN
+    return d.YELLOW if state.watchdog_alive else f"{d.BOLD};{d.RED}"
+
+
+def _draw_jobs(jobs: list[tuple[JobRecord, JobState]]) -> None:
+    """The journal listing for a terminal: state in colour, the trackers each job uses."""
+    from tether import display as d
+    from tether.report import oneline
+
+    paint = d.Paint(d.colour_wanted(sys.stdout))
+    width = d.width_of(sys.stdout)
+    rows = []
+    for record, state in jobs:
+        what = state.describe() + (", restartable" if record.restartable else "")
+        rows.append((record, state, what, list(record.trackers)))
+    state_width = max(len("STATE"), *(len(r[2]) for r in rows))
+    found_width = max(len("TRACKERS"), *(len(",".join(r[3])) for r in rows))
+    head = (
+        f"{'JOB':<24} {'SUPERVISOR':>10} {'LEADER':>7} {'STARTED':<19} "
+        f"{'STATE':<{state_width}} {'TRACKERS':<{found_width}} COMMAND"
+    )
+    click.echo(paint(head, d.BOLD))
+    room = max(20, width - (24 + 1 + 10 + 1 + 7 + 1 + 19 + 1 + state_width + 1 + found_width + 1))
+    for record, state, what, trackers in rows:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started_at))
+        leader = str(record.leader[0]) if record.leader else "-"
+        click.echo(
+            f"{paint.pad(record.job_id, d.BOLD, 24)} {record.supervisor[0]:>10} {leader:>7} "
+            f"{started:<19} {paint.pad(what, _state_colour(state), state_width)} "
+            f"{paint.trackers(trackers, found_width)} {oneline(' '.join(record.argv), room)}"
+        )

@@ -1,0 +1,75 @@
+"""Layering of the command line: tether.cli sits on top, nothing below imports it.
+
+remote/ is click-free (no import cycle between tether.cli and tether.remote),
+each command's module is imported only when that command runs, and a local
+``tether run`` imports nothing of remote/. Every check runs in a fresh
+interpreter: this process has imported everything already.
+"""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import tether.remote
+from tether.cli import COMMANDS
+
+
+def imported_after(code: str) -> set[str]:
+    """The modules ``code`` leaves in sys.modules, run in a fresh interpreter."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+REMOTE_MODULES = sorted(
+    m.name for m in pkgutil.walk_packages(tether.remote.__path__, "tether.remote.")
+)
+
+
+def test_remote_modules_are_found() -> None:
+    assert {"tether.remote.client", "tether.remote.fanout", "tether.remote.agent"} <= set(
+        REMOTE_MODULES
+    )
+
+
+def test_no_remote_module_imports_click_or_the_cli() -> None:
+    loaded = imported_after("\n".join(f"import {m}" for m in REMOTE_MODULES))
+    assert set(REMOTE_MODULES) <= loaded
+    assert "click" not in loaded
+    assert not {m for m in loaded if m == "tether.cli" or m.startswith("tether.cli.")}
+
+
+@pytest.mark.parametrize("module", ["tether", "tether.job", "tether.config", "tether.caller"])
+def test_the_library_does_not_import_the_cli(module: str) -> None:
+    loaded = imported_after(f"import {module}")
+    assert "tether.cli" not in loaded
+    assert "click" not in loaded
+
+
+def test_commands_are_imported_only_when_run() -> None:
+    loaded = imported_after("import tether.cli")
+    command_modules = {target.partition(":")[0] for target in COMMANDS.values()}
+    assert not command_modules & loaded
+    assert "tether.remote" not in loaded
+
+
+def test_a_local_run_imports_no_other_command_and_nothing_remote() -> None:
+    loaded = imported_after(
+        "import contextlib\n"
+        "from tether.cli import main\n"
+        "with contextlib.suppress(SystemExit):\n"
+        "    main(['run', '--', 'true'])\n"
+    )
+    assert "tether.cli.run" in loaded
+    others = {target.partition(":")[0] for target in COMMANDS.values()} - {"tether.cli.run"}
+    assert not others & loaded
+    assert not {m for m in loaded if m == "tether.remote" or m.startswith("tether.remote.")}
+    assert "tether.display" not in loaded  # piped: no colour, no tables
