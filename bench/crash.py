@@ -6,7 +6,7 @@
    same run: `timeout` SIGKILLed the same way (its tree is left running: the
    figure is how many are still alive after the bound), and tether's own
    cancel (SIGTERM to a live supervisor) as the reference.
-2. The journal's cost per job start: `Job(["true"])` started, waited and
+2. The journal's cost per job start: `Job(JobSpec(argv=("true",)))` started, waited and
    finished in-process with the journal and watchdog on, journal only, and
    neither (interleaved, median). Target: at most 2 ms added.
 
@@ -82,6 +82,7 @@ def one_crash(argv_prefix: list[str], n: int, how: str) -> tuple[float | None, i
 
 def journal_cost(starts: int, where: str | None) -> dict[str, float]:
     from tether.job import Job
+    from tether.spec import JobSpec
 
     modes = {
         "no journal, no watchdog": {"journal": False, "watchdog": False},
@@ -94,7 +95,7 @@ def journal_cost(starts: int, where: str | None) -> dict[str, float]:
         for _ in range(starts):
             for name, options in modes.items():
                 t0 = time.perf_counter()
-                job = Job(["true"], trackers="session,walk", **options)  # type: ignore[arg-type]
+                job = Job(JobSpec(argv=("true",), trackers="session,walk"), **options)  # type: ignore[arg-type]
                 job.wait()
                 job.cancel()
                 times[name].append(time.perf_counter() - t0)

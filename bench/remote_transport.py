@@ -185,11 +185,12 @@ class Recorder:
 
 
 def openssh_worker(config: str, n: int, job: str, rec: Recorder, options: list[str]) -> None:
-    from tether.remote.client import HostRun, OutputSink, RunSpec, SshOptions
+    from tether.remote.client import HostRun, OutputSink, SshOptions
     from tether.remote.hostlist import Target
+    from tether.spec import JobSpec
 
     package_zip()  # both workers start with the zip built
-    spec = RunSpec(JOBS[job], Policy.parse(POLICY))
+    spec = JobSpec(argv=JOBS[job], policy=Policy.parse(POLICY))
     ssh = SshOptions(options=tuple(options), config_file=config)
     devnull = open(os.devnull, "wb")  # noqa: SIM115
     sink = OutputSink(True, stdout=devnull, stderr=devnull)

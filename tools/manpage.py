@@ -89,6 +89,10 @@ ENVIRONMENT: tuple[tuple[tuple[str, ...], str], ...] = (
     (("TETHER_JOURNALD_SOCKET",),
      "The journald socket log records are sent to (default "
      "/run/systemd/journal/socket)."),
+    (("TETHER_PROCESS_BACKEND",),
+     "linux or psutil: the process-table backend, chosen once at start-up (default: "
+     "linux on Linux, psutil elsewhere). psutil has no cgroups, subreaper or pidfds; "
+     "every report says which trackers it could use."),
     (("NO_COLOR",),
      "Non-empty: no colour in tether's output (https://no-color.org); TERM=dumb does "
      "the same. Colour is only ever used on a terminal."),

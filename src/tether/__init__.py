@@ -32,9 +32,10 @@ from tether.errors import (
 )
 
 if TYPE_CHECKING:
-    from tether.job import CompletedJob, Job, kill_tree, run, start
+    from tether.job import CompletedJob, Job, kill_gid, kill_tree, run, start
     from tether.policy import KillScript, Policy, Step, parse_duration, parse_signal
     from tether.report import MemberRecord, Report, StepRecord, Survivor
+    from tether.spec import JobSpec
     from tether.tracking.base import TrackerStatus
 
 # The engine is imported on first use (PEP 562): `import tether` stays cheap
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "CompletedJob": "tether.job",
     "Job": "tether.job",
+    "kill_gid": "tether.job",
     "kill_tree": "tether.job",
     "run": "tether.job",
     "start": "tether.job",
@@ -55,6 +57,7 @@ _LAZY = {
     "StepRecord": "tether.report",
     "Survivor": "tether.report",
     "TrackerStatus": "tether.tracking.base",
+    "JobSpec": "tether.spec",
 }
 
 
@@ -80,6 +83,7 @@ __all__ = [
     "CommandNotFoundError",
     "CompletedJob",
     "Job",
+    "JobSpec",
     "JournalError",
     "KillScript",
     "MemberRecord",
@@ -96,6 +100,7 @@ __all__ = [
     "UnsafeTargetError",
     "UsageError",
     "__version__",
+    "kill_gid",
     "kill_tree",
     "parse_duration",
     "parse_signal",

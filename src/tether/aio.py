@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Unpack
 
-from tether.job import CompletedJob, Job
+from tether.job import CompletedJob, Job, JobOptions
 from tether.job import run as _run
+from tether.job import start as _start
 from tether.process import ProcessInfo
 from tether.report import Report
+from tether.spec import Arg
 
 
 class AsyncJob:
@@ -56,11 +58,13 @@ class AsyncJob:
             await self.cancel(why)
 
 
-async def start(argv: Sequence[str], **options: Any) -> AsyncJob:
+async def start(argv: Sequence[Arg], **options: Unpack[JobOptions]) -> AsyncJob:
     """Start ``argv`` on a tether (options as :func:`tether.start`)."""
-    return AsyncJob(await asyncio.to_thread(Job, argv, **options))
+    return AsyncJob(await asyncio.to_thread(lambda: _start(argv, **options)))
 
 
-async def run(argv: Sequence[str], **options: Any) -> CompletedJob:
+async def run(
+    argv: Sequence[Arg], *, timeout: float | None = None, **options: Unpack[JobOptions]
+) -> CompletedJob:
     """:func:`tether.run` without blocking the event loop."""
-    return await asyncio.to_thread(_run, argv, **options)
+    return await asyncio.to_thread(lambda: _run(argv, timeout=timeout, **options))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import select
 import shutil
 import signal
@@ -15,31 +14,38 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, TypedDict, Unpack
 
 from tether import logs
 from tether.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
     JournalError,
-    NoSuchProcessError,
-    UnsafeTargetError,
     UsageError,
 )
+from tether.identity import Identity
 from tether.journal import JobRecord, Journal, new_record
-from tether.linux import procfs
 from tether.membership import Membership
 from tether.policy import Policy
-from tether.process import ProcessHandle, ProcessInfo, ancestors, read_environ, read_process
+from tether.process import ProcessHandle, ProcessInfo, read_process
 from tether.report import Report, oneline
+from tether.spec import Arg, JobSpec, Leftovers, command_args
 from tether.terminate import Member, Progress, terminate
-from tether.tracking.base import Tracker, TrackerStatus
-from tether.tracking.cgroup import CgroupTracker
-from tether.tracking.cookie import COOKIE_VAR, CookieTracker, new_cookie
-from tether.tracking.select import parse_tracker_names, select_trackers
-from tether.tracking.session import SessionTracker
-from tether.tracking.subreaper import SubreaperTracker
+from tether.tracking.base import TrackerStatus
+from tether.tracking.cookie import COOKIE_VAR, new_cookie
+from tether.tracking.select import select_trackers
 from tether.watchdog import WATCHDOG_DONE
+
+__all__ = [
+    "CompletedJob",
+    "Job",
+    "JobOptions",
+    "kill_gid",
+    "kill_tree",
+    "resolve_command",
+    "run",
+    "start",
+]
 
 # The leader writes itself into the job cgroup *before* exec, so the job's
 # first instruction already runs inside it: no fork can precede containment.
@@ -98,15 +104,6 @@ def _reap_released_watchdogs() -> None:
             _released_watchdogs.discard(pid)
 
 
-def _raise_fd_limit() -> None:
-    # Every member holds a pidfd while it is tracked: a 1000-process tree
-    # needs more than the common soft limit of 1024 descriptors.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def resolve_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
     """The executable argv[0] names, or CommandNotFound / CommandNotExecutable."""
     if not argv:
@@ -147,6 +144,38 @@ class CompletedJob:
     report: Report
 
 
+class JobOptions(TypedDict, total=False):
+    """Keyword arguments of :func:`start` and :func:`run`: what the
+    :class:`~tether.spec.JobSpec` holds, then how the job is supervised."""
+
+    policy: Policy | str | None
+    trackers: str | Sequence[str] | None
+    env: Mapping[str, str] | None
+    cwd: str | os.PathLike[str] | None
+    restartable: bool
+    tag_gid: int | None
+    leftovers: Leftovers
+    stdin: _Stream
+    stdout: _Stream
+    stderr: _Stream
+    dedicated_supervisor: bool
+    journal: Journal | bool
+    watchdog: bool
+
+
+_SUPERVISION = ("stdin", "stdout", "stderr", "dedicated_supervisor", "journal", "watchdog")
+
+
+def _split_options(
+    argv: Sequence[Arg], timeout: float | None, options: Mapping[str, Any]
+) -> tuple[JobSpec, dict[str, Any]]:
+    """(the spec, the supervision options) from :class:`JobOptions`."""
+    supervision = {k: v for k, v in options.items() if k in _SUPERVISION}
+    described = {k: v for k, v in options.items() if k not in _SUPERVISION and v is not None}
+    spec = JobSpec(argv=command_args(argv), timeout=timeout, **described)
+    return spec, supervision
+
+
 class Job:
     """A running job. Create with :func:`start`; use as a context manager.
 
@@ -156,12 +185,8 @@ class Job:
 
     def __init__(
         self,
-        argv: Sequence[str],
+        spec: JobSpec,
         *,
-        policy: Policy | str | None = None,
-        trackers: str | Sequence[str] | None = "auto",
-        env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None,
         stdin: _Stream = None,
         stdout: _Stream = None,
         stderr: _Stream = None,
@@ -169,22 +194,28 @@ class Job:
         wake_fd: int | None = None,
         journal: Journal | bool = True,
         watchdog: bool = True,
-        restartable: bool = False,
-        tag_gid: int | None = None,
     ) -> None:
-        self.argv = tuple(argv)
-        if tag_gid is not None and (tag_gid < 0 or os.geteuid() != 0):
-            raise UsageError(
-                f"not a group id: {tag_gid}"
-                if tag_gid < 0
-                else "tagging a job with a group (--tag-gid) needs root (CAP_SETGID)"
-            )
-        self.tag_gid = tag_gid
-        if isinstance(policy, str):
-            policy = Policy.parse(policy)
-        self.policy = policy if policy is not None else Policy.default()
-        wanted = parse_tracker_names(trackers)
-        base_env = dict(env if env is not None else os.environ)
+        """Start ``spec``'s command.
+
+        Args:
+            spec: what to run and how to contain it.
+            stdin, stdout, stderr: as :class:`subprocess.Popen`'s.
+            dedicated_supervisor: this process runs nothing but this job, so
+                it may be the job's subreaper and reap every child it gets.
+            wake_fd: a fd whose readability interrupts the job's waits (the
+                CLI's signal pipe).
+            journal: record the job in the journal of live jobs (a
+                :class:`Journal`, or True for the default one).
+            watchdog: start a watchdog that terminates the job if this
+                process dies.
+        """
+        self.spec = spec
+        self.argv = spec.argv
+        self.policy = spec.policy
+        self.tag_gid = spec.tag_gid
+        if spec.tag_gid is not None and os.geteuid() != 0:
+            raise UsageError("tagging a job with a group (--tag-gid) needs root (CAP_SETGID)")
+        base_env = dict(spec.env if spec.env is not None else os.environ)
         resolve_command(self.argv, base_env)
         self.id = new_cookie()
         self._report: Report | None = None
@@ -196,16 +227,13 @@ class Job:
                 if _dedicated_jobs:
                     raise UsageError("only one job at a time may use a dedicated supervisor")
                 _dedicated_jobs.add(self.id)
-        _raise_fd_limit()
         try:
-            sel = select_trackers(wanted, self.id, dedicated=dedicated_supervisor)
+            sel = select_trackers(
+                spec.trackers, self.id, dedicated=dedicated_supervisor, tag_gid=spec.tag_gid
+            )
         except BaseException:
             _dedicated_jobs.discard(self.id)
             raise
-        if tag_gid is not None:
-            sel.statuses.append(
-                TrackerStatus("gid", True, f"supplementary group {tag_gid} on every process")
-            )
         self._selection = sel
         self._journal: Journal | None = None
         self._record: JobRecord | None = None
@@ -214,7 +242,7 @@ class Job:
         if journal is not False:
             self._journal = journal if isinstance(journal, Journal) else Journal.default()
             try:
-                self._start_journal(restartable, watchdog)
+                self._start_journal(spec.restartable, watchdog)
             except BaseException:
                 self._cleanup_failed_start()
                 raise
@@ -226,7 +254,7 @@ class Job:
             self._popen = subprocess.Popen(
                 exec_argv,
                 env=base_env,
-                cwd=cwd,
+                cwd=spec.cwd,
                 stdin=stdin,
                 stdout=stdout,
                 stderr=stderr,
@@ -234,7 +262,7 @@ class Job:
                 close_fds=True,
                 # The tag survives setsid, double forks and env -i; only
                 # CAP_SETGID can drop it (SGE's ENABLE_ADDGRP_KILL).
-                extra_groups=None if tag_gid is None else [*os.getgroups(), tag_gid],
+                extra_groups=None if spec.tag_gid is None else [*os.getgroups(), spec.tag_gid],
             )
         except FileNotFoundError:
             self._cleanup_failed_start()
@@ -250,7 +278,7 @@ class Job:
         handle = ProcessHandle.open(self.pid)
         assert handle is not None
         self._leader = handle
-        leader = (self.pid, handle.starttime)
+        leader = Identity(self.pid, handle.starttime)
         if self._record is not None:
             self._record = replace(
                 self._record,
@@ -261,30 +289,10 @@ class Job:
                 members=(leader,),
             )
             self._write_record()
-        chosen: list[Tracker] = []
-        if sel.cgroup is not None:
-            chosen.append(CgroupTracker(sel.cgroup))
-        if sel.subreaper:
-            chosen.append(SubreaperTracker(os.getpid()))
-        if "session" in wanted:
-            chosen.append(SessionTracker(self.pid, handle.starttime, self.pid, self.pid))
-        if sel.used("cookie"):
-            chosen.append(CookieTracker(self.id, not_before=handle.starttime))
-        if tag_gid is not None:
-            from tether.prune.groups import GidTracker
-
-            chosen.append(GidTracker(tag_gid))
-        self._membership = Membership(
-            chosen,
-            sel.statuses,
-            not_before=handle.starttime,
-            leader=leader,
-            cgroup=sel.cgroup,
-            walk_roots=[leader] if "walk" in wanted else [],
-            cookie=self.id,
+        self._membership = Membership.for_job(
+            sel,
+            leader,
             job_id=self.id,
-            caveats=sel.caveats(),
-            reap_all_children=sel.subreaper,
             reap_leader=self._reap_leader,
             wake_fd=wake_fd,
             on_new_members=self._record_members if self._record is not None else None,
@@ -306,14 +314,16 @@ class Job:
     def _start_journal(self, restartable: bool, watchdog: bool) -> None:
         """Record the job before its first process runs; start its watchdog."""
         assert self._journal is not None
-        me = procfs.own_starttime()
+        me_info = read_process(os.getpid())
+        assert me_info is not None  # this very process
+        me = me_info.starttime
         sel = self._selection
         self._record = new_record(
             job_id=self.id,
             cookie=self.id,
             argv=self.argv,
-            policy=self.policy.to_dict(),
-            supervisor=(os.getpid(), me),
+            policy=self.policy,
+            supervisor=Identity(os.getpid(), me),
             not_before=me,
             cgroup=sel.cgroup.path if sel.cgroup is not None else None,
             trackers=tuple(s.name for s in sel.statuses if s.used),
@@ -337,7 +347,7 @@ class Job:
         self._watchdog_pipe = wfd
         started = ProcessHandle.open(pid)
         if started is not None:
-            self._record = replace(self._record, watchdog=(started.pid, started.starttime))
+            self._record = replace(self._record, watchdog=Identity(started.pid, started.starttime))
             started.close()
 
     def _write_record(self) -> None:
@@ -347,7 +357,7 @@ class Job:
     def _record_members(self, new: Sequence[Member]) -> None:
         if self._record is None:
             return
-        self._record = self._record.with_members({(m.pid, m.starttime) for m in new})
+        self._record = self._record.with_members({Identity(m.pid, m.starttime) for m in new})
         with contextlib.suppress(JournalError):
             self._write_record()
 
@@ -397,6 +407,11 @@ class Job:
             logs.log(_LOG, logs.INFO, f"job {self.id}: leader pid {self.pid} {how}",
                      job_id=self.id, pid=self.pid, returncode=rc)  # fmt: skip
         return rc
+
+    @property
+    def leader_fileno(self) -> int:
+        """The leader's pidfd (readable once it exits), or -1 without pidfds."""
+        return self._leader.fileno
 
     @property
     def trackers(self) -> tuple[TrackerStatus, ...]:
@@ -533,99 +548,34 @@ class Job:
             self.cancel(reason)
 
 
-def start(argv: Sequence[str], **options: Any) -> Job:
-    """Start ``argv`` on a tether. See :class:`Job` for the keyword options."""
-    return Job(argv, **options)
+def start(argv: Sequence[Arg], **options: Unpack[JobOptions]) -> Job:
+    """Start ``argv`` on a tether; see :class:`JobOptions` and :class:`Job`."""
+    spec, supervision = _split_options(argv, None, options)
+    return Job(spec, **supervision)
 
 
 def run(
-    argv: Sequence[str],
-    *,
-    timeout: float | None = None,
-    policy: Policy | str | None = None,
-    **options: Any,
+    argv: Sequence[Arg], *, timeout: float | None = None, **options: Unpack[JobOptions]
 ) -> CompletedJob:
     """Run ``argv`` to completion, then terminate anything it left behind.
 
     If ``timeout`` (seconds) passes first, the whole tree is terminated with
-    the policy and ``timed_out`` is True.
+    the policy and ``timed_out`` is True. With ``leftovers="wait"``, members
+    left when the leader exits are waited for (until the timeout) instead.
     """
-    with start(argv, policy=policy, **options) as job:
+    spec, supervision = _split_options(argv, timeout, options)
+    with Job(spec, **supervision) as job:
+        deadline = None if timeout is None else time.monotonic() + timeout
         rc = job.wait(timeout)
         timed_out = rc is None
+        if not timed_out and spec.leftovers == "wait":
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            timed_out = not job.wait_tree(left) and left is not None
         report = job.cancel("timeout" if timed_out else "leftovers after the leader exited")
         final = job.returncode
     return CompletedJob(
-        tuple(argv), final if final is not None else -signal.SIGKILL, timed_out, report
+        spec.argv, final if final is not None else -signal.SIGKILL, timed_out, report
     )
-
-
-def check_target(pid: int) -> ProcessInfo:
-    """The process ``pid`` if tether may terminate its tree, else a UsageError."""
-    if pid <= 1:
-        raise UnsafeTargetError(pid, "pid 1 and below are never signalled")
-    me = os.getpid()
-    if pid == me:
-        raise UnsafeTargetError(pid, "that is tether itself")
-    if pid in ancestors(me):
-        raise UnsafeTargetError(pid, "that is an ancestor of tether")
-    info = read_process(pid, ("cmdline",))
-    if info is None:
-        raise NoSuchProcessError(pid)
-    if info.kernel_thread:
-        raise UnsafeTargetError(pid, "that is a kernel thread")
-    return info
-
-
-def tree_membership(pid: int) -> tuple[Membership, ProcessInfo]:
-    """Membership of the tree rooted at a process tether did not start."""
-    info = check_target(pid)
-    me = read_process(os.getpid())
-    assert me is not None
-    statuses: list[TrackerStatus] = [
-        TrackerStatus("cgroup", False, f"pid {pid} was not started by tether in a cgroup"),
-        TrackerStatus("subreaper", False, f"pid {pid} is not a child of tether"),
-    ]
-    trackers: list[Tracker] = []
-    sid = info.sid if info.sid == pid and info.sid != me.sid else 0
-    pgid = info.pgid if info.pgid == pid and info.pgid != me.pgid else 0
-    if sid or pgid:
-        trackers.append(SessionTracker(pid, info.starttime, sid, pgid))
-        what = " and ".join(
-            w for w, on in ((f"session {sid}", sid), (f"process group {pgid}", pgid)) if on
-        )
-        statuses.append(TrackerStatus("session", True, f"pid {pid} leads {what}"))
-    else:
-        statuses.append(
-            TrackerStatus("session", False, f"pid {pid} leads no session or group of its own")
-        )
-    env = read_environ(pid, info.starttime)
-    cookie = None
-    if env is not None:
-        for entry in env.split(b"\0"):
-            if entry.startswith(COOKIE_VAR.encode() + b"="):
-                cookie = entry.split(b"=", 1)[1].decode(errors="replace")
-    if cookie:
-        trackers.append(CookieTracker(cookie, not_before=info.starttime))
-        statuses.append(TrackerStatus("cookie", True, f"pid {pid} carries {COOKIE_VAR}={cookie}"))
-    else:
-        why = "environment unreadable" if env is None else f"no {COOKIE_VAR} in its environment"
-        statuses.append(TrackerStatus("cookie", False, f"pid {pid}: {why}"))
-    statuses.append(TrackerStatus("walk", True, f"descendants of pid {pid}"))
-    membership = Membership(
-        trackers,
-        statuses,
-        not_before=info.starttime,
-        leader=info.identity,
-        walk_roots=[info.identity],
-        job_id=f"pid-{pid}",
-        caveats=[
-            "a tree tether did not start has no cgroup or subreaper: descendants that were "
-            "re-parented to init before this call, left the session and carry no cookie "
-            "cannot be found",
-        ],
-    )
-    return membership, info
 
 
 def kill_tree(
@@ -640,7 +590,7 @@ def kill_tree(
     """
     if isinstance(policy, str):
         policy = Policy.parse(policy)
-    membership, _info = tree_membership(pid)
+    membership, _info = Membership.for_tree(pid)
     try:
         return terminate(
             membership,
@@ -648,6 +598,22 @@ def kill_tree(
             job_id=f"pid-{pid}",
             reason=f"kill_tree({pid})",
             on_progress=on_progress,
+        )
+    finally:
+        membership.close()
+
+
+def kill_gid(gid: int, *, policy: Policy | str | None = None) -> Report:
+    """Terminate every process carrying supplementary group ``gid`` (see ``tag_gid``)."""
+    if isinstance(policy, str):
+        policy = Policy.parse(policy)
+    membership = Membership.for_gid(gid)
+    try:
+        return terminate(
+            membership,
+            policy if policy is not None else Policy.default(),
+            job_id=f"gid-{gid}",
+            reason=f"tether kill --gid {gid}",
         )
     finally:
         membership.close()

@@ -32,7 +32,6 @@ from tether.policy import Policy
 SCHEMA = 1
 RUNTIME_DIR_VAR = "TETHER_RUNTIME_DIR"
 _SUFFIX = ".json"
-_BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
 def journal_dir(env: Mapping[str, str] | None = None) -> str:
@@ -52,11 +51,9 @@ def journal_dir(env: Mapping[str, str] | None = None) -> str:
 
 def boot_id() -> str:
     """This boot's id: identities in a record of another boot mean nothing."""
-    try:
-        with open(_BOOT_ID, encoding="ascii") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
+    from tether import _platform
+
+    return _platform.boot_id()
 
 
 @dataclass(frozen=True)

@@ -8,19 +8,25 @@ cgroup ``populated 0`` and every member's pidfd readable.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import resource
 import select
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from tether.linux.cgroupfs import JobCgroup
+from tether._platform.linux.cgroupfs import JobCgroup
+from tether.errors import NoSuchProcessError, UnsafeTargetError, UsageError
+from tether.identity import Identity
 from tether.process import (
     Delivery,
     ProcessHandle,
     ProcessInfo,
     ancestors,
+    read_environ,
     read_process,
     snapshot,
     starttime_to_epoch,
@@ -28,8 +34,14 @@ from tether.process import (
 from tether.report import Survivor
 from tether.terminate import Member
 from tether.tracking.base import Table, Tracker, TrackerStatus
-from tether.tracking.cookie import COOKIE_VAR
+from tether.tracking.cgroup import CgroupTracker
+from tether.tracking.cookie import COOKIE_VAR, CookieTracker
+from tether.tracking.select import Selection
+from tether.tracking.session import SessionTracker
 from tether.tracking.walk import WalkTracker
+
+if TYPE_CHECKING:
+    from tether.journal import JobRecord
 
 #: Rounds of the SIGSTOP sweep before giving up on a tree that keeps growing.
 STOP_SWEEP_ROUNDS = 30
@@ -54,8 +66,11 @@ class Membership:
         reap_leader: Callable[[], None] | None = None,
         wake_fd: int | None = None,
         on_new_members: Callable[[Sequence[Member]], None] | None = None,
+        admit: Callable[[ProcessInfo], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        _raise_fd_limit()
+        self._admit = admit
         self._trackers = list(trackers)
         self._walk = WalkTracker(walk_roots)
         self._statuses = tuple(statuses)
@@ -81,6 +96,207 @@ class Membership:
         self._stopped: list[Member] = []
         self._frozen = False
 
+    # -- constructors: every Membership is built by one of these -----------
+
+    @classmethod
+    def for_job(
+        cls,
+        selection: Selection,
+        leader: Identity,
+        *,
+        job_id: str,
+        reap_leader: Callable[[], None] | None = None,
+        wake_fd: int | None = None,
+        on_new_members: Callable[[Sequence[Member]], None] | None = None,
+    ) -> Membership:
+        """A job tether started: the trackers ``selection`` chose, from ``leader`` on."""
+        return cls(
+            selection.trackers(leader, cookie=job_id),
+            selection.statuses,
+            not_before=leader.starttime,
+            leader=leader,
+            cgroup=selection.cgroup,
+            walk_roots=[leader] if "walk" in selection.wanted else [],
+            cookie=job_id,
+            job_id=job_id,
+            caveats=selection.caveats(),
+            reap_all_children=selection.subreaper,
+            reap_leader=reap_leader,
+            wake_fd=wake_fd,
+            on_new_members=on_new_members,
+        )
+
+    @classmethod
+    def for_tree(cls, pid: int) -> tuple[Membership, ProcessInfo]:
+        """The tree rooted at ``pid``, a process tether did not start (best effort).
+
+        Raises:
+            UnsafeTargetError: pid <= 1, tether itself, an ancestor, a kernel thread.
+            NoSuchProcessError: no such process.
+        """
+        info = check_target(pid)
+        me = read_process(os.getpid())
+        assert me is not None
+        statuses: list[TrackerStatus] = [
+            TrackerStatus("cgroup", False, f"pid {pid} was not started by tether in a cgroup"),
+            TrackerStatus("subreaper", False, f"pid {pid} is not a child of tether"),
+        ]
+        trackers: list[Tracker] = []
+        sid = info.sid if info.sid == pid and info.sid != me.sid else 0
+        pgid = info.pgid if info.pgid == pid and info.pgid != me.pgid else 0
+        if sid or pgid:
+            trackers.append(SessionTracker(pid, info.starttime, sid, pgid))
+            what = " and ".join(
+                w for w, on in ((f"session {sid}", sid), (f"process group {pgid}", pgid)) if on
+            )
+            statuses.append(TrackerStatus("session", True, f"pid {pid} leads {what}"))
+        else:
+            statuses.append(
+                TrackerStatus("session", False, f"pid {pid} leads no session or group of its own")
+            )
+        env = read_environ(pid, info.starttime)
+        cookie = None
+        if env is not None:
+            for entry in env.split(b"\0"):
+                if entry.startswith(COOKIE_VAR.encode() + b"="):
+                    cookie = entry.split(b"=", 1)[1].decode(errors="replace")
+        if cookie:
+            trackers.append(CookieTracker(cookie, not_before=info.starttime))
+            statuses.append(
+                TrackerStatus("cookie", True, f"pid {pid} carries {COOKIE_VAR}={cookie}")
+            )
+        else:
+            why = "environment unreadable" if env is None else f"no {COOKIE_VAR} in its environment"
+            statuses.append(TrackerStatus("cookie", False, f"pid {pid}: {why}"))
+        statuses.append(TrackerStatus("walk", True, f"descendants of pid {pid}"))
+        membership = cls(
+            trackers,
+            statuses,
+            not_before=info.starttime,
+            leader=info.identity,
+            walk_roots=[info.identity],
+            job_id=f"pid-{pid}",
+            caveats=[
+                "a tree tether did not start has no cgroup or subreaper: descendants that were "
+                "re-parented to init before this call, left the session and carry no cookie "
+                "cannot be found",
+            ],
+        )
+        return membership, info
+
+    @classmethod
+    def for_identities(
+        cls,
+        identities: Sequence[Identity],
+        *,
+        name: str,
+        why: str,
+        job_id: str,
+        admit: Callable[[ProcessInfo], bool],
+        caveats: Sequence[str] = (),
+    ) -> Membership:
+        """Exactly these processes (and what they fork while being terminated),
+        each admitted only if ``admit`` says so (the pruner's uid floor)."""
+        return cls(
+            [_IdentityTracker(name, identities)],
+            [
+                TrackerStatus(name, True, why),
+                TrackerStatus("walk", True, "children they fork while being terminated"),
+            ],
+            not_before=0,
+            leader=None,
+            walk_roots=identities,
+            job_id=job_id,
+            caveats=caveats,
+            admit=admit,
+        )
+
+    @classmethod
+    def for_gid(cls, gid: int) -> Membership:
+        """Every process carrying supplementary group ``gid`` (``tether kill --gid``).
+
+        tether itself, its ancestors, pid 1 and kernel threads are never members.
+        """
+        from tether.tracking.gid import GidTracker
+
+        if gid < 0:
+            raise UsageError(f"not a group id: {gid}")
+        return cls(
+            [GidTracker(gid)],
+            [
+                TrackerStatus("gid", True, f"processes with supplementary group {gid}"),
+                TrackerStatus("walk", True, "children they fork while being terminated"),
+            ],
+            not_before=0,
+            leader=None,
+            job_id=f"gid-{gid}",
+            caveats=[
+                f"group {gid} finds only processes that kept it: a process that dropped its "
+                "supplementary groups (with CAP_SETGID) is not found",
+            ],
+        )
+
+    @classmethod
+    def for_record(
+        cls,
+        record: JobRecord,
+        *,
+        cgroup: JobCgroup | None,
+        cgroup_status: str,
+        protected: Sequence[int] = (),
+    ) -> Membership:
+        """A journaled job whose supervisor is gone: trackers rebuilt from its
+        record (no subreaper: its holder is gone). ``cgroup`` is the record's
+        cgroup once verified (see :func:`tether.recovery.membership_for`)."""
+        trackers: list[Tracker] = []
+        statuses: list[TrackerStatus] = []
+        if cgroup is not None:
+            trackers.append(CgroupTracker(cgroup))
+        statuses.append(TrackerStatus("cgroup", cgroup is not None, cgroup_status))
+        statuses.append(
+            TrackerStatus("subreaper", False, "the supervisor that held orphans is gone")
+        )
+        if record.leader is not None and record.sid is not None:
+            leader = record.leader
+            trackers.append(SessionTracker(leader.pid, leader.starttime, record.sid, leader.pid))
+            statuses.append(TrackerStatus("session", True, f"session {record.sid}"))
+        else:
+            statuses.append(TrackerStatus("session", False, "the leader was never recorded"))
+        if record.tag_gid is not None:
+            from tether.tracking.gid import GidTracker
+
+            trackers.append(GidTracker(record.tag_gid))
+            statuses.append(TrackerStatus("gid", True, f"supplementary group {record.tag_gid}"))
+        trackers.append(CookieTracker(record.cookie, not_before=record.not_before))
+        statuses.append(TrackerStatus("cookie", True, "TETHER_JOB_ID in the environment"))
+        roots = [*([record.leader] if record.leader else []), *record.members]
+        statuses.append(
+            TrackerStatus("walk", True, f"descendants of {len(roots)} recorded members")
+        )
+        caveats = [
+            "recovered from the journal after the supervisor died: orphans it held as "
+            "subreaper were re-parented; members are found by cgroup, session, cookie "
+            "and recorded identities"
+        ]
+        if cgroup is None:
+            caveats.append(
+                "without a cgroup, a member that left the session, cleared its environment "
+                "and was never recorded by a scan cannot be found"
+            )
+        membership = cls(
+            trackers,
+            statuses,
+            not_before=record.not_before,
+            leader=record.leader,
+            cgroup=cgroup,
+            walk_roots=roots,
+            cookie=record.cookie,
+            job_id=record.job_id,
+            caveats=caveats,
+        )
+        membership.protect(protected)
+        return membership
+
     def protect(self, pids: Iterable[int]) -> None:
         """Never treat these as members (tether's own helpers, e.g. the watchdog)."""
         self._protected.update(pids)
@@ -92,6 +308,7 @@ class Membership:
             info.pid not in self._protected
             and not info.kernel_thread
             and info.starttime >= self.not_before
+            and (self._admit is None or self._admit(info))
         )
 
     def scan(self) -> Sequence[Member]:
@@ -368,3 +585,45 @@ class Membership:
         for h in self._handles.values():
             h.close()
         self._handles.clear()
+
+
+def check_target(pid: int) -> ProcessInfo:
+    """The process ``pid`` if tether may terminate its tree, else an error."""
+    if pid <= 1:
+        raise UnsafeTargetError(pid, "pid 1 and below are never signalled")
+    me = os.getpid()
+    if pid == me:
+        raise UnsafeTargetError(pid, "that is tether itself")
+    if pid in ancestors(me):
+        raise UnsafeTargetError(pid, "that is an ancestor of tether")
+    info = read_process(pid, ("cmdline",))
+    if info is None:
+        raise NoSuchProcessError(pid)
+    if info.kernel_thread:
+        raise UnsafeTargetError(pid, "that is a kernel thread")
+    return info
+
+
+class _IdentityTracker:
+    """Finds exactly the processes it was given, by pid and start time."""
+
+    def __init__(self, name: str, identities: Iterable[Identity]) -> None:
+        self.name = name
+        self._identities = {i.pid: i.starttime for i in identities}
+
+    def find(self, table: Table, members: set[int]) -> Iterable[int]:
+        return [
+            pid
+            for pid, starttime in self._identities.items()
+            if (p := table.get(pid)) is not None and p.starttime == starttime
+        ]
+
+
+@functools.cache
+def _raise_fd_limit() -> None:
+    # Every member is held by a pidfd: a 1000-process tree (or a node's
+    # thousands of strays) needs more than the common soft limit of 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -14,18 +14,14 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from tether._platform.linux.cgroupfs import JobCgroup, find_cgroup2_mount
 from tether.identity import Identity
 from tether.journal import JobRecord, Journal, boot_id
-from tether.linux.cgroupfs import JobCgroup, find_cgroup2_mount
 from tether.membership import Membership
 from tether.policy import Policy
 from tether.process import read_process
 from tether.report import Report
 from tether.terminate import terminate
-from tether.tracking.base import Tracker, TrackerStatus
-from tether.tracking.cgroup import CgroupTracker
-from tether.tracking.cookie import CookieTracker
-from tether.tracking.session import SessionTracker
 
 
 def is_alive(identity: Identity | None) -> bool:
@@ -97,52 +93,9 @@ def _job_cgroup(record: JobRecord) -> tuple[JobCgroup | None, str]:
 
 
 def membership_for(record: JobRecord, protected: Sequence[int] = ()) -> Membership:
-    """Trackers rebuilt from the record (no subreaper: its holder is gone)."""
-    trackers: list[Tracker] = []
-    statuses: list[TrackerStatus] = []
+    """The Membership of a recorded job, its cgroup verified first."""
     cgroup, why = _job_cgroup(record)
-    if cgroup is not None:
-        trackers.append(CgroupTracker(cgroup))
-    statuses.append(TrackerStatus("cgroup", cgroup is not None, why))
-    statuses.append(TrackerStatus("subreaper", False, "the supervisor that held orphans is gone"))
-    if record.leader is not None and record.sid is not None:
-        leader = record.leader
-        trackers.append(SessionTracker(leader.pid, leader.starttime, record.sid, leader.pid))
-        statuses.append(TrackerStatus("session", True, f"session {record.sid}"))
-    else:
-        statuses.append(TrackerStatus("session", False, "the leader was never recorded"))
-    if record.tag_gid is not None:
-        from tether.tracking.gid import GidTracker
-
-        trackers.append(GidTracker(record.tag_gid))
-        statuses.append(TrackerStatus("gid", True, f"supplementary group {record.tag_gid}"))
-    trackers.append(CookieTracker(record.cookie, not_before=record.not_before))
-    statuses.append(TrackerStatus("cookie", True, "TETHER_JOB_ID in the environment"))
-    roots = [*([record.leader] if record.leader else []), *record.members]
-    statuses.append(TrackerStatus("walk", True, f"descendants of {len(roots)} recorded members"))
-    caveats = [
-        "recovered from the journal after the supervisor died: orphans it held as "
-        "subreaper were re-parented; members are found by cgroup, session, cookie "
-        "and recorded identities"
-    ]
-    if cgroup is None:
-        caveats.append(
-            "without a cgroup, a member that left the session, cleared its environment "
-            "and was never recorded by a scan cannot be found"
-        )
-    membership = Membership(
-        trackers,
-        statuses,
-        not_before=record.not_before,
-        leader=record.leader,
-        cgroup=cgroup,
-        walk_roots=roots,
-        cookie=record.cookie,
-        job_id=record.job_id,
-        caveats=caveats,
-    )
-    membership.protect(protected)
-    return membership
+    return Membership.for_record(record, cgroup=cgroup, cgroup_status=why, protected=protected)
 
 
 def recover(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prune_support import Cgroups, Procs
 
+from tether.job import kill_gid
 from tether.policy import Policy
 from tether.prune import (
     DecisionLog,
@@ -13,12 +14,11 @@ from tether.prune import (
     Scontrol,
     SessionList,
     execute,
-    kill_gid,
     plan,
-    processes_with_supplementary_gid,
 )
 from tether.prune.classify import EXEMPT_SYSTEM, EXEMPT_YOUNG
 from tether.prune.scan import Table, scan
+from tether.tracking.gid import processes_with_supplementary_gid
 
 
 def options(procs: Procs, **kw: object) -> PruneOptions:

@@ -25,8 +25,9 @@ from helpers import alive, proc_stat, read_identity, tether_cmd, wait_for
 from tether.policy import Policy
 from tether.process import ProcessHandle
 from tether.remote import protocol
-from tether.remote.client import HostRun, OutputSink, RunSpec, SshOptions
+from tether.remote.client import HostRun, OutputSink, SshOptions
 from tether.remote.hostlist import parse_target
+from tether.spec import JobSpec
 
 POLICY = "TERM,1s,KILL"
 MARKS = ("leader", "daemon", "setsid", "ignorer")
@@ -366,7 +367,9 @@ def test_argv_arrives_byte_exact(lab: SshLab, engine_name: str, args: list[bytes
     # Shell metacharacters, printf directives, non-UTF-8 bytes, an empty argument.
     args = [*args, b"'\"$(touch /nonexistent/x)`id`;\n\\", b"%s%d\\n", b"\xff\xfe not utf-8", b""]
     out, err = _Capture(), _Capture()
-    spec = RunSpec((REMOTE_PYTHON.encode(), b"-c", ECHO_ARGV.encode(), *args), Policy.parse(POLICY))
+    spec = JobSpec(
+        argv=(REMOTE_PYTHON.encode(), b"-c", ECHO_ARGV.encode(), *args), policy=Policy.parse(POLICY)
+    )
     run = HostRun(
         parse_target("h06"),
         spec,
@@ -389,11 +392,8 @@ def test_protocol_frames_round_trip() -> None:
     for i in range(0, len(data), 999):
         got += buf.feed(data[i : i + 999])
     assert got == [(protocol.STDOUT, b"x" * 70000), (protocol.ACK, b'{"a":1}')]
-    assert protocol.decode_argv(protocol.encode_argv(["a", b"\xff", "\udcff"])) == [
-        b"a",
-        b"\xff",
-        b"\xff",
-    ]
+    wire = JobSpec(argv=("a", b"\xff", "\udcff")).to_wire()
+    assert [os.fsencode(a) for a in JobSpec.from_wire(wire).argv] == [b"a", b"\xff", b"\xff"]
 
 
 def test_sessions_send_this_tests_id(lab: SshLab) -> None:

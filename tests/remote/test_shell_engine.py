@@ -29,7 +29,8 @@ from test_remote import (
 
 from helpers import alive, tether_cmd
 from tether.policy import Policy
-from tether.remote.shell import decode_result, encode_cancel, encode_run, escape
+from tether.remote.shell import ShellEngineError, decode_result, encode_cancel, encode_run, escape
+from tether.spec import JobSpec
 
 __all__ = ["tree"]  # the fixture, used by name
 SH = ("--remote-engine", "sh")
@@ -151,12 +152,14 @@ def test_escape_is_only_octal_escapes() -> None:
 
 def test_spec_lines_carry_no_raw_user_bytes() -> None:
     nasty = "$(id)\n`id`; rm -rf ~ 'x' \"y\" %s \\"
-    spec = encode_run(("echo", nasty), Policy.parse("INT,2s,TERM,10s,KILL"), 1.5, {"A_B": nasty})
+    spec = encode_run(
+        JobSpec(argv=("echo", nasty), policy=Policy.parse("INT,2s,TERM,10s,KILL"), timeout=1.5)
+    )
     lines = spec.decode().splitlines()
     assert lines[0] == "run" and lines[-1] == "end"
     for line in lines:
         key, _, value = line.partition(" ")
-        if key in ("arg", "env"):
+        if key == "arg":
             assert set(value) <= set("\\01234567")
     assert "step INT:2000" in lines and "step KILL:5000" in lines and "timeout 1500" in lines
     assert encode_cancel(nasty).startswith(b"cancel \\")
@@ -204,3 +207,12 @@ def test_engine_from_the_configuration_file_and_the_flag_wins(
         tether_run(lab, "--host", "h15", "-v", "--remote-engine", "python", "--", "true")
     )
     assert rc == 0 and "POSIX-shell agent" not in err, err
+
+
+@pytest.mark.parametrize(
+    "asked",
+    [{"tag_gid": 4711}, {"env": {"A": "1"}}, {"cwd": "/"}, {"leftovers": "wait"}],
+)
+def test_shell_encoding_refuses_what_the_agent_cannot_do(asked: dict[str, object]) -> None:
+    with pytest.raises(ShellEngineError, match="needs the Python engine"):
+        encode_run(JobSpec(argv=("true",), **asked))  # type: ignore[arg-type]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from tether.identity import Identity
+
 
 class Delivery(Enum):
     """What happened to a signal sent through a handle."""
@@ -37,8 +39,8 @@ class ProcessInfo:
     wchan: str | None = None
 
     @property
-    def identity(self) -> tuple[int, int]:
-        return (self.pid, self.starttime)
+    def identity(self) -> Identity:
+        return Identity(self.pid, self.starttime)
 
     def describe(self) -> str:
         if self.cmdline:

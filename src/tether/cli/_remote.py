@@ -23,8 +23,8 @@ from tether.cli._common import EXIT_FAILED, fail, write_json
 
 if TYPE_CHECKING:
     from tether.config import EffectiveConfig
-    from tether.policy import Policy
     from tether.remote.client import HostResult, SshOptions
+    from tether.spec import JobSpec
 
 #: The schema of ``--json`` for remote runs and ``tether cancel``.
 JSON_SCHEMA = 1
@@ -113,19 +113,13 @@ def write_hosts_json(target: str | None, results: list[HostResult]) -> None:
 
 
 def run_remote(
-    command: tuple[str, ...],
+    spec: JobSpec,
     *,
     config: EffectiveConfig,
-    policy: Policy,
-    timeout: float | None,
-    trackers: str,
-    wait_leftovers: bool,
     json_file: str | None,
     quiet: bool,
     verbose: bool,
     outlive_caller: bool = True,
-    restartable: bool = False,
-    tag_gid: int | None = None,
     remote_hosts: tuple[str, ...] = (),
     remote_host_lists: tuple[str, ...] = (),
     remote_excludes: tuple[str, ...] = (),
@@ -133,7 +127,7 @@ def run_remote(
     remote_cancel_timeout: str = "5s",
     remote_no_stdin: bool = False,
 ) -> NoReturn:
-    """Run ``command`` on every target; exit with the largest host status.
+    """Run ``spec`` on every target; exit with the largest host status.
 
     ``config`` carries the merged remote settings (``remote.fanout``,
     ``remote.engine``, ``remote.ssh_options``: see :func:`remote_flags`).
@@ -142,11 +136,11 @@ def run_remote(
     import sys
 
     from tether.policy import parse_duration
-    from tether.remote.client import OutputSink, RunSpec, render_host_report, worst
+    from tether.remote.client import OutputSink, render_host_report, worst
     from tether.remote.fanout import fan_out
     from tether.remote.hostlist import resolve_targets
 
-    if wait_leftovers:
+    if spec.leftovers == "wait":
         fail("--wait-leftovers is not supported with --host/-w", EXIT_FAILED)
     targets = resolve_targets(remote_hosts, remote_host_lists, remote_excludes)
     if not targets:
@@ -156,20 +150,12 @@ def run_remote(
     prefix = len(targets) > 1 or bool(remote_host_lists)
     # One host reads our stdin, as with ssh; a fan-out does not (as pdsh).
     stdin_fd = None if remote_no_stdin or prefix else sys.stdin.fileno()
-    spec = RunSpec(
-        tuple(command),
-        policy,
-        timeout,
-        trackers,
-        stdin_fd=stdin_fd,
-        restartable=restartable,
-        tag_gid=tag_gid,
-    )
     results = fan_out(
         targets,
         spec,
         ssh,
         OutputSink(prefix),
+        stdin_fd=stdin_fd,
         fanout=config["remote.fanout"],
         cancel_timeout=ack_timeout,
         outlive_caller=outlive_caller,

@@ -65,7 +65,7 @@ def kill(
         )
     ).policy_for_run()
     if gid is not None:
-        from tether.prune.groups import kill_gid
+        from tether.job import kill_gid
 
         report = kill_gid(gid, policy=policy)
     else:

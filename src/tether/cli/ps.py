@@ -45,10 +45,10 @@ def ps(pid: str | None, as_json: bool) -> None:
     """
     if pid is None:
         sys.exit(list_jobs(as_json))
-    from tether.job import tree_membership
+    from tether.membership import Membership
     from tether.process import read_process
 
-    membership, root = tree_membership(parse_pid(pid))
+    membership, root = Membership.for_tree(parse_pid(pid))
     try:
         members = [m for m in membership.scan() if m.alive]
         rows = []

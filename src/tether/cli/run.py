@@ -9,16 +9,13 @@ leader's own status.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from tether.cli._common import (
     EXIT_FAILED,
-    EXIT_TIMEOUT,
     configured,
     fail,
     policy_flags,
@@ -28,7 +25,9 @@ from tether.cli._common import (
 )
 from tether.cli._remote import remote_flags, wants_remote, with_remote_options
 
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+if TYPE_CHECKING:
+    from tether.spec import JobSpec
+    from tether.supervise import Outcome
 
 _RUN_EPILOG = """\
 \b
@@ -115,8 +114,6 @@ def run(
     --outlive-caller. If tether itself is killed, its watchdog terminates the
     job; if both are, `tether reap` does. stdin, stdout and stderr pass through.
     """
-    from tether.job import Job
-
     flags = {
         **policy_flags(
             policy_text, sig, kill_after, leader_signal, tree_delay, kill_script, kill_script_mode
@@ -128,127 +125,35 @@ def run(
     if wants_remote(remote):
         flags.update(remote_flags(remote))
     config = configured(flags)
-    policy = config.policy_for_run()
-    timeout = config["run.timeout"]
-    trackers = config["run.trackers"]
-    wait_leftovers = config["run.wait_leftovers"]
+    from tether.spec import JobSpec
+
+    spec = JobSpec(
+        argv=command,
+        policy=config.policy_for_run(),
+        trackers=config["run.trackers"],
+        timeout=config["run.timeout"],
+        restartable=restartable,
+        tag_gid=tag_gid,
+        leftovers="wait" if config["run.wait_leftovers"] else "terminate",
+    )
     if wants_remote(remote):
         from tether.cli._remote import run_remote
 
         run_remote(
-            command,
+            spec,
             config=config,
-            policy=policy,
-            timeout=timeout,
-            trackers=trackers,
-            wait_leftovers=wait_leftovers,
             json_file=json_file,
             quiet=quiet,
             verbose=verbose,
             outlive_caller=outlive_caller,
-            restartable=restartable,
-            tag_gid=tag_gid,
             **remote,
         )
-
-    received: list[int] = []
-    rfd, wfd = os.pipe()
-    os.set_blocking(rfd, False)
-    os.set_blocking(wfd, False)
-
-    def on_signal(signum: int, _frame: object) -> None:
-        received.append(signum)
-
-    def on_child(_signum: int, _frame: object) -> None:
-        # Only wakes the loop (through the wakeup fd) to reap adopted orphans.
-        pass
-
-    if outlive_caller:
-        caller = None
-    else:
-        from tether.caller import open_caller
-
-        caller = open_caller()
-    old_handlers = {s: signal.signal(s, on_signal) for s in _FORWARDED}
-    old_handlers[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, on_child)
-    old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
-    try:
-        job = Job(
-            command,
-            policy=policy,
-            trackers=trackers,
-            dedicated_supervisor=True,
-            wake_fd=rfd,
-            restartable=restartable,
-            tag_gid=tag_gid,
-        )
-    except BaseException:
-        signal.set_wakeup_fd(old_wakeup)
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        if caller is not None:
-            caller.close()
-        raise
-    watched = [caller.fileno] if caller is not None and caller.fileno >= 0 else []
-    timed_out = False
-    reason = "leftovers after the leader exited"
-    with job:
-        deadline = None if timeout is None else _now() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - _now())
-            rc = job.wait(left, also=watched)
-            # Drain the wake fd *before* looking at what woke us: a signal
-            # that lands after the checks below then leaves its byte for the
-            # next wait instead of being slept through.
-            with contextlib.suppress(BlockingIOError, InterruptedError):
-                os.read(rfd, 4096)
-            if caller is not None and caller.has_exited():
-                reason = f"the caller (pid {caller.pid}) exited"
-                received.append(signal.SIGHUP)
-                break
-            if received:
-                reason = (
-                    f"tether received SIG{signal.Signals(received[0]).name.removeprefix('SIG')}"
-                )
-                break
-            if rc is not None:
-                if wait_leftovers:
-                    job.wait_tree(None if deadline is None else max(0.0, deadline - _now()))
-                    if received:
-                        reason = "tether received a signal while waiting for leftovers"
-                    elif deadline is not None and _now() >= deadline and job.members():
-                        timed_out, reason = True, "timeout"
-                break
-            if deadline is not None and _now() >= deadline:
-                timed_out, reason = True, "timeout"
-                break
-            # A SIGCHLD: an orphan the subreaper adopted has exited. Reap it
-            # now, or zombies pile up for the job's whole life (tether as a
-            # container's PID 1 must reap like an init).
-            job.reap_adopted()
-        count_at_cancel = received.count(signal.SIGINT)
-
-        def skip_to_last() -> bool:
-            # Any INT beyond those that started this termination is "the second".
-            return received.count(signal.SIGINT) > count_at_cancel
-
-        progress = progress_line(quiet)
-        try:
-            report = job.cancel(reason, skip_to_last=skip_to_last, on_progress=progress)
-        finally:
-            if progress is not None:
-                progress.clear()
-    if caller is not None:
-        caller.close()
-    signal.set_wakeup_fd(old_wakeup)
-    for s, h in old_handlers.items():
-        signal.signal(s, h)
-    os.close(rfd)
-    os.close(wfd)
-
+    outcome = _supervised(spec, outlive_caller=outlive_caller, quiet=quiet)
+    report = outcome.report
+    assert report is not None  # a failed termination raised in _supervised
     write_json(json_file, report.to_json())
-    terminated_something = bool(report.killed) or timed_out or received or not report.complete
-    if not quiet and (verbose or terminated_something):
+    if not quiet and (verbose or report.killed or outcome.timed_out or outcome.signals
+                      or not report.complete):  # fmt: skip
         from tether.display import render_report
 
         click.echo(render_report(report, sys.stderr), err=True)
@@ -258,15 +163,32 @@ def run(
             + ", ".join(f"pid {s.pid} ({s.state})" for s in report.survivors),
             EXIT_FAILED,
         )
-    if timed_out:
-        sys.exit(EXIT_TIMEOUT)
-    rc = job.returncode
-    if rc is None:
-        sys.exit(EXIT_FAILED)
-    sys.exit(128 - rc if rc < 0 else rc)
+    sys.exit(outcome.exit_status)
 
 
-def _now() -> float:
-    import time
+def _supervised(spec: JobSpec, *, outlive_caller: bool, quiet: bool) -> Outcome:
+    """Run ``spec`` with tether as its dedicated supervisor, until it is over."""
+    from tether.caller import open_caller
+    from tether.job import Job
+    from tether.supervise import forwarded_signals, supervise
 
-    return time.monotonic()
+    with contextlib.ExitStack() as stack:
+        caller = None if outlive_caller else open_caller()
+        if caller is not None:
+            stack.callback(caller.close)
+        inbox = stack.enter_context(forwarded_signals(wake_on_child=True))
+        job = stack.enter_context(Job(spec, dedicated_supervisor=True, wake_fd=inbox.fileno))
+        progress = progress_line(quiet)
+        if progress is not None:
+            stack.callback(progress.clear)
+        outcome = supervise(
+            job,
+            inbox=inbox,
+            timeout=spec.timeout,
+            leftovers=spec.leftovers,
+            caller=caller,
+            on_progress=progress,
+        )
+        if outcome.error is not None:
+            raise outcome.error
+    return outcome

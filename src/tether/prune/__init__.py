@@ -18,7 +18,6 @@ the one termination engine. See ``tether prune --help``.
 from __future__ import annotations
 
 from tether.prune.classify import EndedJob, Exempt, Plan, PruneOptions, SourceStatus, Stray, plan
-from tether.prune.groups import GidTracker, kill_gid, processes_with_supplementary_gid
 from tether.prune.log import DecisionLog
 from tether.prune.outcome import Outcome, StrayView, execute
 from tether.prune.scan import uid_min
@@ -38,7 +37,6 @@ __all__ = [
     "DecisionLog",
     "EndedJob",
     "Exempt",
-    "GidTracker",
     "Job",
     "JobSource",
     "Outcome",
@@ -55,8 +53,6 @@ __all__ = [
     "TorqueQstat",
     "default_sources",
     "execute",
-    "kill_gid",
     "plan",
-    "processes_with_supplementary_gid",
     "uid_min",
 ]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from tether.prune import sources as src
 from tether.prune.scan import Proc, Table, scan
+from tether.tracking.cookie import environ_has
 
 #: A ``systemd --user`` manager is a subreaper: orphans of a login land there.
 SUBREAPER_COMMS = frozenset({"systemd"})
@@ -262,13 +263,9 @@ def _ended_job_processes(table: Table, ended: EndedJob, ended_jobs: Sequence[src
             if proc.uids is not None and proc.uids[0] != ended.uid:
                 continue
             env = read_environ(proc.pid, proc.starttime)
-            if env is not None and any(_environ_has(env, e) for e in ended.env):
+            if env is not None and any(environ_has(env, e) for e in ended.env):
                 tied.add(proc.pid)
     return tied
-
-
-def _environ_has(data: bytes, entry: bytes) -> bool:
-    return data.startswith(entry + b"\0") or (b"\0" + entry + b"\0") in data or data == entry
 
 
 def read_sources(

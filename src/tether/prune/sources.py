@@ -33,8 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tether._platform.linux.cgroupfs import JobCgroup
 from tether.errors import TetherError
-from tether.linux.cgroupfs import JobCgroup
 from tether.prune.scan import Table
 
 Identity = tuple[int, int]
@@ -244,7 +244,7 @@ class TetherJobs:
             if record.tag_gid is not None:
                 # Only CAP_SETGID adds a supplementary group: a root job's tag
                 # vouches for processes that left its session and cgroup.
-                from tether.prune.groups import processes_with_supplementary_gid
+                from tether.tracking.gid import processes_with_supplementary_gid
 
                 pids |= {
                     pid

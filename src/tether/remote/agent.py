@@ -28,8 +28,6 @@ import select
 import signal
 import subprocess
 import sys
-import threading
-import time
 from typing import Any
 
 from tether.remote.protocol import (
@@ -48,8 +46,7 @@ from tether.remote.protocol import (
     STDOUT,
     FrameBuffer,
     ProtocolError,
-    decode_argv,
-    decode_env,
+    frame,
     json_frame,
     load_json,
     parse_header,
@@ -63,7 +60,6 @@ _HIGH_WATER = 1 << 20
 #: After the tree is proven empty, how long to wait for its output pipes' EOF
 #: (a pipe can only stay open if a process outside the job holds it).
 _DRAIN_AFTER_EMPTY = 2.0
-_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def _read_exact(fd: int, n: int) -> bytes:
@@ -162,6 +158,13 @@ def main(env: dict[str, str], mode: str) -> int:
 
 
 class _Runner:
+    """The job's side of the channel: a :class:`tether.supervise.Channel`.
+
+    supervise() polls these fds beside the job's and hands each ready one to
+    :meth:`ready`; a CANCEL frame, EOF on the control side (the dead man's
+    switch) or a dead output side is a cancel request.
+    """
+
     def __init__(self, ctl: int, out: int, env: dict[str, str], spec: dict[str, Any]) -> None:
         self.ctl = ctl
         self.out = out
@@ -170,20 +173,15 @@ class _Runner:
         self.outbuf = bytearray()
         self.out_dead = False
         self.ctl_open = True
-        self.cancel_thread: threading.Thread | None = None
         self.cancels = 0
         self.cancel_reason: str | None = None
-        self.report: Any = None
-        self.cancel_error: BaseException | None = None
-        self.timed_out = False
-        self.job: Any = None
-        self.done_w = -1
+        self.frames = FrameBuffer()
+        #: The job's output pipes (read end -> frame kind) until each reaches EOF.
+        self.pipes: dict[int, bytes] = {}
         # The job's stdin, when the client forwards its own: a pipe we feed.
         self.stdin_w = -1
         self.inbuf = bytearray()
         self.stdin_eof = False
-        self.poller = select.poll()
-        self.registered: set[int] = set()
 
     # -- the channel --------------------------------------------------------
 
@@ -202,32 +200,15 @@ class _Runner:
                 # The channel is gone (EPIPE): same as losing the control side.
                 self.out_dead = True
                 self.outbuf.clear()
-                self.start_cancel("connection lost (output channel closed)")
+                self.request_cancel("connection lost (output channel closed)")
                 return
             del self.outbuf[:n]
 
-    # -- cancelling -----------------------------------------------------------
-
-    def start_cancel(self, reason: str) -> None:
-        if self.job is None:
-            return
-        if self.cancel_thread is not None:
-            return
-        self.cancel_reason = reason
-        job = self.job
-        count = self.cancels
-
-        def work() -> None:
-            try:
-                self.report = job.cancel(reason, skip_to_last=lambda: self.cancels > max(count, 1))
-            except BaseException as err:
-                self.cancel_error = err
-            finally:
-                with contextlib.suppress(OSError):
-                    os.write(self.done_w, b"x")
-
-        self.cancel_thread = threading.Thread(target=work, name="tether-cancel", daemon=True)
-        self.cancel_thread.start()
+    def request_cancel(self, reason: str, *, counts: bool = False) -> None:
+        if counts:
+            self.cancels += 1
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
 
     def feed_stdin(self) -> None:
         """Write queued stdin to the job; credit the client for what it took."""
@@ -256,9 +237,6 @@ class _Runner:
 
     def close_stdin(self) -> None:
         if self.stdin_w >= 0:
-            if self.stdin_w in self.registered:
-                self.poller.unregister(self.stdin_w)
-                self.registered.discard(self.stdin_w)
             os.close(self.stdin_w)
             self.stdin_w = -1
 
@@ -274,233 +252,148 @@ class _Runner:
             self.cancels += 1
             self.send(json_frame(ACK, {"cancels": self.cancels}))
             reason = load_json(payload).get("reason") if payload else None
-            self.start_cancel(str(reason or "cancelled by the client"))
+            self.request_cancel(str(reason or "cancelled by the client"))
+
+    # -- tether.supervise.Channel ------------------------------------------
+
+    def wanted(self) -> dict[int, int]:
+        fds: dict[int, int] = {}
+        if self.ctl_open:
+            fds[self.ctl] = select.POLLIN
+        if len(self.outbuf) < _HIGH_WATER:
+            # Stop reading the job's output while the client is too far behind.
+            for fd in self.pipes:
+                fds[fd] = select.POLLIN
+        if self.outbuf and not self.out_dead:
+            fds[self.out] = select.POLLOUT
+        if self.stdin_w >= 0 and self.inbuf:
+            fds[self.stdin_w] = select.POLLOUT
+        return fds
+
+    def ready(self, fd: int, events: int) -> None:
+        if fd in self.pipes:
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return
+            if data:
+                self.send(frame(self.pipes[fd], data))
+            else:
+                del self.pipes[fd]
+                os.close(fd)
+        elif fd == self.out:
+            self.flush()
+        elif fd == self.stdin_w:
+            self.feed_stdin()
+        elif fd == self.ctl:
+            try:
+                data = os.read(self.ctl, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.ctl_open = False
+                self.inbuf.clear()
+                self.close_stdin()
+                self.request_cancel("control connection closed (dead man's switch)")
+                return
+            for kind, payload in self.frames.feed(data):
+                self.on_control(kind, payload)
+
+    def cancel_request(self) -> tuple[str, int] | None:
+        return None if self.cancel_reason is None else (self.cancel_reason, self.cancels)
+
+    def linger(self, complete: bool) -> float:
+        # Once the tree is proven empty its output pipes can only stay open if
+        # a process outside the job holds them: drain them, but not for ever.
+        return _DRAIN_AFTER_EMPTY if complete else 0.2
+
+    def idle(self) -> bool:
+        return not self.pipes
 
     # -- the job --------------------------------------------------------------
 
     def run(self) -> int:
         from tether.errors import TetherError
         from tether.job import Job
-        from tether.policy import Policy
+        from tether.spec import JobSpec
+        from tether.supervise import forwarded_signals, supervise
 
-        spec = self.spec
-        argv = [os.fsdecode(a) for a in decode_argv(spec.get("argv"))]
-        extra = decode_env(spec.get("env", {}))
-        for k, v in extra.items():
-            self.env[os.fsdecode(k)] = os.fsdecode(v)
-        timeout = spec.get("timeout")
-        if timeout is not None and not isinstance(timeout, (int, float)):
-            raise ProtocolError("bad timeout")
+        try:
+            spec = JobSpec.from_wire(self.spec)
+            if spec.env is None:
+                spec = spec.evolve(env=self.env)
+        except TetherError as err:
+            raise ProtocolError(str(err)) from None
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        self.pipes = {out_r: STDOUT, err_r: STDERR}
         stdin_r = -1
-        if spec.get("stdin"):
+        if self.spec.get("stdin"):
             stdin_r, self.stdin_w = os.pipe()
             os.set_blocking(self.stdin_w, False)
-        self.done_r, self.done_w = os.pipe()
-        wake_r, wake_w = os.pipe()
-        for fd in (wake_r, wake_w, self.done_r, self.done_w):
-            os.set_blocking(fd, False)
-        received: list[int] = []
-
-        def on_signal(signum: int, _frame: object) -> None:
-            received.append(signum)
-
-        for s in _SIGNALS:
-            signal.signal(s, on_signal)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        try:
-            policy = Policy.from_dict(spec.get("policy"))
-            self.job = Job(
-                argv,
-                policy=policy,
-                trackers=spec.get("trackers") or "auto",
-                env=self.env,
-                stdin=stdin_r if stdin_r >= 0 else subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                dedicated_supervisor=True,
-                restartable=bool(spec.get("restartable")),
-                tag_gid=_gid(spec.get("tag_gid")),
+        with forwarded_signals() as inbox:
+            try:
+                job = Job(
+                    spec,
+                    stdin=stdin_r if stdin_r >= 0 else subprocess.DEVNULL,
+                    stdout=out_w,
+                    stderr=err_w,
+                    dedicated_supervisor=True,
+                    wake_fd=inbox.fileno,
+                )
+            except TetherError as err:
+                message = {"message": str(err), "exit_code": err.exit_code}
+                _write_all(self.out, json_frame(ERROR, message))
+                return 0
+            except OSError as err:
+                message = {"message": f"cannot start: {err.strerror}", "exit_code": 125}
+                _write_all(self.out, json_frame(ERROR, message))
+                return 0
+            finally:
+                os.close(out_w)
+                os.close(err_w)
+                if stdin_r >= 0:
+                    os.close(stdin_r)
+            self.send(
+                json_frame(
+                    STARTED,
+                    {
+                        "job_id": job.id,
+                        "leader": _identity(job.pid),
+                        "trackers": [[t.name, t.used, t.reason] for t in job.trackers],
+                    },
+                )
             )
-        except TetherError as err:
-            message = {"message": str(err), "exit_code": err.exit_code}
-            _write_all(self.out, json_frame(ERROR, message))
-            return 0
-        except OSError as err:
-            _write_all(
-                self.out,
-                json_frame(ERROR, {"message": f"cannot start: {err.strerror}", "exit_code": 125}),
+            os.set_blocking(self.out, False)
+            os.set_blocking(self.ctl, False)
+            outcome = supervise(
+                job,
+                inbox=inbox,
+                timeout=spec.timeout,
+                leftovers=spec.leftovers,
+                channel=self,
+                who="remote agent",
             )
-            return 0
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-            if stdin_r >= 0:
-                os.close(stdin_r)
-        job = self.job
-        leader = _identity(job.pid)
-        self.send(
-            json_frame(
-                STARTED,
-                {
-                    "job_id": job.id,
-                    "leader": leader,
-                    "trackers": [[t.name, t.used, t.reason] for t in job.trackers],
-                },
-            )
-        )
-        os.set_blocking(self.out, False)
-        os.set_blocking(self.ctl, False)
-        leader_fd = os.pidfd_open(job.pid)
-        deadline = None if timeout is None else time.monotonic() + float(timeout)
-        frames = FrameBuffer()
-        pipes = {out_r: STDOUT, err_r: STDERR}
-        leader_done = False
-        drain_until: float | None = None
-        poller = self.poller
-        registered = self.registered
-
-        def want(fd: int, mask: int) -> None:
-            if fd in registered:
-                poller.modify(fd, mask)
-            else:
-                poller.register(fd, mask)
-                registered.add(fd)
-
-        def drop(fd: int) -> None:
-            if fd in registered:
-                poller.unregister(fd)
-                registered.discard(fd)
-
-        want(self.ctl, select.POLLIN)
-        want(leader_fd, select.POLLIN)
-        want(wake_r, select.POLLIN)
-        want(self.done_r, select.POLLIN)
-        while True:
-            # Output pipes: read unless the client is too far behind.
-            for fd in pipes:
-                if len(self.outbuf) < _HIGH_WATER:
-                    want(fd, select.POLLIN)
-                else:
-                    drop(fd)
-            if self.outbuf and not self.out_dead:
-                want(self.out, select.POLLOUT)
-            else:
-                drop(self.out)
-            if self.stdin_w >= 0:
-                if self.inbuf:
-                    want(self.stdin_w, select.POLLOUT)
-                else:
-                    drop(self.stdin_w)
-            if self.report is not None or self.cancel_error is not None:
-                now = time.monotonic()
-                if drain_until is None:
-                    complete = self.report is not None and self.report.complete
-                    drain_until = now + (_DRAIN_AFTER_EMPTY if complete else 0.2)
-                if not pipes or now >= drain_until:
-                    break
-            waits = []
-            if deadline is not None and self.cancel_thread is None:
-                waits.append(deadline - time.monotonic())
-            if drain_until is not None:
-                waits.append(drain_until - time.monotonic())
-            timeout_ms = None if not waits else max(0, int(min(waits) * 1000) + 1)
-            events = poller.poll(timeout_ms)
-            for fd, _ev in events:
-                if fd in pipes:
-                    try:
-                        data = os.read(fd, 1 << 16)
-                    except BlockingIOError:
-                        continue
-                    if data:
-                        self.send(_frame_bytes(pipes[fd], data))
-                    else:
-                        drop(fd)
-                        del pipes[fd]
-                        os.close(fd)
-                elif fd == self.out:
-                    self.flush()
-                elif fd == self.stdin_w:
-                    self.feed_stdin()
-                elif fd == self.ctl:
-                    try:
-                        data = os.read(self.ctl, 1 << 16)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        data = b""
-                    if not data:
-                        drop(self.ctl)
-                        self.ctl_open = False
-                        self.inbuf.clear()
-                        self.close_stdin()
-                        self.start_cancel("control connection closed (dead man's switch)")
-                        continue
-                    for kind, payload in frames.feed(data):
-                        self.on_control(kind, payload)
-                elif fd == leader_fd:
-                    drop(leader_fd)
-                    leader_done = True
-                    self.start_cancel("leftovers after the leader exited")
-                elif fd == wake_r:
-                    with contextlib.suppress(OSError):
-                        os.read(wake_r, 512)
-                    if received:
-                        self.cancels += 1
-                        name = signal.Signals(received[-1]).name
-                        self.start_cancel(f"remote agent received {name}")
-                elif fd == self.done_r:
-                    drop(self.done_r)
-            if (
-                deadline is not None
-                and self.cancel_thread is None
-                and not leader_done
-                and time.monotonic() >= deadline
-            ):
-                self.timed_out = True
-                self.start_cancel("timeout")
-        if self.cancel_thread is not None:
-            self.cancel_thread.join()
         self.close_stdin()
-        for fd in pipes:
+        for fd in self.pipes:
             os.close(fd)
-        os.close(leader_fd)
-        signal.set_wakeup_fd(-1)
-        rc = job.returncode
-        if self.cancel_error is not None:
-            result: dict[str, Any] = {
-                "error": f"termination failed: {self.cancel_error}",
-                "returncode": rc,
-                "timed_out": self.timed_out,
-            }
+        result: dict[str, Any] = {
+            "returncode": outcome.returncode,
+            "timed_out": outcome.timed_out,
+        }
+        if outcome.error is not None or outcome.report is None:
+            result["error"] = f"termination failed: {outcome.error}"
         else:
-            result = {
-                "returncode": rc,
-                "timed_out": self.timed_out,
-                "reason": self.cancel_reason,
-                "report": self.report.to_dict(),
-            }
+            result["reason"] = outcome.reason
+            result["report"] = outcome.report.to_dict()
         self.send(json_frame(RESULT, result))
         if not self.out_dead:
             os.set_blocking(self.out, True)
             with contextlib.suppress(OSError):
                 _write_all(self.out, bytes(self.outbuf))
         return 0
-
-
-def _gid(value: object) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ProtocolError(f"bad tag gid {value!r}")
-    return value
-
-
-def _frame_bytes(kind: bytes, data: bytes) -> bytes:
-    from tether.remote.protocol import frame
-
-    return frame(kind, data)
 
 
 def _stop(identity: tuple[int, int] | None, what: str, notes: list[str]) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether import supervise
 from tether.errors import TetherError
 from tether.policy import Policy
 from tether.remote import protocol, shell
@@ -39,8 +40,8 @@ from tether.remote.bootstrap import (
     stage1_block,
 )
 from tether.remote.hostlist import Target
-from tether.report import MemberRecord, Report, StepRecord, Survivor
-from tether.tracking.base import TrackerStatus
+from tether.report import MalformedReportError, Report
+from tether.spec import JobSpec
 
 #: Lines of login-shell noise (motd, rc files) tolerated before the banner.
 _MAX_NOISE_LINES = 200
@@ -289,16 +290,16 @@ class Connection:
 
     # -- what the engines read ------------------------------------------------
 
-    def send_run(self, spec: RunSpec) -> bool:
+    def send_run(self, spec: JobSpec, *, stdin: bool) -> bool:
+        """Start ``spec`` there; ``stdin``: the job reads what we forward."""
         if self.engine == "sh":
-            if spec.tag_gid is not None:
-                raise RemoteError(self.label, "--tag-gid needs the Python engine on the host")
             try:
-                data = shell.encode_run(spec.argv, spec.policy, spec.timeout, dict(spec.env))
+                data = shell.encode_run(spec)
             except shell.ShellEngineError as err:
                 raise RemoteError(self.label, f"{err} (the host runs the shell agent)") from None
             return self.write(data)
-        return self.write(protocol.json_frame(protocol.SPEC, spec.payload()))
+        payload = {"op": "run", "stdin": stdin, **spec.to_wire()}
+        return self.write(protocol.json_frame(protocol.SPEC, payload))
 
     def send_cancel(self, reason: str) -> bool:
         if self.engine == "sh":
@@ -345,60 +346,6 @@ class Connection:
                 self.proc.send_signal(signal.SIGKILL)
 
 
-# -- reports travel as dicts ---------------------------------------------------
-
-
-def report_from_dict(data: dict[str, Any]) -> Report:
-    """Rebuild a :class:`Report` from its ``to_dict()`` form (schema 1)."""
-    return Report(
-        job_id=data["job_id"],
-        reason=data["reason"],
-        policy=data["policy"],
-        started_at=data["started_at"],
-        duration=data["duration"],
-        complete=data["complete"],
-        members=tuple(
-            MemberRecord(
-                pid=m["pid"],
-                start_time=m["start_time"],
-                cmdline=m["cmdline"],
-                found_by=tuple(m["found_by"]),
-                outcome=m["outcome"],
-                ended_by=m["ended_by"],
-                ended_at=m["ended_at"],
-                signals=tuple(m.get("signals", ())),
-            )
-            for m in data["members"]
-        ),
-        survivors=tuple(
-            Survivor(
-                pid=s["pid"],
-                start_time=s["start_time"],
-                cmdline=s["cmdline"],
-                state=s["state"],
-                wchan=s["wchan"],
-                reason=s["reason"],
-            )
-            for s in data["survivors"]
-        ),
-        trackers=tuple(TrackerStatus(t["name"], t["used"], t["reason"]) for t in data["trackers"]),
-        steps=tuple(
-            StepRecord(
-                signal=s["signal"],
-                started_at=s["started_at"],
-                grace=s["grace"],
-                signalled=s["signalled"],
-                left_after=s["left_after"],
-                duration=s["duration"],
-                froze=s.get("froze"),
-            )
-            for s in data.get("steps", ())
-        ),
-        caveats=tuple(data.get("caveats", ())),
-        kill_script=data.get("kill_script"),
-    )
-
-
 # -- one host ------------------------------------------------------------------
 
 
@@ -436,41 +383,8 @@ class HostResult:
 
 def exit_status(returncode: int | None, timed_out: bool, report: dict[str, Any] | None) -> int:
     """``tether run``'s conventions for one host's outcome."""
-    if report is not None and not report.get("complete", False):
-        return 125
-    if timed_out:
-        return 124
-    if returncode is None:
-        return 125
-    return 128 - returncode if returncode < 0 else returncode
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """What to run on every host."""
-
-    argv: tuple[str | bytes, ...]
-    policy: Policy
-    timeout: float | None = None
-    trackers: str = "auto"
-    env: tuple[tuple[str, str], ...] = ()
-    #: Forward this fd (our stdin) to the job's stdin; None: the job gets /dev/null.
-    stdin_fd: int | None = None
-    restartable: bool = False
-    tag_gid: int | None = None
-
-    def payload(self) -> dict[str, Any]:
-        return {
-            "stdin": self.stdin_fd is not None,
-            "restartable": self.restartable,
-            "tag_gid": self.tag_gid,
-            "op": "run",
-            "argv": protocol.encode_argv(self.argv),
-            "policy": self.policy.to_dict(),
-            "timeout": self.timeout,
-            "trackers": self.trackers,
-            "env": protocol.encode_env(dict(self.env)),
-        }
+    complete = report is None or bool(report.get("complete", False))
+    return supervise.exit_status(returncode, timed_out, complete=complete)
 
 
 class OutputSink:
@@ -525,12 +439,17 @@ class HostRun:
     def __init__(
         self,
         target: Target,
-        spec: RunSpec,
+        spec: JobSpec,
         ssh: SshOptions,
         sink: OutputSink,
         on_event: Any = None,
+        *,
+        stdin_fd: int | None = None,
     ) -> None:
+        """One host's run of ``spec``; ``stdin_fd``: forward it to the job's stdin
+        (None: the job gets /dev/null)."""
         self.target = target
+        self.stdin_fd = stdin_fd
         self.label = target.label
         self.spec = spec
         self.ssh = ssh
@@ -631,7 +550,7 @@ class HostRun:
         self.result.remote = conn.handshake()
         if self.cancelled.is_set():
             raise RemoteError(self.label, "cancelled before it started")
-        if not conn.send_run(self.spec):
+        if not conn.send_run(self.spec, stdin=self.stdin_fd is not None):
             raise RemoteError(self.label, conn.ssh_error())
         while True:
             got = conn.read_frame()
@@ -649,10 +568,10 @@ class HostRun:
                 if pending:
                     # Cancelled while starting: deliver it now.
                     self.cancel(self.cancel_reason or "cancelled")
-                elif self.spec.stdin_fd is not None and conn.engine == "python":
+                elif self.stdin_fd is not None and conn.engine == "python":
                     threading.Thread(
                         target=self._forward_stdin,
-                        args=(conn, self.spec.stdin_fd),
+                        args=(conn, self.stdin_fd),
                         name=f"tether-stdin-{self.label}",
                         daemon=True,
                     ).start()
@@ -797,7 +716,10 @@ def render_host_report(result: HostResult, prefix: bool) -> str:
     """The text report for one host (lines prefixed with the host for many)."""
     lines: list[str] = []
     if result.report is not None:
-        lines.extend(report_from_dict(result.report).render_text().splitlines())
+        try:
+            lines.extend(Report.from_dict(result.report).render_text().splitlines())
+        except MalformedReportError as err:
+            lines.append(f"  error: the host sent a malformed report: {err}")
     lines.extend(f"  note: {n}" for n in result.notes)
     if not prefix:
         return "\n".join(lines)

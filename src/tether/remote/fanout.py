@@ -1,7 +1,7 @@
 """Fan-out: one job on many hosts, at most ``fanout`` connections at once.
 
 The loop behind ``tether run --host/-w``, without the command line: it takes
-parsed values (targets, a :class:`~tether.remote.client.RunSpec`, ssh options)
+parsed values (targets, a :class:`~tether.spec.JobSpec`, ssh options)
 and returns each host's :class:`~tether.remote.client.HostResult`; printing
 them, ``--json`` and the exit status are the CLI's (:mod:`tether.cli._remote`).
 
@@ -19,23 +19,28 @@ import select
 import signal
 from collections import deque
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tether.policy import format_duration
-from tether.remote.client import HostResult, HostRun, OutputSink, RunSpec, SshOptions
+from tether.remote.client import HostResult, HostRun, OutputSink, SshOptions
 from tether.remote.hostlist import Target
+from tether.supervise import SignalInbox, forwarded_signals, signal_label
 
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+if TYPE_CHECKING:
+    from tether.process import ProcessHandle
+    from tether.spec import JobSpec
 
 
 def fan_out(
     targets: Sequence[Target],
-    spec: RunSpec,
+    spec: JobSpec,
     ssh: SshOptions,
     sink: OutputSink,
     *,
     fanout: int,
     cancel_timeout: float,
     outlive_caller: bool = True,
+    stdin_fd: int | None = None,
 ) -> list[HostResult]:
     """Run ``spec`` on every target, ``fanout`` at a time; each host's result, in order.
 
@@ -49,92 +54,90 @@ def fan_out(
             it is cancelled over a new connection.
         outlive_caller: keep running when tether's caller exits (by default
             its exit cancels every host, as a SIGHUP would).
+        stdin_fd: forward this fd to the (single) host's job as its stdin.
 
     Raises:
         UsageError: the caller exited before the jobs started.
     """
     from tether.caller import open_caller
 
-    ev_r, ev_w = os.pipe()
-    wake_r, wake_w = os.pipe()
-    for fd in (ev_r, ev_w, wake_r, wake_w):
-        os.set_blocking(fd, False)
-
-    def on_event() -> None:
-        with contextlib.suppress(OSError):
-            os.write(ev_w, b"x")
-
-    received: list[int] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        received.append(signum)
-
-    # As locally: the caller's exit (a CI agent, a scheduler) cancels every
-    # host, as a SIGHUP would, unless --outlive-caller.
-    try:
+    with contextlib.ExitStack() as stack:
+        # As locally: the caller's exit (a CI agent, a scheduler) cancels
+        # every host, as a SIGHUP would, unless --outlive-caller.
         caller = None if outlive_caller else open_caller()
-    except BaseException:
-        for fd in (ev_r, ev_w, wake_r, wake_w):
-            os.close(fd)
-        raise
-    old_handlers = {s: signal.signal(s, on_signal) for s in _FORWARDED}
-    old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    runs = [HostRun(t, spec, ssh, sink, on_event) for t in targets]
+        if caller is not None:
+            stack.callback(caller.close)
+        ev_r, ev_w = os.pipe()
+        stack.callback(os.close, ev_r)
+        stack.callback(os.close, ev_w)
+        for fd in (ev_r, ev_w):
+            os.set_blocking(fd, False)
+
+        def on_event() -> None:
+            with contextlib.suppress(OSError):
+                os.write(ev_w, b"x")
+
+        inbox = stack.enter_context(forwarded_signals())
+        runs = [HostRun(t, spec, ssh, sink, on_event, stdin_fd=stdin_fd) for t in targets]
+        _drive(runs, inbox, caller, ev_r, fanout=fanout, cancel_timeout=cancel_timeout)
+    return [r.result for r in runs]
+
+
+def _drive(
+    runs: list[HostRun],
+    inbox: SignalInbox,
+    caller: ProcessHandle | None,
+    ev_r: int,
+    *,
+    fanout: int,
+    cancel_timeout: float,
+) -> None:
+    """Start hosts as slots free up; cancel them all on a signal or the caller's exit."""
     pending = deque(runs)
     active: list[HostRun] = []
     seen_signals = 0
     cancel_reason: str | None = None
-    caller_gone: str | None = None
-    try:
-        while pending or active:
-            while pending and len(active) < fanout and cancel_reason is None:
-                run = pending.popleft()
-                active.append(run)
-                run.start()
-            if caller is not None and cancel_reason is None and caller.has_exited():
-                received.append(signal.SIGHUP)
-                caller_gone = f"the caller (pid {caller.pid}) exited"
-            if len(received) > seen_signals:
-                new = received[seen_signals:]
-                seen_signals = len(received)
-                if cancel_reason is None:
-                    name = signal.Signals(new[0]).name
-                    cancel_reason = caller_gone or f"tether received {name} on the client"
-                    for run in pending:
-                        run.result.error = "cancelled before it started"
-                    pending.clear()
-                    new = new[1:]
-                    for run in active:
-                        run.cancel(cancel_reason)
-                if any(s == signal.SIGINT for s in new):
-                    # A second INT: every host skips to the policy's last step.
-                    for run in active:
-                        run.cancel(cancel_reason)
-            if cancel_reason is not None:
+    while pending or active:
+        while pending and len(active) < fanout and cancel_reason is None:
+            run = pending.popleft()
+            active.append(run)
+            run.start()
+        caller_gone: str | None = None
+        if caller is not None and cancel_reason is None and caller.has_exited():
+            inbox.received.append(signal.SIGHUP)
+            caller_gone = f"the caller (pid {caller.pid}) exited"
+        if len(inbox.received) > seen_signals:
+            new = inbox.received[seen_signals:]
+            seen_signals = len(inbox.received)
+            if cancel_reason is None:
+                cancel_reason = (
+                    caller_gone or f"tether received {signal_label(new[0])} on the client"
+                )
+                for run in pending:
+                    run.result.error = "cancelled before it started"
+                pending.clear()
+                new = new[1:]
                 for run in active:
-                    if run.ack_overdue(cancel_timeout):
-                        run.cancel_out_of_band(
-                            f"no acknowledgement within {format_duration(cancel_timeout)}"
-                        )
-            active = [r for r in active if not r.done.is_set()]
-            if not pending and not active:
-                break
-            wait_ms = 100 if cancel_reason is not None else None
-            poller = select.poll()
-            poller.register(ev_r, select.POLLIN)
-            poller.register(wake_r, select.POLLIN)
-            if caller is not None and caller.fileno >= 0 and cancel_reason is None:
-                poller.register(caller.fileno, select.POLLIN)
-            poller.poll(wait_ms)
-            for fd in (ev_r, wake_r):
-                with contextlib.suppress(OSError):
-                    os.read(fd, 4096)
-    finally:
-        signal.set_wakeup_fd(old_wakeup)
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        for fd in (ev_r, ev_w, wake_r, wake_w):
-            os.close(fd)
-        if caller is not None:
-            caller.close()
-    return [r.result for r in runs]
+                    run.cancel(cancel_reason)
+            if any(s == signal.SIGINT for s in new):
+                # A second INT: every host skips to the policy's last step.
+                for run in active:
+                    run.cancel(cancel_reason)
+        if cancel_reason is not None:
+            for run in active:
+                if run.ack_overdue(cancel_timeout):
+                    run.cancel_out_of_band(
+                        f"no acknowledgement within {format_duration(cancel_timeout)}"
+                    )
+        active = [r for r in active if not r.done.is_set()]
+        if not pending and not active:
+            break
+        poller = select.poll()
+        poller.register(ev_r, select.POLLIN)
+        poller.register(inbox.fileno, select.POLLIN)
+        if caller is not None and caller.fileno >= 0 and cancel_reason is None:
+            poller.register(caller.fileno, select.POLLIN)
+        poller.poll(100 if cancel_reason is not None else None)
+        inbox.drain()
+        with contextlib.suppress(OSError):
+            os.read(ev_r, 4096)

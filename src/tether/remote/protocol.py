@@ -16,15 +16,12 @@ agent  -> client: HELLO (once), STARTED, STDOUT, STDERR, ACK (a cancel was
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import struct
-from collections.abc import Sequence
 from typing import Any
 
 #: Bumped whenever frames or payloads change incompatibly.
-PROTOCOL = 1
+PROTOCOL = 2
 
 SPEC = b"S"
 CANCEL = b"C"
@@ -93,39 +90,3 @@ def load_json(payload: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ProtocolError("payload is not a JSON object")
     return data
-
-
-def encode_argv(argv: Sequence[str | bytes]) -> list[str]:
-    """argv -> base64 of each element's exact bytes (str through os.fsencode)."""
-    return [
-        base64.b64encode(a if isinstance(a, bytes) else os.fsencode(a)).decode("ascii")
-        for a in argv
-    ]
-
-
-def decode_argv(data: object) -> list[bytes]:
-    if not isinstance(data, list) or not all(isinstance(a, str) for a in data):
-        raise ProtocolError("argv is not a list of strings")
-    try:
-        return [base64.b64decode(a.encode("ascii"), validate=True) for a in data]
-    except ValueError as err:
-        raise ProtocolError(f"argv is not base64: {err}") from None
-
-
-def encode_env(env: dict[str, str]) -> dict[str, str]:
-    return {
-        base64.b64encode(os.fsencode(k)).decode(): base64.b64encode(os.fsencode(v)).decode()
-        for k, v in env.items()
-    }
-
-
-def decode_env(data: object) -> dict[bytes, bytes]:
-    if not isinstance(data, dict):
-        raise ProtocolError("env is not an object")
-    try:
-        return {
-            base64.b64decode(str(k), validate=True): base64.b64decode(str(v), validate=True)
-            for k, v in data.items()
-        }
-    except ValueError as err:
-        raise ProtocolError(f"env is not base64: {err}") from None

@@ -17,10 +17,10 @@ import functools
 import os
 import re
 import signal
-from collections.abc import Mapping
 from typing import Any
 
 from tether.policy import Policy, format_duration, signal_name
+from tether.spec import JobSpec
 
 #: Reads the agent (a decimal length line, then the script) and runs it.
 #: Fixed text: part of the remote command line, and of stage 0's hand-over
@@ -42,7 +42,6 @@ CAVEATS = (
     "the job runs on until `tether cancel --host HOST JOB_ID`",
 )
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SIGNAL_NAME = re.compile(r"[A-Z][A-Z0-9]*")
 
 
@@ -87,28 +86,26 @@ def _policy_lines(policy: Policy) -> list[bytes]:
     return lines
 
 
-def encode_run(
-    argv: tuple[str | bytes, ...],
-    policy: Policy,
-    timeout: float | None,
-    env: Mapping[str, str],
-) -> bytes:
-    """The spec of a run, as the shell agent reads it."""
-    args = [a if isinstance(a, bytes) else os.fsencode(a) for a in argv]
-    if not args:
-        raise ShellEngineError("empty command")
+def encode_run(spec: JobSpec) -> bytes:
+    """The spec of a run, as the shell agent reads it; ShellEngineError for
+    what the agent cannot do as asked (never a silently weaker job)."""
+    for asked, what in (
+        (spec.tag_gid is not None, "--tag-gid"),
+        (spec.env is not None, "an explicit environment"),
+        (spec.cwd is not None, "a working directory"),
+        (spec.leftovers != "terminate", "waiting for leftovers"),
+    ):
+        if asked:
+            raise ShellEngineError(f"{what} needs the Python engine on the host")
+    args = [os.fsencode(a) for a in spec.argv]
     # env(1) starts the job: its first operand without '=' is the command.
     if b"=" in args[0]:
         raise ShellEngineError("with the shell agent the command name may not contain '='")
     lines = [b"run"]
-    for key, value in env.items():
-        if not _ENV_NAME.fullmatch(key):
-            raise ShellEngineError(f"bad environment variable name {key!r}")
-        lines.append(b"env " + escape(os.fsencode(f"{key}={value}")))
     lines += [b"arg " + escape(a) for a in args]
-    lines += _policy_lines(policy)
-    if timeout is not None:
-        lines.append(b"timeout %d" % max(1, round(timeout * 1000)))
+    lines += _policy_lines(spec.policy)
+    if spec.timeout is not None:
+        lines.append(b"timeout %d" % max(1, round(spec.timeout * 1000)))
     lines.append(b"end")
     return b"\n".join(lines) + b"\n"
 

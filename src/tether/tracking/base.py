@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from tether.errors import UsageError
 from tether.process import ProcessInfo
 
 Table = dict[int, ProcessInfo]
 
 #: Tracker names, strongest first.
 TRACKER_NAMES = ("cgroup", "subreaper", "session", "cookie", "walk")
+
+
+def parse_tracker_names(spec: str | Sequence[str] | frozenset[str] | None) -> frozenset[str]:
+    """``"auto"``/None -> every tracker; ``"cgroup,session"`` or a list -> those."""
+    if spec is None or spec == "auto":
+        return frozenset(TRACKER_NAMES)
+    names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
+    unknown = [n for n in names if n not in TRACKER_NAMES]
+    if unknown or not names:
+        given = ", ".join(unknown) or "(none)"
+        raise UsageError(f"unknown tracker {given}; choose from {', '.join(TRACKER_NAMES)}")
+    return frozenset(names)
 
 
 class Tracker(Protocol):

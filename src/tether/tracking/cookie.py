@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from tether._platform.linux import procfs
 from tether.process import read_environ
 from tether.tracking.base import Table
 
@@ -36,6 +35,11 @@ class CookieTracker:
             if p.pid in members or p.starttime < self.not_before or p.kernel_thread:
                 continue
             env = read_environ(p.pid, p.starttime)
-            if env is not None and procfs.environ_has(env, self.entry):
+            if env is not None and environ_has(env, self.entry):
                 found.append(p.pid)
         return found
+
+
+def environ_has(data: bytes, entry: bytes) -> bool:
+    """True if the NUL-separated environment ``data`` holds ``entry`` exactly."""
+    return data.startswith(entry + b"\0") or (b"\0" + entry + b"\0") in data or data == entry

@@ -35,7 +35,7 @@ def processes_with_supplementary_gid(gid: int) -> list[Identity]:
     time and the groups describe the same process. Zombies and kernel threads
     are left out.
     """
-    from tether.linux import procfs
+    from tether._platform.linux import procfs
 
     if gid < 0:
         raise UsageError(f"not a group id: {gid}")

@@ -3,39 +3,54 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from tether.errors import UsageError
-from tether.linux import cgroupfs, prctl
-from tether.linux.cgroupfs import JobCgroup
-from tether.process import IS_LINUX
-from tether.tracking.base import TRACKER_NAMES, TrackerStatus
+from tether._platform import HAS_CGROUPS, HAS_ENVIRON, HAS_SUBREAPER
+from tether._platform import NAME as BACKEND
+from tether._platform.linux import cgroupfs, prctl
+from tether._platform.linux.cgroupfs import JobCgroup
+from tether.identity import Identity
+from tether.tracking.base import Tracker, TrackerStatus, parse_tracker_names
 
-
-def parse_tracker_names(spec: str | Collection[str] | None) -> frozenset[str]:
-    """``"auto"``/None -> all; ``"cgroup,session"`` or a list -> those (validated)."""
-    if spec is None or spec == "auto":
-        return frozenset(TRACKER_NAMES)
-    names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
-    unknown = [n for n in names if n not in TRACKER_NAMES]
-    if unknown or not names:
-        given = ", ".join(unknown) or "(none)"
-        raise UsageError(f"unknown tracker {given}; choose from {', '.join(TRACKER_NAMES)}")
-    return frozenset(names)
+__all__ = ["Selection", "parse_tracker_names", "select_trackers"]
 
 
 @dataclass
 class Selection:
-    """What a job will use: its cgroup (if any), subreaper, and every status line."""
+    """What a job will use: its cgroup (if any), subreaper, tag gid, and every
+    status line. The tracker objects need the leader, so :meth:`trackers`
+    builds them once it runs."""
 
     wanted: frozenset[str]
     cgroup: JobCgroup | None = None
     subreaper: bool = False
+    tag_gid: int | None = None
     statuses: list[TrackerStatus] = field(default_factory=list)
 
     def used(self, name: str) -> bool:
         return any(s.name == name and s.used for s in self.statuses)
+
+    def trackers(self, leader: Identity, cookie: str) -> list[Tracker]:
+        """The trackers of a job whose leader (session leader too) is ``leader``."""
+        from tether.tracking.cgroup import CgroupTracker
+        from tether.tracking.cookie import CookieTracker
+        from tether.tracking.session import SessionTracker
+        from tether.tracking.subreaper import SubreaperTracker
+
+        chosen: list[Tracker] = []
+        if self.cgroup is not None:
+            chosen.append(CgroupTracker(self.cgroup))
+        if self.subreaper:
+            chosen.append(SubreaperTracker(os.getpid()))
+        if self.used("session"):
+            chosen.append(SessionTracker(leader.pid, leader.starttime, leader.pid, leader.pid))
+        if self.used("cookie"):
+            chosen.append(CookieTracker(cookie, not_before=leader.starttime))
+        if self.tag_gid is not None:
+            from tether.tracking.gid import GidTracker
+
+            chosen.append(GidTracker(self.tag_gid))
+        return chosen
 
     def caveats(self) -> list[str]:
         out = []
@@ -66,17 +81,19 @@ def cgroup_probe() -> cgroupfs.CgroupProbe:
     return _cgroup_probe[0]
 
 
-def select_trackers(wanted: frozenset[str], job_id: str, *, dedicated: bool) -> Selection:
+def select_trackers(
+    wanted: frozenset[str], job_id: str, *, dedicated: bool, tag_gid: int | None = None
+) -> Selection:
     """Probe and set up the trackers for a new job, strongest first."""
-    sel = Selection(wanted)
+    sel = Selection(wanted, tag_gid=tag_gid)
 
     def status(name: str, used: bool, reason: str) -> None:
         sel.statuses.append(TrackerStatus(name, used, reason))
 
     if "cgroup" not in wanted:
         status("cgroup", False, "not requested")
-    elif not IS_LINUX:
-        status("cgroup", False, "cgroups exist only on Linux")
+    elif not HAS_CGROUPS:
+        status("cgroup", False, f"the {BACKEND} process backend has no cgroups")
     else:
         probe = cgroup_probe()
         if probe.parent is None:
@@ -90,8 +107,8 @@ def select_trackers(wanted: frozenset[str], job_id: str, *, dedicated: bool) -> 
 
     if "subreaper" not in wanted:
         status("subreaper", False, "not requested")
-    elif not IS_LINUX:
-        status("subreaper", False, "PR_SET_CHILD_SUBREAPER exists only on Linux")
+    elif not HAS_SUBREAPER:
+        status("subreaper", False, f"the {BACKEND} process backend has no subreaper")
     elif not dedicated:
         status(
             "subreaper",
@@ -114,8 +131,10 @@ def select_trackers(wanted: frozenset[str], job_id: str, *, dedicated: bool) -> 
     ):
         if name not in wanted:
             status(name, False, "not requested")
-        elif name == "cookie" and not IS_LINUX:
-            status(name, False, "process environments are readable only on Linux")
+        elif name == "cookie" and not HAS_ENVIRON:
+            status(name, False, f"the {BACKEND} process backend cannot read environments")
         else:
             status(name, True, reason)
+    if tag_gid is not None:
+        status("gid", True, f"supplementary group {tag_gid} on every process")
     return sel

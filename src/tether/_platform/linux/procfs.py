@@ -165,11 +165,6 @@ def parse_cmdline(data: bytes) -> tuple[str, ...]:
     )
 
 
-def environ_has(data: bytes, entry: bytes) -> bool:
-    """True if the NUL-separated environment ``data`` holds ``entry`` exactly."""
-    return data.startswith(entry + b"\0") or (b"\0" + entry + b"\0") in data or data == entry
-
-
 def boot_time() -> float:
     """System boot time in seconds since the epoch (``btime`` of /proc/stat)."""
     with open(f"{PROC}/stat", "rb") as f:

@@ -1,0 +1,224 @@
+"""JobSpec: what to run and how to contain it, described once.
+
+A :class:`JobSpec` is built once — by :func:`tether.start`/:func:`tether.run`
+from their keyword arguments, by ``tether run`` from its flags over the
+configuration, by a remote agent from the wire — and passed down unchanged to
+:class:`tether.job.Job` and :func:`tether.supervise.supervise`. How a job is
+*supervised* (its stdio, a dedicated supervisor, the journal, the watchdog,
+the caller to watch) is not part of the spec: that differs between the two
+ends of a remote run, the spec does not.
+
+Adding a ``run`` option means: a field here (with its check and its wire
+key), its one click option, and the code that acts on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Any, Literal
+
+from tether.errors import UsageError
+from tether.policy import Policy
+from tether.tracking.base import TRACKER_NAMES, parse_tracker_names
+
+#: What happens to members still alive when the leader exits by itself.
+Leftovers = Literal["terminate", "wait"]
+LEFTOVERS: tuple[Leftovers, ...] = ("terminate", "wait")
+
+#: Bounds on a spec read from the wire (remote bytes are hostile).
+_MAX_ARGS = 1 << 16
+_MAX_ARG_BYTES = 1 << 20
+_MAX_ENV = 1 << 14
+
+Arg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
+
+def command_args(argv: Iterable[Arg] | str | bytes) -> tuple[str, ...]:
+    """argv as strings: bytes and paths through os.fsdecode; a string is an error."""
+    if isinstance(argv, (str, bytes)):
+        raise UsageError(
+            f"the command must be a list of arguments, not a string: {argv!r} "
+            "(split it, e.g. shlex.split(), or run it with a shell: ['sh', '-c', ...])"
+        )
+    args = tuple(_arg(a) for a in argv)
+    if not args:
+        raise UsageError("no command given")
+    return args
+
+
+def _arg(value: object) -> str:
+    if isinstance(value, (bytes, os.PathLike)):
+        # surrogateescape: bytes that are not UTF-8 reach exec unchanged.
+        return os.fsdecode(value)
+    if not isinstance(value, str):
+        raise UsageError(
+            f"command arguments must be str, bytes or paths, not {type(value).__name__}"
+        )
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        raise UsageError(f"argument {value!r} cannot be encoded for exec") from None
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """What to run and how to contain it. Frozen; checked when built.
+
+    Attributes:
+        argv: the command and its arguments (the first is looked up in PATH).
+        policy: how the tree is terminated.
+        trackers: the trackers asked for (``auto``: all; the job records which
+            could be used and why the others could not).
+        env: the job's whole environment; None inherits the supervisor's.
+            tether adds ``TETHER_JOB_ID`` either way.
+        cwd: the job's working directory; None inherits.
+        timeout: seconds after which the whole tree is terminated; None: none.
+        restartable: the journal names the job restartable (``tether reap``).
+        tag_gid: (root) a supplementary group every process of the job carries.
+        leftovers: when the leader exits by itself, ``terminate`` what is left
+            with the policy, or ``wait`` for it to exit by itself.
+    """
+
+    argv: tuple[str, ...]
+    policy: Policy = field(default_factory=Policy.default)
+    trackers: frozenset[str] = frozenset(TRACKER_NAMES)
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+    timeout: float | None = None
+    restartable: bool = False
+    tag_gid: int | None = None
+    leftovers: Leftovers = "terminate"
+
+    def __post_init__(self) -> None:
+        # Normalise what callers may pass loosely; a frozen dataclass sets
+        # its own fields through object.__setattr__ (as attrs converters do).
+        set_ = object.__setattr__
+        set_(self, "argv", command_args(self.argv))
+        if isinstance(self.policy, str):
+            set_(self, "policy", Policy.parse(self.policy))
+        elif self.policy is None:
+            set_(self, "policy", Policy.default())
+        if not isinstance(self.trackers, frozenset):
+            set_(self, "trackers", parse_tracker_names(self.trackers))
+        elif not self.trackers or not self.trackers <= set(TRACKER_NAMES):
+            set_(self, "trackers", parse_tracker_names(sorted(self.trackers)))
+        if self.env is not None:
+            set_(self, "env", MappingProxyType({str(k): str(v) for k, v in self.env.items()}))
+        if self.cwd is not None:
+            set_(self, "cwd", os.fspath(self.cwd))
+        if self.timeout is not None:
+            timeout = float(self.timeout)
+            if not math.isfinite(timeout) or timeout <= 0:
+                raise UsageError(f"timeout must be a positive number of seconds, not {timeout}")
+            set_(self, "timeout", timeout)
+        if self.tag_gid is not None and (
+            isinstance(self.tag_gid, bool) or not isinstance(self.tag_gid, int) or self.tag_gid < 0
+        ):
+            raise UsageError(f"not a group id: {self.tag_gid!r}")
+        if self.leftovers not in LEFTOVERS:
+            raise UsageError(f"leftovers must be one of {', '.join(LEFTOVERS)}")
+
+    @classmethod
+    def create(cls, argv: Sequence[Arg], **options: Any) -> JobSpec:
+        """Build a spec from :class:`SpecOptions` (None means "the default")."""
+        given = {k: v for k, v in options.items() if v is not None}
+        unknown = set(given) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown job option(s): {', '.join(sorted(unknown))}")
+        return cls(argv=tuple(argv), **given)  # type: ignore[arg-type]
+
+    def evolve(self, **changes: Any) -> JobSpec:
+        """A copy with some fields changed (checked again)."""
+        return replace(self, **changes)
+
+    @property
+    def trackers_text(self) -> str:
+        """The trackers as ``tether run --trackers`` takes them."""
+        if self.trackers == frozenset(TRACKER_NAMES):
+            return "auto"
+        return ",".join(n for n in TRACKER_NAMES if n in self.trackers)
+
+    # -- the wire: the remote agents (Python and POSIX shell) -------------
+
+    def to_wire(self) -> dict[str, Any]:
+        """A JSON-safe dict; every byte of argv and env survives (base64)."""
+        return {
+            "argv": [_b64(os.fsencode(a)) for a in self.argv],
+            "policy": self.policy.to_dict(),
+            "trackers": self.trackers_text,
+            "env": None
+            if self.env is None
+            else {_b64(os.fsencode(k)): _b64(os.fsencode(v)) for k, v in self.env.items()},
+            "cwd": None if self.cwd is None else _b64(os.fsencode(self.cwd)),
+            "timeout": self.timeout,
+            "restartable": self.restartable,
+            "tag_gid": self.tag_gid,
+            "leftovers": self.leftovers,
+        }
+
+    @classmethod
+    def from_wire(cls, data: object) -> JobSpec:
+        """Inverse of :meth:`to_wire`, for bytes from a peer: bounded, typed,
+        and a :class:`UsageError` (one line) for anything malformed."""
+        if not isinstance(data, dict):
+            raise UsageError("malformed job spec: not an object")
+        raw_argv = data.get("argv")
+        if not isinstance(raw_argv, list) or not 0 < len(raw_argv) <= _MAX_ARGS:
+            raise UsageError("malformed job spec: argv")
+        argv = tuple(os.fsdecode(_unb64(a, "argv")) for a in raw_argv)
+        raw_env = data.get("env")
+        env: dict[str, str] | None = None
+        if raw_env is not None:
+            if not isinstance(raw_env, dict) or len(raw_env) > _MAX_ENV:
+                raise UsageError("malformed job spec: env")
+            env = {
+                os.fsdecode(_unb64(k, "env")): os.fsdecode(_unb64(v, "env"))
+                for k, v in raw_env.items()
+            }
+        raw_cwd = data.get("cwd")
+        cwd = None if raw_cwd is None else os.fsdecode(_unb64(raw_cwd, "cwd"))
+        timeout = data.get("timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+        ):
+            raise UsageError("malformed job spec: timeout")
+        trackers = data.get("trackers", "auto")
+        if not isinstance(trackers, str):
+            raise UsageError("malformed job spec: trackers")
+        restartable = data.get("restartable", False)
+        if not isinstance(restartable, bool):
+            raise UsageError("malformed job spec: restartable")
+        leftovers = data.get("leftovers", "terminate")
+        if leftovers not in LEFTOVERS:
+            raise UsageError("malformed job spec: leftovers")
+        return cls(
+            argv=argv,
+            policy=Policy.from_dict(data.get("policy")),
+            trackers=parse_tracker_names(trackers),
+            env=env,
+            cwd=cwd,
+            timeout=timeout,
+            restartable=restartable,
+            tag_gid=data.get("tag_gid"),
+            leftovers=leftovers,
+        )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(value: object, what: str) -> bytes:
+    if not isinstance(value, str) or len(value) > _MAX_ARG_BYTES * 4 // 3 + 4:
+        raise UsageError(f"malformed job spec: {what}")
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise UsageError(f"malformed job spec: {what} is not base64") from None

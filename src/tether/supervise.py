@@ -1,0 +1,348 @@
+"""The one loop that supervises a running job.
+
+``tether run``, the remote agent and the library's ``run()`` differ only in
+what they watch besides the job (a caller, a connection) and what they do
+with the result; the rules live here once:
+
+- the **deadline** (``JobSpec.timeout``) starts the policy with reason
+  ``timeout``;
+- a **forwarded signal** (INT, TERM, HUP, QUIT) starts it; a later INT (or a
+  second cancel from a peer) makes the engine skip to the policy's last step;
+- the **caller's death** starts it as a SIGHUP would;
+- when the leader exits by itself, **leftovers** are terminated, or waited
+  for (``leftovers="wait"``: until the tree empties, the deadline, or a
+  signal);
+- the termination runs in a worker thread, so this loop keeps serving the
+  caller's extra I/O (the agent's channel: output, stdin, CANCEL frames)
+  while the engine waits out a grace.
+
+Signal handlers are installed by :func:`forwarded_signals`, a context manager
+that restores every handler and the wakeup fd it changed, however it exits
+(trio's ``_signal_handler`` is the model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from tether.report import Report
+from tether.spec import Leftovers
+from tether.terminate import Progress
+
+if TYPE_CHECKING:
+    from tether.job import Job
+    from tether.process import ProcessHandle
+
+#: Signals that cancel a supervised job, as ``timeout`` forwards them.
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+EXIT_TIMEOUT = 124
+EXIT_FAILED = 125
+
+
+class SignalInbox:
+    """Signals received while installed, and a pipe that wakes a poll() on each."""
+
+    def __init__(self, fileno: int) -> None:
+        self.received: list[int] = []
+        #: Read end of the wakeup pipe: readable after every signal.
+        self.fileno = fileno
+
+    def _record(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+
+    def count(self, sig: int) -> int:
+        return self.received.count(sig)
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            os.read(self.fileno, 4096)
+
+
+def _wake_only(_signum: int, _frame: object) -> None:
+    """SIGCHLD: only wakes the loop (through the wakeup fd) to reap orphans."""
+
+
+@contextlib.contextmanager
+def forwarded_signals(
+    signals: tuple[int, ...] = FORWARDED, *, wake_on_child: bool = False
+) -> Iterator[SignalInbox]:
+    """Record ``signals`` in a :class:`SignalInbox` while the block runs.
+
+    Every handler and the wakeup fd are restored on the way out, by an
+    exception too. Main thread only (``signal.signal`` requires it).
+    """
+    rfd, wfd = os.pipe()
+    inbox = SignalInbox(rfd)
+    old: dict[int, signal._HANDLER] = {}
+    old_wakeup: int | None = None
+    try:
+        for fd in (rfd, wfd):
+            os.set_blocking(fd, False)
+        for s in signals:
+            old[s] = signal.signal(s, inbox._record)
+        if wake_on_child:
+            old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _wake_only)
+        old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+        yield inbox
+    finally:
+        if old_wakeup is not None:
+            signal.set_wakeup_fd(old_wakeup)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        os.close(rfd)
+        os.close(wfd)
+
+
+def signal_label(signum: int) -> str:
+    return f"SIG{signal.Signals(signum).name.removeprefix('SIG')}"
+
+
+class Channel(Protocol):
+    """I/O a supervisor serves besides the job (the remote agent's connection).
+
+    supervise() polls its fds with the job's, during the termination too,
+    and asks it whether the peer wants the job cancelled.
+    """
+
+    def wanted(self) -> Mapping[int, int]:
+        """fd -> poll events to wait for now."""
+        ...
+
+    def ready(self, fd: int, events: int) -> None:
+        """One of :meth:`wanted`'s fds is ready."""
+        ...
+
+    def cancel_request(self) -> tuple[str, int] | None:
+        """(reason, how many cancels the peer has sent), if it asked for one."""
+        ...
+
+    def linger(self, complete: bool) -> float:
+        """After the termination: how long to go on serving (e.g. draining the
+        job's output pipes); 0 to return at once."""
+        ...
+
+    def idle(self) -> bool:
+        """Nothing is left to serve (the output pipes reached EOF)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a supervised job ended.
+
+    Attributes:
+        report: the final termination's report.
+        returncode: the leader's status (-N: killed by signal N), None if it
+            could not be collected.
+        timed_out: the deadline started the termination.
+        reason: why the termination started.
+        signals: signals the supervisor received, in order.
+        error: the termination itself failed (the report is then empty).
+    """
+
+    report: Report | None
+    returncode: int | None
+    timed_out: bool
+    reason: str
+    signals: tuple[int, ...] = ()
+    error: BaseException | None = None
+
+    @property
+    def exit_status(self) -> int:
+        """``tether run``'s status, as coreutils ``timeout``."""
+        return exit_status(
+            self.returncode,
+            self.timed_out,
+            complete=self.report is not None and self.report.complete and self.error is None,
+        )
+
+
+def exit_status(returncode: int | None, timed_out: bool, *, complete: bool) -> int:
+    """124 timed out; 125 members survived (or no status); 128+N killed by N; else rc."""
+    if not complete:
+        return EXIT_FAILED
+    if timed_out:
+        return EXIT_TIMEOUT
+    if returncode is None:
+        return EXIT_FAILED
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class _Termination:
+    """The engine's run on a worker thread; its end wakes the loop through a pipe."""
+
+    def __init__(
+        self,
+        job: Job,
+        reason: str,
+        skip_to_last: Callable[[], bool],
+        on_progress: Callable[[Progress], None] | None,
+    ) -> None:
+        self.reason = reason
+        self.report: Report | None = None
+        self.error: BaseException | None = None
+        self.done_r, self._done_w = os.pipe()
+        self._thread = threading.Thread(
+            target=self._work,
+            args=(job, reason, skip_to_last, on_progress),
+            name="tether-terminate",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _work(
+        self,
+        job: Job,
+        reason: str,
+        skip_to_last: Callable[[], bool],
+        on_progress: Callable[[Progress], None] | None,
+    ) -> None:
+        try:
+            self.report = job.cancel(reason, skip_to_last=skip_to_last, on_progress=on_progress)
+        except BaseException as err:
+            self.error = err
+        finally:
+            os.write(self._done_w, b"x")
+
+    @property
+    def finished(self) -> bool:
+        return self.report is not None or self.error is not None
+
+    def join(self) -> None:
+        self._thread.join()
+        os.close(self.done_r)
+        os.close(self._done_w)
+
+
+def supervise(
+    job: Job,
+    *,
+    inbox: SignalInbox,
+    timeout: float | None = None,
+    leftovers: Leftovers = "terminate",
+    caller: ProcessHandle | None = None,
+    channel: Channel | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    who: str = "tether",
+    clock: Callable[[], float] = time.monotonic,
+) -> Outcome:
+    """Watch ``job`` until it ends or must be cancelled; terminate what is left.
+
+    Always returns with the job terminated (its report kept by the job), even
+    when the termination failed (``Outcome.error``). Waits are event-driven:
+    the leader's pidfd, the signal pipe, the caller's pidfd, the channel's fds.
+    ``who`` names the supervisor in reasons ("tether received SIGTERM").
+    """
+    deadline = None if timeout is None else clock() + timeout
+    timed_out = False
+    termination: _Termination | None = None
+    leader_exited = False
+    linger_until: float | None = None
+    sigints_at_start = cancels_at_start = 0
+
+    def peer_cancels() -> int:
+        request = channel.cancel_request() if channel is not None else None
+        return request[1] if request is not None else 0
+
+    def skip_to_last() -> bool:
+        # An INT beyond those that started this termination is "the second";
+        # so is a second cancel from the peer.
+        return inbox.count(signal.SIGINT) > sigints_at_start or peer_cancels() > max(
+            cancels_at_start, 1
+        )
+
+    def why_cancel() -> str | None:
+        if caller is not None and caller.has_exited():
+            inbox.received.append(signal.SIGHUP)  # as the caller's hangup would
+            return f"the caller (pid {caller.pid}) exited"
+        if inbox.received:
+            return f"{who} received {signal_label(inbox.received[0])}"
+        request = channel.cancel_request() if channel is not None else None
+        return request[0] if request is not None else None
+
+    while True:
+        if termination is None:
+            why = why_cancel()
+            if why is None and leader_exited and leftovers == "wait":
+                # The leader is gone: wait for the rest to exit by itself (the
+                # wait wakes on a signal: the job's wake fd is the inbox's).
+                job.wait_tree(None if deadline is None else max(0.0, deadline - clock()))
+                if inbox.received:
+                    why = f"{who} received a signal while waiting for leftovers"
+                elif deadline is not None and clock() >= deadline and job.members():
+                    timed_out, why = True, "timeout"
+                else:
+                    why = "leftovers after the leader exited"
+            elif why is None and leader_exited:
+                why = "leftovers after the leader exited"
+            elif why is None and deadline is not None and clock() >= deadline:
+                timed_out, why = True, "timeout"
+            if why is not None:
+                sigints_at_start = inbox.count(signal.SIGINT)
+                cancels_at_start = peer_cancels()
+                termination = _Termination(job, why, skip_to_last, on_progress)
+        elif termination.finished:
+            if linger_until is None:
+                complete = termination.report is not None and termination.report.complete
+                linger_until = clock() + (channel.linger(complete) if channel is not None else 0)
+            if channel is None or channel.idle() or clock() >= linger_until:
+                break
+
+        # -- wait for the next event --------------------------------------
+        fds: dict[int, int] = {}
+        waits: list[float] = []
+        if termination is None:
+            fds[inbox.fileno] = select.POLLIN
+            if not leader_exited:
+                if job.leader_fileno >= 0:
+                    fds[job.leader_fileno] = select.POLLIN
+                else:
+                    waits.append(0.05)  # no pidfd (psutil backend): look again soon
+            if caller is not None and caller.fileno >= 0:
+                fds[caller.fileno] = select.POLLIN
+            if deadline is not None:
+                waits.append(deadline - clock())
+        elif not termination.finished:
+            # The engine's own waits watch the signal pipe (the job's wake
+            # fd): draining it here would hide a second INT from them.
+            fds[termination.done_r] = select.POLLIN
+        if linger_until is not None:
+            waits.append(linger_until - clock())
+        channel_fds = channel.wanted() if channel is not None else {}
+        poller = select.poll()
+        for fd, events in {**fds, **channel_fds}.items():
+            poller.register(fd, events)
+        ready = poller.poll(None if not waits else max(0, int(min(waits) * 1000) + 1))
+        if termination is None:
+            # Drained *before* looking at what woke us: a signal landing after
+            # the checks above leaves its byte for the next poll.
+            inbox.drain()
+            if job.returncode is not None:
+                leader_exited = True
+            # A SIGCHLD: an orphan the subreaper adopted has exited. Reap it
+            # now, or zombies pile up for the job's whole life (tether as a
+            # container's PID 1 must reap like an init).
+            job.reap_adopted()
+        if channel is not None:
+            for fd, events in ready:
+                if fd in channel_fds:
+                    channel.ready(fd, events)
+
+    termination.join()
+    return Outcome(
+        report=termination.report,
+        returncode=job.returncode,
+        timed_out=timed_out,
+        reason=termination.reason,
+        signals=tuple(inbox.received),
+        error=termination.error,
+    )
