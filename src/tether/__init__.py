@@ -17,6 +17,12 @@ of what was killed::
 
 from __future__ import annotations
 
+# Layout, in reading order: spec (JobSpec: what to run, how to contain it) ->
+# job (Job: start it; run/start/kill_tree) -> supervise (the one loop: deadline,
+# signals, caller, leftovers) -> terminate (the engine) over membership
+# (trackers/ -> members, held by pidfds) -> report. process and _platform are
+# the only way to the OS; journal, watchdog and recovery outlive a dead
+# supervisor; cli/ is the command line, remote/ the SSH side, prune/ the pruner.
 from typing import TYPE_CHECKING, Any
 
 from tether.errors import (

@@ -588,32 +588,33 @@ def kill_tree(
 
     Best effort: the report says which trackers could apply.
     """
-    if isinstance(policy, str):
-        policy = Policy.parse(policy)
     membership, _info = Membership.for_tree(pid)
-    try:
-        return terminate(
-            membership,
-            policy if policy is not None else Policy.default(),
-            job_id=f"pid-{pid}",
-            reason=f"kill_tree({pid})",
-            on_progress=on_progress,
-        )
-    finally:
-        membership.close()
+    return _terminate(membership, policy, f"pid-{pid}", f"kill_tree({pid})", on_progress)
 
 
 def kill_gid(gid: int, *, policy: Policy | str | None = None) -> Report:
     """Terminate every process carrying supplementary group ``gid`` (see ``tag_gid``)."""
-    if isinstance(policy, str):
-        policy = Policy.parse(policy)
     membership = Membership.for_gid(gid)
+    return _terminate(membership, policy, f"gid-{gid}", f"tether kill --gid {gid}", None)
+
+
+def _terminate(
+    membership: Membership,
+    policy: Policy | str | None,
+    job_id: str,
+    reason: str,
+    on_progress: Callable[[Progress], None] | None,
+) -> Report:
+    """The engine on a tree tether did not start; the membership is closed after."""
     try:
+        if isinstance(policy, str):
+            policy = Policy.parse(policy)
         return terminate(
             membership,
             policy if policy is not None else Policy.default(),
-            job_id=f"gid-{gid}",
-            reason=f"tether kill --gid {gid}",
+            job_id=job_id,
+            reason=reason,
+            on_progress=on_progress,
         )
     finally:
         membership.close()

@@ -94,11 +94,6 @@ class JobRecord:
                 object.__setattr__(self, name, Identity(*value))
         if any(type(m) is not Identity for m in self.members):
             object.__setattr__(self, "members", tuple(Identity(*m) for m in self.members))
-        # Transition: callers that still pass Policy.to_dict() (job.py's
-        # new_record call, tests that build records by hand) get it parsed
-        # here. Remove once every caller passes a Policy.
-        if isinstance(self.policy, dict):
-            object.__setattr__(self, "policy", Policy.from_dict(self.policy))
 
     def to_json(self) -> bytes:
         # Field order as declared; the policy as Policy.to_dict(), identities
@@ -362,7 +357,7 @@ def new_record(
     job_id: str,
     cookie: str,
     argv: tuple[str, ...],
-    policy: Policy | dict[str, Any],
+    policy: Policy,
     supervisor: Identity | tuple[int, int],
     not_before: int,
     cgroup: str | None,
@@ -370,16 +365,12 @@ def new_record(
     restartable: bool,
     tag_gid: int | None = None,
 ) -> JobRecord:
-    """A job's first record (state ``starting``).
-
-    ``policy`` may still be a ``Policy.to_dict()`` for one transition (job.py
-    passes one); it is parsed here. Pass a :class:`Policy`.
-    """
+    """A job's first record (state ``starting``)."""
     return JobRecord(
         job_id=job_id,
         cookie=cookie,
         argv=argv,
-        policy=policy if isinstance(policy, Policy) else Policy.from_dict(policy),
+        policy=policy,
         owner_uid=os.geteuid(),
         started_at=time.time(),
         boot_id=boot_id(),

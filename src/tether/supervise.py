@@ -136,7 +136,7 @@ class Channel(Protocol):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RunOutcome:
     """How a supervised job ended.
 
     Attributes:
@@ -191,27 +191,17 @@ class _Termination:
         self.report: Report | None = None
         self.error: BaseException | None = None
         self.done_r, self._done_w = os.pipe()
-        self._thread = threading.Thread(
-            target=self._work,
-            args=(job, reason, skip_to_last, on_progress),
-            name="tether-terminate",
-            daemon=True,
-        )
-        self._thread.start()
 
-    def _work(
-        self,
-        job: Job,
-        reason: str,
-        skip_to_last: Callable[[], bool],
-        on_progress: Callable[[Progress], None] | None,
-    ) -> None:
-        try:
-            self.report = job.cancel(reason, skip_to_last=skip_to_last, on_progress=on_progress)
-        except BaseException as err:
-            self.error = err
-        finally:
-            os.write(self._done_w, b"x")
+        def work() -> None:
+            try:
+                self.report = job.cancel(reason, skip_to_last=skip_to_last, on_progress=on_progress)
+            except BaseException as err:
+                self.error = err
+            finally:
+                os.write(self._done_w, b"x")
+
+        self._thread = threading.Thread(target=work, name="tether-terminate", daemon=True)
+        self._thread.start()
 
     @property
     def finished(self) -> bool:
@@ -234,11 +224,11 @@ def supervise(
     on_progress: Callable[[Progress], None] | None = None,
     who: str = "tether",
     clock: Callable[[], float] = time.monotonic,
-) -> Outcome:
+) -> RunOutcome:
     """Watch ``job`` until it ends or must be cancelled; terminate what is left.
 
     Always returns with the job terminated (its report kept by the job), even
-    when the termination failed (``Outcome.error``). Waits are event-driven:
+    when the termination failed (``RunOutcome.error``). Waits are event-driven:
     the leader's pidfd, the signal pipe, the caller's pidfd, the channel's fds.
     ``who`` names the supervisor in reasons ("tether received SIGTERM").
     """
@@ -338,7 +328,7 @@ def supervise(
                     channel.ready(fd, events)
 
     termination.join()
-    return Outcome(
+    return RunOutcome(
         report=termination.report,
         returncode=job.returncode,
         timed_out=timed_out,

@@ -303,7 +303,7 @@ def _forged(
         job_id=job_id or new_cookie(),
         cookie=new_cookie(),
         argv=("forged",),
-        policy=Policy.parse(POLICY).to_dict(),
+        policy=Policy.parse(POLICY),
         owner_uid=os.geteuid(),
         started_at=time.time(),
         boot_id=boot_id() if boot is None else boot,

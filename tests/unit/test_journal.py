@@ -103,14 +103,13 @@ def test_records_written_earlier_read_and_rewrite_unchanged() -> None:
     assert r.to_json() == EARLIER_RECORD
 
 
-def test_plain_pairs_and_a_policy_dict_are_still_accepted() -> None:
-    # Transition: job.py passes Policy.to_dict() and plain (pid, start) pairs.
+def test_plain_pairs_are_kept_as_identities() -> None:
     policy = Policy.parse("TERM,3s,KILL", leader_signal=signal.SIGINT)
     r = new_record(
         job_id="j",
         cookie="c",
         argv=("true",),
-        policy=policy.to_dict(),
+        policy=policy,
         supervisor=(1, 2),
         not_before=2,
         cgroup=None,

@@ -6,6 +6,7 @@ Kept import-light: ``tether run`` imports this module on every start.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -145,11 +146,27 @@ _policy_options: list[Callable[[Any], Any]] = [
 ]  # fmt: skip
 
 
+_POLICY_PARAMETERS = (
+    "policy_text", "sig", "kill_after", "leader_signal", "tree_delay", "kill_script",
+    "kill_script_mode",
+)  # fmt: skip
+
+
 def with_policy_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the policy options of ``run`` and ``kill`` (and ``--json FILE``)."""
+    """Add the policy options of ``run`` and ``kill`` (and ``--json FILE``).
+
+    The command receives them merged, as ``policy_flags`` (settings for
+    :func:`configured`), and ``json_file``.
+    """
+
+    @functools.wraps(f)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in _POLICY_PARAMETERS}
+        return f(*args, policy_flags=policy_flags(**given), **kwargs)
+
     for option in reversed(_policy_options):
-        f = option(f)
-    return f
+        command = option(command)
+    return command
 
 
 def policy_flags(

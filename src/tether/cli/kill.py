@@ -11,7 +11,6 @@ from tether.cli._common import (
     EXIT_OK,
     configured,
     parse_pid,
-    policy_flags,
     progress_line,
     with_policy_options,
     write_json,
@@ -42,13 +41,7 @@ EXIT STATUS:
 def kill(
     pid: str | None,
     gid: int | None,
-    policy_text: str | None,
-    sig: str | None,
-    kill_after: str | None,
-    leader_signal: str | None,
-    tree_delay: str | None,
-    kill_script: str | None,
-    kill_script_mode: str | None,
+    policy_flags: dict[str, object],
     json_file: str | None,
     quiet: bool,
 ) -> None:
@@ -59,11 +52,7 @@ def kill(
     """
     if (pid is None) == (gid is None):
         raise UsageError("give either a PID or --gid GID")
-    policy = configured(
-        policy_flags(
-            policy_text, sig, kill_after, leader_signal, tree_delay, kill_script, kill_script_mode
-        )
-    ).policy_for_run()
+    policy = configured(policy_flags).policy_for_run()
     if gid is not None:
         from tether.job import kill_gid
 

@@ -18,7 +18,6 @@ from tether.cli._common import (
     EXIT_FAILED,
     configured,
     fail,
-    policy_flags,
     progress_line,
     with_policy_options,
     write_json,
@@ -27,7 +26,7 @@ from tether.cli._remote import remote_flags, wants_remote, with_remote_options
 
 if TYPE_CHECKING:
     from tether.spec import JobSpec
-    from tether.supervise import Outcome
+    from tether.supervise import RunOutcome
 
 _RUN_EPILOG = """\
 \b
@@ -87,13 +86,7 @@ EXIT STATUS (the command's own status, except):
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     command: tuple[str, ...],
-    policy_text: str | None,
-    sig: str | None,
-    kill_after: str | None,
-    leader_signal: str | None,
-    tree_delay: str | None,
-    kill_script: str | None,
-    kill_script_mode: str | None,
+    policy_flags: dict[str, object],
     json_file: str | None,
     timeout_text: str | None,
     trackers: str | None,
@@ -115,9 +108,7 @@ def run(
     job; if both are, `tether reap` does. stdin, stdout and stderr pass through.
     """
     flags = {
-        **policy_flags(
-            policy_text, sig, kill_after, leader_signal, tree_delay, kill_script, kill_script_mode
-        ),
+        **policy_flags,
         "run.timeout": timeout_text,
         "run.trackers": trackers,
         "run.wait_leftovers": wait_leftovers or None,
@@ -166,7 +157,7 @@ def run(
     sys.exit(outcome.exit_status)
 
 
-def _supervised(spec: JobSpec, *, outlive_caller: bool, quiet: bool) -> Outcome:
+def _supervised(spec: JobSpec, *, outlive_caller: bool, quiet: bool) -> RunOutcome:
     """Run ``spec`` with tether as its dedicated supervisor, until it is over."""
     from tether.caller import open_caller
     from tether.job import Job
