@@ -1,0 +1,17 @@
+#!/bin/sh
+# System packages the suite tests against (real programs, not fakes), installed
+# when missing and we may (root, apt). Without one, the tests that need it are
+# skipped with a reason naming it. Called by ./run-tests.
+set -u
+[ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || exit 0
+export DEBIAN_FRONTEND=noninteractive
+missing=""
+# tests/remote start real sshd instances on 127.0.0.1.
+if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
+    missing="$missing openssh-server openssh-client"
+fi
+[ -z "$missing" ] && exit 0
+# shellcheck disable=SC2086
+{ apt-get update -qq && apt-get install -y -qq $missing; } >/dev/null 2>&1 ||
+    echo "run-tests: could not install$missing; the tests that need them will be skipped" >&2
+exit 0
