@@ -26,6 +26,7 @@ from tether.journal import RUNTIME_DIR_VAR, JobRecord, Journal
 
 DOCS = Path(__file__).resolve().parent.parent.parent / "docs"
 SCHEMAS = DOCS / "schemas"
+ID_BASE = "https://tether.invalid/schemas/"
 POLICY = "TERM,1s,KILL"
 SETTLE = 20.0  # bound on readiness waits, not a timing assertion
 #: Every command that prints JSON, and its schema file's stem.
@@ -35,12 +36,12 @@ TREE = 'sleep 300 & echo $! > "$1.tmp"; mv "$1.tmp" "$1"; wait'
 
 
 def _registry() -> Registry[Any]:
-    # The schemas refer to each other by file name ("report.schema.json"), so
-    # they resolve next to each other wherever they are read from.
-    resources = [
-        (p.name, Resource.from_contents(json.loads(p.read_text())))
-        for p in SCHEMAS.glob("*.schema.json")
-    ]
+    # The schemas refer to each other by file name ("report.schema.json"),
+    # resolved against their $id: they live next to each other under one base.
+    resources = []
+    for p in SCHEMAS.glob("*.schema.json"):
+        contents = json.loads(p.read_text())
+        resources.append((contents["$id"], Resource.from_contents(contents)))
     return Registry().with_resources(resources)  # type: ignore[no-any-return]
 
 
@@ -82,8 +83,23 @@ def test_schemas_are_draft_2020_12_and_documented() -> None:
     for path in files:
         schema = json.loads(path.read_text())
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        assert schema["$id"] == f"{ID_BASE}{path.name}"
         Draft202012Validator.check_schema(schema)
         assert f"schemas/{path.name}" in page, f"docs/json.md does not link {path.name}"
+
+
+def test_tether_schema_prints_the_installed_schemas() -> None:
+    listed = subprocess.run(tether_cmd("schema"), capture_output=True, text=True, check=True)
+    names = listed.stdout.split()
+    assert names == sorted(p.name.removesuffix(".schema.json") for p in SCHEMAS.glob("*.json"))
+    for name in names:
+        shown = subprocess.run(
+            tether_cmd("schema", name), capture_output=True, text=True, check=True
+        )
+        assert shown.stdout == (SCHEMAS / f"{name}.schema.json").read_text()
+    unknown = subprocess.run(tether_cmd("schema", "nope"), capture_output=True, text=True)
+    assert unknown.returncode == 2
+    assert unknown.stderr == f"tether: no schema named 'nope'; known: {', '.join(names)}\n"
 
 
 # -- run and kill: the termination report ---------------------------------------------

@@ -21,7 +21,7 @@ MAN_DIR = Path(__file__).resolve().parent.parent.parent / "man"
 REGENERATE = "python3 tools/manpage.py --output man/"
 EXPECTED = {
     "tether.1", "tether-run.1", "tether-kill.1", "tether-ps.1", "tether-config.1",
-    "tether-cancel.1", "tether-completion.1", "tether-prune.8", "tether-reap.8",
+    "tether-cancel.1", "tether-completion.1", "tether-schema.1", "tether-prune.8", "tether-reap.8",
     "tether-epilog.8", "tether.toml.5",
 }  # fmt: skip
 

@@ -1,6 +1,7 @@
-"""The wheel builds from the repository, holds the whole package and the man
-pages (but not the build tools under tools/), installs into a fresh venv and
-runs from there."""
+"""The wheel builds from the repository without a deprecation warning, holds
+the whole package, the JSON schemas, the LICENSE and the man pages (but not
+the build tools under tools/), installs into a fresh venv and runs from there;
+the sdist holds the LICENSE too."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -21,10 +23,14 @@ def _source_tree(dest: Path) -> Path:
     """The files a build reads, copied: an in-tree build would leave build/
     behind, whose stale files a later build would ship."""
     dest.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
         shutil.copy2(ROOT / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
-    shutil.copytree(ROOT / "src", dest / "src", ignore=ignore)
+    # src/tether/schemas is a link to docs/schemas, kept as a link.
+    shutil.copytree(ROOT / "src", dest / "src", ignore=ignore, symlinks=True)
+    shutil.copytree(ROOT / "docs", dest / "docs")
+    shutil.copytree(ROOT / "contrib", dest / "contrib")
+    shutil.copytree(ROOT / "examples", dest / "examples", ignore=ignore)
     shutil.copytree(ROOT / "man", dest / "man")
     # As in a checkout: the build must leave tools/ out by itself.
     shutil.copytree(ROOT / "tools", dest / "tools", ignore=ignore)
@@ -54,6 +60,14 @@ def test_wheel_builds_installs_and_runs(tmp_path: Path) -> None:
     built_tools = sorted(n for n in names if "manpage" in n or n.startswith("tools/"))
     assert not built_tools, f"build tools in the wheel: {built_tools}"
     assert "tether/py.typed" in names
+    schemas = {f"tether/schemas/{p.name}" for p in (ROOT / "docs" / "schemas").glob("*.json")}
+    assert "tether/schemas/run.schema.json" in schemas
+    assert not schemas - names, f"schemas missing from the wheel: {sorted(schemas - names)}"
+    info = f"tether-{tether.__version__}.dist-info"
+    assert f"{info}/licenses/LICENSE" in names
+    with zipfile.ZipFile(wheel) as zf:
+        metadata = zf.read(f"{info}/METADATA").decode()
+    assert "License-Expression: MIT" in metadata.splitlines()
     data = f"tether-{tether.__version__}.data/data/share/man"
     pages = {f"{data}/man{p.suffix[1:]}/{p.name}" for p in (ROOT / "man").glob("tether*.[158]")}
     assert f"{data}/man1/tether.1" in pages and f"{data}/man5/tether.toml.5" in pages
@@ -96,3 +110,33 @@ def test_wheel_builds_installs_and_runs(tmp_path: Path) -> None:
         capture_output=True, env=env, timeout=60, check=False,
     )  # fmt: skip
     assert failed.returncode == 7
+    schema = subprocess.run(
+        [str(venv / "bin" / "tether"), "schema", "report"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert schema.returncode == 0, schema.stderr
+    assert schema.stdout == (ROOT / "docs" / "schemas" / "report.schema.json").read_text()
+
+
+def test_backend_builds_sdist_and_wheel_without_deprecation_warnings(tmp_path: Path) -> None:
+    """setuptools warns about outdated metadata (a license table, classifiers
+    that duplicate the SPDX expression) only in the backend's own output,
+    which pip hides: the backend is called directly."""
+    tree = _source_tree(tmp_path / "tree")
+    out = tmp_path / "out"
+    out.mkdir()
+    code = (
+        "import sys; from setuptools import build_meta as b; "
+        "print(b.build_sdist(sys.argv[1])); print(b.build_wheel(sys.argv[1]))"
+    )
+    built = subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        cwd=tree, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "deprecat" not in (built.stdout + built.stderr).lower(), built.stderr
+    (sdist,) = out.glob("tether-*.tar.gz")
+    with tarfile.open(sdist) as tf:
+        names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
+    expected = {"LICENSE", "docs/json.md", "docs/schemas/run.schema.json", "contrib/README.md"}
+    assert expected <= names, f"missing from the sdist: {sorted(expected - names)}"

@@ -1,7 +1,7 @@
 """The ``tether`` command: the group, its lazy command table, and ``main``.
 
 One module per command (``run``, ``kill``, ``ps``, ``reap``, ``cancel``,
-``config``, ``completion``, ``prune`` with ``epilog``), imported only when
+``config``, ``completion``, ``schema``, ``prune`` with ``epilog``), imported only when
 that command runs (or ``--help`` lists them), so ``tether run`` does not pay
 for the others at start-up. What they share (exit statuses, errors, ``--json``
 output, the policy options and the flags-over-config merge) is in
@@ -50,6 +50,7 @@ COMMANDS: dict[str, str] = {
     "ps": "tether.cli.ps:ps",
     "reap": "tether.cli.reap:reap",
     "run": "tether.cli.run:run",
+    "schema": "tether.cli.schema:schema_command",
 }
 
 
