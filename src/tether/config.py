@@ -247,6 +247,14 @@ def _integer(lowest: int, highest: int, why: str = "") -> Callable[[object], int
     return parse
 
 
+def _parse_log_file(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string, not {_typename(value)}")
+    if value and not value.startswith("/"):
+        raise _Invalid(f"must be an absolute path (or \"\"), not {value!r}")
+    return value
+
+
 def _parse_trackers(value: object) -> str:
     if isinstance(value, str):
         names: str | tuple[str, ...] = value.strip()
@@ -431,6 +439,10 @@ SETTINGS: tuple[SettingSpec, ...] = (
           "also consider processes of interactive SSH sessions"),
     _spec("prune.policy", "TERM,10s,KILL", _parse_policy, "policy",
           "termination policy for what the pruner kills"),
+    _spec("prune.log_file", "", _parse_log_file, "string",
+          "append the prune/epilog decisions to this file instead of syslog or the journal; "
+          "\"\" for syslog (or /var/log/tether/prune.log where no syslog socket exists)",
+          flag="--log-file"),
     _spec("remote.fanout", 32, _integer(1, 10000), "int",
           "how many hosts are contacted at once", flag="--fanout"),
     _spec("remote.ssh_options", (), _parse_ssh_options, "list",

@@ -15,6 +15,7 @@ import click
 from tether.cli._common import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_OK, configured
 from tether.errors import TetherError, UsageError
 from tether.policy import parse_duration
+from tether.prune.text import visible
 
 if TYPE_CHECKING:
     from tether.config import EffectiveConfig
@@ -34,21 +35,27 @@ and legitimate processes:
     of a live supervisor and the processes of its root-owned tether-* cgroup.
     A user's own `tether run` outside any batch job does NOT make its tree
     legitimate: user journals are written by the user;
-  - batch jobs: Slurm job cgroups (slurm/uid_N/job_M, slurmstepd.scope/job_M),
-    `scontrol listpids` while slurmd runs, `qstat -f` sessions while pbs_mom
-    runs (--batch), and session ids listed by --sessions-file/--sessions-command
-    (lines "SID [JOBID [USER]]");
+  - batch jobs: root-owned Slurm job cgroups (slurm[_NODE]/uid_N/job_M,
+    [NODE_]slurmstepd.scope/job_M), `scontrol listpids` while slurmd or a
+    slurmstepd runs, processes of a running Slurm job's owner carrying that
+    job's SLURM_JOB_ID (helpers that double-forked out of the job's tree),
+    `qstat -f` sessions while pbs_mom runs (--batch), and session ids listed
+    by --sessions-file/--sessions-command (lines "SID [JOBID [USER]]");
   - interactive sessions (under a root sshd, or a utmp login), unless
     --include-ssh.
-An environment variable (TETHER_JOB_ID, SLURM_JOB_ID) never makes a process
-legitimate: anyone can set one. Job lists are read after the process scan, so
-a job starting during the scan is seen.
+An environment variable is never evidence for another uid's process: a
+SLURM_JOB_ID only counts for the running job's own user, TETHER_JOB_ID never.
+Job lists are read after the process scan, so a job starting during the scan
+is seen.
 
 A dry run (the default) prints what would be killed and why, and sends no
 signal. --kill applies the policy to every stray (and to children a stray
 forks while it is terminated) through pidfds opened after its start time and
-uids were checked again. Every decision is logged to syslog (ident
-tether-prune) or, under systemd, to the journal.
+uids were checked again. The listing groups the strays by the rule that
+made them strays; process names and command lines are shown with control
+characters escaped (\x1b, \n). Every decision is logged to syslog (ident
+tether-prune), under systemd to the journal, or to --log-file/prune.log_file
+(/var/log/tether/prune.log where no syslog socket exists).
 
 \b
 EXIT STATUS:
@@ -70,14 +77,21 @@ that user is killed, as slurm.epilog.clean does; otherwise only the ended
 job's strays: processes in its cgroup or session, or carrying its
 SLURM_JOB_ID/PBS_JOBID. Legitimate processes (other jobs, live tether jobs,
 interactive sessions unless --include-ssh) and processes with a uid below the
-floor are never touched. --min-age defaults to 0 here (the job is over).
+floor are never touched. --min-age defaults to 0 here (the job is over);
+prune.min_age is tether prune's and is not read. --batch none would hide the
+user's other running jobs (and so kill their processes): it is refused unless
+--force is given.
+
+Decisions go to syslog (ident tether-prune), or to --log-file/prune.log_file,
+or to /var/log/tether/prune.log where no syslog socket exists: slurmd discards
+a successful Epilog's output.
 
 \b
 EXIT STATUS (a non-zero epilog status drains a Slurm node):
   0  done, nothing to do, or a harmless failure: bad environment or
-     arguments, unknown user, bad configuration, or a job list that could not
-     be read. The failure is logged at error level; with an unreadable job
-     list only the ended job's cgroup and session are killed.
+     arguments, unknown user, bad configuration, a job list that could not
+     be read, or an unexpected error. The failure is logged at error level
+     and nothing is killed.
   1  a process of the ended job's user could not be killed: the node keeps
      a stray (e.g. stuck in D state), so draining it is deliberate
   2  only with --strict: what exits 0 above as a harmless failure
@@ -116,6 +130,8 @@ _common_options: list[Any] = [
                  help="Syslog facility for the decision log."),
     click.option("--syslog-socket", metavar="PATH",
                  help="Syslog socket (default $TETHER_SYSLOG_SOCKET, else /dev/log)."),
+    click.option("--log-file", metavar="PATH",
+                 help="Append decisions to PATH instead of syslog (default: prune.log_file)."),
     click.option("--no-syslog", is_flag=True, help="Do not log decisions."),
 ]  # fmt: skip
 
@@ -143,6 +159,7 @@ class _Common:
     verbose: bool
     syslog_facility: str
     syslog_socket: str | None
+    log_file: str | None
     no_syslog: bool
 
 
@@ -160,11 +177,14 @@ def _options(
     *,
     default_min_age: float,
     extra: Mapping[str, Any],
+    min_age_setting: bool = True,
     flags: Mapping[str, object] | None = None,
 ) -> tuple[Any, Policy, EffectiveConfig]:
     """PruneOptions, the policy and the configuration, from flags over the files.
 
     ``flags``: a command's own flags that are settings, beyond the common ones.
+    ``min_age_setting``: False for the epilog, which only takes --min-age (the
+    job is over: prune.min_age is for sweeps of a node with jobs starting).
     """
     from tether.config import Flag
     from tether.prune.classify import PruneOptions
@@ -178,6 +198,7 @@ def _options(
             "prune.exclude_users": Flag(c.exclude_users, "--exclude-user"),
             "prune.exclude_comm": c.exclude_comm,
             "prune.include_ssh": c.include_ssh,
+            "prune.log_file": c.log_file,
             **(flags or {}),
         },
         config_file=c.config_file,
@@ -194,6 +215,8 @@ def _options(
     if floor < 1:
         raise UsageError(f"--min-uid {floor}: the floor must be at least 1 (root is never pruned)")
     min_age = configured_value("prune.min_age")
+    if not min_age_setting and config.setting("prune.min_age").source.kind != "flag":
+        min_age = None
     if min_age is None:
         min_age = default_min_age
     exclude = {
@@ -230,7 +253,7 @@ def _sources(c: _Common) -> list[Any]:
     )
 
 
-def _log(c: _Common) -> Any:
+def _log(c: _Common, log_file: str | None = None) -> Any:
     from tether.prune.log import FACILITIES, DecisionLog
 
     if c.syslog_facility not in FACILITIES:
@@ -239,7 +262,10 @@ def _log(c: _Common) -> Any:
             f"(one of {', '.join(sorted(FACILITIES))})"
         )
     return DecisionLog(
-        facility=c.syslog_facility, socket_path=c.syslog_socket, enabled=not c.no_syslog
+        facility=c.syslog_facility,
+        socket_path=c.syslog_socket,
+        enabled=not c.no_syslog,
+        file_path=(c.log_file or log_file) or None,
     )
 
 
@@ -298,7 +324,7 @@ def prune_command(
     )
     options = replace(options, orphans_only=config["prune.orphans_only"])
     sources = _sources(c)
-    log = _log(c)
+    log = _log(c, config["prune.log_file"])
     try:
         try:
             p = plan(options, sources, verbose=c.verbose)
@@ -389,17 +415,16 @@ def _slurm_context(env: Mapping[str, str]) -> _JobContext:
 @click.option("--dry-run", is_flag=True, help="Only report and log what would be killed.")
 @click.option("--strict", is_flag=True,
               help="Exit 2 on bad input, configuration or job lists, instead of 0.")  # fmt: skip
+@click.option("--force", is_flag=True,
+              help="Allow --batch none (the user's other jobs are then not seen).")  # fmt: skip
 @_with_common
 @click.argument("torque_args", nargs=-1, metavar="[-- JOBID USER GROUP JOBNAME SESSION ...]")
 def epilog_command(
-    dry_run: bool, strict: bool, torque_args: tuple[str, ...], **common: Any
+    dry_run: bool, strict: bool, force: bool, torque_args: tuple[str, ...], **common: Any
 ) -> None:
     """Kill what an ended batch job left behind on this node (a Slurm Epilog,
     or a Torque/PBS epilogue)."""
-    from tether.prune.classify import EndedJob, plan
     from tether.prune.log import DecisionLog
-    from tether.prune.outcome import execute
-    from tether.prune.sources import SlurmCgroups, SourceError
 
     c = _Common(**common)
     try:
@@ -407,20 +432,38 @@ def epilog_command(
     except UsageError as err:
         click.echo(f"tether: {err}", err=True)
         log = DecisionLog()
-
-    def harmless(err: Exception) -> None:
-        log.error(f'event=error command=epilog error={str(err)!r} action="nothing killed"')
-        log.close()
-        click.echo(f"tether: epilog: {err} (nothing was killed)", err=True)
-        sys.exit(EXIT_BAD_INPUT if strict else EXIT_OK)
-
     try:
-        ctx = job_context(torque_args, os.environ)
-        options, policy, _ = _options(c, default_min_age=0.0, extra={})
-        sources = _sources(c)
-    except (TetherError, ValueError) as err:
-        harmless(err)
-        return
+        status = _epilog(c, log, dry_run=dry_run, strict=strict, force=force, argv=torque_args)
+    except Exception as err:  # an epilog must not drain a node by a traceback
+        # Bad input, a job list that could not be read, or a bug: nothing
+        # was killed, so the node has nothing left behind by us to drain for.
+        why = err if isinstance(err, TetherError | ValueError) else f"{type(err).__name__}: {err}"
+        text = visible(str(why))
+        log.error(f'event=error command=epilog error={text!r} action="nothing killed"')
+        click.echo(f"tether: epilog: {text} (nothing was killed)", err=True)
+        status = EXIT_BAD_INPUT if strict else EXIT_OK
+    finally:
+        log.close()
+    sys.exit(status)
+
+
+def _epilog(
+    c: _Common, log: Any, *, dry_run: bool, strict: bool, force: bool, argv: Sequence[str]
+) -> int:
+    """One epilog run; its exit status. Raises on anything that killed nothing."""
+    from tether.prune.classify import EndedJob, plan
+    from tether.prune.outcome import execute
+
+    ctx = job_context(argv, os.environ)
+    options, policy, config = _options(c, default_min_age=0.0, extra={}, min_age_setting=False)
+    if c.batch == "none" and not force:
+        raise UsageError(
+            "--batch none: the user's other running jobs would not be seen and their "
+            "processes would be killed; give --force if that is meant"
+        )
+    if not c.log_file and config["prune.log_file"] and not c.no_syslog:
+        log.to_file(config["prune.log_file"])
+    sources = _sources(c)
     ended = EndedJob(uid=ctx.uid, job_id=ctx.job_id, sids=ctx.sids, env=ctx.env)
     if ctx.uid < options.min_uid:
         log.info(
@@ -437,33 +480,11 @@ def epilog_command(
                 f"tether epilog: job {ctx.job_id}: uid {ctx.uid} is below the floor "
                 f"{options.min_uid}: nothing to do"
             )
-        log.close()
-        sys.exit(EXIT_OK)
-    degraded: str | None = None
-    try:
-        p = plan(options, sources, ended=ended, verbose=c.verbose)
-    except SourceError as err:
-        # Which other jobs run here is unknown: kill only what provably was
-        # the ended job's (its Slurm cgroup, its session), never by env marker.
-        degraded = str(err)
-        log.error(
-            f"event=error command=epilog job={ctx.job_id} error={degraded!r} "
-            'action="only the ended job\'s cgroup and session"'
-        )
-        p = plan(
-            options,
-            [SlurmCgroups(c.slurm_cgroup_roots or None)],
-            ended=replace(ended, env=()),
-            verbose=c.verbose,
-            whole_user_allowed=False,
-        )
-    try:
-        outcome = execute(p, kill=not dry_run, policy=policy, log=log)
-    finally:
-        log.close()
+        return EXIT_OK
+    # A job list that cannot be read raises SourceError: which other jobs run
+    # here is then unknown, and neither the ended job's cgroup (gone by now
+    # under Slurm) nor its session (Slurm gives none) can stand in for it.
+    p = plan(options, sources, ended=ended, verbose=c.verbose)
+    outcome = execute(p, kill=not dry_run, policy=policy, log=log)
     _show(outcome, c)
-    if degraded is not None:
-        click.echo(f"tether: epilog: {degraded}: only the ended job's own processes", err=True)
-    if not outcome.complete:
-        sys.exit(EXIT_INCOMPLETE)
-    sys.exit(EXIT_BAD_INPUT if strict and degraded is not None else EXIT_OK)
+    return EXIT_OK if outcome.complete else EXIT_INCOMPLETE

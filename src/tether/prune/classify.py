@@ -7,7 +7,10 @@ The rules, in the order they are applied (the first that matches decides):
 2. protected: pid 1, tether itself, its ancestors, tether's own session;
 3. system services: anything in systemd's ``system.slice``;
 4. legitimate: members of a live job (tether, Slurm, Torque, a session list),
-   and, unless ``include_ssh``, of interactive sessions;
+   processes of a running Slurm job's owner that carry that job's
+   ``SLURM_JOB_ID`` (a double-forked helper ``scontrol listpids`` does not
+   list under proctrack/linuxproc or pgid; the id is only believed for the
+   job's own uid), and, unless ``include_ssh``, of interactive sessions;
 5. younger than ``min_age`` (a job may be starting: its record can lag);
 6. any of ruid, euid, suid, fsuid below the floor: system accounts, and
    setuid-style processes (ruid 1000, euid 0) — never candidates;
@@ -26,7 +29,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tether.prune import sources as src
 from tether.prune.scan import Proc, Table, scan
@@ -51,6 +54,10 @@ EXEMPT_CPU = "less CPU time than --min-cputime"
 EXEMPT_NO_GID = "not carrying the --gid group"
 EXEMPT_OTHER_JOB_USER = "not the ended job's user"
 EXEMPT_NOT_JOB = "not the ended job's (its user has another job here)"
+
+#: Sources whose job ids are Slurm's (one job may be seen by both).
+SLURM_SOURCES = frozenset({"slurm-cgroup", "scontrol"})
+_SLURM_MARKERS = (b"SLURM_JOB_ID=", b"SLURM_JOBID=")
 
 
 @dataclass(frozen=True)
@@ -268,6 +275,64 @@ def _ended_job_processes(table: Table, ended: EndedJob, ended_jobs: Sequence[src
     return tied
 
 
+def _slurm_owners(jobs: Sequence[src.Job]) -> dict[str, int]:
+    """Running Slurm job id -> its owner's uid, from whichever source knows it."""
+    out: dict[str, int] = {}
+    for job in jobs:
+        if job.source in SLURM_SOURCES and job.uid is not None:
+            out.setdefault(job.job_id, job.uid)
+    return out
+
+
+def slurm_job_ids(env: bytes) -> set[str]:
+    """The values of SLURM_JOB_ID and SLURM_JOBID in a NUL-separated environment."""
+    out: set[str] = set()
+    for entry in env.split(b"\0"):
+        for marker in _SLURM_MARKERS:
+            if entry.startswith(marker):
+                value = entry[len(marker) :]
+                if value.isdigit() and len(value) < 20:
+                    out.add(value.decode())
+    return out
+
+
+def _slurm_env_jobs(
+    table: Table, owners: Mapping[str, int], skip: Iterable[int], floor: int
+) -> list[src.Job]:
+    """Processes of a running Slurm job's owner carrying that job's id.
+
+    Under proctrack/linuxproc and pgid, ``scontrol listpids`` only lists what
+    still descends from slurmstepd: a helper that double-forked to init is
+    missing, yet it is the running job's. Its environment still names the
+    job. The name is only evidence for the job owner's own processes: anyone
+    can set SLURM_JOB_ID, and a forged one must never shelter another uid's.
+    """
+    if not owners:
+        return []
+    from tether.process import read_environ
+
+    uids = set(owners.values())
+    skip = set(skip)
+    found: dict[str, set[int]] = {}
+    for proc in table.procs.values():
+        if proc.kernel_thread or proc.pid in skip or proc.state in ("Z", "X"):
+            continue
+        if not table.load_status(proc) or proc.uids is None or min(proc.uids) < floor:
+            continue
+        if proc.uids[0] not in uids or proc.uids[1] != proc.uids[0]:
+            continue
+        env = read_environ(proc.pid, proc.starttime)
+        if env is None:
+            continue
+        for job_id in slurm_job_ids(env):
+            if owners.get(job_id) == proc.uids[0]:
+                found.setdefault(job_id, set()).add(proc.pid)
+    return [
+        src.Job("slurm-env", job_id, uid=owners[job_id], pids=frozenset(pids))
+        for job_id, pids in sorted(found.items())
+    ]
+
+
 def read_sources(
     sources: Sequence[src.JobSource], table: Table
 ) -> tuple[list[src.Job], list[SourceStatus]]:
@@ -327,18 +392,40 @@ def plan(
     if system_slice is None:
         system_slice = src.system_slice_dir()
     services = src.system_service_pids(system_slice)
+    # One Slurm job may be seen by its cgroup (uid known) and by scontrol
+    # (pids -1 under proctrack/cgroup, so no uid): the owner is the job's.
+    owners = _slurm_owners(jobs)
+    jobs = [
+        replace(j, uid=owners.get(j.job_id)) if j.uid is None and j.source in SLURM_SOURCES else j
+        for j in jobs
+    ]
 
     ended_jobs: list[src.Job] = []
     whole_user = False
     if ended is not None:
         ended_jobs = [j for j in jobs if j.job_id == ended.job_id or (j.sids & ended.sids)]
         jobs = [j for j in jobs if j not in ended_jobs]
+        owners.pop(ended.job_id, None)
         # The user's other jobs here, or a job whose owner is unknown: then
         # only the ended job's own processes go (slurm.epilog.clean semantics).
         whole_user = whole_user_allowed and not any(
             j.uid in (ended.uid, None) for j in jobs if j.source != "tether"
         )
     legit = _legitimate(table, jobs)
+    env_jobs = _slurm_env_jobs(table, owners, [*legit, *services], options.min_uid)
+    if env_jobs:
+        for pid, label in _legitimate(table, env_jobs).items():
+            legit.setdefault(pid, label)
+        statuses.append(
+            SourceStatus(
+                "slurm-env",
+                True,
+                f"{sum(len(j.pids) for j in env_jobs)} process(es) of running jobs' owners "
+                "carry their SLURM_JOB_ID: "
+                + ", ".join(j.job_id for j in env_jobs[:8])
+                + (" ..." if len(env_jobs) > 8 else ""),
+            )
+        )
     if not options.include_ssh:
         interactive = _legitimate(table, [src.as_job(src.interactive_roots(table, utmp))])
         for pid in interactive:

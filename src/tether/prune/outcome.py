@@ -6,14 +6,15 @@ import functools
 import json
 import pwd
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tether.policy import Policy
 from tether.process import read_process, starttime_to_epoch
 from tether.prune.classify import Plan, Stray
 from tether.prune.log import DecisionLog, fields
-from tether.report import Report, oneline
+from tether.prune.text import visible
+from tether.report import Report
 
 JSON_SCHEMA_VERSION = 1
 
@@ -28,10 +29,15 @@ def user_name(uid: int) -> str:
 
 @dataclass(frozen=True)
 class StrayView:
-    """A stray with what a person needs to recognise it (read once, verified)."""
+    """A stray with what a person needs to recognise it, read before any signal
+    (a killed process has no command line left to read) and through
+    :func:`~tether.prune.text.visible` (a process names itself: no escape
+    sequence, forged line or non-UTF-8 byte reaches a terminal, log or JSON).
+    """
 
     stray: Stray
     user: str
+    comm: str
     cmdline: str
     cgroup: str | None
     start_time: float  # Unix time
@@ -42,11 +48,13 @@ def _view(stray: Stray, outcome: str) -> StrayView:
     info = read_process(stray.pid, ("cmdline", "cgroup"))
     if info is not None and info.starttime != stray.starttime:
         info = None
+    comm = visible(stray.comm)
     return StrayView(
         stray=stray,
-        user=user_name(stray.uids[0]),
-        cmdline=info.describe() if info is not None else f"[{stray.comm}]",
-        cgroup=info.cgroup if info is not None else None,
+        user=visible(user_name(stray.uids[0])),
+        comm=comm,
+        cmdline=visible(info.describe())[:4096] if info is not None else f"[{comm}]",
+        cgroup=visible(info.cgroup) if info is not None and info.cgroup is not None else None,
         start_time=starttime_to_epoch(stray.starttime),
         outcome=outcome,
     )
@@ -111,7 +119,7 @@ class Outcome:
                     "sid": v.stray.sid,
                     "uids": list(v.stray.uids),
                     "user": v.user,
-                    "comm": v.stray.comm,
+                    "comm": v.comm,
                     "cmdline": v.cmdline,
                     "cgroup": v.cgroup,
                     "age": round(v.stray.age, 3),
@@ -124,7 +132,7 @@ class Outcome:
             ],
             "exempt": dict(plan.exempt),
             "exempt_user_processes": [
-                {"pid": e.pid, "uids": list(e.uids), "comm": e.comm, "reason": e.reason}
+                {"pid": e.pid, "uids": list(e.uids), "comm": visible(e.comm), "reason": e.reason}
                 for e in plan.exempt_users
             ],
             "unreadable": [
@@ -135,7 +143,8 @@ class Outcome:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+        # ASCII: valid whatever the locale of the terminal or pipe reading it.
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=True)
 
     def render_text(self, *, verbose: bool = False) -> str:
         plan = self.plan
@@ -158,15 +167,20 @@ class Outcome:
             )
         lines.append(head)
         if self.strays:
-            lines.append(f"{'PID':>7} {'USER':<12} {'AGE':>8} {'CPU':>7}  OUTCOME     COMMAND")
+            # Grouped by rule: one "why" per group, not one per stray.
+            groups: dict[str, list[StrayView]] = {}
             for v in self.strays:
-                s = v.stray
-                outcome = verb if v.outcome == "would kill" else v.outcome
-                lines.append(
-                    f"{s.pid:>7} {v.user[:12]:<12} {_age(s.age):>8} {s.cputime:>6.1f}s  "
-                    f"{outcome:<11} {oneline(v.cmdline, 80)}"
-                )
-                lines.append(f"{'':>9}why: {s.rule}")
+                groups.setdefault(v.stray.rule, []).append(v)
+            for rule, views in groups.items():
+                lines.append(f"why: {rule}")
+                lines.append(f"{'PID':>7} {'USER':<12} {'AGE':>8} {'CPU':>7}  OUTCOME     COMMAND")
+                for v in views:
+                    s = v.stray
+                    outcome = verb if v.outcome == "would kill" else v.outcome
+                    lines.append(
+                        f"{s.pid:>7} {v.user[:12]:<12} {_age(s.age):>8} {s.cputime:>6.1f}s  "
+                        f"{outcome:<11} {v.cmdline[:80]}"
+                    )
         for source in plan.sources:
             lines.append(f"# {source}")
         if plan.exempt:
@@ -175,7 +189,7 @@ class Outcome:
             )
         if verbose:
             for e in plan.exempt_users:
-                lines.append(f"#   pid {e.pid} ({e.comm}, uid {e.uids[0]}): {e.reason}")
+                lines.append(f"#   pid {e.pid} ({visible(e.comm)}, uid {e.uids[0]}): {e.reason}")
         if plan.unreadable:
             lines.append(
                 f"# warning: {len(plan.unreadable)} /proc entries could not be read and were "
@@ -185,7 +199,7 @@ class Outcome:
             )
         if self.report is not None and not self.report.complete:
             for survivor in self.report.survivors:
-                lines.append(f"# could not kill pid {survivor.pid}: {survivor.reason}")
+                lines.append(f"# could not kill pid {survivor.pid}: {visible(survivor.reason)}")
         if self.log_problem:
             lines.append(f"# warning: decisions not logged: {self.log_problem}")
         return "\n".join(lines)
@@ -223,8 +237,9 @@ def execute(plan: Plan, *, kill: bool, policy: Policy, log: DecisionLog) -> Outc
     )
     for pid, why in sorted(plan.unreadable.items()):
         log.warning(fields(event="unreadable", pid=pid, error=why, action="left alone"))
+    # Read before any signal: a killed process's command line is gone.
+    views = tuple(_view(s, "would kill") for s in plan.strays)
     report: Report | None = None
-    outcomes: dict[tuple[int, int], str] = {}
     if kill and plan.strays:
         from tether.prune.kill import kill_strays
 
@@ -235,13 +250,11 @@ def execute(plan: Plan, *, kill: bool, policy: Policy, log: DecisionLog) -> Outc
             reason=f"tether {what}: stray processes",
         )
         by_identity = {(m.pid, m.start_time): m for m in report.members}
-        for s in plan.strays:
-            member = by_identity.get((s.pid, starttime_to_epoch(s.starttime)))
-            outcomes[s.identity] = member.outcome if member is not None else "gone"
-    views = tuple(
-        _view(s, outcomes.get(s.identity, "would kill") if kill else "would kill")
-        for s in plan.strays
-    )
+        views = tuple(
+            replace(v, outcome=m.outcome if m is not None else "gone")
+            for v in views
+            for m in [by_identity.get((v.stray.pid, v.start_time))]
+        )
     for v in views:
         s = v.stray
         action = "would-kill" if not kill else v.outcome
@@ -255,13 +268,13 @@ def execute(plan: Plan, *, kill: bool, policy: Policy, log: DecisionLog) -> Outc
                 user=v.user,
                 uid=s.uids[0],
                 euid=s.uids[1],
-                comm=s.comm,
+                comm=v.comm,
                 ppid=s.ppid,
                 sid=s.sid,
                 age=f"{s.age:.0f}s",
                 cpu=f"{s.cputime:.1f}s",
                 rule=s.rule,
-                cmdline=oneline(v.cmdline, 200),
+                cmdline=v.cmdline[:200],
                 job=job,
             )
         )

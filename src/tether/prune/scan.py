@@ -87,7 +87,7 @@ def parse_stat(data: bytes, now: float) -> Proc:
         int(f[3]),
         starttime,
         f[0].decode(),
-        head[lpar + 2 :].decode("utf-8", "replace"),
+        head[lpar + 2 :].decode("utf-8", "surrogateescape"),  # shown through text.visible
         bool(int(f[6]) & PF_KTHREAD) or pid == 2 or ppid == 2,
         (int(f[11]) + int(f[12])) / CLOCK_TICKS,
         now - starttime / CLOCK_TICKS,

@@ -10,7 +10,7 @@ counts (any process can set one).
 
     JobSource (Protocol: name, jobs(table) -> list[Job], raises SourceError)
      ├── TetherJobs       root's journal: records whose supervisor is alive
-     ├── SlurmCgroups     .../slurm/uid_N/job_M and .../slurmstepd.scope/job_M
+     ├── SlurmCgroups     .../slurm[_NODE]/uid_N/job_M, .../[NODE_]slurmstepd.scope/job_M
      ├── Scontrol         `scontrol listpids` (Slurm without job cgroups)
      ├── SessionList      a file or command listing session ids ("SID [JOB [USER]]")
      └── TorqueQstat      `qstat -f` output: session_id of running jobs on this host
@@ -25,25 +25,42 @@ import contextlib
 import os
 import pwd
 import re
+import selectors
 import shutil
 import socket
+import stat
 import struct
 import subprocess
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from tether._platform.linux.cgroupfs import JobCgroup
 from tether.errors import TetherError
 from tether.prune.scan import Table
+from tether.prune.text import visible
 
 Identity = tuple[int, int]
 
 #: Where commands are looked for: an epilogue often runs with no PATH at all.
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 COMMAND_TIMEOUT = 20.0
+#: A job list larger than this is not a job list (a runaway or hostile command).
+MAX_OUTPUT = 16 << 20
+#: Session files are a few lines; anything bigger is refused, not read.
+MAX_SESSIONS_FILE = 1 << 20
+#: What a batch system's command needs from our environment: slurmd gives an
+#: Epilog SLURM_CONF when slurm.conf is not at the compiled-in path, and
+#: SLURMD_NODENAME on a multiple-slurmd node. Nothing else passes (no PATH,
+#: no LD_*: a root epilog must not run what the environment names).
+PASSED_ENV = ("SLURM_CONF", "SLURMD_NODENAME", "SLURM_CLUSTERS", "PBS_SERVER", "PBS_HOME")
 _UID_DIR = re.compile(r"uid_(\d+)")
 _JOB_DIR = re.compile(r"job_(\d+)")
+#: cgroup/v1: slurm/ (or slurm_NODE/ with multiple-slurmd builds, e.g. Debian's).
+_V1_SLURM_DIR = re.compile(r"slurm(?:_.+)?")
+#: cgroup/v2: slurmstepd.scope (or NODE_slurmstepd.scope with multiple-slurmd).
+_V2_SCOPE_DIR = re.compile(r"(?:.+_)?slurmstepd\.scope")
 
 
 class SourceError(TetherError):
@@ -91,33 +108,81 @@ class JobSource(Protocol):
 # -- helpers -------------------------------------------------------------------
 
 
-def run_command(source: str, argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> str:
-    """Run a reader's command with a fixed PATH; its stdout, or SourceError."""
+def run_command(
+    source: str,
+    argv: Sequence[str],
+    timeout: float = COMMAND_TIMEOUT,
+    *,
+    env: Mapping[str, str] | None = None,
+    ok_status: Callable[[int, str], bool] | None = None,
+) -> str:
+    """Run a reader's command with a fixed PATH; its stdout, or SourceError.
+
+    Output is bounded (:data:`MAX_OUTPUT`) and so is the time (``timeout``):
+    a command that floods or stalls is killed and its list is not used.
+    ``ok_status(status, stderr)`` accepts a non-zero status as an answer.
+    """
     if not argv:
         raise SourceError(source, "empty command")
     exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=SAFE_PATH)
     if exe is None:
         raise SourceError(source, f"command not found: {argv[0]} (looked in {SAFE_PATH})")
+    env = os.environ if env is None else env
+    child_env = {"PATH": SAFE_PATH, "LC_ALL": "C"}
+    child_env.update({k: env[k] for k in PASSED_ENV if k in env})
     try:
-        done = subprocess.run(
+        proc = subprocess.Popen(
             [exe, *argv[1:]],
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-            env={"PATH": SAFE_PATH, "LC_ALL": "C"},
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env,
+            start_new_session=True,
         )
-    except subprocess.TimeoutExpired:
-        raise SourceError(source, f"{argv[0]} did not answer within {timeout:g}s") from None
     except OSError as err:
         raise SourceError(source, f"cannot run {argv[0]}: {err.strerror}") from None
-    if done.returncode != 0:
-        why = done.stderr.decode(errors="replace").strip().splitlines()
+    with proc:
+        try:
+            out, err_text = _bounded_output(proc, timeout)
+        except SourceError as why:
+            proc.kill()
+            proc.wait()
+            raise SourceError(source, f"{argv[0]} {why.message}") from None
+        status = proc.wait()
+    stderr = err_text.decode("utf-8", "replace")
+    if status != 0 and not (ok_status is not None and ok_status(status, stderr)):
+        why_lines = stderr.strip().splitlines()
         raise SourceError(
             source,
-            f"{argv[0]} exited with status {done.returncode}" + (f": {why[-1]}" if why else ""),
+            f"{argv[0]} exited with status {status}"
+            + (f": {visible(why_lines[-1])[:200]}" if why_lines else ""),
         )
-    return done.stdout.decode("utf-8", "replace")
+    return out.decode("utf-8", "replace")
+
+
+def _bounded_output(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes]:
+    """stdout and stderr of ``proc`` until both close, within the time and size caps."""
+    assert proc.stdout is not None and proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
+    size = 0
+    with selectors.DefaultSelector() as sel:
+        for f in (proc.stdout, proc.stderr):
+            sel.register(f, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SourceError("", f"did not answer within {timeout:g}s")
+            for key, _ in sel.select(left):
+                data = os.read(key.fd, 65536)
+                if not data:
+                    sel.unregister(key.fileobj)
+                    continue
+                size += len(data)
+                if size > MAX_OUTPUT:
+                    raise SourceError("", f"printed more than {MAX_OUTPUT >> 20} MiB")
+                chunks[key.fd].append(data)
+    return b"".join(chunks[proc.stdout.fileno()]), b"".join(chunks[proc.stderr.fileno()])
 
 
 def uid_of(user: str) -> int | None:
@@ -192,7 +257,7 @@ def system_service_pids(path: str | None) -> set[int]:
     if path is None:
         return out
     for dirpath, dirs, _files in os.walk(path):
-        if os.path.basename(dirpath) == "slurmstepd.scope":
+        if _V2_SCOPE_DIR.fullmatch(os.path.basename(dirpath)):
             dirs[:] = [d for d in dirs if not _JOB_DIR.fullmatch(d)]
         try:
             with open(os.path.join(dirpath, "cgroup.procs"), "rb") as f:
@@ -288,25 +353,46 @@ class TetherJobs:
 
 
 class SlurmCgroups:
-    """Slurm job cgroups: ``.../slurm/uid_N/job_M`` (cgroup/v1 plugin layout) and
-    ``.../slurmstepd.scope/job_M`` (cgroup/v2 plugin), found below ``roots``
-    (default: the cgroup2 mount and the v1 freezer/cpuset mounts).
+    """Slurm job cgroups, found below ``roots`` (default: the cgroup2 mount and
+    the v1 freezer/cpuset mounts):
 
-    Every process in a job's cgroup subtree is the job's.
+    - cgroup/v1: ``slurm/uid_N/job_M``, or ``slurm_NODE/uid_N/job_M`` when
+      slurmd is built with multiple-slurmd support (Debian, Ubuntu);
+    - cgroup/v2: ``system.slice/slurmstepd.scope/job_M``, or wherever
+      ``IgnoreSystemd`` put ``slurmstepd.scope`` (``NODE_slurmstepd.scope``
+      with multiple-slurmd).
+
+    Every process in a job's cgroup subtree is the job's. A job cgroup counts
+    only if it and its parent are owned by root (or by one of ``owners``, the
+    configured batch user): a user with a delegated cgroup subtree can make a
+    directory named ``job_777`` there, but not one owned by root.
     """
 
     name = "slurm-cgroup"
     max_depth = 8
 
-    def __init__(self, roots: Sequence[str] | None = None) -> None:
+    def __init__(self, roots: Sequence[str] | None = None, owners: Iterable[int] = (0,)) -> None:
         if roots is None:
             unified, v1, _systemd = find_mounts()
             roots = [*([unified] if unified else []), *v1]
         self.roots = list(roots)
+        self.owners = frozenset(owners)
+        self.refused: list[str] = []  # job directories of the wrong owner, for the report
+
+    def _owned(self, path: str) -> bool:
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return False
+        if st.st_uid in self.owners:
+            return True
+        self.refused.append(f"{path} (uid {st.st_uid})")
+        return False
 
     def job_dirs(self) -> list[tuple[str, str, int | None]]:
         """(job id, path, uid or None) of every Slurm job cgroup below the roots."""
         found: list[tuple[str, str, int | None]] = []
+        self.refused = []
         for root in self.roots:
             base = root.rstrip("/").count("/")
             for dirpath, dirs, _files in os.walk(root):
@@ -316,16 +402,21 @@ class SlurmCgroups:
                 parent = os.path.basename(dirpath)
                 grandparent = os.path.basename(os.path.dirname(dirpath))
                 uid_match = _UID_DIR.fullmatch(parent)
-                in_v1 = uid_match is not None and grandparent == "slurm"
-                in_v2 = parent == "slurmstepd.scope"
+                in_v1 = uid_match is not None and _V1_SLURM_DIR.fullmatch(grandparent) is not None
+                in_v2 = _V2_SCOPE_DIR.fullmatch(parent) is not None
                 if not (in_v1 or in_v2):
                     continue
-                for d in list(dirs):
-                    m = _JOB_DIR.fullmatch(d)
-                    if m is not None:
-                        uid = int(uid_match.group(1)) if uid_match is not None else None
-                        found.append((m.group(1), os.path.join(dirpath, d), uid))
+                dirs_here = [d for d in dirs if _JOB_DIR.fullmatch(d)]
                 dirs[:] = []  # nothing of interest deeper (job steps are the job's)
+                if not dirs_here or not self._owned(dirpath):
+                    continue
+                for d in dirs_here:
+                    path = os.path.join(dirpath, d)
+                    m = _JOB_DIR.fullmatch(d)
+                    if m is None or not self._owned(path):
+                        continue
+                    uid = int(uid_match.group(1)) if uid_match is not None else None
+                    found.append((m.group(1), path, uid))
         return found
 
     def jobs(self, table: Table) -> list[Job]:
@@ -341,22 +432,45 @@ class SlurmCgroups:
         return out
 
 
+#: What scontrol says (exit status 1) on a node where no job step runs: an
+#: empty list, not a failure (every idle and every exclusive node).
+NO_STEPS = "No job steps exist on this node."
+
+
 class Scontrol:
-    """``scontrol listpids``: the pids slurmd tracks for each job step on this node."""
+    """``scontrol listpids``: the pids slurmd tracks for each job step on this node.
+
+    It asks each slurmstepd through its socket in the spool directory, so it
+    answers while slurmd itself is stopped (a restart or an upgrade: jobs keep
+    running under their slurmstepd). Under proctrack/cgroup it prints ``-1``
+    for the pids: the job is listed with no pids (its cgroup has them).
+    """
 
     name = "scontrol"
 
-    def __init__(self, argv: Sequence[str] = ("scontrol", "listpids")) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str] = ("scontrol", "listpids"),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.argv = tuple(argv)
+        self.env = env
 
     def jobs(self, table: Table) -> list[Job]:
-        text = run_command(self.name, self.argv)
+        text = run_command(
+            self.name,
+            self.argv,
+            env=self.env,
+            ok_status=lambda status, err: status == 1 and NO_STEPS in err,
+        )
         by_job: dict[str, set[int]] = {}
         for line in text.splitlines():
             fields = line.split()
-            if len(fields) < 2 or not fields[0].isdigit():
-                continue  # the header, or a step with no pid ("-")
-            by_job.setdefault(fields[1], set()).add(int(fields[0]))
+            if len(fields) < 2 or not fields[1].isdigit():
+                continue  # the header
+            pids = by_job.setdefault(fields[1], set())
+            if fields[0].isdigit():
+                pids.add(int(fields[0]))  # not "-" (a step with no pid) or "-1"
         return [
             Job(self.name, job_id, uid=_uid_of_processes(table, pids), pids=frozenset(pids))
             for job_id, pids in sorted(by_job.items())
@@ -407,18 +521,26 @@ class SessionList:
                 self.name, run_command(self.name, self.command))]  # fmt: skip
         assert self.path is not None
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            # O_NONBLOCK: opening a FIFO for reading would wait for a writer.
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as err:
             raise SourceError(self.name, f"cannot read {self.path}: {err.strerror}") from None
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise SourceError(self.name, f"{self.path} is not a regular file")
             if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
                 raise SourceError(
                     self.name,
                     f"{self.path} must be owned by root and not writable by others "
                     f"(it is uid {st.st_uid}, mode {st.st_mode & 0o7777:04o})",
                 )
-            text = f.read().decode("utf-8", "replace")
+            data = f.read(MAX_SESSIONS_FILE + 1)
+            if len(data) > MAX_SESSIONS_FILE:
+                raise SourceError(
+                    self.name, f"{self.path} is larger than {MAX_SESSIONS_FILE >> 10} KiB"
+                )
+            text = data.decode("utf-8", "replace")
         return [self._with_uid(j, table) for j in parse_session_lines(self.name, text)]
 
     @staticmethod
@@ -549,28 +671,27 @@ def as_job(interactive: Interactive) -> Job:
 
 
 class WhenRunning:
-    """A source read only while its daemon runs as root on this node (auto mode).
-
-    ``skipped`` says why it was not read, for the report.
+    """A source read only while one of its daemons runs as root on this node
+    (auto mode). ``skipped`` says why it was not read, for the report.
     """
 
-    def __init__(self, source: JobSource, daemon: str) -> None:
+    def __init__(self, source: JobSource, *daemons: str) -> None:
         self.source = source
-        self.daemon = daemon
+        self.daemons = frozenset(daemons)
         self.name = source.name
         self.skipped: str | None = None
 
     def jobs(self, table: Table) -> list[Job]:
         for proc in table.procs.values():
             if (
-                proc.comm == self.daemon
+                proc.comm in self.daemons
                 and table.load_status(proc)
                 and proc.uids is not None
                 and proc.uids[0] == 0
             ):
                 self.skipped = None
                 return self.source.jobs(table)
-        self.skipped = f"not read ({self.daemon} is not running)"
+        self.skipped = f"not read ({' or '.join(sorted(self.daemons))} is not running)"
         return []
 
 
@@ -588,7 +709,7 @@ def default_sources(
     """The readers of legitimate jobs for this node.
 
     ``batch``: ``auto`` reads Slurm job cgroups, ``scontrol listpids`` while
-    slurmd runs and ``qstat -f`` while pbs_mom runs; ``slurm`` and ``torque``
+    slurmd or a slurmstepd runs and ``qstat -f`` while pbs_mom runs; ``slurm`` and ``torque``
     require their reader; ``none`` reads no batch system. Live tether jobs and
     the given session lists are always read.
     """
@@ -598,7 +719,8 @@ def default_sources(
     if batch in ("auto", "slurm") or slurm_cgroup_roots:
         out.append(SlurmCgroups(slurm_cgroup_roots))
     if batch == "auto":
-        out.append(WhenRunning(Scontrol(), "slurmd"))
+        # slurmstepd: jobs keep running (and scontrol answers) while slurmd is stopped.
+        out.append(WhenRunning(Scontrol(), "slurmd", "slurmstepd"))
         out.append(WhenRunning(TorqueQstat(), "pbs_mom"))
     elif batch == "slurm":
         out.append(Scontrol())
