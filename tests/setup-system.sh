@@ -10,6 +10,11 @@ missing=""
 if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
     missing="$missing openssh-server openssh-client"
 fi
+# tests/integration/test_cli_bootstrap.py runs ./demo on the distribution's
+# python3, whose venv needs ensurepip (Debian: python3-venv).
+if [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing="$missing python3-venv"
+fi
 [ -z "$missing" ] && exit 0
 # shellcheck disable=SC2086
 { apt-get update -qq && apt-get install -y -qq $missing; } >/dev/null 2>&1 ||
