@@ -4,28 +4,43 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from tether.evidence import session_is_jobs
+from tether.identity import Identity
 from tether.tracking.base import Table
 
 
 class SessionTracker:
     name = "session"
 
-    def __init__(self, leader_pid: int, leader_starttime: int, sid: int, pgid: int) -> None:
+    def __init__(
+        self,
+        leader_pid: int,
+        leader_starttime: int,
+        sid: int,
+        pgid: int,
+        recorded: Iterable[Identity] = (),
+    ) -> None:
         self.leader_pid = leader_pid
         self.leader_starttime = leader_starttime
         self.sid = sid
         self.pgid = pgid
+        # Session members seen while the leader lived, and those a journal
+        # recorded: the only ones the ids still vouch for once it is gone.
+        self.recorded: set[Identity] = set(recorded)
 
     def find(self, table: Table, members: set[int]) -> Iterable[int]:
         # The kernel keeps a pid allocated while any process uses it as a sid
         # or pgid, so the ids can only be reused once the old session is
-        # empty. A process holding the leader's pid with another start time
-        # means exactly that: the ids now name a stranger's session.
+        # empty — and then a stranger's setsid() may take them. Whether it has
+        # cannot be told from the table alone (tether.evidence.session_is_jobs).
         holder = table.get(self.leader_pid)
-        if holder is not None and holder.starttime != self.leader_starttime:
-            return ()
-        return [
-            p.pid
+        leader_alive = holder is not None and holder.starttime == self.leader_starttime
+        in_session = [
+            p
             for p in table.values()
             if (p.sid == self.sid and self.sid > 1) or (p.pgid == self.pgid and self.pgid > 1)
         ]
+        if session_is_jobs(leader_alive, in_session, self.recorded):
+            self.recorded.update(p.identity for p in in_session)
+            return [p.pid for p in in_session]
+        return [p.pid for p in in_session if p.identity in self.recorded]
