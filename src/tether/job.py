@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import resource
 import select
 import shutil
 import signal
@@ -11,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import IO, Any, TypedDict, Unpack
@@ -21,15 +23,17 @@ from tether.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
     JournalError,
+    TetherError,
     UsageError,
 )
 from tether.identity import Identity
 from tether.journal import JobRecord, Journal, new_record
-from tether.membership import Membership
+from tether.membership import Membership, _raise_fd_limit
 from tether.policy import Policy
 from tether.process import ProcessHandle, ProcessInfo, read_process
 from tether.report import Report, oneline
 from tether.spec import Arg, JobSpec, Leftovers, command_args
+from tether.supervise import SignalInbox, supervise
 from tether.terminate import Member, Progress, terminate
 from tether.tracking.base import TrackerStatus
 from tether.tracking.cookie import COOKIE_VAR, new_cookie
@@ -39,7 +43,9 @@ from tether.watchdog import WATCHDOG_DONE
 __all__ = [
     "CompletedJob",
     "Job",
+    "JobFailedError",
     "JobOptions",
+    "JobTimeoutError",
     "kill_gid",
     "kill_tree",
     "resolve_command",
@@ -50,7 +56,15 @@ __all__ = [
 # The leader writes itself into the job cgroup *before* exec, so the job's
 # first instruction already runs inside it: no fork can precede containment.
 # `echo` is a builtin, so the process writing "0" is the shell itself.
-_CGROUP_SHIM = 'echo 0 >"$0" || exit 125; exec "$@"'
+_CGROUP_SHIM = 'echo 0 >"$1" || exit 125; shift'
+#: The shell sets PWD at start-up (to getcwd() unless it already names the
+#: cwd): an explicit env without PWD must reach the job without one.
+_UNSET_PWD = "unset PWD"
+_SET_PWD = "PWD=$1; export PWD; shift"
+_SET_NOFILE = 'ulimit -S -n "$1" || exit 125; shift'
+
+#: The caller's soft RLIMIT_NOFILE before tether raised it for its pidfds.
+_caller_nofile = [resource.getrlimit(resource.RLIMIT_NOFILE)[0]]
 
 _Stream = int | IO[Any] | None
 _LOG = "tether.job"
@@ -104,6 +118,38 @@ def _reap_released_watchdogs() -> None:
             _released_watchdogs.discard(pid)
 
 
+def _nofile_to_restore() -> int | None:
+    """The caller's soft fd limit if tether has raised this process's since (the
+    job inherits the caller's limits, not tether's), else None."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if not _raise_fd_limit.cache_info().currsize:
+        _caller_nofile[0] = soft  # not raised yet: whatever it is, it is the caller's
+        return None
+    return None if soft == _caller_nofile[0] else _caller_nofile[0]
+
+
+def _exec_argv(argv: Sequence[str], env: Mapping[str, str], cgroup_procs: str | None) -> list[str]:
+    """``argv``, behind a /bin/sh shim when something must happen between fork
+    and exec (no preexec_fn: it is unsafe in a threaded caller)."""
+    steps: list[str] = []
+    params: list[str] = []
+    if cgroup_procs is not None:
+        steps.append(_CGROUP_SHIM)
+        params.append(cgroup_procs)
+    nofile = _nofile_to_restore()
+    if nofile is not None:
+        steps.append(_SET_NOFILE)
+        params.append("unlimited" if nofile == resource.RLIM_INFINITY else str(nofile))
+    if not steps:
+        return list(argv)
+    if "PWD" in env:
+        steps.append(_SET_PWD)
+        params.append(env["PWD"])
+    else:
+        steps.append(_UNSET_PWD)
+    return ["/bin/sh", "-c", "; ".join([*steps, 'exec "$@"']), "tether", *params, *argv]
+
+
 def resolve_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
     """The executable argv[0] names, or CommandNotFound / CommandNotExecutable."""
     if not argv:
@@ -128,25 +174,91 @@ def resolve_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -
     return found
 
 
+class JobFailedError(TetherError, subprocess.CalledProcessError):
+    """``check=True`` and the leader exited with a non-zero status.
+
+    A :class:`subprocess.CalledProcessError` (``returncode``, ``cmd``,
+    ``output``/``stdout``, ``stderr``) that also carries the job's ``report``.
+    """
+
+    def __init__(
+        self,
+        returncode: int,
+        cmd: Any,
+        output: Any = None,
+        stderr: Any = None,
+        report: Report | None = None,
+    ) -> None:
+        subprocess.CalledProcessError.__init__(self, returncode, cmd, output, stderr)
+        self.report = report
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.returncode, self.cmd, self.output, self.stderr, self.report))
+
+
+class JobTimeoutError(TetherError, subprocess.TimeoutExpired):
+    """``check=True`` and the timeout expired: the tree was terminated.
+
+    A :class:`subprocess.TimeoutExpired` (``cmd``, ``timeout``, the output
+    captured until the end) that also carries the job's ``report``.
+    """
+
+    exit_code = 124
+
+    def __init__(
+        self,
+        cmd: Any,
+        timeout: float,
+        output: Any = None,
+        stderr: Any = None,
+        report: Report | None = None,
+    ) -> None:
+        subprocess.TimeoutExpired.__init__(self, cmd, timeout, output, stderr)
+        self.report = report
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.cmd, self.timeout, self.output, self.stderr, self.report))
+
+
+JobFailedError.__module__ = JobTimeoutError.__module__ = "tether"
+
+
 @dataclass(frozen=True)
 class CompletedJob:
-    """What :func:`run` returns.
+    """What :func:`run` returns (a :class:`subprocess.CompletedProcess` and more).
 
     Attributes:
+        argv: the command run, as strings.
         returncode: the leader's exit status; negative -N if killed by signal N.
         timed_out: the timeout expired and the policy was applied.
         report: what the final termination found and did.
+        stdout, stderr: the captured output (str in text mode, else bytes),
+            None when not captured.
+        args: the command as given to :func:`run`.
     """
 
     argv: tuple[str, ...]
     returncode: int
     timed_out: bool
     report: Report
+    stdout: Any = None
+    stderr: Any = None
+    args: Any = None
+
+    def __post_init__(self) -> None:
+        if self.args is None:
+            object.__setattr__(self, "args", self.argv)
+
+    def check_returncode(self) -> None:
+        """Raise :class:`JobFailedError` if the leader's status is not 0."""
+        if self.returncode:
+            raise JobFailedError(self.returncode, self.args, self.stdout, self.stderr, self.report)
 
 
 class JobOptions(TypedDict, total=False):
     """Keyword arguments of :func:`start` and :func:`run`: what the
-    :class:`~tether.spec.JobSpec` holds, then how the job is supervised."""
+    :class:`~tether.spec.JobSpec` holds, then how the job is supervised
+    (stdio as :class:`subprocess.Popen`'s)."""
 
     policy: Policy | str | None
     trackers: str | Sequence[str] | None
@@ -155,25 +267,196 @@ class JobOptions(TypedDict, total=False):
     restartable: bool
     tag_gid: int | None
     leftovers: Leftovers
+    shell: bool
     stdin: _Stream
     stdout: _Stream
     stderr: _Stream
+    text: bool | None
+    encoding: str | None
+    errors: str | None
+    pass_fds: Sequence[int]
     dedicated_supervisor: bool
     journal: Journal | bool
     watchdog: bool
 
 
-_SUPERVISION = ("stdin", "stdout", "stderr", "dedicated_supervisor", "journal", "watchdog")
+_SUPERVISION = (
+    "stdin",
+    "stdout",
+    "stderr",
+    "text",
+    "encoding",
+    "errors",
+    "pass_fds",
+    "dedicated_supervisor",
+    "journal",
+    "watchdog",
+)
 
 
 def _split_options(
-    argv: Sequence[Arg], timeout: float | None, options: Mapping[str, Any]
+    args: Sequence[Arg] | str | bytes, timeout: float | None, options: Mapping[str, Any]
 ) -> tuple[JobSpec, dict[str, Any]]:
     """(the spec, the supervision options) from :class:`JobOptions`."""
+    shell = bool(options.get("shell"))
     supervision = {k: v for k, v in options.items() if k in _SUPERVISION}
-    described = {k: v for k, v in options.items() if k not in _SUPERVISION and v is not None}
-    spec = JobSpec(argv=command_args(argv), timeout=timeout, **described)
+    described = {
+        k: v for k, v in options.items() if k not in _SUPERVISION and k != "shell" and v is not None
+    }
+    argv = _shell_command(args) if shell else command_args(args)
+    spec = JobSpec(argv=argv, timeout=timeout, **described)
     return spec, supervision
+
+
+def _shell_command(args: Sequence[Arg] | str | bytes) -> tuple[str, ...]:
+    """``shell=True``: as subprocess, the string (or the first argument) is a
+    /bin/sh script and the rest its $0, $1, ..."""
+    if isinstance(args, (str, bytes, os.PathLike)):
+        return ("/bin/sh", "-c", os.fsdecode(args))
+    return command_args(["/bin/sh", "-c", *args])
+
+
+@contextlib.contextmanager
+def _quiet_inbox() -> Iterator[SignalInbox]:
+    """An inbox no signal reaches: the library leaves the caller's handlers as
+    they are (a Ctrl-C is the caller's KeyboardInterrupt; leaving the ``with``
+    of the job terminates the tree)."""
+    rfd, wfd = os.pipe()
+    try:
+        os.set_blocking(rfd, False)  # supervise() drains it
+        yield SignalInbox(rfd)
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+
+
+class _Pipes:
+    """supervise()'s Channel for :func:`run` and :meth:`Job.communicate`: feeds
+    the input and collects the output while the job runs, so that neither side
+    can fill a pipe and block the other (Popen._communicate's rules: writes of
+    at most PIPE_BUF once poll() says writable never block)."""
+
+    _KEYS = (1, 2)
+
+    def __init__(self, popen: subprocess.Popen[Any], input: str | bytes | None) -> None:
+        self._text = any(isinstance(f, io.TextIOWrapper) for f in (popen.stdout, popen.stderr))
+        self._files: dict[int, IO[Any]] = {}  # 1 stdout, 2 stderr
+        self._codec: dict[int, tuple[str, str]] = {}
+        self._chunks: dict[int, list[bytes]] = {}
+        for key, f in zip(self._KEYS, (popen.stdout, popen.stderr), strict=True):
+            if f is not None:
+                self._files[key] = f
+                self._chunks[key] = []
+                if isinstance(f, io.TextIOWrapper):
+                    self._codec[key] = (f.encoding, f.errors or "strict")
+        self._open: dict[int, int] = {f.fileno(): k for k, f in self._files.items()}
+        self._stdin = popen.stdin
+        self._input = memoryview(b"")
+        if input and self._stdin is None:
+            raise ValueError("input was given but the job's stdin is not a pipe")
+        if self._stdin is not None:
+            if input:
+                if isinstance(input, str):
+                    if not isinstance(self._stdin, io.TextIOWrapper):
+                        raise TypeError("input must be bytes unless the job is in text mode")
+                    input = input.encode(self._stdin.encoding, self._stdin.errors or "strict")
+                self._input = memoryview(input)
+                with contextlib.suppress(BrokenPipeError):
+                    self._stdin.flush()
+            else:
+                self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self._stdin is not None:
+            with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+                self._stdin.close()
+            self._stdin = None
+
+    # -- the Channel ----------------------------------------------------
+
+    def wanted(self) -> dict[int, int]:
+        fds = dict.fromkeys(self._open, select.POLLIN)
+        if self._stdin is not None:
+            fds[self._stdin.fileno()] = select.POLLOUT
+        return fds
+
+    def ready(self, fd: int, events: int) -> None:
+        if self._stdin is not None and fd == self._stdin.fileno():
+            try:
+                self._input = self._input[os.write(fd, self._input[: select.PIPE_BUF]) :]
+            except (BrokenPipeError, ConnectionResetError):
+                self._input = memoryview(b"")  # the reader is gone, as Popen ignores it
+            if not self._input:
+                self._close_stdin()
+            return
+        key = self._open.get(fd)
+        if key is None:
+            return
+        data = os.read(fd, 1 << 16)
+        if data:
+            self._chunks[key].append(data)
+        else:
+            del self._open[fd]
+            self._files[key].close()
+
+    def cancel_request(self) -> tuple[str, int] | None:
+        return None
+
+    def linger(self, complete: bool) -> float:
+        # With the tree proven gone every writer is gone: EOF is immediate.
+        # A survivor may hold a pipe forever: never wait on it for long.
+        return 5.0 if complete else 0.5
+
+    def idle(self) -> bool:
+        return not self._open
+
+    # -- for communicate() ----------------------------------------------
+
+    def serve(self, leader_fd: int, timeout: float | None) -> None:
+        """One poll() on the pipes and the leader's pidfd; serve what is ready."""
+        fds = self.wanted()
+        if leader_fd >= 0:
+            fds[leader_fd] = select.POLLIN
+        elif timeout is None or timeout > 0.05:
+            timeout = 0.05  # no pidfd (psutil backend): look at the leader again soon
+        poller = select.poll()
+        for fd, events in fds.items():
+            poller.register(fd, events)
+        wait = None if timeout is None else max(1, int(timeout * 1000) + 1)
+        for fd, events in poller.poll(wait):
+            if fd != leader_fd:
+                self.ready(fd, events)
+
+    def drain_now(self) -> None:
+        """Read whatever is readable without waiting (the leader has exited)."""
+        self._close_stdin()
+        while self._open:
+            poller = select.poll()
+            for fd in self._open:
+                poller.register(fd, select.POLLIN)
+            ready = poller.poll(0)
+            if not ready:
+                return
+            for fd, events in ready:
+                self.ready(fd, events)
+
+    def close(self) -> None:
+        self._close_stdin()
+        for fd, key in list(self._open.items()):
+            del self._open[fd]
+            self._files[key].close()
+
+    def output(self, key: int) -> bytes | None:
+        return b"".join(self._chunks[key]) if key in self._chunks else None
+
+    def result(self, key: int) -> Any:
+        """The output as Popen.communicate returns it (text: decoded, newlines
+        translated as TextIOWrapper would)."""
+        data = self.output(key)
+        if data is None or not self._text:
+            return data
+        encoding, errors = self._codec[key]
+        return data.decode(encoding, errors).replace("\r\n", "\n").replace("\r", "\n")
 
 
 class Job:
@@ -194,12 +477,17 @@ class Job:
         wake_fd: int | None = None,
         journal: Journal | bool = True,
         watchdog: bool = True,
+        text: bool | None = None,
+        encoding: str | None = None,
+        errors: str | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         """Start ``spec``'s command.
 
         Args:
             spec: what to run and how to contain it.
-            stdin, stdout, stderr: as :class:`subprocess.Popen`'s.
+            stdin, stdout, stderr, text, encoding, errors, pass_fds: as
+                :class:`subprocess.Popen`'s.
             dedicated_supervisor: this process runs nothing but this job, so
                 it may be the job's subreaper and reap every child it gets.
             wake_fd: a fd whose readability interrupts the job's waits (the
@@ -211,6 +499,9 @@ class Job:
         """
         self.spec = spec
         self.argv = spec.argv
+        #: The command as given (Popen's ``args``); :func:`start` keeps the caller's.
+        self.args: Sequence[Arg] | str | bytes = spec.argv
+        self._pipes: _Pipes | None = None
         self.policy = spec.policy
         self.tag_gid = spec.tag_gid
         if spec.tag_gid is not None and os.geteuid() != 0:
@@ -247,9 +538,9 @@ class Job:
                 self._cleanup_failed_start()
                 raise
         base_env[COOKIE_VAR] = self.id
-        exec_argv: list[str] = list(self.argv)
-        if sel.cgroup is not None:
-            exec_argv = ["/bin/sh", "-c", _CGROUP_SHIM, sel.cgroup.procs_file, *self.argv]
+        exec_argv = _exec_argv(
+            self.argv, base_env, sel.cgroup.procs_file if sel.cgroup is not None else None
+        )
         try:
             self._popen = subprocess.Popen(
                 exec_argv,
@@ -258,6 +549,10 @@ class Job:
                 stdin=stdin,
                 stdout=stdout,
                 stderr=stderr,
+                text=text,
+                encoding=encoding,
+                errors=errors,
+                pass_fds=pass_fds,
                 start_new_session=True,
                 close_fds=True,
                 # The tag survives setsid, double forks and env -i; only
@@ -361,6 +656,13 @@ class Job:
         with contextlib.suppress(JournalError):
             self._write_record()
 
+    def _record_step(self, index: int, started_at: float) -> None:
+        if self._record is None:
+            return
+        self._record = replace(self._record, state="terminating", step=(index, started_at))
+        with contextlib.suppress(JournalError):
+            self._write_record()
+
     def _finish_journal(self, complete: bool) -> None:
         """Drop the record once the tree is proven empty; release the watchdog."""
         if self._journal is not None and self._record is not None:
@@ -445,9 +747,99 @@ class Job:
         with self._lock:
             return {m.pid: tuple(sorted(m.found_by)) for m in self._membership.scan() if m.alive}
 
+    # -- Popen's surface ---------------------------------------------------
+
+    @property
+    def stdin(self) -> IO[Any] | None:
+        """The leader's stdin when started with ``stdin=PIPE`` (as Popen's)."""
+        return self._popen.stdin
+
+    @property
+    def stdout(self) -> IO[Any] | None:
+        """The leader's stdout when started with ``stdout=PIPE`` (as Popen's)."""
+        return self._popen.stdout
+
+    @property
+    def stderr(self) -> IO[Any] | None:
+        """The leader's stderr when started with ``stderr=PIPE`` (as Popen's)."""
+        return self._popen.stderr
+
+    def poll(self) -> int | None:
+        """The leader's status if it has exited, else None (as Popen's)."""
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the leader to exit and return its status (as Popen's).
+
+        Raises:
+            subprocess.TimeoutExpired: ``timeout`` seconds passed first; the
+                job goes on running.
+        """
+        rc = self.wait_leader(timeout)
+        if rc is None:
+            raise subprocess.TimeoutExpired(self.args, timeout if timeout is not None else 0)
+        return rc
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the leader (only it, as Popen; :meth:`cancel` ends the tree).
+
+        Verified identity: once the leader has exited this does nothing.
+        """
+        if self.returncode is None:
+            self._leader.send_signal(sig)
+
+    def terminate(self) -> None:
+        """SIGTERM to the leader, as :meth:`subprocess.Popen.terminate`."""
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL to the leader, as :meth:`subprocess.Popen.kill`."""
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(
+        self, input: str | bytes | None = None, timeout: float | None = None
+    ) -> tuple[Any, Any]:
+        """Send ``input``, read stdout and stderr until the leader exits; (out, err).
+
+        As :meth:`subprocess.Popen.communicate`, with one difference that
+        cannot deadlock: when the leader has exited but a leftover member still
+        holds an output pipe open, the tree is terminated with the policy (with
+        ``leftovers="wait"``, it is waited for until ``timeout``) and the
+        output read to the end. Output is str in text mode, else bytes; None
+        for a stream that is not a pipe.
+
+        Raises:
+            subprocess.TimeoutExpired: ``timeout`` passed before the leader
+                exited (output so far attached); calling again goes on.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._pipes is None:
+            self._pipes = _Pipes(self._popen, input)
+        elif input:
+            raise ValueError("cannot send input after starting communication")
+        pipes = self._pipes
+        while self.returncode is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(
+                    self.args, timeout or 0, output=pipes.output(1), stderr=pipes.output(2)
+                )
+            pipes.serve(self._leader.fileno, left)
+        pipes.drain_now()
+        if not pipes.idle():
+            # Every byte the leader wrote is readable now: a pipe that is
+            # empty but open is held by a live leftover.
+            left = None if deadline is None else max(0.001, deadline - time.monotonic())
+            with _quiet_inbox() as inbox:
+                supervise(
+                    self, inbox=inbox, timeout=left, leftovers=self.spec.leftovers, channel=pipes
+                )
+        pipes.close()
+        return pipes.result(1), pipes.result(2)
+
     # -- waiting ---------------------------------------------------------
 
-    def wait(self, timeout: float | None = None, *, also: Sequence[int] = ()) -> int | None:
+    def wait_leader(self, timeout: float | None = None, *, also: Sequence[int] = ()) -> int | None:
         """Wait for the leader to exit; its status, or None if ``timeout`` passed.
 
         Event-driven: sleeps in poll() on the leader's pidfd (and the wake fd
@@ -484,10 +876,15 @@ class Job:
                 self._membership.reap()
 
     def wait_tree(self, timeout: float | None = None) -> bool:
-        """Wait for every member to exit by itself; True if the tree emptied."""
+        """Wait for every member to exit by itself; True if the tree emptied.
+
+        A member only its cookie ties to the job is not waited for: anyone
+        can carry a cookie (see docs/security.md)."""
         with self._lock:
             self._membership.scan()
-            return self._membership.wait_empty(float("inf") if timeout is None else timeout)
+            return self._membership.wait_empty(
+                float("inf") if timeout is None else timeout, strong_only=True
+            )
 
     # -- terminating -----------------------------------------------------
 
@@ -496,13 +893,16 @@ class Job:
         reason: str = "cancelled",
         *,
         policy: Policy | None = None,
-        skip_to_last: Callable[[], bool] = lambda: False,
+        advances: Callable[[], int] = lambda: 0,
         on_progress: Callable[[Progress], None] | None = None,
     ) -> Report:
         """Terminate the whole tree with the policy; return (and keep) the report.
 
-        Idempotent: a second call returns the first report. ``on_progress``
-        is given to :func:`tether.terminate.terminate` (a progress display).
+        Idempotent: a second call returns the first report. ``advances`` and
+        ``on_progress`` are given to :func:`tether.terminate.terminate` (how
+        many times to move on to the next step early; a progress display).
+        Each step reached is written to the journal, so a watchdog that takes
+        over continues the policy from there.
         """
         with self._lock:
             if self._report is not None:
@@ -513,8 +913,9 @@ class Job:
                     policy if policy is not None else self.policy,
                     job_id=self.id,
                     reason=reason,
-                    skip_to_last=skip_to_last,
+                    advances=advances,
                     on_progress=on_progress,
+                    on_step=self._record_step if self._record is not None else None,
                 )
                 with contextlib.suppress(ChildProcessError):
                     self._popen.wait(timeout=0 if not report.complete else None)
@@ -541,41 +942,101 @@ class Job:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._report is None:
-            reason = (
-                "context exited" if exc_type is None else f"context exited by {exc_type.__name__}"
-            )
-            self.cancel(reason)
+        try:
+            if self._report is None:
+                reason = (
+                    "context exited"
+                    if exc_type is None
+                    else f"context exited by {exc_type.__name__}"
+                )
+                self.cancel(reason)
+        finally:
+            self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        """Close the pipes to the leader (as Popen's exit), once the tree is gone:
+        closing them first would end a writer by SIGPIPE, not by the policy."""
+        for f in (self._popen.stdout, self._popen.stderr, self._popen.stdin):
+            if f is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    f.close()
 
 
-def start(argv: Sequence[Arg], **options: Unpack[JobOptions]) -> Job:
-    """Start ``argv`` on a tether; see :class:`JobOptions` and :class:`Job`."""
-    spec, supervision = _split_options(argv, None, options)
-    return Job(spec, **supervision)
+def start(args: Sequence[Arg] | str | bytes, **options: Unpack[JobOptions]) -> Job:
+    """Start ``args`` on a tether; see :class:`JobOptions` and :class:`Job`.
+
+    ``args`` is a list of str, bytes or paths; a string only with
+    ``shell=True`` (a /bin/sh script, as :mod:`subprocess`).
+    """
+    spec, supervision = _split_options(args, None, options)
+    job = Job(spec, **supervision)
+    job.args = args
+    return job
 
 
 def run(
-    argv: Sequence[Arg], *, timeout: float | None = None, **options: Unpack[JobOptions]
+    args: Sequence[Arg] | str | bytes,
+    *,
+    input: str | bytes | None = None,
+    capture_output: bool = False,
+    check: bool = False,
+    timeout: float | None = None,
+    **options: Unpack[JobOptions],
 ) -> CompletedJob:
-    """Run ``argv`` to completion, then terminate anything it left behind.
+    """Run ``args`` to completion, then terminate anything it left behind.
+
+    :func:`subprocess.run`'s arguments mean what they mean there (``input``,
+    ``capture_output``, ``stdout=PIPE``, ``text``/``encoding``/``errors``,
+    ``check``, ``shell``): output is read while the job runs, so a full pipe
+    never blocks it, and a leftover that keeps a pipe open is terminated (and
+    named in the report) rather than waited on.
 
     If ``timeout`` (seconds) passes first, the whole tree is terminated with
     the policy and ``timed_out`` is True. With ``leftovers="wait"``, members
     left when the leader exits are waited for (until the timeout) instead.
+
+    Raises:
+        JobFailedError: ``check`` and the leader's status is not 0.
+        JobTimeoutError: ``check`` and the timeout expired.
     """
-    spec, supervision = _split_options(argv, timeout, options)
+    if input is not None:
+        if options.get("stdin") is not None:
+            raise ValueError("stdin and input arguments may not both be used")
+        options["stdin"] = subprocess.PIPE
+    if capture_output:
+        if options.get("stdout") is not None or options.get("stderr") is not None:
+            raise ValueError("stdout and stderr arguments may not be used with capture_output")
+        options["stdout"] = options["stderr"] = subprocess.PIPE
+    spec, supervision = _split_options(args, timeout, options)
     with Job(spec, **supervision) as job:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        rc = job.wait(timeout)
-        timed_out = rc is None
-        if not timed_out and spec.leftovers == "wait":
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            timed_out = not job.wait_tree(left) and left is not None
-        report = job.cancel("timeout" if timed_out else "leftovers after the leader exited")
-        final = job.returncode
-    return CompletedJob(
-        spec.argv, final if final is not None else -signal.SIGKILL, timed_out, report
+        job.args = args
+        pipes = _Pipes(job._popen, input)
+        try:
+            with _quiet_inbox() as inbox:
+                outcome = supervise(
+                    job, inbox=inbox, timeout=spec.timeout, leftovers=spec.leftovers, channel=pipes
+                )
+        finally:
+            pipes.close()
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.report is not None
+    rc = outcome.returncode
+    done = CompletedJob(
+        spec.argv,
+        rc if rc is not None else -signal.SIGKILL,
+        outcome.timed_out,
+        outcome.report,
+        stdout=pipes.result(1),
+        stderr=pipes.result(2),
+        args=args,
     )
+    if check and done.timed_out:
+        assert spec.timeout is not None
+        raise JobTimeoutError(args, spec.timeout, done.stdout, done.stderr, done.report)
+    if check:
+        done.check_returncode()
+    return done
 
 
 def kill_tree(

@@ -44,7 +44,8 @@ def command_args(argv: Iterable[Arg] | str | bytes) -> tuple[str, ...]:
     if isinstance(argv, (str, bytes)):
         raise UsageError(
             f"the command must be a list of arguments, not a string: {argv!r} "
-            "(split it, e.g. shlex.split(), or run it with a shell: ['sh', '-c', ...])"
+            "(split it, e.g. shlex.split(), or run it with a shell: shell=True in the "
+            "Python API, ['sh', '-c', ...] elsewhere)"
         )
     args = tuple(_arg(a) for a in argv)
     if not args:
@@ -74,8 +75,10 @@ class JobSpec:
     Attributes:
         argv: the command and its arguments (the first is looked up in PATH).
         policy: how the tree is terminated.
-        trackers: the trackers asked for (``auto``: all; the job records which
-            could be used and why the others could not).
+        trackers: None (``auto``): every tracker that can be used here, the
+            job recording why the others could not; or exactly these, each of
+            which must be usable (else :class:`~tether.errors.TrackerError`
+            before anything starts: never weaker than asked).
         env: the job's whole environment; None inherits the supervisor's.
             tether adds ``TETHER_JOB_ID`` either way.
         cwd: the job's working directory; None inherits.
@@ -88,7 +91,7 @@ class JobSpec:
 
     argv: tuple[str, ...]
     policy: Policy = field(default_factory=Policy.default)
-    trackers: frozenset[str] = frozenset(TRACKER_NAMES)
+    trackers: frozenset[str] | None = None
     env: Mapping[str, str] | None = None
     cwd: str | None = None
     timeout: float | None = None
@@ -105,10 +108,12 @@ class JobSpec:
             set_(self, "policy", Policy.parse(self.policy))
         elif self.policy is None:
             set_(self, "policy", Policy.default())
-        if not isinstance(self.trackers, frozenset):
-            set_(self, "trackers", parse_tracker_names(self.trackers))
-        elif not self.trackers or not self.trackers <= set(TRACKER_NAMES):
-            set_(self, "trackers", parse_tracker_names(sorted(self.trackers)))
+        if self.trackers is not None:
+            given: object = self.trackers
+            if given == "auto":
+                set_(self, "trackers", None)
+            elif not isinstance(given, frozenset) or not given or not given <= set(TRACKER_NAMES):
+                set_(self, "trackers", parse_tracker_names(given))  # type: ignore[arg-type]
         if self.env is not None:
             set_(self, "env", MappingProxyType({str(k): str(v) for k, v in self.env.items()}))
         if self.cwd is not None:
@@ -141,7 +146,7 @@ class JobSpec:
     @property
     def trackers_text(self) -> str:
         """The trackers as ``tether run --trackers`` takes them."""
-        if self.trackers == frozenset(TRACKER_NAMES):
+        if self.trackers is None:
             return "auto"
         return ",".join(n for n in TRACKER_NAMES if n in self.trackers)
 
@@ -201,7 +206,7 @@ class JobSpec:
         return cls(
             argv=argv,
             policy=Policy.from_dict(data.get("policy")),
-            trackers=parse_tracker_names(trackers),
+            trackers=None if trackers == "auto" else parse_tracker_names(trackers),
             env=env,
             cwd=cwd,
             timeout=timeout,
