@@ -38,7 +38,16 @@ from tether.errors import (
 )
 
 if TYPE_CHECKING:
-    from tether.job import CompletedJob, Job, kill_gid, kill_tree, run, start
+    from tether.job import (
+        CompletedJob,
+        Job,
+        JobFailedError,
+        JobTimeoutError,
+        kill_gid,
+        kill_tree,
+        run,
+        start,
+    )
     from tether.policy import KillScript, Policy, Step, parse_duration, parse_signal
     from tether.report import MemberRecord, Report, StepRecord, Survivor
     from tether.spec import JobSpec
@@ -49,6 +58,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "CompletedJob": "tether.job",
     "Job": "tether.job",
+    "JobFailedError": "tether.job",
+    "JobTimeoutError": "tether.job",
     "kill_gid": "tether.job",
     "kill_tree": "tether.job",
     "run": "tether.job",
@@ -89,7 +100,9 @@ __all__ = [
     "CommandNotFoundError",
     "CompletedJob",
     "Job",
+    "JobFailedError",
     "JobSpec",
+    "JobTimeoutError",
     "JournalError",
     "KillScript",
     "MemberRecord",

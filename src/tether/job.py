@@ -192,9 +192,6 @@ class JobFailedError(TetherError, subprocess.CalledProcessError):
         subprocess.CalledProcessError.__init__(self, returncode, cmd, output, stderr)
         self.report = report
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.returncode, self.cmd, self.output, self.stderr, self.report))
-
 
 class JobTimeoutError(TetherError, subprocess.TimeoutExpired):
     """``check=True`` and the timeout expired: the tree was terminated.
@@ -215,9 +212,6 @@ class JobTimeoutError(TetherError, subprocess.TimeoutExpired):
     ) -> None:
         subprocess.TimeoutExpired.__init__(self, cmd, timeout, output, stderr)
         self.report = report
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.cmd, self.timeout, self.output, self.stderr, self.report))
 
 
 JobFailedError.__module__ = JobTimeoutError.__module__ = "tether"

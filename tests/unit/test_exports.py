@@ -7,6 +7,7 @@ import importlib
 import importlib.metadata
 import inspect
 import pickle
+import subprocess
 import traceback
 
 import pytest
@@ -19,7 +20,9 @@ PUBLIC = [
     "CompletedJob",
     "JournalError",
     "Job",
+    "JobFailedError",
     "JobSpec",
+    "JobTimeoutError",
     "KillScript",
     "MemberRecord",
     "NoSuchProcessError",
@@ -46,6 +49,8 @@ PUBLIC = [
 ERRORS = [
     "CommandNotExecutableError",
     "CommandNotFoundError",
+    "JobFailedError",
+    "JobTimeoutError",
     "NoSuchProcessError",
     "PolicyError",
     "TetherError",
@@ -107,6 +112,9 @@ def test_error_hierarchy() -> None:
     assert issubclass(tether.CommandNotExecutableError, PermissionError)
     assert issubclass(tether.NoSuchProcessError, ProcessLookupError)
     assert not issubclass(tether.TrackerError, tether.UsageError)
+    assert issubclass(tether.JobFailedError, subprocess.CalledProcessError)
+    assert issubclass(tether.JobTimeoutError, subprocess.TimeoutExpired)
+    assert tether.JobTimeoutError.exit_code == 124
     assert tether.TetherError.exit_code == 125
     assert tether.CommandNotFoundError.exit_code == 127
     assert tether.CommandNotExecutableError.exit_code == 126
@@ -131,6 +139,14 @@ def _samples() -> list[tuple[BaseException, dict[str, object]]]:
         (tether.CommandNotFoundError("frobnicate"), {"command": "frobnicate"}),
         (tether.CommandNotExecutableError("/etc/passwd"), {"command": "/etc/passwd"}),
         (tether.NoSuchProcessError(424242), {"pid": 424242}),
+        (
+            tether.JobFailedError(3, ["make"], b"out", b"err"),
+            {"returncode": 3, "cmd": ["make"], "stdout": b"out", "stderr": b"err"},
+        ),
+        (
+            tether.JobTimeoutError(["make"], 1.5, b"out", None),
+            {"cmd": ["make"], "timeout": 1.5, "output": b"out"},
+        ),
     ]
 
 
