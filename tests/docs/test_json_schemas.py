@@ -110,7 +110,7 @@ def test_tether_schema_prints_the_installed_schemas() -> None:
 def test_run_report(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     done = subprocess.run(
-        tether_cmd("run", "--policy", POLICY, "--json", str(out), "-q", "--",
+        tether_cmd("run", "--policy", POLICY, "--json-file", str(out), "-q", "--",
                    "sh", "-c", "sleep 300 & exit 3"),
         capture_output=True, timeout=120, check=False,
     )  # fmt: skip
@@ -145,7 +145,7 @@ def _tree(tmp_path: Path) -> tuple[subprocess.Popen[bytes], tuple[int, int]]:
 def test_kill_report(tmp_path: Path) -> None:
     proc, child = _tree(tmp_path)
     try:
-        report = run_json("kill", "--policy", POLICY, "--json", "-", str(proc.pid))
+        report = run_json("kill", "--policy", POLICY, "--json", str(proc.pid))
     finally:
         kill_identity(*child)
         proc.wait(timeout=SETTLE)

@@ -200,7 +200,7 @@ def test_leftover_holding_stdout_does_not_hang(tmp_path: Path) -> None:
     pidfile = tmp_path / "sleep"
     proc = subprocess.Popen(
         tether_cmd(
-            "run", "-q", "--policy", "TERM,2s,KILL", "--json", str(report_file), "--",
+            "run", "-q", "--policy", "TERM,2s,KILL", "--json-file", str(report_file), "--",
             "sh", "-c", f"(sleep 100 & echo $! > {pidfile}); echo done",
         ),
         stdout=subprocess.PIPE,
@@ -309,7 +309,7 @@ def test_second_sigint_skips_to_kill(tmp_path: Path) -> None:
 def test_json_report_has_stable_keys(tmp_path: Path) -> None:
     report_file = tmp_path / "r.json"
     done = tether(
-        "run", "-q", "--json", str(report_file), "--timeout", "200ms", "--policy",
+        "run", "-q", "--json-file", str(report_file), "--timeout", "200ms", "--policy",
         "TERM,1s,KILL", "--", "sh", "-c", "sleep 100 & wait",
     )  # fmt: skip
     assert done.returncode == 124, done.stderr
@@ -405,7 +405,7 @@ def test_wait_leftovers_waits_for_a_leftover_that_exits(tmp_path: Path) -> None:
     flag = tmp_path / "leftover-finished"
     report_file = tmp_path / "r.json"
     done = tether(
-        "run", "-q", "--wait-leftovers", "--json", str(report_file), "--",
+        "run", "-q", "--wait-leftovers", "--json-file", str(report_file), "--",
         "sh", "-c", f"(sleep 0.5; echo ok > {flag}) & exit 0",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -422,7 +422,7 @@ def test_kill_a_process_that_leads_nothing_and_has_no_cookie() -> None:
     with procfs.ProcDir(proc.pid) as d:
         start = d.stat().starttime
     done = subprocess.run(
-        tether_cmd("kill", "--json", "-", str(proc.pid)), capture_output=True, check=False
+        tether_cmd("kill", "--json", str(proc.pid)), capture_output=True, check=False
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -430,3 +430,66 @@ def test_kill_a_process_that_leads_nothing_and_has_no_cookie() -> None:
     assert report["members"][0]["found_by"] == ["walk"]
     assert proc.wait(timeout=10) == -signal.SIGTERM
     assert not alive(proc.pid, start)
+
+
+# -- one --json convention: --json prints the document, --json-file PATH writes it ------
+
+
+def test_run_json_is_the_only_thing_on_stdout(tmp_path: Path) -> None:
+    """The job's own stdout goes to stderr, so stdout parses as one document;
+    no file named ``--`` is created (the old FILE-taking --json)."""
+    done = subprocess.run(
+        tether_cmd("run", "--json", "--", "sh", "-c", "echo job-out; echo job-err >&2; exit 3"),
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert json.loads(done.stdout)["schema"] == 1
+    assert done.stderr.splitlines()[:2] == ["job-out", "job-err"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_json_file_writes_the_report_and_leaves_stdout_to_the_job(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    done = tether("run", "--json-file", str(out), "--", "echo", "job-out")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "job-out\n", "")
+    assert json.loads(out.read_text())["schema"] == 1
+
+
+def test_json_and_json_file_together_is_bad_input(tmp_path: Path) -> None:
+    line = assert_one_line_error(
+        tether("run", "--json", "--json-file", str(tmp_path / "r.json"), "--", "true"), 125
+    )
+    assert line == "tether: give either --json or --json-file PATH, not both"
+    line = assert_one_line_error(tether("kill", "--json", "--json-file", "x", "4242"), 2)
+    assert line == "tether: give either --json or --json-file PATH, not both"
+
+
+def test_old_json_file_spelling_still_works_with_a_warning(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    done = tether("run", "--json", str(out), "--", "true")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (
+        f"tether: --json {out} is deprecated: use --json-file {out}"
+        " (--json alone prints the document on stdout)\n"
+    )
+    assert json.loads(out.read_text())["schema"] == 1
+    done = tether("run", "--json", "-", "--", "true")
+    assert json.loads(done.stdout)["schema"] == 1
+    assert "use --json (--json alone" in done.stderr
+    # Never rewritten inside the job's argv.
+    done = tether("run", "--", "echo", "--json", "x.json")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "--json x.json\n", "")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_kill_json_takes_no_file(tmp_path: Path) -> None:
+    """``tether kill --json PID``: a flag, then the pid (once a FILE named PID)."""
+    proc = subprocess.Popen(["sleep", "300"], cwd=tmp_path)
+    done = subprocess.run(
+        tether_cmd("kill", "--json", str(proc.pid)),
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [m["pid"] for m in json.loads(done.stdout)["members"]] == [proc.pid]
+    assert proc.wait(timeout=10) == -signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []

@@ -188,7 +188,7 @@ def _run_env(tmp_path: Path, text: str) -> dict[str, str]:
 def test_run_takes_policy_and_timeout_from_the_file(tmp_path: Path) -> None:
     env = _run_env(tmp_path, '[termination]\npolicy = "INT,1s,KILL"\n[run]\ntimeout = "200ms"\n')
     done = subprocess.run(
-        tether_cmd("run", "-q", "--json", "-", "--", "sleep", "30"),
+        tether_cmd("run", "-q", "--json", "--", "sleep", "30"),
         env=env, capture_output=True, check=False,
     )  # fmt: skip
     assert done.returncode == 124, done.stderr
@@ -201,7 +201,7 @@ def test_run_takes_policy_and_timeout_from_the_file(tmp_path: Path) -> None:
 def test_flags_override_the_file(tmp_path: Path) -> None:
     env = _run_env(tmp_path, '[termination]\npolicy = "INT,1s,KILL"\ngrace = "3s"\n')
     done = subprocess.run(
-        tether_cmd("run", "-q", "--timeout", "100ms", "-s", "HUP", "-k", "2s", "--json", "-",
+        tether_cmd("run", "-q", "--timeout", "100ms", "-s", "HUP", "-k", "2s", "--json",
                    "--", "sleep", "30"),
         env=env, capture_output=True, check=False,
     )  # fmt: skip

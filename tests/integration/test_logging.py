@@ -96,7 +96,7 @@ def test_json_lines_carry_the_events_of_a_real_run(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     done = tether(
         "--log-level", "debug", "--log-format", "json", "--log-target", "stderr",
-        "run", "-q", "--json", str(report), "--",
+        "run", "-q", "--json-file", str(report), "--",
         "sh", "-c", LEAVES_A_CHILD.format(pidfile=pidfile),
     )  # fmt: skip
     assert done.returncode == 3, done.stderr

@@ -137,8 +137,9 @@ def cli(
     logs.configure(settings, os.environ)
 
 
-def _command_name(args: Sequence[str]) -> str | None:
-    """The command ``args`` run, past the group's options (``--log-level debug run``)."""
+def _command_index(args: Sequence[str]) -> int | None:
+    """Where the command's name is in ``args``, past the group's options
+    (``--log-level debug run``)."""
     i = 0
     while i < len(args):
         arg = args[i]
@@ -147,8 +148,26 @@ def _command_name(args: Sequence[str]) -> str | None:
         elif arg.startswith("-"):
             i += 1
         else:
-            return arg
+            return i
     return None
+
+
+def _command_name(args: Sequence[str]) -> str | None:
+    """The command ``args`` run, past the group's options."""
+    i = _command_index(args)
+    return None if i is None else args[i]
+
+
+def _legacy_spellings(args: list[str]) -> list[str]:
+    """``args`` with deprecated option spellings rewritten (and warned about)."""
+    from tether.cli._common import LEGACY_JSON_FILE, legacy_json_args
+
+    i = _command_index(args)
+    if i is None or args[i] not in LEGACY_JSON_FILE or not any("--json" in a for a in args):
+        return args
+    command = cli.get_command(click.Context(cli), args[i])
+    assert command is not None
+    return [*args[: i + 1], *legacy_json_args(command, args[i + 1 :])]
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -167,6 +186,7 @@ def _run_cli(args: list[str]) -> NoReturn:
     is_run = _command_name(args) == "run"
     bad_input = EXIT_FAILED if is_run else EXIT_BAD_INPUT
     try:
+        args = _legacy_spellings(args)
         cli.main(args, prog_name="tether", standalone_mode=False)
     except click.UsageError as err:
         click.echo(f"tether: {err.format_message()}", err=True)

@@ -141,9 +141,80 @@ _policy_options: list[Callable[[Any], Any]] = [
     click.option("--kill-script-mode", type=click.Choice(["precede", "replace"]),
                  help="Run the kill script before the signals, or instead of them "
                       "(default: precede)."),
-    click.option("--json", "json_file", metavar="FILE",
-                 help="Write the termination report as JSON to FILE ('-' for stdout)."),
 ]  # fmt: skip
+
+
+def json_options(what: str) -> list[Callable[[Any], Any]]:
+    """``--json`` (the document on stdout) and ``--json-file PATH``: one
+    convention for every command. The command receives ``json_file``: None,
+    ``-`` for stdout, or the path."""
+    return [
+        click.option("--json", "json_stdout", is_flag=True,
+                     help=f"Print {what} as JSON on stdout (and nothing else there)."),
+        click.option("--json-file", "json_file", metavar="PATH",
+                     help=f"Write {what} as JSON to PATH."),
+    ]  # fmt: skip
+
+
+def json_target(json_stdout: bool, json_file: str | None) -> str | None:
+    """The ``json_file`` of :func:`json_options`' two options."""
+    if json_stdout and json_file is not None:
+        raise UsageError("give either --json or --json-file PATH, not both")
+    return "-" if json_stdout else json_file
+
+
+#: Commands whose ``--json`` once took a FILE (before 0.2), and the old
+#: spelling the argv rewrite below still accepts, with a warning, for one release.
+LEGACY_JSON_FILE = frozenset({"run", "kill", "cancel"})
+
+
+def legacy_json_args(command: click.Command, args: list[str]) -> list[str]:
+    """``--json FILE`` (deprecated) as ``--json-file FILE``, ``--json -`` as ``--json``.
+
+    Only among ``command``'s own options (``args`` follow the command name),
+    never in the job's argv, and only where FILE cannot be meant otherwise:
+    ``-``, a name ending in ``.json``, or ``--json=FILE``. ``tether kill
+    --json 4242`` is the flag and a pid.
+    """
+    takes_value = {
+        name
+        for p in command.params
+        if isinstance(p, click.Option) and not p.is_flag and not p.count
+        for name in p.opts
+    }
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--" or not arg.startswith("-"):
+            return out + args[i:]  # the positional arguments (a job's argv) start here
+        if arg.startswith("--json="):
+            target = arg.partition("=")[2]
+            out += _legacy_json(target)
+        elif (
+            arg == "--json"
+            and i + 1 < len(args)
+            and (args[i + 1] == "-" or args[i + 1].endswith(".json"))
+        ):
+            out += _legacy_json(args[i + 1])
+            i += 1
+        else:
+            out.append(arg)
+            if arg in takes_value:
+                if i + 1 < len(args):
+                    out.append(args[i + 1])
+                i += 1
+        i += 1
+    return out
+
+
+def _legacy_json(target: str) -> list[str]:
+    new = ["--json"] if target == "-" else ["--json-file", target]
+    sys.stderr.write(
+        f"tether: --json {target} is deprecated: use {' '.join(new)}"
+        " (--json alone prints the document on stdout)\n"
+    )
+    return new
 
 
 _POLICY_PARAMETERS = (
@@ -153,18 +224,19 @@ _POLICY_PARAMETERS = (
 
 
 def with_policy_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the policy options of ``run`` and ``kill`` (and ``--json FILE``).
+    """Add the policy options of ``run`` and ``kill`` (and ``--json``, ``--json-file``).
 
     The command receives them merged, as ``policy_flags`` (settings for
-    :func:`configured`), and ``json_file``.
+    :func:`configured`), and ``json_file`` (see :func:`json_target`).
     """
 
     @functools.wraps(f)
     def command(*args: Any, **kwargs: Any) -> Any:
         given = {name: kwargs.pop(name) for name in _POLICY_PARAMETERS}
+        kwargs["json_file"] = json_target(kwargs.pop("json_stdout"), kwargs["json_file"])
         return f(*args, policy_flags=policy_flags(**given), **kwargs)
 
-    for option in reversed(_policy_options):
+    for option in reversed([*_policy_options, *json_options("the termination report")]):
         command = option(command)
     return command
 

@@ -154,7 +154,8 @@ def run_remote(
         targets,
         spec,
         ssh,
-        OutputSink(prefix),
+        # --json: the document is stdout, so the hosts' stdout goes to stderr.
+        OutputSink(prefix, stdout=sys.stderr.buffer if json_file == "-" else None),
         stdin_fd=stdin_fd,
         fanout=config["remote.fanout"],
         cancel_timeout=ack_timeout,

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from tether.cli._common import EXIT_BAD_INPUT, EXIT_FAILED, fail
+from tether.cli._common import EXIT_BAD_INPUT, EXIT_FAILED, fail, json_options, json_target
 from tether.cli._remote import ssh_client, write_hosts_json
 
 _JOB_ID_CHARS = frozenset("0123456789abcdef")
@@ -25,8 +25,7 @@ _policy_opts: list[Callable[[Any], Any]] = [
                  help="Passed to ssh as -o OPTION."),
     click.option("-F", "--ssh-config", "ssh_config", metavar="FILE",
                  help="ssh configuration file (ssh -F)."),
-    click.option("--json", "json_file", metavar="FILE",
-                 help="Write the result as JSON to FILE ('-' for stdout)."),
+    *json_options("the result"),
     click.option("-q", "--quiet", is_flag=True, help="Do not print the report."),
 ]  # fmt: skip
 
@@ -46,6 +45,7 @@ _policy_opts: list[Callable[[Any], Any]] = [
 @_policy_opts[2]
 @_policy_opts[3]
 @_policy_opts[4]
+@_policy_opts[5]
 @click.argument("job_id")
 def cancel_command(
     host: str,
@@ -53,6 +53,7 @@ def cancel_command(
     policy_text: str | None,
     ssh_options: tuple[str, ...],
     ssh_config: str | None,
+    json_stdout: bool,
     json_file: str | None,
     quiet: bool,
 ) -> None:
@@ -67,6 +68,7 @@ def cancel_command(
     from tether.remote.client import cancel_job, render_host_report
     from tether.remote.hostlist import parse_target
 
+    json_file = json_target(json_stdout, json_file)
     if not (8 <= len(job_id) <= 64) or not set(job_id) <= _JOB_ID_CHARS:
         fail(f"bad job id {job_id!r} (expected the hex id tether printed)", EXIT_BAD_INPUT)
     target = parse_target(host)

@@ -139,7 +139,9 @@ def run(
             outlive_caller=outlive_caller,
             **remote,
         )
-    outcome = _supervised(spec, outlive_caller=outlive_caller, quiet=quiet)
+    outcome = _supervised(
+        spec, outlive_caller=outlive_caller, quiet=quiet, json_on_stdout=json_file == "-"
+    )
     report = outcome.report
     assert report is not None  # a failed termination raised in _supervised
     write_json(json_file, report.to_json())
@@ -157,8 +159,14 @@ def run(
     sys.exit(outcome.exit_status)
 
 
-def _supervised(spec: JobSpec, *, outlive_caller: bool, quiet: bool) -> RunOutcome:
-    """Run ``spec`` with tether as its dedicated supervisor, until it is over."""
+def _supervised(
+    spec: JobSpec, *, outlive_caller: bool, quiet: bool, json_on_stdout: bool = False
+) -> RunOutcome:
+    """Run ``spec`` with tether as its dedicated supervisor, until it is over.
+
+    With ``--json`` the report is tether's stdout, so the job's stdout goes
+    to tether's stderr: the document is never mixed with the job's output.
+    """
     from tether.caller import open_caller
     from tether.job import Job
     from tether.supervise import forwarded_signals, supervise
@@ -168,7 +176,10 @@ def _supervised(spec: JobSpec, *, outlive_caller: bool, quiet: bool) -> RunOutco
         if caller is not None:
             stack.callback(caller.close)
         inbox = stack.enter_context(forwarded_signals(wake_on_child=True))
-        job = stack.enter_context(Job(spec, dedicated_supervisor=True, wake_fd=inbox.fileno))
+        stdout = sys.stderr.fileno() if json_on_stdout else None
+        job = stack.enter_context(
+            Job(spec, stdout=stdout, dedicated_supervisor=True, wake_fd=inbox.fileno)
+        )
         progress = progress_line(quiet)
         if progress is not None:
             stack.callback(progress.clear)
