@@ -46,10 +46,10 @@ def main() -> int:
         report_path = os.path.join(tmp, "report.json")
         cmd = [
             sys.executable, "-m", "tether.cli", "run",
-            "--timeout", "2s", "--policy", "TERM,2s,KILL", "--json", report_path,
+            "--timeout", "2s", "--policy", "TERM,2s,KILL", "--json-file", report_path,
             "--", "sh", "-c", JOB,
         ]  # fmt: skip
-        print("$ tether run --timeout 2s --policy TERM,2s,KILL --json report.json -- sh -c JOB")
+        print("$ tether run --timeout 2s --policy TERM,2s,KILL --json-file report.json -- sh -c JOB")
         sys.stdout.flush()
         done = subprocess.run(cmd, check=False)
         sys.stderr.flush()
