@@ -85,6 +85,9 @@ class JobRecord:
     tag_gid: int | None = None
     state: str = "starting"
     schema: int = field(default=SCHEMA)
+    #: (index, Unix time) of the policy step the termination last started,
+    #: so whoever takes over (the watchdog) continues from there.
+    step: tuple[int, float] | None = None
 
     def __post_init__(self) -> None:
         # Plain (pid, start) pairs are accepted and kept as Identity.
@@ -100,6 +103,8 @@ class JobRecord:
         # as [pid, start] lists (the format older tethers wrote and read).
         data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         data["policy"] = self.policy.to_dict()
+        if self.step is None:
+            del data["step"]  # records of jobs never terminated read as before
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
@@ -161,6 +166,7 @@ class JobRecord:
             restartable=get("restartable", bool),
             tag_gid=get("tag_gid", int, optional=True) if "tag_gid" in data else None,
             state=get("state", str),
+            step=_step(get("step", list, optional=True)) if "step" in data else None,
         )
 
     @property
@@ -182,6 +188,19 @@ def _policy(value: dict[str, Any]) -> Policy:
 
 def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _step(value: list[Any] | None) -> tuple[int, float] | None:
+    if value is None:
+        return None
+    if (
+        len(value) != 2
+        or type(value[0]) is not int
+        or value[0] < 0
+        or type(value[1]) not in (int, float)
+    ):
+        raise ValueError(f"bad 'step': {value!r}")
+    return (value[0], float(value[1]))
 
 
 def _identity(key: str, value: object) -> Identity:

@@ -113,6 +113,13 @@ def parse_signal(text: str) -> signal.Signals:
         raise PolicyError(f"unknown signal {text!r} (examples: TERM, SIGINT, 9)") from None
 
 
+def _name_of(number: str) -> str:
+    try:
+        return signal.Signals(int(number)).name.removeprefix("SIG")
+    except ValueError:
+        return "TERM"
+
+
 def signal_name(sig: int) -> str:
     """``15`` -> ``"TERM"``; unknown numbers render as digits."""
     try:
@@ -191,6 +198,13 @@ class Policy:
         steps: list[Step] = []
         pending: signal.Signals | None = None
         for tok in tokens:
+            if tok.isdigit():
+                # "TERM,10,KILL" meant a grace, but 10 is also SIGUSR1: inside
+                # a policy that reading would silently drop the grace.
+                raise PolicyError(
+                    f"bad policy {text!r}: {tok!r} is a bare number; write {tok}s for a "
+                    f"grace, or the signal's name (e.g. {_name_of(tok)}) for a signal"
+                )
             if (tok[0].isdigit() and not tok.isdigit()) or tok[0] == ".":
                 grace = parse_duration(tok, bare_number_unit=None)
                 if pending is None:
@@ -224,6 +238,25 @@ class Policy:
         if first == signal.SIGKILL:
             return cls((Step(first, DEFAULT_FINAL_WAIT),))
         return cls((Step(first, grace), Step(signal.SIGKILL, DEFAULT_FINAL_WAIT)))
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Orders that are allowed but probably not meant (the CLI prints them)."""
+        out = []
+        for i, step in enumerate(self.steps[:-1]):
+            if step.signal == signal.SIGKILL:
+                later = ",".join(signal_name(s.signal) for s in self.steps[i + 1 :])
+                out.append(
+                    f"policy {self}: KILL in step {i + 1} ends every member, so {later} "
+                    "after it reaches nobody"
+                )
+                break
+        if self.steps[-1].signal not in UNCATCHABLE and self.kill_script is None:
+            out.append(
+                f"policy {self} ends with {signal_name(self.steps[-1].signal)}: a member that "
+                "ignores it survives the policy (end with KILL)"
+            )
+        return tuple(out)
 
     def skipping_to_last(self) -> Policy:
         """This policy with only its last step (a second Ctrl-C)."""

@@ -11,6 +11,7 @@ so a recorded pid now held by a stranger is never signalled.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -98,6 +99,18 @@ def membership_for(record: JobRecord, protected: Sequence[int] = ()) -> Membersh
     return Membership.for_record(record, cgroup=cgroup, cgroup_status=why, protected=protected)
 
 
+def _resume_point(record: JobRecord) -> tuple[int, float] | None:
+    """Where the dead supervisor's termination got to: (step, grace spent).
+
+    Continuing there (not from the first step) keeps a runner's cancel
+    sequence short: its KILL of tether must not buy the job a fresh grace.
+    """
+    if record.step is None:
+        return None
+    index, started_at = record.step
+    return index, max(0.0, time.time() - started_at)
+
+
 def recover(
     record: JobRecord,
     journal: Journal,
@@ -117,6 +130,7 @@ def recover(
             policy if policy is not None else record.policy,
             job_id=record.job_id,
             reason=reason,
+            resume=_resume_point(record) if policy is None else None,
         )
     finally:
         membership.close()

@@ -6,8 +6,9 @@ with the result; the rules live here once:
 
 - the **deadline** (``JobSpec.timeout``) starts the policy with reason
   ``timeout``;
-- a **forwarded signal** (INT, TERM, HUP, QUIT) starts it; a later INT (or a
-  second cancel from a peer) makes the engine skip to the policy's last step;
+- a **forwarded signal** (INT, TERM, HUP, QUIT) starts it; every later one
+  (or a further cancel from a peer) moves the policy on to its next step at
+  once (CI runners send INT, then TERM, then KILL);
 - the **caller's death** starts it as a SIGHUP would;
 - when the leader exits by itself, **leftovers** are terminated, or waited
   for (``leftovers="wait"``: until the tree empties, the deadline, or a
@@ -184,7 +185,7 @@ class _Termination:
         self,
         job: Job,
         reason: str,
-        skip_to_last: Callable[[], bool],
+        advances: Callable[[], int],
         on_progress: Callable[[Progress], None] | None,
     ) -> None:
         self.reason = reason
@@ -194,7 +195,7 @@ class _Termination:
 
         def work() -> None:
             try:
-                self.report = job.cancel(reason, skip_to_last=skip_to_last, on_progress=on_progress)
+                self.report = job.cancel(reason, advances=advances, on_progress=on_progress)
             except BaseException as err:
                 self.error = err
             finally:
@@ -237,18 +238,20 @@ def supervise(
     termination: _Termination | None = None
     leader_exited = False
     linger_until: float | None = None
-    sigints_at_start = cancels_at_start = 0
+    signals_at_start = cancels_at_start = 0
 
     def peer_cancels() -> int:
         request = channel.cancel_request() if channel is not None else None
         return request[1] if request is not None else 0
 
-    def skip_to_last() -> bool:
-        # An INT beyond those that started this termination is "the second";
-        # so is a second cancel from the peer.
-        return inbox.count(signal.SIGINT) > sigints_at_start or peer_cancels() > max(
-            cancels_at_start, 1
-        )
+    def advances() -> int:
+        # Every further cancel moves the policy on one step at once — a CI
+        # runner's TERM after its INT, a repeated Ctrl-C, a peer's second
+        # CANCEL — so the runner's own KILL never finds the job still in a
+        # grace it has already given up on.
+        further_signals = len(inbox.received) - signals_at_start
+        further_cancels = peer_cancels() - max(cancels_at_start, 1)
+        return max(0, further_signals) + max(0, further_cancels)
 
     def why_cancel() -> str | None:
         if caller is not None and caller.has_exited():
@@ -277,9 +280,9 @@ def supervise(
             elif why is None and deadline is not None and clock() >= deadline:
                 timed_out, why = True, "timeout"
             if why is not None:
-                sigints_at_start = inbox.count(signal.SIGINT)
+                signals_at_start = len(inbox.received)
                 cancels_at_start = peer_cancels()
-                termination = _Termination(job, why, skip_to_last, on_progress)
+                termination = _Termination(job, why, advances, on_progress)
         elif termination.finished:
             if linger_until is None:
                 complete = termination.report is not None and termination.report.complete

@@ -93,7 +93,14 @@ class Target(Protocol):
 
     def survivors(self) -> list[Survivor]: ...
 
-    def run_kill_script(self, argv: Sequence[str], timeout: float) -> str: ...
+    def run_kill_script(self, argv: Sequence[str], timeout: float) -> tuple[bool, str]:
+        """Run the user's kill script: (it exited 0, a note for the report)."""
+        ...
+
+    @property
+    def confirmation(self) -> str:
+        """What proves the tree empty when :meth:`wait_empty` says so (for the report)."""
+        ...
 
     @property
     def trackers(self) -> tuple[TrackerStatus, ...]: ...
@@ -114,19 +121,32 @@ def terminate(
     reason: str,
     clock: Clock = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
-    skip_to_last: Callable[[], bool] = lambda: False,
+    advances: Callable[[], int] = lambda: 0,
     on_progress: Callable[[Progress], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    resume: tuple[int, float] | None = None,
 ) -> Report:
     """Apply ``policy`` to every member ``target`` finds; return the report.
 
-    Each step: freeze (so nothing forks between the scan and the signal),
-    signal every live member not yet signalled in this step, SIGCONT after a
-    catchable signal (a stopped process keeps TERM pending otherwise), thaw,
-    then wait up to the grace for the kernel to confirm the tree empty,
-    giving members that appear meanwhile the same signal.
+    Each step takes its members from a frozen tree (nothing forks between the
+    scan and the signal). SIGKILL is sent frozen (or by cgroup.kill); a
+    catchable signal is sent after the thaw, with a SIGCONT first, so it
+    reaches a *running* process: sent to a frozen or stopped one, the kernel
+    queues it process-wide and whichever thread runs first takes it — often
+    not the main thread, where a Python handler would have to run. Members
+    that appear during a step's grace (a TERM handler's cleanup) are left to
+    finish until the next step, as systemd does; the last step takes them too.
 
-    ``on_progress``, if given, is called with a :class:`Progress` at each
-    step's start and each rescan (it must be quick: the grace is running).
+    Args:
+        advances: how many times the caller has asked to move on (a further
+            cancel signal); each request ends the current step's grace at once.
+        on_progress: called with a :class:`Progress` at each step's start and
+            each rescan (it must be quick: the grace is running).
+        on_step: called with (step index, wall time) as each step starts, so a
+            journal can record how far the policy got.
+        resume: (step index, seconds of its grace already spent) to continue a
+            policy another process started (a supervisor that died): that step's
+            signal is not sent again, only the rest of its grace is waited.
     """
     t0 = clock()
     started_wall = wall_clock()
@@ -138,37 +158,56 @@ def terminate(
 
     steps: list[Step] = list(policy.steps)
     run_builtin = True
-    if policy.kill_script is not None:
+    if policy.kill_script is not None and resume is None:
         target.scan()
-        script_note = target.run_kill_script(policy.kill_script.argv, policy.kill_script.timeout)
-        if policy.kill_script.mode == "replace":
+        ok, script_note = target.run_kill_script(
+            policy.kill_script.argv, policy.kill_script.timeout
+        )
+        if policy.kill_script.mode == "replace" and ok:
             run_builtin = False
+        elif policy.kill_script.mode == "replace":
+            # Never weaker than asked: a replacing script that failed does not
+            # leave the job running; the policy's own signals take over.
+            script_note += "; it failed, so the policy's signals were sent instead"
 
     empty = target.wait_empty(0)
     logs.log(_LOG, logs.INFO, f"terminating job {job_id}: {reason}",
              job_id=job_id, reason=reason, policy=str(policy))  # fmt: skip
     if run_builtin and not empty:
-        # A skip requested before the first step (a second Ctrl-C already) counts.
-        i = len(steps) - 1 if skip_to_last() else 0
-        while i < len(steps):
+        used = 0
+        i, spent = resume if resume is not None else (0, 0.0)
+        i = min(max(i, 0), len(steps) - 1)
+        # Requests to move on that came before the first step count.
+        wanted = advances()
+        if wanted > used:
+            i, used, spent = min(i + wanted - used, len(steps) - 1), wanted, 0.0
+
+        def moved_on() -> bool:
+            return advances() > used
+
+        while True:
             step = steps[i]
             last = i == len(steps) - 1
+            if on_step is not None:
+                on_step(i, wall_clock() - spent)
             record, empty = _run_step(
                 target,
                 step,
-                policy if i == 0 else None,
+                policy if i == 0 and spent == 0 else None,
                 now,
-                (lambda: False) if last else skip_to_last,
+                (lambda: False) if last else moved_on,
                 clock,
                 _Where(job_id, i + 1, len(steps), on_progress),
+                last=last,
+                resumed_after=spent if resume is not None and spent > 0 else None,
             )
             steps_done.append(record)
-            if empty:
+            spent = 0.0
+            if empty or last:
                 break
-            if skip_to_last() and i < len(steps) - 1:
-                i = len(steps) - 1
-            else:
-                i += 1
+            wanted = advances()
+            i = min(i + max(1, wanted - used), len(steps) - 1)
+            used = max(used, wanted)
     elif not run_builtin and not empty:
         empty = _wait_until(target, clock, clock() + steps[-1].grace)
 
@@ -192,6 +231,7 @@ def terminate(
         steps=tuple(steps_done),
         caveats=target.caveats,
         kill_script=script_note,
+        confirmed_by=target.confirmation if complete else None,
     )
 
 
@@ -234,14 +274,16 @@ def _deliver(
         if not m.alive or m in done or m.denied:
             continue
         done.add(m)
+        if sig not in UNCATCHABLE:
+            # A stopped process (Ctrl-Z, a debugger detached) would keep the
+            # signal pending, then hand it to whichever thread wakes first.
+            target.send(m, signal.SIGCONT)
         result = target.send(m, sig)
         if notes is not None:
             notes.append((m.pid, sig, result.value))
         if result is Delivery.DELIVERED:
             m.signals.append((sig, clock()))
             sent += 1
-            if sig not in UNCATCHABLE:
-                target.send(m, signal.SIGCONT)
         elif result is Delivery.DENIED:
             m.denied = True
     return sent
@@ -261,9 +303,12 @@ def _run_step(
     step: Step,
     first: Policy | None,
     now: Callable[[], float],
-    skip_to_last: Callable[[], bool],
+    moved_on: Callable[[], bool],
     clock: Clock,
     where: _Where,
+    *,
+    last: bool,
+    resumed_after: float | None = None,
 ) -> tuple[StepRecord, bool]:
     started = now()
     sig = step.signal
@@ -272,45 +317,55 @@ def _run_step(
     done: set[Member] = set()
     sent = 0
     notes: _Notes | None = [] if logs.enabled(logs.DEBUG, _LOG) else None
-    froze = target.freeze()
-    try:
+    froze: str | None = None
+    if resumed_after is not None:
+        # Continuing a step a dead supervisor started: its members got the
+        # signal then; only the rest of the grace is left.
         members = target.scan()
-        if sig == signal.SIGKILL:
-            for m in target.kill_all():
-                if m.alive:
-                    done.add(m)
-                    m.signals.append((sig, clock()))
-                    sent += 1
-                    if notes is not None:
-                        notes.append((m.pid, sig, "cgroup.kill"))
-        if first is not None and (first.leader_signal is not None or first.tree_delay > 0):
-            leader_sig = first.leader_signal if first.leader_signal is not None else sig
-            leaders = [m for m in members if m.is_leader]
-            sent += _deliver(target, leaders, leader_sig, done, clock, notes)
-            # The delay is for the leader to stop its own workers. A leader
-            # that had already exited before this step (leftovers after it
-            # ended) will not, so then the tree is signalled at once. One that
-            # exits during the delay may have started their shutdown: wait on.
-            if first.tree_delay > 0 and any(m.alive for m in leaders):
-                target.thaw()
-                froze_again = None
-                if not _wait_until(target, clock, clock() + first.tree_delay, skip_to_last):
-                    froze_again = target.freeze()
-                members = target.scan()
-                froze = froze or froze_again
-        sent += _deliver(target, members, sig, done, clock, notes)
-    finally:
-        target.thaw()
+        done.update(m for m in members)
+        grace = max(0.0, step.grace - resumed_after)
+    else:
+        grace = step.grace
+        froze = target.freeze()
+        try:
+            # The step's members: whoever is there while nothing can fork.
+            members = target.scan()
+            if sig == signal.SIGKILL:
+                for m in target.kill_all():
+                    if m.alive:
+                        done.add(m)
+                        m.signals.append((sig, clock()))
+                        sent += 1
+                        if notes is not None:
+                            notes.append((m.pid, sig, "cgroup.kill"))
+                # Uncatchable: delivered frozen, so nothing forks past it.
+                sent += _deliver(target, members, sig, done, clock, notes)
+        finally:
+            target.thaw()
+        if sig != signal.SIGKILL:
+            present = [m for m in members if m.alive]
+            if first is not None and (first.leader_signal is not None or first.tree_delay > 0):
+                leader_sig = first.leader_signal if first.leader_signal is not None else sig
+                leaders = [m for m in present if m.is_leader]
+                sent += _deliver(target, leaders, leader_sig, done, clock, notes)
+                # The delay is for the leader to stop its own workers. A leader
+                # that had already exited before this step (leftovers after it
+                # ended) will not, so then the tree is signalled at once. One
+                # that exits during the delay may have started their shutdown:
+                # wait on.
+                if first.tree_delay > 0 and any(m.alive for m in leaders):
+                    _wait_until(target, clock, clock() + first.tree_delay, moved_on)
+            sent += _deliver(target, present, sig, done, clock, notes)
 
-    deadline = clock() + step.grace
+    deadline = clock() + grace
     if where.on_progress is not None or logs.enabled(logs.INFO, _LOG):
         alive = sum(1 for m in members if m.alive)
         logs.log(_LOG, logs.INFO,
                  f"job {job_id}: step {where.step}/{where.steps} SIG{name} to {alive} member(s)",
                  job_id=job_id, step=where.step, signal=name, members=alive,
-                 signalled=sent, grace=step.grace)  # fmt: skip
+                 signalled=sent, grace=grace)  # fmt: skip
         if where.on_progress is not None:
-            where.on_progress(Progress(where.step, where.steps, name, alive, step.grace))
+            where.on_progress(Progress(where.step, where.steps, name, alive, grace))
     _log_signalled(job_id, notes)
     pause = RESCAN_FIRST
     empty = False
@@ -319,13 +374,15 @@ def _run_step(
         if target.wait_empty(max(0.0, min(left, pause))):
             empty = True
             break
-        if left <= 0 or skip_to_last():
+        if left <= 0 or moved_on():
             break
-        # Members that appear during the grace (a TERM handler that forks
-        # while dying) get this step's signal too.
         found = target.scan()
-        sent += _deliver(target, found, sig, done, clock, notes)
-        _log_signalled(job_id, notes)
+        if last:
+            # Nothing comes after the last step: members that appeared during
+            # its grace get its signal too (a KILL reaches them frozen or by
+            # cgroup.kill on the way, when the tree is frozen again).
+            sent += _deliver(target, found, sig, done, clock, notes)
+            _log_signalled(job_id, notes)
         if where.on_progress is not None:
             alive = sum(1 for m in found if m.alive)
             grace_left = max(0.0, deadline - clock())

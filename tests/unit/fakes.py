@@ -113,6 +113,7 @@ class FakeTarget:
         )
         self.wake_on_events = wake_on_events
         self.script = script
+        self.script_status = 0
         self._caveats = tuple(caveats)
         self.procs: list[FakeProc] = []
         self.members: list[Member] = []
@@ -323,12 +324,17 @@ class FakeTarget:
             )
         return out
 
-    def run_kill_script(self, argv: Sequence[str], timeout: float) -> str:
+    def run_kill_script(self, argv: Sequence[str], timeout: float) -> tuple[bool, str]:
         live = [m.pid for m in self.members if m.alive]
         self.calls.append(("kill_script", tuple(argv), timeout, tuple(live)))
         if self.script is not None:
             self.script(self)
-        return f"kill script {argv[0]} exited with status 0"
+        status = self.script_status
+        return status == 0, f"kill script {argv[0]} exited with status {status}"
+
+    @property
+    def confirmation(self) -> str:
+        return "the fake kernel"
 
     @property
     def trackers(self) -> tuple[TrackerStatus, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
@@ -182,12 +183,10 @@ def test_format_duration(seconds: float, text: str) -> None:
         ("TERM", ((TERM, DEFAULT_FINAL_WAIT),)),
         ("INT,TERM,10s,KILL", ((INT, 0.0), (TERM, 10.0), (KILL, DEFAULT_FINAL_WAIT))),
         ("HUP,INT,TERM", ((HUP, 0.0), (INT, 0.0), (TERM, DEFAULT_FINAL_WAIT))),
-        (" sigterm , 250ms , 9 ", ((TERM, 0.25), (KILL, DEFAULT_FINAL_WAIT))),
+        (" sigterm , 250ms , SIGKILL ", ((TERM, 0.25), (KILL, DEFAULT_FINAL_WAIT))),
         ("TERM,1min 30s,KILL", ((TERM, 90.0), (KILL, DEFAULT_FINAL_WAIT))),
         ("TERM,.5s,KILL", ((TERM, 0.5), (KILL, DEFAULT_FINAL_WAIT))),
         ("TERM,0s,KILL", ((TERM, 0.0), (KILL, DEFAULT_FINAL_WAIT))),
-        # A bare number is a signal number, never a duration.
-        ("TERM,10,KILL", ((TERM, 0.0), (signal.SIGUSR1, 0.0), (KILL, DEFAULT_FINAL_WAIT))),
     ],
 )
 def test_policy_parse(text: str, steps: tuple[tuple[signal.Signals, float], ...]) -> None:
@@ -274,7 +273,7 @@ def test_skipping_to_last() -> None:
     [
         ("TERM,10s,KILL", "TERM,10s,KILL,5s"),
         ("INT,2s,TERM,10s,KILL", "INT,2s,TERM,10s,KILL,5s"),
-        ("sigint,TERM,250ms,9,1min 30s", "INT,0s,TERM,250ms,KILL,90s"),
+        ("sigint,TERM,250ms,KILL,1min 30s", "INT,0s,TERM,250ms,KILL,90s"),
         ("TERM,120s,KILL,1h", "TERM,2m,KILL,1h"),
     ],
 )
@@ -318,3 +317,29 @@ def test_format_duration_keeps_milliseconds_of_long_durations() -> None:
 
 def test_format_duration_output_always_parses() -> None:
     parse_duration(format_duration(67363358.46))
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [("TERM,10,KILL", "write 10s for a grace, or the signal's name (e.g. USR1)"),
+     ("15,10s,9", "write 15s for a grace, or the signal's name (e.g. TERM)"),
+     ("TERM,10s,99", "write 99s for a grace")],
+)  # fmt: skip
+def test_a_bare_number_in_a_policy_is_an_error_with_a_hint(text: str, hint: str) -> None:
+    # Read as a signal, "TERM,10,KILL" ran TERM, USR1, KILL with no grace at all.
+    with pytest.raises(PolicyError, match=re.escape(hint)):
+        Policy.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "warned"),
+    [("TERM,10s,KILL", []),
+     ("KILL,10s,TERM", ["KILL in step 1 ends every member, so TERM after it reaches nobody",
+                        "ends with TERM: a member that ignores it survives"]),
+     ("INT,2s,TERM", ["ends with TERM: a member that ignores it survives"])],
+)  # fmt: skip
+def test_odd_orders_are_warned_about(text: str, warned: list[str]) -> None:
+    warnings = Policy.parse(text).warnings
+    assert len(warnings) == len(warned)
+    for got, want in zip(warnings, warned, strict=True):
+        assert want in got

@@ -39,6 +39,7 @@ TOP_KEYS = {
     "steps",
     "caveats",
     "kill_script",
+    "confirmed_by",
 }
 MEMBER_KEYS = {
     "pid",

@@ -21,8 +21,10 @@ from tether.tracking.base import TRACKER_NAMES
 def test_defaults() -> None:
     spec = JobSpec(argv=("true",))
     assert spec.policy == Policy.default()
-    assert spec.trackers == frozenset(TRACKER_NAMES)
+    assert spec.trackers is None  # auto: what can be used here, said in the report
     assert spec.trackers_text == "auto"
+    assert JobSpec(argv=("true",), trackers="auto").trackers is None  # type: ignore[arg-type]
+    assert JobSpec(argv=("t",), trackers="walk,session").trackers_text == "session,walk"  # type: ignore[arg-type]
     assert (spec.env, spec.cwd, spec.timeout, spec.tag_gid) == (None, None, None, None)
     assert spec.leftovers == "terminate" and not spec.restartable
 

@@ -54,6 +54,7 @@ class Backend(Protocol):
     HAS_CGROUPS: bool  # job cgroups can be tried (a probe still decides)
     HAS_SUBREAPER: bool  # PR_SET_CHILD_SUBREAPER exists
     HAS_ENVIRON: bool  # other processes' environments can be read (the cookie tracker)
+    HAS_PIDFD: bool  # handles are pidfds: signals cannot reach a reused pid, exits are events
 
     def read_process(self, pid: int, fields: Collection[str]) -> ProcessInfo | None: ...
     def snapshot(self, fields: Collection[str]) -> dict[int, ProcessInfo]: ...
@@ -95,6 +96,7 @@ NAME = _impl.NAME
 HAS_CGROUPS = _impl.HAS_CGROUPS
 HAS_SUBREAPER = _impl.HAS_SUBREAPER
 HAS_ENVIRON = _impl.HAS_ENVIRON
+HAS_PIDFD = _impl.HAS_PIDFD
 
 read_process = _impl.read_process
 snapshot = _impl.snapshot
@@ -111,6 +113,7 @@ __all__ = [
     "BACKEND_VAR",
     "HAS_CGROUPS",
     "HAS_ENVIRON",
+    "HAS_PIDFD",
     "HAS_SUBREAPER",
     "NAME",
     "Backend",

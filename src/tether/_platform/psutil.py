@@ -22,6 +22,7 @@ NAME = "psutil"
 HAS_CGROUPS = False
 HAS_SUBREAPER = False
 HAS_ENVIRON = False
+HAS_PIDFD = False
 
 
 def _info(p: psutil.Process, fields: Collection[str]) -> ProcessInfo:

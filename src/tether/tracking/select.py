@@ -9,8 +9,9 @@ from tether._platform import HAS_CGROUPS, HAS_ENVIRON, HAS_SUBREAPER
 from tether._platform import NAME as BACKEND
 from tether._platform.linux import cgroupfs, prctl
 from tether._platform.linux.cgroupfs import JobCgroup
+from tether.errors import TrackerError
 from tether.identity import Identity
-from tether.tracking.base import Tracker, TrackerStatus, parse_tracker_names
+from tether.tracking.base import TRACKER_NAMES, Tracker, TrackerStatus, parse_tracker_names
 
 __all__ = ["Selection", "parse_tracker_names", "select_trackers"]
 
@@ -82,10 +83,43 @@ def cgroup_probe() -> cgroupfs.CgroupProbe:
 
 
 def select_trackers(
-    wanted: frozenset[str], job_id: str, *, dedicated: bool, tag_gid: int | None = None
+    asked: frozenset[str] | None, job_id: str, *, dedicated: bool, tag_gid: int | None = None
 ) -> Selection:
-    """Probe and set up the trackers for a new job, strongest first."""
+    """Probe and set up the trackers for a new job, strongest first.
+
+    ``asked`` None (auto) takes what can be used and records why the rest
+    cannot; a set names trackers that must all work: one that cannot is a
+    :class:`TrackerError` (nothing was started, the cgroup is removed).
+    """
+    wanted = frozenset(TRACKER_NAMES) if asked is None else asked
     sel = Selection(wanted, tag_gid=tag_gid)
+    try:
+        _probe(sel, job_id, dedicated=dedicated)
+    except BaseException:
+        if sel.cgroup is not None:
+            sel.cgroup.remove()
+        raise
+    if asked is not None:
+        refused = [s for s in sel.statuses if s.name in asked and not s.used]
+        if refused:
+            if sel.cgroup is not None:
+                sel.cgroup.remove()
+            raise TrackerError(
+                "tracker "
+                + "; ".join(
+                    f"{s.name} was asked for but cannot be used: {s.reason}" for s in refused
+                )
+                + " (use --trackers auto to run with what is available, said in the report)"
+            )
+    if tag_gid is not None:
+        sel.statuses.append(
+            TrackerStatus("gid", True, f"supplementary group {tag_gid} on every process")
+        )
+    return sel
+
+
+def _probe(sel: Selection, job_id: str, *, dedicated: bool) -> None:
+    wanted = sel.wanted
 
     def status(name: str, used: bool, reason: str) -> None:
         sel.statuses.append(TrackerStatus(name, used, reason))
@@ -135,6 +169,3 @@ def select_trackers(
             status(name, False, f"the {BACKEND} process backend cannot read environments")
         else:
             status(name, True, reason)
-    if tag_gid is not None:
-        status("gid", True, f"supplementary group {tag_gid} on every process")
-    return sel

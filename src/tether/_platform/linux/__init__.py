@@ -28,6 +28,7 @@ NAME = "linux"
 HAS_CGROUPS = True
 HAS_SUBREAPER = True
 HAS_ENVIRON = True
+HAS_PIDFD = True
 
 _BOOT_ID = f"{procfs.PROC}/sys/kernel/random/boot_id"
 
