@@ -15,7 +15,6 @@ nothing outside it sees the bind mount.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import secrets
@@ -24,11 +23,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers import SRC, as_user, kill_identity, proc_stat, wait_for
+from helpers import SRC, as_user, kill_identity, proc_stat, read_marks, wait_for
 
 REPO = Path(SRC).parent
 EPILOG = REPO / "contrib" / "slurm" / "tether-epilog"
@@ -39,7 +37,7 @@ def slurm_available() -> str | None:
     """Why a real Slurm cannot run here, or None."""
     if os.geteuid() != 0:
         return "needs root to run slurmd, slurmctld and munged"
-    for exe in ("slurmd", "slurmctld", "munged", "sbatch", "scontrol", "unshare"):
+    for exe in ("slurmd", "slurmctld", "munged", "sbatch", "scontrol", "unshare", "nsenter"):
         if shutil.which(exe, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
             return f"needs {exe}: ./run-tests installs slurm-wlm and munge as root with apt"
     return None
@@ -97,7 +95,7 @@ class Cluster:
 
     def setup(self) -> None:
         self.base.chmod(0o755)  # users' sbatch reads slurm.conf and the munge socket
-        for d in ("etc", "state", "spool", "log", "run", "bin", "munge", "munge-run"):
+        for d in ("etc", "state", "spool", "log", "run", "bin", "munge", "munge-run", "varlog"):
             (self.base / d).mkdir(exist_ok=True)
         (self.base / "munge").chmod(0o700)
         (self.base / "munge-run").chmod(0o755)
@@ -109,8 +107,11 @@ class Cluster:
         shutil.copyfile(EPILOG, self.base / "etc" / "tether-epilog")
         (self.base / "etc" / "tether-epilog").chmod(0o755)
         launcher = self.base / "bin" / "tether"
+        # The console script `pip install tether` would put there, for this
+        # checkout; TETHER_CONFIG stands in for /etc/tether/tether.toml.
         launcher.write_text(
-            f'#!/bin/sh\nPYTHONPATH={SRC} exec {sys.executable} -m tether.cli "$@"\n'
+            f"#!/bin/sh\nTETHER_CONFIG={self.tether_toml} PYTHONPATH={SRC} "
+            f'exec {sys.executable} -m tether.cli "$@"\n'
         )
         launcher.chmod(0o755)
         self._start(
@@ -124,6 +125,20 @@ class Cluster:
         )  # fmt: skip
         wait_for(lambda: os.path.exists(self.munge_socket), 10, "munged's socket")
         self.ctld_port, self.slurmd_port = _free_port(), _free_port()
+
+    @property
+    def tether_toml(self) -> Path:
+        return self.base / "etc" / "tether.toml"
+
+    @property
+    def decisions(self) -> Path:
+        """Where the Epilog's decisions go: no syslog socket here, so the
+        default file, /var/log/tether/prune.log, inside slurmd's namespace."""
+        return self.base / "varlog" / "tether" / "prune.log"
+
+    def enter(self) -> list[str]:
+        """argv prefix that runs a command in slurmd's mount namespace."""
+        return ["nsenter", "-t", str(self.daemons["slurmd"].pid), "-m", "--"]
 
     @property
     def munge_socket(self) -> str:
@@ -205,11 +220,10 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
     def start_slurmd(self) -> None:
         bind = (
             f"mount --bind {self.base / 'bin'} /usr/local/bin && "
+            f"mount --bind {self.base / 'varlog'} /var/log && "
             f"exec slurmd -D -f {self.conf} -N {self.node}"
         )
-        self._start(
-            "slurmd", ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind]
-        )
+        self._start("slurmd", ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind])
         wait_for(lambda: self.node_state() in ("idle",), 60, f"node {self.node} to be idle")
 
     def stop_slurmd(self) -> None:
@@ -248,9 +262,8 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
             stdin=subprocess.DEVNULL,
         )
         if check and done.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(argv)}: status {done.returncode}: {done.stderr.decode(errors='replace')}"
-            )
+            why = done.stderr.decode(errors="replace")
+            raise AssertionError(f"{' '.join(argv)}: status {done.returncode}: {why}")
         return done.stdout.decode(errors="replace")
 
     def node_state(self) -> str:
@@ -286,20 +299,69 @@ def kill_marks(marks: dict[str, tuple[int, int]]) -> None:
     )
 
 
-def main() -> None:  # pragma: no cover - manual exploration
-    import tempfile
+# Run by the jobs (and the tests) as the job's user: each mode leaves one
+# process behind and writes its NAME.pid mark ("PID STARTTIME").
+SPAWN = r"""
+import os, signal, sys, time
+d, mode, name = sys.argv[1], sys.argv[2], sys.argv[3]
+if mode in ("daemon", "daemon-env"):
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+elif mode == "setsid":
+    os.setsid()
+elif mode == "ignore-term":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+with open("/proc/self/stat", "rb") as f:
+    start = f.read().rsplit(b")", 1)[1].split()[19].decode()
+with open(f"{d}/{name}.tmp", "w") as f:
+    f.write(f"{os.getpid()} {start}")
+os.rename(f"{d}/{name}.tmp", f"{d}/{name}.pid")
+while True:
+    time.sleep(3600)
+"""
 
-    c = Cluster(Path(tempfile.mkdtemp(prefix="tether-slurm-")))
-    c.setup()
-    t0 = time.monotonic()
-    try:
-        c.start(sys.argv[1] if len(sys.argv) > 1 else "linuxproc")
-        print("up in", time.monotonic() - t0, c.base)
-        with contextlib.suppress(KeyboardInterrupt):
-            input("enter to stop ")
-    finally:
-        c.stop()
 
+@dataclass
+class Lab:
+    """The cluster with the current plugin, the users, and this test's marks."""
 
-if __name__ == "__main__":
-    main()
+    cluster: Cluster
+    users: dict[str, pwd.struct_passwd]
+    python: str
+    dir: Path
+    jobs: list[str] = field(default_factory=list)
+
+    def leave(self, mode: str, name: str) -> str:
+        """A shell line that leaves one process of ``mode`` behind."""
+        spawn = self.dir / "spawn.py"
+        if mode == "daemon":  # env -i: no SLURM_JOB_ID, no test id
+            return f"env -i {self.python} {spawn} {self.dir} daemon {name}"
+        if mode == "nohup":
+            return f"nohup {self.python} {spawn} {self.dir} plain {name} >/dev/null 2>&1 &"
+        return f"{self.python} {spawn} {self.dir} {mode} {name} &"
+
+    def job(self, user: str, name: str, *modes: str) -> str:
+        """A batch job leaving ``modes`` behind; it ends when the test calls :meth:`end`."""
+        lines = [self.leave(m, f"{name}-{m}") for m in modes]
+        lines.append(f"touch {self.dir}/{name}.ready")
+        lines.append(f"while [ ! -e {self.dir}/{name}.end ]; do sleep 0.1; done")
+        job_id = self.cluster.sbatch(self.users[user], "\n".join(lines), f"--job-name={name}")
+        self.jobs.append(job_id)
+        wait_for((self.dir / f"{name}.ready").exists, 60, f"job {name} to start")
+        return job_id
+
+    def end(self, name: str) -> None:
+        (self.dir / f"{name}.end").touch()
+
+    def marks(self) -> dict[str, tuple[int, int]]:
+        return read_marks(self.dir)
+
+    def cleanup(self) -> None:
+        for job_id in self.jobs:
+            self.cluster.run("scancel", job_id, check=False)
+        kill_marks(self.marks())
+        for job_id in self.jobs:
+            wait_for(lambda j=job_id: self.cluster.job_state(j) == "GONE", 60, f"job {job_id} gone")  # type: ignore[misc]
