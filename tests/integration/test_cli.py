@@ -493,3 +493,70 @@ def test_kill_json_takes_no_file(tmp_path: Path) -> None:
     assert [m["pid"] for m in json.loads(done.stdout)["members"]] == [proc.pid]
     assert proc.wait(timeout=10) == -signal.SIGTERM
     assert list(tmp_path.iterdir()) == []
+
+
+# -- tether ps: read-only, the journal, job ids, collapsed trees ----------------------
+
+
+def test_ps_reads_pid_1_and_its_own_ancestors() -> None:
+    """kill refuses pid 1 and tether's ancestors; ps only reads them."""
+    child = subprocess.Popen(["sleep", "300"])
+    try:
+        for target in ("1", str(os.getpid())):
+            done = tether("ps", target)
+            assert done.returncode == 0, done.stderr
+            assert done.stderr == ""
+            assert f"# walk: used (descendants of pid {target})" in done.stdout
+        mine = json.loads(tether("ps", "--json", str(os.getpid())).stdout)
+        assert mine["root"] == os.getpid()
+        assert child.pid in {m["pid"] for m in mine["members"]}
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_ps_collapses_identical_siblings_unless_all(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    script = (
+        f"for i in $(seq 30); do sleep 300 & done; echo $$ > {ready}.tmp; mv {ready}.tmp {ready}"
+        "; wait"
+    )
+    proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    try:
+        wait_for_file(ready, LIVENESS)
+        wait_for(lambda: len(json.loads(tether("ps", "--json", str(proc.pid)).stdout)["members"])
+                 == 31, LIVENESS, "31 members")  # fmt: skip
+        short = tether("ps", str(proc.pid)).stdout.splitlines()
+        assert any(line.endswith("  30*[sleep 300]") for line in short), short
+        assert short[-1] == (
+            "# 31 processes in 2 rows: N*[COMMAND] stands for N sibling processes without "
+            "children running COMMAND (--all lists each)"
+        )
+        every = tether("ps", "--all", str(proc.pid)).stdout.splitlines()
+        assert sum(line.endswith(" sleep 300") for line in every) == 30
+        assert not any(line.startswith("# 31 processes") for line in every)
+    finally:
+        tether("kill", "-q", "--policy", "KILL", str(proc.pid))
+        proc.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a job cgroup)")
+def test_ps_of_a_job_uses_its_journal_record(tmp_path: Path) -> None:
+    """The leader's pid or the job id: the cgroup tether made is a tracker."""
+    mark = tmp_path / "child"
+    script = f"sleep 300 & echo $! > {mark}.tmp; mv {mark}.tmp {mark}; wait"
+    run = subprocess.Popen(tether_cmd("run", "--policy", "TERM,2s,KILL", "--", "sh", "-c", script))
+    try:
+        wait_for_file(mark, LIVENESS)
+        child = int(mark.read_text())
+        (job,) = json.loads(tether("ps", "--json").stdout)["jobs"]
+        assert job["cgroup"], job
+        for target in (str(job["leader_pid"]), job["job_id"], job["job_id"][:8]):
+            tree = json.loads(tether("ps", "--json", target).stdout)
+            found = {m["pid"]: m["found_by"] for m in tree["members"]}
+            assert "cgroup" in found[child], (target, found)
+            assert any(t["name"] == "cgroup" and t["used"] for t in tree["trackers"])
+        assert_one_line_error(tether("ps", "ffffffffff"), 2)
+    finally:
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=LIVENESS)

@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from tether.cli._common import EXIT_INCOMPLETE, EXIT_OK, isatty, parse_pid
+from tether.errors import UsageError
 
 if TYPE_CHECKING:
     from tether.journal import JobRecord, JournalProblem
+    from tether.membership import Membership
     from tether.recovery import JobState
 
 _PS_EPILOG = """\
@@ -29,26 +31,34 @@ columns are plain and stable.
 EXIT STATUS:
   0  listed
   1  (without PID) a journal record was unusable (reported and skipped)
-  2  bad input: not a pid, pid 1 or below, tether itself or an ancestor,
-     no such process; or an unusable journal directory
+  2  bad input: neither a pid nor a job id, no such process or job; or
+     an unusable journal directory
 """
 
 
 @click.command("ps", epilog=_PS_EPILOG)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a tree.")
-@click.argument("pid", type=str, required=False)
-def ps(pid: str | None, as_json: bool) -> None:
+@click.option(
+    "-a", "--all", "show_all", is_flag=True,
+    help="One row per process: do not collapse identical sibling processes.",
+)  # fmt: skip
+@click.argument("pid", type=str, required=False, metavar="[PID|JOB_ID]")
+def ps(pid: str | None, as_json: bool, show_all: bool) -> None:
     """Show the tree rooted at PID and how each member was found.
+
+    A job tether started (PID is its leader, or JOB_ID, or a unique prefix
+    of it, as `tether ps` lists them) is shown with the trackers of its
+    journal record: its cgroup, session and recorded members. Read-only: any
+    process may be shown, pid 1 and tether's own ancestors included.
 
     Without PID, list the jobs in the journal of live jobs and whether their
     supervisor (and its watchdog) is still alive.
     """
     if pid is None:
         sys.exit(list_jobs(as_json))
-    from tether.membership import Membership
     from tether.process import read_process
 
-    membership, root = Membership.for_tree(parse_pid(pid))
+    membership, root = _membership(pid)
     try:
         members = [m for m in membership.scan() if m.alive]
         rows = []
@@ -62,7 +72,7 @@ def ps(pid: str | None, as_json: bool) -> None:
     if as_json:
         out = {
             "schema": 1,
-            "root": root.pid,
+            "root": root,
             "members": [
                 {
                     "pid": m.pid,
@@ -82,9 +92,20 @@ def ps(pid: str | None, as_json: bool) -> None:
         click.echo(json.dumps(out, indent=2))
         return
     tree = [(m.pid, info.ppid, info.state, sorted(m.found_by), m.cmdline) for m, info in rows]
+    summary = None
+    if not show_all and len(tree) > COLLAPSE_OVER:
+        shown = collapse(tree)
+        if len(shown) < len(tree):
+            summary = (
+                f"# {len(tree)} processes in {len(shown)} rows: N*[COMMAND] stands for N "
+                "sibling processes without children running COMMAND (--all lists each)"
+            )
+            tree = shown
     if isatty(sys.stdout):
         _draw_tree(tree, [str(t) for t in membership.trackers if t.used],
                    [str(t) for t in membership.trackers if not t.used])  # fmt: skip
+        if summary is not None:
+            click.echo(summary)
         return
     from tether.display import plain_tree_lines
 
@@ -92,6 +113,109 @@ def ps(pid: str | None, as_json: bool) -> None:
         click.echo(line)
     for t in membership.trackers:
         click.echo(f"# {t}")
+    if summary is not None:
+        click.echo(summary)
+
+
+#: Trees up to this many processes are always shown one row per process.
+COLLAPSE_OVER = 20
+
+_Row = tuple[int, int, str, list[str], str]
+
+
+def collapse(rows: Sequence[_Row]) -> list[_Row]:
+    """pstree's ``N*[COMMAND]``: siblings without children that run the same
+    command become one row (the lowest pid, the union of what found them)."""
+    parents = {r[1] for r in rows}
+    groups: dict[tuple[int, str], list[_Row]] = {}
+    for row in rows:
+        if row[0] not in parents:
+            groups.setdefault((row[1], row[4]), []).append(row)
+    out: list[_Row] = []
+    for row in rows:
+        group = groups.get((row[1], row[4]), []) if row[0] not in parents else []
+        if len(group) < 2:
+            out.append(row)
+        elif row is group[0]:
+            states = "".join(sorted({r[2] for r in group}))
+            found = sorted({f for r in group for f in r[3]})
+            out.append((row[0], row[1], states if len(states) == 1 else "*", found,
+                        f"{len(group)}*[{row[4]}]"))  # fmt: skip
+    return out
+
+
+def _membership(text: str) -> tuple[Membership, int]:
+    """Who belongs to PID's tree (or JOB_ID's job), for reading only."""
+    from tether.errors import UnsafeTargetError
+    from tether.membership import Membership
+    from tether.process import read_process
+    from tether.recovery import membership_for
+
+    record = _journal_record(text)
+    if record is not None:
+        # Even once the leader is gone, the tree is the record's (cgroup,
+        # session, members recorded by the supervisor's scans).
+        leader = record.leader.pid if record.leader is not None else record.supervisor.pid
+        return membership_for(record), leader
+    if text.isdigit() or text.startswith("-"):
+        pid = parse_pid(text)
+    else:
+        raise UsageError(f"not a pid, nor a job id in the journal: {text!r}")
+    try:
+        membership, _ = Membership.for_tree(pid)
+        return membership, pid
+    except UnsafeTargetError:
+        # kill's refusals (pid 1, tether, its ancestors) guard signals; ps
+        # only reads: the same tree, found by the descendant walk alone.
+        info = read_process(pid, ("cmdline",))
+        if info is None or pid <= 0:
+            raise
+        from tether.tracking.base import TrackerStatus
+
+        walk = Membership(
+            [],
+            [TrackerStatus("walk", True, f"descendants of pid {pid}")],
+            not_before=info.starttime,
+            leader=info.identity,
+            walk_roots=[info.identity],
+            job_id=f"pid-{pid}",
+        )
+        return walk, pid
+
+
+def _journal_record(text: str) -> JobRecord | None:
+    """The journal's job whose leader is pid ``text``, or whose id starts with it."""
+    from tether.errors import JournalError
+    from tether.journal import Journal, JournalProblem
+
+    try:
+        journal = Journal.default()
+    except (JournalError, OSError):
+        return None
+    try:
+        records = [e for e in journal.entries() if not isinstance(e, JournalProblem)]
+    finally:
+        journal.close()
+    if text.isdigit():
+        pid = int(text)
+        led = [r for r in records if r.leader is not None and r.leader.pid == pid]
+        return next((r for r in led if _leader_alive(r)), None)
+    if len(text) < 4 or not set(text) <= set("0123456789abcdef"):
+        return None
+    matches = [r for r in records if r.job_id.startswith(text)]
+    if len(matches) > 1:
+        raise UsageError(
+            f"job id prefix {text!r} is ambiguous: " + ", ".join(r.job_id for r in matches)
+        )
+    if not matches:
+        raise UsageError(f"no job {text!r} in the journal ({journal.directory})")
+    return matches[0]
+
+
+def _leader_alive(record: JobRecord) -> bool:
+    from tether.recovery import is_alive
+
+    return is_alive(record.leader)
 
 
 def _draw_tree(
