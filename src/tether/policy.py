@@ -60,6 +60,12 @@ def parse_duration(text: str, *, bare_number_unit: str | None = "s") -> float:
         number, unit = m.group(1), m.group(2)
         if unit is None:
             # A bare number only stands alone ("10"), never inside "1min 30".
+            word = re.match(r"[^\d\s.]+", s[m.end() :])
+            if word is not None:
+                raise PolicyError(
+                    f"bad duration {text!r}: unknown unit {word.group()!r} (known: "
+                    "us, ms, s, m or min, h, d, w; also sec, minutes, hours, days, weeks)"
+                )
             if bare_number_unit is None or parts or m.end() != len(s):
                 raise PolicyError(f"bad duration {text!r}: a unit is required (e.g. {number}s)")
             unit = bare_number_unit
