@@ -560,3 +560,27 @@ def test_ps_of_a_job_uses_its_journal_record(tmp_path: Path) -> None:
     finally:
         run.send_signal(signal.SIGTERM)
         run.wait(timeout=LIVENESS)
+
+
+# -- messages that do not mislead ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [
+        (["run", "--timeout", "5x", "--", "true"], 125,
+         "tether: --timeout: bad duration '5x': unknown unit 'x' (known: us, ms, s, m or min, "
+         "h, d, w; also sec, minutes, hours, days, weeks)"),
+        (["run", "--timeout", "1min 30", "--", "true"], 125,
+         "tether: --timeout: bad duration '1min 30': a unit is required (e.g. 30s)"),
+        (["run", "--uid", "5", "--", "true"], 125,
+         "tether: no such option: --uid (the command's own options go after --: "
+         "tether run [OPTIONS] -- CMD...)"),
+        (["run", "--timout", "5", "--", "true"], 125,
+         "tether: no such option: --timout (did you mean --timeout?)"),
+        (["kill", "--uid", "3"], 2, "tether: no such option: --uid (see --help)"),
+    ],
+    ids=["unknown-unit", "unit-required", "no-near-option", "typo", "kill-uid"],
+)  # fmt: skip
+def test_messages_name_what_is_known(args: list[str], code: int, expected: str) -> None:
+    assert assert_one_line_error(tether(*args), code) == expected

@@ -182,12 +182,32 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 click.echo(f"tether: logging failed: {problem}", err=True)
 
 
+def _no_such_option(err: click.NoSuchOption, is_run: bool) -> str:
+    """click's message, but "did you mean" only for a near miss (a typo):
+    click offers any option that shares a few letters (--uid: --quiet)."""
+    import difflib
+
+    close = [
+        p for p in err.possibilities or ()
+        if difflib.SequenceMatcher(None, err.option_name, p).ratio() > 0.8
+    ]  # fmt: skip
+    message = f"no such option: {err.option_name}"
+    if close:
+        return f"{message} (did you mean {' or '.join(sorted(close))}?)"
+    if is_run:
+        return f"{message} (the command's own options go after --: tether run [OPTIONS] -- CMD...)"
+    return f"{message} (see --help)"
+
+
 def _run_cli(args: list[str]) -> NoReturn:
     is_run = _command_name(args) == "run"
     bad_input = EXIT_FAILED if is_run else EXIT_BAD_INPUT
     try:
         args = _legacy_spellings(args)
         cli.main(args, prog_name="tether", standalone_mode=False)
+    except click.NoSuchOption as err:
+        click.echo(f"tether: {_no_such_option(err, is_run)}", err=True)
+        sys.exit(bad_input)
     except click.UsageError as err:
         click.echo(f"tether: {err.format_message()}", err=True)
         sys.exit(bad_input)
