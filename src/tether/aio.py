@@ -11,7 +11,7 @@ Cancelling the task that awaits :func:`run` (``asyncio.wait_for``,
 waits for the termination — the owner always waits, as trio's
 ``run_process`` does — then the cancellation goes on. anyio on the asyncio
 backend gets the same. trio has no asyncio loop: trio users run the
-synchronous API in a thread (see docs/python-api.md).
+synchronous API in a thread (see docs/pytest-fixture.md).
 """
 
 from __future__ import annotations

@@ -416,7 +416,8 @@ class _Pipes:
         poller = select.poll()
         for fd, events in fds.items():
             poller.register(fd, events)
-        wait = None if timeout is None else max(1, int(timeout * 1000) + 1)
+        # poll() takes int milliseconds: a longer wait is served in turns.
+        wait = None if timeout is None else min(1 << 30, max(1, int(timeout * 1000) + 1))
         for fd, events in poller.poll(wait):
             if fd != leader_fd:
                 self.ready(fd, events)
