@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def test_kill_refuses_bad_targets() -> None:
         line = assert_one_line_error(tether("kill", pid), 2)
         assert needle in line, (pid, line)
     assert_one_line_error(tether("ps", "abc"), 2)
-    assert_one_line_error(tether("ps", "1"), 2)
+    assert_one_line_error(tether("ps", str(gone.pid)), 2)
 
 
 # -- exit status -------------------------------------------------------------
@@ -584,3 +585,28 @@ def test_ps_of_a_job_uses_its_journal_record(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_messages_name_what_is_known(args: list[str], code: int, expected: str) -> None:
     assert assert_one_line_error(tether(*args), code) == expected
+
+
+def test_piped_run_says_when_the_termination_starts(tmp_path: Path) -> None:
+    """A CI log gets a line when the timeout fires, not only the report after
+    the grace: read while tether is still in a 300 s grace for a TERM-ignoring
+    job, then a second INT skips to KILL."""
+    mark = tmp_path / "ready"
+    proc = subprocess.Popen(
+        tether_cmd("run", "--timeout", "100ms", "--policy", "TERM,300s,KILL", "--",
+                   "sh", "-c", f'trap "" TERM; touch {mark}; while :; do sleep 1; done'),
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert re.fullmatch(
+            r"tether: terminating job [0-9a-f]+: step 1/2, TERM sent to \d+ member\(s\)\n", line
+        ), line
+        assert proc.poll() is None, "the line came before the grace was over"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=LIVENESS)[1]
+    assert proc.returncode == 124
+    assert "step 2/2, KILL sent to" in rest

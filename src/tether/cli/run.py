@@ -27,6 +27,7 @@ from tether.cli._remote import remote_flags, wants_remote, with_remote_options
 if TYPE_CHECKING:
     from tether.spec import JobSpec
     from tether.supervise import RunOutcome
+    from tether.terminate import Progress
 
 _RUN_EPILOG = """\
 \b
@@ -189,8 +190,29 @@ def _supervised(
             timeout=spec.timeout,
             leftovers=spec.leftovers,
             caller=caller,
-            on_progress=progress,
+            on_progress=progress if progress is not None or quiet else _StepLines(job.id),
         )
         if outcome.error is not None:
             raise outcome.error
     return outcome
+
+
+class _StepLines:
+    """Piped stderr (a CI log): one line the moment each step of a termination
+    starts, as ``timeout -v`` says when it signals, not only the report after
+    the grace."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.step = 0
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.step == self.step:
+            return
+        self.step = progress.step
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(
+                f"tether: terminating job {self.job_id}: step {progress.step}/{progress.steps}, "
+                f"{progress.signal} sent to {progress.members_left} member(s)\n"
+            )
+            sys.stderr.flush()
