@@ -49,7 +49,8 @@ def test_slurm_epilog_with_another_job_of_the_user(procs: Procs, cgroups: Cgroup
     cgroups.move(f"slurm/uid_{a}/job_77/step_0", other_job.pid)
     other_user = procs.start("b", "other-user", env=("SLURM_JOB_ID=76",))
     rc, out, err = epilog(
-        ["--batch", "none", "--force", "--slurm-cgroup-root", str(cgroups.root)], slurm_env(procs, "76")
+        ["--batch", "none", "--force", "--slurm-cgroup-root", str(cgroups.root)],
+        slurm_env(procs, "76"),
     )
     assert rc == 0, err
     assert out["epilog"]["whole_user"] is False
@@ -71,7 +72,8 @@ def test_slurm_epilog_without_another_job_kills_all_of_the_user(
     b_job = procs.start("b", "b-job")
     cgroups.move(f"slurm/uid_{procs.users['b'].pw_uid}/job_80", b_job.pid)
     rc, out, err = epilog(
-        ["--batch", "none", "--force", "--slurm-cgroup-root", str(cgroups.root)], slurm_env(procs, "76")
+        ["--batch", "none", "--force", "--slurm-cgroup-root", str(cgroups.root)],
+        slurm_env(procs, "76"),
     )
     assert rc == 0, err
     assert out["epilog"]["whole_user"] is True
@@ -91,7 +93,9 @@ def test_torque_epilogue_argv_with_an_empty_environment(procs: Procs, tmp_path: 
     sessions.write_text(f"{other.sid()} 124.server tether-prune-a\n")
     torque = ["123.server", "tether-prune-a", "tether-prune-a", "jobname", str(ended.sid()),
               "ncpus=1", "cput=0", "batch", "acct", "0"]  # fmt: skip
-    rc, out, err = epilog(["--batch", "none", "--force", "--sessions-file", str(sessions)], {}, torque)
+    rc, out, err = epilog(
+        ["--batch", "none", "--force", "--sessions-file", str(sessions)], {}, torque
+    )
     assert rc == 0, err
     assert out["epilog"] == {
         "job_id": "123.server",

@@ -80,8 +80,8 @@ def lab(cluster: Cluster, slurm_users: dict[str, pwd.struct_passwd]) -> Iterator
     try:
         yield lab
     finally:
-        lab.cleanup()
         if cluster.daemons.get("slurmd") is None:
-            cluster.start_slurmd()
+            cluster.start_slurmd()  # scancel needs it
+        lab.cleanup()
         shutil.rmtree(d, ignore_errors=True)
         os.environ.pop("SLURM_CONF", None)

@@ -224,7 +224,9 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
             f"exec slurmd -D -f {self.conf} -N {self.node}"
         )
         self._start("slurmd", ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind])
-        wait_for(lambda: self.node_state() in ("idle",), 60, f"node {self.node} to be idle")
+        wait_for(
+            lambda: self.node_state() in ("idle", "mixed", "allocated"), 60, f"node {self.node} up"
+        )
 
     def stop_slurmd(self) -> None:
         self._stop("slurmd")
