@@ -49,7 +49,7 @@ def main() -> int:
             "--timeout", "2s", "--policy", "TERM,2s,KILL", "--json-file", report_path,
             "--", "sh", "-c", JOB,
         ]  # fmt: skip
-        print("$ tether run --timeout 2s --policy TERM,2s,KILL --json-file report.json -- sh -c JOB")
+        print("$ tether run --timeout 2s --policy TERM,2s,KILL --json-file r.json -- sh -c JOB")
         sys.stdout.flush()
         done = subprocess.run(cmd, check=False)
         sys.stderr.flush()
