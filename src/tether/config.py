@@ -28,6 +28,8 @@ import math
 import os
 import re
 import signal
+import stat
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -37,6 +39,7 @@ from tether.policy import (
     KillScript,
     Policy,
     Step,
+    check_duration,
     format_duration,
     parse_duration,
     parse_signal,
@@ -172,6 +175,10 @@ def _parse_duration(value: object) -> float:
         seconds = float(value)
         if seconds < 0 or not math.isfinite(seconds):
             raise _Invalid(f"must be a non-negative, finite duration, not {value!r}")
+        try:
+            check_duration(seconds, value)
+        except UsageError as err:
+            raise _Invalid(str(err)) from None
         return seconds
     text = _string(value, 'a duration such as "10s", "2m", "1min 30s" or a number of seconds')
     try:
@@ -606,14 +613,113 @@ def _default(spec: SettingSpec) -> Setting:
 _DEFAULTS: dict[str, Setting] = {spec.key: _default(spec) for spec in SETTINGS}
 
 
-def _parse_file(path: str, via_env: bool, rank: int) -> dict[str, Setting]:
+#: A configuration file larger than this is refused, not read (a real one is
+#: a few KiB; /dev/zero or a runaway generator must not eat the memory).
+MAX_CONFIG_BYTES = 1 << 20
+#: Deepest nesting of arrays and inline tables accepted (tomllib recurses).
+MAX_TOML_DEPTH = 32
+
+
+def unsafe_for_root(path: str, st: os.stat_result) -> str | None:
+    """Why root must not read the file ``path`` (stat ``st``), or None.
+
+    As sudo and sshd do: the file and every directory above it must be owned
+    by root and writable by no one else, or another user could steer what
+    root runs (``termination.kill_script``) through ``sudo -E`` or ``su``.
+    """
+
+    def bad(what: str, where: str, mode: int, uid: int) -> str | None:
+        if uid != 0:
+            return f"{what} {where} is owned by uid {uid}, not root"
+        if mode & 0o022:
+            return f"{what} {where} is writable by group or others (mode {mode & 0o7777:04o})"
+        return None
+
+    why = bad("the file", path, st.st_mode, st.st_uid)
+    directory = os.path.dirname(os.path.realpath(path))
+    while why is None:
+        try:
+            dst = os.stat(directory)
+        except OSError as err:
+            return f"directory {directory}: {err.strerror}"
+        # A sticky, root-owned directory (/tmp) still lets others plant files
+        # in it, not replace root's: only its owner matters then.
+        mode = dst.st_mode & ~0o022 if dst.st_mode & 0o1000 else dst.st_mode
+        why = bad("its directory", directory, mode, dst.st_uid)
+        if directory == "/":
+            break
+        directory = os.path.dirname(directory)
+    return why
+
+
+def _read_file(path: str, via_env: bool) -> bytes | None:
+    """The bytes of a configuration file, bounded; None if root must skip it."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        # O_NONBLOCK: opening a FIFO must not hang; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except IsADirectoryError:
         raise ConfigError(path, "is a directory, not a file") from None
     except OSError as err:
         raise ConfigError(path, f"cannot read: {err.strerror or err}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(path, "is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(path, "is not a regular file (a FIFO, socket or device)")
+        if os.geteuid() == 0:
+            why = unsafe_for_root(path, st)
+            if why is not None:
+                if via_env:
+                    raise ConfigError(CONFIG_ENV_VAR, f"{path}: refused as root: {why}")
+                sys.stderr.write(f"tether: skipping configuration file {path}: {why}\n")
+                return None
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 1 << 16):
+            size += len(chunk)
+            if size > MAX_CONFIG_BYTES:
+                raise ConfigError(path, f"larger than {MAX_CONFIG_BYTES} bytes: not read")
+            chunks.append(chunk)
+    except OSError as err:
+        raise ConfigError(path, f"cannot read: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _check_depth(path: str, text: str) -> None:
+    """Refuse nesting deeper than :data:`MAX_TOML_DEPTH` before tomllib recurses."""
+    depth = 0
+    quote = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        i = 0
+        while i < len(line):
+            c = line[i]
+            if quote:
+                if c == "\\" and quote == '"':
+                    i += 1
+                elif c == quote:
+                    quote = ""
+            elif c in "\"'":
+                quote = c
+            elif c == "#":
+                break
+            elif c in "[{":
+                depth += 1
+                if depth > MAX_TOML_DEPTH:
+                    raise ConfigError(
+                        f"{path}:{number}", f"nested deeper than {MAX_TOML_DEPTH} levels"
+                    )
+            elif c in "]}":
+                depth = max(0, depth - 1)
+            i += 1
+
+
+def _parse_file(path: str, via_env: bool, rank: int) -> dict[str, Setting] | None:
+    raw = _read_file(path, via_env)
+    if raw is None:
+        return None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -621,6 +727,7 @@ def _parse_file(path: str, via_env: bool, rank: int) -> dict[str, Setting]:
         raise ConfigError(f"{path}:{line}", "not UTF-8 text") from None
     import tomllib  # only when a file exists: most runs have none
 
+    _check_depth(path, text)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -633,6 +740,11 @@ def _parse_file(path: str, via_env: bool, rank: int) -> dict[str, Setting]:
         raise ConfigError(
             f"{path}:{m.group(1)}", f"not valid TOML: {msg[: m.start()]} (column {m.group(2)})"
         ) from None
+    except (ValueError, RecursionError):
+        # int() past Python's digit limit; nesting the depth check missed.
+        m = re.search(r"[0-9_]{100}", text)
+        line = text[: m.start()].count("\n") + 1 if m else 1
+        raise ConfigError(f"{path}:{line}", "a number too large or nesting too deep") from None
     lines = key_lines(text)
 
     def source(*path_parts: str) -> Source:
@@ -742,7 +854,11 @@ def load_config(
                 raise ConfigError(CONFIG_ENV_VAR, f"{path}: no such file")
             files.append(ConfigFile(path, False, via_env))
             continue
-        layers.append(_parse_file(path, via_env, len(layers) + 1))
+        layer = _parse_file(path, via_env, len(layers) + 1)
+        if layer is None:
+            files.append(ConfigFile(path, False, via_env))
+            continue
+        layers.append(layer)
         files.append(ConfigFile(path, True, via_env))
     settings = dict(_DEFAULTS)
     for layer in layers:

@@ -24,6 +24,8 @@ import time
 from collections.abc import Mapping
 from typing import TextIO
 
+from tether.sanitize import json_safe, log_field
+
 SYSLOG_SOCKET = "/dev/log"
 SYSLOG_SOCKET_VAR = "TETHER_SYSLOG_SOCKET"
 JOURNALD_SOCKET = "/run/systemd/journal/socket"
@@ -59,6 +61,8 @@ def fields(**items: object) -> str:
     out = []
     for key, value in items.items():
         text = ",".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
+        # Values may be process names or remote text: escaped (tether.sanitize).
+        text = log_field(text)
         if not text or any(c.isspace() or c in "\"'=" for c in text):
             text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
         out.append(f"{key}={text}")
@@ -83,8 +87,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         extra = _event_fields(record)
-        text = record.getMessage() + (f" {fields(**extra)}" if extra else "")
-        text = " ".join(text.split("\n"))
+        # A forged newline or escape in a message must not forge a line.
+        text = log_field(record.getMessage()) + (f" {fields(**extra)}" if extra else "")
         if not self.with_prefix:
             return text
         return (
@@ -105,7 +109,8 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in _event_fields(record).items():
             out.setdefault(key, list(value) if isinstance(value, tuple) else value)
-        return json.dumps(out, default=str)
+        # ensure_ascii: valid UTF-8 even with a non-UTF-8 argv (lone surrogates).
+        return json.dumps(json_safe(out), default=str, ensure_ascii=True)
 
 
 def _iso_time(created: float) -> str:
@@ -139,7 +144,7 @@ class Journald(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             items: list[tuple[str, object]] = [
-                ("MESSAGE", self.format(record)),
+                ("MESSAGE", log_field(self.format(record))),
                 ("PRIORITY", PRIORITY.get(record.levelno, 6)),
                 ("SYSLOG_IDENTIFIER", self.identifier),
                 ("SYSLOG_PID", record.process),
@@ -150,7 +155,7 @@ class Journald(logging.Handler):
             ]
             for key, value in _event_fields(record).items():
                 text = ",".join(map(str, value)) if isinstance(value, list | tuple) else value
-                items.append((f"TETHER_{key.upper()}", text))
+                items.append((f"TETHER_{key.upper()}", log_field(text)))
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.sendto(b"".join(_journal_field(k, str(v)) for k, v in items), self.path)

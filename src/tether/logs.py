@@ -133,6 +133,12 @@ def log(name: str, level: int, msg: str, **fields: object) -> None:
     import logging
 
     from tether.log_handlers import FIELDS_ATTR
+    from tether.sanitize import log_field
+
+    # Messages and fields carry process names, argv and remote text: escaped
+    # here too, for an application's own handlers (tether.sanitize).
+    msg = log_field(msg)
+    fields = {k: log_field(v) if isinstance(v, str) else v for k, v in fields.items()}
 
     if not _state.library_ready:
         root = logging.getLogger(ROOT)

@@ -1,0 +1,81 @@
+"""The one sanitiser for text from outside that reaches a terminal, a log or JSON.
+
+Process names, command lines, environment cookies, remote error text and
+remote reports are data an attacker may choose: an escape sequence could
+rewrite root's terminal, a newline forge a syslog line, a lone surrogate
+(from a non-UTF-8 argv) make ``--json`` invalid UTF-8. Everything shown
+passes through :func:`visible` (or :func:`oneline`), everything logged
+through :func:`log_field`, and JSON is written by :func:`json_dumps`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+#: A log field longer than this is cut (syslog datagrams are small).
+MAX_LOG_FIELD = 4096
+
+
+def _escape(c: str) -> str:
+    code = ord(c)
+    if 0xDC80 <= code <= 0xDCFF:
+        # A byte that was not UTF-8 (os.fsdecode's surrogateescape).
+        return f"\\x{code - 0xDC00:02x}"
+    if c == "\n":
+        return "\\n"
+    if c == "\t":
+        return "\\t"
+    if c == "\r":
+        return "\\r"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def visible(text: str) -> str:
+    """``text`` with every non-printable character written as a visible escape.
+
+    C0 and C1 controls, DEL, newlines, bidi overrides and other format
+    characters, separators other than the space, and lone surrogates become
+    ``\\xNN``/``\\uNNNN``; ordinary text is unchanged.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def visible_bytes(data: bytes) -> str:
+    """Bytes (e.g. /proc or remote output) as :func:`visible` text."""
+    return visible(data.decode("utf-8", "surrogateescape"))
+
+
+def oneline(text: str, width: int) -> str:
+    """``text`` for one row of a table: visible, runs of spaces collapsed, cut to ``width``."""
+    return " ".join(visible(text).split())[:width]
+
+
+def log_field(value: object) -> str:
+    """A value for a text or syslog log line: visible, one line, bounded."""
+    text = visible(value if isinstance(value, str) else str(value))
+    return text if len(text) <= MAX_LOG_FIELD else text[:MAX_LOG_FIELD] + "..."
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every string's lone surrogates escaped, so it encodes as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "".join(_escape(c) if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
+        return value
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_dumps(value: Any, **kwargs: Any) -> str:
+    """JSON that is always valid UTF-8 (non-finite numbers refused, not written)."""
+    return json.dumps(json_safe(value), allow_nan=False, **kwargs)
