@@ -39,7 +39,6 @@ from tether.policy import (
     KillScript,
     Policy,
     Step,
-    check_duration,
     format_duration,
     parse_duration,
     parse_signal,
@@ -176,7 +175,7 @@ def _parse_duration(value: object) -> float:
         if seconds < 0 or not math.isfinite(seconds):
             raise _Invalid(f"must be a non-negative, finite duration, not {value!r}")
         try:
-            check_duration(seconds, value)
+            parse_duration(format_duration(seconds))  # the same maximum as text
         except UsageError as err:
             raise _Invalid(str(err)) from None
         return seconds
