@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from tether._platform.linux.cgroupfs import JobCgroup
 from tether.errors import NoSuchProcessError, UnsafeTargetError, UsageError
+from tether.evidence import WEAK_TRACKERS, tree_cookie
 from tether.identity import Identity
 from tether.process import (
     Delivery,
@@ -92,6 +93,7 @@ class Membership:
         self._by_identity: dict[tuple[int, int], Member] = {}
         self._handles: dict[Member, ProcessHandle] = {}
         self._ppid: dict[Member, int] = {}
+        self._weak: set[Member] = set()
         self._in_cgroup: set[int] = set()
         self._stopped: list[Member] = []
         self._frozen = False
@@ -160,14 +162,17 @@ class Membership:
             for entry in env.split(b"\0"):
                 if entry.startswith(COOKIE_VAR.encode() + b"="):
                     cookie = entry.split(b"=", 1)[1].decode(errors="replace")
-        if cookie:
-            trackers.append(CookieTracker(cookie, not_before=info.starttime))
-            statuses.append(
-                TrackerStatus("cookie", True, f"pid {pid} carries {COOKIE_VAR}={cookie}")
-            )
+        # The target's cookie is its own claim: followed only as
+        # tether.evidence.tree_cookie allows, and only for the target's uid.
+        cookie_uid, why = tree_cookie(info, cookie) if cookie else (None, "")
+        if cookie and cookie_uid is not None:
+            trackers.append(CookieTracker(cookie, not_before=info.starttime, owner_uid=cookie_uid))
+            statuses.append(TrackerStatus("cookie", True, why))
         else:
-            why = "environment unreadable" if env is None else f"no {COOKIE_VAR} in its environment"
-            statuses.append(TrackerStatus("cookie", False, f"pid {pid}: {why}"))
+            if not cookie:
+                why = f"no {COOKIE_VAR} in its environment"
+                why = f"pid {pid}: {'environment unreadable' if env is None else why}"
+            statuses.append(TrackerStatus("cookie", False, why))
         statuses.append(TrackerStatus("walk", True, f"descendants of pid {pid}"))
         membership = cls(
             trackers,
@@ -258,8 +263,13 @@ class Membership:
         )
         if record.leader is not None and record.sid is not None:
             leader = record.leader
-            trackers.append(SessionTracker(leader.pid, leader.starttime, record.sid, leader.pid))
-            statuses.append(TrackerStatus("session", True, f"session {record.sid}"))
+            trackers.append(
+                SessionTracker(
+                    leader.pid, leader.starttime, record.sid, leader.pid, recorded=record.members
+                )
+            )
+            why = f"session {record.sid} (while a recorded member is in it)"
+            statuses.append(TrackerStatus("session", True, why))
         else:
             statuses.append(TrackerStatus("session", False, "the leader was never recorded"))
         if record.tag_gid is not None:
@@ -267,8 +277,14 @@ class Membership:
 
             trackers.append(GidTracker(record.tag_gid))
             statuses.append(TrackerStatus("gid", True, f"supplementary group {record.tag_gid}"))
-        trackers.append(CookieTracker(record.cookie, not_before=record.not_before))
-        statuses.append(TrackerStatus("cookie", True, "TETHER_JOB_ID in the environment"))
+        trackers.append(
+            CookieTracker(record.cookie, not_before=record.not_before, owner_uid=record.owner_uid)
+        )
+        statuses.append(
+            TrackerStatus(
+                "cookie", True, f"TETHER_JOB_ID in the environment of uid {record.owner_uid}"
+            )
+        )
         roots = [*([record.leader] if record.leader else []), *record.members]
         statuses.append(
             TrackerStatus("walk", True, f"descendants of {len(roots)} recorded members")
@@ -335,7 +351,9 @@ class Membership:
             if pid not in found and self._allowed(table[pid]):
                 found[pid] = {"walk"}
         new: list[Member] = []
-        for pid, names in found.items():
+        weak_pids = {m.pid for m in self._weak}
+        # Oldest first, so a parent's weakness is known before its children's.
+        for pid, names in sorted(found.items(), key=lambda kv: table[kv[0]].starttime):
             info = table[pid]
             member = self._by_identity.get(info.identity)
             if member is None:
@@ -343,8 +361,19 @@ class Membership:
                 if member is None:
                     continue
                 new.append(member)
+                # Only a cookie (or the walk from such a member) ties it to
+                # the job: killed with it, never waited for (evidence.py).
+                if (
+                    names <= WEAK_TRACKERS | {"walk"}
+                    and (names & WEAK_TRACKERS or info.ppid in weak_pids)
+                    and info.identity not in self._walk.roots
+                ):
+                    self._weak.add(member)
+                    weak_pids.add(pid)
             else:
                 member.found_by |= names
+                if names - WEAK_TRACKERS - {"walk"}:
+                    self._weak.discard(member)
             self._ppid[member] = info.ppid
         self._walk.remember(self._by_identity)
         if new and self._on_new_members is not None:
@@ -445,8 +474,9 @@ class Membership:
                     with contextlib.suppress(ChildProcessError):
                         os.waitpid(m.pid, os.WNOHANG)
 
-    def _confirmed_empty(self) -> bool:
-        if any(m.alive for m in self._by_identity.values()):
+    def _confirmed_empty(self, strong_only: bool = False) -> bool:
+        waited = (m for m in self._by_identity.values() if not (strong_only and m in self._weak))
+        if any(m.alive for m in waited):
             return False
         # An empty cgroup is not proof alone: a leader cancelled within
         # moments of its start may still be in the shim that moves it into
@@ -460,11 +490,24 @@ class Membership:
         self.scan()
         return len(self._by_identity) == before
 
-    def wait_empty(self, timeout: float) -> bool:
+    @property
+    def confirmation(self) -> str:
+        """What :meth:`wait_empty` takes as proof of an empty tree."""
+        from tether._platform import HAS_PIDFD
+
+        if self.cgroup is not None:
+            return "the kernel (cgroup populated 0, every member's pidfd exited)"
+        if HAS_PIDFD:
+            return "the kernel (every member's pidfd exited; a fresh scan found no other)"
+        return "a process-table rescan (no pidfds: exits were seen by polling)"
+
+    def wait_empty(self, timeout: float, *, strong_only: bool = False) -> bool:
+        """Wait for every member to exit; ``strong_only``: every member more
+        than a cookie ties to the job (the leftovers a job may wait for)."""
         deadline = self._clock() + timeout
         while True:
             woke = self._poll_exits(0)
-            if self._confirmed_empty():
+            if self._confirmed_empty(strong_only):
                 return True
             left = deadline - self._clock()
             if left <= 0 or woke:
@@ -557,7 +600,7 @@ class Membership:
             )
         return out
 
-    def run_kill_script(self, argv: Sequence[str], timeout: float) -> str:
+    def run_kill_script(self, argv: Sequence[str], timeout: float) -> tuple[bool, str]:
         env = dict(os.environ)
         # The script is part of the job's teardown: it carries the job's id
         # (its cookie), so anything it leaves behind is found and killed too.
@@ -568,10 +611,10 @@ class Membership:
         try:
             done = subprocess.run(list(argv), env=env, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
-            return f"kill script {argv[0]} timed out after {timeout:g}s and was killed"
+            return False, f"kill script {argv[0]} timed out after {timeout:g}s and was killed"
         except OSError as err:
-            return f"kill script {argv[0]} could not run: {err.strerror}"
-        return f"kill script {argv[0]} exited with status {done.returncode}"
+            return False, f"kill script {argv[0]} could not run: {err.strerror}"
+        return done.returncode == 0, f"kill script {argv[0]} exited with status {done.returncode}"
 
     @property
     def trackers(self) -> tuple[TrackerStatus, ...]:

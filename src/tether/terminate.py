@@ -128,14 +128,14 @@ def terminate(
 ) -> Report:
     """Apply ``policy`` to every member ``target`` finds; return the report.
 
-    Each step takes its members from a frozen tree (nothing forks between the
-    scan and the signal). SIGKILL is sent frozen (or by cgroup.kill); a
-    catchable signal is sent after the thaw, with a SIGCONT first, so it
-    reaches a *running* process: sent to a frozen or stopped one, the kernel
-    queues it process-wide and whichever thread runs first takes it — often
-    not the main thread, where a Python handler would have to run. Members
-    that appear during a step's grace (a TERM handler's cleanup) are left to
-    finish until the next step, as systemd does; the last step takes them too.
+    A SIGKILL step takes its members from a frozen tree and kills them frozen
+    (or by cgroup.kill), so nothing forks past it. A catchable step goes to
+    the members present at its start, running — with a SIGCONT first — never
+    frozen or stopped: the kernel would queue the signal process-wide and
+    whichever thread ran first would take it, often not the main thread where
+    a Python handler has to run. Members that appear during a step's grace (a
+    TERM handler's cleanup) are left to finish until the next step, as
+    systemd does; the last step takes them too.
 
     Args:
         advances: how many times the caller has asked to move on (a further
@@ -324,38 +324,46 @@ def _run_step(
         members = target.scan()
         done.update(m for m in members)
         grace = max(0.0, step.grace - resumed_after)
-    else:
+    elif sig in UNCATCHABLE:
         grace = step.grace
         froze = target.freeze()
         try:
-            # The step's members: whoever is there while nothing can fork.
+            # Uncatchable: taken and delivered frozen (or by cgroup.kill), so
+            # nothing forks past it.
             members = target.scan()
-            if sig == signal.SIGKILL:
-                for m in target.kill_all():
-                    if m.alive:
-                        done.add(m)
-                        m.signals.append((sig, clock()))
-                        sent += 1
-                        if notes is not None:
-                            notes.append((m.pid, sig, "cgroup.kill"))
-                # Uncatchable: delivered frozen, so nothing forks past it.
-                sent += _deliver(target, members, sig, done, clock, notes)
+            for m in target.kill_all() if sig == signal.SIGKILL else ():
+                if m.alive:
+                    done.add(m)
+                    m.signals.append((sig, clock()))
+                    sent += 1
+                    if notes is not None:
+                        notes.append((m.pid, sig, "cgroup.kill"))
+            sent += _deliver(target, members, sig, done, clock, notes)
         finally:
             target.thaw()
-        if sig != signal.SIGKILL:
-            present = [m for m in members if m.alive]
-            if first is not None and (first.leader_signal is not None or first.tree_delay > 0):
-                leader_sig = first.leader_signal if first.leader_signal is not None else sig
-                leaders = [m for m in present if m.is_leader]
-                sent += _deliver(target, leaders, leader_sig, done, clock, notes)
-                # The delay is for the leader to stop its own workers. A leader
-                # that had already exited before this step (leftovers after it
-                # ended) will not, so then the tree is signalled at once. One
-                # that exits during the delay may have started their shutdown:
-                # wait on.
-                if first.tree_delay > 0 and any(m.alive for m in leaders):
-                    _wait_until(target, clock, clock() + first.tree_delay, moved_on)
-            sent += _deliver(target, present, sig, done, clock, notes)
+    else:
+        grace = step.grace
+        # A catchable signal goes to a running tree, never a frozen one: the
+        # threads of a frozen (or just thawed) process sit in the kernel's
+        # signal path, and whichever returns first takes a process-wide
+        # signal — a Python handler, which only the main thread runs, then
+        # waits for time.sleep() to return. Nothing is gained by freezing
+        # either: what forks after this scan is left to the next step, as is
+        # what forks during the grace, and the last step is KILL or takes all.
+        members = target.scan()
+        present = [m for m in members if m.alive]
+        if first is not None and (first.leader_signal is not None or first.tree_delay > 0):
+            leader_sig = first.leader_signal if first.leader_signal is not None else sig
+            leaders = [m for m in present if m.is_leader]
+            sent += _deliver(target, leaders, leader_sig, done, clock, notes)
+            # The delay is for the leader to stop its own workers. A leader
+            # that had already exited before this step (leftovers after it
+            # ended) will not, so then the tree is signalled at once. One
+            # that exits during the delay may have started their shutdown:
+            # wait on.
+            if first.tree_delay > 0 and any(m.alive for m in leaders):
+                _wait_until(target, clock, clock() + first.tree_delay, moved_on)
+        sent += _deliver(target, present, sig, done, clock, notes)
 
     deadline = clock() + grace
     if where.on_progress is not None or logs.enabled(logs.INFO, _LOG):

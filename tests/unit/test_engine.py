@@ -239,7 +239,7 @@ def _collapsed(target: FakeTarget) -> list[str]:
 
 
 @pytest.mark.parametrize("cgroup", [True, False])
-def test_freeze_comes_before_the_signals_and_thaw_after(clock: FakeClock, cgroup: bool) -> None:
+def test_only_kill_is_sent_frozen(clock: FakeClock, cgroup: bool) -> None:
     target = FakeTarget(clock, cgroup=cgroup)
     for _ in range(3):
         target.add(dies_on={})
@@ -249,7 +249,7 @@ def test_freeze_comes_before_the_signals_and_thaw_after(clock: FakeClock, cgroup
     kill = ["kill_all"] if cgroup else ["kill_all", "send"]
     assert _collapsed(target) == [
         "wait_empty",
-        *("freeze", "thaw", "send", "wait_empty"),
+        *("send", "wait_empty"),
         *("freeze", *kill, "thaw", "wait_empty"),
     ]
     # The catchable signal went out after the thaw, to running processes;
@@ -262,7 +262,7 @@ def test_freeze_comes_before_the_signals_and_thaw_after(clock: FakeClock, cgroup
     # Never waits while the tree is frozen; never left frozen.
     assert not any(c[3] for c in target.calls if c[0] == "wait_empty" and c[2] > 0)
     assert not target.frozen
-    assert [s.froze for s in report.steps] == (["cgroup"] * 2 if cgroup else ["sigstop"] * 2)
+    assert [s.froze for s in report.steps] == [None, "cgroup" if cgroup else "sigstop"]
 
 
 @pytest.mark.parametrize(
@@ -272,9 +272,10 @@ def test_step_records_how_the_tree_was_frozen(
     clock: FakeClock, cgroup: bool, mode: str | None, froze: str | None
 ) -> None:
     target = FakeTarget(clock, cgroup=cgroup, freeze_mode=mode)
-    target.add(dies_on={TERM: 1.0})
+    target.add(dies_on={})
     report = run(target)
-    assert [s.froze for s in report.steps] == [froze]
+    # Only the KILL step freezes: a catchable signal goes to a running tree.
+    assert [s.froze for s in report.steps] == [None, froze]
 
 
 def test_leader_signal_goes_to_the_leader_only_and_tree_delay_defers_the_tree(
@@ -499,7 +500,7 @@ def test_kill_script_precedes_the_signals(clock: FakeClock) -> None:
     report = run(target, Policy.parse("TERM,10s,KILL", kill_script=script))
 
     names = target.names()
-    assert names.index("kill_script") < names.index("freeze") < names.index("send")
+    assert names.index("kill_script") < names.index("send")
     (call,) = [c for c in target.calls if c[0] == "kill_script"]
     assert call[1:] == (("/opt/stop-it", "--now"), 7.0, tuple(p.pid for p in procs))
     assert report.kill_script == "kill script /opt/stop-it exited with status 0"
@@ -647,7 +648,7 @@ def test_step_records_and_report_fields(clock: FakeClock) -> None:
         "TERM", 0.0, 10.0, 2, 1,
     )  # fmt: skip
     assert term.duration == pytest.approx(10.0)
-    assert term.froze == "sigstop"
+    assert term.froze is None  # catchable: sent to the running tree
     assert (kill.signal, kill.grace, kill.signalled, kill.left_after) == (
         "KILL", DEFAULT_FINAL_WAIT, 1, 0,
     )  # fmt: skip
