@@ -7,7 +7,9 @@ what to terminate and with which policy. The record is removed only once the
 job's tree is proven empty.
 
 Where: ``$TETHER_RUNTIME_DIR``, else ``/run/tether`` for root, else
-``$XDG_RUNTIME_DIR/tether``, else ``/tmp/tether-UID``. The directory must be
+``$XDG_RUNTIME_DIR/tether``, else ``/tmp/tether-UID`` (or, if another user
+pre-empted that name, a private ``/tmp/tether-UID.XXXXXXXX``: see
+:func:`private_tmp_dir`). The directory must be
 owned by the caller and closed to everyone else (mode 0700); files are opened
 with O_NOFOLLOW relative to the directory's fd, so a symlink planted in place
 of a record is refused, never followed.
@@ -32,6 +34,8 @@ from tether.policy import Policy
 SCHEMA = 1
 RUNTIME_DIR_VAR = "TETHER_RUNTIME_DIR"
 _SUFFIX = ".json"
+#: A record larger than this is not read (a million members take ~25 MiB).
+MAX_RECORD_BYTES = 64 << 20
 
 
 def journal_dir(env: Mapping[str, str] | None = None) -> str:
@@ -46,7 +50,42 @@ def journal_dir(env: Mapping[str, str] | None = None) -> str:
     runtime = env.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isabs(runtime):
         return os.path.join(runtime, "tether")
-    return f"/tmp/tether-{uid}"
+    return private_tmp_dir(f"tether-{uid}")
+
+
+def private_tmp_dir(name: str, tmp: str = "/tmp") -> str:
+    """A directory of ours in the shared ``tmp``, which no one else can pre-empt.
+
+    ``tmp/name`` if it is ours (or can be made), else the first
+    ``tmp/name.*`` that is ours, else a new one with a random suffix. Only
+    we can own a directory we made, and the sticky ``/tmp`` keeps others from
+    renaming it: a look-alike planted by another user is skipped, never used.
+    The shell agent and the remote bootstrap choose the same way.
+    """
+    uid = os.geteuid()
+
+    def ours(path: str) -> bool:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077
+
+    canonical = os.path.join(tmp, name)
+    with contextlib.suppress(OSError):
+        os.mkdir(canonical, 0o700)
+    if ours(canonical):
+        return canonical
+    with contextlib.suppress(OSError):
+        for n in sorted(os.listdir(tmp)):
+            if n.startswith(name + ".") and ours(os.path.join(tmp, n)):
+                return os.path.join(tmp, n)
+    import tempfile
+
+    try:
+        return tempfile.mkdtemp(prefix=name + ".", dir=tmp)
+    except OSError:
+        return canonical  # reported by whoever opens it
 
 
 def boot_id() -> str:
@@ -340,9 +379,15 @@ class Journal:
                 return JournalProblem(path, "is not a regular file: skipped")
             if st.st_uid != os.geteuid():
                 return JournalProblem(path, f"is owned by uid {st.st_uid}, not by us: skipped")
-            raw = b""
+            # Bounded and linear: a record is a few KiB per thousand members.
+            chunks: list[bytes] = []
+            size = 0
             while chunk := os.read(fd, 1 << 16):
-                raw += chunk
+                size += len(chunk)
+                if size > MAX_RECORD_BYTES:
+                    return JournalProblem(path, f"larger than {MAX_RECORD_BYTES} bytes: skipped")
+                chunks.append(chunk)
+            raw = b"".join(chunks)
         finally:
             os.close(fd)
         try:

@@ -75,7 +75,7 @@ def test_root_skips_a_root_file_in_a_directory_others_can_write(tmp_path: Path) 
     config = load_config({"XDG_CONFIG_HOME": str(tmp_path), "HOME": "/nonexistent"},
                          system_file=str(cfg))  # fmt: skip
     assert str(config["termination.policy"]) != "KILL,5s"
-    with pytest.raises(ConfigError, match="refused as root.*writable by group or others"):
+    with pytest.raises(ConfigError, match=r"refused as root.*writable by group or others"):
         load_config({"TETHER_CONFIG": str(cfg)}, system_file=None)
 
 
@@ -104,7 +104,7 @@ def test_config_must_be_a_small_regular_file(tmp_path: Path, kind: str) -> None:
         cfg = Path("/dev/zero")
     else:
         cfg.write_text("# " + "x" * (2 << 20) + "\n")
-    with pytest.raises(ConfigError, match="regular file|larger than"):
+    with pytest.raises(ConfigError, match=r"regular file|larger than"):
         load_config({"TETHER_CONFIG": str(cfg)}, system_file=None)
 
 

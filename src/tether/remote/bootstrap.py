@@ -95,16 +95,29 @@ def _line():
 def _say(data):
     os.write(1, (json.dumps(data) + "\\n").encode())
 
+def _ours(d):
+    try:
+        st = os.lstat(d)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
 def _cache_dir():
-    d = os.path.join(tempfile.gettempdir(), "tether-remote-%d" % os.geteuid())
+    # As tether.journal.private_tmp_dir: a look-alike another user planted
+    # is skipped; ours is the canonical name, an older private one, or new.
+    tmp = tempfile.gettempdir()
+    name = "tether-remote-%d" % os.geteuid()
+    d = os.path.join(tmp, name)
     try:
         os.mkdir(d, 0o700)
-    except FileExistsError:
+    except OSError:
         pass
-    st = os.lstat(d)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        raise OSError("%s is not a private directory of uid %d" % (d, os.geteuid()))
-    return d
+    if _ours(d):
+        return d
+    for n in sorted(os.listdir(tmp)):
+        if n.startswith(name + ".") and _ours(os.path.join(tmp, n)):
+            return os.path.join(tmp, n)
+    return tempfile.mkdtemp(prefix=name + ".", dir=tmp)
 
 def _sha256(path):
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)

@@ -81,7 +81,19 @@ elif [ "$UID_" = 0 ]; then
 elif [ -n "${XDG_RUNTIME_DIR-}" ]; then
 	J=$XDG_RUNTIME_DIR/tether
 else
-	J=/tmp/tether-$UID_
+	# As tether.journal.private_tmp_dir: /tmp/tether-UID if it is ours, else
+	# the first /tmp/tether-UID.* of ours, else a new one. Another user can
+	# plant a look-alike, never own one of ours.
+	J=
+	mkdir -m 700 "/tmp/tether-$UID_" 2>/dev/null
+	for d in "/tmp/tether-$UID_" "/tmp/tether-$UID_".*; do
+		if [ -d "$d" ] && [ ! -L "$d" ] && [ -O "$d" ]; then
+			case $(ls -ld "$d" 2>/dev/null) in
+			d???------*) J=$d && break ;;
+			esac
+		fi
+	done
+	[ -n "$J" ] || J=$(mktemp -d "/tmp/tether-$UID_.XXXXXXXX") || bail "cannot make a private journal directory in /tmp"
 fi
 TMP_FRAME=${TMPDIR:-/tmp}/tether-sh-$AGENT
 mkdir -p "$J" 2>/dev/null
