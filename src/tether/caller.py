@@ -2,18 +2,31 @@
 
 A CI agent or a scheduler that dies must not leave its jobs behind: ``tether
 run`` (local or ``--host``) watches its parent and terminates the job when the
-parent exits, as on SIGHUP. ``--outlive-caller`` turns this off.
+parent exits, as on SIGHUP. ``--outlive-caller`` turns this off, and so does
+starting tether with SIGHUP ignored (``nohup tether run ... &``): whoever did
+that asked for a job that survives its caller, and gets one however quickly
+the caller exits (no start-up race decides it).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from typing import TYPE_CHECKING
 
 from tether.errors import UsageError
 
 if TYPE_CHECKING:
     from tether.process import ProcessHandle
+
+
+def hangup_ignored() -> bool:
+    """SIGHUP was ignored when tether started (nohup, ``trap '' HUP``).
+
+    Read before tether installs any handler of its own. An ignored signal
+    stays ignored across exec, so the job inherits nohup's intent too.
+    """
+    return signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
 
 
 def open_caller() -> ProcessHandle | None:
@@ -23,14 +36,17 @@ def open_caller() -> ProcessHandle | None:
     and a threaded caller (a CI agent) may fork from a short-lived thread.
 
     Returns:
-        The handle (the caller owns it and closes it), or None when tether was
-        started by init (or is init): there is no caller to outlive.
+        The handle (the caller owns it and closes it), or None when there is
+        no caller to watch: tether was started with SIGHUP ignored (nohup:
+        see :func:`hangup_ignored`), or by init (or is init).
 
     Raises:
         UsageError: the caller exited before the job started.
     """
     from tether.process import ProcessHandle
 
+    if hangup_ignored():
+        return None  # nohup: outlive the caller, deterministically
     ppid = os.getppid()
     if ppid <= 1:
         return None  # started by init (or as init): no caller to outlive

@@ -18,13 +18,14 @@ import base64
 import binascii
 import math
 import os
+import signal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
 from tether.errors import UsageError
-from tether.policy import Policy
+from tether.policy import Policy, parse_signal, signal_name
 from tether.tracking.base import TRACKER_NAMES, parse_tracker_names
 
 #: What happens to members still alive when the leader exits by itself.
@@ -37,6 +38,48 @@ _MAX_ARG_BYTES = 1 << 20
 _MAX_ENV = 1 << 14
 
 Arg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
+#: Signals a supervisor cannot take over: uncatchable, synchronous faults (a
+#: handler would loop on the faulting instruction), and CHLD (it reaps with it).
+_UNROUTABLE = frozenset(
+    {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGSEGV, signal.SIGBUS,
+     signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS}
+)  # fmt: skip
+
+
+def parse_signal_set(value: object, what: str) -> frozenset[signal.Signals]:
+    """``"HUP,USR1"`` (or names/numbers in a list) as a set of signals a
+    supervisor can handle; ``none`` or ``""`` is the empty set.
+
+    Raises:
+        UsageError: an unknown signal, or one that cannot be handled.
+    """
+    if isinstance(value, (str, bytes)):
+        text = os.fsdecode(value).strip()
+        items: list[object] = [] if text.lower() in ("", "none") else [*text.split(",")]
+    elif isinstance(value, Iterable):
+        items = list(value)
+    else:
+        raise UsageError(f"{what}: not a list of signals: {value!r}")
+    out: set[signal.Signals] = set()
+    for item in items:
+        try:
+            sig = (
+                signal.Signals(item)
+                if isinstance(item, int) and not isinstance(item, bool)
+                else parse_signal(str(item))
+            )
+        except ValueError as err:
+            raise UsageError(f"{what}: {err}") from None
+        if sig in _UNROUTABLE:
+            raise UsageError(f"{what}: SIG{signal_name(sig)} cannot be handled by a supervisor")
+        out.add(sig)
+    return frozenset(out)
+
+
+def signal_list(signals: Iterable[int]) -> str:
+    """A signal set as ``--forward`` takes it (sorted by number), ``none`` if empty."""
+    return ",".join(signal_name(s) for s in sorted(signals)) or "none"
 
 
 def command_args(argv: Iterable[Arg] | str | bytes) -> tuple[str, ...]:
@@ -87,6 +130,20 @@ class JobSpec:
         tag_gid: (root) a supplementary group every process of the job carries.
         leftovers: when the leader exits by itself, ``terminate`` what is left
             with the policy, or ``wait`` for it to exit by itself.
+        forward: signals the supervisor passes on to the leader (through its
+            verified handle) instead of cancelling the job, besides the
+            default USR1, USR2 and WINCH (and HUP where the supervisor is
+            PID 1); see :func:`tether.supervise.signal_roles`.
+        cancel_on: the signals that start the policy; None: INT, TERM, QUIT,
+            and HUP unless the supervisor is PID 1. A default one left out is
+            passed on to the leader.
+        foreground: the job keeps the supervisor's session and process group,
+            so the terminal's signals (Ctrl-C, Ctrl-Z) and /dev/tty reach it
+            (as ``timeout --foreground``); the session tracker is not used,
+            and INT and QUIT from the terminal do not cancel the job.
+        fail_on_leftovers: members still running when the leader exited make
+            the run a failure (``tether run`` exits 123), after they were
+            terminated with the policy.
     """
 
     argv: tuple[str, ...]
@@ -98,6 +155,10 @@ class JobSpec:
     restartable: bool = False
     tag_gid: int | None = None
     leftovers: Leftovers = "terminate"
+    forward: frozenset[signal.Signals] = frozenset()
+    cancel_on: frozenset[signal.Signals] | None = None
+    foreground: bool = False
+    fail_on_leftovers: bool = False
 
     def __post_init__(self) -> None:
         # Normalise what callers may pass loosely; a frozen dataclass sets
@@ -129,6 +190,23 @@ class JobSpec:
             raise UsageError(f"not a group id: {self.tag_gid!r}")
         if self.leftovers not in LEFTOVERS:
             raise UsageError(f"leftovers must be one of {', '.join(LEFTOVERS)}")
+        set_(self, "forward", parse_signal_set(self.forward, "forward"))
+        if self.cancel_on is not None:
+            set_(self, "cancel_on", parse_signal_set(self.cancel_on, "cancel_on"))
+            both = self.forward & self.cancel_on
+            if both:
+                raise UsageError(
+                    f"{signal_list(both)} cannot both be passed on (forward) and cancel the "
+                    "job (cancel_on)"
+                )
+        for flag in ("foreground", "fail_on_leftovers"):
+            if not isinstance(getattr(self, flag), bool):
+                raise UsageError(f"{flag} must be True or False")
+        if self.foreground and self.trackers is not None and "session" in self.trackers:
+            raise UsageError(
+                "the session tracker cannot be used with foreground: the job stays in the "
+                "terminal's session and process group"
+            )
 
     @classmethod
     def create(cls, argv: Sequence[Arg], **options: Any) -> JobSpec:
@@ -166,6 +244,12 @@ class JobSpec:
             "restartable": self.restartable,
             "tag_gid": self.tag_gid,
             "leftovers": self.leftovers,
+            "forward": [signal_name(s) for s in sorted(self.forward)],
+            "cancel_on": None
+            if self.cancel_on is None
+            else [signal_name(s) for s in sorted(self.cancel_on)],
+            "foreground": self.foreground,
+            "fail_on_leftovers": self.fail_on_leftovers,
         }
 
     @classmethod
@@ -203,6 +287,18 @@ class JobSpec:
         leftovers = data.get("leftovers", "terminate")
         if leftovers not in LEFTOVERS:
             raise UsageError("malformed job spec: leftovers")
+        forward = data.get("forward", [])
+        cancel_on = data.get("cancel_on")
+        for name, value in (("forward", forward), ("cancel_on", cancel_on)):
+            if value is not None and (
+                not isinstance(value, list)
+                or len(value) > 64
+                or not all(isinstance(v, str) and len(v) <= 16 for v in value)
+            ):
+                raise UsageError(f"malformed job spec: {name}")
+        flags = {k: data.get(k, False) for k in ("foreground", "fail_on_leftovers")}
+        if not all(isinstance(v, bool) for v in flags.values()):
+            raise UsageError("malformed job spec: foreground/fail_on_leftovers")
         return cls(
             argv=argv,
             policy=Policy.from_dict(data.get("policy")),
@@ -213,6 +309,9 @@ class JobSpec:
             restartable=restartable,
             tag_gid=data.get("tag_gid"),
             leftovers=leftovers,
+            forward=forward,
+            cancel_on=cancel_on,
+            **flags,
         )
 
 
