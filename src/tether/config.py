@@ -276,6 +276,24 @@ def _parse_trackers(value: object) -> str:
     return ",".join(dict.fromkeys(n.strip() for n in items))
 
 
+def _parse_signal_list(auto: str) -> Callable[[object], object]:
+    """A list of signals a supervisor handles (``"HUP,USR1"`` or an array),
+    kept as its text; ``auto`` (if given) and ``none`` as they are."""
+
+    def parse(value: object) -> str:
+        from tether.spec import parse_signal_set, signal_list
+
+        if isinstance(value, str) and value.strip().lower() in (auto, "none"):
+            return value.strip().lower()
+        items = value if isinstance(value, str) else _string_list(value, "signal names")
+        try:
+            return signal_list(parse_signal_set(items, "signals"))
+        except UsageError as err:
+            raise _Invalid(str(err).removeprefix("signals: ")) from None
+
+    return parse
+
+
 def _parse_regex_list(value: object) -> tuple[str, ...]:
     patterns = _string_list(value, "regular expressions")
     for i, pattern in enumerate(patterns):
@@ -430,6 +448,17 @@ SETTINGS: tuple[SettingSpec, ...] = (
     _spec("run.wait_leftovers", False, _parse_bool, "bool",
           "when the leader exits, wait for leftover members instead of terminating them",
           flag="--wait-leftovers"),
+    _spec("run.forward", "none", _parse_signal_list("none"), "string",
+          "signals passed on to the command instead of cancelling the job, besides USR1, "
+          "USR2, WINCH (and HUP when tether is PID 1); \"none\" for no others",
+          unset='"none"', flag="--forward"),
+    _spec("run.cancel_on", "auto", _parse_signal_list("auto"), "string",
+          "signals that start the policy: auto (INT, TERM, HUP, QUIT; as PID 1 INT, TERM, "
+          "QUIT), a list, or \"none\"; default ones left out are passed on",
+          unset='"auto"', flag="--cancel-on"),
+    _spec("run.fail_on_leftovers", False, _parse_bool, "bool",
+          "exit 123 when members were still running as the command exited (a leak)",
+          flag="--fail-on-leftovers"),
     _spec("prune.min_uid", 1000, _integer(1, 2**32 - 2, " (root is never pruned)"), "int",
           "processes of uids below this are never touched", flag="--min-uid"),
     _spec("prune.min_age", 0.0, _parse_duration, "duration",
