@@ -15,6 +15,11 @@ fi
 if [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing="$missing python3-venv"
 fi
+# tests/integration/test_forwarding.py compares tether as PID 1 with tini;
+# test_foreground.py drives --foreground through a tmux pane (a real pty).
+for tool in tini tmux; do
+    command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+done
 [ -z "$missing" ] && exit 0
 # shellcheck disable=SC2086
 { apt-get update -qq && apt-get install -y -qq $missing; } >/dev/null 2>&1 ||
