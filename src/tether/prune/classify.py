@@ -56,7 +56,7 @@ EXEMPT_OTHER_JOB_USER = "not the ended job's user"
 EXEMPT_NOT_JOB = "not the ended job's (its user has another job here)"
 
 #: Sources whose job ids are Slurm's (one job may be seen by both).
-SLURM_SOURCES = frozenset({"slurm-cgroup", "scontrol"})
+_SLURM_SOURCES = frozenset({"slurm-cgroup", "scontrol"})
 _SLURM_MARKERS = (b"SLURM_JOB_ID=", b"SLURM_JOBID=")
 
 
@@ -279,7 +279,7 @@ def _slurm_owners(jobs: Sequence[src.Job]) -> dict[str, int]:
     """Running Slurm job id -> its owner's uid, from whichever source knows it."""
     out: dict[str, int] = {}
     for job in jobs:
-        if job.source in SLURM_SOURCES and job.uid is not None:
+        if job.source in _SLURM_SOURCES and job.uid is not None:
             out.setdefault(job.job_id, job.uid)
     return out
 
@@ -396,7 +396,7 @@ def plan(
     # (pids -1 under proctrack/cgroup, so no uid): the owner is the job's.
     owners = _slurm_owners(jobs)
     jobs = [
-        replace(j, uid=owners.get(j.job_id)) if j.uid is None and j.source in SLURM_SOURCES else j
+        replace(j, uid=owners.get(j.job_id)) if j.uid is None and j.source in _SLURM_SOURCES else j
         for j in jobs
     ]
 

@@ -50,11 +50,12 @@ COMMAND_TIMEOUT = 20.0
 MAX_OUTPUT = 16 << 20
 #: Session files are a few lines; anything bigger is refused, not read.
 MAX_SESSIONS_FILE = 1 << 20
-#: What a batch system's command needs from our environment: slurmd gives an
-#: Epilog SLURM_CONF when slurm.conf is not at the compiled-in path, and
-#: SLURMD_NODENAME on a multiple-slurmd node. Nothing else passes (no PATH,
-#: no LD_*: a root epilog must not run what the environment names).
-PASSED_ENV = ("SLURM_CONF", "SLURMD_NODENAME", "SLURM_CLUSTERS", "PBS_SERVER", "PBS_HOME")
+#: What a batch system's command may need from our environment: slurmd gives
+#: an Epilog the location of slurm.conf when it is not at the compiled-in path,
+#: and the node name on a multiple-slurmd node; Slurm's and PBS's clients read
+#: their settings from variables with these prefixes. Nothing else passes (no
+#: PATH, no LD_*: a root epilog must not run what its environment names).
+PASSED_ENV_PREFIXES = ("SLURM", "PBS_")
 _UID_DIR = re.compile(r"uid_(\d+)")
 _JOB_DIR = re.compile(r"job_(\d+)")
 #: cgroup/v1: slurm/ (or slurm_NODE/ with multiple-slurmd builds, e.g. Debian's).
@@ -129,7 +130,7 @@ def run_command(
         raise SourceError(source, f"command not found: {argv[0]} (looked in {SAFE_PATH})")
     env = os.environ if env is None else env
     child_env = {"PATH": SAFE_PATH, "LC_ALL": "C"}
-    child_env.update({k: env[k] for k in PASSED_ENV if k in env})
+    child_env.update({k: v for k, v in env.items() if k.startswith(PASSED_ENV_PREFIXES)})
     try:
         proc = subprocess.Popen(
             [exe, *argv[1:]],
