@@ -41,10 +41,21 @@ from tether.remote.bootstrap import (
 )
 from tether.remote.hostlist import Target
 from tether.report import MalformedReportError, Report
+from tether.sanitize import visible
 from tether.spec import JobSpec
 
 #: Lines of login-shell noise (motd, rc files) tolerated before the banner.
 _MAX_NOISE_LINES = 200
+#: The whole bootstrap (banner, stage 1, HELLO) and an out-of-band cancel's
+#: answer must arrive within this: a host that connects and stalls is that
+#: host's error, never a hang.
+HANDSHAKE_TIMEOUT = 120.0
+#: A line (banner, stage-1 answer) longer than this is a hostile host.
+MAX_LINE = 64 << 10
+#: Exit statuses a remote ERROR may carry (timeout(1)'s, for the command).
+_ERROR_STATUSES = (125, 126, 127)
+#: Time a remote kill script may add to an out-of-band cancel's answer.
+_KILL_SCRIPT_ALLOWANCE = 60.0
 #: Which remote engine to load: the Python engine if the host can run it,
 #: else the POSIX-shell agent ("auto"); only one of them ("python", "sh").
 ENGINES = ("auto", "python", "sh")
@@ -75,6 +86,8 @@ class SshOptions:
     config_file: str | None = None
     program: str = "ssh"
     engine: str = "auto"  # one of ENGINES (not an ssh option, but travels with them)
+    #: ``-l USER``: the login user for targets that name none (pdsh/clush -l).
+    login_user: str | None = None
 
     def argv(self, target: Target) -> list[str]:
         argv = [self.program, "-T"]
@@ -84,8 +97,9 @@ class SshOptions:
             argv += ["-o", opt]
         if target.port is not None:
             argv += ["-p", str(target.port)]
-        if target.user is not None:
-            argv += ["-l", target.user]
+        user = target.user if target.user is not None else self.login_user
+        if user is not None:
+            argv += ["-l", user]
         # "--": the host can never be read as an option (it is validated too).
         return [*argv, "--", target.host, REMOTE_COMMAND]
 
@@ -101,6 +115,7 @@ class Connection:
         self._write_lock = threading.Lock()
         self._stderr: deque[str] = deque(maxlen=20)
         self.hello: dict[str, Any] = {}
+        self._deadline: float | None = None
         self.engine_choice = ssh.engine
         #: The engine that answered: "python" or "sh" (after the handshake).
         self.engine = "python"
@@ -181,24 +196,36 @@ class Connection:
 
     def read_line(self, deadline: float | None = None) -> bytes | None:
         while b"\n" not in self._buf:
+            if len(self._buf) > MAX_LINE:
+                raise RemoteError(self.label, f"the host sent a line longer than {MAX_LINE} bytes")
             left = None if deadline is None else deadline - time.monotonic()
-            if (left is not None and left <= 0) or not self._fill(left):
+            if left is not None and left <= 0:
+                raise RemoteError(self.label, f"no answer within {HANDSHAKE_TIMEOUT:g}s")
+            if not self._fill(left):
+                if not self._eof:
+                    continue  # the select timed out: the check above says so
                 return None
         line, _, rest = bytes(self._buf).partition(b"\n")
         self._buf = bytearray(rest)
         return line
 
-    def read_frame(self) -> tuple[bytes, bytes] | None:
-        """The next frame, or None when the connection ended."""
+    def read_frame(self, deadline: float | None = None) -> tuple[bytes, bytes] | None:
+        """The next frame, or None when the connection ended (RemoteError past ``deadline``)."""
         while True:
             if len(self._buf) >= protocol.HEADER_SIZE:
-                kind, size = protocol.parse_header(bytes(self._buf[: protocol.HEADER_SIZE]))
+                try:
+                    kind, size = protocol.parse_header(bytes(self._buf[: protocol.HEADER_SIZE]))
+                except ValueError as err:
+                    raise RemoteError(self.label, f"bad frame: {err}") from None
                 end = protocol.HEADER_SIZE + size
                 if len(self._buf) >= end:
                     payload = bytes(self._buf[protocol.HEADER_SIZE : end])
                     del self._buf[:end]
                     return kind, payload
-            if not self._fill(None):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise RemoteError(self.label, f"no answer within {HANDSHAKE_TIMEOUT:g}s")
+            if not self._fill(left) and self._eof:
                 return None
 
     # -- writing --------------------------------------------------------------
@@ -217,10 +244,11 @@ class Connection:
     # -- the bootstrap ------------------------------------------------------
 
     def handshake(self) -> dict[str, Any]:
-        """Load the agent on the remote host; its HELLO."""
+        """Load the agent on the remote host; its HELLO (within HANDSHAKE_TIMEOUT)."""
+        self._deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         banner = None
         for _ in range(_MAX_NOISE_LINES):
-            line = self.read_line()
+            line = self.read_line(self._deadline)
             if line is None:
                 raise RemoteError(self.label, self.ssh_error(), 125)
             if line.startswith((b"TETHER-PY ", b"TETHER-NO-PYTHON")):
@@ -259,7 +287,7 @@ class Connection:
         offer = {"version": tether.__version__, "protocol": protocol.PROTOCOL, "sha256": digest}
         if not self.write(stage1_block() + json.dumps(offer).encode() + b"\n"):
             raise RemoteError(self.label, self.ssh_error())
-        answer = self.read_line()
+        answer = self.read_line(self._deadline)
         if answer is None:
             raise RemoteError(self.label, self.ssh_error())
         try:
@@ -270,7 +298,7 @@ class Connection:
             raise RemoteError(self.label, str(mode.get("message")))
         if mode.get("mode") == "ship" and not self.write(b"%d\n" % len(blob) + blob):
             raise RemoteError(self.label, self.ssh_error())
-        first = self.read_frame()
+        first = self.read_frame(self._deadline)
         if first is None or first[0] != protocol.HELLO:
             raise RemoteError(self.label, "the remote agent did not start: " + self.ssh_error())
         self.hello = protocol.load_json(first[1])
@@ -279,7 +307,7 @@ class Connection:
     def _load_shell_agent(self) -> dict[str, Any]:
         if not self.write(shell.agent_block()):
             raise RemoteError(self.label, self.ssh_error())
-        first = self.read_frame()
+        first = self.read_frame(self._deadline)
         if first is not None and first[0] == protocol.ERROR:
             raise RemoteError(self.label, str(protocol.load_json(first[1]).get("message")))
         if first is None or first[0] != protocol.HELLO:
@@ -381,29 +409,89 @@ class HostResult:
         }
 
 
+def checked_result(label: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A RESULT's fields, checked (the host may be hostile); RemoteError if bad.
+
+    The leader's status must be an int a process can have (-64..255), the
+    report one :meth:`Report.from_dict` accepts (typed, finite numbers); it is
+    kept as the dict that report writes back, so what we print was checked.
+    """
+    rc = data.get("returncode")
+    if rc is not None and (type(rc) is not int or not -64 <= rc <= 255):
+        raise RemoteError(label, f"the host sent a bad exit status {visible(repr(rc))[:40]}")
+    timed_out = data.get("timed_out", False)
+    if type(timed_out) is not bool:
+        raise RemoteError(label, "the host sent a bad 'timed_out'")
+    reason = data.get("reason")
+    error = data.get("error")
+    raw = data.get("report")
+    report = None
+    if raw is not None:
+        try:
+            report = Report.from_dict(raw).to_dict()
+        except (MalformedReportError, ValueError, TypeError) as err:
+            raise RemoteError(
+                label, f"the host sent a malformed report: {visible(str(err))[:200]}"
+            ) from None
+    return {
+        "returncode": rc,
+        "timed_out": timed_out,
+        "reason": None if reason is None else visible(str(reason))[:1000],
+        "error": None if not error else visible(str(error))[:1000],
+        "report": report,
+    }
+
+
 def exit_status(returncode: int | None, timed_out: bool, report: dict[str, Any] | None) -> int:
     """``tether run``'s conventions for one host's outcome."""
     complete = report is None or bool(report.get("complete", False))
     return supervise.exit_status(returncode, timed_out, complete=complete)
 
 
-class OutputSink:
-    """Where remote output goes: raw for one host, ``host: line`` for many."""
+#: Most stdout a gathering sink (``-b``) keeps, all hosts together.
+GATHER_LIMIT = 64 << 20
 
-    def __init__(self, prefix: bool, stdout: Any = None, stderr: Any = None) -> None:
+
+class OutputSink:
+    """Where remote output goes: raw for one host, whole lines for many.
+
+    ``prefix``: many hosts, so lines are kept whole and (unless ``labels`` is
+    false, pdsh ``-N``) start with ``host: ``. ``gather``: stdout is kept per
+    host (at most :data:`GATHER_LIMIT` bytes in all) for :meth:`gathered`
+    instead of being written (clush ``-b``); stderr still streams.
+    """
+
+    def __init__(
+        self,
+        prefix: bool,
+        stdout: Any = None,
+        stderr: Any = None,
+        *,
+        labels: bool = True,
+        gather: bool = False,
+    ) -> None:
         import sys
 
         self.prefix = prefix
+        self.labels = labels
+        self.gather = gather
         self._streams = {
             protocol.STDOUT: stdout if stdout is not None else sys.stdout.buffer,
             protocol.STDERR: stderr if stderr is not None else sys.stderr.buffer,
         }
         self._partial: dict[tuple[str, bytes], bytes] = {}
+        self._kept: dict[str, bytearray] = {}
+        self._kept_total = 0
+        #: Hosts whose gathered output was cut at GATHER_LIMIT.
+        self.truncated: set[str] = set()
         self._lock = threading.Lock()
 
     def write(self, label: str, kind: bytes, data: bytes) -> None:
         stream = self._streams[kind]
         with self._lock:
+            if self.gather and kind == protocol.STDOUT:
+                self._keep(label, data)
+                return
             if not self.prefix:
                 self._emit(stream, data)
                 return
@@ -411,10 +499,27 @@ class OutputSink:
             pending = self._partial.pop(key, b"") + data
             *lines, rest = pending.split(b"\n")
             if lines:
-                head = label.encode() + b": "
+                head = self._head(label)
                 self._emit(stream, b"".join(head + line + b"\n" for line in lines))
             if rest:
                 self._partial[key] = rest
+
+    def _head(self, label: str) -> bytes:
+        return label.encode() + b": " if self.labels else b""
+
+    def _keep(self, label: str, data: bytes) -> None:
+        kept = self._kept.setdefault(label, bytearray())
+        room = GATHER_LIMIT - self._kept_total
+        if len(data) > room:
+            self.truncated.add(label)
+            data = data[: max(room, 0)]
+        kept += data
+        self._kept_total += len(data)
+
+    def gathered(self) -> dict[str, bytes]:
+        """Each host's stdout so far (``gather``), by label."""
+        with self._lock:
+            return {label: bytes(data) for label, data in self._kept.items()}
 
     def finish(self, label: str) -> None:
         """Flush a host's unterminated last lines."""
@@ -424,7 +529,7 @@ class OutputSink:
             for kind in (protocol.STDOUT, protocol.STDERR):
                 rest = self._partial.pop((label, kind), b"")
                 if rest:
-                    self._emit(self._streams[kind], label.encode() + b": " + rest + b"\n")
+                    self._emit(self._streams[kind], self._head(label) + rest + b"\n")
 
     @staticmethod
     def _emit(stream: Any, data: bytes) -> None:
@@ -585,9 +690,14 @@ class HostRun:
                 self.acked = True
                 self.result.cancelled = "in-band"
             elif kind == protocol.ERROR:
+                # The host's words; of its exit status only what an ERROR can
+                # mean (126/127: not executable/found), never its free choice.
                 data = protocol.load_json(payload)
+                code = data.get("exit_code")
                 raise RemoteError(
-                    self.label, str(data.get("message")), int(data.get("exit_code", 125))
+                    self.label,
+                    visible(str(data.get("message"))[:1000]),
+                    code if code in _ERROR_STATUSES and type(code) is int else 125,
                 )
             elif kind == protocol.RESULT:
                 self._take_result(conn.load_result(payload, str(self.spec.policy)))
@@ -611,13 +721,14 @@ class HostRun:
                 return
 
     def _take_result(self, data: dict[str, Any]) -> None:
+        checked = checked_result(self.label, data)
         r = self.result
-        r.returncode = data.get("returncode")
-        r.timed_out = bool(data.get("timed_out"))
-        r.reason = data.get("reason")
-        r.report = data.get("report")
-        if data.get("error"):
-            r.error = str(data["error"])
+        r.returncode = checked["returncode"]
+        r.timed_out = checked["timed_out"]
+        r.reason = checked["reason"]
+        r.report = checked["report"]
+        if checked["error"]:
+            r.error = checked["error"]
             r.exit_status = 125
         else:
             r.exit_status = exit_status(r.returncode, r.timed_out, r.report)
@@ -699,15 +810,26 @@ def _cancel_over_new_connection(
         result.remote = conn.handshake()
         if not conn.send_cancel_job(job_id, reason, policy):
             raise RemoteError(target.label, conn.ssh_error())
-        got = conn.read_frame()
+        # The cancel's answer comes after a whole policy (its graces) at most.
+        wait = HANDSHAKE_TIMEOUT + (
+            sum(s.grace for s in policy.steps) + policy.tree_delay + _KILL_SCRIPT_ALLOWANCE
+            if policy is not None
+            else 600.0
+        )
+        got = conn.read_frame(time.monotonic() + wait)
         if got is None:
             raise RemoteError(target.label, "no answer to the cancel: " + conn.ssh_error())
         kind, payload = got
         if kind == protocol.ERROR:
-            raise RemoteError(target.label, str(protocol.load_json(payload).get("message")))
+            message = str(protocol.load_json(payload).get("message"))[:1000]
+            raise RemoteError(target.label, visible(message))
         if kind != protocol.RESULT:
-            raise RemoteError(target.label, f"unexpected frame {kind!r}")
-        return conn.load_result(payload, str(policy) if policy is not None else None)
+            raise RemoteError(target.label, f"unexpected frame {visible(repr(kind))}")
+        data = conn.load_result(payload, str(policy) if policy is not None else None)
+        report = data.get("report")
+        if report is not None:
+            data["report"] = checked_result(target.label, {"report": report})["report"]
+        return data
     finally:
         conn.close(timeout=5.0)
 
