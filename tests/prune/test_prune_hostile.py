@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import proc_stat
+from helpers import proc_stat, wait_for
 from tether.prune import sources as src
 from tether.prune.classify import Stray, slurm_job_ids
 from tether.prune.outcome import _view
@@ -33,6 +33,7 @@ def test_a_stray_with_a_hostile_non_utf8_argv_is_shown_escaped() -> None:
     # `read` is a builtin: the shell itself waits, with no child to leak.
     proc = subprocess.Popen([b"/bin/sh", b"-c", b"read x", argv0], stdin=subprocess.PIPE)
     try:
+        wait_for(lambda: argv0 in Path(f"/proc/{proc.pid}/cmdline").read_bytes(), what="exec")
         st = proc_stat(proc.pid)
         assert st is not None
         stray = Stray(proc.pid, st.starttime, st.ppid, st.sid, (0, 0, 0, 0), st.comm, 0.0,
