@@ -6,7 +6,9 @@ run`` (124 timed out; 125 tether failed: unreachable host, authentication or
 host key failure, no usable python3, lost connection, or members survived;
 126/127 command not executable/not found there; 128+N the leader was killed by
 signal N; otherwise the command's status), and the overall status is the
-largest of them (as ``pdsh -S``).
+largest of them (as ``pdsh -S``). In a fan-out each failing host also gets one
+line on stderr naming its status as it ends (``tether: h01: exited with exit
+code 3``, as pdsh's ``ssh exited with exit code 3``).
 
 Kept import-light at module level: ``tether run`` declares these options on
 every start, local or not.
@@ -45,6 +47,13 @@ _options: list[Callable[[Any], Any]] = [
                       "remote.ssh_options in tether.toml."),
     click.option("-F", "--ssh-config", "remote_ssh_config", metavar="FILE",
                  help="ssh configuration file (ssh -F)."),
+    click.option("-l", "--login", "remote_login", metavar="USER",
+                 help="Log in as USER on every host that names no USER@ (as pdsh/clush -l)."),
+    click.option("-N", "--no-host-prefix", "remote_no_prefix", is_flag=True,
+                 help="Fan-out output without the 'host: ' prefix; lines stay whole (as pdsh -N)."),
+    click.option("-b", "--gather", "remote_gather", is_flag=True,
+                 help="Gather each host's stdout and print identical outputs once, under "
+                      "a header naming their hosts, e.g. node[01-03] (as clush -b, dshbak -c)."),
     click.option("-n", "--no-stdin", "remote_no_stdin", is_flag=True,
                  help="Give a remote job /dev/null as stdin (as ssh -n). By default a "
                       "single host's job reads tether's stdin; with several hosts none does."),
@@ -89,19 +98,79 @@ def remote_flags(options: dict[str, Any]) -> dict[str, object]:
     }
 
 
-def ssh_client(options: Sequence[str], config: str | None, engine: str = "auto") -> SshOptions:
-    """How to run the ssh client: ``-o`` options, ``-F`` file, the remote engine; checked."""
+def ssh_client(
+    options: Sequence[str], config: str | None, engine: str = "auto", login: str | None = None
+) -> SshOptions:
+    """How to run the ssh client: ``-o`` options, ``-F`` file, the remote engine,
+    ``-l`` user; checked."""
     import os
 
     from tether.remote.client import SshOptions
-    from tether.remote.hostlist import HostListError
+    from tether.remote.hostlist import HostListError, parse_target
 
     for opt in options:
         if not opt or "\n" in opt or "\0" in opt:
             raise HostListError(f"bad ssh option {opt!r}")
     if config is not None and not os.path.isfile(config):
         raise HostListError(f"ssh config file {config!r} does not exist")
-    return SshOptions(tuple(options), config, engine=engine)
+    if login is not None:
+        # The same rule as USER@ in a target: ssh reads it as an argument.
+        parse_target(f"{login}@host")
+    return SshOptions(tuple(options), config, engine=engine, login_user=login)
+
+
+def status_line(result: HostResult, fan_out: bool) -> str | None:
+    """The one stderr line for a host that failed (None if it did not).
+
+    A single host says only what went wrong (its status is tether's); a
+    fan-out names each failing host's status too.
+    """
+    import signal
+
+    from tether.sanitize import visible
+
+    status = result.exit_status
+    label = visible(result.target.label)
+    if result.error is not None:
+        what = visible(result.error)
+    elif result.report is not None and not result.report.get("complete", False):
+        survivors = result.report.get("survivors", [])
+        what = f"{len(survivors)} remote member(s) survived the policy: " + ", ".join(
+            visible(f"pid {s.get('pid')} ({s.get('state')})") for s in survivors
+        )
+    elif not fan_out or status == 0:
+        return None
+    elif result.timed_out:
+        what = "timed out"
+    elif isinstance(result.returncode, int) and result.returncode < 0:
+        try:
+            name = signal.Signals(-result.returncode).name.removeprefix("SIG")
+        except ValueError:
+            name = str(-result.returncode)
+        what = f"killed by signal {name}"
+    else:
+        # As pdsh: "ssh exited with exit code 3".
+        return f"tether: {label}: exited with exit code {status}"
+    return f"tether: {label}: {what}" + (f" (exit code {status})" if fan_out else "")
+
+
+def write_gathered(stream: Any, outputs: dict[str, bytes], labels: bool) -> None:
+    """clush -b: each distinct output once, after a header naming its hosts (in
+    the order the hosts were given)."""
+    from tether.remote.hostlist import compress
+    from tether.sanitize import visible
+
+    groups: dict[bytes, list[str]] = {}
+    for label, data in outputs.items():
+        if data:
+            groups.setdefault(data, []).append(label)
+    for data, hosts in groups.items():
+        if labels:
+            rule = b"-" * 15 + b"\n"
+            head = f"{visible(compress(hosts))} ({len(hosts)})\n".encode()
+            stream.write(rule + head + rule)
+        stream.write(data if data.endswith(b"\n") else data + b"\n")
+    stream.flush()
 
 
 def write_hosts_json(target: str | None, results: list[HostResult]) -> None:
@@ -126,6 +195,9 @@ def run_remote(
     remote_ssh_config: str | None = None,
     remote_cancel_timeout: str = "5s",
     remote_no_stdin: bool = False,
+    remote_login: str | None = None,
+    remote_no_prefix: bool = False,
+    remote_gather: bool = False,
 ) -> NoReturn:
     """Run ``spec`` on every target; exit with the largest host status.
 
@@ -136,7 +208,7 @@ def run_remote(
     import sys
 
     from tether.policy import parse_duration
-    from tether.remote.client import OutputSink, render_host_report, worst
+    from tether.remote.client import GATHER_LIMIT, OutputSink, render_host_report, worst
     from tether.remote.fanout import fan_out
     from tether.remote.hostlist import resolve_targets
 
@@ -145,26 +217,51 @@ def run_remote(
     targets = resolve_targets(remote_hosts, remote_host_lists, remote_excludes)
     if not targets:
         fail("no hosts left to run on (every host was excluded)", EXIT_FAILED)
-    ssh = ssh_client(config["remote.ssh_options"], remote_ssh_config, config["remote.engine"])
+    ssh = ssh_client(
+        config["remote.ssh_options"], remote_ssh_config, config["remote.engine"], remote_login
+    )
     ack_timeout = parse_duration(remote_cancel_timeout)
     prefix = len(targets) > 1 or bool(remote_host_lists)
     # One host reads our stdin, as with ssh; a fan-out does not (as pdsh).
     stdin_fd = None if remote_no_stdin or prefix else sys.stdin.fileno()
+    # --json: the document is stdout, so the hosts' stdout goes to stderr.
+    stdout = sys.stderr.buffer if json_file == "-" else sys.stdout.buffer
+    sink = OutputSink(prefix, stdout=stdout, labels=not remote_no_prefix, gather=remote_gather)
+
+    def report_status(result: HostResult) -> None:
+        line = status_line(result, prefix)
+        if line is not None:
+            click.echo(line, err=True)
+
     results = fan_out(
         targets,
         spec,
         ssh,
-        # --json: the document is stdout, so the hosts' stdout goes to stderr.
-        OutputSink(prefix, stdout=sys.stderr.buffer if json_file == "-" else None),
+        sink,
         stdin_fd=stdin_fd,
         fanout=config["remote.fanout"],
         cancel_timeout=ack_timeout,
         outlive_caller=outlive_caller,
+        # Gathered output comes at the end: so do the status lines (as clush -b).
+        on_done=None if remote_gather else report_status,
     )
+    if remote_gather:
+        outputs = sink.gathered()
+        write_gathered(
+            stdout,
+            {r.target.label: outputs.get(r.target.label, b"") for r in results},
+            labels=not remote_no_prefix,
+        )
+        for label in sink.truncated:
+            click.echo(
+                f"tether: {label}: output cut: -b keeps at most "
+                f"{GATHER_LIMIT >> 20} MiB for all hosts together",
+                err=True,
+            )
+        for result in results:
+            report_status(result)
     write_hosts_json(json_file, results)
     for result in results:
-        if result.error is not None:
-            click.echo(f"tether: {result.target.label}: {result.error}", err=True)
         report = result.report
         if report is None or quiet:
             continue
@@ -176,13 +273,6 @@ def run_remote(
         )
         if verbose or terminated:
             click.echo(render_host_report(result, prefix), err=True)
-        if not report.get("complete", False):
-            survivors = report.get("survivors", [])
-            click.echo(
-                f"tether: {result.target.label}: {len(survivors)} remote member(s) survived the "
-                "policy: " + ", ".join(f"pid {s['pid']} ({s['state']})" for s in survivors),
-                err=True,
-            )
     with contextlib.suppress(Exception):
         sys.stdout.flush()
     sys.exit(worst([r.exit_status for r in results]))

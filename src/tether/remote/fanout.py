@@ -18,7 +18,7 @@ import os
 import select
 import signal
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from tether.policy import format_duration
@@ -41,6 +41,7 @@ def fan_out(
     cancel_timeout: float,
     outlive_caller: bool = True,
     stdin_fd: int | None = None,
+    on_done: Callable[[HostResult], None] | None = None,
 ) -> list[HostResult]:
     """Run ``spec`` on every target, ``fanout`` at a time; each host's result, in order.
 
@@ -55,6 +56,8 @@ def fan_out(
         outlive_caller: keep running when tether's caller exits (by default
             its exit cancels every host, as a SIGHUP would).
         stdin_fd: forward this fd to the (single) host's job as its stdin.
+        on_done: called with each host's result as that host ends (or is
+            cancelled before it started), on the calling thread.
 
     Raises:
         UsageError: the caller exited before the jobs started.
@@ -79,7 +82,15 @@ def fan_out(
 
         inbox = stack.enter_context(forwarded_signals())
         runs = [HostRun(t, spec, ssh, sink, on_event, stdin_fd=stdin_fd) for t in targets]
-        _drive(runs, inbox, caller, ev_r, fanout=fanout, cancel_timeout=cancel_timeout)
+        _drive(
+            runs,
+            inbox,
+            caller,
+            ev_r,
+            fanout=fanout,
+            cancel_timeout=cancel_timeout,
+            on_done=on_done or (lambda _result: None),
+        )
     return [r.result for r in runs]
 
 
@@ -91,6 +102,7 @@ def _drive(
     *,
     fanout: int,
     cancel_timeout: float,
+    on_done: Callable[[HostResult], None],
 ) -> None:
     """Start hosts as slots free up; cancel them all on a signal or the caller's exit."""
     pending = deque(runs)
@@ -115,6 +127,7 @@ def _drive(
                 )
                 for run in pending:
                     run.result.error = "cancelled before it started"
+                    on_done(run.result)
                 pending.clear()
                 new = new[1:]
                 for run in active:
@@ -129,7 +142,12 @@ def _drive(
                     run.cancel_out_of_band(
                         f"no acknowledgement within {format_duration(cancel_timeout)}"
                     )
-        active = [r for r in active if not r.done.is_set()]
+        # One reading of done per run: a host ending between two readings
+        # would be dropped without its on_done.
+        ended = [r for r in active if r.done.is_set()]
+        for run in ended:
+            on_done(run.result)
+        active = [r for r in active if r not in ended]
         if not pending and not active:
             break
         poller = select.poll()

@@ -9,6 +9,9 @@ range keeps the zero padding of its first bound (``[01-10]`` -> ``01`` ..
 Each expanded name is a *target*: ``[USER@]HOST[:PORT]``. Host names are
 restricted to what DNS, /etc/hosts and ssh_config aliases use, and may not
 start with ``-``: they become ssh arguments and must never be read as options.
+
+:func:`compress` is the inverse of :func:`expand` (``node01,node02,node03`` ->
+``node[01-03]``), for headers that name several hosts at once (``-b``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._%-]*")
 _IPV6 = re.compile(r"[0-9A-Fa-f:.%]+")
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+_LAST_NUMBER = re.compile(r"^(.*?)(\d+)(\D*)$")
 
 
 class HostListError(UsageError):
@@ -189,3 +193,46 @@ def resolve_targets(
             continue
         targets.append(target)
     return targets
+
+
+def compress(names: Iterable[str]) -> str:
+    """The shortest-form host list of ``names``: ``expand(compress(names))`` holds them all.
+
+    Names that differ only in their last number fold into one bracket
+    (``node[01-03,07]``), keeping the zero padding exactly as :func:`expand`
+    reads it; the result is sorted (``n9`` before ``n10``) and repeats are
+    dropped. A name holding brackets or commas (an IPv6 label) is kept
+    as it is.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    loose: set[str] = set()
+    for name in dict.fromkeys(names):
+        m = _LAST_NUMBER.match(name)
+        if m is None or any(c in name for c in "[],"):
+            loose.add(name)
+        else:
+            groups.setdefault((m.group(1), m.group(3)), []).append(m.group(2))
+    words: list[tuple[tuple[str, str, int], str]] = [((n, "", -1), n) for n in loose]
+    for (prefix, suffix), numbers in groups.items():
+        numbers.sort(key=lambda t: (int(t), len(t)))
+        if len(numbers) == 1:
+            words.append(((prefix, suffix, int(numbers[0])), prefix + numbers[0] + suffix))
+            continue
+        words.append(((prefix, suffix, int(numbers[0])), f"{prefix}[{_fold(numbers)}]{suffix}"))
+    return ",".join(word for _key, word in sorted(words))
+
+
+def _fold(numbers: list[str]) -> str:
+    """``["01", "02", "03", "07"]`` (sorted) -> ``01-03,07``: runs that expand back exactly."""
+    parts: list[str] = []
+    i = 0
+    while i < len(numbers):
+        first = numbers[i]
+        # As _expand_ranges reads a range: its first bound's padding, if any.
+        width = len(first) if first.startswith("0") and len(first) > 1 else 0
+        j = i
+        while j + 1 < len(numbers) and numbers[j + 1] == str(int(numbers[j]) + 1).zfill(width):
+            j += 1
+        parts.append(first if j == i else f"{first}-{numbers[j]}")
+        i = j + 1
+    return ",".join(parts)
