@@ -122,7 +122,8 @@ class Membership:
             cookie=job_id,
             job_id=job_id,
             caveats=selection.caveats(),
-            reap_all_children=selection.subreaper,
+            # A job keeper reaps its own children; this process has others.
+            reap_all_children=selection.subreaper and selection.keeper_pid is None,
             reap_leader=reap_leader,
             wake_fd=wake_fd,
             on_new_members=on_new_members,
@@ -249,18 +250,28 @@ class Membership:
         cgroup: JobCgroup | None,
         cgroup_status: str,
         protected: Sequence[int] = (),
+        keeper: int | None = None,
     ) -> Membership:
         """A journaled job whose supervisor is gone: trackers rebuilt from its
-        record (no subreaper: its holder is gone). ``cgroup`` is the record's
-        cgroup once verified (see :func:`tether.recovery.membership_for`)."""
+        record (no subreaper: its holder is gone — unless this process is the
+        job's ``keeper``, the subreaper that holds its orphans still). ``cgroup``
+        is the record's cgroup once verified (see
+        :func:`tether.recovery.membership_for`)."""
         trackers: list[Tracker] = []
         statuses: list[TrackerStatus] = []
         if cgroup is not None:
             trackers.append(CgroupTracker(cgroup))
         statuses.append(TrackerStatus("cgroup", cgroup is not None, cgroup_status))
-        statuses.append(
-            TrackerStatus("subreaper", False, "the supervisor that held orphans is gone")
-        )
+        if keeper is not None:
+            from tether.tracking.subreaper import SubreaperTracker
+
+            trackers.append(SubreaperTracker(keeper))
+            why = f"orphans re-parented to the job's keeper (pid {keeper}), which recovers it"
+            statuses.append(TrackerStatus("subreaper", True, why))
+        else:
+            statuses.append(
+                TrackerStatus("subreaper", False, "the supervisor that held orphans is gone")
+            )
         if record.leader is not None and record.sid is not None:
             leader = record.leader
             trackers.append(
@@ -309,6 +320,8 @@ class Membership:
             cookie=record.cookie,
             job_id=record.job_id,
             caveats=caveats,
+            # The keeper runs nothing but this job: every child it has is one.
+            reap_all_children=keeper is not None,
         )
         membership.protect(protected)
         return membership

@@ -93,10 +93,15 @@ def _job_cgroup(record: JobRecord) -> tuple[JobCgroup | None, str]:
     return JobCgroup(path), path
 
 
-def membership_for(record: JobRecord, protected: Sequence[int] = ()) -> Membership:
-    """The Membership of a recorded job, its cgroup verified first."""
+def membership_for(
+    record: JobRecord, protected: Sequence[int] = (), keeper: int | None = None
+) -> Membership:
+    """The Membership of a recorded job, its cgroup verified first; ``keeper``:
+    this process is the job's subreaper (a :mod:`tether.keeper` job keeper)."""
     cgroup, why = _job_cgroup(record)
-    return Membership.for_record(record, cgroup=cgroup, cgroup_status=why, protected=protected)
+    return Membership.for_record(
+        record, cgroup=cgroup, cgroup_status=why, protected=protected, keeper=keeper
+    )
 
 
 def _resume_point(record: JobRecord) -> tuple[int, float] | None:
@@ -119,9 +124,10 @@ def recover(
     policy: Policy | None = None,
     protected: Sequence[int] = (),
     on_start: Callable[[Membership], None] | None = None,
+    keeper: int | None = None,
 ) -> Report:
     """Terminate what is left of a recorded job; drop the record once it is empty."""
-    membership = membership_for(record, protected)
+    membership = membership_for(record, protected, keeper)
     try:
         if on_start is not None:
             on_start(membership)

@@ -25,6 +25,9 @@ class Selection:
     wanted: frozenset[str]
     cgroup: JobCgroup | None = None
     subreaper: bool = False
+    #: The job keeper that is the job's subreaper (library jobs), once it runs;
+    #: None while the subreaper is this process (a dedicated supervisor).
+    keeper_pid: int | None = None
     tag_gid: int | None = None
     statuses: list[TrackerStatus] = field(default_factory=list)
 
@@ -42,7 +45,7 @@ class Selection:
         if self.cgroup is not None:
             chosen.append(CgroupTracker(self.cgroup))
         if self.subreaper:
-            chosen.append(SubreaperTracker(os.getpid()))
+            chosen.append(SubreaperTracker(self.keeper_pid or os.getpid()))
         if self.used("session"):
             chosen.append(SessionTracker(leader.pid, leader.starttime, leader.pid, leader.pid))
         if self.used("cookie"):
@@ -83,7 +86,12 @@ def cgroup_probe() -> cgroupfs.CgroupProbe:
 
 
 def select_trackers(
-    asked: frozenset[str] | None, job_id: str, *, dedicated: bool, tag_gid: int | None = None
+    asked: frozenset[str] | None,
+    job_id: str,
+    *,
+    dedicated: bool,
+    tag_gid: int | None = None,
+    keeper: bool = False,
 ) -> Selection:
     """Probe and set up the trackers for a new job, strongest first.
 
@@ -94,7 +102,7 @@ def select_trackers(
     wanted = frozenset(TRACKER_NAMES) if asked is None else asked
     sel = Selection(wanted, tag_gid=tag_gid)
     try:
-        _probe(sel, job_id, dedicated=dedicated)
+        _probe(sel, job_id, dedicated=dedicated, keeper=keeper)
     except BaseException:
         if sel.cgroup is not None:
             sel.cgroup.remove()
@@ -118,7 +126,7 @@ def select_trackers(
     return sel
 
 
-def _probe(sel: Selection, job_id: str, *, dedicated: bool) -> None:
+def _probe(sel: Selection, job_id: str, *, dedicated: bool, keeper: bool = False) -> None:
     wanted = sel.wanted
 
     def status(name: str, used: bool, reason: str) -> None:
@@ -143,6 +151,11 @@ def _probe(sel: Selection, job_id: str, *, dedicated: bool) -> None:
         status("subreaper", False, "not requested")
     elif not HAS_SUBREAPER:
         status("subreaper", False, f"the {BACKEND} process backend has no subreaper")
+    elif keeper:
+        # tether.keeper: the job's parent is a job keeper that runs nothing
+        # but this job and sets PR_SET_CHILD_SUBREAPER before starting it.
+        sel.subreaper = True
+        status("subreaper", True, "orphans re-parent to the job's keeper process (its parent)")
     elif not dedicated:
         status(
             "subreaper",

@@ -1,0 +1,623 @@
+"""The keeper: library jobs get the containment ``tether run`` has, without root.
+
+A library caller cannot be its job's subreaper: it has children of its own
+(an orphan adopted by it would be reaped, or waited for, by code that knows
+nothing of tether). So each calling process gets one keeper, started on its
+first job as ``python -S -m tether.keeper CALLER_PID`` in a session of its
+own, and for every job the keeper forks a *job keeper*:
+
+- the job keeper is PR_SET_CHILD_SUBREAPER and starts the job, so the leader
+  is its child and every orphan the job makes (``setsid`` + double fork,
+  ``env -i``, a daemon that made itself non-dumpable or overwrote its
+  environment) re-parents to it instead of init: the descendant walk from it
+  (the subreaper tracker with its pid) is the whole job, readable or not;
+- it reaps the leader and hands its status to the caller, and reaps every
+  adopted orphan that exits;
+- it is the job's watchdog: it holds a pidfd on the caller (inherited from
+  the keeper, which proved the caller by parentage) and, if the caller dies
+  before saying ``done``, terminates the job from its journal record with the
+  recorded policy, walking its own subtree (see :mod:`tether.recovery`).
+
+One keeper interpreter per caller, a fork per job: the per-job cost is a fork
+of a small, warmed process instead of a new interpreter (issue 14 item 6).
+
+The keeper is the caller's child, and the caller trusts nothing it did not
+start: the channels are socketpairs made before the spawn and reachable by
+no one else (job processes get none of them: close_fds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+#: What a caller writes to a job keeper once the job is over.
+KEEPER_DONE = b"done"
+_HEADER = struct.Struct("!I")
+#: A request carries argv and a whole environment: bounded all the same.
+_MAX_MESSAGE = 64 << 20
+#: How long poll() waits for a job keeper's status once the leader's pidfd
+#: says it exited (the keeper sends it on SIGCHLD, within microseconds).
+_STATUS_GRACE = 5.0
+#: The status of a leader whose job keeper died before it could send one.
+STATUS_LOST = 255
+
+
+def _say(message: str, fd: int = 2) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, f"tether keeper: {message}\n".encode(errors="replace"))
+
+
+# -- framing: a length, then a pickle; fds ride on the first bytes ------------
+
+
+def send_message(sock: socket.socket, obj: object, fds: Sequence[int] = ()) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    frame = _HEADER.pack(len(data)) + data
+    sent = socket.send_fds(sock, [frame], list(fds)) if fds else sock.send(frame)
+    if sent < len(frame):
+        sock.sendall(frame[sent:])
+
+
+def recv_message(sock: socket.socket, maxfds: int = 0) -> tuple[Any, list[int]] | None:
+    """One message and the fds that came with it; None at EOF."""
+    if maxfds:
+        head, fds, _flags, _addr = socket.recv_fds(sock, _HEADER.size, maxfds)
+    else:
+        head, fds = sock.recv(_HEADER.size), []
+    if not head:
+        return None
+    try:
+        while len(head) < _HEADER.size:
+            more = sock.recv(_HEADER.size - len(head))
+            if not more:
+                raise EOFError
+            head += more
+        (size,) = _HEADER.unpack(head)
+        if size > _MAX_MESSAGE:
+            raise EOFError
+        body = bytearray()
+        while len(body) < size:
+            chunk = sock.recv(min(size - len(body), 1 << 20))
+            if not chunk:
+                raise EOFError
+            body += chunk
+        return pickle.loads(body), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+# -- the keeper process ------------------------------------------------------
+
+
+def _open_caller(pid: int) -> int | None:
+    """A pidfd on the caller, proven by parentage (see tether.watchdog)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if os.getppid() != pid:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _sigchld_pipe() -> int:
+    """A pipe written on every SIGCHLD (the handler itself does nothing)."""
+    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+    return rfd
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while os.read(fd, 4096):
+            pass
+
+
+def keeper_main(caller_pid: int, control: socket.socket) -> int:
+    from tether._platform.linux import prctl
+
+    os.chdir("/")  # hold no mount busy
+    caller = _open_caller(caller_pid)
+    if caller is None:
+        return 0  # the caller is gone already
+    # Orphans of a job keeper that died re-parent here, not to init.
+    with contextlib.suppress(OSError):
+        prctl.set_child_subreaper(True)
+    chld = _sigchld_pipe()
+    job_keepers: set[int] = set()
+    listening = True
+    while listening or job_keepers:
+        poller = select.poll()
+        poller.register(chld, select.POLLIN)
+        if listening:
+            poller.register(control.fileno(), select.POLLIN)
+        ready = {fd for fd, _ in poller.poll()}
+        if control.fileno() in ready and listening:
+            try:
+                got = recv_message(control, maxfds=8)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                got = None
+            if got is None:
+                # The caller closed its end (it exited): the job keepers see
+                # to their jobs; this process waits for them, then leaves.
+                listening = False
+            else:
+                request, fds = got
+                pid = _fork_job_keeper(request, fds, control, caller, chld)
+                for fd in fds:
+                    os.close(fd)
+                if pid:
+                    job_keepers.add(pid)
+        if chld in ready:
+            _drain(chld)
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if not pid:
+                break
+            job_keepers.discard(pid)
+    return 0
+
+
+def _fork_job_keeper(
+    request: Mapping[str, Any],
+    fds: list[int],
+    control: socket.socket,
+    caller: int,
+    chld: int,
+) -> int:
+    try:
+        pid = os.fork()
+    except OSError as err:
+        if fds:
+            with socket.socket(fileno=os.dup(fds[0])) as job, contextlib.suppress(OSError):
+                send_message(job, ("error", err.errno, err.strerror, None, "OSError"))
+        return 0
+    if pid:
+        return pid
+    # The job keeper. Nothing here may return into the keeper's loop.
+    code = 1
+    try:
+        control.close()
+        os.close(chld)
+        code = _job_keeper(request, fds, caller)
+    except BaseException as err:  # a forked child must never unwind
+        _say(f"job keeper failed: {err!r}")
+    finally:
+        os._exit(code)
+
+
+def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int) -> int:
+    from tether._platform.linux import prctl
+
+    job = socket.socket(fileno=fds[0])
+    cwd_fd, diag = fds[1], fds[2]
+    std = fds[3:6]
+    chld = _sigchld_pipe()
+    try:
+        prctl.set_child_subreaper(True)
+        for res, limits in request["rlimits"]:
+            import resource
+
+            resource.setrlimit(res, limits)
+        os.fchdir(cwd_fd)
+        popen = subprocess.Popen(
+            request["argv"],
+            env=request["env"],
+            stdin=std[0],
+            stdout=std[1],
+            stderr=std[2],
+            start_new_session=request["start_new_session"],
+            close_fds=True,
+            umask=request["umask"],
+            extra_groups=request["extra_groups"],
+        )
+    except OSError as err:
+        send_message(job, ("error", err.errno, err.strerror, err.filename, type(err).__name__))
+        return 1
+    finally:
+        for fd in (cwd_fd, *std):
+            os.close(fd)
+    leader = popen.pid
+    # Our unreaped child: the pidfd is certainly the leader's.
+    pidfd = os.pidfd_open(leader)
+    send_message(
+        job,
+        ("started", leader, _starttime(leader), os.getpid(), _starttime(os.getpid())),
+        [pidfd],
+    )
+    os.close(pidfd)
+    # Popen's own bookkeeping must not reap behind our back (its __del__).
+    popen.returncode = 0
+    return _keep(job, leader, caller, chld, diag, request)
+
+
+def _starttime(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read(4096)
+    return int(data[data.rindex(b")") + 2 :].split()[19])
+
+
+def _keep(
+    job: socket.socket,
+    leader: int,
+    caller: int,
+    chld: int,
+    diag: int,
+    request: Mapping[str, Any],
+) -> int:
+    """Reap and report until the caller says done, or terminate the job if it dies."""
+    received = b""
+    caller_gone = job_closed = False
+    while True:
+        poller = select.poll()
+        poller.register(chld, select.POLLIN)
+        poller.register(job.fileno(), select.POLLIN)
+        poller.register(caller, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll()}
+        if chld in ready:
+            _drain(chld)
+        _reap(job, leader)
+        # The socket first: a caller that said "done" and then exited is
+        # both readable and gone, and must count as done.
+        if job.fileno() in ready:
+            try:
+                chunk = job.recv(64)
+            except OSError:
+                chunk = b""
+            received += chunk
+            if KEEPER_DONE in received:
+                return 0
+            job_closed = not chunk
+        if caller in ready:
+            caller_gone = True
+        if caller_gone or job_closed:
+            return _recover(request, diag, caller_gone)
+
+
+def _reap(job: socket.socket | None, leader: int) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not pid:
+            return
+        if pid == leader and job is not None:
+            with contextlib.suppress(OSError):
+                send_message(job, ("exit", os.waitstatus_to_exitcode(status)))
+
+
+def _recover(request: Mapping[str, Any], diag: int, caller_gone: bool) -> int:
+    """The caller is gone without saying done: terminate the job it left."""
+    if sys.flags.no_site:
+        # Started with -S for a cheap idle; recovery may need site-packages.
+        import site
+
+        site.main()
+    from tether.journal import Journal, JournalProblem
+    from tether.recovery import recover
+
+    job_id = request["job_id"]
+    journal = Journal(request["journal"])
+    why = "died" if caller_gone else "closed its channel to the keeper"
+    try:
+        record = journal.read(job_id)
+        if record is None:
+            return 0  # the caller finished the job first
+        if isinstance(record, JournalProblem):
+            _say(f"cannot recover job {job_id}: {record}", diag)
+            return 1
+        _say(
+            f"caller pid {request['caller']} of job {job_id} {why}; terminating the job "
+            f"with {record.policy_text}",
+            diag,
+        )
+        report = recover(
+            record,
+            journal,
+            reason=f"caller pid {request['caller']} {why}",
+            protected=[os.getpid()],
+            keeper=os.getpid(),
+        )
+    finally:
+        journal.close()
+    if report.complete:
+        _say(f"job {job_id}: {len(report.killed)} member(s) terminated, nothing left", diag)
+        return 0
+    _say(
+        f"job {job_id}: {len(report.survivors)} member(s) survived: "
+        + ", ".join(f"pid {s.pid} ({s.state})" for s in report.survivors)
+        + "; the journal record is kept for `tether reap`",
+        diag,
+    )
+    return 1
+
+
+# -- the caller's side -------------------------------------------------------
+
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The environment the keeper itself runs with: no more than it needs (it
+#: outlives any one job, so it must not carry a job's or a test's markers),
+#: but an outer job's cookie, so that a tether supervising this caller finds it.
+_KEEPER_ENV = ("PATH", "TETHER_JOB_ID", "LANG", "LC_ALL")
+
+
+class _KeeperClient:
+    """This process's keeper: started on first use, again after a fork or its death."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner = 0
+        self._pid = 0
+        self._control: socket.socket | None = None
+
+    def _start(self) -> socket.socket:
+        if self._control is not None:
+            self._control.close()
+        if self._pid and self._owner == os.getpid():
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._pid, os.WNOHANG)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {k: os.environ[k] for k in _KEEPER_ENV if k in os.environ}
+        flags = []
+        if os.path.isdir(_PACKAGE_PARENT):
+            # -S skips site (tens of ms of .pth files on some installs);
+            # tether is found through PYTHONPATH instead.
+            flags = ["-S"]
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p
+            )
+        elif "PYTHONPATH" in os.environ:
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self._pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, *flags, "-m", "tether.keeper", str(os.getpid())],
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, theirs.fileno(), 0),
+                    (os.POSIX_SPAWN_DUP2, devnull, 1),
+                    (os.POSIX_SPAWN_DUP2, devnull, 2),
+                ],
+                # Its own session: a Ctrl-C on the caller's terminal must not
+                # take the keeper (and every job's watchdog) down with it.
+                setsid=True,
+            )
+        finally:
+            os.close(devnull)
+            theirs.close()
+        self._owner = os.getpid()
+        self._control = ours
+        return ours
+
+    @property
+    def pid(self) -> int:
+        return self._pid if self._owner == os.getpid() else 0
+
+    def request(self, request: Mapping[str, Any], fds: Sequence[int]) -> None:
+        with self._lock:
+            control = self._control if self._owner == os.getpid() else None
+            if control is None:
+                control = self._start()
+            try:
+                send_message(control, request, fds)
+            except OSError:
+                # The keeper died (someone killed it): a new one takes over.
+                send_message(self._start(), request, fds)
+
+
+_client = _KeeperClient()
+
+
+def _umask() -> int | None:
+    """This process's umask, read without changing it (os.umask would set it
+    to 0 for a moment, under the feet of the caller's other threads)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f.read(1 << 16).splitlines():
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _rlimits() -> list[tuple[int, tuple[int, int]]]:
+    import resource
+
+    return [
+        (getattr(resource, name), resource.getrlimit(getattr(resource, name)))
+        for name in dir(resource)
+        if name.startswith("RLIMIT_")
+    ]
+
+
+class KeptPopen(subprocess.Popen[Any]):
+    """A :class:`subprocess.Popen` whose child is started by this process's
+    keeper (its job keeper's child, not ours): pipes, text mode and
+    communicate() are Popen's own; the status comes from the job keeper."""
+
+    _job: socket.socket
+    _request: dict[str, Any]
+    _leader_pidfd: int
+    keeper_pid: int
+    keeper_starttime: int
+    leader_starttime: int
+    # Popen's own (private, stable since 3.3): declared for the type checker.
+    _waitpid_lock: threading.Lock
+    _close_pipe_fds: Callable[..., None]
+
+    def __init__(self, request: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        self._request = request
+        self._leader_pidfd = -1
+        self._lost = False
+        super().__init__(*args, **kwargs)
+
+    def _execute_child(
+        self,
+        args: Any,
+        executable: Any,
+        preexec_fn: Any,
+        close_fds: bool,
+        pass_fds: Sequence[int],
+        cwd: Any,
+        env: Any,
+        startupinfo: Any,
+        creationflags: int,
+        shell: bool,
+        p2cread: int,
+        p2cwrite: int,
+        c2pread: int,
+        c2pwrite: int,
+        errread: int,
+        errwrite: int,
+        restore_signals: bool,
+        gid: Any,
+        gids: Any,
+        uid: Any,
+        umask: int,
+        start_new_session: bool,
+        process_group: Any,
+    ) -> None:
+        assert not pass_fds and preexec_fn is None and executable is None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        cwd_fd = os.open(cwd if cwd is not None else ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            request = dict(self._request)
+            request.update(
+                argv=list(args),
+                env=env,
+                start_new_session=start_new_session,
+                extra_groups=gids,
+                umask=_umask() if umask < 0 else umask,
+                rlimits=_rlimits(),
+                caller=os.getpid(),
+            )
+            if request["umask"] is None:
+                request["umask"] = -1
+            # -1: inherit ours, as a forked child would.
+            std = [fd if fd != -1 else n for n, fd in enumerate((p2cread, c2pwrite, errwrite))]
+            _client.request(request, [theirs.fileno(), cwd_fd, 2, *std])
+        finally:
+            os.close(cwd_fd)
+            theirs.close()
+            self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+        got = recv_message(ours, maxfds=1)
+        if got is None:
+            ours.close()
+            raise OSError(0, "tether's keeper process exited before starting the job")
+        reply, fds = got
+        if reply[0] == "error":
+            ours.close()
+            _kind, errno_num, strerror, filename, name = reply
+            exc = {"FileNotFoundError": FileNotFoundError, "PermissionError": PermissionError}
+            raise exc.get(name, OSError)(errno_num, strerror, filename)
+        _kind, self.pid, self.leader_starttime, self.keeper_pid, self.keeper_starttime = reply
+        self._leader_pidfd = fds[0]
+        self._job = ours
+        self._child_created = True
+
+    @property
+    def leader_pidfd(self) -> int:
+        return self._leader_pidfd
+
+    def _take_status(self, timeout: float | None) -> bool:
+        """Read the job keeper's status message (waiting up to ``timeout``)."""
+        if self._lost:
+            r, _, _ = select.select([self._leader_pidfd], [], [], timeout)
+            if r:
+                self.returncode = STATUS_LOST
+            return bool(r)
+        r, _, _ = select.select([self._job.fileno()], [], [], timeout)
+        if not r:
+            return False
+        try:
+            got = recv_message(self._job)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            got = None
+        if got is None:
+            # The job keeper is gone (killed): the status went with it.
+            self._lost = True
+            return self._take_status(0)
+        message, _fds = got
+        if message[0] == "exit":
+            self.returncode = int(message[1])
+            return True
+        return False
+
+    def _internal_poll(self, _deadstate: Any = None, *args: Any, **kwargs: Any) -> int | None:
+        if self.returncode is None and self._waitpid_lock.acquire(False):
+            try:
+                if self.returncode is None and not self._take_status(0):
+                    # The leader has exited: its status is on its way.
+                    r, _, _ = select.select([self._leader_pidfd], [], [], 0)
+                    if r:
+                        self._take_status(_STATUS_GRACE)
+            finally:
+                self._waitpid_lock.release()
+        return self.returncode
+
+    def _wait(self, timeout: float | None) -> int:
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            with self._waitpid_lock:
+                if self.returncode is None:
+                    self._take_status(left)
+        return self.returncode
+
+    def release(self) -> None:
+        """The job is over (or given up): the job keeper may leave."""
+        if self._leader_pidfd >= 0:
+            with contextlib.suppress(OSError):
+                self._job.sendall(KEEPER_DONE)
+            self._job.close()
+            os.close(self._leader_pidfd)
+            self._leader_pidfd = -1
+
+
+def keeper_available() -> bool:
+    from tether._platform import HAS_PIDFD, HAS_SUBREAPER
+
+    return HAS_PIDFD and HAS_SUBREAPER and hasattr(os, "pidfd_open")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or not argv[0].isdigit():
+        _say("usage: python -m tether.keeper CALLER_PID")
+        return 2
+    # The control socket came as fd 0: move it away and put /dev/null there,
+    # so a job given a closed stdin gets /dev/null, not the channel.
+    control = socket.socket(fileno=os.dup(0))
+    os.set_inheritable(control.fileno(), False)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return keeper_main(int(argv[0]), control)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
