@@ -15,6 +15,7 @@ nothing outside it sees the bind mount.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -250,6 +251,16 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
     def stop(self) -> None:
         self.stop_slurm()
         self._stop("munged")
+        # slurmd leaves its (empty) slurm_<node> cgroup behind under cgroup/v1.
+        root = cgroup_v1_root()
+        for controller in ("freezer", "cpuset") if root is not None else ():
+            top = Path(root) / controller / f"slurm_{self.node}"
+            for d in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if d.is_dir():
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+            with contextlib.suppress(OSError):
+                top.rmdir()
 
     def run(self, *argv: str, user: pwd.struct_passwd | None = None, check: bool = True) -> str:
         cmd = list(argv)
