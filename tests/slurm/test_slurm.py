@@ -46,7 +46,7 @@ def test_the_nodes_only_job_leaves_nothing(lab: Lab) -> None:
     # slurmd drops a successful Epilog's output: the record is the log file.
     log_file = lab.cluster.decisions
     wait_for(
-        lambda: log_file.exists() and "event=done" in log_file.read_text(), 60, "the epilog's record"
+        lambda: log_file.exists() and "event=done" in log_file.read_text(), 60, "the record"
     )
     log = lab.cluster.decisions.read_text()
     assert "command=epilog job=1" in log or "command=epilog" in log
