@@ -45,9 +45,7 @@ def test_the_nodes_only_job_leaves_nothing(lab: Lab) -> None:
     wait_for(lambda: gone(lab, *names), 60, "every process the job left")
     # slurmd drops a successful Epilog's output: the record is the log file.
     log_file = lab.cluster.decisions
-    wait_for(
-        lambda: log_file.exists() and "event=done" in log_file.read_text(), 60, "the record"
-    )
+    wait_for(lambda: log_file.exists() and "event=done" in log_file.read_text(), 60, "the record")
     log = lab.cluster.decisions.read_text()
     assert "command=epilog job=1" in log or "command=epilog" in log
     assert log.count("event=stray") >= 1 and "action=killed" in log, log
