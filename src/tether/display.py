@@ -10,11 +10,14 @@ scripts parse. Colour follows https://no-color.org: any non-empty
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from tether.report import MemberRecord, Report, oneline
+from tether.report import MemberRecord, Report
+from tether.sanitize import oneline
+from tether.sanitize import visible as v
 
 if TYPE_CHECKING:
     from tether.terminate import Progress
@@ -29,6 +32,11 @@ BLUE = "34"
 MAGENTA = "35"
 CYAN = "36"
 CLEAR_TO_EOL = "\x1b[K"
+_SGR = re.compile(r"\x1b\[[0-9;]*m")
+#: Columns COMMAND keeps in the report table before FOUND BY gives way.
+MIN_COMMAND = 16
+#: Below this width the report table and the progress line take their short forms.
+NARROW = 80
 
 #: /proc/PID/stat state letter -> (word, colour) (proc(5)).
 STATES: dict[str, tuple[str, str | None]] = {
@@ -94,6 +102,39 @@ class Paint:
         plain = ",".join(names)
         painted = ",".join(self(n, TRACKER_COLOURS.get(n)) for n in names)
         return painted + " " * max(0, width - len(plain))
+
+
+def visible_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: its length without SGR escapes."""
+    return len(_SGR.sub("", text))
+
+
+def fold(line: str, width: int) -> list[str]:
+    """``line`` broken at spaces into lines of at most ``width`` columns (SGR
+    escapes take none); continuations are indented two more than ``line``.
+
+    A terminal wraps a long line at its last column, mid-word: this breaks
+    it first, between words. A single word longer than a line stays whole.
+    """
+    if visible_width(line) <= width:
+        return [line]
+    body = line.lstrip(" ")
+    indent = " " * (len(line) - len(body) + 2)
+    out: list[str] = []
+    current = line[: len(line) - len(body)]
+    used = len(current)
+    fresh = True  # nothing but the indent on the current line
+    for word in body.split(" "):
+        size = visible_width(word)
+        if not fresh and used + 1 + size > width:
+            out.append(current)
+            current, used, fresh = indent + word, len(indent) + size, False
+            continue
+        current += word if fresh else " " + word
+        used += size if fresh else 1 + size
+        fresh = False
+    out.append(current)
+    return out
 
 
 def _box(stream: TextIO) -> tuple[str, str, str]:
@@ -171,29 +212,41 @@ def plain_tree_lines(rows: Sequence[Row]) -> list[str]:
 # -- reports -------------------------------------------------------------------
 
 
-def _how(m: MemberRecord) -> tuple[str, str | None]:
+def _how(m: MemberRecord, narrow: bool = False) -> tuple[str, str | None]:
     if m.outcome == "killed":
-        return f"killed by {m.ended_by or '?'}", RED if m.ended_by == "KILL" else YELLOW
+        by = v(m.ended_by or "?")[:16]
+        return f"by {by}" if narrow else f"killed by {by}", RED if m.ended_by == "KILL" else YELLOW
     if m.outcome == "exited":
-        return "exited by itself", GREEN
-    return m.outcome.upper(), f"{BOLD};{RED}"
+        return "exited" if narrow else "exited by itself", GREEN
+    return v(m.outcome.upper())[:16], f"{BOLD};{RED}"
+
+
+def _found_cell(paint: Paint, names: Sequence[str], width: int) -> str:
+    """FOUND BY in ``width`` columns: coloured names, or cut with "..." (uncoloured)."""
+    text = ",".join(names)
+    if len(text) <= width:
+        return paint.trackers(names, width)
+    return text[: max(0, width - 3)] + "..."
 
 
 def report_table(report: Report, paint: Paint, width: int = 100) -> str:
-    """The report as a table for a terminal; survivors stand out.
+    """The report as a table for a terminal ``width`` columns wide; survivors stand out.
 
     The same facts as :meth:`Report.render_text`, laid out for reading
     rather than parsing (that one stays the stable text for pipes and logs).
+    No line reaches the last column (a terminal wraps there, mid-word): a
+    member row is one line (on a narrow terminal HOW IT ENDED is shortened
+    and FOUND BY cut before COMMAND falls below MIN_COMMAND columns), and
+    every other line is folded between words.
     """
+    width = max(20, width - 1)
+    narrow = width < NARROW
     lines = [
-        f"tether: job {paint(report.job_id, BOLD)} terminated ({report.reason}) "
-        f"with policy {report.policy}",
+        # Every field may come from a remote agent: shown through the sanitiser.
+        f"tether: job {paint(v(report.job_id), BOLD)} terminated ({v(report.reason)}) "
+        f"with policy {v(report.policy)}",
     ]
-    verdict = (
-        paint("tree confirmed empty by the kernel", GREEN)
-        if report.complete
-        else paint("NOT confirmed empty", f"{BOLD};{RED}")
-    )
+    verdict = paint(report.verdict, GREEN if report.complete else f"{BOLD};{RED}")
     survivors = len(report.survivors)
     lines.append(
         f"  {len(report.members)} member(s), {len(report.killed)} killed, "
@@ -201,43 +254,52 @@ def report_table(report: Report, paint: Paint, width: int = 100) -> str:
         + f", {report.duration:.3f}s: {verdict}"
     )
     if report.members:
-        found_width = max([8, *(len(",".join(m.found_by)) for m in report.members)])
+        members = sorted(report.members, key=lambda m: (m.start_time, m.pid))
+        found = [[v(n) for n in m.found_by] for m in members]
+        hows = [_how(m, narrow) for m in members]
+        whens = ["-" if m.ended_at is None else f"{m.ended_at:.3f}s" for m in members]
+        how_head = "HOW" if narrow else "HOW IT ENDED"
+        pid_w = max(3, *(len(str(m.pid)) for m in members))
+        how_w = max(len(how_head), *(len(h) for h, _ in hows))
+        when_w = max(4, *(len(w) for w in whens))
+        found_w = max(8, *(len(",".join(f)) for f in found))
+        fixed = 2 + pid_w + 2 + 2 + how_w + 2 + when_w + 2
+        # FOUND BY gives way first: a wrapped row is unreadable, a cut list is not.
+        found_w = max(8, min(found_w, width - fixed - MIN_COMMAND))
+        room = max(1, width - fixed - found_w)
         lines.append("")
         head = (
-            f"  {'PID':>7}  {'FOUND BY':<{found_width}}  {'HOW IT ENDED':<16}  {'WHEN':>8}  COMMAND"
+            f"  {'PID':>{pid_w}}  {'FOUND BY':<{found_w}}  {how_head:<{how_w}}  "
+            f"{'WHEN':>{when_w}}  COMMAND"
         )
         lines.append(paint(head, BOLD))
-        room = max(20, width - (2 + 7 + 2 + found_width + 2 + 16 + 2 + 8 + 2))
-        for m in sorted(report.members, key=lambda m: (m.start_time, m.pid)):
-            how, colour = _how(m)
-            when = "-" if m.ended_at is None else f"{m.ended_at:.3f}s"
-            row = (
-                f"  {m.pid:>7}  {paint.trackers(m.found_by, found_width)}  "
-                f"{paint.pad(how, colour, 16)}  {when:>8}  {oneline(m.cmdline, room)}"
+        for m, names, (how, colour), when in zip(members, found, hows, whens, strict=True):
+            lines.append(
+                f"  {m.pid:>{pid_w}}  {_found_cell(paint, names, found_w)}  "
+                f"{paint.pad(how, colour, how_w)}  {when:>{when_w}}  {oneline(m.cmdline, room)}"
             )
-            lines.append(row)
         lines.append("")
     for s in report.survivors:
         lines.append(
             paint(f"  SURVIVOR pid {s.pid}", f"{BOLD};{RED}")
-            + f" state {STATES.get(s.state, (s.state, None))[0]} ({s.state}), "
-            f"wchan {s.wchan or '-'}: {s.reason}"
+            + f" state {STATES.get(s.state, (v(s.state), None))[0]} ({v(s.state)}), "
+            f"wchan {v(s.wchan or '-')}: {v(s.reason)}"
         )
     for n, step in enumerate(report.steps):
         lines.append(
-            f"  {'steps:' if n == 0 else '':<6} {paint.pad(step.signal, BOLD, 4)} at "
+            f"  {'steps:' if n == 0 else '':<6} {paint.pad(v(step.signal), BOLD, 4)} at "
             f"{step.started_at:.3f}s: signalled {step.signalled}, {step.left_after} left "
-            f"after {step.duration:.3f}s" + (f" (froze by {step.froze})" if step.froze else "")
+            f"after {step.duration:.3f}s" + (f" (froze by {v(step.froze)})" if step.froze else "")
         )
-    used = [t.name for t in report.trackers if t.used]
+    used = [v(t.name) for t in report.trackers if t.used]
     lines.append("  trackers: " + (paint.trackers(used) if used else "none"))
     for t in report.trackers:
         if not t.used:
-            lines.append(paint(f"    not used: {t.name} ({t.reason})", DIM))
-    lines.extend(f"  caveat: {c}" for c in report.caveats)
+            lines.append(paint(f"    not used: {v(t.name)} ({v(t.reason)})", DIM))
+    lines.extend(f"  caveat: {v(c)}" for c in report.caveats)
     if report.kill_script:
-        lines.append(f"  kill script: {report.kill_script}")
-    return "\n".join(lines)
+        lines.append(f"  kill script: {v(report.kill_script)}")
+    return "\n".join(part for line in lines for part in fold(line, width))
 
 
 def render_report(report: Report, stream: TextIO) -> str:
@@ -280,15 +342,18 @@ class ProgressLine:
     def __call__(self, p: Progress) -> None:
         if self._clock() - self.started < self.after:
             return
-        text = (
-            f"tether: step {p.step}/{p.steps} {p.signal}: {p.members_left} member(s) left, "
-            f"{p.grace_left:.1f}s of grace left"
+        signal, left = self.paint(p.signal, BOLD), self.paint(str(p.members_left), YELLOW)
+        forms = (
+            f"tether: step {p.step}/{p.steps} {signal}: {left} member(s) left, "
+            f"{p.grace_left:.1f}s of grace left",
+            f"tether: {p.step}/{p.steps} {signal}: {left} left, {p.grace_left:.1f}s grace",
+            f"{p.step}/{p.steps} {signal} {left} {p.grace_left:.0f}s",
         )
-        painted = (
-            f"tether: step {p.step}/{p.steps} {self.paint(p.signal, BOLD)}: "
-            f"{self.paint(str(p.members_left), YELLOW)} member(s) left, "
-            f"{p.grace_left:.1f}s of grace left"
-        )
+        # A line that reaches the last column wraps, and "\r" then redraws
+        # only its second half: the first form that fits in width - 1 columns.
+        room = width_of(self.stream) - 1
+        painted = next((f for f in forms if visible_width(f) <= room), forms[-1])
+        text = _SGR.sub("", painted)
         self._write("\r" + painted + self._erase(len(text)))
         self.drawn = len(text)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import resource
@@ -28,12 +29,13 @@ from tether.errors import (
 )
 from tether.identity import Identity
 from tether.journal import JobRecord, Journal, new_record
+from tether.keeper import KeptPopen, keeper_available
 from tether.membership import Membership, _raise_fd_limit
-from tether.policy import Policy
+from tether.policy import MAX_POLL_MS, Policy
 from tether.process import ProcessHandle, ProcessInfo, read_process
 from tether.report import Report, oneline
 from tether.spec import Arg, JobSpec, Leftovers, command_args
-from tether.supervise import SignalInbox, supervise
+from tether.supervise import EXIT_LEFTOVERS, SignalInbox, supervise
 from tether.terminate import Member, Progress, terminate
 from tether.tracking.base import TrackerStatus
 from tether.tracking.cookie import COOKIE_VAR, new_cookie
@@ -76,6 +78,16 @@ _dedicated_jobs: set[str] = set()
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Watchdogs told their job is over, not yet reaped (they exit on their own).
 _released_watchdogs: set[int] = set()
+#: How long a dedicated supervisor waits for its watchdog to exit after DONE
+#: (it exits within milliseconds): leaving first would leave it a zombie of
+#: init's — forever in a container whose PID 1 does not reap.
+_WATCHDOG_EXIT_WAIT = 2.0
+#: The report's caveat for ``foreground`` jobs.
+FOREGROUND_CAVEAT = (
+    "foreground: the job shares tether's session and process group (the terminal's), so "
+    "the session tracker was not used; a member that left the job's cgroup (or, without "
+    "one, re-parented away from tether and cleared its environment) is not found"
+)
 
 
 def _spawn_watchdog(args: Sequence[str], stdin: int) -> int:
@@ -106,6 +118,30 @@ def _spawn_watchdog(args: Sequence[str], stdin: int) -> int:
         )
     finally:
         os.close(devnull)
+
+
+def _wait_watchdog_exit(pid: int, timeout: float) -> None:
+    """Wait (bounded) for our child ``pid`` to exit; it stays unreaped."""
+    try:
+        # Our unreaped child: its pid cannot have been reused.
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # reaped already (a dedicated supervisor reaps every child)
+    except (OSError, AttributeError):
+        # No pidfds: look at it a few times instead.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                    return
+            except ChildProcessError:
+                return
+            time.sleep(0.01)
+        return
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
 
 
 def _reap_released_watchdogs() -> None:
@@ -261,6 +297,7 @@ class JobOptions(TypedDict, total=False):
     restartable: bool
     tag_gid: int | None
     leftovers: Leftovers
+    fail_on_leftovers: bool
     shell: bool
     stdin: _Stream
     stdout: _Stream
@@ -514,12 +551,35 @@ class Job:
                     raise UsageError("only one job at a time may use a dedicated supervisor")
                 _dedicated_jobs.add(self.id)
         try:
+            # A library job is started by a keeper that is its subreaper
+            # and its watchdog (tether.keeper); `tether run` is both itself.
+            use_keeper = (
+                watchdog
+                and journal is not False
+                and not dedicated_supervisor
+                and not spec.foreground
+                and not pass_fds
+                and keeper_available()
+            )
             sel = select_trackers(
-                spec.trackers, self.id, dedicated=dedicated_supervisor, tag_gid=spec.tag_gid
+                spec.trackers,
+                self.id,
+                dedicated=dedicated_supervisor,
+                tag_gid=spec.tag_gid,
+                keeper=use_keeper,
             )
         except BaseException:
             _dedicated_jobs.discard(self.id)
             raise
+        if spec.foreground:
+            # The job's session and process group are the terminal's (the
+            # shell's): tracking them would take in the shell itself.
+            sel.statuses = [
+                TrackerStatus("session", False, "foreground: the job keeps the terminal's session")
+                if s.name == "session"
+                else s
+                for s in sel.statuses
+            ]
         self._selection = sel
         self._journal: Journal | None = None
         self._record: JobRecord | None = None
@@ -528,7 +588,7 @@ class Job:
         if journal is not False:
             self._journal = journal if isinstance(journal, Journal) else Journal.default()
             try:
-                self._start_journal(spec.restartable, watchdog)
+                self._start_journal(spec.restartable, watchdog and not use_keeper)
             except BaseException:
                 self._cleanup_failed_start()
                 raise
@@ -537,7 +597,12 @@ class Job:
             self.argv, base_env, sel.cgroup.procs_file if sel.cgroup is not None else None
         )
         try:
-            self._popen = subprocess.Popen(
+            spawn: Any = subprocess.Popen
+            if use_keeper:
+                assert self._journal is not None
+                keep = {"job_id": self.id, "journal": self._journal.directory}
+                spawn = functools.partial(KeptPopen, keep)
+            self._popen: subprocess.Popen[Any] = spawn(
                 exec_argv,
                 env=base_env,
                 cwd=spec.cwd,
@@ -548,7 +613,10 @@ class Job:
                 encoding=encoding,
                 errors=errors,
                 pass_fds=pass_fds,
-                start_new_session=True,
+                # foreground: as `timeout --foreground`, the job stays in the
+                # terminal's foreground process group, so /dev/tty, Ctrl-C and
+                # Ctrl-Z reach it (and tether) directly.
+                start_new_session=not spec.foreground,
                 close_fds=True,
                 # The tag survives setsid, double forks and env -i; only
                 # CAP_SETGID can drop it (SGE's ENABLE_ADDGRP_KILL).
@@ -563,9 +631,19 @@ class Job:
         except BaseException:
             self._cleanup_failed_start()
             raise
-        self.pid = self._popen.pid
+        self.pid: int = self._popen.pid
         # Our unreaped child: its pid cannot be reused, so this cannot fail.
-        handle = ProcessHandle.open(self.pid)
+        handle: ProcessHandle | None
+        if isinstance(self._popen, KeptPopen):
+            # The keeper's child, reaped by it: held by the pidfd it opened.
+            kept = self._popen
+            handle = ProcessHandle(self.pid, kept.leader_starttime, os.dup(kept.leader_pidfd))
+            sel.keeper_pid = kept.keeper_pid
+            if self._record is not None:
+                keeper = Identity(kept.keeper_pid, kept.keeper_starttime)
+                self._record = replace(self._record, watchdog=keeper)
+        else:
+            handle = ProcessHandle.open(self.pid)
         assert handle is not None
         self._leader = handle
         leader = Identity(self.pid, handle.starttime)
@@ -573,7 +651,7 @@ class Job:
             self._record = replace(
                 self._record,
                 leader=leader,
-                sid=self.pid,
+                sid=None if spec.foreground else self.pid,
                 not_before=handle.starttime,
                 state="running",
                 members=(leader,),
@@ -589,6 +667,8 @@ class Job:
         )
         if self._watchdog_pid:
             self._membership.protect([self._watchdog_pid])
+        if sel.keeper_pid is not None:
+            self._membership.protect([sel.keeper_pid])
         self._wake_fd = wake_fd
         if logs.enabled(logs.INFO, _LOG):
             used = [s.name for s in sel.statuses if s.used]
@@ -670,6 +750,9 @@ class Job:
                     self._write_record()
             self._journal.close()
             self._record = None
+        popen = getattr(self, "_popen", None)
+        if isinstance(popen, KeptPopen):
+            popen.release()  # after the record is gone: the job keeper may leave
         if self._watchdog_pipe >= 0:
             with contextlib.suppress(OSError):
                 os.write(self._watchdog_pipe, WATCHDOG_DONE)
@@ -677,6 +760,9 @@ class Job:
             self._watchdog_pipe = -1
         if self._watchdog_pid:
             _released_watchdogs.add(self._watchdog_pid)
+            if self._dedicated:
+                # `tether run` exits next: reap the watchdog first (bounded).
+                _wait_watchdog_exit(self._watchdog_pid, _WATCHDOG_EXIT_WAIT)
             self._watchdog_pid = 0
         _reap_released_watchdogs()
 
@@ -859,7 +945,9 @@ class Job:
                 return None
             if not pollable:
                 left = 0.05 if left is None else min(left, 0.05)
-            events = poller.poll(None if left is None else max(1, int(left * 1000 + 0.999)))
+            # Clamped to poll's int milliseconds; a longer wait loops.
+            ms = None if left is None else min(MAX_POLL_MS, max(1, int(left * 1000 + 0.999)))
+            events = poller.poll(ms)
             if any(fd == self._wake_fd or fd in also for fd, _ in events):
                 return self._note_leader(self._popen.poll())
 
@@ -920,6 +1008,8 @@ class Job:
             finally:
                 self._membership.close()
                 self._leader.close()
+            if self.spec.foreground:
+                report = replace(report, caveats=(*report.caveats, FOREGROUND_CAVEAT))
             cg = self._selection.cgroup
             if cg is not None and report.complete:
                 cg.remove()
@@ -991,7 +1081,9 @@ def run(
     left when the leader exits are waited for (until the timeout) instead.
 
     Raises:
-        JobFailedError: ``check`` and the leader's status is not 0.
+        JobFailedError: ``check`` and the leader's status is not 0; or
+            ``check`` and ``fail_on_leftovers`` and members were still running
+            when the leader exited (returncode 123, as ``tether run``'s).
         JobTimeoutError: ``check`` and the timeout expired.
     """
     if input is not None:
@@ -1029,6 +1121,9 @@ def run(
     if check and done.timed_out:
         assert spec.timeout is not None
         raise JobTimeoutError(args, spec.timeout, done.stdout, done.stderr, done.report)
+    if check and outcome.leftovers:
+        # fail_on_leftovers: the leak fails the run as `tether run` exits 123.
+        raise JobFailedError(EXIT_LEFTOVERS, args, done.stdout, done.stderr, done.report)
     if check:
         done.check_returncode()
     return done

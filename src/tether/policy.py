@@ -77,7 +77,21 @@ def parse_duration(text: str, *, bare_number_unit: str | None = "s") -> float:
         pos = m.end()
     if not math.isfinite(total):
         raise PolicyError(f"bad duration {text!r}: too large")
+    check_duration(total, text)
     return total
+
+
+#: The longest duration tether accepts (24 days, documented): a wait is a
+#: poll(2), whose int milliseconds end at 2**31 - 1 (24.8 days); the loops
+#: clamp each poll to :data:`MAX_POLL_MS` and wait again.
+MAX_DURATION = 24 * 86400.0
+MAX_POLL_MS = 2**31 - 1
+
+
+def check_duration(seconds: float, text: object) -> None:
+    """Raise PolicyError for a duration longer than :data:`MAX_DURATION`."""
+    if seconds > MAX_DURATION:
+        raise PolicyError(f"bad duration {text!r}: at most 24d (a longer wait overflows poll)")
 
 
 def format_duration(seconds: float) -> str:

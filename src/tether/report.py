@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from tether import sanitize
 from tether.errors import TetherError
 from tether.tracking.base import TrackerStatus
 
@@ -31,14 +32,19 @@ class MalformedReportError(TetherError, ValueError):
 
 
 def oneline(text: str, width: int) -> str:
-    """A command line fit for one row: control characters shown as spaces."""
-    return " ".join(_printable(text).split())[:width]
+    """A command line fit for one row: control characters escaped visibly."""
+    return sanitize.oneline(text, width)
+
+
+def _cut(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending in "..." when cut."""
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _printable(text: str) -> str:
     # Text from a remote host or /proc may hold escape sequences, newlines or
-    # lone surrogates: none of them reaches a terminal.
-    return "".join(c if c.isprintable() else " " for c in text)
+    # lone surrogates: none of them reaches a terminal (tether.sanitize).
+    return sanitize.visible(text)
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,16 @@ class Report:
     steps: tuple[StepRecord, ...] = ()
     caveats: tuple[str, ...] = field(default=())
     kill_script: str | None = None
+    #: What proved the tree empty (None when it was not), e.g. "the kernel
+    #: (cgroup populated 0)" or "a process-table rescan (no pidfds)".
+    confirmed_by: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        """``tree confirmed empty by ...`` naming what proved it, or ``NOT confirmed empty``."""
+        if not self.complete:
+            return "NOT confirmed empty"
+        return f"tree confirmed empty by {_printable(self.confirmed_by or 'the kernel')}"
 
     @property
     def killed(self) -> tuple[MemberRecord, ...]:
@@ -166,6 +182,7 @@ class Report:
             ],
             "caveats": list(self.caveats),
             "kill_script": self.kill_script,
+            "confirmed_by": self.confirmed_by,
         }
 
     @classmethod
@@ -203,6 +220,7 @@ class Report:
             steps=r.each("steps", _step, default=()),
             caveats=r.texts("caveats", default=()),
             kill_script=r.text_or_none("kill_script", default=None),
+            confirmed_by=r.text_or_none("confirmed_by", default=None),
         )
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -216,18 +234,34 @@ class Report:
             f"with policy {p(self.policy)}",
             f"  {len(self.members)} member(s), {len(self.killed)} killed, "
             f"{len(self.survivors)} survivor(s), {self.duration:.3f}s, "
-            + ("tree confirmed empty by the kernel" if self.complete else "NOT confirmed empty"),
+            + self.verdict,
         ]
         if self.members:
-            lines.append(
-                f"  {'PID':>7}  {'OUTCOME':<8} {'BY':<5} {'AT':>8}  {'FOUND BY':<24} COMMAND"
-            )
-            for m in sorted(self.members, key=lambda m: (m.start_time, m.pid)):
-                at = "-" if m.ended_at is None else f"{m.ended_at:.3f}s"
-                lines.append(
-                    f"  {m.pid:>7}  {p(m.outcome):<8} {p(m.ended_by or '-'):<5} {at:>8}  "
-                    f"{p(','.join(m.found_by)):<24} {oneline(m.cmdline, 80)}"
+            # Columns as wide as their widest cell (pipes and logs have no
+            # width to fill), FOUND BY cut with "..." past 32: a row never
+            # shifts the next column.
+            head = ("PID", "OUTCOME", "BY", "AT", "FOUND BY")
+            cells = [
+                (
+                    str(m.pid),
+                    p(m.outcome)[:16],
+                    p(m.ended_by or "-")[:16],
+                    "-" if m.ended_at is None else f"{m.ended_at:.3f}s",
+                    _cut(p(",".join(m.found_by)), 32),
+                    oneline(m.cmdline, 80),
                 )
+                for m in sorted(self.members, key=lambda m: (m.start_time, m.pid))
+            ]
+            w = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+            lines.append(
+                f"  {head[0]:>{w[0]}}  {head[1]:<{w[1]}} {head[2]:<{w[2]}} {head[3]:>{w[3]}}  "
+                f"{head[4]:<{w[4]}} COMMAND"
+            )
+            lines.extend(
+                f"  {c[0]:>{w[0]}}  {c[1]:<{w[1]}} {c[2]:<{w[2]}} {c[3]:>{w[3]}}  "
+                f"{c[4]:<{w[4]}} {c[5]}"
+                for c in cells
+            )
         for s in self.survivors:
             lines.append(
                 f"  SURVIVOR pid {s.pid} state {p(s.state)} wchan {p(s.wchan or '-')}: "
@@ -239,6 +273,8 @@ class Report:
                 f"signalled {step.signalled}, {step.left_after} left after {step.duration:.3f}s"
                 + (f" (froze by {p(step.froze)})" if step.froze else "")
             )
+        if self.kill_script:
+            lines.append(f"  kill script: {p(self.kill_script)}")
         lines.append("  trackers: " + "; ".join(p(str(t)) for t in self.trackers))
         lines.extend(f"  caveat: {p(c)}" for c in self.caveats)
         return "\n".join(lines)

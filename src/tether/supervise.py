@@ -6,9 +6,12 @@ with the result; the rules live here once:
 
 - the **deadline** (``JobSpec.timeout``) starts the policy with reason
   ``timeout``;
-- a **forwarded signal** (INT, TERM, HUP, QUIT) starts it; every later one
-  (or a further cancel from a peer) moves the policy on to its next step at
-  once (CI runners send INT, then TERM, then KILL);
+- a **cancel signal** (INT, TERM, HUP, QUIT by default) starts it; every
+  later one (or a further cancel from a peer) moves the policy on to its next
+  step at once (CI runners send INT, then TERM, then KILL);
+- a **passed-on signal** (USR1, USR2, WINCH, and HUP as PID 1: reload,
+  reopen logs, resize) goes to the leader through its verified handle while
+  it runs, as tini and dumb-init do (see :func:`signal_roles`);
 - the **caller's death** starts it as a SIGHUP would;
 - when the leader exits by itself, **leftovers** are terminated, or waited
   for (``leftovers="wait"``: until the tree empties, the deadline, or a
@@ -34,6 +37,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from tether.policy import MAX_POLL_MS
 from tether.report import Report
 from tether.spec import Leftovers
 from tether.terminate import Progress
@@ -44,21 +48,89 @@ if TYPE_CHECKING:
 
 #: Signals that cancel a supervised job, as ``timeout`` forwards them.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+#: Signals passed on to the leader by default: programs reload on HUP (as PID
+#: 1, where nothing hangs up), reopen logs on USR1/USR2, redraw on WINCH. Left
+#: at their default action, USR1/USR2 would kill tether and HUP a container.
+PASSED_ON = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+#: Signals a ``--foreground`` job gets from the terminal itself (it shares the
+#: terminal's process group): tether neither cancels on them nor passes them on.
+FROM_TERMINAL = (signal.SIGINT, signal.SIGQUIT)
 
+EXIT_LEFTOVERS = 123
 EXIT_TIMEOUT = 124
 EXIT_FAILED = 125
+
+
+@dataclass(frozen=True)
+class SignalRoles:
+    """What a supervisor does with each signal it handles.
+
+    Attributes:
+        cancel: start the policy (a further one moves it on a step).
+        forward: passed on to the leader while it runs.
+        absorb: caught and dropped (a handler, not SIG_IGN, so the job does
+            not inherit the disposition): ``--foreground``'s INT and QUIT,
+            which the terminal sends to the job itself.
+    """
+
+    cancel: tuple[int, ...]
+    forward: tuple[int, ...] = ()
+    absorb: tuple[int, ...] = ()
+
+
+def signal_roles(
+    *,
+    forward: frozenset[signal.Signals] = frozenset(),
+    cancel_on: frozenset[signal.Signals] | None = None,
+    foreground: bool = False,
+    pid1: bool | None = None,
+    hup_ignored: bool = False,
+) -> SignalRoles:
+    """The roles of signals for a job (``JobSpec.forward``/``cancel_on``/``foreground``).
+
+    Defaults: INT, TERM, QUIT and HUP cancel; USR1, USR2 and WINCH are passed
+    on. As PID 1 (``pid1``: default ``os.getpid() == 1``, a container's
+    entrypoint) HUP is passed on too: the tini/dumb-init contract (forward,
+    reap, exit with the child's status). A signal named in ``forward`` is
+    passed on; ``cancel_on`` replaces the cancelling set, and a default one it
+    leaves out is passed on. With ``foreground``, INT and QUIT (unless named)
+    are absorbed. With ``hup_ignored`` (started under nohup) HUP, unless
+    named, keeps its SIG_IGN, which the job inherits.
+    """
+    if pid1 is None:
+        pid1 = os.getpid() == 1
+    named = set(forward) | set(cancel_on or ())
+    untouched = {signal.SIGHUP} - named if hup_ignored else set()
+    absorb = set(FROM_TERMINAL) - named if foreground else set()
+    if cancel_on is None:
+        cancel = set(FORWARDED) - {signal.SIGHUP} if pid1 else set(FORWARDED)
+        cancel -= set(forward) | absorb
+    else:
+        cancel = set(cancel_on)
+    passed = (set(PASSED_ON) | set(FORWARDED) | set(forward)) - cancel - absorb
+    return SignalRoles(
+        cancel=tuple(sorted(cancel - untouched)),
+        forward=tuple(sorted(passed - untouched)),
+        absorb=tuple(sorted(absorb)),
+    )
 
 
 class SignalInbox:
     """Signals received while installed, and a pipe that wakes a poll() on each."""
 
     def __init__(self, fileno: int) -> None:
+        #: Cancel signals, in order (they start and advance the policy).
         self.received: list[int] = []
+        #: Signals to pass on to the leader, not yet passed.
+        self.to_forward: list[int] = []
         #: Read end of the wakeup pipe: readable after every signal.
         self.fileno = fileno
 
     def _record(self, signum: int, _frame: object) -> None:
         self.received.append(signum)
+
+    def _pass_on(self, signum: int, _frame: object) -> None:
+        self.to_forward.append(signum)
 
     def count(self, sig: int) -> int:
         return self.received.count(sig)
@@ -69,18 +141,26 @@ class SignalInbox:
 
 
 def _wake_only(_signum: int, _frame: object) -> None:
-    """SIGCHLD: only wakes the loop (through the wakeup fd) to reap orphans."""
+    """SIGCHLD: only wakes the loop (through the wakeup fd) to reap orphans.
+    An absorbed signal: nothing to do."""
 
 
 @contextlib.contextmanager
 def forwarded_signals(
-    signals: tuple[int, ...] = FORWARDED, *, wake_on_child: bool = False
+    signals: tuple[int, ...] = FORWARDED,
+    *,
+    wake_on_child: bool = False,
+    roles: SignalRoles | None = None,
 ) -> Iterator[SignalInbox]:
     """Record ``signals`` in a :class:`SignalInbox` while the block runs.
 
-    Every handler and the wakeup fd are restored on the way out, by an
-    exception too. Main thread only (``signal.signal`` requires it).
+    With ``roles``, its cancel signals are recorded instead, its forward
+    signals queued for the leader and its absorbed ones dropped. Every
+    handler and the wakeup fd are restored on the way out, by an exception
+    too. Main thread only (``signal.signal`` requires it).
     """
+    if roles is not None:
+        signals = roles.cancel
     rfd, wfd = os.pipe()
     inbox = SignalInbox(rfd)
     old: dict[int, signal._HANDLER] = {}
@@ -90,6 +170,10 @@ def forwarded_signals(
             os.set_blocking(fd, False)
         for s in signals:
             old[s] = signal.signal(s, inbox._record)
+        for s in roles.forward if roles is not None else ():
+            old[s] = signal.signal(s, inbox._pass_on)
+        for s in roles.absorb if roles is not None else ():
+            old[s] = signal.signal(s, _wake_only)
         if wake_on_child:
             old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _wake_only)
         old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
@@ -148,6 +232,9 @@ class RunOutcome:
         reason: why the termination started.
         signals: signals the supervisor received, in order.
         error: the termination itself failed (the report is then empty).
+        leftovers: members alive when the leader exited by itself (counted
+            only for ``JobSpec.fail_on_leftovers``, else 0).
+        forwarded: signals passed on to the leader, in order.
     """
 
     report: Report | None
@@ -156,23 +243,42 @@ class RunOutcome:
     reason: str
     signals: tuple[int, ...] = ()
     error: BaseException | None = None
+    leftovers: int = 0
+    forwarded: tuple[int, ...] = ()
 
     @property
     def exit_status(self) -> int:
         """``tether run``'s status, as coreutils ``timeout``."""
+        return self.status()
+
+    def status(self, *, preserve_status: bool = False) -> int:
+        """``tether run``'s status; ``preserve_status`` as ``timeout --preserve-status``."""
         return exit_status(
             self.returncode,
             self.timed_out,
             complete=self.report is not None and self.report.complete and self.error is None,
+            leftovers=self.leftovers > 0,
+            preserve_status=preserve_status,
         )
 
 
-def exit_status(returncode: int | None, timed_out: bool, *, complete: bool) -> int:
-    """124 timed out; 125 members survived (or no status); 128+N killed by N; else rc."""
+def exit_status(
+    returncode: int | None,
+    timed_out: bool,
+    *,
+    complete: bool,
+    leftovers: bool = False,
+    preserve_status: bool = False,
+) -> int:
+    """125 members survived (or no status); 124 timed out (unless
+    ``preserve_status``: the leader's status then); 123 members were left when
+    the leader exited (``fail_on_leftovers``); 128+N killed by N; else rc."""
     if not complete:
         return EXIT_FAILED
-    if timed_out:
+    if timed_out and not preserve_status:
         return EXIT_TIMEOUT
+    if leftovers and not timed_out:
+        return EXIT_LEFTOVERS
     if returncode is None:
         return EXIT_FAILED
     return 128 - returncode if returncode < 0 else returncode
@@ -223,6 +329,7 @@ def supervise(
     caller: ProcessHandle | None = None,
     channel: Channel | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    on_forward: Callable[[int, bool], None] | None = None,
     who: str = "tether",
     clock: Callable[[], float] = time.monotonic,
 ) -> RunOutcome:
@@ -232,11 +339,29 @@ def supervise(
     when the termination failed (``RunOutcome.error``). Waits are event-driven:
     the leader's pidfd, the signal pipe, the caller's pidfd, the channel's fds.
     ``who`` names the supervisor in reasons ("tether received SIGTERM").
+    Signals in ``inbox.to_forward`` are passed on to the leader while it runs
+    (``on_forward(signal, delivered)`` after each); once the termination has
+    started, or the leader is gone, they are dropped.
     """
     deadline = None if timeout is None else clock() + timeout
     timed_out = False
     termination: _Termination | None = None
     leader_exited = False
+    left_behind = 0
+    forwarded: list[int] = []
+
+    def pass_on() -> None:
+        while inbox.to_forward:
+            sig = inbox.to_forward.pop(0)
+            # Through the leader's verified handle (Job.send_signal): once it
+            # has exited, nothing is sent — its pid may be someone else's.
+            delivered = termination is None and job.returncode is None
+            if delivered:
+                job.send_signal(sig)
+                forwarded.append(sig)
+            if on_forward is not None:
+                on_forward(sig, delivered)
+
     linger_until: float | None = None
     signals_at_start = cancels_at_start = 0
 
@@ -268,18 +393,24 @@ def supervise(
             if why is None and leader_exited and leftovers == "wait":
                 # The leader is gone: wait for the rest to exit by itself (the
                 # wait wakes on a signal: the job's wake fd is the inbox's).
-                job.wait_tree(None if deadline is None else max(0.0, deadline - clock()))
+                emptied = job.wait_tree(None if deadline is None else max(0.0, deadline - clock()))
+                pass_on()  # nothing to pass on to: the leader is gone
                 if inbox.received:
                     why = f"{who} received a signal while waiting for leftovers"
                 elif deadline is not None and clock() >= deadline and job.members():
                     timed_out, why = True, "timeout"
-                else:
+                elif emptied or (deadline is not None and clock() >= deadline):
                     why = "leftovers after the leader exited"
+                else:
+                    # Woken by a SIGCHLD (an adopted orphan exited) or a
+                    # passed-on signal: the leftovers are still waited for.
+                    continue
             elif why is None and leader_exited:
                 why = "leftovers after the leader exited"
             elif why is None and deadline is not None and clock() >= deadline:
                 timed_out, why = True, "timeout"
             if why is not None:
+                pass_on()  # what came before the cancel still reaches the leader
                 signals_at_start = len(inbox.received)
                 cancels_at_start = peer_cancels()
                 termination = _Termination(job, why, advances, on_progress)
@@ -314,13 +445,20 @@ def supervise(
         poller = select.poll()
         for fd, events in {**fds, **channel_fds}.items():
             poller.register(fd, events)
-        ready = poller.poll(None if not waits else max(0, int(min(waits) * 1000) + 1))
+        # Clamped to poll's int milliseconds: a longer wait loops (MAX_POLL_MS).
+        ready = poller.poll(
+            None if not waits else min(MAX_POLL_MS, max(0, int(min(waits) * 1000) + 1))
+        )
         if termination is None:
             # Drained *before* looking at what woke us: a signal landing after
             # the checks above leaves its byte for the next poll.
             inbox.drain()
-            if job.returncode is not None:
+            pass_on()
+            if job.returncode is not None and not leader_exited:
                 leader_exited = True
+                if job.spec.fail_on_leftovers:
+                    # Counted now, before they are terminated (or waited for).
+                    left_behind = sum(1 for m in job.members() if m.pid != job.pid)
             # A SIGCHLD: an orphan the subreaper adopted has exited. Reap it
             # now, or zombies pile up for the job's whole life (tether as a
             # container's PID 1 must reap like an init).
@@ -338,4 +476,6 @@ def supervise(
         reason=termination.reason,
         signals=tuple(inbox.received),
         error=termination.error,
+        leftovers=left_behind,
+        forwarded=tuple(forwarded),
     )

@@ -36,7 +36,7 @@ NAMES = ["tether", *COMMANDS]
 #: commands it lists); changing one is an interface change, not a help edit.
 CODES = {
     "tether": ["0", "2"],
-    "run": ["124", "125", "126", "127", "128+N"],
+    "run": ["123", "124", "125", "126", "127", "128+N"],
     "kill": ["0", "1", "2"],
     "ps": ["0", "1", "2"],
     "reap": ["0", "1", "2"],

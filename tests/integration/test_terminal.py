@@ -3,13 +3,17 @@ the same commands piped keep the plain, stable output scripts parse."""
 
 from __future__ import annotations
 
+import fcntl
 import io
+import json
 import os
 import re
 import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from helpers import kill_identity, proc_stat, tether_cmd, wait_for, wait_for_file
-from tether.display import Paint, ProgressLine, report_table
-from tether.report import MemberRecord, Report, Survivor
+from tether.display import Paint, ProgressLine, fold, report_table
+from tether.report import MemberRecord, Report, StepRecord, Survivor
 from tether.terminate import Progress
 from tether.tracking.base import TrackerStatus
 
@@ -38,8 +42,17 @@ def env_with(**extra: str) -> dict[str, str]:
     return env
 
 
+def set_columns(fd: int, columns: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+
+
 def run_in_pty(
-    argv: list[str], env: dict[str, str], *, ready: Path | None = None, signal_after: int = 0
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    ready: Path | None = None,
+    signal_after: int = 0,
+    columns: int | None = None,
 ) -> tuple[int, str]:
     """Run ``argv`` with stdin, stdout and stderr on a pty; its status and all it wrote.
 
@@ -47,6 +60,8 @@ def run_in_pty(
     Reads until EOF, bounded by a deadline.
     """
     master, slave = os.openpty()
+    if columns is not None:
+        set_columns(slave, columns)
     proc = subprocess.Popen(
         argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
     )
@@ -183,7 +198,7 @@ def test_run_on_a_terminal_shows_progress_and_a_table(tmp_path: Path) -> None:
     assert "HOW IT ENDED" in text
     assert len(re.findall(r"killed by KILL", text)) >= 2
     assert "tree confirmed empty by the kernel" in text
-    assert "\x1b[32mtree confirmed empty by the kernel\x1b[0m" in out
+    assert "\x1b[32mtree confirmed empty by the kernel (" in out
 
 
 def test_run_piped_shows_no_progress_and_the_plain_report(tmp_path: Path) -> None:
@@ -204,7 +219,43 @@ def test_run_piped_shows_no_progress_and_the_plain_report(tmp_path: Path) -> Non
     # No progress line; one line as each step starts (for CI logs).
     steps = [line for line in err.splitlines() if line.startswith("tether: terminating job ")]
     assert [line.split(": ")[2].split(",")[0] for line in steps] == ["step 1/2", "step 2/2"]
-    assert "tether: job " in err and " OUTCOME  BY " in err  # Report.render_text's columns
+    assert "tether: job " in err and " OUTCOME " in err  # Report.render_text's columns
+    assert_aligned(err)
+
+
+def assert_aligned(text: str) -> None:
+    """Every row of render_text's member table starts COMMAND where its header says."""
+    lines = text.splitlines()
+    (top,) = [n for n, line in enumerate(lines) if " FOUND BY " in line]
+    column = lines[top].index("COMMAND")
+    rows = [line for line in lines[top + 1 :] if re.match(r"^\s+\d+\s", line)]
+    assert rows, text
+    for row in rows:
+        assert row[column - 1] == " " and row[column] != " ", (column, row)
+        found_by = row[: column - 1].split()[-1]
+        assert row.index(found_by) >= lines[top].index("FOUND BY"), row
+
+
+def test_run_on_a_60_column_terminal_wraps_nothing(tmp_path: Path) -> None:
+    out_json = tmp_path / "report.json"
+    argv = tether_cmd(
+        "run", "--policy", "TERM,3s,KILL", "--json-file", str(out_json), "--",
+        *term_ignoring_job(tmp_path),
+    )  # fmt: skip
+    rc, out = run_in_pty(
+        argv, env_with(), ready=tmp_path / "ready", signal_after=signal.SIGTERM, columns=60
+    )
+    assert rc == 128 + signal.SIGKILL, out
+    text = plain(out)
+    assert "\rtether: step 1/2 TERM: 2 member(s) left, " in text  # 59 columns: it fits
+    # Every line and every redraw of the progress line fits: the terminal
+    # wrapped nothing (and so broke no word).
+    for segment in re.split(r"[\r\n]", text):
+        assert len(segment) < 60, segment
+    members = json.loads(out_json.read_text())["members"]
+    rows = [line for line in text.splitlines() if re.match(r"^\s+\d+\s+\S", line)]
+    assert len(rows) == len(members), text  # one line per member
+    assert "HOW " in text and "by KILL" in text
 
 
 # -- tether ps: the journal listing ---------------------------------------------------
@@ -280,6 +331,70 @@ def test_report_table_highlights_survivors() -> None:
     assert "\x1b" not in text
     assert re.search(r"^\s+1\s+session\s+killed by TERM\s+0\.100s\s+leader$", text, re.M), text
     assert "not used: cgroup (not writable)" in text
+
+
+def a_long_report() -> Report:
+    trackers = ("cgroup", "session", "subreaper", "walk")
+    return Report(
+        job_id="fd6799d4765b7e7b478afccb", reason="timeout", policy="TERM,2s,KILL,5s",
+        started_at=0.0, duration=2.055, complete=True,
+        members=tuple(
+            MemberRecord(1000 + n, float(n), "sh -c 'trap \"\" TERM; while :; do sleep 1; done'",
+                         trackers[: n % 4 + 1], "killed", "KILL" if n % 2 else "TERM",
+                         2.035, ("TERM", "KILL"))
+            for n in range(6)
+        ),
+        steps=(StepRecord("TERM", 0.001, 2.0, 6, 2, 2.020), StepRecord("KILL", 2.021, 5.0, 2, 0, 0.02,
+                                                                   froze="cgroup")),
+        trackers=(TrackerStatus("cgroup", True, "delegated"),
+                  TrackerStatus("cookie", False, "the environment of other users is unreadable")),
+        caveats=("a process that left the cgroup and cleared its environment may have escaped",),
+        confirmed_by="the kernel (cgroup populated 0, every member's pidfd exited)",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("columns", [60, 45])
+def test_report_table_on_a_narrow_terminal(columns: int) -> None:
+    report = a_long_report()
+    narrow = report_table(report, Paint(True), width=columns)
+    lines = plain(narrow).splitlines()
+    assert all(len(line) < columns for line in lines), narrow
+    rows = [line for line in lines if re.match(r"^\s+10\d\d\s", line)]
+    assert len(rows) == len(report.members)
+    # Beyond the table, the same words as on a wide terminal, none broken.
+    wide = plain(report_table(report, Paint(False), width=1000)).splitlines()
+
+    def tail(ls: list[str]) -> list[str]:
+        return " ".join(ls[next(n for n, ln in enumerate(ls) if "steps:" in ln) :]).split()
+
+    assert tail(lines) == tail(wide)
+    assert lines[0].startswith("tether: job fd6799d4765b7e7b478afccb terminated")
+
+
+def test_fold_breaks_between_words_and_ignores_colour() -> None:
+    line = "  steps: \x1b[1mTERM\x1b[0m at 0.001s: signalled 6, 2 left after 2.020s"
+    assert fold(line, 200) == [line]
+    folded = fold(line, 30)
+    assert [plain(part) for part in folded] == [
+        "  steps: TERM at 0.001s:",
+        "    signalled 6, 2 left after",
+        "    2.020s",
+    ]
+    assert fold("x" * 40, 10) == ["x" * 40]  # a word longer than a line stays whole
+
+
+def test_progress_line_on_a_narrow_terminal_takes_a_shorter_form() -> None:
+    master, slave = os.openpty()
+    try:
+        set_columns(slave, 40)
+        with open(slave, "w", closefd=False) as stream:
+            line = ProgressLine(stream, env={"TERM": "xterm"}, after=0.0)
+            line(Progress(1, 2, "TERM", 12, 2.5))
+        written = os.read(master, 4096).decode()
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert plain(written).replace("\r\n", "\n") == "\rtether: 1/2 TERM: 12 left, 2.5s grace"
 
 
 def test_progress_line_on_a_dumb_terminal_erases_with_spaces() -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from tether.errors import PolicyError, UsageError
 from tether.policy import (
     DEFAULT_FINAL_WAIT,
+    MAX_DURATION,
     KillScript,
     Policy,
     Step,
@@ -293,7 +294,7 @@ def _policies(graces: st.SearchStrategy[float]) -> st.SearchStrategy[Policy]:
 
 
 @settings(max_examples=300)
-@given(_policies(st.integers(0, 10**7).map(float)))
+@given(_policies(st.integers(0, int(MAX_DURATION)).map(float)))
 def test_str_round_trip_property_whole_seconds(p: Policy) -> None:
     assert Policy.parse(str(p)) == p
 
@@ -301,7 +302,7 @@ def test_str_round_trip_property_whole_seconds(p: Policy) -> None:
 # A failing Hypothesis test imports libcst to suggest a patch; libcst warns.
 @pytest.mark.filterwarnings("ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning")
 @settings(max_examples=500, derandomize=True)
-@given(_policies(st.integers(0, 10**10).map(lambda ms: ms / 1000)))
+@given(_policies(st.integers(0, int(MAX_DURATION * 1000)).map(lambda ms: ms / 1000)))
 def test_str_round_trip_property_ms_precision(p: Policy) -> None:
     assert Policy.parse(str(p)) == p
 
@@ -316,7 +317,14 @@ def test_format_duration_keeps_milliseconds_of_long_durations() -> None:
 
 
 def test_format_duration_output_always_parses() -> None:
-    parse_duration(format_duration(67363358.46))
+    parse_duration(format_duration(2063358.46))
+
+
+def test_durations_past_what_poll_can_wait_are_refused() -> None:
+    # --timeout 25d crashed after the job had started (poll's int overflow).
+    assert parse_duration("24d") == MAX_DURATION
+    with pytest.raises(PolicyError, match="at most 24d"):
+        parse_duration("25d")
 
 
 @pytest.mark.parametrize(

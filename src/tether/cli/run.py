@@ -3,7 +3,8 @@
 Exit status follows coreutils ``timeout``: 124 timed out, 125 tether itself
 failed (bad input, or members survived the policy), 126 the command is not
 executable, 127 not found, 128+N the leader was killed by signal N, else the
-leader's own status.
+leader's own status; 123 with --fail-on-leftovers when members outlived the
+leader.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ if TYPE_CHECKING:
 _RUN_EPILOG = """\
 \b
 EXIT STATUS (the command's own status, except):
+  123  --fail-on-leftovers: members were still running when the
+       leader exited (they were terminated, or waited for)
   124  timed out: --timeout expired and the tree was terminated
+       (with --preserve-status: the command's status instead)
   125  tether itself failed: bad input (including a bad option before
        run), or members survived the policy
   126  the command was found but is not executable
@@ -81,8 +85,43 @@ EXIT STATUS (the command's own status, except):
     is_flag=True,
     help="Mark the job restartable in the journal (tether reap names such jobs).",
 )
+@click.option(
+    "--forward",
+    metavar="SIGS",
+    help="Signals passed on to the command instead of cancelling the job, besides "
+    "USR1,USR2,WINCH (and HUP when tether is PID 1), e.g. HUP,TERM.",
+)
+@click.option(
+    "--cancel-on",
+    metavar="SIGS",
+    help="Signals that start the policy (default INT,TERM,HUP,QUIT; as PID 1 "
+    "INT,TERM,QUIT); the default ones left out are passed on. 'none': no signal cancels.",
+)
+@click.option(
+    "--foreground",
+    is_flag=True,
+    help="Let the command keep the terminal (as timeout --foreground): /dev/tty, Ctrl-C "
+    "and Ctrl-Z reach it, and Ctrl-C does not cancel the job. No session tracking.",
+)
+@click.option(
+    "--preserve-status",
+    is_flag=True,
+    help="Exit with the command's status even when --timeout expired (as timeout).",
+)
+@click.option(
+    "--fail-on-leftovers",
+    is_flag=True,
+    help="Exit 123 if members were still running when the command exited "
+    "(they are terminated as usual): fails a CI step that leaks processes.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the report on stderr.")
-@click.option("-v", "--verbose", is_flag=True, help="Print the report even when nothing was left.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Print a line on stderr as each step of the policy is sent (also on a terminal) "
+    "and each signal passed on, and the report even when nothing was left.",
+)
 @with_remote_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
@@ -95,6 +134,11 @@ def run(
     outlive_caller: bool,
     tag_gid: int | None,
     restartable: bool,
+    forward: str | None,
+    cancel_on: str | None,
+    foreground: bool,
+    preserve_status: bool,
+    fail_on_leftovers: bool,
     quiet: bool,
     verbose: bool,
     **remote: Any,
@@ -103,19 +147,31 @@ def run(
     whole tree is terminated with the policy.
 
     INT, TERM, HUP or QUIT sent to tether start the policy on the whole tree;
-    a second INT skips to the last step. So does the exit of the process that
-    started tether (its caller: a CI agent, a scheduler), unless
-    --outlive-caller. If tether itself is killed, its watchdog terminates the
-    job; if both are, `tether reap` does. stdin, stdout and stderr pass through.
+    each further one moves it on to its next step at once. USR1, USR2 and
+    WINCH are passed on to the command (and HUP too when tether is PID 1, as
+    tini does). The exit of the process that started tether (its caller: a
+    CI agent, a scheduler) starts the policy too, unless --outlive-caller or
+    tether was started with SIGHUP ignored (nohup). If tether itself is
+    killed, its watchdog terminates the job; if both are, `tether reap` does.
+    stdin, stdout and stderr pass through.
     """
     flags = {
         **policy_flags,
         "run.timeout": timeout_text,
         "run.trackers": trackers,
         "run.wait_leftovers": wait_leftovers or None,
+        "run.forward": forward,
+        "run.cancel_on": cancel_on,
+        "run.fail_on_leftovers": fail_on_leftovers or None,
     }
     if wants_remote(remote):
         flags.update(remote_flags(remote))
+        for given, flag in (
+            (forward, "--forward"), (cancel_on, "--cancel-on"), (foreground, "--foreground"),
+            (preserve_status, "--preserve-status"), (fail_on_leftovers, "--fail-on-leftovers"),
+        ):  # fmt: skip
+            if given:
+                fail(f"{flag} is not supported with --host/-w", EXIT_FAILED)
     config = configured(flags)
     from tether.spec import JobSpec
 
@@ -127,6 +183,10 @@ def run(
         restartable=restartable,
         tag_gid=tag_gid,
         leftovers="wait" if config["run.wait_leftovers"] else "terminate",
+        forward=config["run.forward"],
+        cancel_on=None if config["run.cancel_on"] == "auto" else config["run.cancel_on"],
+        foreground=foreground,
+        fail_on_leftovers=config["run.fail_on_leftovers"],
     )
     if wants_remote(remote):
         from tether.cli._remote import run_remote
@@ -141,7 +201,11 @@ def run(
             **remote,
         )
     outcome = _supervised(
-        spec, outlive_caller=outlive_caller, quiet=quiet, json_on_stdout=json_file == "-"
+        spec,
+        outlive_caller=outlive_caller,
+        quiet=quiet,
+        verbose=verbose,
+        json_on_stdout=json_file == "-",
     )
     report = outcome.report
     assert report is not None  # a failed termination raised in _supervised
@@ -157,40 +221,62 @@ def run(
             + ", ".join(f"pid {s.pid} ({s.state})" for s in report.survivors),
             EXIT_FAILED,
         )
-    sys.exit(outcome.exit_status)
+    if outcome.leftovers and not quiet:
+        rc = outcome.returncode
+        click.echo(
+            f"tether: {outcome.leftovers} member(s) were still running when the command "
+            f"exited (status {rc if rc is None or rc >= 0 else 128 - rc}): "
+            "--fail-on-leftovers",
+            err=True,
+        )
+    sys.exit(outcome.status(preserve_status=preserve_status))
 
 
 def _supervised(
-    spec: JobSpec, *, outlive_caller: bool, quiet: bool, json_on_stdout: bool = False
+    spec: JobSpec,
+    *,
+    outlive_caller: bool,
+    quiet: bool,
+    verbose: bool = False,
+    json_on_stdout: bool = False,
 ) -> RunOutcome:
     """Run ``spec`` with tether as its dedicated supervisor, until it is over.
 
     With ``--json`` the report is tether's stdout, so the job's stdout goes
     to tether's stderr: the document is never mixed with the job's output.
     """
-    from tether.caller import open_caller
+    from tether.caller import hangup_ignored, open_caller
     from tether.job import Job
-    from tether.supervise import forwarded_signals, supervise
+    from tether.supervise import forwarded_signals, signal_roles, supervise
 
     with contextlib.ExitStack() as stack:
+        # Before any handler is installed: nohup's SIG_IGN is read here.
+        roles = signal_roles(
+            forward=spec.forward,
+            cancel_on=spec.cancel_on,
+            foreground=spec.foreground,
+            hup_ignored=hangup_ignored(),
+        )
         caller = None if outlive_caller else open_caller()
         if caller is not None:
             stack.callback(caller.close)
-        inbox = stack.enter_context(forwarded_signals(wake_on_child=True))
+        inbox = stack.enter_context(forwarded_signals(wake_on_child=True, roles=roles))
         stdout = sys.stderr.fileno() if json_on_stdout else None
         job = stack.enter_context(
             Job(spec, stdout=stdout, dedicated_supervisor=True, wake_fd=inbox.fileno)
         )
-        progress = progress_line(quiet)
+        progress = None if verbose else progress_line(quiet)
         if progress is not None:
             stack.callback(progress.clear)
+        lines = _StepLines(job.id, job.pid)
         outcome = supervise(
             job,
             inbox=inbox,
             timeout=spec.timeout,
             leftovers=spec.leftovers,
             caller=caller,
-            on_progress=progress if progress is not None or quiet else _StepLines(job.id),
+            on_progress=progress if progress is not None or (quiet and not verbose) else lines,
+            on_forward=lines.forwarded if verbose else None,
         )
         if outcome.error is not None:
             raise outcome.error
@@ -198,13 +284,26 @@ def _supervised(
 
 
 class _StepLines:
-    """Piped stderr (a CI log): one line the moment each step of a termination
-    starts, as ``timeout -v`` says when it signals, not only the report after
-    the grace."""
+    """Piped stderr (a CI log) or --verbose: one line the moment each step of a
+    termination starts, as ``timeout -v`` says when it signals, not only the
+    report after the grace; with --verbose, one per signal passed on."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, leader: int) -> None:
         self.job_id = job_id
+        self.leader = leader
         self.step = 0
+
+    def forwarded(self, sig: int, delivered: bool) -> None:
+        from tether.supervise import signal_label
+
+        text = (
+            f"passed {signal_label(sig)} on to the command (pid {self.leader})"
+            if delivered
+            else f"{signal_label(sig)} not passed on: the command has exited"
+        )
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"tether: job {self.job_id}: {text}\n")
+            sys.stderr.flush()
 
     def __call__(self, progress: Progress) -> None:
         if progress.step == self.step:
