@@ -132,8 +132,8 @@ def _drive(
                 new = new[1:]
                 for run in active:
                     run.cancel(cancel_reason)
-            if any(s == signal.SIGINT for s in new):
-                # A second INT: every host skips to the policy's last step.
+            if new:
+                # Every further signal: every host moves on to its next step.
                 for run in active:
                     run.cancel(cancel_reason)
         if cancel_reason is not None:
