@@ -610,3 +610,20 @@ def test_piped_run_says_when_the_termination_starts(tmp_path: Path) -> None:
         rest = proc.communicate(timeout=LIVENESS)[1]
     assert proc.returncode == 124
     assert "step 2/2, KILL sent to" in rest
+
+
+def test_odd_policy_orders_are_warned_about_never_silently() -> None:
+    done = subprocess.run(
+        tether_cmd("run", "--policy", "KILL,1s,TERM", "--", "true"),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (
+        "tether: warning: policy KILL,1s,TERM,5s: KILL in step 1 ends every member" in done.stderr
+    )
+    bare = subprocess.run(
+        tether_cmd("run", "--policy", "TERM,10,KILL", "--", "true"),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bare.returncode == 125
+    assert bare.stderr.count("\n") == 1 and "write 10s for a grace" in bare.stderr

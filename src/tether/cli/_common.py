@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from tether.config import EffectiveConfig
     from tether.display import ProgressLine
+    from tether.policy import Policy
 
 # -- exit statuses -----------------------------------------------------------------
 # Each command's --help ends with the EXIT STATUS block it documents (the man
@@ -100,6 +101,15 @@ def parse_pid(text: str) -> int:
 
 
 # -- flags over configuration ------------------------------------------------------
+
+
+def termination_policy(config: EffectiveConfig) -> Policy:
+    """The policy ``run`` and ``kill`` apply; odd orders are said on stderr
+    (allowed, never silently: KILL before TERM, or no KILL at the end)."""
+    policy = config.policy_for_run()
+    for warning in policy.warnings:
+        click.echo(f"tether: warning: {warning}", err=True)
+    return policy
 
 
 def configured(flags: Mapping[str, object], *, config_file: str | None = None) -> EffectiveConfig:

@@ -12,6 +12,7 @@ from tether.cli._common import (
     configured,
     parse_pid,
     progress_line,
+    termination_policy,
     with_policy_options,
     write_json,
 )
@@ -52,7 +53,7 @@ def kill(
     """
     if (pid is None) == (gid is None):
         raise UsageError("give either a PID or --gid GID")
-    policy = configured(policy_flags).policy_for_run()
+    policy = termination_policy(configured(policy_flags))
     if gid is not None:
         from tether.job import kill_gid
 

@@ -20,6 +20,7 @@ from tether.cli._common import (
     configured,
     fail,
     progress_line,
+    termination_policy,
     with_policy_options,
     write_json,
 )
@@ -177,7 +178,7 @@ def run(
 
     spec = JobSpec(
         argv=command,
-        policy=config.policy_for_run(),
+        policy=termination_policy(config),
         trackers=config["run.trackers"],
         timeout=config["run.timeout"],
         restartable=restartable,
