@@ -46,9 +46,9 @@ def test_the_nodes_only_job_leaves_nothing(lab: Lab) -> None:
     # slurmd drops a successful Epilog's output: the record is the log file.
     log_file = lab.cluster.decisions
     wait_for(lambda: log_file.exists() and "event=done" in log_file.read_text(), 60, "the record")
-    log = lab.cluster.decisions.read_text()
-    assert "command=epilog job=1" in log or "command=epilog" in log
-    assert log.count("event=stray") >= 1 and "action=killed" in log, log
+    log = log_file.read_text()
+    if lab.cluster.plugin != "cgroup":  # under proctrack/cgroup Slurm emptied the job cgroup
+        assert "event=stray action=killed" in log, log
 
 
 def test_two_jobs_of_one_user_the_other_survives(lab: Lab) -> None:
