@@ -211,7 +211,14 @@ def test_engine_from_the_configuration_file_and_the_flag_wins(
 
 @pytest.mark.parametrize(
     "asked",
-    [{"tag_gid": 4711}, {"env": {"A": "1"}}, {"cwd": "/"}, {"leftovers": "wait"}],
+    [
+        {"tag_gid": 4711},
+        {"env": {"A": "1"}},
+        {"cwd": "/"},
+        {"leftovers": "wait"},
+        {"foreground": True},
+        {"fail_on_leftovers": True},
+    ],
 )
 def test_shell_encoding_refuses_what_the_agent_cannot_do(asked: dict[str, object]) -> None:
     with pytest.raises(ShellEngineError, match="needs the Python engine"):

@@ -322,6 +322,18 @@ class _Runner:
 
         try:
             spec = JobSpec.from_wire(self.spec)
+            # Never weaker than asked: what this agent does not do is refused
+            # (the local CLI refuses these with --host before anything starts).
+            for asked, what in (
+                (spec.foreground, "--foreground"),
+                (bool(spec.forward) or spec.cancel_on is not None, "--forward/--cancel-on"),
+                (spec.fail_on_leftovers, "--fail-on-leftovers"),
+            ):
+                if asked:
+                    message = {"message": f"{what} is not supported on a remote host",
+                               "exit_code": 125}  # fmt: skip
+                    _write_all(self.out, json_frame(ERROR, message))
+                    return 0
             if spec.env is None:
                 spec = spec.evolve(env=self.env)
         except TetherError as err:

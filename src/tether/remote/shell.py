@@ -94,6 +94,9 @@ def encode_run(spec: JobSpec) -> bytes:
         (spec.env is not None, "an explicit environment"),
         (spec.cwd is not None, "a working directory"),
         (spec.leftovers != "terminate", "waiting for leftovers"),
+        (spec.foreground, "--foreground"),
+        (bool(spec.forward) or spec.cancel_on is not None, "--forward/--cancel-on"),
+        (spec.fail_on_leftovers, "--fail-on-leftovers"),
     ):
         if asked:
             raise ShellEngineError(f"{what} needs the Python engine on the host")
