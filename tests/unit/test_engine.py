@@ -403,7 +403,9 @@ def test_resume_continues_a_started_step_without_sending_it_again(clock: FakeClo
     p = target.add(dies_on={})
     steps: list[tuple[int, float]] = []
 
-    report = run(target, "TERM,10s,KILL", resume=(0, 4.0), on_step=lambda i, t: steps.append((i, t)))
+    report = run(
+        target, "TERM,10s,KILL", resume=(0, 4.0), on_step=lambda i, t: steps.append((i, t))
+    )
 
     assert received(p) == [(KILL, pytest.approx(6.0))]
     assert [s.signal for s in report.steps] == ["TERM", "KILL"]
