@@ -302,7 +302,7 @@ def test_prune_and_epilog(stray: tuple[pwd.struct_passwd, int]) -> None:
     assert {s["pid"]: s["outcome"] for s in pruned["strays"]}.get(pid) == "would kill"
 
     env = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_JOB_UID": str(user.pw_uid)}
-    ended = run_json("epilog", "--dry-run", *scope, env=env)
+    ended = run_json("epilog", "--dry-run", "--force", *scope, env=env)  # --batch none
     validate("epilog", ended)
     validate("prune", ended)
     assert ended["epilog"]["job_id"] == "4242" and ended["epilog"]["whole_user"] is True
