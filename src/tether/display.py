@@ -263,21 +263,23 @@ def report_table(report: Report, paint: Paint, width: int = 100) -> str:
         how_w = max(len(how_head), *(len(h) for h, _ in hows))
         when_w = max(4, *(len(w) for w in whens))
         found_w = max(8, *(len(",".join(f)) for f in found))
-        fixed = 2 + pid_w + 2 + 2 + how_w + 2 + when_w + 2
+        gap = " " if narrow else "  "
+        fixed = 2 + pid_w + how_w + when_w + 4 * len(gap)
         # FOUND BY gives way first: a wrapped row is unreadable, a cut list is not.
         found_w = max(8, min(found_w, width - fixed - MIN_COMMAND))
         room = max(1, width - fixed - found_w)
         lines.append("")
-        head = (
-            f"  {'PID':>{pid_w}}  {'FOUND BY':<{found_w}}  {how_head:<{how_w}}  "
-            f"{'WHEN':>{when_w}}  COMMAND"
-        )
+        head = gap.join(
+            (f"  {'PID':>{pid_w}}", f"{'FOUND BY':<{found_w}}", f"{how_head:<{how_w}}",
+             f"{'WHEN':>{when_w}}", "COMMAND")
+        )  # fmt: skip
         lines.append(paint(head, BOLD))
         for m, names, (how, colour), when in zip(members, found, hows, whens, strict=True):
-            lines.append(
-                f"  {m.pid:>{pid_w}}  {_found_cell(paint, names, found_w)}  "
-                f"{paint.pad(how, colour, how_w)}  {when:>{when_w}}  {oneline(m.cmdline, room)}"
-            )
+            cells = (
+                f"  {m.pid:>{pid_w}}", _found_cell(paint, names, found_w),
+                paint.pad(how, colour, how_w), f"{when:>{when_w}}", oneline(m.cmdline, room),
+            )  # fmt: skip
+            lines.append(gap.join(cells))
         lines.append("")
     for s in report.survivors:
         lines.append(
