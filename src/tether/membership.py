@@ -411,6 +411,11 @@ class Membership:
         self._handles[member] = handle
         return member
 
+    def namespace_inits(self, members: Sequence[Member]) -> list[Member]:
+        from tether._platform import is_pid_namespace_init
+
+        return [m for m in members if is_pid_namespace_init(m.pid, m.starttime)]
+
     def live(self) -> list[Member]:
         return [m for m in self._by_identity.values() if m.alive]
 

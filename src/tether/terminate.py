@@ -83,6 +83,10 @@ class Target(Protocol):
 
     def send(self, member: Member, sig: int) -> Delivery: ...
 
+    def namespace_inits(self, members: Sequence[Member]) -> list[Member]:
+        """The members that are the init of a PID namespace nested in ours."""
+        ...
+
     def kill_all(self) -> set[Member]:
         """SIGKILL atomically where the kernel allows (cgroup.kill); the members covered."""
         ...
@@ -246,6 +250,19 @@ def _wait_until(
             return False
 
 
+def _wait_gone(
+    target: Target,
+    clock: Clock,
+    members: Sequence[Member],
+    deadline: float,
+    stop: Callable[[], bool],
+) -> None:
+    """Wait until these members have exited, ``deadline`` passes, or ``stop()``."""
+    while any(m.alive for m in members) and clock() < deadline and not stop():
+        if target.wait_empty(max(0.0, min(deadline - clock(), RESCAN_MAX))):
+            return
+
+
 @dataclass(frozen=True)
 class _Where:
     """Which step is running, for progress and log records."""
@@ -363,6 +380,13 @@ def _run_step(
             # wait on.
             if first.tree_delay > 0 and any(m.alive for m in leaders):
                 _wait_until(target, clock, clock() + first.tree_delay, moved_on)
+        inits = target.namespace_inits(present) if present else []
+        if inits:
+            # An init's exit makes the kernel SIGKILL its whole namespace: the
+            # processes inside get the signal, and time to act on it, first.
+            rest = [m for m in present if m not in inits]
+            sent += _deliver(target, rest, sig, done, clock, notes)
+            _wait_gone(target, clock, rest, clock() + step.grace / 2, moved_on)
         sent += _deliver(target, present, sig, done, clock, notes)
 
     deadline = clock() + grace

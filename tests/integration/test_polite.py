@@ -165,3 +165,46 @@ def test_trap_cleanup_runs_to_its_end_under_tether_run(tmp_path: Path) -> None:
             proc.wait()
     assert (tmp_path / "cleaned").exists(), f"the cleanup's sleep was TERMed: {err}"
     assert proc.returncode in (128 + 15, 0), err
+
+
+NS_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    marks = sys.argv[1]
+    def on_term(signum, frame):
+        time.sleep(0.5)  # cleanup that takes a moment
+        open(os.path.join(marks, "cleaned"), "w").close()
+        os._exit(0)
+    signal.signal(signal.SIGTERM, on_term)
+    open(os.path.join(marks, "ready"), "w").close()
+    while True:
+        time.sleep(3600)
+    """
+)
+
+
+def _unshare_pid_works() -> bool:
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        return False
+    probe = subprocess.run([unshare, "--pid", "--fork", "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_pid_works(), reason="needs root and unshare --pid")
+@pytest.mark.parametrize("trackers", MODES)
+def test_inside_a_pid_namespace_the_init_is_signalled_last(tmp_path: Path, trackers: str) -> None:
+    # The init's exit would SIGKILL the namespace mid-cleanup: the process
+    # inside gets TERM first and finishes before its init is signalled.
+    child = tmp_path / "child.py"
+    child.write_text(NS_CHILD)
+    init = f'trap \'exit 0\' TERM; "{sys.executable}" "{child}" "{tmp_path}" & wait'
+    argv = ["unshare", "--pid", "--fork", "sh", "-c", init]
+    job = tether.start(argv, policy=PATIENT, trackers=trackers)
+    try:
+        wait_for((tmp_path / "ready").exists, what="the namespace's child")
+    finally:
+        report = job.cancel("test")
+    assert (tmp_path / "cleaned").exists(), "the namespace's init was signalled first"
+    assert report.complete
+    assert [s.signal for s in report.steps] == ["TERM"]

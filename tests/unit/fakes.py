@@ -68,6 +68,7 @@ class FakeProc:
     kill_delay: float = 0.0
     denied: bool = False
     is_leader: bool = False
+    ns_init: bool = False  # the init of a PID namespace: its exit kills the namespace
     appears_at: float = float("-inf")
     exits_at: float | None = None
     # state
@@ -323,6 +324,10 @@ class FakeTarget:
                 )
             )
         return out
+
+    def namespace_inits(self, members: Sequence[Member]) -> list[Member]:
+        inits = {id(p.member) for p in self.procs if p.ns_init and p.member is not None}
+        return [m for m in members if id(m) in inits]
 
     def run_kill_script(self, argv: Sequence[str], timeout: float) -> tuple[bool, str]:
         live = [m.pid for m in self.members if m.alive]

@@ -802,3 +802,33 @@ def test_engine_logs_steps_signals_and_survivors(
     assert signalled == {(stuck.pid, "TERM"), (ok.pid, "TERM"), (stuck.pid, "KILL")}
     warnings = [f for level, _, f in events if level == "WARNING"]
     assert [(f["pid"], f["state"]) for f in warnings] == [(stuck.pid, "D")]
+
+
+# -- PID namespaces ------------------------------------------------------------
+
+
+def test_a_namespace_init_is_signalled_after_the_rest_has_acted(clock: FakeClock) -> None:
+    # An init's exit SIGKILLs its namespace: the processes inside get TERM
+    # and finish their handlers (0.5 s) before the init is signalled.
+    target = FakeTarget(clock, cgroup=False)
+    init = target.add(ns_init=True, dies_on={TERM: 0.0})
+    inner = target.add(dies_on={TERM: 0.5})
+
+    report = run(target, "TERM,10s,KILL")
+
+    assert received(inner) == [(TERM, 0.0)]
+    ((sig, t),) = received(init)
+    assert sig == TERM and 0.5 <= t <= 0.5 + RESCAN_MAX
+    assert record(report, inner.pid).ended_by == "TERM"
+    assert report.complete and [s.signal for s in report.steps] == ["TERM"]
+
+
+def test_a_namespace_init_waits_at_most_half_the_grace(clock: FakeClock) -> None:
+    target = FakeTarget(clock, cgroup=False)
+    init = target.add(ns_init=True, dies_on={TERM: 0.0})
+    target.add(dies_on={})  # ignores TERM inside the namespace
+
+    run(target, "TERM,10s,KILL")
+
+    assert received(init)[0][0] == TERM
+    assert 5.0 <= received(init)[0][1] <= 5.0 + RESCAN_MAX

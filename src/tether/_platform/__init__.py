@@ -59,6 +59,7 @@ class Backend(Protocol):
     def read_process(self, pid: int, fields: Collection[str]) -> ProcessInfo | None: ...
     def snapshot(self, fields: Collection[str]) -> dict[int, ProcessInfo]: ...
     def read_environ(self, pid: int, starttime: int) -> bytes | None: ...
+    def is_pid_namespace_init(self, pid: int, starttime: int) -> bool: ...
     def own_starttime(self) -> int: ...
     def starttime_to_epoch(self, starttime: int) -> float: ...
     def boot_id(self) -> str: ...
@@ -101,6 +102,7 @@ HAS_PIDFD = _impl.HAS_PIDFD
 read_process = _impl.read_process
 snapshot = _impl.snapshot
 read_environ = _impl.read_environ
+is_pid_namespace_init = _impl.is_pid_namespace_init
 own_starttime = _impl.own_starttime
 starttime_to_epoch = _impl.starttime_to_epoch
 boot_id = _impl.boot_id
@@ -121,6 +123,7 @@ __all__ = [
     "has_exited",
     "open_process",
     "own_starttime",
+    "is_pid_namespace_init",
     "read_environ",
     "read_process",
     "send_signal",

@@ -64,6 +64,10 @@ def read_environ(pid: int, starttime: int) -> bytes | None:
     return None  # HAS_ENVIRON is False: the cookie tracker does not run here
 
 
+def is_pid_namespace_init(pid: int, starttime: int) -> bool:
+    return False  # PID namespaces are Linux's
+
+
 def _starttime_of(pid: int) -> int | None:
     try:
         return int(psutil.Process(pid).create_time() * 1e9)

@@ -90,6 +90,26 @@ def read_environ(pid: int, starttime: int) -> bytes | None:
         return None
 
 
+def is_pid_namespace_init(pid: int, starttime: int) -> bool:
+    """Is this process the init (pid 1) of a PID namespace nested in ours?
+
+    Its ``NSpid:`` line lists its pid in each namespace, outermost first; the
+    last is 1 for an init. False for a process that is gone or unreadable.
+    """
+    try:
+        with procfs.ProcDir(pid) as d:
+            if d.stat().starttime != starttime:
+                return False
+            status = d.read("status")
+    except (procfs.ProcessGone, OSError):
+        return False
+    for line in status.splitlines():
+        if line.startswith(b"NSpid:"):
+            levels = line.split()[1:]
+            return len(levels) > 1 and levels[-1] == b"1"
+    return False
+
+
 def own_starttime() -> int:
     return procfs.own_starttime()
 
