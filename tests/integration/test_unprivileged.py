@@ -191,3 +191,24 @@ def test_kill_reports_a_member_it_may_not_signal(
         if leader.poll() is None:
             os.killpg(leader.pid, signal.SIGKILL)
         leader.wait()
+
+
+def test_a_tracker_asked_for_by_name_that_cannot_work_is_an_error(
+    user: pwd.struct_passwd, user_tether: list[str]
+) -> None:
+    # Before, as a user `--trackers cgroup` tracked nothing: the leftovers kept
+    # running and the report said "confirmed empty by the kernel".
+    done = subprocess.run(
+        as_user(user, [*user_tether, "run", "--trackers", "cgroup", "--", "true"]),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 125
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("tether: tracker cgroup was asked for but cannot be used: ")
+    assert "--trackers auto" in lines[0]
+    auto = subprocess.run(
+        as_user(user, [*user_tether, "run", "--trackers", "session,walk", "--", "true"]),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert auto.returncode == 0, auto.stderr
