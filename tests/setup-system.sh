@@ -15,6 +15,10 @@ fi
 if [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing="$missing python3-venv"
 fi
+# tests/integration/test_keeper.py: real daemons under tether.start() (ssh-agent,
+# gpg-agent: both non-dumpable).
+command -v ssh-agent >/dev/null 2>&1 || missing="$missing openssh-client"
+command -v gpg-agent >/dev/null 2>&1 || missing="$missing gnupg"
 # tests/integration/test_forwarding.py compares tether as PID 1 with tini;
 # test_foreground.py drives --foreground through a tmux pane (a real pty).
 for tool in tini tmux; do

@@ -1,0 +1,262 @@
+"""Library jobs get a keeper (tether.keeper): real daemons that hide from the
+cookie and the session — ssh-agent and gpg-agent (non-dumpable: their environ is
+unreadable even to their own user), a setproctitle-style daemon (its environ
+area overwritten) and an `env -i` double fork — leave nothing under
+tether.start(), as root and as an unprivileged user, and the report is complete
+only when that is true.
+
+Without the keeper (``watchdog=False``: the old in-process spawn) the same jobs
+leave every one of these daemons running, reported complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import (
+    SRC,
+    as_user,
+    ensure_unprivileged_user,
+    is_root,
+    kill_identity,
+    proc_stat,
+    read_identity,
+    user_python,
+    wait_for,
+)
+from tether._platform.linux import procfs
+
+#: Run as the job owner: start the job, wait for its leader, wait for the
+#: daemon to be ready, then end the job and print what the report says.
+LIBRARY = r"""
+import json, os, sys, time
+import tether
+argv, ready = json.loads(sys.argv[1]), sys.argv[2]
+with tether.start(argv, policy="TERM,3s,KILL", stdout=open(os.devnull, "w")) as job:
+    job.wait()
+    deadline = time.monotonic() + 20
+    while not os.path.exists(ready) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    was_ready = os.path.exists(ready)
+    report = job.cancel()
+print(json.dumps({
+    "ready": was_ready,
+    "complete": report.complete,
+    "members": [m.cmdline for m in report.members],
+    "survivors": [s.pid for s in report.survivors],
+    "trackers": [str(t) for t in report.trackers],
+}))
+"""
+
+#: A daemon that renames itself the way setproctitle does: it writes its title
+#: over the argv and environ area (here through /proc/self/mem, as
+#: prctl(PR_SET_MM) would need CAP_SYS_RESOURCE), so neither its cookie nor its
+#: command line survive. It double-forks out of the job's session first.
+RETITLED = r"""
+import os, sys, time
+mark = sys.argv[1]
+if os.fork():
+    os._exit(0)
+os.setsid()
+if os.fork():
+    os._exit(0)
+with open("/proc/self/stat", "rb") as f:
+    fields = f.read().rsplit(b")", 1)[1].split()
+arg_start, arg_end, env_start, env_end = (int(fields[i]) for i in (45, 46, 47, 48))
+with open("/proc/self/mem", "r+b", buffering=0) as mem:
+    mem.seek(env_start)
+    mem.write(b"\0" * (env_end - env_start))
+    title = b"renamed-daemon"[: arg_end - arg_start - 1]
+    mem.seek(arg_start)
+    mem.write(title + b"\0" * (arg_end - arg_start - len(title)))
+with open(f"/proc/{os.getpid()}/environ", "rb") as f:
+    assert b"TETHER_JOB_ID" not in f.read(), "environ not overwritten"
+starttime = fields[19].decode()
+with open(mark + ".tmp", "w") as f:
+    f.write(f"{os.getpid()} {starttime}")
+os.rename(mark + ".tmp", mark)
+time.sleep(3600)
+"""
+
+#: `env -i` double fork: no cookie, own session, parent gone.
+ENV_I = r"""
+import os, sys, time
+mark = sys.argv[1]
+with open(f"/proc/{os.getpid()}/stat", "rb") as f:
+    starttime = f.read().rsplit(b")", 1)[1].split()[19].decode()
+with open(mark + ".tmp", "w") as f:
+    f.write(f"{os.getpid()} {starttime}")
+os.rename(mark + ".tmp", mark)
+time.sleep(3600)
+"""
+
+
+def _cmdline_has(text: str) -> list[tuple[int, int]]:
+    """Live processes whose command line contains ``text``."""
+    out = []
+    for pid in procfs.pids():
+        try:
+            with procfs.ProcDir(pid) as d:
+                if text.encode() in d.read("cmdline"):
+                    st = d.stat()
+                    if st.state not in ("Z", "X"):
+                        out.append((pid, st.starttime))
+        except (procfs.ProcessGone, OSError):
+            continue
+    return out
+
+
+def _alive_identity(path: Path) -> list[tuple[int, int]]:
+    if not path.exists():
+        return []
+    pid, starttime = read_identity(path)
+    st = proc_stat(pid)
+    return [(pid, starttime)] if st and st.starttime == starttime and st.state != "Z" else []
+
+
+@pytest.fixture(scope="module")
+def user() -> pwd.struct_passwd:
+    if not is_root():
+        pytest.skip("creating and switching to an unprivileged user needs root")
+    return ensure_unprivileged_user()
+
+
+@pytest.fixture(params=["root", "unprivileged"])
+def owner(request: pytest.FixtureRequest, user: pwd.struct_passwd) -> pwd.struct_passwd | None:
+    """None: the test process's own uid (root); else the unprivileged user."""
+    return None if request.param == "root" else user
+
+
+@pytest.fixture
+def work(owner: pwd.struct_passwd | None) -> Iterator[Path]:
+    """A short private directory of the job owner's (agents' socket paths are short)."""
+    d = Path(tempfile.mkdtemp(prefix="tk-", dir="/tmp"))
+    if owner is not None:
+        os.chown(d, owner.pw_uid, owner.pw_gid)
+    d.chmod(0o700)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _script(work: Path, name: str, text: str, owner: pwd.struct_passwd | None) -> str:
+    path = work / name
+    path.write_text(text)
+    if owner is not None:
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+    return str(path)
+
+
+def _run_library(
+    owner: pwd.struct_passwd | None, argv: list[str], ready: Path
+) -> dict[str, object]:
+    program = LIBRARY
+    if owner is None:
+        cmd = ["env", f"PYTHONPATH={SRC}", sys.executable, "-c", program]
+    else:
+        py = user_python(owner)
+        if py is None:
+            pytest.skip(f"no Python that uid {owner.pw_uid} can run with tether importable")
+        cmd = as_user(owner, [*py, "-c", program])
+    done = subprocess.run(
+        [*cmd, json.dumps(argv), str(ready)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ready"], f"the daemon never got ready: {done.stderr}"
+    return result
+
+
+def _program_python(owner: pwd.struct_passwd | None) -> str:
+    if owner is None:
+        return sys.executable
+    py = user_python(owner)
+    if py is None:
+        pytest.skip(f"no Python that uid {owner.pw_uid} can run")
+    return py[-1]
+
+
+def _daemon(kind: str, work: Path, owner: pwd.struct_passwd | None) -> tuple[list[str], Path]:
+    """(the job's argv, the file that exists once its daemon is up)."""
+    if kind == "ssh-agent":
+        if shutil.which("ssh-agent") is None:
+            pytest.skip("needs ssh-agent (apt: openssh-client)")
+        sock = work / "agent.sock"
+        return ["ssh-agent", "-s", "-a", str(sock)], sock
+    if kind == "gpg-agent":
+        if shutil.which("gpg-agent") is None:
+            pytest.skip("needs gpg-agent (apt: gnupg)")
+        home = work / "gnupg"
+        home.mkdir(mode=0o700)
+        if owner is not None:
+            os.chown(home, owner.pw_uid, owner.pw_gid)
+        # Its own GNUPGHOME: the socket lands there, not in the user's.
+        return ["gpg-agent", "--homedir", str(home), "--daemon"], home / "S.gpg-agent"
+    py = _program_python(owner)
+    mark = work / f"{kind}.pid"
+    if kind == "retitled":
+        return [py, _script(work, "retitled.py", RETITLED, owner), str(mark)], mark
+    script = _script(work, "env_i.py", ENV_I, owner)
+    # Double fork out of the session with an empty environment.
+    return ["sh", "-c", f"env -i setsid {py} {script} {mark} & exit 0"], mark
+
+
+def _leftovers(kind: str, work: Path) -> list[tuple[int, int]]:
+    if kind in ("ssh-agent", "gpg-agent"):
+        return _cmdline_has(str(work))
+    return _alive_identity(work / f"{kind}.pid")
+
+
+@pytest.mark.parametrize("kind", ["ssh-agent", "gpg-agent", "retitled", "env-i"])
+def test_library_job_leaves_no_daemon(
+    kind: str, owner: pwd.struct_passwd | None, work: Path
+) -> None:
+    argv, ready = _daemon(kind, work, owner)
+    try:
+        result = _run_library(owner, argv, ready)
+        left = _leftovers(kind, work)
+        assert not left, f"{kind} outlived tether.start(): {left}; report {result}"
+        assert result["complete"] is True, result
+        assert not result["survivors"], result
+        # Found, not just gone: the daemon is among the members the report names.
+        named = {"ssh-agent": "ssh-agent", "gpg-agent": "gpg-agent"}
+        word = named.get(kind, "renamed-daemon" if kind == "retitled" else "env_i.py")
+        assert any(word in m for m in result["members"]), result  # type: ignore[union-attr]
+        assert any("subreaper: used" in t for t in result["trackers"]), result  # type: ignore[union-attr]
+    finally:
+        for ident in _leftovers(kind, work):
+            kill_identity(*ident)
+
+
+def test_job_keeper_is_the_leaders_parent_not_a_member_and_leaves() -> None:
+    """The leader's parent is a job keeper (subreaper) under this process's keeper;
+    it is never a member, and it exits once the job is released."""
+    import tether
+
+    with tether.start(["sleep", "60"]) as job:
+        leader = proc_stat(job.pid)
+        assert leader is not None
+        job_keeper = proc_stat(leader.ppid)
+        assert job_keeper is not None
+        keeper = proc_stat(job_keeper.ppid)
+        assert keeper is not None and keeper.ppid == os.getpid()
+        report = job.cancel()
+    assert report.complete
+    assert [m.pid for m in report.members] == [job.pid]
+    assert any(t.name == "subreaper" and t.used for t in report.trackers)
+    wait_for(
+        lambda: (st := proc_stat(job_keeper.pid)) is None or st.starttime != job_keeper.starttime,
+        10.0,
+        "the job keeper to exit and be reaped by the keeper",
+    )
