@@ -264,3 +264,43 @@ def test_job_keeper_is_the_leaders_parent_not_a_member_and_leaves() -> None:
         10.0,
         "the job keeper to exit and be reaped by the keeper",
     )
+
+
+def test_caller_sigkill_keeper_terminates_what_only_it_can_find(tmp_path: Path) -> None:
+    """SIGKILL of the library caller: the job keeper terminates the job from its
+    journal record, including an `env -i` daemon that left the session (no
+    cookie, no session: only the keeper's adoption finds it)."""
+    mark = tmp_path / "env-i.pid"
+    script = _script(tmp_path, "env_i.py", ENV_I, None)
+    argv = ["sh", "-c", f"env -i setsid {sys.executable} {script} {mark} & exec sleep 3600"]
+    program = (
+        "import sys, tether\n"
+        f"job = tether.start({argv!r}, policy='TERM,3s,KILL')\n"
+        "print(job.pid, flush=True)\n"
+        "job.wait()\n"
+    )
+    with (tmp_path / "stderr").open("wb") as errf:
+        proc = subprocess.Popen(
+            ["env", f"PYTHONPATH={SRC}", sys.executable, "-c", program],
+            stdout=subprocess.PIPE,
+            stderr=errf,
+        )
+    assert proc.stdout is not None
+    leader = int(proc.stdout.readline())
+    wait_for(mark.exists, 20.0, "the env -i daemon")
+    daemon = read_identity(mark)
+    leader_st = proc_stat(leader)
+    try:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        wait_for(lambda: not _alive_identity(mark), 20.0, "the job keeper to end the daemon")
+        if leader_st is not None:
+            wait_for(
+                lambda: (st := proc_stat(leader)) is None or st.starttime != leader_st.starttime,
+                20.0,
+                "the leader to be ended and reaped",
+            )
+        wait_for(lambda: "nothing left" in (tmp_path / "stderr").read_text(), 20.0, "the summary")
+    finally:
+        kill_identity(*daemon)
