@@ -115,7 +115,11 @@ def test_each_page_shows_every_option_of_its_command() -> None:
         (path,) = MAN_DIR.glob(f"tether-{name}.[18]")
         text = render(path)
         words = set(text.replace(",", " ").split())
-        opts = [o for p in command.params if isinstance(p, click.Option) for o in p.opts]
+        # Hidden options (the completion script's --complete) are not the user's.
+        opts = [
+            o for p in command.params if isinstance(p, click.Option) and not p.hidden
+            for o in p.opts
+        ]  # fmt: skip
         missing = [o for o in [*opts, "--help"] if o not in words]
         assert not missing, f"{path.name} lacks {missing}"
         assert "EXIT STATUS" in text and "SYNOPSIS" in text and f"tether {name}" in text
