@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from tether._platform import HAS_PIDFD
+from tether._platform.linux import open_process_info
 from tether._platform.linux.cgroupfs import JobCgroup
 from tether.errors import NoSuchProcessError, UnsafeTargetError, UsageError
 from tether.evidence import WEAK_TRACKERS, tree_cookie
@@ -69,8 +71,12 @@ class Membership:
         on_new_members: Callable[[Sequence[Member]], None] | None = None,
         admit: Callable[[ProcessInfo], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        subtree_root: int | None = None,
     ) -> None:
         _raise_fd_limit()
+        # Every member is a descendant of this subreaper (a job keeper), so a
+        # scan reads its subtree, not the whole process table.
+        self._subtree_root = subtree_root
         self._admit = admit
         self._trackers = list(trackers)
         self._walk = WalkTracker(walk_roots)
@@ -127,6 +133,7 @@ class Membership:
             reap_leader=reap_leader,
             wake_fd=wake_fd,
             on_new_members=on_new_members,
+            subtree_root=selection.keeper_pid if selection.subtree_only else None,
         )
 
     @classmethod
@@ -341,7 +348,13 @@ class Membership:
         )
 
     def scan(self) -> Sequence[Member]:
-        table: Table = snapshot()
+        table: Table | None = None
+        if self._subtree_root is not None:
+            from tether._platform.linux import subtree
+
+            table = subtree(self._subtree_root)
+        if table is None:
+            table = snapshot()
         found: dict[int, set[str]] = {}
         self._in_cgroup = set()
         for tracker in self._trackers:
@@ -395,10 +408,25 @@ class Membership:
         return list(self._by_identity.values())
 
     def _adopt(self, info: ProcessInfo, names: set[str]) -> Member | None:
-        handle = ProcessHandle.open(info.pid, info.starttime)
-        if handle is None:
-            return None
-        full = handle.read(("cmdline",))
+        full: ProcessInfo | None
+        if HAS_PIDFD:
+            # One /proc/PID dirfd for the start time, the pidfd and the cmdline.
+            opened = open_process_info(info.pid, info.starttime, ("cmdline",))
+            if opened is None:
+                return None
+            full, fd = opened
+            handle = ProcessHandle(info.pid, info.starttime, fd)
+        else:
+            maybe = ProcessHandle.open(info.pid, info.starttime)
+            if maybe is None:
+                return None
+            handle = maybe
+            full = handle.read(("cmdline",))
+        return self._member(info, full, handle, names)
+
+    def _member(
+        self, info: ProcessInfo, full: ProcessInfo | None, handle: ProcessHandle, names: set[str]
+    ) -> Member:
         member = Member(
             pid=info.pid,
             starttime=info.starttime,
@@ -553,11 +581,58 @@ class Membership:
     def kill_all(self) -> set[Member]:
         if self.cgroup is None or not self.cgroup.has_kill():
             return set()
+        # Kill first, scan after: the engine's full scan (members that left
+        # the cgroup) follows while the kernel tears the cgroup down. What
+        # the report needs of the cgroup's members — identity, cmdline, a
+        # pidfd — is read now, while they are frozen, from cgroup.procs.
+        self._identify_cgroup()
         try:
             self.cgroup.kill()
         except OSError:
             return set()
         return {m for m in self.live() if m.pid in self._in_cgroup}
+
+    def _identify_cgroup(self) -> None:
+        """Adopt every process in the cgroup (and sub-cgroups) as a member."""
+        assert self.cgroup is not None
+        try:
+            pids = self.cgroup.procs()
+        except OSError:
+            return
+        # A member not seen exited still holds its pid (a zombie's pid is
+        # not reused until it is reaped, and a reaped member's pidfd polls
+        # readable): the same pid in the cgroup is that member.
+        self._poll_exits(0)
+        known = {m.pid for m in self.live()}
+        self._in_cgroup.update(pids)
+        opened: list[tuple[ProcessInfo, ProcessHandle]] = []
+        for pid in pids:
+            if pid in known:
+                continue
+            if HAS_PIDFD:
+                got = open_process_info(pid, None, ("cmdline",))
+                if got is None:
+                    continue
+                info, fd = got
+                handle = ProcessHandle(pid, info.starttime, fd)
+            else:
+                maybe = read_process(pid)
+                handle_or_none = ProcessHandle.open(pid, maybe.starttime) if maybe else None
+                if maybe is None or handle_or_none is None:
+                    continue
+                info, handle = maybe, handle_or_none
+            if self._allowed(info) and info.identity not in self._by_identity:
+                opened.append((info, handle))
+            else:
+                handle.close()
+        new: list[Member] = []
+        for info, handle in sorted(opened, key=lambda o: o[0].starttime):
+            member = self._member(info, info, handle, {"cgroup"})
+            new.append(member)
+            self._ppid[member] = info.ppid
+        self._walk.remember(self._by_identity)
+        if new and self._on_new_members is not None:
+            self._on_new_members(new)
 
     def freeze(self) -> str | None:
         if self.cgroup is not None:
@@ -587,7 +662,9 @@ class Membership:
             self.cgroup.thaw()
             self._frozen = False
         for m in self._stopped:
-            self.send(m, signal.SIGCONT)
+            # A pending SIGKILL ends a stopped process without a SIGCONT.
+            if not any(s == signal.SIGKILL for s, _t in m.signals):
+                self.send(m, signal.SIGCONT)
         self._stopped.clear()
 
     # -- reporting -------------------------------------------------------

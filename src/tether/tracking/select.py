@@ -28,6 +28,8 @@ class Selection:
     #: The job keeper that is the job's subreaper (library jobs), once it runs;
     #: None while the subreaper is this process (a dedicated supervisor).
     keeper_pid: int | None = None
+    #: Scans read the keeper's subtree only (the cookie was not asked for by name).
+    subtree_only: bool = False
     tag_gid: int | None = None
     statuses: list[TrackerStatus] = field(default_factory=list)
 
@@ -68,6 +70,12 @@ class Selection:
                 "without a subreaper, a double-forked process that also left the session and "
                 "cleared its environment (env -i) re-parents to init unseen"
             )
+        if self.subtree_only:
+            out.append(
+                "the job keeper (subreaper) holds every process the job forks; a process "
+                "started for it by a daemon outside its tree (at, systemd-run) is not looked "
+                "for: name the cookie tracker to search every environment"
+            )
         if self.used("cookie") and os.geteuid() != 0:
             out.append(
                 "as a non-root user, environments of other users' processes are unreadable: "
@@ -100,7 +108,8 @@ def select_trackers(
     :class:`TrackerError` (nothing was started, the cgroup is removed).
     """
     wanted = frozenset(TRACKER_NAMES) if asked is None else asked
-    sel = Selection(wanted, tag_gid=tag_gid)
+    # auto (None) with a keeper: scans may read the keeper's subtree only.
+    sel = Selection(wanted, tag_gid=tag_gid, subtree_only=keeper and asked is None)
     try:
         _probe(sel, job_id, dedicated=dedicated, keeper=keeper)
     except BaseException:
@@ -171,11 +180,25 @@ def _probe(sel: Selection, job_id: str, *, dedicated: bool, keeper: bool = False
         except OSError as err:
             status("subreaper", False, f"prctl failed: {err.strerror}")
 
+    if keeper and sel.subreaper and sel.subtree_only:
+        # auto: the keeper's subtree is the job; reading every environment on
+        # the system for a cookie would cost more than the job itself.
+        wanted = wanted - {"cookie"}
+        status(
+            "cookie",
+            False,
+            "not needed: the job keeper holds every process the job forks "
+            "(scans read its subtree; name cookie to search every environment)",
+        )
+    else:
+        sel.subtree_only = False
     for name, reason in (
         ("session", "own session and process group"),
         ("cookie", "TETHER_JOB_ID in the job's environment"),
         ("walk", "children of every process seen as a member"),
     ):
+        if name == "cookie" and sel.subtree_only:
+            continue
         if name not in wanted:
             status(name, False, "not requested")
         elif name == "cookie" and not HAS_ENVIRON:
