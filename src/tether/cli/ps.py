@@ -20,6 +20,7 @@ from tether.errors import UsageError
 if TYPE_CHECKING:
     from tether.journal import JobRecord, JournalProblem
     from tether.membership import Membership
+    from tether.process import ProcessInfo
     from tether.recovery import JobState
 
 _PS_EPILOG = """\
@@ -49,49 +50,66 @@ def ps(pid: str | None, as_json: bool, show_all: bool) -> None:
     A job tether started (PID is its leader, or JOB_ID, or a unique prefix
     of it, as `tether ps` lists them) is shown with the trackers of its
     journal record: its cgroup, session and recorded members. Read-only: any
-    process may be shown, pid 1 and tether's own ancestors included.
+    process may be shown, pid 1, kernel threads and tether's own ancestors
+    included, and the tree lists every process below PID (zombies too). What
+    could not be read (other users' environments, without root) is said on
+    stderr.
 
     Without PID, list the jobs in the journal of live jobs and whether their
     supervisor (and its watchdog) is still alive.
     """
     if pid is None:
         sys.exit(list_jobs(as_json))
-    from tether.process import read_process
+    from tether.process import read_process, snapshot, starttime_to_epoch
 
-    membership, root = _membership(pid)
+    membership, root, is_pid = _membership(pid)
     try:
         members = [m for m in membership.scan() if m.alive]
-        rows = []
+        table = snapshot(("cmdline", "uids"))
+        rows: list[tuple[int, ProcessInfo, list[str], float, str]] = []
         for m in members:
-            info = read_process(m.pid)
+            info = table.get(m.pid) or read_process(m.pid, ("cmdline", "uids"))
             if info is None or info.starttime != m.starttime:
                 continue
-            rows.append((m, info))
+            rows.append((m.pid, info, sorted(m.found_by), m.start_time, m.cmdline))
     finally:
         membership.close()
+    if is_pid:
+        # Membership never counts what tether must not signal (pid 1, tether
+        # and its ancestors, kernel threads) nor zombies; ps only reads, so
+        # the rest of PID's tree is shown from the process table.
+        listed = {r[0] for r in rows}
+        for p in _descendants(root, table):
+            if p not in listed:
+                info = table[p]
+                rows.append((p, info, ["walk"], starttime_to_epoch(info.starttime),
+                             info.describe()))  # fmt: skip
+    unread = _unreadable([r[1] for r in rows])
+    for line in unread:
+        click.echo(f"tether: {line}", err=True)
     if as_json:
         out = {
             "schema": 1,
             "root": root,
             "members": [
                 {
-                    "pid": m.pid,
+                    "pid": pid_,
                     "ppid": info.ppid,
                     "pgid": info.pgid,
                     "sid": info.sid,
                     "state": info.state,
-                    "start_time": m.start_time,
-                    "found_by": sorted(m.found_by),
-                    "cmdline": m.cmdline,
+                    "start_time": start_time,
+                    "found_by": found_by,
+                    "cmdline": cmdline,
                 }
-                for m, info in rows
+                for pid_, info, found_by, start_time, cmdline in rows
             ],
             "trackers": [{"name": t.name, "used": t.used, "reason": t.reason}
                          for t in membership.trackers],
         }  # fmt: skip
         click.echo(json.dumps(out, indent=2))
         return
-    tree = [(m.pid, info.ppid, info.state, sorted(m.found_by), m.cmdline) for m, info in rows]
+    tree = [(pid_, info.ppid, info.state, found_by, cmd) for pid_, info, found_by, _, cmd in rows]
     summary = None
     if not show_all and len(tree) > COLLAPSE_OVER:
         shown = collapse(tree)
@@ -144,8 +162,46 @@ def collapse(rows: Sequence[_Row]) -> list[_Row]:
     return out
 
 
-def _membership(text: str) -> tuple[Membership, int]:
-    """Who belongs to PID's tree (or JOB_ID's job), for reading only."""
+def _descendants(root: int, table: dict[int, ProcessInfo]) -> list[int]:
+    """``root`` and every process below it in ``table`` (by parent links)."""
+    from tether.process import children_map
+
+    kids = children_map(table)
+    out: list[int] = []
+    stack = [root] if root in table else []
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(k for k in kids.get(pid, ()) if k != pid)
+    return out
+
+
+def _unreadable(infos: Sequence[ProcessInfo]) -> list[str]:
+    """What could not be read of these processes, one line per kind (empty as root)."""
+    import os
+
+    lines = []
+    me = os.geteuid()
+    others = [i for i in infos if i.uids is not None and i.uids[1] != me]
+    if me != 0 and others:
+        lines.append(
+            f"could not read the environment of {len(others)} process(es) of other users "
+            "(needs root): the cookie tracker cannot see them"
+        )
+    nameless = [i.pid for i in infos if not i.cmdline and not i.kernel_thread and i.state != "Z"]
+    if nameless:
+        lines.append(
+            f"command line unreadable for {len(nameless)} process(es), shown by name in "
+            "[brackets]: pid "
+            + ", ".join(map(str, nameless[:10]))
+            + (", ..." if len(nameless) > 10 else "")
+        )
+    return lines
+
+
+def _membership(text: str) -> tuple[Membership, int, bool]:
+    """Who belongs to PID's tree (or JOB_ID's job), for reading only; the root;
+    whether PID named a plain process (not a journal job)."""
     from tether.errors import UnsafeTargetError
     from tether.membership import Membership
     from tether.process import read_process
@@ -156,14 +212,14 @@ def _membership(text: str) -> tuple[Membership, int]:
         # Even once the leader is gone, the tree is the record's (cgroup,
         # session, members recorded by the supervisor's scans).
         leader = record.leader.pid if record.leader is not None else record.supervisor.pid
-        return membership_for(record), leader
+        return membership_for(record), leader, False
     if text.isdigit() or text.startswith("-"):
         pid = parse_pid(text)
     else:
         raise UsageError(f"not a pid, nor a job id in the journal: {text!r}")
     try:
         membership, _ = Membership.for_tree(pid)
-        return membership, pid
+        return membership, pid, True
     except UnsafeTargetError:
         # kill's refusals (pid 1, tether, its ancestors) guard signals; ps
         # only reads: the same tree, found by the descendant walk alone.
@@ -180,7 +236,7 @@ def _membership(text: str) -> tuple[Membership, int]:
             walk_roots=[info.identity],
             job_id=f"pid-{pid}",
         )
-        return walk, pid
+        return walk, pid, True
 
 
 def _journal_record(text: str) -> JobRecord | None:
