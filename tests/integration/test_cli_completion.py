@@ -44,12 +44,21 @@ def env_for(workdir: Path) -> dict[str, str]:
     return env
 
 
+def completion_script(workdir: Path, shell: str) -> Path:
+    """`tether completion SHELL`'s script, in a file."""
+    script = workdir / f"tether.{shell}"
+    script.write_text(
+        subprocess.run(
+            ["tether", "completion", shell], env=env_for(workdir), capture_output=True,
+            text=True, check=True, timeout=60,
+        ).stdout
+    )  # fmt: skip
+    return script
+
+
 def bash_complete(workdir: Path, line: str, *, bash_completion: bool = False) -> list[str]:
     """COMPREPLY of tether's completion function for ``line`` (the cursor at its end)."""
-    script = subprocess.run(
-        ["tether", "completion", "bash"], env=env_for(workdir), capture_output=True,
-        text=True, check=True, timeout=60,
-    ).stdout  # fmt: skip
+    script = completion_script(workdir, "bash").read_text()
     program = (
         (f"source {BASH_COMPLETION}\n" if bash_completion else "")
         + script
@@ -101,13 +110,7 @@ def test_bash_hands_the_job_to_the_commands_own_completion(workdir: Path) -> Non
 
 @pytest.mark.skipif(shutil.which("fish") is None, reason="needs fish")
 def test_fish(workdir: Path) -> None:
-    script = workdir / "tether.fish"
-    script.write_text(
-        subprocess.run(
-            ["tether", "completion", "fish"], env=env_for(workdir), capture_output=True,
-            text=True, check=True, timeout=60,
-        ).stdout
-    )  # fmt: skip
+    script = completion_script(workdir, "fish")
 
     def complete(line: str) -> list[str]:
         done = subprocess.run(
@@ -129,13 +132,7 @@ def test_fish(workdir: Path) -> None:
 def test_zsh_script_parses(workdir: Path) -> None:
     # zsh's completion system needs an interactive line editor; the script's
     # syntax, and the words it is given, are checked here.
-    script = workdir / "_tether"
-    script.write_text(
-        subprocess.run(
-            ["tether", "completion", "zsh"], env=env_for(workdir), capture_output=True,
-            text=True, check=True, timeout=60,
-        ).stdout
-    )  # fmt: skip
+    script = completion_script(workdir, "zsh")
     done = subprocess.run(["zsh", "-n", str(script)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     words = subprocess.run(
