@@ -159,7 +159,10 @@ def tree_lines(rows: Sequence[Row], paint: Paint, stream: TextIO, width: int) ->
     for pid, ppid, *_ in rows:
         kids.setdefault(ppid if ppid in by_pid else -1, []).append(pid)
     branch, last, pipe = _box(stream)
+    width -= 1  # the last column wraps
     found_width = max([8, *(len(",".join(r[3])) for r in rows)])
+    # As in the report table: FOUND BY gives way before COMMAND wraps.
+    found_width = max(8, min(found_width, width - (7 + 1 + 7 + 2 + 10 + 2 + 2) - MIN_COMMAND))
     head = f"{'PID':>7} {'PPID':>7}  {'STATE':<10}  {'FOUND BY':<{found_width}}  COMMAND"
     out = [paint(head, BOLD)]
     fixed = 7 + 1 + 7 + 2 + 10 + 2 + found_width + 2
@@ -167,10 +170,10 @@ def tree_lines(rows: Sequence[Row], paint: Paint, stream: TextIO, width: int) ->
     def show(pid: int, prefix: str, connector: str, child_prefix: str) -> None:
         _, ppid, state, found, cmd = by_pid[pid]
         word, colour = STATES.get(state, (state, None))
-        room = max(20, width - fixed - len(prefix) - len(connector))
+        room = max(8, width - fixed - len(prefix) - len(connector))
         out.append(
             f"{pid:>7} {ppid:>7}  {paint.pad(word, colour, 10)}  "
-            f"{paint.trackers(found, found_width)}  "
+            f"{_found_cell(paint, found, found_width)}  "
             f"{paint(prefix + connector, DIM)}{oneline(cmd, room)}"
         )
         children = sorted(kids.get(pid, []))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from helpers import kill_identity, proc_stat, tether_cmd, wait_for, wait_for_file
-from tether.display import Paint, ProgressLine, fold, report_table
+from tether.display import Paint, ProgressLine, fold, report_table, tree_lines
 from tether.report import MemberRecord, Report, StepRecord, Survivor
 from tether.terminate import Progress
 from tether.tracking.base import TrackerStatus
@@ -375,6 +375,18 @@ def test_report_table_on_a_narrow_terminal(columns: int) -> None:
 
     assert tail(lines) == tail(wide)
     assert lines[0].startswith("tether: job fd6799d4765b7e7b478afccb")
+
+
+def test_ps_tree_on_a_narrow_terminal_keeps_rows_on_one_line() -> None:
+    rows = [
+        (10, 1, "S", ["cgroup", "session", "subreaper", "walk"], "python3 -m a.long.module " * 4),
+        (11, 10, "D", ["cgroup", "walk"], "sleep 300"),
+        (12, 11, "Z", ["walk"], "[defunct]"),
+    ]
+    lines = tree_lines(rows, Paint(True), io.StringIO(), 60)
+    assert all(len(plain(line)) < 60 for line in lines), lines
+    assert len(lines) == 4
+    assert "cgroup,se..." in plain(lines[1])
 
 
 def test_fold_breaks_between_words_and_ignores_colour() -> None:
