@@ -346,8 +346,9 @@ def _run_step(
         froze = target.freeze()
         try:
             # Uncatchable: taken and delivered frozen (or by cgroup.kill), so
-            # nothing forks past it.
-            members = target.scan()
+            # nothing forks past it. cgroup.kill goes first (the target reads
+            # what it covers from the frozen cgroup): the scan for members
+            # outside the cgroup then runs while the kernel tears it down.
             for m in target.kill_all() if sig == signal.SIGKILL else ():
                 if m.alive:
                     done.add(m)
@@ -355,6 +356,7 @@ def _run_step(
                     sent += 1
                     if notes is not None:
                         notes.append((m.pid, sig, "cgroup.kill"))
+            members = target.scan()
             sent += _deliver(target, members, sig, done, clock, notes)
         finally:
             target.thaw()

@@ -956,3 +956,42 @@ def test_cli_timeout(tree: Tree, script: str, ready: str, expect: set[str]) -> N
     if ready != "stubborn":
         assert "session" not in fb
     assert rec["ended_by"] == ("KILL" if ready == "stubborn" else "TERM")
+
+
+@needs_cgroup
+def test_kill_policy_with_cgroup_reports_every_member_cgroup_kill_covered(tmp_path: Path) -> None:
+    """cgroup.kill goes first, no scan before it: the members it covers are
+    read from the frozen cgroup, so the report still names each one with its
+    command line (a scan after the kill would find them gone or zombies)."""
+    ready = tmp_path / "ready"
+    script = (
+        "import os, subprocess, sys\n"
+        "kids = [subprocess.Popen(['sleep', f'{600 + i}']) for i in range(12)]\n"
+        "with open(sys.argv[1] + '.tmp', 'w') as f:\n"
+        "    f.write(' '.join(str(k.pid) for k in kids))\n"
+        "os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
+        "[k.wait() for k in kids]\n"
+    )
+    job = tether.start([sys.executable, "-c", script, str(ready)], trackers="auto", policy="KILL")
+    kids: list[Identity] = []
+    try:
+        wait_for(ready.exists, what="the sleeps to start")
+        for pid in map(int, ready.read_text().split()):
+            st = proc_stat(pid)
+            assert st is not None
+            kids.append((pid, st.starttime))
+        report = job.cancel("test")
+    finally:
+        job.cancel("cleanup")
+        for ident in kids:
+            kill_identity(*ident)
+    assert_gone({f"sleep{i}": ident for i, ident in enumerate(kids)})
+    assert report.complete
+    assert report.steps[0].froze == "cgroup"
+    by_pid = {m.pid: m for m in report.members}
+    for i, (pid, _st) in enumerate(kids):
+        assert pid in by_pid, f"sleep {600 + i} missing from the report"
+        assert by_pid[pid].cmdline == f"sleep {600 + i}"
+        assert by_pid[pid].outcome == "killed"
+        assert "cgroup" in by_pid[pid].found_by
+    assert job.pid in by_pid

@@ -69,6 +69,7 @@ class FakeProc:
     denied: bool = False
     is_leader: bool = False
     ns_init: bool = False  # the init of a PID namespace: its exit kills the namespace
+    outside_cgroup: bool = False  # left the job's cgroup: cgroup.kill misses it
     appears_at: float = float("-inf")
     exits_at: float | None = None
     # state
@@ -214,6 +215,10 @@ class FakeTarget:
 
     def scan(self) -> Sequence[Member]:
         self.calls.append(("scan", self.clock()))
+        self._adopt_visible()
+        return list(self.members)
+
+    def _adopt_visible(self) -> None:
         self._observe()
         for p in self._visible():
             if p.alive and p.member is None:
@@ -226,7 +231,6 @@ class FakeTarget:
                     is_leader=p.is_leader,
                 )
                 self.members.append(p.member)
-        return list(self.members)
 
     def freeze(self) -> str | None:
         self.calls.append(("freeze", self.clock()))
@@ -272,9 +276,11 @@ class FakeTarget:
         self.calls.append(("kill_all", self.clock(), self.frozen))
         if not self.cgroup:
             return set()
+        # As Membership: what cgroup.kill covers is read from the cgroup first.
+        self._adopt_visible()
         covered: set[Member] = set()
         for p in self._visible():
-            if not p.alive:
+            if not p.alive or p.outside_cgroup:
                 continue
             self._kill(p)
             if p.member is not None:

@@ -832,3 +832,44 @@ def test_a_namespace_init_waits_at_most_half_the_grace(clock: FakeClock) -> None
 
     assert received(init)[0][0] == TERM
     assert 5.0 <= received(init)[0][1] <= 5.0 + RESCAN_MAX
+
+
+# -- KILL by cgroup.kill first ---------------------------------------------------
+
+
+def test_cgroup_kill_goes_first_and_members_outside_the_cgroup_still_get_kill(
+    clock: FakeClock,
+) -> None:
+    """cgroup.kill precedes the scan of the KILL step; the scan after it finds
+    a member that left the cgroup, which gets its own SIGKILL, still frozen."""
+    target = FakeTarget(clock, cgroup=True)
+    inside = target.add(dies_on={})
+    escaped = target.add(dies_on={}, outside_cgroup=True)
+
+    report = run(target, Policy.parse("KILL"))
+
+    names = target.names()
+    assert "scan" not in names[: names.index("kill_all")]
+    assert "scan" in names[names.index("kill_all") :]
+    assert received(inside) == []  # cgroup.kill reached it
+    assert record(report, inside.pid).signals == ("KILL",)
+    assert received(escaped) == [(KILL, 0.0)]
+    kill_send = next(c for c in target.calls if c[0] == "send" and c[2] == KILL)
+    assert kill_send[-1] is True  # frozen
+    assert report.complete
+    assert {m.pid for m in report.members} == {inside.pid, escaped.pid}
+    assert {record(report, p.pid).ended_by for p in (inside, escaped)} == {"KILL"}
+
+
+def test_members_cgroup_kill_covered_unscanned_are_in_the_report(clock: FakeClock) -> None:
+    """With a KILL-only policy nothing is scanned before cgroup.kill: the
+    members it covered are identified first and reported as killed."""
+    target = FakeTarget(clock, cgroup=True)
+    procs = [target.add(dies_on={}) for _ in range(3)]
+
+    report = run(target, Policy.parse("KILL"))
+
+    assert report.complete
+    assert {m.pid for m in report.members} == {p.pid for p in procs}
+    assert {m.outcome for m in report.members} == {"killed"}
+    assert [s for _, s, _ in target.sends()] == []  # cgroup.kill, no per-process KILL

@@ -125,6 +125,31 @@ class ProcDir:
         self.close()
 
 
+def read_stat(pid: int) -> bytes:
+    """One read of /proc/PID/stat (empty if the process is gone or unreadable).
+
+    A single read describes a single process: enough for a stat-only table row.
+    """
+    try:
+        fd = os.open(f"{PROC}/{pid}/stat", _O_FILE)
+    except OSError:
+        return b""
+    try:
+        # Generated whole on the first read (seq_file); a page holds it unless
+        # comm is absurdly long, so the loop ends after one read in practice.
+        data = os.read(fd, 4096)
+        while len(data) % 4096 == 0 and data:
+            more = os.read(fd, 4096)
+            if not more:
+                break
+            data += more
+        return data
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
 def pids() -> Iterator[int]:
     """Every thread-group id visible in /proc (processes, not threads)."""
     with os.scandir(PROC) as it:
