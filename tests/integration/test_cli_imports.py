@@ -73,3 +73,21 @@ def test_a_local_run_imports_no_other_command_and_nothing_remote() -> None:
     assert not others & loaded
     assert not {m for m in loaded if m == "tether.remote" or m.startswith("tether.remote.")}
     assert "tether.display" not in loaded  # piped: no colour, no tables
+
+
+def test_version_answers_without_click() -> None:
+    """`tether --version` is answered before click (or any command) is imported,
+    and prints what click's version option would."""
+    loaded = imported_after(
+        "import contextlib\n"
+        "from tether.cli import main\n"
+        "with contextlib.suppress(SystemExit):\n"
+        "    main(['--version'])\n"
+    )
+    assert "click" not in loaded
+    assert "tether.cli._common" not in loaded
+    done = subprocess.run(
+        [sys.executable, "-m", "tether.cli", "--version"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"tether {tether.__version__}\n", "")

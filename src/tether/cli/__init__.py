@@ -25,18 +25,13 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-import click
+if TYPE_CHECKING:
+    import click
 
-from tether import logs
-from tether.cli._common import (
-    EXIT_BAD_INPUT,
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    CliError,
-)
-from tether.errors import TetherError, UsageError
+    #: The ``tether`` click group, built on first use (:func:`__getattr__`).
+    cli: click.Group
 
 #: Every command, imported only when invoked (or listed by --help):
 #: name -> "module:attribute" of a click command.
@@ -52,22 +47,6 @@ COMMANDS: dict[str, str] = {
     "run": "tether.cli.run:run",
     "schema": "tether.cli.schema:schema_command",
 }
-
-
-class _LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *COMMANDS])
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None:
-            return super().get_command(ctx, cmd_name)
-        import importlib
-
-        module_name, _, attribute = target.partition(":")
-        command = getattr(importlib.import_module(module_name), attribute)
-        assert isinstance(command, click.Command)
-        return command
 
 
 _GROUP_EPILOG = """\
@@ -98,43 +77,83 @@ EXIT STATUS (of tether itself; each command's --help lists its own):
 _GROUP_VALUE_OPTIONS = ("--log-level", "--log-format", "--log-target")
 
 
-@click.group(
-    cls=_LazyGroup,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    epilog=_GROUP_EPILOG,
-)
-@click.version_option(package_name="tether", message="tether %(version)s")
-@click.option(
-    "--log-level",
-    type=click.Choice(list(logs.LEVELS), case_sensitive=False),
-    help="Log events at this level and above (default warning; env TETHER_LOG_LEVEL).",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(list(logs.FORMATS), case_sensitive=False),
-    help="text, or json (one object a line; env TETHER_LOG_FORMAT). Default text.",
-)
-@click.option(
-    "--log-target",
-    type=click.Choice(list(logs.TARGETS), case_sensitive=False),
-    help="Where logs go (default auto: journald under systemd, else stderr; "
-    "env TETHER_LOG_TARGET).",
-)
-@click.pass_context
-def cli(
-    ctx: click.Context, log_level: str | None, log_format: str | None, log_target: str | None
-) -> None:
-    """Run jobs so that nothing they start can outlive them."""
-    try:
-        settings = logs.resolve(log_level, log_format, log_target, os.environ)
-    except UsageError as err:
-        # Only a variable can be bad here (click checked the options). A
-        # failing epilog drains a Slurm node: it warns and logs nothing.
-        if ctx.invoked_subcommand != "epilog":
-            raise
-        click.echo(f"tether: {err}; logging nothing", err=True)
-        return
-    logs.configure(settings, os.environ)
+def __getattr__(name: str) -> object:
+    # PEP 562: click (~20 ms of imports) is loaded only when a command needs
+    # the group; `tether --version` answers without it.
+    if name == "cli":
+        return _group()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_GROUP: list[click.Group] = []
+
+
+def _group() -> click.Group:
+    if not _GROUP:
+        _GROUP.append(_make_group())
+    return _GROUP[0]
+
+
+def _make_group() -> click.Group:
+    import click
+
+    from tether import logs
+    from tether.errors import UsageError
+
+    class _LazyGroup(click.Group):
+        def list_commands(self, ctx: click.Context) -> list[str]:
+            return sorted([*super().list_commands(ctx), *COMMANDS])
+
+        def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+            target = COMMANDS.get(cmd_name)
+            if target is None:
+                return super().get_command(ctx, cmd_name)
+            import importlib
+
+            module_name, _, attribute = target.partition(":")
+            command = getattr(importlib.import_module(module_name), attribute)
+            assert isinstance(command, click.Command)
+            return command
+
+    @click.group(
+        cls=_LazyGroup,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        epilog=_GROUP_EPILOG,
+    )
+    @click.version_option(package_name="tether", message="tether %(version)s")
+    @click.option(
+        "--log-level",
+        type=click.Choice(list(logs.LEVELS), case_sensitive=False),
+        help="Log events at this level and above (default warning; env TETHER_LOG_LEVEL).",
+    )
+    @click.option(
+        "--log-format",
+        type=click.Choice(list(logs.FORMATS), case_sensitive=False),
+        help="text, or json (one object a line; env TETHER_LOG_FORMAT). Default text.",
+    )
+    @click.option(
+        "--log-target",
+        type=click.Choice(list(logs.TARGETS), case_sensitive=False),
+        help="Where logs go (default auto: journald under systemd, else stderr; "
+        "env TETHER_LOG_TARGET).",
+    )
+    @click.pass_context
+    def cli(
+        ctx: click.Context, log_level: str | None, log_format: str | None, log_target: str | None
+    ) -> None:
+        """Run jobs so that nothing they start can outlive them."""
+        try:
+            settings = logs.resolve(log_level, log_format, log_target, os.environ)
+        except UsageError as err:
+            # Only a variable can be bad here (click checked the options). A
+            # failing epilog drains a Slurm node: it warns and logs nothing.
+            if ctx.invoked_subcommand != "epilog":
+                raise
+            click.echo(f"tether: {err}; logging nothing", err=True)
+            return
+        logs.configure(settings, os.environ)
+
+    return cli
 
 
 def _command_index(args: Sequence[str]) -> int | None:
@@ -165,6 +184,9 @@ def _legacy_spellings(args: list[str]) -> list[str]:
     i = _command_index(args)
     if i is None or args[i] not in LEGACY_JSON_FILE or not any("--json" in a for a in args):
         return args
+    import click
+
+    cli = _group()
     command = cli.get_command(click.Context(cli), args[i])
     assert command is not None
     return [*args[: i + 1], *legacy_json_args(command, args[i + 1 :])]
@@ -172,14 +194,35 @@ def _legacy_spellings(args: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point: one-line errors and documented exit codes, never a traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--version"]:
+        _print_version()
     try:
-        _run_cli(list(sys.argv[1:] if argv is None else argv))
+        _run_cli(args)
     finally:
         # A log target that failed (no syslog socket) is said once, not per record.
+        from tether import logs
+
         problem = logs.failure()
         if problem is not None:
+            import click
+
             with contextlib.suppress(Exception):
                 click.echo(f"tether: logging failed: {problem}", err=True)
+
+
+def _print_version() -> NoReturn:
+    """``tether --version`` without click or importlib.metadata (what click's
+    version_option prints; tests pin tether.__version__ to the metadata)."""
+    from tether import __version__
+
+    try:
+        sys.stdout.write(f"tether {__version__}\n")
+        sys.stdout.flush()
+    except OSError as err:
+        sys.stderr.write(f"tether: {err.strerror or err}\n")
+        sys.exit(2)
+    sys.exit(0)
 
 
 def _no_such_option(err: click.NoSuchOption, is_run: bool) -> str:
@@ -200,6 +243,12 @@ def _no_such_option(err: click.NoSuchOption, is_run: bool) -> str:
 
 
 def _run_cli(args: list[str]) -> NoReturn:
+    import click
+
+    from tether.cli._common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, CliError
+    from tether.errors import TetherError, UsageError
+
+    cli = _group()
     is_run = _command_name(args) == "run"
     bad_input = EXIT_FAILED if is_run else EXIT_BAD_INPUT
     try:
