@@ -205,30 +205,10 @@ def open_process(pid: int, starttime: int | None) -> tuple[int, int] | None:
 
     The pidfd is opened while a /proc/PID dirfd is held: if the dirfd still
     reads the same start time afterwards, the pid had not been reused when the
-    pidfd was made.
+    pidfd was made (:func:`open_process_info`).
     """
-    try:
-        with procfs.ProcDir(pid) as d:
-            st = d.stat().starttime
-            if starttime is not None and st != starttime:
-                return None
-            try:
-                pidfd = os.pidfd_open(pid)
-            except OSError as err:
-                if err.errno == errno.ESRCH:
-                    return None
-                # No pidfd support: the dirfd itself is accepted by
-                # pidfd_send_signal (Linux >= 5.1), keep a dup of it.
-                pidfd = os.dup(d.fd)
-            try:
-                if d.stat().starttime != st:
-                    raise procfs.ProcessGone(pid)
-            except procfs.ProcessGone:
-                os.close(pidfd)
-                return None
-            return (st, pidfd)
-    except (procfs.ProcessGone, PermissionError):
-        return None
+    opened = open_process_info(pid, starttime, ())
+    return None if opened is None else (opened[0].starttime, opened[1])
 
 
 def open_process_info(
@@ -252,9 +232,13 @@ def open_process_info(
             except OSError as err:
                 if err.errno == errno.ESRCH:
                     return None
-                pidfd = os.dup(d.fd)  # as in open_process: no pidfd support
+                # No pidfd support: the dirfd itself is accepted by
+                # pidfd_send_signal (Linux >= 5.1), keep a dup of it.
+                pidfd = os.dup(d.fd)
             try:
                 info = _read_info(d, fields, st if fields else d.stat())
+                if info.starttime != st.starttime:
+                    raise procfs.ProcessGone(pid)
             except (procfs.ProcessGone, PermissionError, ProcessLookupError):
                 os.close(pidfd)
                 return None
