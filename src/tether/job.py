@@ -543,6 +543,7 @@ class Job:
         self.id = new_cookie()
         self._report: Report | None = None
         self._leader_logged = False
+        self._session_recorded = False
         self._lock = threading.Lock()
         self._dedicated = dedicated_supervisor
         if dedicated_supervisor:
@@ -554,7 +555,10 @@ class Job:
             # A library job is started by a keeper that is its subreaper
             # and its watchdog (tether.keeper); `tether run` is both itself.
             use_keeper = (
-                watchdog
+                # Orphans re-parent to the keeper: its subtree is the
+                # subreaper tracker, so explicit trackers must ask for it.
+                (spec.trackers is None or "subreaper" in spec.trackers)
+                and watchdog
                 and journal is not False
                 and not dedicated_supervisor
                 and not spec.foreground
@@ -780,7 +784,33 @@ class Job:
     @property
     def returncode(self) -> int | None:
         """The leader's exit status once it has exited (-N: killed by signal N)."""
-        return self._note_leader(self._popen.poll())
+        return self._note_leader(self._poll_leader())
+
+    def _poll_leader(self) -> int | None:
+        """Popen.poll(), reaping the leader — after recording its session.
+
+        While the leader is an unreaped zombie, its pid (the job's session and
+        group id) cannot be reused; once it is reaped the ids vouch for the
+        job only through members recorded by identity (tether.evidence:
+        session_is_jobs). So the first time the leader is seen to have exited,
+        the tree is scanned while it is still a zombie, and whatever kept the
+        job's session (an env -i worker the launcher left) stays a member.
+        """
+        if (
+            self._popen.returncode is None
+            and not self._session_recorded
+            # A keeper reaps its leader itself; its subtree keeps the orphans.
+            and self._selection.keeper_pid is None
+            and self._leader.has_exited()
+            and self._lock.acquire(blocking=False)
+        ):
+            try:
+                self._session_recorded = True
+                if self._report is None:
+                    self._membership.scan()
+            finally:
+                self._lock.release()
+        return self._popen.poll()
 
     def _note_leader(self, rc: int | None) -> int | None:
         """Log the leader's exit once, when it is first seen."""
@@ -937,7 +967,7 @@ class Job:
         for fd in also:
             poller.register(fd, select.POLLIN)
         while True:
-            rc = self._note_leader(self._popen.poll())
+            rc = self._note_leader(self._poll_leader())
             if rc is not None:
                 return rc
             left = None if deadline is None else deadline - time.monotonic()
@@ -949,7 +979,7 @@ class Job:
             ms = None if left is None else min(MAX_POLL_MS, max(1, int(left * 1000 + 0.999)))
             events = poller.poll(ms)
             if any(fd == self._wake_fd or fd in also for fd, _ in events):
-                return self._note_leader(self._popen.poll())
+                return self._note_leader(self._poll_leader())
 
     def reap_adopted(self) -> None:
         """Reap exited orphans a dedicated supervisor adopted (and the leader, if
@@ -987,6 +1017,7 @@ class Job:
         Each step reached is written to the journal, so a watchdog that takes
         over continues the policy from there.
         """
+        self._poll_leader()  # records the session while the leader is a zombie
         with self._lock:
             if self._report is not None:
                 return self._report
