@@ -257,7 +257,7 @@ def _parse_log_file(value: object) -> str:
     if not isinstance(value, str):
         raise _Invalid(f"must be a string, not {_typename(value)}")
     if value and not value.startswith("/"):
-        raise _Invalid(f"must be an absolute path (or \"\"), not {value!r}")
+        raise _Invalid(f'must be an absolute path (or ""), not {value!r}')
     return value
 
 

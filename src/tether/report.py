@@ -233,8 +233,7 @@ class Report:
             f"tether: job {p(self.job_id)} terminated ({p(self.reason)}) "
             f"with policy {p(self.policy)}",
             f"  {len(self.members)} member(s), {len(self.killed)} killed, "
-            f"{len(self.survivors)} survivor(s), {self.duration:.3f}s, "
-            + self.verdict,
+            f"{len(self.survivors)} survivor(s), {self.duration:.3f}s, " + self.verdict,
         ]
         if self.members:
             # Columns as wide as their widest cell (pipes and logs have no
