@@ -24,6 +24,11 @@ command -v gpg-agent >/dev/null 2>&1 || missing="$missing gnupg"
 for tool in tini tmux; do
     command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
 done
+# tests/integration/test_completion*: the completion scripts run in real shells.
+for tool in zsh fish; do
+    command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+done
+[ -f /usr/share/bash-completion/bash_completion ] || missing="$missing bash-completion"
 # tests/slurm start a real Slurm (munged, slurmctld, slurmd) under a temp dir:
 # ~8 s to install on Debian 12, ~1 s per cluster start.
 if ! command -v slurmd >/dev/null 2>&1 && [ ! -x /usr/sbin/slurmd ]; then
