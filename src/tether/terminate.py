@@ -40,6 +40,7 @@ class Progress:
         signal: the step's signal, e.g. ``"TERM"``.
         members_left: members still alive.
         grace_left: seconds left of the step's grace (0 once it is spent).
+        signalled: members the step's signal has reached so far.
     """
 
     step: int
@@ -47,6 +48,7 @@ class Progress:
     signal: str
     members_left: int
     grace_left: float
+    signalled: int = 0
 
 
 @dataclass(eq=False)
@@ -399,7 +401,7 @@ def _run_step(
                  job_id=job_id, step=where.step, signal=name, members=alive,
                  signalled=sent, grace=grace)  # fmt: skip
         if where.on_progress is not None:
-            where.on_progress(Progress(where.step, where.steps, name, alive, grace))
+            where.on_progress(Progress(where.step, where.steps, name, alive, grace, sent))
     _log_signalled(job_id, notes)
     pause = RESCAN_FIRST
     empty = False
@@ -420,7 +422,9 @@ def _run_step(
         if where.on_progress is not None:
             alive = sum(1 for m in found if m.alive)
             grace_left = max(0.0, deadline - clock())
-            where.on_progress(Progress(where.step, where.steps, name, alive, grace_left))
+            where.on_progress(
+                Progress(where.step, where.steps, name, alive, grace_left, sent)
+            )
         pause = min(pause * 2, RESCAN_MAX)
 
     left_after = sum(1 for m in target.scan() if m.alive) if not empty else 0

@@ -27,9 +27,16 @@ def test_clean():
 """
 
 
+@pytest.fixture(autouse=True)
+def _src_on_pythonpath(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The subprocess pytest must import this checkout's tether; set through
+    # monkeypatch, so the tests that run after these do not inherit it.
+    path = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+    monkeypatch.setenv("PYTHONPATH", path)
+
+
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
     return pytester.runpytest_subprocess(*args, timeout=300)
 
 
@@ -59,7 +66,6 @@ def test_clean_tests_pass_and_the_ini_option_works(pytester: pytest.Pytester) ->
         """
     )
     pytester.makeini("[pytest]\ntether_leaks = true\naddopts = -p no:cacheprovider\n")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
     result = pytester.runpytest_subprocess(timeout=300)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["tether: process leak check on*"])

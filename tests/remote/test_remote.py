@@ -173,8 +173,10 @@ def test_report_as_json(lab: SshLab, tmp_path: Path) -> None:
     assert [h["host"] for h in data["hosts"]] == ["h01", "h02"]
     for host in data["hosts"]:
         assert host["exit_status"] == 3 and host["report"]["complete"]
-        # The backgrounded sleep (perhaps caught before its exec) was left behind.
-        assert [m["outcome"] for m in host["report"]["members"]] == ["killed"]
+        # The backgrounded sleep (perhaps caught before its exec) was left
+        # behind and killed; the leader, if seen as it exited, exited by itself.
+        outcomes = sorted(m["outcome"] for m in host["report"]["members"])
+        assert outcomes in (["killed"], ["exited", "killed"])
         assert host["remote"]["mode"] in ("ship", "cached", "installed")
 
 

@@ -313,6 +313,6 @@ class _StepLines:
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.write(
                 f"tether: terminating job {self.job_id}: step {progress.step}/{progress.steps}, "
-                f"{progress.signal} sent to {progress.members_left} member(s)\n"
+                f"{progress.signal} sent to {progress.signalled} member(s)\n"
             )
             sys.stderr.flush()
