@@ -422,9 +422,7 @@ def _run_step(
         if where.on_progress is not None:
             alive = sum(1 for m in found if m.alive)
             grace_left = max(0.0, deadline - clock())
-            where.on_progress(
-                Progress(where.step, where.steps, name, alive, grace_left, sent)
-            )
+            where.on_progress(Progress(where.step, where.steps, name, alive, grace_left, sent))
         pause = min(pause * 2, RESCAN_MAX)
 
     left_after = sum(1 for m in target.scan() if m.alive) if not empty else 0
