@@ -14,6 +14,16 @@ signal N, else the leader's own status. The other commands: 0 done, 1 not all
 done (members survived...), 2 bad input. Each command's ``--help`` ends with
 its EXIT STATUS block (the man pages read it).
 
+An unexpected exception (a bug, or an environment that breaks an assumption)
+is one line, ``tether: internal error: TYPE: MESSAGE``, never a traceback,
+and exits with a status the command already documents (:func:`_internal_status`):
+``run`` 125 (tether failed); ``kill``, ``ps``, ``reap``, ``prune`` and
+``cancel`` 1 (not all done: the work may be unfinished); ``config``,
+``schema`` and ``completion`` 2; ``epilog`` 0 (2 with ``--strict``), since a
+failing epilog drains a Slurm node and nothing was shown to survive. An
+interrupt (SIGINT) before a command took over its signals exits 130 (the
+epilog 0). ``TETHER_TRACEBACK=1`` adds the traceback, for bug reports.
+
 On a terminal, ``ps`` draws a coloured tree, ``run`` and ``kill`` show a
 progress line on stderr and the report as a table (:mod:`tether.display`);
 piped, the output is the plain, stable columns.
@@ -245,30 +255,46 @@ def _no_such_option(err: click.NoSuchOption, is_run: bool) -> str:
 def _run_cli(args: list[str]) -> NoReturn:
     import click
 
-    from tether.cli._common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, CliError
+    from tether.cli._common import (
+        EXIT_BAD_INPUT,
+        EXIT_FAILED,
+        EXIT_INTERRUPTED,
+        EXIT_OK,
+        CliError,
+    )
     from tether.errors import TetherError, UsageError
 
-    cli = _group()
-    is_run = _command_name(args) == "run"
+    command = _command_name(args)
+    is_run = command == "run"
     bad_input = EXIT_FAILED if is_run else EXIT_BAD_INPUT
+    note = ""
+    if command == "epilog":
+        # A failing epilog drains a Slurm node: bad arguments exit 0 (2 with
+        # --strict), as the epilog's own bad input does.
+        bad_input = _internal_status(command, args)
+        note = " (nothing was killed)"
     try:
+        cli = _group()
         args = _legacy_spellings(args)
         cli.main(args, prog_name="tether", standalone_mode=False)
     except click.NoSuchOption as err:
-        click.echo(f"tether: {_no_such_option(err, is_run)}", err=True)
+        click.echo(f"tether: {_no_such_option(err, is_run)}{note}", err=True)
         sys.exit(bad_input)
     except click.UsageError as err:
-        click.echo(f"tether: {err.format_message()}", err=True)
+        click.echo(f"tether: {err.format_message()}{note}", err=True)
         sys.exit(bad_input)
-    except click.exceptions.Abort:
-        sys.exit(EXIT_INTERRUPTED)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # SIGINT before a command took over its signals (click turns it into
+        # Abort; tether run forwards it once supervising): nothing of ours runs.
+        _say("tether: interrupted")
+        sys.exit(EXIT_OK if command == "epilog" else EXIT_INTERRUPTED)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
     except CliError as err:
         click.echo(f"tether: {err}", err=True)
         sys.exit(err.code)
     except TetherError as err:
-        code = err.exit_code if is_run else EXIT_BAD_INPUT
+        code = err.exit_code if is_run else bad_input
         if isinstance(err, UsageError) and is_run:
             code = EXIT_FAILED
         click.echo(f"tether: {err}", err=True)
@@ -276,6 +302,50 @@ def _run_cli(args: list[str]) -> NoReturn:
     except OSError as err:
         click.echo(f"tether: {err.strerror or err}", err=True)
         sys.exit(bad_input)
+    except Exception as err:  # never a traceback: one line, a documented status
+        _internal_error(err)
+        sys.exit(_internal_status(command, args))
     with contextlib.suppress(Exception):
         sys.stdout.flush()
     sys.exit(0)
+
+
+#: Commands whose EXIT STATUS has 1 "not all done": an internal error may have
+#: left their work unfinished, so they never claim 0 or "bad input" for it.
+_UNFINISHED_IS_1 = frozenset({"kill", "ps", "reap", "prune", "cancel"})
+
+
+def _internal_status(command: str | None, args: Sequence[str]) -> int:
+    """The documented status an unexpected error exits with, per command."""
+    from tether.cli._common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK
+
+    if command == "epilog":
+        # Nothing was shown to survive: never drain the node for our bug.
+        return EXIT_BAD_INPUT if "--strict" in args else EXIT_OK
+    if command == "run":
+        return EXIT_FAILED
+    if command in _UNFINISHED_IS_1:
+        return EXIT_INCOMPLETE
+    return EXIT_BAD_INPUT
+
+
+def _internal_error(err: BaseException) -> None:
+    """``tether: internal error: TYPE: MESSAGE`` on one line (escaped, bounded)."""
+    try:
+        from tether.sanitize import visible
+
+        text = visible(f"{type(err).__name__}: {err}"[:2000])
+    except Exception:  # the sanitiser itself is what broke
+        text = type(err).__name__
+    if os.environ.get("TETHER_TRACEBACK") == "1":
+        import traceback
+
+        with contextlib.suppress(Exception):
+            traceback.print_exception(err, file=sys.stderr)
+    _say(f"tether: internal error: {text} (a bug in tether; please report it)")
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(Exception):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
