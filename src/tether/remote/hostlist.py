@@ -12,6 +12,12 @@ start with ``-``: they become ssh arguments and must never be read as options.
 
 :func:`compress` is the inverse of :func:`expand` (``node01,node02,node03`` ->
 ``node[01-03]``), for headers that name several hosts at once (``-b``).
+
+A host list is sized before anything is built (:func:`count`): every
+bracket's values are counted from its bounds, a word is the product of its
+brackets, a list the sum of its words (repeats included). A list that would
+exceed :data:`MAX_HOSTS` names is refused with its size, so a 16 KB argument
+(``n[1-65535]-[1-65535]...``) is an error, never gigabytes of names.
 """
 
 from __future__ import annotations
@@ -22,8 +28,16 @@ from dataclasses import dataclass
 
 from tether.errors import UsageError
 
-#: Longest list a single expression may expand to (a typo like [1-99999999]).
+#: Most names a host list (and all of --host/-w/-x together) may expand to,
+#: counted before expansion, repeats included (a typo like [1-99999999]).
 MAX_HOSTS = 65536
+#: Digits a range bound may have (ints longer than this are no host number).
+_MAX_DIGITS = 18
+#: Sizes are counted up to this (an error names larger ones "over 10**18").
+_HUGE = 10**18 + 1
+#: Longest name a list may expand to ([USER@]HOST[:PORT]; DNS names stop at
+#: 253): with MAX_HOSTS, what bounds an expansion's memory (32 MiB of text).
+MAX_NAME = 512
 
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._%-]*")
 _IPV6 = re.compile(r"[0-9A-Fa-f:.%]+")
@@ -113,59 +127,139 @@ def _split_top(text: str) -> list[str]:
     return out
 
 
-def _expand_ranges(spec: str, whole: str) -> list[str]:
-    values: list[str] = []
+def _quoted(text: str) -> str:
+    """``text`` for a one-line error: repr, cut at 80 characters with its length."""
+    if len(text) <= 80:
+        return repr(text)
+    return f"{text[:80]!r}... ({len(text)} characters)"
+
+
+def _parts(spec: str, whole: str) -> list[tuple[str, str | None]]:
+    """A bracket's ``lo[-hi]`` parts, checked (bounds, order, digits); nothing expanded."""
+    parts: list[tuple[str, str | None]] = []
     for part in spec.split(","):
         m = _RANGE.fullmatch(part.strip())
         if m is None:
-            raise HostListError(f"bad range [{spec}] in host list {whole!r}")
+            raise HostListError(
+                f"bad range {_quoted('[' + spec + ']')} in host list {_quoted(whole)}"
+            )
         lo_text, hi_text = m.group(1), m.group(2)
+        if max(len(lo_text), len(hi_text or "")) > _MAX_DIGITS:
+            raise HostListError(
+                f"range bound longer than {_MAX_DIGITS} digits in host list {_quoted(whole)}"
+            )
+        if hi_text is not None:
+            lo, hi = int(lo_text), int(hi_text)
+            if hi < lo:
+                raise HostListError(
+                    f"range {part.strip()} runs backwards in host list {_quoted(whole)}"
+                )
+            if hi - lo >= MAX_HOSTS:
+                raise HostListError(
+                    f"range {part.strip()} is too large ({hi - lo + 1} hosts, more than "
+                    f"{MAX_HOSTS})"
+                )
+        parts.append((lo_text, hi_text))
+    return parts
+
+
+def _brackets(word: str, whole: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
+    """A word as (literal prefix, bracket parts) pairs; the tail is a last pair with no parts."""
+    out: list[tuple[str, list[tuple[str, str | None]]]] = []
+    pos = 0
+    while True:
+        start = word.find("[", pos)
+        if start < 0:
+            out.append((word[pos:], []))
+            return out
+        end = word.index("]", start)  # balanced: checked by _split_top
+        out.append((word[pos:start], _parts(word[start + 1 : end], whole)))
+        pos = end + 1
+
+
+def _size(parts: list[tuple[str, str | None]]) -> int:
+    return sum(1 if hi is None else int(hi) - int(lo) + 1 for lo, hi in parts)
+
+
+def _words(text: str) -> list[list[tuple[str, list[tuple[str, str | None]]]]]:
+    """``text``'s words, parsed and sized: HostListError if they would expand
+    to more than MAX_HOSTS names (computed from the bounds, before building any)."""
+    words = []
+    total = 0
+    for raw in _split_top(text):
+        word = raw.strip()
+        if not word:
+            raise HostListError(f"empty host in host list {_quoted(text)}")
+        parsed = _brackets(word, text)
+        size, length = 1, 0
+        for prefix, parts in parsed:
+            length += len(prefix) + max(
+                (max(len(lo), len(hi or "")) for lo, hi in parts), default=0
+            )
+            if parts:
+                # Capped as it grows: thousands of brackets stay small ints.
+                size = min(size * _size(parts), _HUGE)
+        if length > MAX_NAME:
+            raise HostListError(
+                f"host list {_quoted(text)} has a name of up to {length} characters "
+                f"(more than {MAX_NAME})"
+            )
+        total = min(total + size, _HUGE)
+        words.append(parsed)
+    if total > MAX_HOSTS:
+        many = f"{total}" if total < _HUGE else f"over {_HUGE - 1}"
+        raise HostListError(
+            f"host list {_quoted(text)} expands to {many} hosts, more than {MAX_HOSTS} "
+            f"(counted before expansion)"
+        )
+    return words
+
+
+def count(text: str) -> int:
+    """How many names ``text`` expands to, repeats included, without expanding it.
+
+    Raises:
+        HostListError: as :func:`expand`, including more than MAX_HOSTS names.
+    """
+    total = 0
+    for parsed in _words(text):
+        size = 1
+        for _prefix, parts in parsed:
+            if parts:
+                size *= _size(parts)
+        total += size
+    return total
+
+
+def _values(parts: list[tuple[str, str | None]]) -> list[str]:
+    values: list[str] = []
+    for lo_text, hi_text in parts:
         if hi_text is None:
             values.append(lo_text)
             continue
-        lo, hi = int(lo_text), int(hi_text)
-        if hi < lo:
-            raise HostListError(f"range {part} runs backwards in host list {whole!r}")
-        if hi - lo >= MAX_HOSTS:
-            raise HostListError(f"range {part} is too large (more than {MAX_HOSTS} hosts)")
         width = len(lo_text) if lo_text.startswith("0") and len(lo_text) > 1 else 0
-        values.extend(str(i).zfill(width) for i in range(lo, hi + 1))
+        values.extend(str(i).zfill(width) for i in range(int(lo_text), int(hi_text) + 1))
     return values
-
-
-def _expand_word(word: str, whole: str) -> list[str]:
-    names = [""]
-    pos = 0
-    while pos < len(word):
-        start = word.find("[", pos)
-        if start < 0:
-            names = [n + word[pos:] for n in names]
-            break
-        end = word.index("]", start)  # balanced: checked by _split_top
-        prefix = word[pos:start]
-        choices = _expand_ranges(word[start + 1 : end], whole)
-        names = [n + prefix + c for n in names for c in choices]
-        if len(names) > MAX_HOSTS:
-            raise HostListError(f"host list {whole!r} expands to more than {MAX_HOSTS} hosts")
-        pos = end + 1
-    return names
 
 
 def expand(text: str) -> list[str]:
     """Expand a pdsh/clush host list to names, in order, without repeats.
 
+    The list is sized first (:func:`count`): nothing is built for one that
+    would exceed MAX_HOSTS names.
+
     Raises:
-        HostListError: unbalanced brackets, a bad range, an empty word.
+        HostListError: unbalanced brackets, a bad range, an empty word, too many hosts.
     """
     out: dict[str, None] = {}
-    for raw in _split_top(text):
-        word = raw.strip()
-        if not word:
-            raise HostListError(f"empty host in host list {text!r}")
-        for name in _expand_word(word, text):
-            out[name] = None
-            if len(out) > MAX_HOSTS:
-                raise HostListError(f"host list {text!r} expands to more than {MAX_HOSTS} hosts")
+    for parsed in _words(text):
+        names = [""]
+        for prefix, parts in parsed:
+            if parts:
+                names = [n + prefix + v for n in names for v in _values(parts)]
+            else:
+                names = [n + prefix for n in names]
+        out.update(dict.fromkeys(names))
     return list(out)
 
 
@@ -177,6 +271,11 @@ def resolve_targets(
     Exclusion matches a name as written (``user@node01`` is excluded by
     ``user@node01`` or by ``node01``).
     """
+    hosts, lists, excludes = list(hosts), list(lists), list(excludes)
+    # All of them together are bounded as one list is, before any is expanded.
+    total = len(hosts) + sum(count(spec) for spec in [*lists, *excludes])
+    if total > MAX_HOSTS:
+        raise HostListError(f"--host, -w and -x together name {total} hosts, more than {MAX_HOSTS}")
     names: dict[str, None] = {}
     for h in hosts:
         names[h] = None
