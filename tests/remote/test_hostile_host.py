@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import SRC, wait_for
 from tether.remote import client, protocol
 from tether.remote.client import HostRun, OutputSink, SshOptions
 from tether.remote.hostlist import Target
@@ -104,3 +108,188 @@ def test_a_remote_error_cannot_choose_the_exit_status(tmp_path: Path) -> None:
     got = _run(_playback(tmp_path, frame))
     assert got.exit_status == 125
     assert got.error == "\\x1b[2Jowned\\n"
+
+
+# -- deadlines, cancels before the job id, memory across hosts -------------------
+
+
+def _pids_alive(pid_dir: Path) -> list[int]:
+    """The fake ssh processes (pids they wrote) still running (zombies are gone)."""
+    alive = []
+    for f in pid_dir.glob("*.pid"):
+        pid = int(f.read_text())
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def _staged_ssh(
+    tmp_path: Path, first: bytes | None, later: str = "exec cat 3>&1 >/dev/null"
+) -> SshOptions:
+    """A fake ssh whose first connection plays ``first`` (then swallows stdin; None:
+    stalls at once), and whose later connections (out-of-band cancels) run ``later``.
+    Each records its pid in tmp_path/pids; the first keeps what it read in tmp_path/stdin.
+    (fd 3 keeps stdout open: ``exec cat >FILE`` alone would close it, an EOF.)"""
+    pids = tmp_path / "pids"
+    pids.mkdir(exist_ok=True)
+    if first is not None:
+        (tmp_path / "playback").write_bytes(first)
+    play = f"cat {tmp_path}/playback; " if first is not None else ""
+    return _fake_ssh(
+        tmp_path,
+        f"echo $$ > {pids}/$$.pid\n"
+        f"if mkdir {tmp_path}/first 2>/dev/null; then {play}exec cat 3>&1 >{tmp_path}/stdin; fi\n"
+        f"{later}",
+    )
+
+
+_HELLO = b'TETHER-PY 3.11.0\n{"mode": "installed"}\n' + protocol.json_frame(
+    protocol.HELLO, {"protocol": protocol.PROTOCOL}
+)
+_STARTED = protocol.json_frame(protocol.STARTED, {"job_id": "j"})
+
+
+def test_a_host_that_never_sends_its_job_id_is_an_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client, "HANDSHAKE_TIMEOUT", 0.5)
+    # A whole handshake, then nothing: before, the client waited for ever.
+    result = _run(_staged_ssh(tmp_path, _HELLO))
+    assert result.exit_status == 125 and "no answer within" in (result.error or ""), result
+    wait_for(lambda: not _pids_alive(tmp_path / "pids"), what="the fake ssh to be killed")
+
+
+def test_timeout_is_enforced_locally_when_the_host_never_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STARTED, then silence on every connection: cancelled, then given up on."""
+    from tether.policy import Policy
+    from tether.remote.fanout import fan_out
+
+    monkeypatch.setattr(client, "LOCAL_TIMEOUT_MARGIN", 0.2)
+    monkeypatch.setattr(client, "_KILL_SCRIPT_ALLOWANCE", 0.0)
+    ssh = _staged_ssh(tmp_path, _HELLO + _STARTED)  # out-of-band cancels stall too
+    spec = JobSpec(
+        argv=("sleep", "1000"), timeout=0.2, policy=Policy.parse("TERM,100ms,KILL,100ms")
+    )
+    out = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+    try:
+        [result] = fan_out(
+            [Target("evil")], spec, ssh, OutputSink(False, out, out), fanout=1,
+            cancel_timeout=0.2,
+        )  # fmt: skip
+    finally:
+        out.close()
+    assert result.exit_status == 125
+    assert "gave up on the host" in (result.error or ""), result
+    assert result.job_id == "j"
+    # Its connections (the first and the out-of-band one) are killed, not left behind.
+    assert len(list((tmp_path / "pids").glob("*.pid"))) == 2
+    wait_for(lambda: not _pids_alive(tmp_path / "pids"), what="the fake ssh to be killed")
+
+
+def _tether_run_remote(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    """``tether run --host evil`` with tmp_path/bin/ssh (the fake) first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "ssh").rename(bin_dir / "ssh")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": SRC}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tether.cli", "run", "--host", "evil", "--cancel-timeout",
+         "0.3", *args, "--", "true"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("phase", ["bootstrap", "before STARTED"])
+def test_int_and_term_are_honoured_before_the_job_id_is_known(
+    tmp_path: Path, sig: signal.Signals, phase: str
+) -> None:
+    _staged_ssh(tmp_path, None if phase == "bootstrap" else _HELLO)
+    proc = _tether_run_remote(tmp_path)
+    try:
+        wait_for(lambda: list((tmp_path / "pids").glob("*.pid")), what="the fake ssh")
+        if phase == "before STARTED":
+            # The job was sent, its id not yet known.
+            stdin = tmp_path / "stdin"
+            wait_for(lambda: stdin.exists() and b'"op":"run"' in stdin.read_bytes(),
+                     what="the run request")  # fmt: skip
+        proc.send_signal(sig)
+        # A hang guard, not a timing assertion (HANDSHAKE_TIMEOUT is 120 s).
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = err.splitlines()
+    assert len(lines) == 1 and "cancelled before it started" in lines[0], err
+    assert proc.returncode == 125
+    wait_for(lambda: not _pids_alive(tmp_path / "pids"), what="the fake ssh to be killed")
+
+
+def test_lines_without_newline_are_bounded_across_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    monkeypatch.setattr(client, "MAX_PARTIAL_LINE", 1000)
+    monkeypatch.setattr(client, "MAX_PARTIAL_TOTAL", 10_000)
+    out = io.BytesIO()
+    sink = OutputSink(True, out, out)
+    sent = 0
+    for _round in range(20):
+        for host in range(50):
+            sink.write(f"h{host}", protocol.STDOUT, b"x" * 300)
+            sent += 300
+            held = sum(len(v) for v in sink._partial.values())
+            assert held <= 10_000
+            assert max(len(v) for v in sink._partial.values()) <= 1000
+    for host in range(50):
+        sink.finish(f"h{host}")
+    # Nothing lost: every byte was written, in pieces of at most the caps.
+    lines = out.getvalue().splitlines()
+    assert sum(len(line.split(b": ", 1)[1]) for line in lines) == sent
+    assert max(len(line) for line in lines) <= 1000 + len("h00: ") + 300
+
+
+def test_buffered_frames_are_capped_for_all_hosts_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two hosts each hold most of a huge frame: together they pass MAX_BUFFERED."""
+    monkeypatch.setattr(client, "MAX_BUFFERED", 3 << 20)
+    # A 60 MiB STDOUT frame announced, 2 MiB of it sent, then silence.
+    partial = protocol.frame(protocol.STDOUT, b"y" * (60 << 20))[: (2 << 20) + 5]
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "playback").write_bytes(_HELLO + _STARTED + partial)
+    # One fake ssh for both: the host follows "--"; later connections fail at once.
+    ssh = _fake_ssh(
+        tmp_path,
+        'while [ "$1" != -- ]; do shift; done; d=' + str(tmp_path) + '/"$2"\n'
+        'if mkdir "$d/first" 2>/dev/null; then cat "$d/playback"; exec cat 3>&1 >/dev/null; fi\n'
+        "exit 1",
+    )
+    out = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+    try:
+        runs = [HostRun(Target(h), JobSpec(argv=("true",)), ssh, OutputSink(True, out, out))
+                for h in ("a", "b")]  # fmt: skip
+        for run in runs:
+            run.start()
+        wait_for(lambda: any(r.done.is_set() for r in runs), timeout=60, what="a host to fail")
+        [failed] = [r for r in runs if r.done.is_set()]
+        assert "from all hosts together passed 3 MiB" in (failed.result.error or "")
+        # The other is within the cap, waiting for the rest of its frame.
+        [other] = [r for r in runs if r is not failed]
+        assert not other.done.is_set()
+        other.give_up("test over")
+        assert other.result.error == "test over" and other.result.exit_status == 125
+        for run in runs:
+            run.thread.join(60)
+            assert not run.thread.is_alive()
+    finally:
+        out.close()
+    assert client._BUFFERED.used == 0  # given back as the connections closed

@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,10 +56,48 @@ MAX_LINE = 64 << 10
 _ERROR_STATUSES = (125, 126, 127)
 #: Time a remote kill script may add to an out-of-band cancel's answer.
 _KILL_SCRIPT_ALLOWANCE = 60.0
+#: --timeout enforced locally too: a host that has not reported this long
+#: after its timeout and its policy's graces is cancelled, and given up on
+#: after as much again (its remote agent enforces the timeout first).
+LOCAL_TIMEOUT_MARGIN = 30.0
+#: Bytes buffered from all hosts' connections together (frames not yet
+#: whole): past it, the host whose read crossed it is that host's error.
+MAX_BUFFERED = 256 << 20
+#: Unfinished output lines (no newline yet) kept per host and stream, and for
+#: all hosts together; past either, the piece is written as a line of its own.
+MAX_PARTIAL_LINE = 64 << 10
+MAX_PARTIAL_TOTAL = 16 << 20
 #: Which remote engine to load: the Python engine if the host can run it,
 #: else the POSIX-shell agent ("auto"); only one of them ("python", "sh").
 ENGINES = ("auto", "python", "sh")
 _FLOOR = ".".join(map(str, MIN_ENGINE_PYTHON))
+
+
+def policy_span(policy: Policy) -> float:
+    """Longest a policy may take to run through (graces, tree delay, a kill script)."""
+    return sum(s.grace for s in policy.steps) + policy.tree_delay + _KILL_SCRIPT_ALLOWANCE
+
+
+class _Budget:
+    """Bytes buffered by all connections together (MAX_BUFFERED)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > MAX_BUFFERED:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+_BUFFERED = _Budget()
 
 
 class RemoteError(TetherError):
@@ -191,8 +229,18 @@ class Connection:
         if not chunk:
             self._eof = True
             return False
+        if not _BUFFERED.take(len(chunk)):
+            raise RemoteError(
+                self.label,
+                f"output held back from all hosts together passed {MAX_BUFFERED >> 20} MiB "
+                "(frames not yet whole)",
+            )
         self._buf += chunk
         return True
+
+    def _consume(self, n: int) -> None:
+        del self._buf[:n]
+        _BUFFERED.give(n)
 
     def read_line(self, deadline: float | None = None) -> bytes | None:
         while b"\n" not in self._buf:
@@ -205,8 +253,9 @@ class Connection:
                 if not self._eof:
                     continue  # the select timed out: the check above says so
                 return None
-        line, _, rest = bytes(self._buf).partition(b"\n")
-        self._buf = bytearray(rest)
+        end = self._buf.index(b"\n")
+        line = bytes(self._buf[:end])
+        self._consume(end + 1)
         return line
 
     def read_frame(self, deadline: float | None = None) -> tuple[bytes, bytes] | None:
@@ -220,7 +269,7 @@ class Connection:
                 end = protocol.HEADER_SIZE + size
                 if len(self._buf) >= end:
                     payload = bytes(self._buf[protocol.HEADER_SIZE : end])
-                    del self._buf[:end]
+                    self._consume(end)
                     return kind, payload
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -365,6 +414,7 @@ class Connection:
             if f is not None:
                 with contextlib.suppress(OSError):
                     f.close()
+        self._consume(len(self._buf))
         return rc
 
     def kill(self) -> None:
@@ -480,6 +530,7 @@ class OutputSink:
             protocol.STDERR: stderr if stderr is not None else sys.stderr.buffer,
         }
         self._partial: dict[tuple[str, bytes], bytes] = {}
+        self._partial_total = 0
         self._kept: dict[str, bytearray] = {}
         self._kept_total = 0
         #: Hosts whose gathered output was cut at GATHER_LIMIT.
@@ -496,13 +547,22 @@ class OutputSink:
                 self._emit(stream, data)
                 return
             key = (label, kind)
-            pending = self._partial.pop(key, b"") + data
-            *lines, rest = pending.split(b"\n")
+            held = self._partial.pop(key, b"")
+            self._partial_total -= len(held)
+            *lines, rest = (held + data).split(b"\n")
+            if rest and (
+                len(rest) > MAX_PARTIAL_LINE or self._partial_total + len(rest) > MAX_PARTIAL_TOTAL
+            ):
+                # Bytes without a newline are held to keep lines whole, but
+                # never without bound (a host, or many, sending no newline).
+                lines.append(rest)
+                rest = b""
             if lines:
                 head = self._head(label)
                 self._emit(stream, b"".join(head + line + b"\n" for line in lines))
             if rest:
                 self._partial[key] = rest
+                self._partial_total += len(rest)
 
     def _head(self, label: str) -> bytes:
         return label.encode() + b": " if self.labels else b""
@@ -528,6 +588,7 @@ class OutputSink:
         with self._lock:
             for kind in (protocol.STDOUT, protocol.STDERR):
                 rest = self._partial.pop((label, kind), b"")
+                self._partial_total -= len(rest)
                 if rest:
                     self._emit(self._streams[kind], self._head(label) + rest + b"\n")
 
@@ -560,8 +621,15 @@ class HostRun:
         self.ssh = ssh
         self.sink = sink
         self.on_event = on_event or (lambda: None)
-        self.result = HostResult(target)
+        self._work = HostResult(target)
+        #: Set when the host was given up on (its thread may still be unwinding).
+        self._final: HostResult | None = None
         self.conn: Connection | None = None
+        #: "connecting" (bootstrap), "starting" (run sent, no job id yet), "running".
+        self._phase = "connecting"
+        self.job_started_at: float | None = None
+        self._oob_conns: list[Connection] = []
+        self._closed_early = False
         self.job_id: str | None = None
         self.cancel_sent_at: float | None = None
         self.cancel_reason: str | None = None
@@ -575,26 +643,84 @@ class HostRun:
         self._stdin_in_flight = 0
         self.thread = threading.Thread(target=self._main, name=f"tether-{self.label}", daemon=True)
 
+    @property
+    def result(self) -> HostResult:
+        """How the host's job ended (or why it never ran, or was given up on)."""
+        final = self._final
+        return final if final is not None else self._work
+
     def start(self) -> None:
         self.thread.start()
+
+    # -- --timeout, enforced locally too ----------------------------------------
+
+    def local_deadlines(self) -> tuple[float, float] | None:
+        """(cancel at, give up at), monotonic, once the job started with a --timeout.
+
+        The remote agent enforces the timeout and reports after its policy;
+        a host silent for LOCAL_TIMEOUT_MARGIN beyond that is cancelled, and
+        one still silent as long again is given up on.
+        """
+        started, timeout = self.job_started_at, self.spec.timeout
+        if started is None or timeout is None or self.done.is_set():
+            return None
+        span = policy_span(self.spec.policy) + LOCAL_TIMEOUT_MARGIN
+        return started + timeout + span, started + timeout + 2 * span
+
+    def give_up(self, why: str) -> None:
+        """End this host's part now: its result says why; its ssh processes are killed.
+
+        The remote agent's dead man's switch (its stdin closed) ends the job there.
+        """
+        with self._lock:
+            if self.done.is_set():
+                return
+            final = dataclasses.replace(self._work, notes=list(self._work.notes))
+            final.error = why
+            final.exit_status = 125
+            self._final = final
+            conns = [c for c in (self.conn, *self._oob_conns) if c is not None]
+            self.done.set()
+        for conn in conns:
+            conn.kill()
+        self.sink.finish(self.label)
+        self.on_event()
 
     # -- cancel (called from the coordinating thread) -------------------------
 
     def cancel(self, reason: str) -> None:
-        """Ask the remote agent to terminate the job (again: skip to the last step)."""
+        """Ask the remote agent to terminate the job (again: skip to the last step).
+
+        Before the job id is known there is nothing to name in a cancel: while
+        the bootstrap runs, the connection is closed at once (nothing was
+        asked to run yet); once the job was sent, its STARTED is awaited for
+        the ack timeout, then the connection is closed (:meth:`cancel_out_of_band`)
+        and the remote agent's dead man's switch ends whatever it started.
+        """
         with self._lock:
             self.cancelled.set()
             self.cancel_reason = self.cancel_reason or reason
-            conn, started = self.conn, self.job_id is not None
+            conn, started, phase = self.conn, self.job_id is not None, self._phase
             if self.cancel_sent_at is None:
                 self.cancel_sent_at = time.monotonic()
-        if conn is not None and started and not conn.send_cancel(reason):
+        if conn is not None and not started and phase == "connecting":
+            conn.kill()
+        elif conn is not None and started and not conn.send_cancel(reason):
             self.cancel_out_of_band("the connection is gone")
 
     def cancel_out_of_band(self, why: str) -> None:
         """Cancel over a new connection (once); the first one is then closed."""
         with self._lock:
-            if self._oob is not None or self.done.is_set() or self.job_id is None:
+            if self._oob is not None or self.done.is_set():
+                return
+            if self.job_id is None:
+                # No id to cancel by: close the connection; the agent's dead
+                # man's switch (stdin closed) ends what it started.
+                conn = self.conn
+                if conn is not None and not self._closed_early:
+                    self._closed_early = True
+                    self._work.notes.append(f"connection closed before the job id came ({why})")
+                    conn.kill()
                 return
             job_id = self.job_id
             self._oob = threading.Thread(
@@ -610,6 +736,7 @@ class HostRun:
             self.ssh,
             policy=self.spec.policy,
             reason=f"{self.cancel_reason or 'cancelled'}; out of band ({why})",
+            on_connect=self._oob_conns.append,
         )
         result.notes.insert(0, f"cancelled over a new connection: {why}")
         self._oob_result = result
@@ -623,6 +750,8 @@ class HostRun:
         return (
             self.cancel_sent_at is not None
             and not self.acked
+            and not (self.job_id is None and self._phase == "connecting")
+            and not self._closed_early
             and not self.done.is_set()
             and self._oob is None
             and time.monotonic() - self.cancel_sent_at >= ack_timeout
@@ -634,11 +763,17 @@ class HostRun:
         try:
             self._run()
         except RemoteError as err:
-            self.result.error = err.message
-            self.result.exit_status = err.exit_code
+            self._work.error = err.message
+            self._work.exit_status = err.exit_code
+            if self.cancelled.is_set() and self.job_id is None:
+                self._work.error = (
+                    "cancelled before it started (the connection was closed; the remote "
+                    "agent's dead man's switch ends anything it had started)"
+                )
+                self._work.exit_status = 125
         except Exception as err:  # a bug or a broken peer: one host, one line
-            self.result.error = f"{type(err).__name__}: {err}"
-            self.result.exit_status = 125
+            self._work.error = f"{type(err).__name__}: {err}"
+            self._work.exit_status = 125
         finally:
             self.sink.finish(self.label)
             if self.conn is not None:
@@ -652,13 +787,18 @@ class HostRun:
         conn = Connection(self.target, self.ssh)
         with self._lock:
             self.conn = conn
-        self.result.remote = conn.handshake()
-        if self.cancelled.is_set():
-            raise RemoteError(self.label, "cancelled before it started")
+        self._work.remote = conn.handshake()
+        with self._lock:
+            if self.cancelled.is_set():
+                raise RemoteError(self.label, "cancelled before it started")
+            self._phase = "starting"
         if not conn.send_run(self.spec, stdin=self.stdin_fd is not None):
             raise RemoteError(self.label, conn.ssh_error())
+        # The job id must come within the handshake's deadline too: a host
+        # that stalls before STARTED is that host's error, never a hang.
+        start_deadline: float | None = time.monotonic() + HANDSHAKE_TIMEOUT
         while True:
-            got = conn.read_frame()
+            got = conn.read_frame(start_deadline if self.job_id is None else None)
             if got is None:
                 self._connection_lost(conn)
                 return
@@ -668,7 +808,9 @@ class HostRun:
             elif kind == protocol.STARTED:
                 data = protocol.load_json(payload)
                 with self._lock:
-                    self.job_id = self.result.job_id = str(data.get("job_id"))
+                    self.job_id = self._work.job_id = str(data.get("job_id"))
+                    self.job_started_at = time.monotonic()
+                    self._phase = "running"
                     pending = self.cancelled.is_set()
                 if pending:
                     # Cancelled while starting: deliver it now.
@@ -688,7 +830,7 @@ class HostRun:
                     self._stdin_credit.notify()
             elif kind == protocol.ACK:
                 self.acked = True
-                self.result.cancelled = "in-band"
+                self._work.cancelled = "in-band"
             elif kind == protocol.ERROR:
                 # The host's words; of its exit status only what an ERROR can
                 # mean (126/127: not executable/found), never its free choice.
@@ -722,7 +864,7 @@ class HostRun:
 
     def _take_result(self, data: dict[str, Any]) -> None:
         checked = checked_result(self.label, data)
-        r = self.result
+        r = self._work
         r.returncode = checked["returncode"]
         r.timed_out = checked["timed_out"]
         r.reason = checked["reason"]
@@ -748,7 +890,7 @@ class HostRun:
         self._oob.join()
         oob = self._oob_result
         assert oob is not None
-        r = self.result
+        r = self._work
         r.cancelled = "out-of-band"
         r.report = oob.report
         r.notes.extend(oob.notes)
@@ -773,16 +915,22 @@ def cancel_job(
     *,
     policy: Policy | None = None,
     reason: str | None = None,
+    on_connect: Callable[[Connection], object] | None = None,
 ) -> HostResult:
-    """Out-of-band cancel: a new connection finds the job by id and terminates it."""
+    """Out-of-band cancel: a new connection finds the job by id and terminates it.
+
+    ``on_connect`` is given each connection made (so a caller giving up can kill it).
+    """
     result = HostResult(target, job_id=job_id, cancelled="out-of-band")
     try:
-        data = _cancel_over_new_connection(target, job_id, ssh, policy, reason, result)
+        data = _cancel_over_new_connection(target, job_id, ssh, policy, reason, result, on_connect)
         if not data.get("found") and data.get("shell_job") and ssh.engine == "auto":
             # The Python engine answered, but the shell agent ran this job
             # (--remote-engine sh): ask that one.
             shell_ssh = dataclasses.replace(ssh, engine="sh")
-            data = _cancel_over_new_connection(target, job_id, shell_ssh, policy, reason, result)
+            data = _cancel_over_new_connection(
+                target, job_id, shell_ssh, policy, reason, result, on_connect
+            )
         if not data.get("found"):
             result.notes.append(f"no live job {job_id} in the remote journal (already ended)")
             result.exit_status = 0
@@ -804,18 +952,17 @@ def _cancel_over_new_connection(
     policy: Policy | None,
     reason: str | None,
     result: HostResult,
+    on_connect: Callable[[Connection], object] | None = None,
 ) -> dict[str, Any]:
     conn = Connection(target, ssh)
+    if on_connect is not None:
+        on_connect(conn)
     try:
         result.remote = conn.handshake()
         if not conn.send_cancel_job(job_id, reason, policy):
             raise RemoteError(target.label, conn.ssh_error())
         # The cancel's answer comes after a whole policy (its graces) at most.
-        wait = HANDSHAKE_TIMEOUT + (
-            sum(s.grace for s in policy.steps) + policy.tree_delay + _KILL_SCRIPT_ALLOWANCE
-            if policy is not None
-            else 600.0
-        )
+        wait = HANDSHAKE_TIMEOUT + (policy_span(policy) if policy is not None else 600.0)
         got = conn.read_frame(time.monotonic() + wait)
         if got is None:
             raise RemoteError(target.label, "no answer to the cancel: " + conn.ssh_error())

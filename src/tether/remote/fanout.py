@@ -9,6 +9,13 @@ As locally, INT, TERM, HUP or QUIT sent to tether cancel every host (a second
 INT makes each skip to its policy's last step), and so does the exit of the
 caller unless ``outlive_caller``; a host that does not acknowledge a cancel
 within ``cancel_timeout`` is cancelled again over a new connection.
+
+A job's ``--timeout`` is enforced here too, should its host stop reporting:
+see :meth:`~tether.remote.client.HostRun.local_deadlines` (cancelled once the
+timeout, the policy's graces and a margin passed; given up on, its ssh
+killed, after as much again). A cancel before a host's job id is known
+closes that connection (at once while it bootstraps; after the ack timeout
+once the job was sent), so INT and TERM are honoured in every phase.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import contextlib
 import os
 import select
 import signal
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -136,12 +144,31 @@ def _drive(
                 # Every further signal: every host moves on to its next step.
                 for run in active:
                     run.cancel(cancel_reason)
-        if cancel_reason is not None:
-            for run in active:
-                if run.ack_overdue(cancel_timeout):
-                    run.cancel_out_of_band(
-                        f"no acknowledgement within {format_duration(cancel_timeout)}"
-                    )
+        now = time.monotonic()
+        wake: float | None = None
+        for run in active:
+            deadlines = run.local_deadlines()
+            if deadlines is None:
+                continue
+            cancel_at, give_up_at = deadlines
+            if now >= give_up_at:
+                run.give_up(
+                    f"no report {format_duration(give_up_at - cancel_at)} after the local "
+                    f"cancel (--timeout {format_duration(run.spec.timeout or 0)}); gave up on "
+                    "the host: its ssh was killed, the remote dead man's switch ends the job"
+                )
+            elif now >= cancel_at and not run.cancelled.is_set():
+                run.cancel(
+                    f"no report within --timeout {format_duration(run.spec.timeout or 0)}, "
+                    "the policy's graces and a margin (enforced by the client)"
+                )
+            wake = min(wake or give_up_at, cancel_at if now < cancel_at else give_up_at)
+        # Any run with a cancel outstanding (a signal, or its local timeout).
+        for run in active:
+            if run.ack_overdue(cancel_timeout):
+                run.cancel_out_of_band(
+                    f"no acknowledgement within {format_duration(cancel_timeout)}"
+                )
         # One reading of done per run: a host ending between two readings
         # would be dropped without its on_done.
         ended = [r for r in active if r.done.is_set()]
@@ -155,7 +182,9 @@ def _drive(
         poller.register(inbox.fileno, select.POLLIN)
         if caller is not None and caller.fileno >= 0 and cancel_reason is None:
             poller.register(caller.fileno, select.POLLIN)
-        poller.poll(100 if cancel_reason is not None else None)
+        if cancel_reason is not None or any(r.cancel_sent_at is not None for r in active):
+            wake = min(wake or now + 0.1, now + 0.1)
+        poller.poll(None if wake is None else max(0, min(int((wake - now) * 1000) + 1, 2**31 - 1)))
         inbox.drain()
         with contextlib.suppress(OSError):
             os.read(ev_r, 4096)
