@@ -42,8 +42,13 @@ def table() -> list[list[str]]:
     lines = PAGE.read_text().splitlines()
     start = next(n for n, line in enumerate(lines) if line.startswith("<!-- bench/compare.py: "))
     assert lines[start + 1] == "", "the script prints a blank line after its comment"
+    return _rows(lines[start + 2 :])
+
+
+def _rows(lines: list[str]) -> list[list[str]]:
+    """The cells of the markdown table the lines start with."""
     rows = []
-    for line in lines[start + 2 :]:
+    for line in lines:
         if not line.startswith("|"):
             break
         rows.append([cell.strip() for cell in line.strip("|").split("|")])
@@ -63,3 +68,22 @@ def test_the_page_has_the_scripts_rows_and_columns() -> None:
         assert all(CELL.fullmatch(cell) for cell in cells), cells
         passed = sum(cell == "yes" for cell in cells)
         assert total[column] == f"{passed}/{len(scenarios)}", head[column]
+
+
+POLITE_CELL = re.compile(r"[01]\.\d\d, (\d+ ms|\*\*left [^*]+\*\*)")
+
+
+def test_the_polite_table_has_the_scripts_rows_columns_and_verdicts() -> None:
+    compare = compare_module()
+    lines = PAGE.read_text().splitlines()
+    start = next(n for n, line in enumerate(lines) if line.startswith("| program | "))
+    head, rule, *body = _rows(lines[start:])
+    columns = [m.column for m in compare.methods() if m.key in compare.POLITE_METHODS]
+    assert head == ["program", *columns, "goal"]
+    assert set(rule) == {"---"}
+    assert [row[0] for row in body] == [p.row for p in compare.PROGRAMS]
+    for row in body:
+        assert all(POLITE_CELL.fullmatch(cell) for cell in row[1:-1]), row
+        assert row[-1] == "PASS" or row[-1].startswith("MISS ("), row
+    verdict = "PASS" if all(row[-1] == "PASS" for row in body) else "MISS"
+    assert any(line.startswith("Goal (") and line.endswith(f": {verdict}") for line in lines)
