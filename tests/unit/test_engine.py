@@ -737,7 +737,7 @@ def test_progress_is_given_at_each_step_and_rescan_with_the_grace_left(clock: Fa
 
     report = run(target, "TERM,3s,KILL", on_progress=lambda p: seen.append((clock() - T0, p)))
 
-    assert seen[0] == (0.0, Progress(1, 2, "TERM", 2, 3.0))
+    assert seen[0] == (0.0, Progress(1, 2, "TERM", 2, 3.0, signalled=2))
     term = [(t, p) for t, p in seen if p.signal == "TERM"]
     assert all(p.step == 1 and p.steps == 2 for _, p in term)
     for t, p in term:
@@ -748,7 +748,7 @@ def test_progress_is_given_at_each_step_and_rescan_with_the_grace_left(clock: Fa
     assert times == sorted(times)
     assert all(b - a <= RESCAN_MAX + EPS for a, b in itertools.pairwise(times))
     kill = [p for _, p in seen if p.signal == "KILL"]
-    assert kill[0] == Progress(2, 2, "KILL", 1, DEFAULT_FINAL_WAIT)
+    assert kill[0] == Progress(2, 2, "KILL", 1, DEFAULT_FINAL_WAIT, signalled=1)
     assert report.complete
 
 
