@@ -34,6 +34,7 @@ from tether.membership import Membership, _raise_fd_limit
 from tether.policy import MAX_POLL_MS, Policy
 from tether.process import ProcessHandle, ProcessInfo, read_process
 from tether.report import Report, oneline
+from tether.sanitize import visible
 from tether.spec import Arg, JobSpec, Leftovers, command_args
 from tether.supervise import EXIT_LEFTOVERS, SignalInbox, supervise
 from tether.terminate import Member, Progress, terminate
@@ -546,6 +547,8 @@ class Job:
         self._session_recorded = False
         self._lock = threading.Lock()
         self._dedicated = dedicated_supervisor
+        #: The first journal write that failed mid-job (ENOSPC...), said once.
+        self._journal_problem: str | None = None
         if dedicated_supervisor:
             with _dedicated_lock:
                 if _dedicated_jobs:
@@ -732,15 +735,35 @@ class Job:
         if self._record is None:
             return
         self._record = self._record.with_members({Identity(m.pid, m.starttime) for m in new})
-        with contextlib.suppress(JournalError):
-            self._write_record()
+        self._rewrite_record()
 
     def _record_step(self, index: int, started_at: float) -> None:
         if self._record is None:
             return
         self._record = replace(self._record, state="terminating", step=(index, started_at))
-        with contextlib.suppress(JournalError):
+        self._rewrite_record()
+
+    def _rewrite_record(self) -> None:
+        """Write the record mid-job. A failure (a full file system) loses nothing
+        held here: the identities stay in ``_record`` (the next write carries
+        them all) and the last record written stays whole (writes replace it
+        atomically), so recovery works from it. Said once: on stderr for
+        ``tether run``, in the log, and in the report's caveats."""
+        try:
             self._write_record()
+        except JournalError as err:
+            if self._journal_problem is not None:
+                return
+            self._journal_problem = str(err)
+            text = (
+                f"job {self.id}: {err}; members found from now on are kept in memory only "
+                "(recovery after a crash would work from the last record written)"
+            )
+            logs.log(_LOG, logs.WARNING, text, job_id=self.id)
+            if self._dedicated:
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.write(f"tether: warning: {visible(text)}\n")
+                    sys.stderr.flush()
 
     def _finish_journal(self, complete: bool) -> None:
         """Drop the record once the tree is proven empty; release the watchdog."""
@@ -750,8 +773,7 @@ class Job:
             else:
                 # Survivors: keep the record so `tether reap` can try again.
                 self._record = replace(self._record, state="survivors")
-                with contextlib.suppress(JournalError):
-                    self._write_record()
+                self._rewrite_record()
             self._journal.close()
             self._record = None
         popen = getattr(self, "_popen", None)
@@ -1041,6 +1063,12 @@ class Job:
                 self._leader.close()
             if self.spec.foreground:
                 report = replace(report, caveats=(*report.caveats, FOREGROUND_CAVEAT))
+            if self._journal_problem is not None:
+                caveat = (
+                    f"the journal could not be written ({self._journal_problem}): members "
+                    "found since were kept in memory only"
+                )
+                report = replace(report, caveats=(*report.caveats, caveat))
             cg = self._selection.cgroup
             if cg is not None and report.complete:
                 cg.remove()

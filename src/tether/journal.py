@@ -335,7 +335,12 @@ class Journal:
                 # No fsync: the record only has to outlive tether's process
                 # (the page cache does), not the machine; a record from an
                 # earlier boot is discarded by its boot id anyway.
-                os.write(fd, data)
+                # A nearly full file system writes part and returns short; only
+                # the next write says ENOSPC. Renaming a short file over the
+                # record would tear the one recovery needs.
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
             finally:
                 os.close(fd)
             os.replace(tmp, record.job_id + _SUFFIX, src_dir_fd=dfd, dst_dir_fd=dfd)
