@@ -68,10 +68,9 @@ def main() -> int:
     survivors = [m for m in report["members"] if alive(m["pid"], m["start_time"])]
     print()
     rows = [(what, m) for what, ms in found.items() for m in ms]
-    width = max((len(",".join(m["found_by"])) for _, m in rows), default=0)
     for what, m in rows:
         print(f"  {what:<22} pid {m['pid']:<7} ended by {m['ended_by'] or '-':<4}  "
-              f"found by {','.join(m['found_by']):<{width}}")  # fmt: skip
+              f"found by {','.join(m['found_by'])}")  # fmt: skip
     if done.returncode != 124:
         failures.append(f"exit status {done.returncode}, expected 124")
     if not report["complete"]:
