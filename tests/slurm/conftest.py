@@ -8,6 +8,7 @@ by identity afterwards, whatever the test found.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -69,6 +70,25 @@ def cluster(request: pytest.FixtureRequest, slurm_base: Cluster) -> Cluster:
 
 @pytest.fixture
 def lab(cluster: Cluster, slurm_users: dict[str, pwd.struct_passwd]) -> Iterator[Lab]:
+    with _lab(cluster, slurm_users) as lab:
+        yield lab
+
+
+@pytest.fixture
+def any_lab(slurm_base: Cluster, slurm_users: dict[str, pwd.struct_passwd]) -> Iterator[Lab]:
+    """A lab on whichever plugin runs now (the first that runs here if none yet),
+    for what does not depend on the proctrack plugin: no restart for it."""
+    if not slurm_base.plugin:
+        plugin = next((p for p in PLUGINS if plugin_unavailable(p) is None), None)
+        if plugin is None:
+            pytest.skip("no proctrack plugin runs here")
+        slurm_base.start(plugin)
+    with _lab(slurm_base, slurm_users) as lab:
+        yield lab
+
+
+@contextlib.contextmanager
+def _lab(cluster: Cluster, slurm_users: dict[str, pwd.struct_passwd]) -> Iterator[Lab]:
     py = user_python(slurm_users["a"])
     if py is None:
         pytest.skip("no Python interpreter the test users can run")
