@@ -280,13 +280,14 @@ def test_buffered_frames_are_capped_for_all_hosts_together(
         for run in runs:
             run.start()
         wait_for(lambda: any(r.done.is_set() for r in runs), timeout=60, what="a host to fail")
-        [failed] = [r for r in runs if r.done.is_set()]
-        assert "from all hosts together passed 3 MiB" in (failed.result.error or "")
-        # The other is within the cap, waiting for the rest of its frame.
-        [other] = [r for r in runs if r is not failed]
-        assert not other.done.is_set()
-        other.give_up("test over")
-        assert other.result.error == "test over" and other.result.exit_status == 125
+        # Whichever crossed the cap failed (both may, racing under load); a
+        # host still running is within the cap, waiting for the rest of its frame.
+        for run in runs:
+            if run.done.is_set():
+                assert "from all hosts together passed 3 MiB" in (run.result.error or "")
+            else:
+                run.give_up("test over")
+                assert run.result.error == "test over" and run.result.exit_status == 125
         for run in runs:
             run.thread.join(60)
             assert not run.thread.is_alive()

@@ -230,6 +230,7 @@ class Connection:
             self._eof = True
             return False
         if not _BUFFERED.take(len(chunk)):
+            self._consume(len(self._buf))  # this host is done: free its share now
             raise RemoteError(
                 self.label,
                 f"output held back from all hosts together passed {MAX_BUFFERED >> 20} MiB "
@@ -401,9 +402,13 @@ class Connection:
 
     def close(self, timeout: float = 5.0) -> int | None:
         """Close our end, wait for ssh (kill it after ``timeout``); its status."""
-        assert self.proc.stdin is not None
+        assert self.proc.stdin is not None and self.proc.stdout is not None
         with self._write_lock, contextlib.suppress(OSError):
             self.proc.stdin.close()
+        # Nothing reads its stdout any more: a host still writing (a flood we
+        # refused) gets EPIPE and ends, instead of blocking until the kill.
+        with contextlib.suppress(OSError):
+            self.proc.stdout.close()
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
