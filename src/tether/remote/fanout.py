@@ -152,10 +152,12 @@ def _drive(
                 continue
             cancel_at, give_up_at = deadlines
             if now >= give_up_at:
+                waited = give_up_at - (run.job_started_at or now)
                 run.give_up(
-                    f"no report {format_duration(give_up_at - cancel_at)} after the local "
-                    f"cancel (--timeout {format_duration(run.spec.timeout or 0)}); gave up on "
-                    "the host: its ssh was killed, the remote dead man's switch ends the job"
+                    f"no report {format_duration(waited)} after the job started (--timeout "
+                    f"{format_duration(run.spec.timeout or 0)}, the policy's graces and "
+                    "margins); gave up on the host: its ssh was killed, the remote dead man's "
+                    "switch ends the job"
                 )
             elif now >= cancel_at and not run.cancelled.is_set():
                 run.cancel(
