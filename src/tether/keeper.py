@@ -129,6 +129,10 @@ def _drain(fd: int) -> None:
 
 
 def keeper_main(caller_pid: int, control: socket.socket) -> int:
+    # Imported here, once: every job keeper is a fork of this process, and an
+    # import after the fork (resource loads a shared object) is paid per job.
+    import resource  # noqa: F401
+
     from tether._platform.linux import prctl
 
     os.chdir("/")  # hold no mount busy
@@ -213,10 +217,11 @@ def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int) -> int:
     chld = _sigchld_pipe()
     try:
         prctl.set_child_subreaper(True)
-        for res, limits in request["rlimits"]:
-            import resource
+        import resource
 
-            resource.setrlimit(res, limits)
+        for res, limits in request["rlimits"]:
+            if resource.getrlimit(res) != limits:
+                resource.setrlimit(res, limits)
         os.fchdir(cwd_fd)
         popen = subprocess.Popen(
             request["argv"],
