@@ -17,19 +17,30 @@ from collections.abc import Callable
 import tether
 
 
-def _measure(call: Callable[[], object], calls: int) -> tuple[float, float, float]:
-    """(median wall ms, mean wall ms, mean CPU ms incl. reaped children) per call."""
-    walls = []
-    t0 = os.times()
+def _measure(
+    rows: dict[str, Callable[[], object]], calls: int
+) -> dict[str, tuple[float, float, float]]:
+    """name -> (median wall ms, mean wall ms, mean CPU ms incl. reaped children) per call.
+
+    The rows take turns call by call, so a load spike on the shared machine
+    falls on all of them alike instead of on whichever row ran at the time.
+    """
+    walls: dict[str, list[float]] = {name: [] for name in rows}
+    cpu = dict.fromkeys(rows, 0.0)
     for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        walls.append((time.perf_counter() - start) * 1000)
-    t1 = os.times()
-    cpu = (t1.user + t1.system + t1.children_user + t1.children_system) - (
-        t0.user + t0.system + t0.children_user + t0.children_system
-    )
-    return statistics.median(walls), statistics.fmean(walls), cpu * 1000 / calls
+        for name, call in rows.items():
+            t0 = os.times()
+            start = time.perf_counter()
+            call()
+            walls[name].append((time.perf_counter() - start) * 1000)
+            t1 = os.times()
+            cpu[name] += (t1.user + t1.system + t1.children_user + t1.children_system) - (
+                t0.user + t0.system + t0.children_user + t0.children_system
+            )
+    return {
+        name: (statistics.median(w), statistics.fmean(w), cpu[name] * 1000 / calls)
+        for name, w in walls.items()
+    }
 
 
 def main() -> None:
@@ -49,7 +60,7 @@ def main() -> None:
     }
     for call in rows.values():  # warm up imports and caches
         call()
-    results = {name: _measure(call, args.calls) for name, call in rows.items()}
+    results = _measure(rows, args.calls)
     base = results["subprocess.run(['true'])"][0]
     print(f"{args.calls} calls each, uid {os.geteuid()}")
     print(f"{'call':<48} {'median ms':>9} {'mean ms':>8} {'cpu ms':>7} {'x subprocess':>12}")
