@@ -93,6 +93,9 @@ ENVIRONMENT: tuple[tuple[tuple[str, ...], str], ...] = (
      "linux or psutil: the process-table backend, chosen once at start-up (default: "
      "linux on Linux, psutil elsewhere). psutil has no cgroups, subreaper or pidfds; "
      "every report says which trackers it could use."),
+    (("TETHER_TRACEBACK",),
+     "1: an internal error (a bug in tether) prints its Python traceback after "
+     "the one-line message, for a bug report."),
     (("NO_COLOR",),
      "Non-empty: no colour in tether's output (https://no-color.org); TERM=dumb does "
      "the same. Colour is only ever used on a terminal."),

@@ -435,9 +435,12 @@ def supervise(
                 fds[caller.fileno] = select.POLLIN
             if deadline is not None:
                 waits.append(deadline - clock())
-        elif not termination.finished:
-            # The engine's own waits watch the signal pipe (the job's wake
-            # fd): draining it here would hide a second INT from them.
+        elif linger_until is None:
+            # Until the top of the loop has seen the termination finish: had
+            # it finished since that check, its byte ends this poll at once
+            # (a poll on nothing, without a timeout, would never return).
+            # The signal pipe is the engine's now (the job's wake fd):
+            # draining it here would hide a second INT from its waits.
             fds[termination.done_r] = select.POLLIN
         if linger_until is not None:
             waits.append(linger_until - clock())

@@ -121,9 +121,9 @@ def test_run_report(tmp_path: Path) -> None:
     assert report["complete"] is True
     # The leftover sleep was killed; the leader, seen as it exited, is listed
     # as having exited by itself.
-    outcomes = {m["cmdline"].split()[0]: m["outcome"] for m in report["members"]}
-    assert outcomes.pop("sleep") == "killed"
-    assert set(outcomes.values()) <= {"exited"}
+    # (the sleep perhaps caught before its exec, as "sh").
+    outcomes = sorted(m["outcome"] for m in report["members"])
+    assert outcomes in (["killed"], ["exited", "killed"])
     assert report["steps"] and report["trackers"]
 
     # Strict enough to fail: a missing key, an unknown key, a wrong type.
