@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import zipfile
 from pathlib import Path
@@ -74,12 +75,17 @@ def test_wheel_builds_installs_and_runs(tmp_path: Path) -> None:
     assert not pages - names, f"man pages missing from the wheel: {sorted(pages - names)}"
 
     venv = tmp_path / "venv"
-    # No pip of its own (ensurepip is slow): the system's pip, seen through
-    # --system-site-packages, installs into the venv it runs in.
+    # No pip or click of its own (ensurepip is slow, the index may be out of
+    # reach): the running interpreter's site-packages come after the venv's
+    # own through a .pth line. Not --system-site-packages: when the suite
+    # runs in the project's venv, that would be the base interpreter's
+    # (Debian's python3 has no click). Its .pth files are not run, so the
+    # checkout's editable tether stays out; pip installs into this venv.
     subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-        check=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120
+    )
+    (site_packages,) = (venv / "lib").glob("python3*/site-packages")
+    (site_packages / "_suite.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     python = venv / "bin" / "python"
     installed = subprocess.run(
         [str(python), "-m", "pip", "install", "--no-deps", "--no-index",
