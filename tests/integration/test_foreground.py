@@ -139,8 +139,11 @@ def test_foreground_report_names_what_is_not_tracked(tmp_path: Path) -> None:
     assert any(c.startswith("foreground:") for c in report["caveats"])
     session = next(t for t in report["trackers"] if t["name"] == "session")
     assert not session["used"]
-    # The leftover sleep was still found (subreaper, cookie, walk or cgroup) and ended.
-    assert [m["outcome"] for m in report["members"] if "sleep" in m["cmdline"]] == ["killed"]
+    # The leftover sleep was still found (subreaper, cookie, walk or cgroup) and
+    # ended; the leader, if seen as it exited, exited by itself. (The sleep may
+    # be caught mid-exec, its command line then read as "[sh]".)
+    assert report["complete"] is True
+    assert sorted(m["outcome"] for m in report["members"]) in (["killed"], ["exited", "killed"])
 
 
 def test_foreground_with_the_session_tracker_is_refused() -> None:
