@@ -742,8 +742,17 @@ def test_pid_hopper(tree: Tree, mode: str) -> None:
     assert out.before["leader"]["alive"]
     assert_gone({"leader": out.marks["leader"]})
     assert member(out.report, out.marks["leader"])["outcome"] == "killed"
-    assert out.report["complete"] is True
     hopper_caveat = any("pid hopper" in c for c in out.report["caveats"])
+    if mode != "auto" and not out.report["complete"]:
+        # The documented limit, said rather than hidden: a hop the scans could
+        # not prove gone is a survivor, and the record stays for `tether reap`,
+        # which then finds nothing left (settle_hopper ended the last hopper).
+        assert hopper_caveat and out.report["survivors"], out.report
+        reaped = subprocess.run(tether_cmd("reap"), capture_output=True, text=True,
+                                timeout=120, check=False)  # fmt: skip
+        assert reaped.returncode == 0, reaped.stdout + reaped.stderr
+        return
+    assert out.report["complete"] is True
     if mode == "auto":
         # cgroup.kill and "populated 0" cannot be outrun.
         assert escaped is None, f"the hopper escaped the cgroup: {escaped}"
