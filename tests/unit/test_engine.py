@@ -373,7 +373,6 @@ def test_cancels_requested_before_the_first_step_count(clock: FakeClock) -> None
 
     assert [s for s, _ in received(p)] == [TERM, KILL]
     assert [s.signal for s in report.steps] == ["TERM", "KILL"]
-    assert [s for s, _ in received(target.add(dies_on={}))] == []
 
 
 def test_more_cancels_than_steps_stop_at_the_last(clock: FakeClock) -> None:
