@@ -19,8 +19,8 @@ import binascii
 import math
 import os
 import signal
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -207,15 +207,6 @@ class JobSpec:
                 "the session tracker cannot be used with foreground: the job stays in the "
                 "terminal's session and process group"
             )
-
-    @classmethod
-    def create(cls, argv: Sequence[Arg], **options: Any) -> JobSpec:
-        """Build a spec from :class:`SpecOptions` (None means "the default")."""
-        given = {k: v for k, v in options.items() if v is not None}
-        unknown = set(given) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown job option(s): {', '.join(sorted(unknown))}")
-        return cls(argv=tuple(argv), **given)  # type: ignore[arg-type]
 
     def evolve(self, **changes: Any) -> JobSpec:
         """A copy with some fields changed (checked again)."""

@@ -132,9 +132,6 @@ class SignalInbox:
     def _pass_on(self, signum: int, _frame: object) -> None:
         self.to_forward.append(signum)
 
-    def count(self, sig: int) -> int:
-        return self.received.count(sig)
-
     def drain(self) -> None:
         with contextlib.suppress(BlockingIOError, InterruptedError):
             os.read(self.fileno, 4096)
