@@ -118,7 +118,7 @@ def parse_signal(text: str) -> signal.Signals:
         PolicyError: no such signal on this platform (or signal 0).
     """
     s = text.strip()
-    if s.isdigit():
+    if s.isascii() and s.isdigit():
         try:
             sig = signal.Signals(int(s))
         except ValueError:

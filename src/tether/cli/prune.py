@@ -371,7 +371,7 @@ def job_context(argv: Sequence[str], env: Mapping[str, str]) -> _JobContext:
         sids: set[int] = set()
         if len(argv) >= 5 and argv[4].strip():
             text = argv[4].strip()
-            if not text.isdigit():
+            if not (text.isascii() and text.isdigit()):
                 raise UsageError(f"Torque epilogue: session id {text!r} is not a number")
             if int(text) > 1:
                 sids.add(int(text))
@@ -391,11 +391,11 @@ def _slurm_context(env: Mapping[str, str]) -> _JobContext:
             "no job: give Torque's epilogue arguments after --, or run under Slurm "
             "(SLURM_JOB_ID, SLURM_JOB_UID)"
         )
-    if not job_id.isdigit():
+    if not (job_id.isascii() and job_id.isdigit()):
         raise UsageError(f"SLURM_JOB_ID={job_id!r} is not a job id")
     name = env.get("SLURM_JOB_USER")
     resolved = uid_of(name) if name is not None else None
-    if uid_text is None or not uid_text.isdigit():
+    if uid_text is None or not (uid_text.isascii() and uid_text.isdigit()):
         if name is None:
             raise UsageError("SLURM_JOB_UID is missing or not a number, and SLURM_JOB_USER unset")
         if resolved is None:

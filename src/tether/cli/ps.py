@@ -213,7 +213,7 @@ def _membership(text: str) -> tuple[Membership, int, bool]:
         # session, members recorded by the supervisor's scans).
         leader = record.leader.pid if record.leader is not None else record.supervisor.pid
         return membership_for(record), leader, False
-    if text.isdigit() or text.startswith("-"):
+    if (text.isascii() and text.isdigit()) or text.startswith("-"):
         pid = parse_pid(text)
     else:
         raise UsageError(f"not a pid, nor a job id in the journal: {text!r}")
@@ -252,7 +252,7 @@ def _journal_record(text: str) -> JobRecord | None:
         records = [e for e in journal.entries() if not isinstance(e, JournalProblem)]
     finally:
         journal.close()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         pid = int(text)
         led = [r for r in records if r.leader is not None and r.leader.pid == pid]
         return next((r for r in led if _leader_alive(r)), None)
