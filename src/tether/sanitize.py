@@ -33,6 +33,30 @@ def _escape(c: str) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
+class _Escapes(dict[int, str]):
+    """Code point -> itself if printable, else its escape: a table for
+    ``str.translate``, filled on first sight of each character.
+
+    translate walks the string in C: 41 vs 59 us (CPU) for 900 characters of
+    CJK with newlines against the per-character generator it replaced. The
+    cache is bounded: text naming many distinct code points is still
+    translated right, its rarer characters are only worked out again.
+    """
+
+    def __missing__(self, code: int) -> str:
+        c = chr(code)
+        value = c if c.isprintable() else _escape(c)
+        if len(self) < _ESCAPES_CACHED:
+            self[code] = value
+        return value
+
+
+#: Most distinct characters the translation table keeps (a few MB at most).
+_ESCAPES_CACHED = 65536
+_ESCAPES = _Escapes()
+_ASCII_CONTROLS = frozenset(map(chr, [*range(0x20), 0x7F]))
+
+
 def visible(text: str) -> str:
     """``text`` with every non-printable character written as a visible escape.
 
@@ -42,7 +66,15 @@ def visible(text: str) -> str:
     """
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else _escape(c) for c in text)
+    if text.isascii():
+        # Only C0 controls and DEL are unprintable here, and every escape is
+        # printable ASCII: one str.replace per control present (C speed, no
+        # per-character Python) gives what a character-by-character walk does:
+        # 15 vs 60 us for a 1400-character `python -c` command line.
+        for c in _ASCII_CONTROLS.intersection(text):
+            text = text.replace(c, _ESCAPES[ord(c)])
+        return text
+    return text.translate(_ESCAPES)
 
 
 def visible_bytes(data: bytes) -> str:
