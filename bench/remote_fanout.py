@@ -1,0 +1,222 @@
+"""Fan-out of ``true`` over OpenSSH: tether vs pdsh, clush and plain ssh (issue 15).
+
+Every "host" is an ssh_config alias of one of two real sshd instances on
+127.0.0.1 (tests/remote/sshd.py): every tool reads the same ``-F`` config, so
+all of them get the same ciphers, key exchange and keys. Rows, interleaved in
+each repetition so drift affects them alike:
+
+- ``tether``: ``tether run -F CFG -q -w b[01-N] -f N -- true`` (the console
+  script's module, end to end: interpreter start, bootstrap, report);
+- ``pdsh``: ``pdsh -R ssh -f N -w b[01-N] true`` with
+  ``PDSH_SSH_ARGS="-F CFG %h"`` (apt-get install pdsh);
+- ``clush``: ``clush -f N -w b[01-N] -o "-F CFG" true``
+  (pip install clustershell, in any venv: the bench only, not a dependency;
+  found on PATH or with ``--clush PATH``);
+- ``ssh``: N plain ``ssh -F CFG bXX true`` started together from here.
+
+Wall time is from the command's start to its exit (for ``ssh``: the last
+one's). **Server CPU** is everything the sshd servers and whatever ran under
+them spent (sshd session processes, remote pythons, agents, watchdogs, jobs):
+the servers are started in a cgroup of their own (cgroup v1 ``cpuacct``,
+``cpuacct.usage``; else cgroup v2 ``cpu.stat`` ``usage_usec``) and the figure
+is its delta across the run, after the cgroup is back to the sshd masters
+alone. A process that outlived its run is counted in ``left`` and the run
+waits for it (up to 5 s) before reading the figure. Per host = delta / N.
+
+Targets (issue 15): at 50 hosts, tether's wall <= 1.5x pdsh's and server CPU
+per host <= 50 ms; at 1 host, wall <= plain ssh + 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "remote"))
+
+from _common import median, pass_miss, raise_fd_limit
+from sshd import SshLab, make_lab, sshd_available
+
+TETHER = [sys.executable, "-m", "tether.cli"]
+CPUACCT_V1 = "/sys/fs/cgroup/cpuacct"
+
+
+class ServerCgroup:
+    """A cgroup holding the sshd masters (and so every session and job under them)."""
+
+    def __init__(self) -> None:
+        self.path, self.v1 = self._create()
+
+    @staticmethod
+    def _create() -> tuple[str, bool]:
+        name = f"tether-bench-fanout-{os.getpid()}"
+        if os.path.exists(os.path.join(CPUACCT_V1, "cpuacct.usage")):
+            path = os.path.join(CPUACCT_V1, name)
+            os.mkdir(path)
+            return path, True
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            mounts = [line.split()[1] for line in f if line.split()[2] == "cgroup2"]
+        if not mounts:
+            raise SystemExit("needs a cgroup (v1 cpuacct or v2) to measure server CPU")
+        path = os.path.join(mounts[0], name)
+        os.mkdir(path)
+        return path, False
+
+    def add(self, pid: int) -> None:
+        with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+
+    def procs(self) -> list[int]:
+        with open(os.path.join(self.path, "cgroup.procs")) as f:
+            return [int(x) for x in f.read().split()]
+
+    def cpu(self) -> float:
+        """CPU seconds of everything that ran in the cgroup so far."""
+        if self.v1:
+            with open(os.path.join(self.path, "cpuacct.usage")) as f:
+                return int(f.read()) / 1e9
+        with open(os.path.join(self.path, "cpu.stat")) as f:
+            for line in f:
+                if line.startswith("usage_usec "):
+                    return int(line.split()[1]) / 1e6
+        raise RuntimeError("cpu.stat has no usage_usec")
+
+    def remove(self, masters: set[int]) -> None:
+        # The sshd masters are stopped by then; a leftover would keep it busy.
+        if not set(self.procs()) - masters:
+            os.rmdir(self.path)
+
+
+def start_lab(base: Path, n: int, cg: ServerCgroup) -> tuple[SshLab, set[int]]:
+    lab = make_lab(base / "lab")
+    for name in ("s1", "s2"):
+        server = lab.start(name)
+        assert server.proc is not None
+        cg.add(server.proc.pid)
+    for i in range(1, n + 1):
+        lab.alias(f"b{i:02d}", f"s{(i - 1) % 2 + 1}")
+    masters = {s.proc.pid for s in lab.servers.values() if s.proc is not None}
+    return lab, masters
+
+
+def commands(tool: str, lab: SshLab, n: int, clush: str) -> list[list[str]]:
+    cfg = lab.config_file
+    hosts = f"b[01-{n:02d}]"
+    if tool == "tether":
+        return [[*TETHER, "run", "-F", cfg, "-q", "-w", hosts, "-f", str(n), "--", "true"]]
+    if tool == "pdsh":
+        return [["pdsh", "-R", "ssh", "-f", str(n), "-w", hosts, "true"]]
+    if tool == "clush":
+        return [[clush, "-f", str(n), "-w", hosts, "-o", f"-F {cfg}", "true"]]
+    return [["ssh", "-F", cfg, "-T", f"b{i:02d}", "true"] for i in range(1, n + 1)]
+
+
+def measure(
+    tool: str, lab: SshLab, n: int, cg: ServerCgroup, masters: set[int], clush: str
+) -> dict[str, float]:
+    env = dict(os.environ, PDSH_SSH_ARGS=f"-F {lab.config_file} %h")
+    c0, t0 = cg.cpu(), time.monotonic()
+    procs = [
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, env=env)
+        for argv in commands(tool, lab, n, clush)
+    ]  # fmt: skip
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    wall = time.monotonic() - t0
+    bad = [(p.returncode, e.decode(errors="replace")[-300:]) for p, e in zip(procs, errors) if p.returncode]
+    # Whatever the run left under the servers is still charged to it: wait
+    # (bounded) until only the masters remain, then read the figure.
+    deadline = time.monotonic() + 5
+    left = set(cg.procs()) - masters
+    while left and time.monotonic() < deadline:
+        time.sleep(0.01)
+        left = set(cg.procs()) - masters
+    server = cg.cpu() - c0
+    if bad:
+        print(f"       ! {tool} {n}: {len(bad)} failed, e.g. {bad[0]}")
+    return {"wall": wall, "server": server, "left": float(len(left)), "failed": float(len(bad))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hosts", default="1,50", help="fan-outs, e.g. 1,50")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--clush", default=shutil.which("clush"), help="clush to run")
+    args = parser.parse_args()
+    if not sshd_available() or os.geteuid() != 0:
+        raise SystemExit("needs root and OpenSSH (apt-get install openssh-server)")
+    tools = ["tether", "ssh"]
+    if shutil.which("pdsh"):
+        tools.append("pdsh")
+    else:
+        print("pdsh not found (apt-get install pdsh): no pdsh rows")
+    if args.clush:
+        tools.append("clush")
+    else:
+        print("clush not found (pip install clustershell, or --clush PATH): no clush rows")
+    raise_fd_limit()
+    counts = [int(x) for x in args.hosts.split(",") if x]
+    base = Path(tempfile.mkdtemp(prefix="tether-bench-fanout-"))
+    runtime = base / "runtime"
+    runtime.mkdir(mode=0o700)
+    os.environ["TETHER_RUNTIME_DIR"] = str(runtime)
+    cg = ServerCgroup()
+    lab, masters = start_lab(base, max(counts), cg)
+    try:
+        for tool in tools:  # warm: tether's first connection ships its engine
+            measure(tool, lab, 1, cg, masters, args.clush)
+        ssh_v = subprocess.run(["ssh", "-V"], check=False, capture_output=True, text=True)
+        method = "cgroup v1 cpuacct" if cg.v1 else "cgroup v2 cpu.stat"
+        print(f"{ssh_v.stderr.strip()}; {os.cpu_count()} cores; median of {args.repeat}; "
+              f"server CPU from a {method} around the sshd servers")  # fmt: skip
+        rows: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for n in counts:
+            for _ in range(args.repeat):
+                for tool in tools:
+                    rows.setdefault((tool, n), []).append(
+                        measure(tool, lab, n, cg, masters, args.clush)
+                    )
+        print()
+        print(f"{'hosts':>5}  {'tool':<7} {'wall':>9} {'server CPU':>11} {'per host':>9} "
+              f"{'failed':>6} {'left':>4}")  # fmt: skip
+        med: dict[tuple[str, int], tuple[float, float]] = {}
+        failed = any(r["failed"] or r["left"] for rs in rows.values() for r in rs)
+        for n in counts:
+            for tool in tools:
+                rs = rows[(tool, n)]
+                wall, server = median([r["wall"] for r in rs]), median([r["server"] for r in rs])
+                med[(tool, n)] = wall, server
+                print(f"{n:>5}  {tool:<7} {wall * 1000:7.0f}ms {server * 1000:9.0f}ms "
+                      f"{server / n * 1000:7.1f}ms {max(r['failed'] for r in rs):>6.0f} "
+                      f"{max(r['left'] for r in rs):>4.0f}")  # fmt: skip
+        print()
+        if failed:
+            print("a run failed or left processes behind: every target below is a MISS")
+        for n in counts:
+            wall, server = med[("tether", n)]
+            if n > 1 and ("pdsh", n) in med:
+                ratio = wall / med[("pdsh", n)][0]
+                print(f"target: {n} hosts, tether wall <= 1.5x pdsh ({ratio:.2f}x): "
+                      f"{pass_miss(ratio <= 1.5 and not failed)}")  # fmt: skip
+            if n > 1:
+                per = server / n * 1000
+                print(f"target: {n} hosts, server CPU per host <= 50 ms ({per:.1f} ms): "
+                      f"{pass_miss(per <= 50 and not failed)}")  # fmt: skip
+            else:
+                extra = (wall - med[("ssh", n)][0]) * 1000
+                print(f"target: 1 host, tether wall <= plain ssh + 100 ms (+{extra:.0f} ms): "
+                      f"{pass_miss(extra <= 100 and not failed)}")  # fmt: skip
+    finally:
+        lab.stop()
+        cg.remove(masters)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
