@@ -77,6 +77,11 @@ _dedicated_jobs: set[str] = set()
 
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The watchdog's entry point: ``-c`` rather than ``-m tether.watchdog``, whose
+#: runpy (and its imports) costs the idle watchdog ~1 MB and ~4 ms; ``-P``
+#: keeps the job's working directory off sys.path (a ``tether/`` there would
+#: be imported instead).
+_WATCHDOG_MAIN = "import sys; from tether.watchdog import main; sys.exit(main(sys.argv[1:]))"
 #: Watchdogs told their job is over, not yet reaped (they exit on their own).
 _released_watchdogs: set[int] = set()
 #: How long a dedicated supervisor waits for its watchdog to exit after DONE
@@ -92,25 +97,25 @@ FOREGROUND_CAVEAT = (
 
 
 def _spawn_watchdog(args: Sequence[str], stdin: int) -> int:
-    """Start ``python -m tether.watchdog ARGS`` in its own session; its pid.
+    """Start the watchdog (:mod:`tether.watchdog`) with ARGS in its own session; its pid.
 
     posix_spawn (vfork + exec) rather than Popen: nothing to clean up in this
     process but the pid, which the caller reaps once the watchdog is done.
     """
     devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     env = dict(os.environ)
-    flags = []
+    flags = ["-P"]
     if os.path.isdir(_PACKAGE_PARENT):
         # -S skips site (and every .pth it runs: tens of ms on some
         # installs); tether is found through PYTHONPATH instead.
-        flags = ["-S"]
+        flags = ["-S", "-P"]
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p
         )
     try:
         return os.posix_spawn(
             sys.executable,
-            [sys.executable, *flags, "-m", "tether.watchdog", *args],
+            [sys.executable, *flags, "-c", _WATCHDOG_MAIN, *args],
             env,
             file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, devnull, 1)],
             # Its own session: a Ctrl-C on the job's terminal must not take
