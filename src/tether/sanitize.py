@@ -54,7 +54,7 @@ class _Escapes(dict[int, str]):
 #: Most distinct characters the translation table keeps (a few MB at most).
 _ESCAPES_CACHED = 65536
 _ESCAPES = _Escapes()
-_ASCII_CONTROLS = frozenset(map(chr, [*range(0x20), 0x7F]))
+_ASCII_CONTROLS = tuple(map(chr, [*range(0x20), 0x7F]))
 
 
 def visible(text: str) -> str:
@@ -69,10 +69,11 @@ def visible(text: str) -> str:
     if text.isascii():
         # Only C0 controls and DEL are unprintable here, and every escape is
         # printable ASCII: one str.replace per control present (C speed, no
-        # per-character Python) gives what a character-by-character walk does:
-        # 15 vs 60 us for a 1400-character `python -c` command line.
-        for c in _ASCII_CONTROLS.intersection(text):
-            text = text.replace(c, _ESCAPES[ord(c)])
+        # per-character Python) gives what a character-by-character walk does,
+        # ~20x cheaper on a 1400-character `python -c` command line.
+        for c in _ASCII_CONTROLS:
+            if c in text:  # 33 C searches cost a tenth of set(text)
+                text = text.replace(c, _ESCAPES[ord(c)])
         return text
     return text.translate(_ESCAPES)
 
