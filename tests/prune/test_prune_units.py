@@ -9,8 +9,8 @@ import pytest
 
 from tether.cli.prune import job_context
 from tether.errors import UsageError
-from tether.prune.classify import _legitimate, _Orphans
-from tether.prune.log import fields
+from tether.prune.classify import Plan, PruneOptions, Stray, _legitimate, _Orphans
+from tether.prune.log import DecisionLog, fields
 from tether.prune.scan import Proc, Table, parse_stat, parse_status, uid_min
 from tether.prune.sources import Job, SourceError, parse_qstat, parse_session_lines
 
@@ -157,3 +157,44 @@ def test_legitimacy_flows_to_descendants_and_sessions() -> None:
 
 def test_log_fields_are_quoted() -> None:
     assert fields(a=1, b="x y", c='q"', d="") == 'a=1 b="x y" c="q\\"" d=""'
+
+
+def _dry_run_plan() -> Plan:
+    """A plan naming this test process as a stray (a dry run signals nothing)."""
+    from tether.process import read_process
+
+    me = read_process(os.getpid(), ("uids",))
+    assert me is not None and me.uids is not None
+    stray = Stray(me.pid, me.starttime, me.ppid, me.sid, me.uids, me.comm, 1.0, 0.0, "test", False)
+    return Plan((stray,), {}, (), (), (), {-1: "unreadable for the test"}, PruneOptions(), 1, 0.0)
+
+
+def test_decision_fields_are_built_only_when_logged(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tether.policy import Policy
+    from tether.prune import outcome
+
+    built: list[str] = []
+
+    def counting(**items: object) -> str:
+        built.append(str(items.get("event")))
+        return fields(**items)
+
+    monkeypatch.setattr(outcome, "fields", counting)
+    off = DecisionLog(enabled=False)
+    assert not off.enabled
+    done = outcome.execute(_dry_run_plan(), kill=False, policy=Policy.default(), log=off)
+    assert [v.stray.pid for v in done.strays] == [os.getpid()]
+    assert "stray" not in built and "unreadable" not in built
+    # Logging on: every stray and unreadable entry is still written.
+    built.clear()
+    on = DecisionLog(file_path=str(tmp_path / "prune.log"))
+    assert on.enabled
+    try:
+        outcome.execute(_dry_run_plan(), kill=False, policy=Policy.default(), log=on)
+    finally:
+        on.close()
+    assert built.count("stray") == 1 and built.count("unreadable") == 1
+    text = (tmp_path / "prune.log").read_text()
+    assert f"event=stray action=would-kill pid={os.getpid()} " in text

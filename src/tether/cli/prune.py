@@ -14,9 +14,9 @@ import click
 
 from tether.cli._common import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_OK, configured
 from tether.errors import TetherError, UsageError
-from tether.policy import parse_duration
-from tether.prune.text import visible
 
+# The pruner, the policy and the configuration are imported inside the
+# commands: loading this module (for --help, or for the other command) stays cheap.
 if TYPE_CHECKING:
     from tether.config import EffectiveConfig
     from tether.policy import Policy
@@ -307,6 +307,7 @@ def prune_command(
     """Find (and with --kill, terminate) stray user processes: those outside
     every live job, batch job and interactive session on this node.
     """
+    from tether.policy import parse_duration
     from tether.prune.classify import plan
     from tether.prune.outcome import execute
 
@@ -425,6 +426,7 @@ def epilog_command(
     """Kill what an ended batch job left behind on this node (a Slurm Epilog,
     or a Torque/PBS epilogue)."""
     from tether.prune.log import DecisionLog
+    from tether.sanitize import visible
 
     c = _Common(**common)
     try:

@@ -162,6 +162,11 @@ class DecisionLog:
         self.problem = None
         self.logger.addHandler(handler)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether lines go anywhere (False with --no-syslog, or no usable file)."""
+        return bool(self.logger.handlers)
+
     def info(self, message: str) -> None:
         self.logger.info(message)
 

@@ -7,14 +7,19 @@ import json
 import pwd
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tether.policy import Policy
 from tether.process import read_process, starttime_to_epoch
 from tether.prune.classify import Plan, Stray
 from tether.prune.log import DecisionLog, fields
 from tether.prune.text import visible
-from tether.report import Report
+
+if TYPE_CHECKING:
+    from tether.policy import Policy
+    from tether.report import Report
+
+#: Characters of a command line kept for display, JSON and the log.
+CMDLINE_CHARS = 4096
 
 JSON_SCHEMA_VERSION = 1
 
@@ -53,7 +58,11 @@ def _view(stray: Stray, outcome: str) -> StrayView:
         stray=stray,
         user=visible(user_name(stray.uids[0])),
         comm=comm,
-        cmdline=visible(info.describe())[:4096] if info is not None else f"[{comm}]",
+        # Every character becomes one or more: sanitising only the part that
+        # is kept gives the same text (a 1 MB argv costs no more than 4 KB).
+        cmdline=visible(info.describe()[:CMDLINE_CHARS])[:CMDLINE_CHARS]
+        if info is not None
+        else f"[{comm}]",
         cgroup=visible(info.cgroup) if info is not None and info.cgroup is not None else None,
         start_time=starttime_to_epoch(stray.starttime),
         outcome=outcome,
@@ -235,7 +244,7 @@ def execute(plan: Plan, *, kill: bool, policy: Policy, log: DecisionLog) -> Outc
             min_age=f"{plan.options.min_age:g}s",
         )
     )
-    for pid, why in sorted(plan.unreadable.items()):
+    for pid, why in sorted(plan.unreadable.items()) if log.enabled else ():
         log.warning(fields(event="unreadable", pid=pid, error=why, action="left alone"))
     # Read before any signal: a killed process's command line is gone.
     views = tuple(_view(s, "would kill") for s in plan.strays)
@@ -255,7 +264,9 @@ def execute(plan: Plan, *, kill: bool, policy: Policy, log: DecisionLog) -> Outc
             for v in views
             for m in [by_identity.get((v.stray.pid, v.start_time))]
         )
-    for v in views:
+    # Per-stray fields are built only when they go somewhere (--no-syslog:
+    # thousands of escaped key=value lines for nothing).
+    for v in views if log.enabled else ():
         s = v.stray
         action = "would-kill" if not kill else v.outcome
         log_fn = log.error if v.outcome in ("survived", "denied") else log.info
