@@ -204,7 +204,15 @@ def _legacy_spellings(args: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point: one-line errors and documented exit codes, never a traceback."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    if argv is not None:
+        _main(list(argv))
+    try:
+        _main(sys.argv[1:])
+    except SystemExit as done:
+        _exit_now(done)
+
+
+def _main(args: list[str]) -> NoReturn:
     if args == ["--version"]:
         _print_version()
     try:
@@ -215,10 +223,37 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
         problem = logs.failure()
         if problem is not None:
-            import click
+            from tether.cli._common import echo_err
 
             with contextlib.suppress(Exception):
-                click.echo(f"tether: logging failed: {problem}", err=True)
+                echo_err(f"tether: logging failed: {problem}")
+
+
+def _exit_now(done: SystemExit) -> NoReturn:
+    """Exit with ``done``'s status without the interpreter's finalisation
+    (~10 ms of tearing down modules a process about to exit need not tear
+    down): what finalisation does that anyone can see is done first — atexit
+    handlers (logging's flush among them), then stdio flushed. Not when
+    other threads run (finalisation waits for them), when the status is not a
+    plain number, or when stdout cannot be flushed: then the interpreter's
+    own exit says so (status 120)."""
+    code = 0 if done.code is None else done.code
+    threading = sys.modules.get("threading")
+    if not isinstance(code, int) or not 0 <= code <= 255:
+        raise done
+    if threading is not None and threading.active_count() > 1:
+        raise done
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
+        try:
+            stream.flush()
+        except Exception:
+            raise done from None
+    os._exit(code)
 
 
 def _print_version() -> NoReturn:
@@ -252,17 +287,23 @@ def _no_such_option(err: click.NoSuchOption, is_run: bool) -> str:
     return f"{message} (see --help)"
 
 
-def _run_cli(args: list[str]) -> NoReturn:
-    import click
+def _fast_run(args: list[str]) -> bool:
+    """``tether run`` without click, when :func:`tether.cli.run.parse_fast`
+    understands all of ``args`` (and no shell completion is asked for, which
+    click answers); False: the click command is to run them."""
+    if args[:1] != ["run"] or os.environ.get("_TETHER_COMPLETE"):
+        return False
+    from tether.cli.run import parse_fast, run_fast
 
-    from tether.cli._common import (
-        EXIT_BAD_INPUT,
-        EXIT_FAILED,
-        EXIT_INTERRUPTED,
-        EXIT_OK,
-        CliError,
-    )
-    from tether.errors import TetherError, UsageError
+    params = parse_fast(args[1:])
+    if params is None:
+        return False
+    run_fast(params)
+    return True
+
+
+def _run_cli(args: list[str]) -> NoReturn:
+    from tether.cli._common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
     command = _command_name(args)
     is_run = command == "run"
@@ -274,40 +315,58 @@ def _run_cli(args: list[str]) -> NoReturn:
         bad_input = _internal_status(command, args)
         note = " (nothing was killed)"
     try:
-        cli = _group()
-        args = _legacy_spellings(args)
-        cli.main(args, prog_name="tether", standalone_mode=False)
-    except click.NoSuchOption as err:
-        click.echo(f"tether: {_no_such_option(err, is_run)}{note}", err=True)
-        sys.exit(bad_input)
-    except click.UsageError as err:
-        click.echo(f"tether: {err.format_message()}{note}", err=True)
-        sys.exit(bad_input)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+        if not _fast_run(args):
+            cli = _group()
+            args = _legacy_spellings(args)
+            cli.main(args, prog_name="tether", standalone_mode=False)
+    except KeyboardInterrupt:
         # SIGINT before a command took over its signals (click turns it into
         # Abort; tether run forwards it once supervising): nothing of ours runs.
         _say("tether: interrupted")
         sys.exit(EXIT_OK if command == "epilog" else EXIT_INTERRUPTED)
-    except click.exceptions.Exit as err:
-        sys.exit(err.exit_code)
-    except CliError as err:
-        click.echo(f"tether: {err}", err=True)
-        sys.exit(err.code)
-    except TetherError as err:
-        code = err.exit_code if is_run else bad_input
-        if isinstance(err, UsageError) and is_run:
-            code = EXIT_FAILED
-        click.echo(f"tether: {err}", err=True)
-        sys.exit(code)
-    except OSError as err:
-        click.echo(f"tether: {err.strerror or err}", err=True)
-        sys.exit(bad_input)
-    except Exception as err:  # never a traceback: one line, a documented status
-        _internal_error(err)
-        sys.exit(_internal_status(command, args))
+    except Exception as err:
+        sys.exit(_failed(err, command, args, bad_input, note))
     with contextlib.suppress(Exception):
         sys.stdout.flush()
     sys.exit(0)
+
+
+def _failed(err: Exception, command: str | None, args: list[str], bad_input: int, note: str) -> int:
+    """Say ``err`` on one line; the status to exit with."""
+    from tether.cli._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CliError, echo_err
+    from tether.errors import TetherError, UsageError
+
+    is_run = command == "run"
+    # Only the click path raises click's exceptions: click is loaded then.
+    click = sys.modules.get("click")
+    if click is not None:
+        if isinstance(err, click.NoSuchOption):
+            echo_err(f"tether: {_no_such_option(err, is_run)}{note}")
+            return bad_input
+        if isinstance(err, click.UsageError):
+            echo_err(f"tether: {err.format_message()}{note}")
+            return bad_input
+        if isinstance(err, click.exceptions.Abort):
+            _say("tether: interrupted")
+            return EXIT_OK if command == "epilog" else EXIT_INTERRUPTED
+        if isinstance(err, click.exceptions.Exit):
+            code: int = err.exit_code
+            return code
+    if isinstance(err, CliError):
+        echo_err(f"tether: {err}")
+        return err.code
+    if isinstance(err, TetherError):
+        code = err.exit_code if is_run else bad_input
+        if isinstance(err, UsageError) and is_run:
+            code = EXIT_FAILED
+        echo_err(f"tether: {err}")
+        return code
+    if isinstance(err, OSError):
+        echo_err(f"tether: {err.strerror or err}")
+        return bad_input
+    # Never a traceback: one line, a documented status.
+    _internal_error(err)
+    return _internal_status(command, args)
 
 
 #: Commands whose EXIT STATUS has 1 "not all done": an internal error may have

@@ -1,7 +1,9 @@
 """What every command shares: exit statuses, errors, JSON output, terminal
 checks, and the flags-over-config merge with the policy options.
 
-Kept import-light: ``tether run`` imports this module on every start.
+Kept import-light: ``tether run`` imports this module on every start, and
+click only when a command is built with it (the fast path of ``tether run``
+never is).
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import click
-
 from tether.errors import UsageError
 
 if TYPE_CHECKING:
     from typing import TextIO
+
+    import click
 
     from tether.config import EffectiveConfig
     from tether.display import ProgressLine
@@ -54,6 +56,27 @@ class CliError(Exception):
 
 def fail(message: str, code: int) -> NoReturn:
     raise CliError(message, code)
+
+
+def echo_err(message: str) -> None:
+    """``click.echo(message, err=True)`` without importing click: a line on
+    stderr, ANSI styles removed unless stderr is a terminal, flushed."""
+    stream = sys.stderr
+    if stream is None:
+        return
+    if not isatty(stream):
+        message = _strip_ansi(message)
+    stream.write(message + "\n")
+    stream.flush()
+
+
+def _strip_ansi(text: str) -> str:
+    if "\033" not in text:
+        return text
+    import re
+
+    # click's own pattern (click._compat._ansi_re): piped output is the same.
+    return re.sub(r"\033\[[0-?]*[ -/]*[@-~]", "", text)
 
 
 def write_json(target: str | None, text: str) -> None:
@@ -108,7 +131,7 @@ def termination_policy(config: EffectiveConfig) -> Policy:
     (allowed, never silently: KILL before TERM, or no KILL at the end)."""
     policy = config.policy_for_run()
     for warning in policy.warnings:
-        click.echo(f"tether: warning: {warning}", err=True)
+        echo_err(f"tether: warning: {warning}")
     return policy
 
 
@@ -134,30 +157,36 @@ def configured(flags: Mapping[str, object], *, config_file: str | None = None) -
     return load_config(env).with_flags(flags)
 
 
-_policy_options: list[Callable[[Any], Any]] = [
-    click.option("--policy", "policy_text", metavar="SEQ",
-                 help="Termination policy, e.g. TERM,10s,KILL or INT,2s,TERM,10s,KILL."),
-    click.option("-s", "--signal", "sig", metavar="SIG",
-                 help="First signal (as timeout -s); the policy is SIG,DURATION,KILL."),
-    click.option("-k", "--kill-after", metavar="DURATION",
-                 help="Grace after the first signal before KILL (as timeout -k). Default 10s."),
-    click.option("--leader-signal", metavar="SIG",
-                 help="Signal for the job's leader in the first step, if unlike the tree's."),
-    click.option("--tree-delay", metavar="DURATION",
-                 help="Wait this long after signalling the leader before the rest of the tree."),
-    click.option("--kill-script", metavar="CMD",
-                 help="Command run with TETHER_JOB_ID, TETHER_LEADER_PID and TETHER_MEMBER_PIDS "
-                      "before the signals."),
-    click.option("--kill-script-mode", type=click.Choice(["precede", "replace"]),
-                 help="Run the kill script before the signals, or instead of them "
-                      "(default: precede)."),
-]  # fmt: skip
+def _policy_options() -> list[Callable[[Any], Any]]:
+    import click
+
+    return [
+        click.option("--policy", "policy_text", metavar="SEQ",
+                     help="Termination policy, e.g. TERM,10s,KILL or INT,2s,TERM,10s,KILL."),
+        click.option("-s", "--signal", "sig", metavar="SIG",
+                     help="First signal (as timeout -s); the policy is SIG,DURATION,KILL."),
+        click.option("-k", "--kill-after", metavar="DURATION",
+                     help="Grace after the first signal before KILL (as timeout -k). Default 10s."),
+        click.option("--leader-signal", metavar="SIG",
+                     help="Signal for the job's leader in the first step, if unlike the tree's."),
+        click.option("--tree-delay", metavar="DURATION",
+                     help="Wait this long after signalling the leader before the rest of the "
+                          "tree."),
+        click.option("--kill-script", metavar="CMD",
+                     help="Command run with TETHER_JOB_ID, TETHER_LEADER_PID and "
+                          "TETHER_MEMBER_PIDS before the signals."),
+        click.option("--kill-script-mode", type=click.Choice(["precede", "replace"]),
+                     help="Run the kill script before the signals, or instead of them "
+                          "(default: precede)."),
+    ]  # fmt: skip
 
 
 def json_options(what: str) -> list[Callable[[Any], Any]]:
     """``--json`` (the document on stdout) and ``--json-file PATH``: one
     convention for every command. The command receives ``json_file``: None,
     ``-`` for stdout, or the path."""
+    import click
+
     return [
         click.option("--json", "json_stdout", is_flag=True,
                      help=f"Print {what} as JSON on stdout (and nothing else there)."),
@@ -186,6 +215,8 @@ def legacy_json_args(command: click.Command, args: list[str]) -> list[str]:
     ``-``, a name ending in ``.json``, or ``--json=FILE``. ``tether kill
     --json 4242`` is the flag and a pid.
     """
+    import click
+
     takes_value = {
         name
         for p in command.params
@@ -242,13 +273,21 @@ def with_policy_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(f)
     def command(*args: Any, **kwargs: Any) -> Any:
-        given = {name: kwargs.pop(name) for name in _POLICY_PARAMETERS}
-        kwargs["json_file"] = json_target(kwargs.pop("json_stdout"), kwargs["json_file"])
-        return f(*args, policy_flags=policy_flags(**given), **kwargs)
+        return f(*args, **merge_policy_parameters(kwargs))
 
-    for option in reversed([*_policy_options, *json_options("the termination report")]):
+    for option in reversed([*_policy_options(), *json_options("the termination report")]):
         command = option(command)
     return command
+
+
+def merge_policy_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A command's parameters as click parsed them, with the policy options
+    and ``--json``/``--json-file`` merged as :func:`with_policy_options` says."""
+    rest = dict(params)
+    given = {name: rest.pop(name) for name in _POLICY_PARAMETERS}
+    rest["json_file"] = json_target(rest.pop("json_stdout"), rest["json_file"])
+    rest["policy_flags"] = policy_flags(**given)
+    return rest
 
 
 def policy_flags(
