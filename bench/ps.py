@@ -67,7 +67,7 @@ def main() -> int:
             ("tether ps --all PID", [*tether, "ps", "--all", root], True),
             ("pstree -p PID", [pstree, "-p", root], True),
         ]
-        for name, argv, _ in methods:  # warm-up: pyc files, dentry cache
+        for _name, argv, _ in methods:  # warm-up: pyc files, dentry cache
             run(argv)
         for _ in range(args.repeat):
             for name, argv, by_pid in methods:
