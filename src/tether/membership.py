@@ -16,10 +16,10 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from tether._platform import HAS_PIDFD
-from tether._platform.linux import open_process_info
+from tether._platform.linux import capture, exited_pidfds, open_process_info, parse_captured
 from tether._platform.linux.cgroupfs import JobCgroup
 from tether.errors import NoSuchProcessError, UnsafeTargetError, UsageError
 from tether.evidence import WEAK_TRACKERS, tree_cookie
@@ -106,6 +106,10 @@ class Membership:
         self._in_cgroup: set[int] = set()
         self._stopped: list[Member] = []
         self._frozen = False
+        # The last scan began with every member already exited and found no
+        # new one: the proof wait_empty needs, until something new is learnt.
+        self._settled = False
+        self._ns_init: dict[Member, bool] = {}
 
     # -- constructors: every Membership is built by one of these -----------
 
@@ -351,6 +355,10 @@ class Membership:
         )
 
     def scan(self) -> Sequence[Member]:
+        # Judged before the table is read: a member that exits afterwards may
+        # have forked a successor the table does not hold (a pid hopper). No
+        # reaping here: a zombie leader still vouches for its session.
+        settled = not self._mark_exits()
         table: Table | None = None
         if self._subtree_root is not None:
             from tether._platform.linux import subtree
@@ -407,7 +415,12 @@ class Membership:
         self._walk.remember(self._by_identity)
         if new and self._on_new_members is not None:
             self._on_new_members(new)
+        self._settled = settled and not new
         self._poll_exits(0)
+        return list(self._by_identity.values())
+
+    def known(self) -> list[Member]:
+        """Every member found so far (live or not), without a rescan."""
         return list(self._by_identity.values())
 
     def _adopt(self, info: ProcessInfo, names: set[str]) -> Member | None:
@@ -445,12 +458,29 @@ class Membership:
     def namespace_inits(self, members: Sequence[Member]) -> list[Member]:
         from tether._platform import is_pid_namespace_init
 
-        return [m for m in members if is_pid_namespace_init(m.pid, m.starttime)]
+        # Asked once per member: whether a process is the init of a PID
+        # namespace is fixed at its creation (its pid there is 1 or not).
+        for m in members:
+            if m not in self._ns_init:
+                self._ns_init[m] = is_pid_namespace_init(m.pid, m.starttime)
+        return [m for m in members if self._ns_init[m]]
 
     def live(self) -> list[Member]:
         return [m for m in self._by_identity.values() if m.alive]
 
     # -- exits and reaping -----------------------------------------------
+
+    def _mark_exits(self) -> list[Member]:
+        """Mark members whose handle says exited (one poll); the live ones left."""
+        live = self.live()
+        fds = {self._handles[m].fileno: m for m in live}
+        fds.pop(-1, None)
+        for fd in exited_pidfds(fds) if fds else ():
+            fds[fd].exited_at = self._clock()
+        for m in live:
+            if self._handles[m].fileno < 0 and self._handles[m].has_exited():
+                m.exited_at = self._clock()
+        return [m for m in live if m.alive]
 
     def _poll_exits(self, timeout: float) -> bool:
         """Mark members whose pidfd says exited; True if the wake fd fired."""
@@ -534,7 +564,10 @@ class Membership:
             return False
         # Every known member has exited: a fresh scan must find no new one,
         # not even one that has exited already — a pid hopper found this way
-        # has always just forked its successor.
+        # has always just forked its successor. The last scan is that scan if
+        # it began after the last exit (nothing of the job was left to fork).
+        if self._settled:
+            return True
         before = len(self._by_identity)
         self.scan()
         return len(self._by_identity) == before
@@ -584,64 +617,107 @@ class Membership:
     def kill_all(self) -> set[Member]:
         if self.cgroup is None or not self.cgroup.has_kill():
             return set()
-        # Kill first, scan after: the engine's full scan (members that left
-        # the cgroup) follows while the kernel tears the cgroup down. What
-        # the report needs of the cgroup's members — identity, cmdline, a
-        # pidfd — is read now, while they are frozen, from cgroup.procs.
-        self._identify_cgroup()
+        # Kill first, identify after: what the report needs of the frozen
+        # cgroup's members (start time, command line, a pidfd) is read raw
+        # now, with three syscalls a file, and parsed into members once the
+        # kernel has torn the cgroup down. (A zombie keeps no command line,
+        # so the reads themselves cannot wait for the kill.)
+        captured = self._capture_cgroup()
         try:
             self.cgroup.kill()
         except OSError:
+            self._adopt_captured(captured)
             return set()
-        # Let the kernel finish the teardown before that scan: reading /proc
-        # while a thousand processes exit contends with their exit for the
-        # same locks and CPUs, and a scan of the emptied table costs a tenth.
-        # Bounded: a member stuck in D state must not hold back the KILL of
-        # members outside the cgroup.
-        self.cgroup.wait_empty(KILL_SETTLE)
-        return {m for m in self.live() if m.pid in self._in_cgroup}
+        # Parsed while the kernel tears the cgroup down (no /proc reads).
+        candidates = [*captured.known, *self._adopt_captured(captured)]
+        # Let the kernel finish the teardown before the engine's scan for
+        # members outside the cgroup: reading /proc while a thousand
+        # processes exit contends with their exit for the same locks and
+        # CPUs, and a scan of the emptied table costs a tenth. Bounded: a
+        # member stuck in D state must not hold back the KILL of members
+        # outside the cgroup.
+        emptied = self.cgroup.wait_empty(KILL_SETTLE)
+        # Reached by cgroup.kill: exited since, or still in the cgroup (in D
+        # state). A member that is neither left the cgroup between the read
+        # and the kill (a root member can move itself): the engine kills it.
+        handles = {self._handles[m].fileno: m for m in candidates if m.alive}
+        reached = {handles[fd] for fd in exited_pidfds(fd for fd in handles if fd >= 0)}
+        if not emptied:
+            try:
+                inside = set(self.cgroup.procs())
+            except OSError:
+                inside = set()
+            reached.update(m for m in candidates if m.alive and m.pid in inside)
+        return reached
 
-    def _identify_cgroup(self) -> None:
-        """Adopt every process in the cgroup (and sub-cgroups) as a member."""
+    def _capture_cgroup(self) -> _Captured:
+        """Raw rows of the frozen cgroup's processes not yet members."""
         assert self.cgroup is not None
+        self._settled = False
         try:
             pids = self.cgroup.procs()
         except OSError:
-            return
+            return _Captured([], [], [])
         # A member not seen exited still holds its pid (a zombie's pid is
         # not reused until it is reaped, and a reaped member's pidfd polls
         # readable): the same pid in the cgroup is that member.
         self._poll_exits(0)
-        known = {m.pid for m in self.live()}
         self._in_cgroup.update(pids)
-        opened: list[tuple[ProcessInfo, ProcessHandle]] = []
-        for pid in pids:
-            if pid in known:
-                continue
-            if HAS_PIDFD:
-                got = open_process_info(pid, None, ("cmdline",))
-                if got is None:
-                    continue
-                info, fd = got
-                handle = ProcessHandle(pid, info.starttime, fd)
+        known = [m for m in self.live() if m.pid in self._in_cgroup]
+        known_pids = {m.pid for m in known}
+        todo = [p for p in pids if p not in known_pids]
+        raw = capture(todo)
+        if raw is None:
+            # pidfd_open refused (a seccomp filter): dirfds, parsed at once.
+            return _Captured([], self._open_each(todo), known)
+        try:
+            inside = set(self.cgroup.procs())
+        except OSError:
+            inside = set()
+        # Checked after that read: a pidfd not exited means its pid was still
+        # its process's when the cgroup listed it, so the reads through the
+        # pid described it and it was in the cgroup (not a stranger that got
+        # the pid of a member killed from outside meanwhile).
+        gone = exited_pidfds(fd for _pid, fd, _st, _cmd in raw)
+        rows = []
+        for pid, fd, stat, cmdline in raw:
+            if pid in inside and fd not in gone:
+                rows.append((pid, fd, stat, cmdline))
             else:
-                maybe = read_process(pid)
-                handle_or_none = ProcessHandle.open(pid, maybe.starttime) if maybe else None
-                if maybe is None or handle_or_none is None:
-                    continue
-                info, handle = maybe, handle_or_none
-            if self._allowed(info) and info.identity not in self._by_identity:
-                opened.append((info, handle))
+                os.close(fd)
+        return _Captured(rows, [], known)
+
+    def _adopt_captured(self, captured: _Captured) -> list[Member]:
+        """The new members a capture holds, oldest first."""
+        opened = list(captured.opened)
+        for _pid, fd, stat, cmdline in captured.rows:
+            info = parse_captured(stat, cmdline)
+            if info is None:
+                os.close(fd)
             else:
-                handle.close()
+                opened.append((info, ProcessHandle(info.pid, info.starttime, fd)))
         new: list[Member] = []
         for info, handle in sorted(opened, key=lambda o: o[0].starttime):
+            if not self._allowed(info) or info.identity in self._by_identity:
+                handle.close()
+                continue
             member = self._member(info, info, handle, {"cgroup"})
             new.append(member)
             self._ppid[member] = info.ppid
         self._walk.remember(self._by_identity)
         if new and self._on_new_members is not None:
             self._on_new_members(new)
+        return new
+
+    def _open_each(self, pids: Iterable[int]) -> list[tuple[ProcessInfo, ProcessHandle]]:
+        """A dirfd per process: its row (with cmdline) and a handle, parsed at once."""
+        opened = []
+        for pid in pids:
+            got = open_process_info(pid, None, ("cmdline",))
+            if got is not None:
+                info, fd = got
+                opened.append((info, ProcessHandle(pid, info.starttime, fd)))
+        return opened
 
     def freeze(self) -> str | None:
         if self.cgroup is not None:
@@ -749,6 +825,15 @@ def check_target(pid: int) -> ProcessInfo:
     if info.kernel_thread:
         raise UnsafeTargetError(pid, "that is a kernel thread")
     return info
+
+
+class _Captured(NamedTuple):
+    """A frozen cgroup read before its kill: raw rows (pid, pidfd, stat,
+    cmdline) of processes new to the membership, and its members already known."""
+
+    rows: list[tuple[int, int, bytes, bytes]]
+    opened: list[tuple[ProcessInfo, ProcessHandle]]  # read at once (no pidfds)
+    known: list[Member]
 
 
 class _IdentityTracker:

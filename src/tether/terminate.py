@@ -8,6 +8,7 @@ handles, and says when the kernel confirms the tree is empty.
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -75,6 +76,10 @@ class Target(Protocol):
 
     def scan(self) -> Sequence[Member]:
         """Refresh membership; return every member known so far (live or not)."""
+        ...
+
+    def known(self) -> Sequence[Member]:
+        """Every member known so far (live or not), without a rescan."""
         ...
 
     def freeze(self) -> str | None:
@@ -217,8 +222,13 @@ def terminate(
     elif not run_builtin and not empty:
         empty = _wait_until(target, clock, clock() + steps[-1].grace)
 
-    members = target.scan()
-    complete = target.wait_empty(0)
+    if empty:
+        # Just confirmed by wait_empty, through a scan that found every member
+        # exited: another scan would read the same table again.
+        members, complete = target.known(), True
+    else:
+        members = target.scan()
+        complete = target.wait_empty(0)
     survivors = tuple(target.survivors()) if not complete else ()
     for s in survivors:
         logs.log(_LOG, logs.WARNING,
@@ -458,7 +468,11 @@ def _record(m: Member, t0: float) -> MemberRecord:
         cmdline=m.cmdline,
         found_by=tuple(sorted(m.found_by)),
         outcome=outcome,
-        ended_by=signal_name(before_exit[-1]) if before_exit and not m.alive else None,
+        ended_by=_signal_name(before_exit[-1]) if before_exit and not m.alive else None,
         ended_at=None if m.exited_at is None else max(0.0, m.exited_at - t0),
-        signals=tuple(signal_name(s) for s, _ in m.signals),
+        signals=tuple(_signal_name(s) for s, _ in m.signals),
     )
+
+
+#: A report names a thousand members' signals: the enum lookup once per signal.
+_signal_name = functools.cache(signal_name)

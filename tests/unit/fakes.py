@@ -218,6 +218,10 @@ class FakeTarget:
         self._adopt_visible()
         return list(self.members)
 
+    def known(self) -> Sequence[Member]:
+        self.calls.append(("known", self.clock()))
+        return list(self.members)
+
     def _adopt_visible(self) -> None:
         self._observe()
         for p in self._visible():

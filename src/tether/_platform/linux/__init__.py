@@ -20,7 +20,7 @@ import errno
 import os
 import select
 import signal
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 from tether._platform._common import Delivery, ProcessInfo
 from tether._platform.linux import procfs
@@ -162,6 +162,11 @@ def is_pid_namespace_init(pid: int, starttime: int) -> bool:
     Its ``NSpid:`` line lists its pid in each namespace, outermost first; the
     last is 1 for an init. False for a process that is gone or unreadable.
     """
+    if _in_own_pid_namespace(pid):
+        # One readlink instead of a dirfd, a stat and a whole status file. A
+        # pid reused meanwhile can only make this answer about a process that
+        # is no longer the one asked about: that one is gone, and not an init.
+        return False
     try:
         with procfs.ProcDir(pid) as d:
             if d.stat().starttime != starttime:
@@ -174,6 +179,82 @@ def is_pid_namespace_init(pid: int, starttime: int) -> bool:
             levels = line.split()[1:]
             return len(levels) > 1 and levels[-1] == b"1"
     return False
+
+
+_OWN_PIDNS: list[str] = []
+
+
+def _in_own_pid_namespace(pid: int) -> bool:
+    """True if pid's /proc/PID/ns/pid names this process's PID namespace
+    (False if it differs or cannot be read: ptrace access is checked)."""
+    try:
+        if not _OWN_PIDNS:
+            _OWN_PIDNS.append(os.readlink(f"{procfs.PROC}/self/ns/pid"))
+        return os.readlink(f"{procfs.PROC}/{pid}/ns/pid") == _OWN_PIDNS[0]
+    except OSError:
+        return False
+
+
+def capture(pids: Iterable[int]) -> list[tuple[int, int, bytes, bytes]] | None:
+    """(pid, pidfd, stat, cmdline) of each pid, read raw, to be parsed later
+    (:func:`parse_captured`): for processes that cannot change meanwhile, such
+    as a frozen cgroup's, whose identities a caller keeps through their kill.
+
+    Each pidfd is opened before its process's reads, and no directory fd is
+    held: a caller that afterwards sees the pidfd not exited
+    (:func:`exited_pidfds`) knows the reads described the process the pidfd
+    holds, as a live process keeps its pid. Reads are bounded (a command line
+    to 64 KiB). Gone processes are left out; None without pidfds.
+    """
+    out: list[tuple[int, int, bytes, bytes]] = []
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                continue
+            for _pid, opened, _st, _cmd in out:
+                os.close(opened)
+            return None
+        stat = procfs.read_stat(pid)
+        cmdline = _read_bounded(f"{procfs.PROC}/{pid}/cmdline", 65536)
+        if stat:
+            out.append((pid, fd, stat, cmdline))
+        else:
+            os.close(fd)
+    return out
+
+
+def _read_bounded(path: str, limit: int) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, limit)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def parse_captured(stat: bytes, cmdline: bytes) -> ProcessInfo | None:
+    """The row :func:`capture` read (None if the stat line is malformed)."""
+    try:
+        i = _info_from_stat(stat)
+    except (ValueError, IndexError):
+        return None
+    # Built anew rather than by dataclasses.replace, which costs ten times more.
+    args = (i.pid, i.ppid, i.pgid, i.sid, i.starttime, i.state, i.comm, i.kernel_thread)
+    return ProcessInfo(*args, cmdline=procfs.parse_cmdline(cmdline))
+
+
+def exited_pidfds(fds: Iterable[int]) -> set[int]:
+    """Those of these pidfds whose process has exited (one poll for all)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return {fd for fd, _ev in poller.poll(0)}
 
 
 def own_starttime() -> int:
