@@ -192,6 +192,71 @@ def _exec_argv(argv: Sequence[str], env: Mapping[str, str], cgroup_procs: str | 
     return ["/bin/sh", "-c", "; ".join([*steps, 'exec "$@"']), "tether", *params, *argv]
 
 
+class _CgroupPopen(subprocess.Popen[Any]):
+    """Popen whose child is born in the job cgroup (clone3, when this process
+    is single-threaded: `tether run`), else runs the shim argv it was given."""
+
+    def __init__(self, direct: Mapping[str, Any], *args: Any, **kwargs: Any) -> None:
+        self._direct = direct
+        super().__init__(*args, **kwargs)
+
+    def _execute_child(
+        self,
+        args: Any,
+        executable: Any,
+        preexec_fn: Any,
+        close_fds: bool,
+        pass_fds: Sequence[int],
+        cwd: Any,
+        env: Any,
+        startupinfo: Any,
+        creationflags: int,
+        shell: bool,
+        p2cread: int,
+        p2cwrite: int,
+        c2pread: int,
+        c2pwrite: int,
+        errread: int,
+        errwrite: int,
+        restore_signals: bool,
+        gid: Any,
+        gids: Any,
+        uid: Any,
+        umask: int,
+        start_new_session: bool,
+        process_group: Any,
+    ) -> None:
+        from tether._platform.linux import spawn
+
+        plain = (preexec_fn, executable, gid, uid, process_group) == (None,) * 5
+        if plain and close_fds and not pass_fds and restore_signals and spawn.usable():
+            try:
+                pid, pidfd = spawn.spawn(
+                    self._direct["argv"],
+                    os.environ if env is None else env,
+                    stdio=(p2cread, c2pwrite, errwrite),
+                    cgroup=self._direct["cgroup"],
+                    start_new_session=start_new_session,
+                    umask=umask,
+                    extra_groups=gids,
+                    nofile=self._direct["nofile"],
+                    cwd=None if cwd is None else os.fsdecode(cwd),
+                )
+            except spawn.Unavailable:
+                pass
+            else:
+                os.close(pidfd)
+                self.pid = pid
+                self._child_created = True
+                self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)  # type: ignore[attr-defined]
+                return
+        super()._execute_child(  # type: ignore[misc]
+            args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo,
+            creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
+            restore_signals, gid, gids, uid, umask, start_new_session, process_group,
+        )  # fmt: skip
+
+
 def resolve_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
     """The executable argv[0] names, or CommandNotFound / CommandNotExecutable."""
     if not argv:
@@ -608,12 +673,25 @@ class Job:
         exec_argv = _exec_argv(
             self.argv, base_env, sel.cgroup.procs_file if sel.cgroup is not None else None
         )
+        # What clone3 needs to put the leader in its cgroup without the shim
+        # (decided here: a keeper's environment is not the caller's).
+        direct = (
+            None
+            if "TETHER_NO_CLONE3" in os.environ
+            else {
+                "argv": list(self.argv),
+                "cgroup": sel.cgroup.path if sel.cgroup is not None else None,
+                "nofile": _nofile_to_restore(),
+            }
+        )
         try:
             spawn: Any = subprocess.Popen
             if use_keeper:
                 assert self._journal is not None
-                keep = {"job_id": self.id, "journal": self._journal.directory}
+                keep = {"job_id": self.id, "journal": self._journal.directory, "direct": direct}
                 spawn = functools.partial(KeptPopen, keep)
+            elif sel.cgroup is not None and direct is not None:
+                spawn = functools.partial(_CgroupPopen, direct)
             self._popen: subprocess.Popen[Any] = spawn(
                 exec_argv,
                 env=base_env,

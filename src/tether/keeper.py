@@ -133,7 +133,9 @@ def keeper_main(caller_pid: int, control: socket.socket) -> int:
     # import after the fork (resource loads a shared object) is paid per job.
     import resource  # noqa: F401
 
-    from tether._platform.linux import prctl
+    from tether._platform.linux import prctl, spawn
+
+    spawn.usable()  # loads libc's syscall() through ctypes, once
 
     os.chdir("/")  # hold no mount busy
     caller = _open_caller(caller_pid)
@@ -144,6 +146,10 @@ def keeper_main(caller_pid: int, control: socket.socket) -> int:
         prctl.set_child_subreaper(True)
     chld = _sigchld_pipe()
     job_keepers: set[int] = set()
+    # A job keeper forked ahead of the next request: a job start is then a
+    # message to a process that exists, not a fork (~2 ms of page tables and
+    # copy-on-write faults) on the caller's critical path.
+    spare: tuple[int, socket.socket] | None = None
     listening = True
     while listening or job_keepers:
         poller = select.poll()
@@ -158,15 +164,27 @@ def keeper_main(caller_pid: int, control: socket.socket) -> int:
                 got = None
             if got is None:
                 # The caller closed its end (it exited): the job keepers see
-                # to their jobs; this process waits for them, then leaves.
+                # to their jobs; this process waits for them, then leaves
+                # (the spare reads EOF and exits).
                 listening = False
+                if spare is not None:
+                    spare[1].close()
+                    spare = None
             else:
                 request, fds = got
-                pid = _fork_job_keeper(request, fds, control, caller, chld)
+                pid = _hand_to_spare(spare, request, fds)
+                if not pid:
+                    pid = _fork_job_keeper(request, fds, control, caller, chld)
+                spare = None
+                # Closed before the next spare is forked: a copy held there
+                # would keep this job's pipes open (no EOF for the caller).
                 for fd in fds:
                     os.close(fd)
                 if pid:
                     job_keepers.add(pid)
+                spare = _fork_spare(control, caller, chld)
+                if spare is not None:
+                    job_keepers.add(spare[0])
         if chld in ready:
             _drain(chld)
         while True:
@@ -178,6 +196,49 @@ def keeper_main(caller_pid: int, control: socket.socket) -> int:
                 break
             job_keepers.discard(pid)
     return 0
+
+
+def _hand_to_spare(
+    spare: tuple[int, socket.socket] | None, request: Mapping[str, Any], fds: list[int]
+) -> int:
+    """Give the request to the spare job keeper; its pid, or 0 if it is gone."""
+    if spare is None:
+        return 0
+    pid, sock = spare
+    try:
+        send_message(sock, request, fds)
+    except OSError:
+        return 0  # it died (killed): it is reaped with the others
+    finally:
+        sock.close()
+    return pid
+
+
+def _fork_spare(control: socket.socket, caller: int, chld: int) -> tuple[int, socket.socket] | None:
+    """A job keeper that waits for its request on a socketpair of its own."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        pid = os.fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        return None
+    if pid:
+        theirs.close()
+        return pid, ours
+    code = 1
+    try:
+        control.close()
+        os.close(chld)
+        ours.close()
+        got = recv_message(theirs, maxfds=8)
+        theirs.close()
+        # EOF: the keeper is leaving (its caller exited) or died.
+        code = 0 if got is None else _job_keeper(got[0], got[1], caller)
+    except BaseException as err:  # a forked child must never unwind
+        _say(f"job keeper failed: {err!r}")
+    finally:
+        os._exit(code)
 
 
 def _fork_job_keeper(
@@ -223,35 +284,61 @@ def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int) -> int:
             if resource.getrlimit(res) != limits:
                 resource.setrlimit(res, limits)
         os.fchdir(cwd_fd)
-        popen = subprocess.Popen(
-            request["argv"],
-            env=request["env"],
-            stdin=std[0],
-            stdout=std[1],
-            stderr=std[2],
-            start_new_session=request["start_new_session"],
-            close_fds=True,
-            umask=request["umask"],
-            extra_groups=request["extra_groups"],
-        )
+        leader, pidfd = _spawn_leader(request, std)
     except OSError as err:
         send_message(job, ("error", err.errno, err.strerror, err.filename, type(err).__name__))
         return 1
     finally:
         for fd in (cwd_fd, *std):
             os.close(fd)
-    leader = popen.pid
-    # Our unreaped child: the pidfd is certainly the leader's.
-    pidfd = os.pidfd_open(leader)
     send_message(
         job,
         ("started", leader, _starttime(leader), os.getpid(), _starttime(os.getpid())),
         [pidfd],
     )
     os.close(pidfd)
+    return _keep(job, leader, caller, chld, diag, request)
+
+
+def _spawn_leader(request: Mapping[str, Any], std: Sequence[int]) -> tuple[int, int]:
+    """Start the job's leader as our child: (pid, pidfd).
+
+    Straight into the job cgroup by clone3 where it can (a job keeper is a
+    fork of a single-threaded process: see tether._platform.linux.spawn),
+    else Popen of ``argv`` (the /bin/sh shim that enters the cgroup itself).
+    """
+    direct = request.get("direct")
+    if direct is not None:
+        from tether._platform.linux import spawn
+
+        try:
+            return spawn.spawn(
+                direct["argv"],
+                request["env"],
+                stdio=std,
+                cgroup=direct["cgroup"],
+                start_new_session=request["start_new_session"],
+                umask=request["umask"],
+                extra_groups=request["extra_groups"],
+                nofile=direct["nofile"],
+            )
+        except spawn.Unavailable:
+            pass
+    popen = subprocess.Popen(
+        request["argv"],
+        env=request["env"],
+        stdin=std[0],
+        stdout=std[1],
+        stderr=std[2],
+        start_new_session=request["start_new_session"],
+        close_fds=True,
+        umask=request["umask"],
+        extra_groups=request["extra_groups"],
+    )
     # Popen's own bookkeeping must not reap behind our back (its __del__).
     popen.returncode = 0
-    return _keep(job, leader, caller, chld, diag, request)
+    # Our unreaped child: the pidfd is certainly the leader's.
+    return popen.pid, os.pidfd_open(popen.pid)
 
 
 def _starttime(pid: int) -> int:

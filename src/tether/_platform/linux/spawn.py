@@ -1,0 +1,265 @@
+"""Fork + exec straight into a cgroup: clone3(CLONE_INTO_CGROUP), no shim.
+
+The portable way in is a /bin/sh shim that writes its own pid to
+``cgroup.procs`` before exec'ing the job. That write migrates a task, which
+takes ``cgroup_threadgroup_rwsem`` for writing: a percpu rwsem whose writer
+waits for an RCU grace period (rcu_sync_enter) unless another write came
+just before. On a quiet machine that is ~10 ms per job, plus the shell's
+own exec. clone3(2) with CLONE_INTO_CGROUP (Linux 5.7) creates the child
+in the target cgroup instead (the fork path only takes that rwsem for
+reading), so the job's first instruction already runs inside it, as with
+the shim, and nothing could fork before containment.
+
+clone3 has no libc wrapper and Python has no binding, so it is a raw
+syscall through ctypes and the child goes on running Python until it
+execs. That is safe only where a plain fork() without Python's at-fork
+hooks is: in a **single-threaded** process (no lock another thread holds
+can be copied held). :func:`usable` checks that on every call (the thread
+count from /proc/self/stat); callers fall back to the shim when it says no,
+or when :func:`spawn` raises :class:`Unavailable` (no clone3, no
+CLONE_INTO_CGROUP, a cgroup the kernel refuses): never weaker, only slower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+
+#: clone3 and close_range share their numbers across the architectures that
+#: have them (the generic syscall table from 5.3 and 5.9 on).
+_SYS_CLONE3 = 435
+_SYS_CLOSE_RANGE = 436
+_CLONE_PIDFD = 0x1000
+_CLONE_INTO_CGROUP = 0x200000000
+_CLOSE_RANGE_CLOEXEC = 1 << 2
+#: Set in the environment (any value) to never use clone3: the shim path, for
+#: tests of the fallback and as an escape hatch.
+DISABLE_VAR = "TETHER_NO_CLONE3"
+
+
+class Unavailable(Exception):
+    """clone3 into a cgroup cannot be used here: take the shim path."""
+
+
+class _CloneArgs(ctypes.Structure):
+    # struct clone_args, CLONE_ARGS_SIZE_VER2 (88 bytes: up to .cgroup).
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in (
+            "flags",
+            "pidfd",
+            "child_tid",
+            "parent_tid",
+            "exit_signal",
+            "stack",
+            "stack_size",
+            "tls",
+            "set_tid",
+            "set_tid_size",
+            "cgroup",
+        )
+    ]
+
+
+@functools.lru_cache(maxsize=1)
+def _syscall() -> Callable[..., int] | None:
+    if os.uname().machine not in ("x86_64", "aarch64", "riscv64", "loongarch64"):
+        return None  # other tables (e.g. alpha, mips o32) number them differently
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.syscall
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_long
+    return fn
+
+
+def _threads() -> int:
+    with open("/proc/self/stat", "rb") as f:
+        data = f.read(4096)
+    return int(data[data.rindex(b")") + 2 :].split()[17])
+
+
+def usable() -> bool:
+    """clone3 may be tried in this process now (single-threaded, not disabled)."""
+    if DISABLE_VAR in os.environ or _syscall() is None:
+        return False
+    try:
+        return _threads() == 1
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _exec_list(argv0: str, env: Mapping[str, str]) -> list[bytes]:
+    """Where execve is tried, as subprocess.Popen does (PATH from ``env``)."""
+    exe = os.fsencode(argv0)
+    if os.path.dirname(exe):
+        return [exe]
+    return [os.path.join(os.fsencode(d), exe) for d in os.get_exec_path(env)]
+
+
+def spawn(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    stdio: Sequence[int],
+    cgroup: str | None,
+    start_new_session: bool = True,
+    umask: int = -1,
+    extra_groups: Sequence[int] | None = None,
+    nofile: int | None = None,
+    cwd: str | None = None,
+) -> tuple[int, int]:
+    """Start ``argv`` as a child of this process, in ``cgroup`` from birth.
+
+    ``stdio`` are the fds that become 0, 1, 2 (-1: keep this process's).
+    Every other fd is closed across the exec (close_fds). ``nofile``: the
+    soft RLIMIT_NOFILE the job gets; ``cwd`` its directory (else ours).
+    Returns (pid, pidfd).
+
+    Raises:
+        Unavailable: clone3 (or CLONE_INTO_CGROUP) cannot be used; nothing
+            was started.
+        OSError: the exec failed (FileNotFoundError, PermissionError, ...),
+            as :class:`subprocess.Popen` raises it; the child is reaped.
+    """
+    syscall = _syscall()
+    if syscall is None or not usable():
+        raise Unavailable("clone3 is not usable in this process")
+    candidates = _exec_list(argv[0], env)
+    bargv = [os.fsencode(a) for a in argv]
+    benv = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+    cg_fd = -1
+    if cgroup is not None:
+        try:
+            cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            raise Unavailable(f"cannot open the job cgroup: {err.strerror}") from None
+    pidfd = ctypes.c_int(-1)
+    args = _CloneArgs(
+        flags=_CLONE_PIDFD | (_CLONE_INTO_CGROUP if cg_fd >= 0 else 0),
+        pidfd=ctypes.addressof(pidfd),
+        exit_signal=signal.SIGCHLD,
+        cgroup=max(cg_fd, 0),
+    )
+    errr, errw = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = syscall(
+            ctypes.c_long(_SYS_CLONE3), ctypes.byref(args), ctypes.c_long(ctypes.sizeof(args))
+        )
+        if pid == 0:
+            _child(syscall, candidates, bargv, benv, stdio, errw, start_new_session, umask,
+                   extra_groups, nofile, cwd)  # fmt: skip
+        if pid < 0:
+            raise Unavailable(f"clone3: {os.strerror(ctypes.get_errno())}")
+        os.close(errw)
+        errw = -1
+        report = _read_all(errr)
+    finally:
+        os.close(errr)
+        if errw >= 0:
+            os.close(errw)
+        if cg_fd >= 0:
+            os.close(cg_fd)
+    if report:
+        # The exec failed: the child has _exit()ed; reap it, raise as Popen.
+        os.close(pidfd.value)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        code, _, index = report.partition(b":")
+        num = int(code) if code.isdigit() else errno.EINVAL
+        if index == b"-1":
+            raise OSError(num, os.strerror(num), cwd)
+        name = candidates[int(index)] if index.isdigit() and int(index) < len(candidates) else b""
+        raise OSError(num, os.strerror(num), os.fsdecode(name) or argv[0])
+    return pid, pidfd.value
+
+
+def _read_all(fd: int) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 64)
+        except InterruptedError:
+            continue
+        if not chunk or len(out) > 64:
+            return out
+        out += chunk
+
+
+def _child(
+    syscall: Callable[..., int],
+    candidates: list[bytes],
+    argv: list[bytes],
+    env: dict[bytes, bytes],
+    stdio: Sequence[int],
+    errw: int,
+    start_new_session: bool,
+    umask: int,
+    extra_groups: Sequence[int] | None,
+    nofile: int | None,
+    cwd: str | None,
+) -> None:
+    """The new process: set up, exec, or report why not. Never returns."""
+    failed = 0
+    index = 0
+    try:
+        try:
+            if cwd is not None:
+                index = -1  # a failure names the directory, as Popen's
+                os.chdir(cwd)
+                index = 0
+            if start_new_session:
+                os.setsid()
+            if umask >= 0:
+                os.umask(umask)
+            if extra_groups is not None:
+                os.setgroups(list(extra_groups))
+            if nofile is not None:
+                import resource
+
+                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+            # A stdio source that sits on another target slot (stdout=2) is
+            # moved out of the way first, as _posixsubprocess does.
+            src = [
+                fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) if 0 <= fd < 3 and fd != n else fd
+                for n, fd in enumerate(stdio)
+            ]
+            for n, fd in enumerate(src):
+                if fd == n:
+                    os.set_inheritable(n, True)
+                elif fd >= 0:
+                    os.dup2(fd, n)
+            # close_fds: every fd from 3 up closes at exec (the error pipe too,
+            # which is how the parent learns the exec succeeded).
+            close_range = (_SYS_CLOSE_RANGE, 3, 0xFFFFFFFF, _CLOSE_RANGE_CLOEXEC)
+            if syscall(*(ctypes.c_long(a) for a in close_range)) < 0:
+                os.closerange(3, errw)
+                os.closerange(errw + 1, os.sysconf("SC_OPEN_MAX"))
+            # Python ignores SIGPIPE and SIGXFSZ; a job must start with the
+            # defaults (Popen's restore_signals).
+            for name in ("SIGPIPE", "SIGXFSZ"):
+                if hasattr(signal, name):
+                    signal.signal(getattr(signal, name), signal.SIG_DFL)
+        except OSError as err:
+            failed, index = err.errno or errno.EINVAL, index or len(candidates)
+        else:
+            for i, path in enumerate(candidates):
+                try:
+                    os.execve(path, argv, env)
+                except OSError as err:
+                    # Popen's rule: the first error that is not "not here"
+                    # wins (EACCES on one PATH entry beats ENOENT on the rest).
+                    missing = (errno.ENOENT, errno.ENOTDIR)
+                    if not failed or (failed in missing and err.errno not in missing):
+                        failed, index = err.errno or errno.EINVAL, i
+        os.write(errw, f"{failed}:{index}".encode())
+    finally:
+        os._exit(255)
