@@ -1,0 +1,249 @@
+"""``tether run``'s fast path (issue 15): the common form is parsed without
+click (:func:`tether.cli.run.parse_fast`) and the entry point exits with
+``os._exit`` once what finalisation would show is done.
+
+The shortcut is only as good as its agreement with click: every argv the
+fast parser accepts, click parses to the same parameters; whatever it does
+not understand goes to click. And ``os._exit`` keeps its guards: atexit
+handlers run, buffered stdout is flushed, other threads are waited for.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from helpers import tether_cmd
+from tether.cli import cli
+from tether.cli._common import echo_err, legacy_json_args
+from tether.cli._remote import wants_remote
+from tether.cli.run import FAST_OPTIONS, parse_fast
+
+RUN = cli.get_command(click.Context(cli), "run")
+assert RUN is not None
+
+# Names click knows for run (every option, the remote ones too) and a few it does not.
+CLICK_NAMES = sorted({n for p in RUN.params if isinstance(p, click.Option) for n in p.opts})
+OPTION_TOKENS = [*CLICK_NAMES, "-h", "--help", "--bogus", "-qv", "-vq", "-x", "---", "--json="]
+SAMPLE_VALUES = "5s TERM KILL - -- x.json precede replace Precede 0 12 -1 1_0 ² = -q --timeout auto"
+VALUES = st.one_of(
+    st.sampled_from([*SAMPLE_VALUES.split(), "", " 7", "cgroup,session"]), st.text(max_size=6)
+)
+
+
+@st.composite
+def run_argv(draw: st.DrawFn) -> list[str]:
+    """run's arguments: options (known, unknown, --opt=value, -sVALUE), values, then a command."""
+    args: list[str] = []
+    for _ in range(draw(st.integers(0, 6))):
+        # Half from run's own options: most argv then reach the comparison.
+        name = draw(st.one_of(st.sampled_from(list(FAST_OPTIONS)), st.sampled_from(OPTION_TOKENS)))
+        form = draw(st.sampled_from(["plain", "equals", "attached"]))
+        value = draw(VALUES)
+        if form == "equals" and name.startswith("--"):
+            args.append(f"{name}={value}")
+        elif form == "attached" and len(name) == 2:
+            args.append(name + value)
+        else:
+            args.append(name)
+            if draw(st.booleans()):
+                args.append(value)
+    if draw(st.booleans()):
+        args.append("--")
+    args += draw(st.lists(st.sampled_from(["true", "-", "--", "-q", "x.json", "sh"]), max_size=3))
+    return args
+
+
+def click_params(args: list[str]) -> dict[str, object]:
+    parent = cli.make_context("tether", ["run"], resilient_parsing=True)
+    return dict(RUN.make_context("run", list(args), parent=parent).params)
+
+
+@given(run_argv())
+@example(["--", "true"])
+@example(["-sINT", "-k", "2s", "--json", "--", "x"])
+@example(["--timeout", "--", "sh"])
+@example(["--json", "x.json", "true"])  # the deprecated --json FILE: click rewrites it
+@example(["-q", "-s", "-", "true"])
+@example(["-s", "INT", "--signal=HUP", "-q", "true"])  # the last one wins
+@example(["--tag-gid", "1_0", "true"])  # int() takes it; the fast path leaves it to click
+@example(["--tag-gid", "²", "true"])  # a digit to str.isdigit(), not to int()
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_fast_parser_agrees_with_click(args: list[str]) -> None:
+    fast = parse_fast(args)
+    if fast is None:
+        return  # click parses it (or says what is wrong)
+    # Accepted: click must accept the same argv, as given (no deprecated
+    # spelling rewritten), to the same parameters, and nothing remote.
+    assert legacy_json_args(RUN, list(args)) == args
+    params = click_params(args)
+    assert {k: params[k] for k in fast} == fast
+    remote = {k: v for k, v in params.items() if k not in fast}
+    assert not wants_remote(remote)
+    assert remote == {k: v for k, v in click_params(["true"]).items() if k not in fast}
+
+
+def test_the_fast_parser_reads_the_common_forms() -> None:
+    """Not a parser that declines everything: the usual forms are read."""
+    cases = [
+        ["--", "true"],
+        ["true", "-q"],
+        ["-q", "--timeout", "5s", "sleep", "1"],
+        ["-sINT", "-k", "2s", "--json", "--", "make", "-j2"],
+        ["--policy=TERM,1s,KILL", "--tag-gid", "7", "-v", "--", "x"],
+        ["--json-file", "r.json", "--fail-on-leftovers", "--wait-leftovers", "true"],
+    ]
+    for args in cases:
+        fast = parse_fast(args)
+        assert fast is not None, args
+        params = click_params(args)
+        assert {k: params[k] for k in fast} == fast
+    assert set(FAST_OPTIONS) <= set(CLICK_NAMES)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["-h"], [], ["--"], ["--timeout"], ["-qv", "true"], ["--quiet=1", "true"],
+     ["--kill-script-mode", "later", "true"], ["--tag-gid", "-1", "true"], ["--host", "h", "true"],
+     ["--json", "-", "true"], ["--bogus", "true"]],
+)  # fmt: skip
+def test_what_the_fast_parser_declines(args: list[str]) -> None:
+    assert parse_fast(args) is None
+
+
+def imported_after(code: str) -> set[str]:
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_a_common_run_does_not_import_click() -> None:
+    run = "import contextlib\nfrom tether.cli import main\nwith contextlib.suppress(SystemExit):\n"
+    fast = imported_after(run + "    main(['run', '-q', '--timeout', '30s', '--', 'true'])\n")
+    assert "tether.cli.run" in fast and "tether.job" in fast
+    assert "click" not in fast
+    helped = imported_after(run + "    main(['run', '--help'])\n")
+    assert "click" in helped
+
+
+# Runs main() with the fast path on (fast) or off (click), with argv.
+_BOTH = (
+    "import sys, tether.cli as c\n"
+    "if sys.argv[1] == 'click':\n"
+    "    c._fast_run = lambda args: False\n"
+    "c.main(sys.argv[2:])\n"
+)
+
+
+def _both(args: list[str], tmp_path: Path) -> list[tuple[int, str, str]]:
+    out = []
+    for mode in ("fast", "click"):
+        done = subprocess.run(
+            [sys.executable, "-c", _BOTH, mode, *args], capture_output=True, text=True,
+            timeout=60, check=False, cwd=tmp_path,
+        )  # fmt: skip
+        ids = re.compile(r"\b[0-9a-f]{24}\b|pid \d+|\d+\.\d+s|\(pid \d+\)")
+        stdout = ids.sub("X", done.stdout)
+        if stdout.startswith("{"):  # a report: its shape (members and times vary)
+            report = json.loads(done.stdout)
+            stdout = json.dumps([sorted(report), report["complete"], report["reason"]])
+        out.append((done.returncode, stdout, ids.sub("X", done.stderr)))
+    return out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--timeout", "bogus", "--", "true"],
+        ["run", "--policy", "TERM,x", "--", "true"],
+        ["run", "-s", "TERM", "--policy", "KILL", "--", "true"],
+        ["run", "--kill-script", " ", "--", "true"],
+        ["run", "--trackers", "nope", "--", "true"],
+        ["run", "--json", "--json-file", "r.json", "--", "true"],
+        ["run", "-s", "KILL", "-k", "1s", "--", "true"],
+        ["run", "--", "sh", "-c", "exit 3"],
+        ["run", "--", "/nonexistent/command"],
+        ["run", "--", "/"],
+        ["run", "--timeout", "0.1s", "--preserve-status", "-q", "--", "sh", "-c", "sleep 30"],
+        ["run", "--json", "--", "sh", "-c", "echo out; exit 4"],
+    ],
+)
+def test_fast_and_click_paths_end_alike(args: list[str], tmp_path: Path) -> None:
+    """Same status, stdout and stderr (job ids, pids and times aside)."""
+    fast, slow = _both(args, tmp_path)
+    assert fast == slow
+
+
+def test_tether_run_exit_runs_atexit_handlers_and_flushes_stdout() -> None:
+    """os._exit skips finalisation, not what it would show: an atexit handler
+    runs, and buffered stdout (a pipe, PYTHONUNBUFFERED unset) is written."""
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stdout.write('atexit ran\\n'))\n"
+        "sys.stdout.write('buffered before\\n')\n"
+        "sys.argv = ['tether', 'run', '-q', '--', 'sh', '-c', 'exit 5']\n"
+        "from tether.cli import main\n"
+        "main()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 5, done.stderr
+    assert done.stdout == "buffered before\natexit ran\n"
+
+
+def test_tether_run_exit_waits_for_other_threads() -> None:
+    """With another (non-daemon) thread running, the interpreter's own exit
+    waits for it: os._exit would cut it off."""
+    code = (
+        "import sys, threading\n"
+        "def after_main():\n"
+        "    threading.main_thread().join()\n"
+        "    sys.stdout.write('thread finished\\n'); sys.stdout.flush()\n"
+        "threading.Thread(target=after_main).start()\n"
+        "sys.argv = ['tether', 'run', '-q', '--', 'true']\n"
+        "from tether.cli import main\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout) == (0, "thread finished\n"), done.stderr
+
+
+def test_the_entry_point_exits_with_the_commands_status() -> None:
+    done = subprocess.run(
+        tether_cmd("run", "--", "sh", "-c", "echo out; exit 7"),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (7, "out\n"), done.stderr
+
+
+@given(st.text(alphabet=st.sampled_from(["\x1b", "[", "3", "1", ";", "m", "?", "a", " ", "é"])))
+@example("\x1b[31mred\x1b[0m")
+@settings(max_examples=200, deadline=None)
+def test_echo_err_is_click_echo_on_a_pipe(message: str) -> None:
+    ours, theirs = io.StringIO(), io.StringIO()
+    saved = sys.stderr
+    sys.stderr = ours
+    try:
+        echo_err(message)
+    finally:
+        sys.stderr = saved
+    click.echo(message, file=theirs)
+    assert ours.getvalue() == theirs.getvalue()
