@@ -65,10 +65,12 @@ def ps(pid: str | None, as_json: bool, show_all: bool) -> None:
     membership, root, is_pid = _membership(pid)
     try:
         members = [m for m in membership.scan() if m.alive]
-        table = snapshot(("cmdline", "uids"))
+        # Stat only (one read per process, as pstree): a member's command line
+        # was read when the scan adopted it, through the dirfd that proved it.
+        table = snapshot()
         rows: list[tuple[int, ProcessInfo, list[str], float, str]] = []
         for m in members:
-            info = table.get(m.pid) or read_process(m.pid, ("cmdline", "uids"))
+            info = table.get(m.pid) or read_process(m.pid, ())
             if info is None or info.starttime != m.starttime:
                 continue
             rows.append((m.pid, info, sorted(m.found_by), m.start_time, m.cmdline))
@@ -81,10 +83,10 @@ def ps(pid: str | None, as_json: bool, show_all: bool) -> None:
         listed = {r[0] for r in rows}
         for p in _descendants(root, table):
             if p not in listed:
-                info = table[p]
+                info = _reread(table[p], ("cmdline",))
                 rows.append((p, info, ["walk"], starttime_to_epoch(info.starttime),
                              info.describe()))  # fmt: skip
-    unread = _unreadable([r[1] for r in rows])
+    unread = _unreadable(rows)
     for line in unread:
         click.echo(f"tether: {line}", err=True)
     if as_json:
@@ -176,19 +178,46 @@ def _descendants(root: int, table: dict[int, ProcessInfo]) -> list[int]:
     return out
 
 
-def _unreadable(infos: Sequence[ProcessInfo]) -> list[str]:
+def _reread(info: ProcessInfo, fields: tuple[str, ...]) -> ProcessInfo:
+    """``info`` with ``fields`` read, if the same process (by start time) is still there."""
+    from tether.process import read_process
+
+    again = read_process(info.pid, fields)
+    return again if again is not None and again.starttime == info.starttime else info
+
+
+def _cmdline_unreadable(info: ProcessInfo) -> bool:
+    from tether.process import read_process
+
+    again = read_process(info.pid, ("cmdline",))
+    return again is None or (again.starttime == info.starttime and not again.cmdline)
+
+
+def _unreadable(rows: Sequence[tuple[int, ProcessInfo, list[str], float, str]]) -> list[str]:
     """What could not be read of these processes, one line per kind (empty as root)."""
     import os
 
     lines = []
     me = os.geteuid()
-    others = [i for i in infos if i.uids is not None and i.uids[1] != me]
-    if me != 0 and others:
-        lines.append(
-            f"could not read the environment of {len(others)} process(es) of other users "
-            "(needs root): the cookie tracker cannot see them"
-        )
-    nameless = [i.pid for i in infos if not i.cmdline and not i.kernel_thread and i.state != "Z"]
+    if me != 0:
+        # Only an unprivileged caller needs the owners (the table is stat only).
+        uids = [_reread(r[1], ("uids",)).uids for r in rows]
+        others = sum(1 for u in uids if u is not None and u[1] != me)
+        if others:
+            lines.append(
+                f"could not read the environment of {others} process(es) of other users "
+                "(needs root): the cookie tracker cannot see them"
+            )
+    # Shown as [comm]: either the command line was empty (unreadable, or a
+    # process that cleared it) or it is literally that; a re-read tells.
+    nameless = [
+        info.pid
+        for _pid, info, _found, _start, cmd in rows
+        if not info.kernel_thread
+        and info.state != "Z"
+        and cmd == f"[{info.comm}]"
+        and _cmdline_unreadable(info)
+    ]
     if nameless:
         lines.append(
             f"command line unreadable for {len(nameless)} process(es), shown by name in "

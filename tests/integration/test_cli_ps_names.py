@@ -1,0 +1,61 @@
+"""Issue 15: `tether ps PID` reads command lines once (when the scan adopts a
+member) and its table is stat only; the "command line unreadable" warning
+still tells an empty command line from one that reads ``[comm]``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import tether_cmd, wait_for
+
+# exec /bin/cat with the argv given (none at all: argc 0, an empty cmdline);
+# cat then waits on its stdin, a pipe the test holds.
+EXEC = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+args = [a.encode() for a in sys.argv[1:]]
+argv = (ctypes.c_char_p * (len(args) + 1))(*args, None)
+envp = (ctypes.c_char_p * 1)(None)
+libc.execve(b"/bin/cat", argv, envp)
+os._exit(127)
+"""
+
+
+@pytest.fixture
+def cats() -> Iterator[tuple[int, int]]:
+    """(pid of a cat with no argv, pid of a cat whose argv is just "[cat]")."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", EXEC, *argv], stdin=subprocess.PIPE)
+        for argv in ([], ["[cat]"])
+    ]
+    try:
+        for p in procs:
+            wait_for(lambda p=p: Path(f"/proc/{p.pid}/comm").read_text() == "cat\n", what="exec")
+        yield procs[0].pid, procs[1].pid
+    finally:
+        for p in procs:  # our own unreaped children: their pids cannot be reused
+            assert p.stdin is not None
+            p.stdin.close()
+            p.wait(timeout=10)
+        assert all(p.returncode == 0 for p in procs)
+
+
+def test_an_empty_command_line_is_reported_and_a_bracketed_one_is_not(
+    cats: tuple[int, int],
+) -> None:
+    empty, bracketed = cats
+    assert Path(f"/proc/{empty}/cmdline").read_bytes() in (b"", b"\0")
+    assert Path(f"/proc/{bracketed}/cmdline").read_bytes() == b"[cat]\0"
+    for pid in cats:
+        done = subprocess.run(
+            tether_cmd("ps", str(pid)), capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"{pid} " in done.stdout and "[cat]" in done.stdout, done.stdout
+        warned = "command line unreadable for 1 process(es)" in done.stderr
+        assert warned == (pid == empty), (pid, done.stderr)
