@@ -289,7 +289,6 @@ class TetherJobs:
 
     def jobs(self, table: Table) -> list[Job]:
         from tether.journal import JobRecord, Journal
-        from tether.recovery import job_state
 
         journal = Journal(self.journal_dir) if self.journal_dir else Journal.default()
         try:
@@ -298,6 +297,10 @@ class TetherJobs:
             raise SourceError(self.name, str(err)) from None
         finally:
             journal.close()
+        if not entries:
+            return []  # the usual node: no tether job, and no engine to import
+        from tether.recovery import job_state
+
         unified, _v1, _systemd = find_mounts()
         out: list[Job] = []
         for record in entries:
