@@ -14,8 +14,6 @@ key), its one click option, and the code that acts on it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import os
 import signal
@@ -306,13 +304,22 @@ class JobSpec:
         )
 
 
+# base64 is imported where the wire form is built or read (remote runs), not
+# by every `tether run`.
+
+
 def _b64(data: bytes) -> str:
+    import base64
+
     return base64.b64encode(data).decode("ascii")
 
 
 def _unb64(value: object, what: str) -> bytes:
     if not isinstance(value, str) or len(value) > _MAX_ARG_BYTES * 4 // 3 + 4:
         raise UsageError(f"malformed job spec: {what}")
+    import base64
+    import binascii
+
     try:
         return base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):

@@ -130,11 +130,13 @@ def imported_after(code: str) -> set[str]:
     return set(json.loads(done.stdout.splitlines()[-1]))
 
 
-def test_a_common_run_does_not_import_click() -> None:
+def test_a_common_run_imports_neither_click_nor_the_keeper() -> None:
     run = "import contextlib\nfrom tether.cli import main\nwith contextlib.suppress(SystemExit):\n"
     fast = imported_after(run + "    main(['run', '-q', '--timeout', '30s', '--', 'true'])\n")
     assert "tether.cli.run" in fast and "tether.job" in fast
     assert "click" not in fast
+    # Nor what only other jobs need: the job keeper (sockets, pickle), the wire form's base64.
+    assert not {"tether.keeper", "socket", "pickle", "base64"} & fast
     helped = imported_after(run + "    main(['run', '--help'])\n")
     assert "click" in helped
 
