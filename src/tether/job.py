@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import IO, Any, TypedDict, Unpack
+from typing import IO, TYPE_CHECKING, Any, TypedDict, Unpack
 
 from tether import logs
 from tether.errors import (
@@ -29,7 +29,6 @@ from tether.errors import (
 )
 from tether.identity import Identity
 from tether.journal import JobRecord, Journal, new_record
-from tether.keeper import KeptPopen, keeper_available
 from tether.membership import Membership, _raise_fd_limit
 from tether.policy import MAX_POLL_MS, Policy
 from tether.process import ProcessHandle, ProcessInfo, read_process
@@ -42,6 +41,9 @@ from tether.tracking.base import TrackerStatus
 from tether.tracking.cookie import COOKIE_VAR, new_cookie
 from tether.tracking.select import select_trackers
 from tether.watchdog import WATCHDOG_DONE
+
+if TYPE_CHECKING:
+    from tether.keeper import KeptPopen
 
 __all__ = [
     "CompletedJob",
@@ -94,6 +96,24 @@ FOREGROUND_CAVEAT = (
     "the session tracker was not used; a member that left the job's cgroup (or, without "
     "one, re-parented away from tether and cleared its environment) is not found"
 )
+
+
+def _keeper_available() -> bool:
+    from tether.keeper import keeper_available
+
+    return keeper_available()
+
+
+def _kept(popen: object) -> KeptPopen | None:
+    """``popen`` if the job keeper started it. tether.keeper (sockets, pickle,
+    ~2 MB and ~4 ms of imports) is imported only by jobs that use it, so
+    without it loaded nothing is a KeptPopen."""
+    keeper = sys.modules.get("tether.keeper")
+    if keeper is None:
+        return None
+    from tether.keeper import KeptPopen
+
+    return popen if isinstance(popen, KeptPopen) else None
 
 
 def _spawn_watchdog(args: Sequence[str], stdin: int) -> int:
@@ -228,7 +248,8 @@ class _CgroupPopen(subprocess.Popen[Any]):
     ) -> None:
         from tether._platform.linux import spawn
 
-        plain = (preexec_fn, executable, gid, uid, process_group) == (None,) * 5
+        # Only what spawn() does itself (Popen passes process_group=-1 for "none").
+        plain = (preexec_fn, executable, gid, uid) == (None,) * 4 and process_group in (None, -1)
         if plain and close_fds and not pass_fds and restore_signals and spawn.usable():
             try:
                 pid, pidfd = spawn.spawn(
@@ -636,7 +657,7 @@ class Job:
                 and not dedicated_supervisor
                 and not spec.foreground
                 and not pass_fds
-                and keeper_available()
+                and _keeper_available()
             )
             sel = select_trackers(
                 spec.trackers,
@@ -689,6 +710,8 @@ class Job:
             if use_keeper:
                 assert self._journal is not None
                 keep = {"job_id": self.id, "journal": self._journal.directory, "direct": direct}
+                from tether.keeper import KeptPopen
+
                 spawn = functools.partial(KeptPopen, keep)
             elif sel.cgroup is not None and direct is not None:
                 spawn = functools.partial(_CgroupPopen, direct)
@@ -724,9 +747,9 @@ class Job:
         self.pid: int = self._popen.pid
         # Our unreaped child: its pid cannot be reused, so this cannot fail.
         handle: ProcessHandle | None
-        if isinstance(self._popen, KeptPopen):
+        kept = _kept(self._popen)
+        if kept is not None:
             # The keeper's child, reaped by it: held by the pidfd it opened.
-            kept = self._popen
             handle = ProcessHandle(self.pid, kept.leader_starttime, os.dup(kept.leader_pidfd))
             sel.keeper_pid = kept.keeper_pid
             if self._record is not None:
@@ -859,9 +882,9 @@ class Job:
                 self._rewrite_record()
             self._journal.close()
             self._record = None
-        popen = getattr(self, "_popen", None)
-        if isinstance(popen, KeptPopen):
-            popen.release()  # after the record is gone: the job keeper may leave
+        kept = _kept(getattr(self, "_popen", None))
+        if kept is not None:
+            kept.release()  # after the record is gone: the job keeper may leave
         if self._watchdog_pipe >= 0:
             with contextlib.suppress(OSError):
                 os.write(self._watchdog_pipe, WATCHDOG_DONE)

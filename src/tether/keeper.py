@@ -591,8 +591,8 @@ class KeptPopen(subprocess.Popen[Any]):
         process_group: Any,
     ) -> None:
         assert not pass_fds and preexec_fn is None and executable is None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         cwd_fd = os.open(cwd if cwd is not None else ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             request = dict(self._request)
             request.update(

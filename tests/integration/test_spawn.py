@@ -1,0 +1,181 @@
+"""The leader is born in its job cgroup (clone3 CLONE_INTO_CGROUP), and the
+/bin/sh shim that enters it by writing cgroup.procs still works as the fallback.
+
+Real processes, real cgroups: each job reads /proc/self/cgroup as its first act.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tether
+import tether.job
+from helpers import cgroup_writable, is_root
+from tether._platform.linux import spawn
+
+needs_cgroup = pytest.mark.skipif(
+    not (is_root() and cgroup_writable()), reason="needs cgroup v2 write access (root)"
+)
+needs_clone3 = pytest.mark.skipif(not spawn.usable(), reason="clone3 is not usable here")
+
+
+def _cgroup_of(text: str | bytes) -> str:
+    if isinstance(text, bytes):
+        text = text.decode()
+    return next(line[3:] for line in text.splitlines() if line.startswith("0::"))
+
+
+@pytest.fixture
+def cgroup(suite_cgroup: str | None) -> Iterator[str]:
+    """A cgroup of this test's own, under the suite's; removed after."""
+    assert suite_cgroup is not None
+    path = os.path.join(suite_cgroup, f"spawn-test-{uuid.uuid4().hex[:12]}")
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        os.rmdir(path)
+
+
+def _run(argv: list[str], cgroup: str | None, **kwargs: object) -> bytes:
+    """spawn.spawn with stdout to a pipe; the output once the child exits."""
+    r, w = os.pipe()
+    try:
+        pid, pidfd = spawn.spawn(argv, os.environ, stdio=(-1, w, -1), cgroup=cgroup, **kwargs)  # type: ignore[arg-type]
+    finally:
+        os.close(w)
+    try:
+        os.waitpid(pid, 0)
+        out = b""
+        while chunk := os.read(r, 65536):
+            out += chunk
+        return out
+    finally:
+        os.close(r)
+        os.close(pidfd)
+
+
+@needs_cgroup
+@needs_clone3
+def test_clone3_child_is_in_the_cgroup_from_birth(cgroup: str) -> None:
+    # Nothing here writes cgroup.procs: only CLONE_INTO_CGROUP can put it there.
+    out = _run(["cat", "/proc/self/cgroup"], cgroup)
+    assert cgroup.endswith(_cgroup_of(out))
+
+
+@needs_clone3
+def test_clone3_child_gets_only_its_stdio_and_default_sigpipe(tmp_path: Path) -> None:
+    # An inheritable fd of ours must not reach the job (close_fds), and the
+    # job starts with SIGPIPE at its default, not Python's SIG_IGN.
+    leaked = os.open(tmp_path, os.O_RDONLY)
+    os.set_inheritable(leaked, True)
+    try:
+        fds = _run(["ls", "/proc/self/fd"], None).split()
+        status = _run(["cat", "/proc/self/status"], None)
+    finally:
+        os.close(leaked)
+    assert sorted(int(f) for f in fds)[:3] == [0, 1, 2]
+    assert len(fds) == 4  # 0, 1, 2 and ls's own directory fd
+    sigign = int(next(x for x in status.splitlines() if x.startswith(b"SigIgn:")).split()[1], 16)
+    assert not sigign & (1 << (signal.SIGPIPE - 1))
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN  # ours is left as it was
+
+
+@needs_clone3
+def test_clone3_exec_errors_are_popens(tmp_path: Path) -> None:
+    plain = tmp_path / "not-executable"
+    plain.write_text("#!/bin/sh\n")
+    with pytest.raises(FileNotFoundError):
+        _run(["tether-no-such-command-here"], None)
+    with pytest.raises(PermissionError):
+        _run([str(plain)], None)
+    with pytest.raises(FileNotFoundError) as err:
+        _run(["true"], None, cwd=str(tmp_path / "missing"))
+    assert err.value.filename == str(tmp_path / "missing")
+
+
+def test_not_used_in_a_threaded_process() -> None:
+    # A raw clone copies locks other threads hold: never with threads around.
+    release = threading.Event()
+    t = threading.Thread(target=release.wait)
+    t.start()
+    try:
+        assert not spawn.usable()
+        with pytest.raises(spawn.Unavailable):
+            spawn.spawn(["true"], os.environ, stdio=(-1, -1, -1), cgroup=None)
+    finally:
+        release.set()
+        t.join()
+
+
+@needs_cgroup
+@pytest.mark.parametrize("how", ["keeper", "in-process", "keeper-shim", "in-process-shim"])
+def test_job_leader_starts_in_its_cgroup(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if how.endswith("shim"):
+        monkeypatch.setenv(spawn.DISABLE_VAR, "1")  # the fallback: /bin/sh writes cgroup.procs
+    options = {"watchdog": False} if how.startswith("in-process") else {}
+    with tether.start(["cat", "/proc/self/cgroup"], stdout=subprocess.PIPE, **options) as job:  # type: ignore[arg-type]
+        out, _ = job.communicate(timeout=30)
+        assert job.cgroup_path is not None and job.cgroup_path.endswith(_cgroup_of(out))
+        assert job.returncode == 0
+
+
+#: In a fresh (single-threaded) interpreter, as `tether run` is: which argv
+#: reached clone3, and where the leader ran.
+_SPY = r"""
+import json, subprocess, tether
+from tether._platform.linux import spawn
+calls, real = [], spawn.spawn
+def spy(argv, *args, **kwargs):
+    calls.append(list(argv))
+    return real(argv, *args, **kwargs)
+spawn.spawn = spy
+done = tether.run(["cat", "/proc/self/cgroup"], watchdog=False, capture_output=True)
+print(json.dumps([calls, done.stdout.decode(), done.report.complete]))
+"""
+
+
+@needs_cgroup
+@needs_clone3
+def test_in_process_job_uses_clone3() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _SPY], capture_output=True, text=True, check=True, timeout=60
+    )
+    calls, cgroup, complete = json.loads(out.stdout)
+    assert calls == [["cat", "/proc/self/cgroup"]]  # the command itself: no /bin/sh shim
+    assert _cgroup_of(cgroup).rsplit("/", 1)[-1].startswith("tether-") and complete
+
+
+@needs_cgroup
+def test_command_errors_through_the_keeper(tmp_path: Path) -> None:
+    with pytest.raises(tether.CommandNotFoundError):
+        tether.run([str(tmp_path / "gone")])
+    with pytest.raises(FileNotFoundError):
+        tether.run(["true"], cwd=tmp_path / "missing")
+    assert (
+        tether.run(["pwd"], cwd=tmp_path, capture_output=True).stdout.strip()
+        == str(tmp_path).encode()
+    )
+
+
+def test_a_spare_job_keeper_holds_no_pipe_of_an_earlier_job() -> None:
+    # The keeper forks the next job's keeper right after handing a request on:
+    # were that job's fds still open in the keeper then, the spare would hold
+    # its pipes and the caller would never see EOF.
+    for _ in range(3):
+        with tether.start(["true"], stdout=subprocess.PIPE) as job:
+            assert job.wait(timeout=30) == 0
+            assert job.stdout is not None
+            readable, _, _ = select.select([job.stdout], [], [], 30)
+            assert readable and job.stdout.read() == b""
