@@ -12,12 +12,19 @@ part of it; argv, policy and environment travel later, as data in frames.
    floor, through :data:`STAGE1_TO_SHELL`.
 2. **Stage 1** (:data:`STAGE1`, sent only to Python >= 3.11, the engine's floor)
    reads what the client offers (tether version, protocol, sha256 of a zip of
-   the ``tether`` package) and answers how it will load the engine:
-   ``installed`` (a compatible tether is importable there), ``cached`` (the
-   same zip was shipped before and its hash still matches), or ``ship`` (send
-   it). A shipped zip is kept in ``$TMPDIR/tether-remote-UID`` (mode 0700,
-   owned by the user, checked without following symlinks) so the job's
-   watchdog (``python -m tether.watchdog``) can import it too, via PYTHONPATH.
+   the ``tether`` package's sources) and answers how it will load the engine:
+   ``cached`` (this zip was compiled here before), ``installed`` (a compatible
+   tether is importable from site-packages), or ``ship`` (send it). A shipped
+   zip is compiled once, for this python, into a zip of unchecked hash-based
+   bytecode (zipimport loads it without compiling anything) and kept
+   in ``$TMPDIR/tether-remote-UID`` as ``tether-SHA.CACHE_TAG.zip``, so later
+   connections, and the job's watchdog (via PYTHONPATH), start at once. It is
+   used only if the directory and the file are ours, closed to everyone else
+   (no group/other bits) and not symlinks, and the file is whole (its first
+   line is the sha256 of the rest): a co-user can plant nothing there. An
+   intact cached engine is never replaced (another connection may be
+   importing from it). Stage 0 runs python with ``-S``; site-packages are
+   looked at only when nothing is cached.
 3. Stage 1 then hands stdin/stdout to :func:`tether.remote.agent.main`, which
    speaks the frames of :mod:`tether.remote.protocol`.
 
@@ -57,7 +64,7 @@ exec(compile(r(int(r(10))),"<tether-stage1>","exec"))
 #: ``$`` for the user's login shell (sh, bash, zsh, csh, fish) to interpret
 #: other than the outer single quotes.
 REMOTE_COMMAND = (
-    "/bin/sh -c 'if command -v python3 >/dev/null 2>&1; then exec python3 -c "
+    "/bin/sh -c 'if command -v python3 >/dev/null 2>&1; then exec python3 -S -c "
     '"import sys;exec(bytes.fromhex(sys.argv[1]))" '
     + _STAGE0.encode().hex()
     + "; fi; echo TETHER-NO-PYTHON; "
@@ -70,7 +77,7 @@ REMOTE_COMMAND = (
 STAGE1_TO_SHELL = f"import os\nos.execv('/bin/sh', ['/bin/sh', '-c', {SHELL_BOOT!r}])\n"
 
 STAGE1 = """
-import hashlib, json, os, stat, sys, tempfile
+import hashlib, json, os, stat, sys
 
 def _read(n):
     b = b""
@@ -95,77 +102,156 @@ def _line():
 def _say(data):
     os.write(1, (json.dumps(data) + "\\n").encode())
 
-def _ours(d):
-    try:
-        st = os.lstat(d)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+def _ours(st, kind):
+    # Ours alone: the owner is us and neither group nor others may write it
+    # (nor read it: a cache is nobody else's business).
+    return kind(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+def _tmp():
+    # tempfile.gettempdir()'s choice without importing tempfile (random, shutil...).
+    for var in ("TMPDIR", "TEMP", "TMP"):
+        d = os.environ.get(var)
+        if d and os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
+            return d
+    return "/tmp"
 
 def _cache_dir():
     # As tether.journal.private_tmp_dir: a look-alike another user planted
     # is skipped; ours is the canonical name, an older private one, or new.
-    tmp = tempfile.gettempdir()
+    tmp = _tmp()
     name = "tether-remote-%d" % os.geteuid()
     d = os.path.join(tmp, name)
     try:
         os.mkdir(d, 0o700)
     except OSError:
         pass
-    if _ours(d):
+    def ours(path):
+        try:
+            return _ours(os.lstat(path), stat.S_ISDIR)
+        except OSError:
+            return False
+    if ours(d):
         return d
     for n in sorted(os.listdir(tmp)):
-        if n.startswith(name + ".") and _ours(os.path.join(tmp, n)):
+        if n.startswith(name + ".") and ours(os.path.join(tmp, n)):
             return os.path.join(tmp, n)
-    return tempfile.mkdtemp(prefix=name + ".", dir=tmp)
+    while True:
+        d = os.path.join(tmp, "%s.%s" % (name, os.urandom(6).hex()))
+        try:
+            os.mkdir(d, 0o700)
+            return d
+        except FileExistsError:
+            pass
 
-def _sha256(path):
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+def _sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+def _intact(path):
+    # The cached engine is run only if it is a regular file (no symlink
+    # followed), ours, closed to others and whole: its first line is the
+    # sha256 of the zip after it (zipimport skips such a prefix).
     try:
-        h = hashlib.sha256()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not _ours(os.fstat(fd), stat.S_ISREG):
+            return False
+        chunks, size = [], 0
         while True:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                return h.hexdigest()
-            h.update(chunk)
+            c = os.read(fd, 1 << 20)
+            if not c:
+                break
+            size += len(c)
+            if size > 64 << 20:
+                return False
+            chunks.append(c)
+    except OSError:
+        return False
     finally:
         os.close(fd)
+    head, _, data = b"".join(chunks).partition(b"\\n")
+    return head == b"tether-engine sha256=" + _sha256(data).encode()
 
-def _stage1():
-    env = dict(os.environ)
-    want = json.loads(_line())
-    mode = None
+def _compile(blob, path):
+    # The shipped zip of sources becomes a zip of bytecode for
+    # this python (unchecked hash-based .pyc, which zipimport loads without
+    # compiling): compiled once per host, version and python, not each run.
+    import importlib.util, io, marshal, zipfile
+    out = io.BytesIO()
+    flags = (1).to_bytes(4, "little")  # hash-based, source not checked
+    with zipfile.ZipFile(io.BytesIO(blob)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith(".py"):
+                # Bytecode alone: a remote agent's failure comes back as one
+                # line, so tracebacks need no source (and the file is half the size).
+                code = compile(data, path + "/" + info.filename, "exec", dont_inherit=True)
+                pyc = importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(data)
+                dst.writestr(info.filename + "c", pyc + marshal.dumps(code))
+    return out.getvalue()
+
+def _put(path, data):
+    # Never replace an intact engine: another connection may be importing
+    # from it, and zipimport rereads the file by name at the offsets it
+    # listed first. Whoever links first wins; a broken one is replaced.
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            view = memoryview(b"tether-engine sha256=%s\\n" % _sha256(data).encode() + data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            if not _intact(path):
+                os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+def _installed(want):
+    # Stage 0 ran with -S (site costs every connection ~3 ms): only now,
+    # with no cached engine, look in site-packages for an installed tether.
+    import site
+    site.main()
     try:
         import tether
         import tether.remote.agent as agent
         if tether.__version__ == want["version"] and agent.PROTOCOL == want["protocol"]:
-            mode = "installed"
+            return agent
     except Exception:
         pass
-    path = None
-    if mode is None:
-        for name in [m for m in sys.modules if m == "tether" or m.startswith("tether.")]:
-            del sys.modules[name]
-        try:
-            path = os.path.join(_cache_dir(), "tether-%s.zip" % want["sha256"][:32])
-            mode = "cached" if os.path.exists(path) and _sha256(path) == want["sha256"] else "ship"
-        except OSError as err:
-            _say({"mode": "error", "message": "cannot cache tether: %s" % err})
-            return 125
+    for name in [m for m in sys.modules if m == "tether" or m.startswith("tether.")]:
+        del sys.modules[name]
+    return None
+
+def _stage1():
+    env = dict(os.environ)
+    want = json.loads(_line())
+    agent = None
+    try:
+        tag = sys.implementation.cache_tag
+        path = os.path.join(_cache_dir(), "tether-%s.%s.zip" % (want["sha256"][:32], tag))
+        mode = "cached" if _intact(path) else "ship"
+    except OSError as err:
+        _say({"mode": "error", "message": "cannot cache tether: %s" % err})
+        return 125
+    if mode == "ship":
+        agent = _installed(want)
+        if agent is not None:
+            mode = "installed"
     _say({"mode": mode})
     if mode == "ship":
         blob = _read(int(_line()))
-        if hashlib.sha256(blob).hexdigest() != want["sha256"]:
+        if _sha256(blob) != want["sha256"]:
             return 125
-        tmp = "%s.%d.tmp" % (path, os.getpid())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, blob)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    if path is not None:
+        _put(path, _compile(blob, path))
+    if agent is None:
         sys.path.insert(0, path)
         old = os.environ.get("PYTHONPATH")
         os.environ["PYTHONPATH"] = path + (os.pathsep + old if old else "")
