@@ -198,3 +198,16 @@ def test_decision_fields_are_built_only_when_logged(
     assert built.count("stray") == 1 and built.count("unreadable") == 1
     text = (tmp_path / "prune.log").read_text()
     assert f"event=stray action=would-kill pid={os.getpid()} " in text
+
+
+def test_read_shown_names_only_the_process_with_that_start_time() -> None:
+    # The listing reads a stray's command line by path: the start time read
+    # after it is what ties it to the stray (a reused pid shows nothing).
+    from tether.process import read_process
+    from tether.prune.scan import read_shown
+
+    me = read_process(os.getpid(), ("cmdline", "cgroup"))
+    assert me is not None
+    assert read_shown(me.pid, me.starttime) == (me.describe(), me.cgroup)
+    assert read_shown(me.pid, me.starttime + 1) is None
+    assert read_shown(2**22 + 1, 0) is None  # above pid_max: never a process

@@ -9,9 +9,10 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from tether.process import read_process, starttime_to_epoch
+from tether.process import starttime_to_epoch
 from tether.prune.classify import Plan, Stray
 from tether.prune.log import DecisionLog, fields
+from tether.prune.scan import read_shown
 from tether.prune.text import visible
 
 if TYPE_CHECKING:
@@ -50,9 +51,8 @@ class StrayView:
 
 
 def _view(stray: Stray, outcome: str) -> StrayView:
-    info = read_process(stray.pid, ("cmdline", "cgroup"))
-    if info is not None and info.starttime != stray.starttime:
-        info = None
+    shown = read_shown(stray.pid, stray.starttime)
+    cmdline, cgroup = shown if shown is not None else (None, None)
     comm = visible(stray.comm)
     return StrayView(
         stray=stray,
@@ -60,10 +60,8 @@ def _view(stray: Stray, outcome: str) -> StrayView:
         comm=comm,
         # Every character becomes one or more: sanitising only the part that
         # is kept gives the same text (a 1 MB argv costs no more than 4 KB).
-        cmdline=visible(info.describe()[:CMDLINE_CHARS])[:CMDLINE_CHARS]
-        if info is not None
-        else f"[{comm}]",
-        cgroup=visible(info.cgroup) if info is not None and info.cgroup is not None else None,
+        cmdline=visible(cmdline[:CMDLINE_CHARS])[:CMDLINE_CHARS] if cmdline else f"[{comm}]",
+        cgroup=visible(cgroup) if cgroup is not None else None,
         start_time=starttime_to_epoch(stray.starttime),
         outcome=outcome,
     )

@@ -216,22 +216,28 @@ def uid_min(path: str = LOGIN_DEFS) -> int:
     return DEFAULT_UID_MIN
 
 
-def read_cgroup(pid: int) -> str | None:
-    """The unified-hierarchy path of a process (for reports), or None."""
+def read_shown(pid: int, starttime: int) -> tuple[str | None, str | None] | None:
+    """(command line, cgroup v2 path) of the process (pid, starttime), for the
+    listing; None if it is gone. A missing part is None (a zombie has no
+    command line).
+
+    Read by path, then /proc/PID/stat: the process held this pid since the
+    scan, and a pid is not reused while its process exists, so a stat that
+    still shows its start time proves both reads were of it. Three opens, no
+    directory fd (this runs once per stray).
+    """
     try:
-        data = _read(f"{PROC}/{pid}/cgroup")
-    except OSError:
+        cmdline = _read(f"{PROC}/{pid}/cmdline")
+        cgroup = _read(f"{PROC}/{pid}/cgroup")
+        stat = _read(f"{PROC}/{pid}/stat")
+        if int(stat.rpartition(b") ")[2].split(b" ", 20)[19]) != starttime:
+            return None
+    except (OSError, ValueError, IndexError):
         return None
-    for line in data.splitlines():
+    args = [a.decode("utf-8", "surrogateescape") for a in cmdline.rstrip(b"\0").split(b"\0") if a]
+    path = None
+    for line in cgroup.splitlines():
         if line.startswith(b"0::"):
-            return line[3:].decode("utf-8", "surrogateescape")
-    return None
-
-
-def read_cmdline(pid: int) -> str | None:
-    try:
-        data = _read(f"{PROC}/{pid}/cmdline")
-    except OSError:
-        return None
-    args = [a.decode("utf-8", "surrogateescape") for a in data.rstrip(b"\0").split(b"\0") if a]
-    return " ".join(args) if args else None
+            path = line[3:].decode("utf-8", "surrogateescape")
+            break
+    return (" ".join(args) if args else None), path
