@@ -129,7 +129,11 @@ def measure(
     ]  # fmt: skip
     errors = [p.communicate(timeout=300)[1] for p in procs]
     wall = time.monotonic() - t0
-    bad = [(p.returncode, e.decode(errors="replace")[-300:]) for p, e in zip(procs, errors) if p.returncode]
+    bad = [
+        (p.returncode, e.decode(errors="replace")[-300:])
+        for p, e in zip(procs, errors, strict=True)
+        if p.returncode
+    ]
     # Whatever the run left under the servers is still charged to it: wait
     # (bounded) until only the masters remain, then read the figure.
     deadline = time.monotonic() + 5

@@ -1,0 +1,231 @@
+"""The remote engine's bytecode cache (issue 15): compiled once, never planted.
+
+Stage 1 compiles the shipped zip once per host, tether version and python into
+``$TMPDIR/tether-remote-UID/tether-SHA.TAG.zip`` and loads it from there on
+later connections. A co-user must not be able to make a victim run code of
+theirs through it: every guard (the directory's owner, mode and kind; the
+file's owner, mode and kind; its content hash) is tested by planting an
+engine that passes every *other* check and writes a marker when imported.
+
+The victim is the suite's unprivileged user, reached through a stand-in for
+ssh that runs the fixed remote command locally as that user (setpriv); the
+root path runs over a real sshd whose sessions get a TMPDIR of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sshd import SshLab
+
+from helpers import TEST_VAR, ensure_unprivileged_user, is_root
+from tether.remote.bootstrap import package_zip
+from tether.remote.client import Connection, SshOptions
+from tether.remote.hostlist import Target
+
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+#: Owner of what the "co-user" plants (root plants it as them).
+ATTACKER_UID = 65534
+
+
+def _cache_tag(python: str) -> str:
+    argv = [python, "-c", "import sys; print(sys.implementation.cache_tag)"]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _engine_file(data: bytes) -> bytes:
+    """A cache file as stage 1 writes it: the zip's sha256 on the first line."""
+    return b"tether-engine sha256=%s\n" % hashlib.sha256(data).hexdigest().encode() + data
+
+
+def _evil_engine(marker: Path) -> bytes:
+    """An intact-looking engine whose import writes ``marker``."""
+    plant = f"open({str(marker)!r}, 'w').close()\n"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("tether/__init__.py", plant + "__version__ = 'planted'\n")
+        zf.writestr("tether/remote/__init__.py", plant)
+        agent = plant + "PROTOCOL = 2\ndef main(e, m):\n    return 3\n"
+        zf.writestr("tether/remote/agent.py", agent)
+    return _engine_file(buf.getvalue())
+
+
+class Victim:
+    """An unprivileged user whose "remote host" is this machine, TMPDIR private to the test."""
+
+    def __init__(self, base: Path, user: pwd.struct_passwd) -> None:
+        assert SYSTEM_PYTHON is not None
+        self.user = user
+        self.tmp = base / "tmp"
+        self.tmp.mkdir()
+        self.tmp.chmod(0o1777)  # like /tmp: anyone may plant a name first
+        self.ssh = base / "ssh"
+        # Runs the fixed remote command as the victim, with what sshd would
+        # give its session: a clean environment and the login shell.
+        self.ssh.write_text(
+            "#!/bin/sh\n"
+            "for last; do :; done\n"
+            f"exec setpriv --reuid={self.user.pw_uid} --regid={self.user.pw_gid} --clear-groups "
+            f"--reset-env env TMPDIR={self.tmp} HOME=/ PATH=/usr/local/bin:/usr/bin:/bin "
+            f'{TEST_VAR}="${TEST_VAR}" /bin/sh -c "$last"\n'
+        )
+        self.ssh.chmod(0o755)
+        self.dir = self.tmp / f"tether-remote-{self.user.pw_uid}"
+        self.path = self.dir / f"tether-{package_zip()[1][:32]}.{_cache_tag(SYSTEM_PYTHON)}.zip"
+
+    def connect(self) -> dict[str, object]:
+        """The bootstrap up to the agent's HELLO; then the agent sees EOF and exits."""
+        conn = Connection(Target("victim"), SshOptions(program=str(self.ssh), engine="python"))
+        try:
+            return conn.handshake()
+        finally:
+            conn.close(timeout=10.0)
+
+    def own(self, path: Path, mode: int) -> None:
+        os.lchown(path, self.user.pw_uid, self.user.pw_gid)
+        if not path.is_symlink():
+            path.chmod(mode)
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    if not is_root():
+        pytest.skip("planting as another user and switching to the victim need root")
+    if SYSTEM_PYTHON is None or shutil.which("setpriv") is None:
+        pytest.skip("needs a system python3 and setpriv")
+    base = Path(tempfile.mkdtemp(prefix="tether-engine-cache-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def victim(base: Path) -> Victim:
+    return Victim(base, ensure_unprivileged_user())
+
+
+def _assert_intact_and_ours(victim: Victim) -> None:
+    st = os.lstat(victim.path)
+    assert st.st_uid == victim.user.pw_uid and st.st_mode & 0o777 == 0o600
+    head, _, data = victim.path.read_bytes().partition(b"\n")
+    assert head == b"tether-engine sha256=" + hashlib.sha256(data).hexdigest().encode()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        names = zf.namelist()
+    # Bytecode only: nothing left for a later connection to compile.
+    assert "tether/remote/agent.pyc" in names and not [n for n in names if n.endswith(".py")]
+
+
+def test_the_engine_is_compiled_once_then_loaded_from_the_cache(victim: Victim) -> None:
+    assert victim.connect()["mode"] == "ship"
+    _assert_intact_and_ours(victim)
+    before = victim.path.stat()
+    hello = victim.connect()
+    assert hello["mode"] == "cached" and hello["uid"] == victim.user.pw_uid
+    # Used as it was, not rewritten.
+    after = victim.path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+@pytest.mark.parametrize("guard", ["file owner", "file mode", "file symlink", "content hash"])
+def test_a_planted_engine_file_is_never_run(base: Path, guard: str) -> None:
+    # Only root may read a co-user's file that is closed to others: the
+    # owner check alone stands between it and a planted engine.
+    user = pwd.getpwuid(0) if guard == "file owner" else ensure_unprivileged_user()
+    victim = Victim(base, user)
+    assert victim.connect()["mode"] == "ship"  # the victim's own directory, as usual
+    marker = victim.tmp / "planted-code-ran"
+    evil = _evil_engine(marker)
+    if guard == "content hash":
+        evil = evil.replace(b"'planted'", b"'plant3d'")  # the hash line no longer matches
+    if guard == "file symlink":
+        target = victim.tmp / "elsewhere.zip"
+        target.write_bytes(evil)
+        victim.own(target, 0o600)
+        victim.path.unlink()
+        victim.path.symlink_to(target)
+        victim.own(victim.path, 0)
+    else:
+        victim.path.write_bytes(evil)
+        victim.own(victim.path, 0o644 if guard == "file mode" else 0o600)
+        if guard == "file owner":
+            os.chown(victim.path, ATTACKER_UID, ATTACKER_UID)
+    hello = victim.connect()
+    assert not marker.exists(), f"planted code ran despite the {guard} check"
+    assert hello["mode"] == "ship" and hello["tether"] != "planted"
+    # Replaced by the victim's own engine, which the next connection uses.
+    _assert_intact_and_ours(victim)
+    assert victim.connect()["mode"] == "cached"
+
+
+@pytest.mark.parametrize("guard", ["dir owner", "dir mode", "dir symlink"])
+def test_a_planted_cache_directory_is_never_used(victim: Victim, guard: str) -> None:
+    marker = victim.tmp / "planted-code-ran"
+    planted = victim.tmp / "planted-dir" if guard == "dir symlink" else victim.dir
+    planted.mkdir()
+    (planted / victim.path.name).write_bytes(_evil_engine(marker))
+    # Everything the victim's own, even the planted file, but the one guard
+    # under test (the file's owner is checked too, by the file tests above).
+    victim.own(planted / victim.path.name, 0o600)
+    victim.own(planted, 0o777 if guard == "dir mode" else 0o700)
+    if guard == "dir owner":
+        os.chown(planted, ATTACKER_UID, ATTACKER_UID)
+    if guard == "dir symlink":
+        victim.dir.symlink_to(planted)
+        victim.own(victim.dir, 0)
+    hello = victim.connect()
+    assert not marker.exists(), f"planted code ran despite the {guard} check"
+    assert hello["mode"] == "ship"
+    (chosen,) = [p for p in victim.tmp.glob(f"{victim.dir.name}.*") if p.is_dir()]
+    st = os.lstat(chosen)
+    assert st.st_uid == victim.user.pw_uid and st.st_mode & 0o777 == 0o700
+    assert victim.connect()["mode"] == "cached"
+
+
+# -- root, over a real sshd ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cache_host(lab: SshLab) -> Iterator[tuple[str, Path]]:
+    tmp = Path(tempfile.mkdtemp(prefix="tether-engine-cache-sshd-"))
+    home = tmp / "home"
+    home.mkdir()
+    lab.start("cache", extra=f"SetEnv HOME={home} TMPDIR={tmp}")
+    try:
+        yield lab.alias("cachehost", "cache"), tmp
+    finally:
+        lab.servers.pop("cache").stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_over_sshd_the_second_run_uses_the_cached_engine(
+    lab: SshLab, cache_host: tuple[str, Path]
+) -> None:
+    import json
+
+    from helpers import tether_cmd
+
+    alias, tmp = cache_host
+    modes = []
+    for _ in range(2):
+        argv = tether_cmd("run", "-F", lab.config_file, "--host", alias, "--json", "--", "true")
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+        assert done.returncode == 0, done.stderr
+        data = json.loads(done.stdout)
+        (host,) = data["hosts"]
+        assert host["report"]["complete"]
+        modes.append(host["remote"]["mode"])
+    assert modes == ["ship", "cached"]
+    (cached,) = (tmp / "tether-remote-0").glob("tether-*.zip")
+    assert cached.stat().st_mode & 0o777 == 0o600
