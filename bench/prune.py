@@ -11,8 +11,10 @@ or below one, min age 0):
   - `tether prune --json` end to end (Python and click start-up included);
   - a ps-based script, as per-site cron scripts do: `ps -eo ...` piped to awk.
 
-Both must name the same strays (checked). Targets: plan() under 100 ms, and at
-least 5x faster than the ps-based script. Every process is started by this
+All must name the same strays, every stray the bench made among them (checked;
+processes of other users already on the node count for all alike). Targets:
+the whole command no slower than the ps-based script (issue 15); plan() under
+100 ms and at least 5x faster than the script. Every process is started by this
 script, held through a pidfd and killed through it: nothing by name.
 
     python3 bench/prune.py [--total 5000] [--jobs 40] [--stray-fraction 0.2] [--repeat 7]
@@ -224,19 +226,24 @@ def main() -> int:
     width = max(len(n) for n, _ in methods)
     print(f"{'method':<{width}}  {'median':>8}  {'min':>8}  {'max':>8}  {'strays':>6}  agrees")
     print("-" * (width + 44))
+    reference = found[methods[2][0]]
+    agree = {n: found[n] == reference and expected <= found[n] for n, _ in methods}
     for name, _ in methods:
         t = rows[name]
         print(
             f"{name:<{width}}  {median(t) * 1000:8.1f}  {min(t) * 1000:8.1f}  "
-            f"{max(t) * 1000:8.1f}  {len(found[name]):6d}  "
-            f"{'yes' if found[name] == expected else 'NO'}"
+            f"{max(t) * 1000:8.1f}  {len(found[name]):6d}  {'yes' if agree[name] else 'NO'}"
         )
+    if reference - expected:
+        print(f"({len(reference - expected)} of them other users' processes already on the node)")
     mine = median(rows[methods[0][0]])
+    cli = median(rows[methods[1][0]])
     ps = median(rows[methods[2][0]])
     print("\ntargets (informational):")
+    print(f"  whole command <= the ps script: {cli / ps:.2f}x  {pass_miss(cli <= ps)}")
     print(f"  plan() under 100 ms: {mine * 1000:.1f} ms  {pass_miss(mine < 0.1)}")
     print(f"  at least 5x faster than the ps script: {ps / mine:.1f}x  {pass_miss(ps >= 5 * mine)}")
-    return 0 if all(found[n] == expected for n, _ in methods) else 1
+    return 0 if all(agree.values()) else 1
 
 
 if __name__ == "__main__":
