@@ -51,6 +51,8 @@ _MAX_MESSAGE = 64 << 20
 _STATUS_GRACE = 5.0
 #: The status of a leader whose job keeper died before it could send one.
 STATUS_LOST = 255
+#: How long the keeper must be idle before it forks the next spare job keeper.
+_SPARE_DELAY_MS = 5
 
 
 def _say(message: str, fd: int = 2) -> None:
@@ -149,14 +151,23 @@ def keeper_main(caller_pid: int, control: socket.socket) -> int:
     # A job keeper forked ahead of the next request: a job start is then a
     # message to a process that exists, not a fork (~2 ms of page tables and
     # copy-on-write faults) on the caller's critical path.
+    # It is forked once the keeper has been idle for _SPARE_DELAY: forked at
+    # once, it would compete for the CPU (and copy-on-write faults) with the
+    # job keeper that is starting the job just handed on.
     spare: tuple[int, socket.socket] | None = None
+    spare_wanted = False
     listening = True
     while listening or job_keepers:
         poller = select.poll()
         poller.register(chld, select.POLLIN)
         if listening:
             poller.register(control.fileno(), select.POLLIN)
-        ready = {fd for fd, _ in poller.poll()}
+        ready = {fd for fd, _ in poller.poll(_SPARE_DELAY_MS if spare_wanted else None)}
+        if not ready and spare_wanted:
+            spare_wanted = False
+            spare = _fork_spare(control, caller, chld)
+            if spare is not None:
+                job_keepers.add(spare[0])
         if control.fileno() in ready and listening:
             try:
                 got = recv_message(control, maxfds=8)
@@ -166,7 +177,7 @@ def keeper_main(caller_pid: int, control: socket.socket) -> int:
                 # The caller closed its end (it exited): the job keepers see
                 # to their jobs; this process waits for them, then leaves
                 # (the spare reads EOF and exits).
-                listening = False
+                listening = spare_wanted = False
                 if spare is not None:
                     spare[1].close()
                     spare = None
@@ -182,9 +193,7 @@ def keeper_main(caller_pid: int, control: socket.socket) -> int:
                     os.close(fd)
                 if pid:
                     job_keepers.add(pid)
-                spare = _fork_spare(control, caller, chld)
-                if spare is not None:
-                    job_keepers.add(spare[0])
+                spare_wanted = True
         if chld in ready:
             _drain(chld)
         while True:
