@@ -25,21 +25,21 @@ import contextlib
 import os
 import pwd
 import re
-import selectors
-import shutil
 import socket
 import stat
 import struct
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tether._platform.linux.cgroupfs import JobCgroup
 from tether.errors import TetherError
 from tether.prune.scan import Table
 from tether.prune.text import visible
+
+if TYPE_CHECKING:
+    import subprocess
 
 Identity = tuple[int, int]
 
@@ -123,6 +123,9 @@ def run_command(
     a command that floods or stalls is killed and its list is not used.
     ``ok_status(status, stderr)`` accepts a non-zero status as an answer.
     """
+    import shutil
+    import subprocess
+
     if not argv:
         raise SourceError(source, "empty command")
     exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=SAFE_PATH)
@@ -163,6 +166,8 @@ def run_command(
 
 def _bounded_output(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes]:
     """stdout and stderr of ``proc`` until both close, within the time and size caps."""
+    import selectors
+
     assert proc.stdout is not None and proc.stderr is not None
     deadline = time.monotonic() + timeout
     chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
