@@ -1,12 +1,17 @@
 """Start-up cost: wall time of `tether run -- true` and alternatives, and import times.
 
 Each command is run --repeat times (interleaved), stdout/stderr discarded;
-the table shows the median wall time from spawn to exit status. Then the
+the table shows the median wall time from spawn to exit status, and the
+median CPU time (user + system, of the command and what it waited for:
+steadier than wall time on a loaded machine). With --baseline SRC (a
+checkout's src/ directory, e.g. from `git archive REV src`), `python3 -m
+tether.cli run -- true` also runs with that tether on PYTHONPATH, in the
+same interleaved rounds: before and after from one run. Then the
 import time of `tether` (the library) and `tether.cli` (what every command
 pays) as `python3 -X importtime` reports it, with the heaviest modules under
 `tether.cli` and what `tether run` imports beyond it.
 
-    python3 bench/startup.py [--repeat 20]
+    python3 bench/startup.py [--repeat 20] [--baseline SRC]
 """
 
 from __future__ import annotations
@@ -29,17 +34,20 @@ CACHED_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECO
 CACHED_ENV["PYTHONPYCACHEPREFIX"] = CACHE_DIR
 
 
-def wall(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+def wall(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
+    """Wall time, CPU time (user + system, with the children it reaped), status."""
     t0 = time.perf_counter()
-    rc = subprocess.run(
+    p = subprocess.Popen(
         argv,
-        check=False,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
-    ).returncode
-    return time.perf_counter() - t0, rc
+    )
+    _pid, status, usage = os.wait4(p.pid, 0)
+    elapsed = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait
+    return elapsed, usage.ru_utime + usage.ru_stime, p.returncode
 
 
 def import_profile(code: str, repeat: int) -> dict[str, tuple[list[int], list[int]]]:
@@ -90,6 +98,7 @@ def print_import_times(repeat: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--baseline", metavar="SRC", help="another tether's src/ to compare with")
     args = ap.parse_args()
     tether_bin = shutil.which("tether")
     true_bin = shutil.which("true") or "/bin/true"
@@ -109,6 +118,8 @@ def main() -> int:
             if found and found != tether_bin:
                 cmds.insert(3, (f"tether run -- true ({found})", [found, "run", "--", "true"]))
                 cmds.insert(4, (f"tether --version ({found})", [found, "--version"]))
+    if args.baseline:
+        cmds.append(("baseline: python3 -m tether.cli run -- true", cmds[-1][1]))
     cmds.append(("python3 -c 'import tether.cli'", [PYTHON, "-c", "import tether.cli"]))
     cmds.append((f"{true_bin}", [true_bin]))
     cached = [
@@ -116,15 +127,23 @@ def main() -> int:
     ]
     cmds += [(f"{n} (pyc cached)", a) for n, a in cached]
     envs = {n: (CACHED_ENV if n.endswith("(pyc cached)") else None) for n, _ in cmds}
+    for name, _ in cmds:
+        if name.startswith("baseline"):
+            # Its own bytecode cache: the prefix mirrors source paths, so the two never mix.
+            env = dict(envs[name] or os.environ)
+            env["PYTHONPATH"] = os.path.abspath(args.baseline)
+            envs[name] = env
 
     times: dict[str, list[float]] = {n: [] for n, _ in cmds}
+    cpu: dict[str, list[float]] = {n: [] for n, _ in cmds}
     rcs: dict[str, set[int]] = {n: set() for n, _ in cmds}
     for name, argv in cmds:  # warm-up: page cache, .pyc
         wall(argv, envs[name])
     for _ in range(args.repeat):
         for name, argv in cmds:
-            t, rc = wall(argv, envs[name])
-            times[name].append(t)
+            elapsed, used, rc = wall(argv, envs[name])
+            times[name].append(elapsed)
+            cpu[name].append(used)
             rcs[name].add(rc)
 
     print(
@@ -132,14 +151,20 @@ def main() -> int:
     )
     width = max(len(n) for n, _ in cmds)
     base = median(times["python3 -c pass"])
-    print(f"{'command':<{width}}  {'median':>8}  {'min':>8}  {'max':>8}  {'vs python':>17}  rc")
-    print("-" * (width + 56))
+    print(
+        f"{'command':<{width}}  {'median':>8}  {'min':>8}  {'max':>8}  {'vs python':>17}  "
+        f"{'CPU':>6}  {'CPU vs py':>9}  rc"
+    )
+    print("-" * (width + 75))
+    cpu_base = median(cpu["python3 -c pass"])
     for name, _ in cmds:
         t = times[name]
         print(
             f"{name:<{width}}  {median(t) * 1000:8.1f}  {min(t) * 1000:8.1f}  "
             f"{max(t) * 1000:8.1f}  "
-            f"{(median(t) - base) * 1000:+16.1f}  {','.join(map(str, sorted(rcs[name])))}"
+            f"{(median(t) - base) * 1000:+16.1f}  {median(cpu[name]) * 1000:6.1f}  "
+            f"{(median(cpu[name]) - cpu_base) * 1000:+9.1f}  "
+            f"{','.join(map(str, sorted(rcs[name])))}"
         )
     print(
         "\ntargets (informational, issue 15): `tether run -- true` at most 20 ms more than "

@@ -249,3 +249,20 @@ def test_echo_err_is_click_echo_on_a_pipe(message: str) -> None:
         sys.stderr = saved
     click.echo(message, file=theirs)
     assert ours.getvalue() == theirs.getvalue()
+
+
+def test_version_imports_nothing_the_interpreter_had_not() -> None:
+    """`tether --version` (target: python + 10 ms) loads tether.cli and the
+    package, not typing, contextlib or collections."""
+    probe = (
+        "import sys\nbefore = set(sys.modules)\nfrom tether.cli import main\n"
+        "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+        "print(' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    version, added = done.stdout.splitlines()
+    assert version.startswith("tether ")
+    assert "tether.cli" in added.split()
+    assert not {"typing", "contextlib", "collections", "click"} & set(added.split())

@@ -31,13 +31,17 @@ piped, the output is the plain, stable columns.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
 
+# Neither typing nor contextlib nor collections at import: `tether --version`
+# answers with what the interpreter has loaded already (mypy treats any name
+# TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import NoReturn
+
     import click
 
     #: The ``tether`` click group, built on first use (:func:`__getattr__`).
@@ -223,6 +227,8 @@ def _main(args: list[str]) -> NoReturn:
 
         problem = logs.failure()
         if problem is not None:
+            import contextlib
+
             from tether.cli._common import echo_err
 
             with contextlib.suppress(Exception):
@@ -326,6 +332,8 @@ def _run_cli(args: list[str]) -> NoReturn:
         sys.exit(EXIT_OK if command == "epilog" else EXIT_INTERRUPTED)
     except Exception as err:
         sys.exit(_failed(err, command, args, bad_input, note))
+    import contextlib
+
     with contextlib.suppress(Exception):
         sys.stdout.flush()
     sys.exit(0)
@@ -397,6 +405,7 @@ def _internal_error(err: BaseException) -> None:
     except Exception:  # the sanitiser itself is what broke
         text = type(err).__name__
     if os.environ.get("TETHER_TRACEBACK") == "1":
+        import contextlib
         import traceback
 
         with contextlib.suppress(Exception):
@@ -405,6 +414,8 @@ def _internal_error(err: BaseException) -> None:
 
 
 def _say(line: str) -> None:
-    with contextlib.suppress(Exception):
+    try:
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
+    except Exception:  # stderr is gone: nowhere left to say it
+        pass
