@@ -296,8 +296,10 @@ def _no_such_option(err: click.NoSuchOption, is_run: bool) -> str:
 def _fast_run(args: list[str]) -> bool:
     """``tether run`` without click, when :func:`tether.cli.run.parse_fast`
     understands all of ``args`` (and no shell completion is asked for, which
-    click answers); False: the click command is to run them."""
-    if args[:1] != ["run"] or os.environ.get("_TETHER_COMPLETE"):
+    click answers); False: the click command is to run them. Not when click
+    is loaded already (a program that embeds tether's CLI, a test that
+    patches click): there is nothing to save, and click's is the reference."""
+    if args[:1] != ["run"] or os.environ.get("_TETHER_COMPLETE") or "click" in sys.modules:
         return False
     from tether.cli.run import parse_fast, run_fast
 
