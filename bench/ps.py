@@ -3,7 +3,7 @@
 Starts one real tree (bench/_common.py's launcher: a Python process that forks
 N-1 sleeping children), then times, interleaved within each repetition so
 drift hits all alike, each command from exec to exit with its output going
-to a pipe (what a script or `| less` sees):
+to a pipe (what a script or `| less` sees), wall and CPU (user + system):
 
   - `tether ps PID` (the console script: Python and click start-up included);
   - `tether ps --all PID` (one row per process, as pstree -p prints them);
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -35,16 +36,30 @@ def tether_bin() -> list[str]:
     return [here] if os.path.exists(here) else [sys.executable, "-m", "tether.cli"]
 
 
-def run(argv: list[str]) -> tuple[float, bytes]:
-    t0 = time.perf_counter()
-    out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - t0, out.stdout
+def children_cpu() -> float:
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return kids.ru_utime + kids.ru_stime
+
+
+def run(argv: list[str], src: str | None = None) -> tuple[float, float, bytes]:
+    """Wall and CPU (user + system: less noisy on a shared machine) of one run, its output."""
+    env = dict(os.environ, PYTHONPATH=src) if src else None
+    c0, t0 = children_cpu(), time.perf_counter()
+    out = subprocess.run(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=True, env=env
+    )
+    return time.perf_counter() - t0, children_cpu() - c0, out.stdout
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=1000, help="processes in the tree")
     ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument(
+        "--src", action="append", default=[], metavar="LABEL=DIR",
+        help="also time `tether ps PID` with tether imported from DIR (e.g. an older\n"
+             "`git archive` of src/), as a row of the same run",
+    )  # fmt: skip
     args = ap.parse_args()
     pstree = shutil.which("pstree")
     if pstree is None:
@@ -56,6 +71,7 @@ def main() -> int:
     launcher = subprocess.Popen(tree.argv, start_new_session=True, stdin=subprocess.DEVNULL)
     tracked.add([launcher.pid])
     rows: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     complete: dict[str, bool] = {}
     try:
         pids = tree.wait_ready(launcher.pid)
@@ -63,16 +79,20 @@ def main() -> int:
         want = set(pids)
         tether = tether_bin()
         methods = [
-            ("tether ps PID", [*tether, "ps", root], False),
-            ("tether ps --all PID", [*tether, "ps", "--all", root], True),
-            ("pstree -p PID", [pstree, "-p", root], True),
+            ("tether ps PID", [*tether, "ps", root], False, None),
+            ("tether ps --all PID", [*tether, "ps", "--all", root], True, None),
         ]
-        for _name, argv, _ in methods:  # warm-up: pyc files, dentry cache
-            run(argv)
+        for label, src in (x.split("=", 1) for x in args.src):
+            module = [sys.executable, "-m", "tether.cli", "ps", root]
+            methods.append((f"tether ps PID ({label})", module, False, src))
+        methods.append(("pstree -p PID", [pstree, "-p", root], True, None))
+        for _name, argv, _, src in methods:  # warm-up: pyc files, dentry cache
+            run(argv, src)
         for _ in range(args.repeat):
-            for name, argv, by_pid in methods:
-                took, out = run(argv)
+            for name, argv, by_pid, src in methods:
+                took, used, out = run(argv, src)
                 rows.setdefault(name, []).append(took)
+                cpu.setdefault(name, []).append(used)
                 text = out.decode(errors="replace")
                 if by_pid:
                     numbers = {int(x) for x in re.findall(r"\((\d+)\)", text)}
@@ -94,20 +114,27 @@ def main() -> int:
         f"{sum(1 for n in os.listdir('/proc') if n.isdigit())} processes on the node; "
         f"median of {args.repeat} (ms); {os.cpu_count()} cpus"
     )
-    width = max(len(n) for n, _, _ in methods)
-    print(f"{'command':<{width}}  {'median':>8}  {'min':>8}  {'max':>8}  {'ratio':>6}  all pids")
-    print("-" * (width + 48))
+    width = max(len(n) for n, *_ in methods)
+    print(
+        f"{'command':<{width}}  {'median':>8}  {'min':>8}  {'max':>8}  {'ratio':>6}  "
+        f"{'cpu':>8}  {'ratio':>6}  all pids"
+    )
+    print("-" * (width + 66))
     ref = median(rows[methods[-1][0]])
-    for name, _, by_pid in methods:
+    ref_cpu = median(cpu[methods[-1][0]])
+    for name, _, by_pid, _ in methods:
         t = rows[name]
         shown = ("yes" if complete[name] else "NO") if by_pid else "-"
         print(
             f"{name:<{width}}  {median(t) * 1000:8.1f}  {min(t) * 1000:8.1f}  "
-            f"{max(t) * 1000:8.1f}  {median(t) / ref:5.2f}x  {shown}"
+            f"{max(t) * 1000:8.1f}  {median(t) / ref:5.2f}x  {median(cpu[name]) * 1000:8.1f}  "
+            f"{median(cpu[name]) / ref_cpu:5.2f}x  {shown}"
         )
     mine = median(rows[methods[0][0]])
     print("\ntargets (informational):")
+    mine_cpu = median(cpu[methods[0][0]])
     print(f"  tether ps PID <= pstree -p PID: {mine / ref:.2f}x  {pass_miss(mine <= ref)}")
+    print(f"  (CPU, median: {mine_cpu / ref_cpu:.2f}x  {pass_miss(mine_cpu <= ref_cpu)})")
     return 0 if all(complete.values()) else 1
 
 
