@@ -12,7 +12,13 @@ PSS counts a page shared by k processes as 1/k: other Python processes on
 the machine lower tether's figure, so USS (pages only this process maps) is
 printed beside it. Only one supervisor runs at a time.
 
-    python3 bench/footprint.py [--rounds 5] [--settle 0.5] [--idle 5]
+tether's rows come twice: as the environment has it, and "(pyc cached)":
+PYTHONDONTWRITEBYTECODE removed, bytecode kept under a temporary
+PYTHONPYCACHEPREFIX (compiling from source leaves the supervisor's heap
+~3 MB larger). With --baseline SRC (another checkout's src/), the same rows
+for that tether (on PYTHONPATH), in the same interleaved rounds.
+
+    python3 bench/footprint.py [--rounds 5] [--settle 0.5] [--idle 5] [--baseline SRC]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from _common import Tracked, Tree, median, pass_miss, reap
@@ -80,11 +87,14 @@ class Sample:
         self.left = 0
 
 
-def one_round(name: str, prefix: list[str], settle: float, idle: float, sample: Sample) -> None:
+def one_round(
+    prefix: list[str], env: dict[str, str] | None, settle: float, idle: float, sample: Sample
+) -> None:
     tracked = Tracked()
     tree = Tree(1, tracked)
     p = subprocess.Popen(
         [*prefix, *tree.argv],
+        env=env,
         start_new_session=True,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -124,43 +134,61 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--settle", type=float, default=0.5, help="seconds before reading memory")
     ap.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
+    ap.add_argument("--baseline", metavar="SRC", help="another tether's src/ to compare with")
     args = ap.parse_args()
-    rows: list[tuple[str, list[str]]] = [("tether run", [*tether_command(), "run", "-q", "--"])]
+    cache = tempfile.mkdtemp(prefix="tether-bench-pyc-")
+    cached = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    cached["PYTHONPYCACHEPREFIX"] = cache
+    tether = [*tether_command(), "run", "-q", "--"]
+    rows: list[tuple[str, list[str], dict[str, str] | None]] = [
+        ("tether run", tether, None),
+        ("tether run (pyc cached)", tether, cached),
+    ]
+    if args.baseline:
+        # python -m: the console script would import the installed tether first.
+        base = [sys.executable, "-m", "tether.cli", "run", "-q", "--"]
+        path = {"PYTHONPATH": os.path.abspath(args.baseline)}
+        rows.append(("baseline", base, {**os.environ, **path}))
+        rows.append(("baseline (pyc cached)", base, {**cached, **path}))
     for tool, prefix in (("tini", ["tini", "-s", "--"]), ("dumb-init", ["dumb-init", "--"])):
         if shutil.which(tool):
-            rows.append((" ".join(prefix[:-1]), prefix))
+            rows.append((" ".join(prefix[:-1]), prefix, None))
         else:
             print(f"({tool} not installed: no {tool} row)")
-    samples = {name: Sample() for name, _ in rows}
+    samples = {name: Sample() for name, _, _ in rows}
+    for _name, prefix, env in rows:  # warm-up: the bytecode cache
+        subprocess.run([*prefix, "true"], env=env, check=False)
     for _ in range(args.rounds):
-        for name, prefix in rows:
-            one_round(name, prefix, args.settle, args.idle, samples[name])
+        for name, prefix, env in rows:
+            one_round(prefix, env, args.settle, args.idle, samples[name])
+    shutil.rmtree(cache, ignore_errors=True)
 
     print(
         f"supervisor footprint over one sleeping job, median of {args.rounds} rounds "
         f"(memory in MB, idle CPU over {args.idle:g} s)"
     )
-    print(f"{'supervisor':<14} {'procs':>5} {'PSS':>7} {'USS':>7} {'RSS':>7} {'idle CPU s':>10}  left")
-    for name, _ in rows:
+    print(
+        f"{'supervisor':<24} {'procs':>5} {'PSS':>7} {'USS':>7} {'RSS':>7} {'idle CPU s':>10}  left"
+    )
+    for name, _, _ in rows:
         s = samples[name]
         print(
-            f"{name:<14} {s.processes:5d} {median(s.pss):7.2f} {median(s.uss):7.2f} "
+            f"{name:<24} {s.processes:5d} {median(s.pss):7.2f} {median(s.uss):7.2f} "
             f"{median(s.rss):7.2f} {median(s.cpu):10.2f}  {s.left}"
         )
-    t = samples["tether run"]
-    print("\ntargets (issue 15)")
-    pss = median(t.pss)
-    print(
-        f"  tether run PSS (supervisor + watchdog) {pss:6.2f} MB (target <= {TARGET_PSS_MB:g} MB)"
-        f"  {pass_miss(pss <= TARGET_PSS_MB)}"
-    )
-    if "tini -s" in samples:
-        print(f"  ratio to tini's PSS                    {pss / median(samples['tini -s'].pss):6.1f}x")
-    idle_cpu = max(t.cpu)
-    print(
-        f"  tether idle CPU (max of rounds)        {idle_cpu:6.2f} s (target 0)"
-        f"  {pass_miss(idle_cpu == 0)}"
-    )
+    print("\ntargets (issue 15): PSS of supervisor + watchdog <= 10 MB; idle CPU 0")
+    for name, _, _ in rows:
+        if not name.startswith(("tether", "baseline")):
+            continue
+        t = samples[name]
+        pss = median(t.pss)
+        ratio = (
+            f", {pss / median(samples['tini -s'].pss):.0f}x tini's" if "tini -s" in samples else ""
+        )
+        print(
+            f"  {name:<24} PSS {pss:6.2f} MB{ratio}  {pass_miss(pss <= TARGET_PSS_MB)};"
+            f"  idle CPU {max(t.cpu):.2f} s  {pass_miss(max(t.cpu) == 0)}"
+        )
     print(f"  processes left after SIGTERM           {sum(s.left for s in samples.values()):6d}")
     return 0
 
