@@ -33,6 +33,7 @@ import tempfile
 import time
 
 from _common import Tracked, Tree, median, pass_miss, reap
+from idle import tether_command
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_PSS_MB = 10.0
@@ -67,14 +68,6 @@ def cpu_ticks(pid: int) -> int:
         data = f.read()
     rest = data[data.rindex(b")") + 2 :].split()
     return int(rest[11]) + int(rest[12])
-
-
-def tether_command() -> list[str]:
-    beside = os.path.join(os.path.dirname(sys.executable), "tether")
-    if os.access(beside, os.X_OK):
-        return [beside]
-    found = shutil.which("tether")
-    return [found] if found else [sys.executable, "-m", "tether.cli"]
 
 
 class Sample:

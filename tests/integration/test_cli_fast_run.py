@@ -22,6 +22,7 @@ import click
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from test_cli_imports import imported_after
 
 from helpers import tether_cmd
 from tether.cli import cli
@@ -119,15 +120,6 @@ def test_the_fast_parser_reads_the_common_forms() -> None:
 )  # fmt: skip
 def test_what_the_fast_parser_declines(args: list[str]) -> None:
     assert parse_fast(args) is None
-
-
-def imported_after(code: str) -> set[str]:
-    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return set(json.loads(done.stdout.splitlines()[-1]))
 
 
 def test_a_common_run_imports_neither_click_nor_the_keeper() -> None:

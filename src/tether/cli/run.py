@@ -262,25 +262,7 @@ def _make_command() -> click.Command:
     )
     @with_remote_options
     @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-    def run(
-        command: tuple[str, ...],
-        policy_flags: dict[str, object],
-        json_file: str | None,
-        timeout_text: str | None,
-        trackers: str | None,
-        wait_leftovers: bool,
-        outlive_caller: bool,
-        tag_gid: int | None,
-        restartable: bool,
-        forward: str | None,
-        cancel_on: str | None,
-        foreground: bool,
-        preserve_status: bool,
-        fail_on_leftovers: bool,
-        quiet: bool,
-        verbose: bool,
-        **remote: Any,
-    ) -> None:
+    def run(command: tuple[str, ...], **options: Any) -> None:
         """Run COMMAND on a tether: when it ends, times out or is cancelled, its
         whole tree is terminated with the policy.
 
@@ -293,25 +275,8 @@ def _make_command() -> click.Command:
         killed, its watchdog terminates the job; if both are, `tether reap` does.
         stdin, stdout and stderr pass through.
         """
-        _run(
-            command=command,
-            policy_flags=policy_flags,
-            json_file=json_file,
-            timeout_text=timeout_text,
-            trackers=trackers,
-            wait_leftovers=wait_leftovers,
-            outlive_caller=outlive_caller,
-            tag_gid=tag_gid,
-            restartable=restartable,
-            forward=forward,
-            cancel_on=cancel_on,
-            foreground=foreground,
-            preserve_status=preserve_status,
-            fail_on_leftovers=fail_on_leftovers,
-            quiet=quiet,
-            verbose=verbose,
-            remote=remote,
-        )
+        remote = {k: options.pop(k) for k in list(options) if k.startswith("remote_")}
+        _run(command=command, **options, remote=remote)
 
     return run
 
