@@ -234,10 +234,11 @@ def _membership(text: str) -> tuple[Membership, int, bool]:
     from tether.errors import UnsafeTargetError
     from tether.membership import Membership
     from tether.process import read_process
-    from tether.recovery import membership_for
 
     record = _journal_record(text)
     if record is not None:
+        from tether.recovery import membership_for
+
         # Even once the leader is gone, the tree is the record's (cgroup,
         # session, members recorded by the supervisor's scans).
         leader = record.leader.pid if record.leader is not None else record.supervisor.pid
