@@ -21,6 +21,7 @@ or the end of the control stream.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -28,7 +29,8 @@ import select
 import signal
 import subprocess
 import sys
-from typing import Any
+import threading
+from typing import Any, NoReturn
 
 from tether.remote.protocol import (
     ACK,
@@ -52,7 +54,7 @@ from tether.remote.protocol import (
     parse_header,
 )
 
-__all__ = ["PROTOCOL", "main"]
+__all__ = ["PROTOCOL", "main", "serve"]
 
 JOB_ID = re.compile(r"[0-9a-f]{8,64}")
 #: Stop reading the job's output while this much is queued for a slow client.
@@ -155,6 +157,21 @@ def main(env: dict[str, str], mode: str) -> int:
         return 3
     _write_all(out, json_frame(ERROR, {"message": f"unknown operation {op!r}", "exit_code": 125}))
     return 3
+
+
+def serve(env: dict[str, str], mode: str) -> NoReturn:
+    """:func:`main`, then exit without the interpreter's finalisation.
+
+    Everything the agent says goes out with os.write, so nothing is left in
+    a buffer; tearing down its modules (~10 ms) would only delay the end of
+    the ssh session. atexit handlers still run; with other threads alive
+    (finalisation would wait for them) the normal exit is taken.
+    """
+    code = main(env, mode)
+    if threading.active_count() > 1:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 class _Runner:

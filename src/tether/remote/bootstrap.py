@@ -34,10 +34,10 @@ next stage is swallowed by a buffer.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import os
+import threading
 import zipfile
 
 from tether.remote.shell import SHELL_BOOT
@@ -256,19 +256,47 @@ def _stage1():
         old = os.environ.get("PYTHONPATH")
         os.environ["PYTHONPATH"] = path + (os.pathsep + old if old else "")
         import tether.remote.agent as agent
-    return agent.main(env, mode)
+    agent.serve(env, mode)
 
 sys.exit(_stage1())
 """
 
 
-@functools.lru_cache(maxsize=1)
+class _Zip:
+    """The package zip, built once per process (and whether a prefetch started)."""
+
+    lock = threading.Lock()
+    built: tuple[bytes, str] | None = None
+    prefetching = False
+
+
 def package_zip() -> tuple[bytes, str]:
     """A zip of the importable ``tether`` package (sources only) and its sha256.
 
     Deterministic (fixed timestamps, sorted entries), so the remote cache hits
-    across runs of the same version.
+    across runs of the same version. Built once per process: a lock, not
+    lru_cache, which lets every host's thread of a fan-out build it at once.
     """
+    with _Zip.lock:
+        if _Zip.built is None:
+            _Zip.built = _build_package_zip()
+        return _Zip.built
+
+
+def prefetch_package_zip() -> None:
+    """Start building :func:`package_zip` in the background (while ssh connects).
+
+    Its digest goes out as soon as the remote banner arrives: built meanwhile,
+    it is off the critical path of a connection.
+    """
+    with _Zip.lock:
+        if _Zip.built is not None or _Zip.prefetching:
+            return
+        _Zip.prefetching = True
+    threading.Thread(target=package_zip, name="tether-package-zip", daemon=True).start()
+
+
+def _build_package_zip() -> tuple[bytes, str]:
     import tether
 
     root = os.path.dirname(os.path.abspath(tether.__file__))

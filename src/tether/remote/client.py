@@ -37,6 +37,7 @@ from tether.remote.bootstrap import (
     REMOTE_COMMAND,
     STAGE1_TO_SHELL,
     package_zip,
+    prefetch_package_zip,
     stage1_block,
 )
 from tether.remote.hostlist import Target
@@ -169,6 +170,8 @@ class Connection:
         except OSError as err:
             raise RemoteError(self.label, f"cannot run {ssh.program}: {err.strerror}") from None
         assert self.proc.stdout is not None and self.proc.stderr is not None
+        if ssh.engine != "sh":
+            prefetch_package_zip()
         self._out = self.proc.stdout.fileno()
         self._stderr_thread = threading.Thread(
             target=self._read_stderr, name=f"ssh-stderr-{self.label}", daemon=True
