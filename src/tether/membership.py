@@ -109,6 +109,7 @@ class Membership:
         # The last scan began with every member already exited and found no
         # new one: the proof wait_empty needs, until something new is learnt.
         self._settled = False
+        self._swept = False  # frozen by a SIGSTOP sweep whose last scan found no new member
         self._ns_init: dict[Member, bool] = {}
 
     # -- constructors: every Membership is built by one of these -----------
@@ -355,6 +356,9 @@ class Membership:
         )
 
     def scan(self) -> Sequence[Member]:
+        if self._swept:
+            self._mark_exits()
+            return self.known()
         # Judged before the table is read: a member that exits afterwards may
         # have forked a successor the table does not hold (a pid hopper). No
         # reaping here: a zombie leader still vouches for its session.
@@ -728,21 +732,28 @@ class Membership:
             except OSError:
                 pass
             self.cgroup.thaw()
-        # SIGSTOP sweep: stop what is found, rescan, until the set stops growing.
+        # SIGSTOP sweep: stop what is found, rescan, until the set stops
+        # growing. Members already known are stopped before the first scan:
+        # that scan then proves what it would otherwise only find.
         seen = {id(m) for m in self._stopped}
+        new = [m for m in self.known() if id(m) not in seen]
         for _round in range(STOP_SWEEP_ROUNDS):
-            # Any member not seen before, even one already dead, means the
-            # tree was still forking during the last round.
-            new = [m for m in self.scan() if id(m) not in seen]
-            if not new:
-                return "sigstop"
             for m in new:
                 seen.add(id(m))
                 if m.alive and self.send(m, signal.SIGSTOP) is Delivery.DELIVERED:
                     self._stopped.append(m)
+            # Any member not seen before, even one already dead, means the
+            # tree was still forking during the last round.
+            new = [m for m in self.scan() if id(m) not in seen]
+            if not new:
+                # Every member is stopped and that scan found no other: until
+                # the thaw nothing of the tree can fork, so it stays current.
+                self._swept = True
+                return "sigstop"
         return "sigstop (tree still growing)"
 
     def thaw(self) -> None:
+        self._swept = False
         if self._frozen and self.cgroup is not None:
             self.cgroup.thaw()
             self._frozen = False

@@ -1,0 +1,267 @@
+"""The shortcuts of the termination fast paths, each against the guard it relies on.
+
+- cgroup ``KILL``: the frozen cgroup is read raw before ``cgroup.kill`` and
+  parsed after it. A listed pid is adopted only if the cgroup still lists it
+  while its pidfd is unexited (else it may be a stranger's by now), and a
+  member counts as reached by the kill only if it exited or is still inside
+  (one that left the cgroup before the kill is killed through its pidfd).
+- ``wait_empty`` takes the last scan as its proof when that scan began with
+  every member exited; the engine then reports from the members it knows:
+  the end of a job whose leader exited reads the process table once.
+- A stable SIGSTOP sweep makes the engine's scan a read of what the sweep
+  found; the thaw ends that.
+- The PID-namespace check skips /proc/PID/status when /proc/PID/ns/pid is
+  this process's namespace: a nested init is still found.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tether
+from helpers import alive, cgroup_writable, is_root, kill_identity, proc_stat, wait_for
+from tether._platform import linux as linux_backend
+from tether._platform.linux.cgroupfs import JobCgroup
+from tether.membership import Membership
+from tether.process import snapshot as real_snapshot
+
+needs_cgroup = pytest.mark.skipif(not cgroup_writable(), reason="needs cgroup v2 write access")
+
+#: A leader that starts a sleeping child and writes its pid to argv[1]; on
+#: SIGUSR1 it starts another and appends that pid too.
+LEADER = """
+import os, signal, subprocess, sys
+kids = []
+def spawn(*_):
+    kids.append(subprocess.Popen(["sleep", "600"]))
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write(" ".join(str(k.pid) for k in kids))
+    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+signal.signal(signal.SIGUSR1, spawn)
+spawn()
+while True:
+    signal.pause()
+"""
+
+
+def _kids(ready: Path, count: int) -> list[tuple[int, int]]:
+    wait_for(lambda: ready.exists() and len(ready.read_text().split()) >= count, what="children")
+    out = []
+    for pid in map(int, ready.read_text().split()):
+        st = proc_stat(pid)
+        assert st is not None
+        out.append((pid, st.starttime))
+    return out
+
+
+def _membership(job: tether.Job) -> Membership:
+    m = job._membership  # the job's own Target, driven here step by step
+    assert isinstance(m, Membership)
+    return m
+
+
+def _cgroup(job: tether.Job) -> JobCgroup:
+    cg = _membership(job).cgroup
+    assert cg is not None
+    return cg
+
+
+@needs_cgroup
+@pytest.mark.skipif(not is_root(), reason="moving a process between cgroups needs root here")
+def test_member_that_left_the_cgroup_before_the_kill_is_killed_through_its_pidfd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ready = tmp_path / "ready"
+    job = tether.start([sys.executable, "-c", LEADER, str(ready)], trackers="auto", policy="KILL")
+    kids: list[tuple[int, int]] = []
+    try:
+        kids = _kids(ready, 1)
+        child = kids[0]
+        cg = _cgroup(job)
+        real_kill = cg.kill
+
+        def leave_then_kill() -> None:
+            # After the frozen cgroup was read, before its kill: what a root
+            # member can do to itself (the parent cgroup is the common
+            # ancestor, so the move is allowed).
+            with open(os.path.join(os.path.dirname(cg.path), "cgroup.procs"), "w") as f:
+                f.write(str(child[0]))
+            real_kill()
+
+        monkeypatch.setattr(cg, "kill", leave_then_kill)
+        report = job.cancel("test")
+    finally:
+        job.cancel("cleanup")
+        for ident in kids:
+            kill_identity(*ident)
+    assert not alive(*child), "the member that left the cgroup survived"
+    assert report.complete
+    rec = {m.pid: m for m in report.members}[child[0]]
+    assert rec.outcome == "killed"
+    assert rec.ended_by == "KILL"
+
+
+@needs_cgroup
+def test_pid_the_cgroup_no_longer_lists_is_not_adopted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cgroup.procs listed a pid that, by the time it is read, is a stranger's
+    (the member was killed from outside and its pid reused): the stranger is
+    neither a member nor signalled."""
+    ready = tmp_path / "ready"
+    job = tether.start([sys.executable, "-c", LEADER, str(ready)], trackers="auto", policy="KILL")
+    # Started after the job: its start time alone does not rule it out.
+    stranger = subprocess.Popen(["sleep", "600"])
+    st = proc_stat(stranger.pid)
+    assert st is not None
+    kids: list[tuple[int, int]] = []
+    try:
+        kids = _kids(ready, 1)
+        cg = _cgroup(job)
+        real_procs = cg.procs
+        first = [True]
+
+        def procs() -> list[int]:
+            pids = real_procs()
+            # The listing the frozen cgroup is read from, before the kill.
+            if first[0] and sys._getframe(1).f_code.co_name == "_capture_cgroup":
+                first[0] = False
+                return [*pids, stranger.pid]
+            return pids
+
+        monkeypatch.setattr(cg, "procs", procs)
+        report = job.cancel("test")
+        assert alive(stranger.pid, st.starttime), "a stranger was killed"
+        assert stranger.pid not in {m.pid for m in report.members}
+        assert report.complete
+        assert {k[0] for k in kids} <= {m.pid for m in report.members}
+    finally:
+        job.cancel("cleanup")
+        for ident in kids:
+            kill_identity(*ident)
+        stranger.kill()
+        stranger.wait()
+
+
+@pytest.mark.parametrize(
+    "trackers", [pytest.param("auto", marks=needs_cgroup), "session,cookie,walk"]
+)
+def test_end_of_a_job_whose_leader_exited_reads_the_process_table_once(
+    monkeypatch: pytest.MonkeyPatch, trackers: str
+) -> None:
+    job = tether.start(["true"], trackers=trackers)
+    try:
+        job.wait()
+        reads: list[str] = []
+        real_subtree = linux_backend.subtree
+
+        def snapshot(*a: object) -> object:
+            reads.append("snapshot")
+            return real_snapshot(*a)  # type: ignore[arg-type]
+
+        def subtree(*a: object) -> object:
+            reads.append("subtree")
+            return real_subtree(*a)  # type: ignore[arg-type]
+
+        monkeypatch.setattr("tether.membership.snapshot", snapshot)
+        monkeypatch.setattr(linux_backend, "subtree", subtree)
+        report = job.cancel("leftovers after the leader exited")
+    finally:
+        job.cancel("cleanup")
+    assert report.complete
+    assert len(reads) == 1, reads
+
+
+def test_wait_empty_rescans_when_a_member_exited_after_the_last_scan(tmp_path: Path) -> None:
+    """The last scan is proof only if it began after every exit: a member that
+    forked and then exited since may have left a child no scan has seen."""
+    ready = tmp_path / "ready"
+    job = tether.start(
+        [sys.executable, "-c", LEADER, str(ready)], trackers="session,cookie,walk", policy="KILL"
+    )
+    kids: list[tuple[int, int]] = []
+    try:
+        kids = _kids(ready, 1)
+        m = _membership(job)
+        assert {x.pid for x in m.scan()} >= {job.pid, kids[0][0]}
+        # After that scan the leader forks a second child, then every member
+        # the scan found exits.
+        os.kill(job.pid, signal.SIGUSR1)
+        kids = _kids(ready, 2)
+        leader = proc_stat(job.pid)
+        assert leader is not None
+        kill_identity(*kids[0])
+        kill_identity(job.pid, leader.starttime)
+        # Not job.wait(): that scans once it sees the leader exit.
+        wait_for(lambda: not alive(*kids[0]) and not alive(job.pid, leader.starttime),
+                 what="the exits")  # fmt: skip
+        assert not m.wait_empty(0), "the second child, never scanned, was missed"
+        assert kids[1][0] in {x.pid for x in m.known() if x.alive}
+    finally:
+        job.cancel("cleanup")
+        for ident in kids:
+            kill_identity(*ident)
+
+
+def test_thaw_ends_the_stable_sweep_so_a_later_fork_is_found(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    job = tether.start(
+        [sys.executable, "-c", LEADER, str(ready)], trackers="session,cookie,walk", policy="KILL"
+    )
+    kids: list[tuple[int, int]] = []
+    try:
+        kids = _kids(ready, 1)
+        m = _membership(job)
+        m.scan()
+        assert m.freeze() == "sigstop"
+        assert {x.pid for x in m.scan()} >= {job.pid, kids[0][0]}
+        m.thaw()
+        os.kill(job.pid, signal.SIGUSR1)
+        kids = _kids(ready, 2)
+        assert kids[1][0] in {x.pid for x in m.scan()}, "a scan after the thaw was stale"
+    finally:
+        job.cancel("cleanup")
+        for ident in kids:
+            kill_identity(*ident)
+
+
+@pytest.mark.skipif(
+    not is_root() or shutil.which("unshare") is None, reason="needs root and unshare"
+)
+def test_nested_pid_namespace_init_is_found_past_the_readlink_shortcut() -> None:
+    from tether._platform import is_pid_namespace_init
+
+    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "sleep", "600"])
+    init_id: tuple[int, int] | None = None
+    try:
+
+        def child() -> int | None:
+            with open(f"/proc/{outer.pid}/task/{outer.pid}/children") as f:
+                pids = f.read().split()
+            return int(pids[0]) if pids else None
+
+        wait_for(lambda: child() is not None, what="unshare's child")
+        init = child()
+        assert init is not None
+        st, ost = proc_stat(init), proc_stat(outer.pid)
+        assert st is not None and ost is not None
+        init_id = (init, st.starttime)
+        if os.readlink(f"/proc/{init}/ns/pid") == os.readlink("/proc/self/ns/pid"):
+            pytest.skip("unshare did not make a PID namespace here")
+        assert is_pid_namespace_init(init, st.starttime)
+        assert not is_pid_namespace_init(outer.pid, ost.starttime)
+        me = proc_stat(os.getpid())
+        assert me is not None
+        assert not is_pid_namespace_init(me.pid, me.starttime)
+    finally:
+        if init_id is not None:
+            kill_identity(*init_id)
+        outer.kill()
+        outer.wait()
