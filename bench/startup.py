@@ -122,7 +122,7 @@ def main() -> int:
         cmds.append(("baseline: python3 -m tether.cli run -- true", cmds[-1][1]))
     # The same run through click (loaded first, so the fast path stands aside):
     # what the click-free path saves, from this tree alone.
-    via_click = "import click, sys; from tether.cli import main; main(sys.argv[1:])"
+    via_click = "import click; from tether.cli import main; main()"
     cmds.append(("tether run -- true via click", [PYTHON, "-c", via_click, "run", "--", "true"]))
     cmds.append(("python3 -c 'import tether.cli'", [PYTHON, "-c", "import tether.cli"]))
     cmds.append((f"{true_bin}", [true_bin]))
