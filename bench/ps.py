@@ -20,6 +20,7 @@ The tree is held by pidfds and killed through them: nothing by name.
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import re
 import resource
@@ -29,6 +30,8 @@ import sys
 import time
 
 from _common import Tracked, Tree, median, pass_miss, raise_fd_limit, reap
+
+import tether
 
 
 def tether_bin() -> list[str]:
@@ -66,6 +69,11 @@ def main() -> int:
         print("needs pstree (apt-get install psmisc)", file=sys.stderr)
         return 2
     raise_fd_limit()
+    # Byte-compiled first, as pip install leaves a package: with
+    # PYTHONDONTWRITEBYTECODE (or an unwritable tree) every run would
+    # otherwise compile each module it imports again.
+    for tree_dir in [os.path.dirname(tether.__file__), *(x.split("=", 1)[1] for x in args.src)]:
+        compileall.compile_dir(tree_dir, quiet=1)
     tracked = Tracked()
     tree = Tree(args.n, tracked)
     launcher = subprocess.Popen(tree.argv, start_new_session=True, stdin=subprocess.DEVNULL)
@@ -77,10 +85,10 @@ def main() -> int:
         pids = tree.wait_ready(launcher.pid)
         root = str(pids[0])
         want = set(pids)
-        tether = tether_bin()
+        tether_argv = tether_bin()
         methods = [
-            ("tether ps PID", [*tether, "ps", root], False, None),
-            ("tether ps --all PID", [*tether, "ps", "--all", root], True, None),
+            ("tether ps PID", [*tether_argv, "ps", root], False, None),
+            ("tether ps --all PID", [*tether_argv, "ps", "--all", root], True, None),
         ]
         for label, src in (x.split("=", 1) for x in args.src):
             module = [sys.executable, "-m", "tether.cli", "ps", root]
