@@ -258,3 +258,20 @@ def test_version_imports_nothing_the_interpreter_had_not() -> None:
     assert version.startswith("tether ")
     assert "tether.cli" in added.split()
     assert not {"typing", "contextlib", "collections", "click"} & set(added.split())
+
+
+def test_fast_and_click_paths_end_alike_on_a_closed_stdout() -> None:
+    """--json into a pipe nobody reads: click's main exits 1 on EPIPE; so does the fast path."""
+    statuses = []
+    for mode in ("fast", "click"):
+        r, w = os.pipe()
+        os.close(r)  # the reader is gone before the report is written
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", _BOTH, mode, "run", "--json", "--", "true"],
+                stdout=w, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+            )  # fmt: skip
+        finally:
+            os.close(w)
+        statuses.append((done.returncode, done.stderr))
+    assert statuses[0] == statuses[1] == (1, "")
