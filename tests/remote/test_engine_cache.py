@@ -27,11 +27,15 @@ from pathlib import Path
 
 import pytest
 from sshd import SshLab
+from test_remote import MARKS, POLICY, REMOTE_PYTHON, TREE, assert_gone, wait_trees
 
-from helpers import TEST_VAR, ensure_unprivileged_user, is_root
+from helpers import TEST_VAR, ensure_unprivileged_user, is_root, kill_identity
+from tether.policy import Policy
+from tether.remote import protocol
 from tether.remote.bootstrap import package_zip
 from tether.remote.client import Connection, SshOptions
 from tether.remote.hostlist import Target
+from tether.spec import JobSpec
 
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
 #: Owner of what the "co-user" plants (root plants it as them).
@@ -229,3 +233,41 @@ def test_over_sshd_the_second_run_uses_the_cached_engine(
     assert modes == ["ship", "cached"]
     (cached,) = (tmp / "tether-remote-0").glob("tether-*.zip")
     assert cached.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> tuple[Path, Path]:
+    script = tmp_path / "tree.py"
+    script.write_text(TREE)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    return script, marks
+
+
+def test_the_watchdog_loads_the_cached_engine_and_ends_the_job_of_a_killed_agent(
+    lab: SshLab, tree: tuple[Path, Path]
+) -> None:
+    """The agent SIGKILLed, its client silent: only the watchdog is left to act.
+
+    It imports tether from the cached bytecode zip through PYTHONPATH, so it
+    fails with it (no watchdog, or one that cannot import tether, leaves the
+    whole tree running).
+    """
+    script, marks = tree
+    conn = Connection(Target("h01"), SshOptions(config_file=lab.config_file, engine="python"))
+    try:
+        hello = conn.handshake()
+        assert hello["mode"] in ("cached", "ship")
+        spec = JobSpec(argv=(REMOTE_PYTHON, str(script), str(marks)), policy=Policy.parse(POLICY))
+        assert conn.send_run(spec, stdin=False)
+        got = conn.read_frame()
+        assert got is not None and got[0] == protocol.STARTED, got
+        members = wait_trees(marks, 1)
+        assert len(members) == len(MARKS)
+        agent = hello["identity"]
+        assert isinstance(agent, list)
+        assert kill_identity(agent[0], agent[1])
+        assert_gone(members, timeout=60.0)
+    finally:
+        conn.kill()
+        conn.close(timeout=10.0)
