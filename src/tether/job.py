@@ -792,6 +792,9 @@ class Job:
         if sel.keeper_pid is not None:
             self._membership.protect([sel.keeper_pid])
         self._wake_fd = wake_fd
+        kept = _kept(self._popen)
+        if kept is not None:
+            self._wait_exec(kept)
         if logs.enabled(logs.INFO, _LOG):
             used = [s.name for s in sel.statuses if s.used]
             refused = [f"{s.name}: {s.reason}" for s in sel.statuses if not s.used]
@@ -800,6 +803,22 @@ class Job:
                      job_id=self.id, pid=self.pid, argv=oneline(" ".join(self.argv), 200),
                      trackers=used, not_used=refused, caveats=list(sel.caveats()),
                      cgroup=self.cgroup_path)  # fmt: skip
+
+    def _wait_exec(self, popen: KeptPopen) -> None:
+        """The bookkeeping above overlapped the leader's exec: now learn
+        whether it succeeded; if not, undo the start and raise as Popen."""
+        try:
+            popen.wait_exec()
+        except BaseException as err:
+            self._membership.close()
+            self._leader.close()
+            self._close_pipes()
+            self._cleanup_failed_start()  # drops the record, releases the keeper
+            if isinstance(err, FileNotFoundError):
+                raise CommandNotFoundError(self.argv[0]) from None
+            if isinstance(err, PermissionError):
+                raise CommandNotExecutableError(self.argv[0]) from None
+            raise
 
     # -- the journal and the watchdog ---------------------------------------
 

@@ -293,24 +293,46 @@ def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int) -> int:
             if resource.getrlimit(res) != limits:
                 resource.setrlimit(res, limits)
         os.fchdir(cwd_fd)
-        leader, pidfd = _spawn_leader(request, std)
+        leader, pidfd, child = _spawn_leader(request, std)
     except OSError as err:
-        send_message(job, ("error", err.errno, err.strerror, err.filename, type(err).__name__))
+        send_message(job, _error_reply(err))
         return 1
     finally:
         for fd in (cwd_fd, *std):
             os.close(fd)
+    # A clone3 child exists but may not have exec'd yet: the caller gets its
+    # identity now and does its own bookkeeping (journal, membership) while
+    # the exec runs, then waits for "execd" (or the error Popen would raise).
     send_message(
         job,
-        ("started", leader, _starttime(leader), os.getpid(), _starttime(os.getpid())),
+        ("started", leader, _starttime(leader), os.getpid(), _starttime(os.getpid()), bool(child)),
         [pidfd],
     )
     os.close(pidfd)
+    if child is not None:
+        try:
+            child.wait_exec()
+        except OSError as err:
+            send_message(job, _error_reply(err))
+            return 1
+        send_message(job, ("execd",))
     return _keep(job, leader, caller, chld, diag, request)
 
 
-def _spawn_leader(request: Mapping[str, Any], std: Sequence[int]) -> tuple[int, int]:
-    """Start the job's leader as our child: (pid, pidfd).
+def _error_reply(err: OSError) -> tuple[str, int | None, str | None, Any, str]:
+    return ("error", err.errno, err.strerror, err.filename, type(err).__name__)
+
+
+def _reply_error(reply: Sequence[Any]) -> OSError:
+    """The OSError a job keeper's ("error", ...) reply stands for."""
+    _kind, errno_num, strerror, filename, name = reply
+    exc = {"FileNotFoundError": FileNotFoundError, "PermissionError": PermissionError}
+    return exc.get(name, OSError)(errno_num, strerror, filename)
+
+
+def _spawn_leader(request: Mapping[str, Any], std: Sequence[int]) -> tuple[int, int, Any]:
+    """Start the job's leader as our child: (pid, pidfd, the clone3 child
+    whose exec is still to be confirmed, or None if it has exec'd).
 
     Straight into the job cgroup by clone3 where it can (a job keeper is a
     fork of a single-threaded process: see tether._platform.linux.spawn),
@@ -321,7 +343,7 @@ def _spawn_leader(request: Mapping[str, Any], std: Sequence[int]) -> tuple[int, 
         from tether._platform.linux import spawn
 
         try:
-            return spawn.spawn(
+            child = spawn.start(
                 direct["argv"],
                 request["env"],
                 stdio=std,
@@ -333,6 +355,8 @@ def _spawn_leader(request: Mapping[str, Any], std: Sequence[int]) -> tuple[int, 
             )
         except spawn.Unavailable:
             pass
+        else:
+            return child.pid, child.pidfd, child
     popen = subprocess.Popen(
         request["argv"],
         env=request["env"],
@@ -347,7 +371,7 @@ def _spawn_leader(request: Mapping[str, Any], std: Sequence[int]) -> tuple[int, 
     # Popen's own bookkeeping must not reap behind our back (its __del__).
     popen.returncode = 0
     # Our unreaped child: the pidfd is certainly the leader's.
-    return popen.pid, os.pidfd_open(popen.pid)
+    return popen.pid, os.pidfd_open(popen.pid), None
 
 
 def _starttime(pid: int) -> int:
@@ -570,6 +594,7 @@ class KeptPopen(subprocess.Popen[Any]):
     def __init__(self, request: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         self._request = request
         self._leader_pidfd = -1
+        self._exec_pending = False
         self._lost = False
         super().__init__(*args, **kwargs)
 
@@ -629,10 +654,9 @@ class KeptPopen(subprocess.Popen[Any]):
         reply, fds = got
         if reply[0] == "error":
             ours.close()
-            _kind, errno_num, strerror, filename, name = reply
-            exc = {"FileNotFoundError": FileNotFoundError, "PermissionError": PermissionError}
-            raise exc.get(name, OSError)(errno_num, strerror, filename)
-        _kind, self.pid, self.leader_starttime, self.keeper_pid, self.keeper_starttime = reply
+            raise _reply_error(reply)
+        _kind, self.pid, self.leader_starttime, self.keeper_pid, self.keeper_starttime = reply[:5]
+        self._exec_pending = bool(reply[5:] and reply[5])
         self._leader_pidfd = fds[0]
         self._job = ours
         self._child_created = True
@@ -640,6 +664,28 @@ class KeptPopen(subprocess.Popen[Any]):
     @property
     def leader_pidfd(self) -> int:
         return self._leader_pidfd
+
+    def wait_exec(self) -> None:
+        """Wait for the job keeper's word that the leader exec'd (Popen's
+        constructor would have); raise the exec's error as Popen does.
+
+        The leader exists from __init__ on (pid, start time, pidfd are
+        final); only whether its exec succeeded is still open.
+        """
+        if not self._exec_pending:
+            return
+        self._exec_pending = False
+        try:
+            got = recv_message(self._job)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            got = None
+        if got is None:
+            self.returncode = STATUS_LOST
+            raise OSError(0, "tether's job keeper exited before the job's exec")
+        reply, _fds = got
+        if reply[0] == "error":
+            self.returncode = 255  # the child's _exit(); the job keeper reaped it
+            raise _reply_error(reply)
 
     def _take_status(self, timeout: float | None) -> bool:
         """Read the job keeper's status message (waiting up to ``timeout``)."""
@@ -660,6 +706,8 @@ class KeptPopen(subprocess.Popen[Any]):
             self._lost = True
             return self._take_status(0)
         message, _fds = got
+        if message[0] == "execd":
+            self._exec_pending = False
         if message[0] == "exit":
             self.returncode = int(message[1])
             return True

@@ -158,6 +158,20 @@ def test_in_process_job_uses_clone3() -> None:
 
 
 @needs_cgroup
+@pytest.mark.parametrize("watchdog", [True, False])
+def test_exec_failure_after_the_start_is_undone(tmp_path: Path, watchdog: bool) -> None:
+    # Executable, so the caller's checks pass; the kernel's execve then fails
+    # (ENOENT for the interpreter) after the leader was created and recorded:
+    # raised as Popen would, with no record, cgroup or keeper left (conftest).
+    script = tmp_path / "bad-interpreter"
+    script.write_text("#!/no/such/interpreter\n")
+    script.chmod(0o755)
+    with pytest.raises(tether.CommandNotFoundError):
+        tether.run([str(script)], watchdog=watchdog)
+    assert tether.run(["true"], watchdog=watchdog).returncode == 0  # the keeper still serves
+
+
+@needs_cgroup
 def test_command_errors_through_the_keeper(tmp_path: Path) -> None:
     with pytest.raises(tether.CommandNotFoundError):
         tether.run([str(tmp_path / "gone")])

@@ -30,6 +30,7 @@ import functools
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 #: clone3 and close_range share their numbers across the architectures that
 #: have them (the generic syscall table from 5.3 and 5.9 on).
@@ -104,7 +105,54 @@ def _exec_list(argv0: str, env: Mapping[str, str]) -> list[bytes]:
     return [os.path.join(os.fsencode(d), exe) for d in os.get_exec_path(env)]
 
 
-def spawn(
+class Started:
+    """A child made by :func:`start`: it exists (pid, pidfd) and will exec or fail."""
+
+    def __init__(self, pid: int, pidfd: int, errr: int, argv0: str, names: list[bytes],
+                 cwd: str | None) -> None:  # fmt: skip
+        self.pid = pid
+        self.pidfd = pidfd
+        self._errr = errr
+        self._argv0 = argv0
+        self._names = names
+        self._cwd = cwd
+
+    def wait_exec(self) -> None:
+        """Return once the child has exec'd; else reap it and raise as Popen.
+
+        Raises:
+            OSError: the exec (or the set-up before it) failed; the child
+                is reaped (its pidfd is left to the caller to close).
+        """
+        try:
+            report = _read_all(self._errr)
+        finally:
+            os.close(self._errr)
+        if not report:
+            return  # EOF: the error pipe closed on exec (O_CLOEXEC)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        code, _, index = report.partition(b":")
+        num = int(code) if code.isdigit() else errno.EINVAL
+        if index == b"-1":
+            raise OSError(num, os.strerror(num), self._cwd)
+        names = self._names
+        name = names[int(index)] if index.isdigit() and int(index) < len(names) else b""
+        raise OSError(num, os.strerror(num), os.fsdecode(name) or self._argv0)
+
+
+def spawn(argv: Sequence[str], env: Mapping[str, str], **options: Any) -> tuple[int, int]:
+    """:func:`start`, then wait for the exec: (pid, pidfd), as Popen would."""
+    child = start(argv, env, **options)
+    try:
+        child.wait_exec()
+    except OSError:
+        os.close(child.pidfd)
+        raise
+    return child.pid, child.pidfd
+
+
+def start(
     argv: Sequence[str],
     env: Mapping[str, str],
     *,
@@ -115,19 +163,18 @@ def spawn(
     extra_groups: Sequence[int] | None = None,
     nofile: int | None = None,
     cwd: str | None = None,
-) -> tuple[int, int]:
-    """Start ``argv`` as a child of this process, in ``cgroup`` from birth.
+) -> Started:
+    """Create ``argv``'s process as a child of this one, in ``cgroup`` from birth.
 
     ``stdio`` are the fds that become 0, 1, 2 (-1: keep this process's).
     Every other fd is closed across the exec (close_fds). ``nofile``: the
     soft RLIMIT_NOFILE the job gets; ``cwd`` its directory (else ours).
-    Returns (pid, pidfd).
+    Returns as soon as the child exists: :meth:`Started.wait_exec` says
+    whether its exec succeeded (meanwhile its pid and start time are final).
 
     Raises:
         Unavailable: clone3 (or CLONE_INTO_CGROUP) cannot be used; nothing
             was started.
-        OSError: the exec failed (FileNotFoundError, PermissionError, ...),
-            as :class:`subprocess.Popen` raises it; the child is reaped.
     """
     syscall = _syscall()
     if syscall is None or not usable():
@@ -157,28 +204,13 @@ def spawn(
             _child(syscall, candidates, bargv, benv, stdio, errw, start_new_session, umask,
                    extra_groups, nofile, cwd)  # fmt: skip
         if pid < 0:
+            os.close(errr)
             raise Unavailable(f"clone3: {os.strerror(ctypes.get_errno())}")
-        os.close(errw)
-        errw = -1
-        report = _read_all(errr)
     finally:
-        os.close(errr)
-        if errw >= 0:
-            os.close(errw)
+        os.close(errw)
         if cg_fd >= 0:
             os.close(cg_fd)
-    if report:
-        # The exec failed: the child has _exit()ed; reap it, raise as Popen.
-        os.close(pidfd.value)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        code, _, index = report.partition(b":")
-        num = int(code) if code.isdigit() else errno.EINVAL
-        if index == b"-1":
-            raise OSError(num, os.strerror(num), cwd)
-        name = candidates[int(index)] if index.isdigit() and int(index) < len(candidates) else b""
-        raise OSError(num, os.strerror(num), os.fsdecode(name) or argv[0])
-    return pid, pidfd.value
+    return Started(pid, pidfd.value, errr, argv[0], candidates, cwd)
 
 
 def _read_all(fd: int) -> bytes:
