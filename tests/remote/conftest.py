@@ -46,3 +46,15 @@ def lab() -> Iterator[SshLab]:
         yield lab
     finally:
         lab.stop()
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> tuple[Path, Path]:
+    """test_remote.TREE as a script, and the directory its processes mark."""
+    from test_remote import TREE
+
+    script = tmp_path / "tree.py"
+    script.write_text(TREE)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    return script, marks

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from sshd import SshLab
-from test_remote import MARKS, POLICY, REMOTE_PYTHON, TREE, assert_gone, wait_trees
+from test_remote import MARKS, POLICY, REMOTE_PYTHON, assert_gone, wait_trees
 
 from helpers import TEST_VAR, ensure_unprivileged_user, is_root, kill_identity
 from tether.policy import Policy
@@ -233,15 +233,6 @@ def test_over_sshd_the_second_run_uses_the_cached_engine(
     assert modes == ["ship", "cached"]
     (cached,) = (tmp / "tether-remote-0").glob("tether-*.zip")
     assert cached.stat().st_mode & 0o777 == 0o600
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> tuple[Path, Path]:
-    script = tmp_path / "tree.py"
-    script.write_text(TREE)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    return script, marks
 
 
 def test_the_watchdog_loads_the_cached_engine_and_ends_the_job_of_a_killed_agent(

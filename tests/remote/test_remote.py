@@ -73,15 +73,6 @@ forever()
 """
 
 
-@pytest.fixture
-def tree(tmp_path: Path) -> tuple[Path, Path]:
-    script = tmp_path / "tree.py"
-    script.write_text(TREE)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    return script, marks
-
-
 def wait_trees(marks: Path, count: int, timeout: float = 60.0) -> list[tuple[int, int]]:
     """Wait (bounded, by file) until ``count`` trees marked every process."""
 
