@@ -228,48 +228,26 @@ class _CgroupPopen(subprocess.Popen[Any]):
         self._direct = direct
         super().__init__(*args, **kwargs)
 
-    def _execute_child(
-        self,
-        args: Any,
-        executable: Any,
-        preexec_fn: Any,
-        close_fds: bool,
-        pass_fds: Sequence[int],
-        cwd: Any,
-        env: Any,
-        startupinfo: Any,
-        creationflags: int,
-        shell: bool,
-        p2cread: int,
-        p2cwrite: int,
-        c2pread: int,
-        c2pwrite: int,
-        errread: int,
-        errwrite: int,
-        restore_signals: bool,
-        gid: Any,
-        gids: Any,
-        uid: Any,
-        umask: int,
-        start_new_session: bool,
-        process_group: Any,
-    ) -> None:
+    def _execute_child(self, *popen_args: Any) -> None:
         from tether._platform.linux import spawn
+        from tether.keeper import ChildArgs
 
+        c = ChildArgs(*popen_args)
         # Only what spawn() does itself (Popen passes process_group=-1 for "none").
-        plain = (preexec_fn, executable, gid, uid) == (None,) * 4 and process_group in (None, -1)
-        if plain and close_fds and not pass_fds and restore_signals and spawn.usable():
+        plain = (c.preexec_fn, c.executable, c.gid, c.uid) == (None,) * 4
+        plain = plain and c.process_group in (None, -1) and c.close_fds and c.restore_signals
+        if plain and not c.pass_fds and spawn.usable():
             try:
                 pid, pidfd = spawn.spawn(
                     self._direct["argv"],
-                    os.environ if env is None else env,
-                    stdio=(p2cread, c2pwrite, errwrite),
+                    os.environ if c.env is None else c.env,
+                    stdio=(c.p2cread, c.c2pwrite, c.errwrite),
                     cgroup=self._direct["cgroup"],
-                    start_new_session=start_new_session,
-                    umask=umask,
-                    extra_groups=gids,
+                    start_new_session=c.start_new_session,
+                    umask=c.umask,
+                    extra_groups=c.gids,
                     nofile=self._direct["nofile"],
-                    cwd=None if cwd is None else os.fsdecode(cwd),
+                    cwd=None if c.cwd is None else os.fsdecode(c.cwd),
                 )
             except spawn.Unavailable:
                 pass
@@ -277,13 +255,9 @@ class _CgroupPopen(subprocess.Popen[Any]):
                 os.close(pidfd)
                 self.pid = pid
                 self._child_created = True
-                self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)  # type: ignore[attr-defined]
+                self._close_pipe_fds(*c[10:16])  # type: ignore[attr-defined]
                 return
-        super()._execute_child(  # type: ignore[misc]
-            args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo,
-            creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
-            restore_signals, gid, gids, uid, umask, start_new_session, process_group,
-        )  # fmt: skip
+        super()._execute_child(*popen_args)  # type: ignore[misc]
 
 
 def resolve_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 #: What a caller writes to a job keeper once the job is over.
 KEEPER_DONE = b"done"
@@ -576,6 +576,36 @@ def _rlimits() -> list[tuple[int, tuple[int, int]]]:
     ]
 
 
+class ChildArgs(NamedTuple):
+    """subprocess.Popen._execute_child's arguments, in order (private API,
+    stable since 3.11 added process_group): for Popen subclasses that start
+    the child their own way."""
+
+    args: Any
+    executable: Any
+    preexec_fn: Any
+    close_fds: bool
+    pass_fds: Sequence[int]
+    cwd: Any
+    env: Any
+    startupinfo: Any
+    creationflags: int
+    shell: bool
+    p2cread: int
+    p2cwrite: int
+    c2pread: int
+    c2pwrite: int
+    errread: int
+    errwrite: int
+    restore_signals: bool
+    gid: Any
+    gids: Any
+    uid: Any
+    umask: int
+    start_new_session: bool
+    process_group: Any
+
+
 class KeptPopen(subprocess.Popen[Any]):
     """A :class:`subprocess.Popen` whose child is started by this process's
     keeper (its job keeper's child, not ours): pipes, text mode and
@@ -598,55 +628,34 @@ class KeptPopen(subprocess.Popen[Any]):
         self._lost = False
         super().__init__(*args, **kwargs)
 
-    def _execute_child(
-        self,
-        args: Any,
-        executable: Any,
-        preexec_fn: Any,
-        close_fds: bool,
-        pass_fds: Sequence[int],
-        cwd: Any,
-        env: Any,
-        startupinfo: Any,
-        creationflags: int,
-        shell: bool,
-        p2cread: int,
-        p2cwrite: int,
-        c2pread: int,
-        c2pwrite: int,
-        errread: int,
-        errwrite: int,
-        restore_signals: bool,
-        gid: Any,
-        gids: Any,
-        uid: Any,
-        umask: int,
-        start_new_session: bool,
-        process_group: Any,
-    ) -> None:
-        assert not pass_fds and preexec_fn is None and executable is None
-        cwd_fd = os.open(cwd if cwd is not None else ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    def _execute_child(self, *popen_args: Any) -> None:
+        c = ChildArgs(*popen_args)
+        assert not c.pass_fds and c.preexec_fn is None and c.executable is None
+        cwd = c.cwd if c.cwd is not None else "."
+        cwd_fd = os.open(cwd, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             request = dict(self._request)
             request.update(
-                argv=list(args),
-                env=env,
-                start_new_session=start_new_session,
-                extra_groups=gids,
-                umask=_umask() if umask < 0 else umask,
+                argv=list(c.args),
+                env=c.env,
+                start_new_session=c.start_new_session,
+                extra_groups=c.gids,
+                umask=_umask() if c.umask < 0 else c.umask,
                 rlimits=_rlimits(),
                 caller=os.getpid(),
             )
             if request["umask"] is None:
                 request["umask"] = -1
             # -1: inherit ours, as a forked child would.
-            std = [fd if fd != -1 else n for n, fd in enumerate((p2cread, c2pwrite, errwrite))]
+            std = [
+                fd if fd != -1 else n for n, fd in enumerate((c.p2cread, c.c2pwrite, c.errwrite))
+            ]
             _client.request(request, [theirs.fileno(), cwd_fd, 2, *std])
         finally:
             os.close(cwd_fd)
             theirs.close()
-            self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+            self._close_pipe_fds(*c[10:16])
         got = recv_message(ours, maxfds=1)
         if got is None:
             ours.close()
