@@ -12,7 +12,10 @@ each repetition so drift affects them alike:
 - ``clush``: ``clush -f N -w b[01-N] -o "-F CFG" true``
   (pip install clustershell, in any venv: the bench only, not a dependency;
   found on PATH or with ``--clush PATH``);
-- ``ssh``: N plain ``ssh -F CFG bXX true`` started together from here.
+- ``ssh``: N plain ``ssh -F CFG bXX true`` started together from here;
+- ``base`` (with ``--baseline SRC``): ``tether`` again from another source
+  tree (``PYTHONPATH=SRC``), e.g. this one with the remote package of an
+  earlier commit, for a before/after from the same run.
 
 Wall time is from the command's start to its exit (for ``ssh``: the last
 one's). **Server CPU** is everything the sshd servers and whatever ran under
@@ -44,6 +47,8 @@ from _common import median, pass_miss, raise_fd_limit
 from sshd import SshLab, make_lab, sshd_available
 
 TETHER = [sys.executable, "-m", "tether.cli"]
+#: --baseline's source tree (set once by main).
+BASELINE: list[str] = []
 CPUACCT_V1 = "/sys/fs/cgroup/cpuacct"
 
 
@@ -87,9 +92,14 @@ class ServerCgroup:
                     return int(line.split()[1]) / 1e6
         raise RuntimeError("cpu.stat has no usage_usec")
 
-    def remove(self, masters: set[int]) -> None:
-        # The sshd masters are stopped by then; a leftover would keep it busy.
-        if not set(self.procs()) - masters:
+    def remove(self) -> None:
+        """Remove the cgroup once the stopped servers' last processes are gone."""
+        deadline = time.monotonic() + 5
+        while self.procs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.procs():
+            print(f"left in {self.path}: {self.procs()} (not removed)")
+        else:
             os.rmdir(self.path)
 
 
@@ -108,7 +118,7 @@ def start_lab(base: Path, n: int, cg: ServerCgroup) -> tuple[SshLab, set[int]]:
 def commands(tool: str, lab: SshLab, n: int, clush: str) -> list[list[str]]:
     cfg = lab.config_file
     hosts = f"b[01-{n:02d}]"
-    if tool == "tether":
+    if tool in ("tether", "base"):
         return [[*TETHER, "run", "-F", cfg, "-q", "-w", hosts, "-f", str(n), "--", "true"]]
     if tool == "pdsh":
         return [["pdsh", "-R", "ssh", "-f", str(n), "-w", hosts, "true"]]
@@ -121,6 +131,8 @@ def measure(
     tool: str, lab: SshLab, n: int, cg: ServerCgroup, masters: set[int], clush: str
 ) -> dict[str, float]:
     env = dict(os.environ, PDSH_SSH_ARGS=f"-F {lab.config_file} %h")
+    if tool == "base":
+        env["PYTHONPATH"] = BASELINE[0]
     c0, t0 = cg.cpu(), time.monotonic()
     procs = [
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -152,10 +164,14 @@ def main() -> None:
     parser.add_argument("--hosts", default="1,50", help="fan-outs, e.g. 1,50")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--clush", default=shutil.which("clush"), help="clush to run")
+    parser.add_argument("--baseline", help="a tether source tree (the dir holding tether/)")
     args = parser.parse_args()
     if not sshd_available() or os.geteuid() != 0:
         raise SystemExit("needs root and OpenSSH (apt-get install openssh-server)")
     tools = ["tether", "ssh"]
+    if args.baseline:
+        BASELINE.append(os.path.abspath(args.baseline))
+        tools.insert(1, "base")
     if shutil.which("pdsh"):
         tools.append("pdsh")
     else:
@@ -177,6 +193,11 @@ def main() -> None:
             measure(tool, lab, 1, cg, masters, args.clush)
         ssh_v = subprocess.run(["ssh", "-V"], check=False, capture_output=True, text=True)
         method = "cgroup v1 cpuacct" if cg.v1 else "cgroup v2 cpu.stat"
+        # Every agent scans /proc when its job's leader exits: the machine's
+        # process count is part of the conditions.
+        nprocs = sum(1 for n in os.listdir("/proc") if n.isdigit())
+        print(f"{nprocs} processes on the machine, load average "
+              f"{os.getloadavg()[0]:.1f} before the runs")  # fmt: skip
         print(f"{ssh_v.stderr.strip()}; {os.cpu_count()} cores; median of {args.repeat}; "
               f"server CPU from a {method} around the sshd servers")  # fmt: skip
         rows: dict[tuple[str, int], list[dict[str, float]]] = {}
@@ -204,6 +225,10 @@ def main() -> None:
             print("a run failed or left processes behind: every target below is a MISS")
         for n in counts:
             wall, server = med[("tether", n)]
+            if ("base", n) in med:
+                b_wall, b_server = med[("base", n)]
+                print(f"info: {n} hosts, tether / baseline: wall {wall / b_wall:.2f}x, "
+                      f"server CPU {server / b_server:.2f}x")  # fmt: skip
             if n > 1 and ("pdsh", n) in med:
                 ratio = wall / med[("pdsh", n)][0]
                 print(f"target: {n} hosts, tether wall <= 1.5x pdsh ({ratio:.2f}x): "
@@ -218,7 +243,7 @@ def main() -> None:
                       f"{pass_miss(extra <= 100 and not failed)}")  # fmt: skip
     finally:
         lab.stop()
-        cg.remove(masters)
+        cg.remove()
         shutil.rmtree(base, ignore_errors=True)
 
 
