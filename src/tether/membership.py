@@ -630,10 +630,10 @@ class Membership:
         try:
             self.cgroup.kill()
         except OSError:
-            self._adopt_captured(captured)
+            self._tell_new(self._adopt_captured(captured))
             return set()
-        # Parsed while the kernel tears the cgroup down (no /proc reads).
-        candidates = [*captured.known, *self._adopt_captured(captured)]
+        new = self._adopt_captured(captured)
+        candidates = [*captured.known, *new]
         # Let the kernel finish the teardown before the engine's scan for
         # members outside the cgroup: reading /proc while a thousand
         # processes exit contends with their exit for the same locks and
@@ -652,7 +652,14 @@ class Membership:
             except OSError:
                 inside = set()
             reached.update(m for m in candidates if m.alive and m.pid in inside)
+        # The journal is told only of members the kill may have missed: one
+        # it reached leaves nothing for a watchdog to find through it.
+        self._tell_new([m for m in new if m not in reached])
         return reached
+
+    def _tell_new(self, new: Sequence[Member]) -> None:
+        if new and self._on_new_members is not None:
+            self._on_new_members(new)
 
     def _capture_cgroup(self) -> _Captured:
         """Raw rows of the frozen cgroup's processes not yet members."""
@@ -709,8 +716,6 @@ class Membership:
             new.append(member)
             self._ppid[member] = info.ppid
         self._walk.remember(self._by_identity)
-        if new and self._on_new_members is not None:
-            self._on_new_members(new)
         return new
 
     def _open_each(self, pids: Iterable[int]) -> list[tuple[ProcessInfo, ProcessHandle]]:
