@@ -211,3 +211,25 @@ def test_read_shown_names_only_the_process_with_that_start_time() -> None:
     assert read_shown(me.pid, me.starttime) == (me.describe(), me.cgroup)
     assert read_shown(me.pid, me.starttime + 1) is None
     assert read_shown(2**22 + 1, 0) is None  # above pid_max: never a process
+
+
+def test_facilities_are_the_syslog_handlers_and_no_syslog_loads_no_logging() -> None:
+    # The table is written out so that a dry run with --no-syslog need not
+    # import logging: it must stay what logging.handlers calls the facilities.
+    import logging.handlers
+    import subprocess
+    import sys
+
+    from tether.prune.log import FACILITIES
+
+    names = dict(logging.handlers.SysLogHandler.facility_names)
+    del names["security"]  # an alias of auth
+    assert names == FACILITIES
+    code = (
+        "import sys\nfrom tether.prune import DecisionLog\n"
+        "log = DecisionLog(enabled=False)\nlog.info('x'); log.error('y'); log.close()\n"
+        "assert not log.enabled and log.failure is None\n"
+        "print(sorted(m for m in ('logging', 'socket', 'tether.log_handlers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]" and done.stderr == "", done

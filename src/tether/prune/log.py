@@ -13,21 +13,18 @@ would record what was killed.
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
 import os
-import socket
 import stat
 import sys
-import time
-from typing import TextIO
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-# The transport is shared with tether's own event log (--log-target syslog).
-from tether.log_handlers import PRIORITY as _PRIORITY
-from tether.log_handlers import SYSLOG_SOCKET as DEFAULT_SOCKET
-from tether.log_handlers import SYSLOG_SOCKET_VAR as SOCKET_ENV
-from tether.log_handlers import SysLog as _SysLog
-from tether.log_handlers import fields, stderr_is_journal
+if TYPE_CHECKING:
+    import logging
+
+# logging and the syslog transport (shared with tether's own event log,
+# --log-target syslog, in tether.log_handlers) are imported only when a
+# decision goes somewhere: a dry run with --no-syslog does not load them.
 
 __all__ = ["DEFAULT_FACILITY", "FACILITIES", "IDENT", "DecisionLog", "fields", "stderr_is_journal"]
 
@@ -36,64 +33,28 @@ DEFAULT_FACILITY = "authpriv"
 #: Where decisions go when there is no syslog socket and no file was named.
 DEFAULT_LOG_FILE = "/var/log/tether/prune.log"
 
+#: syslog(3) facility codes, as logging.handlers.SysLogHandler.facility_names
+#: has them (without "security", an alias of auth); a test pins the two equal.
 FACILITIES = {
-    name: code
-    for name, code in logging.handlers.SysLogHandler.facility_names.items()
-    if name not in ("security",)  # an alias of auth
-}
+    "auth": 4, "authpriv": 10, "console": 14, "cron": 9, "daemon": 3, "ftp": 11,
+    "kern": 0, "local0": 16, "local1": 17, "local2": 18, "local3": 19, "local4": 20,
+    "local5": 21, "local6": 22, "local7": 23, "lpr": 6, "mail": 2, "news": 7,
+    "ntp": 12, "solaris-cron": 15, "syslog": 5, "user": 1, "uucp": 8,
+}  # fmt: skip
 
 
-class _JournalStderr(logging.Handler):
-    def __init__(self, facility: int, stream: TextIO) -> None:
-        super().__init__()
-        self.facility = facility
-        self.stream = stream
+def fields(**items: object) -> str:
+    """``key=value`` pairs for a decision line (:func:`tether.log_handlers.fields`)."""
+    from tether.log_handlers import fields as _fields
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            prio = self.facility * 8 + _PRIORITY.get(record.levelno, 6)
-            text = " ".join(self.format(record).split("\n"))
-            self.stream.write(f"<{prio}>{text}\n")
-            self.stream.flush()
-        except Exception:
-            self.handleError(record)
+    return _fields(**items)
 
 
-class _File(logging.Handler):
-    """Appends ``TIME tether-prune[PID]: LEVEL MESSAGE`` lines to a file.
+def stderr_is_journal(env: Mapping[str, str] | None = None) -> bool:
+    """Whether stderr is connected to the journal (:mod:`tether.log_handlers`)."""
+    from tether.log_handlers import stderr_is_journal as _is_journal
 
-    The file is opened once, without following a symlink, created 0640; a
-    missing parent directory is created 0750 (root's, for a root pruner).
-    """
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
-        parent = os.path.dirname(path)
-        if parent and not os.path.isdir(parent):
-            os.makedirs(parent, mode=0o750, exist_ok=True)
-        fd = os.open(
-            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640
-        )
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise OSError(f"{path} is not a regular file")
-        self.fd = fd
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(record.created))
-            text = " ".join(self.format(record).split("\n"))
-            line = f"{when} {IDENT}[{os.getpid()}]: {record.levelname.lower()} {text}\n"
-            os.write(self.fd, line.encode("utf-8", "backslashreplace"))
-        except Exception:
-            self.handleError(record)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        super().close()
+    return _is_journal(env)
 
 
 def _is_socket(path: str) -> bool:
@@ -120,15 +81,21 @@ class DecisionLog:
                 f"unknown syslog facility {facility!r} (one of {', '.join(sorted(FACILITIES))})"
             )
         env = dict(os.environ) if env is None else env
-        self.logger = logging.Logger(IDENT)  # not registered globally: one per run
-        self.logger.propagate = False
+        self.logger: logging.Logger | None = None
         self.problem: str | None = None
         self.target = "none"
         if not enabled:
             return
+        import logging
+        import socket
+
+        from tether.log_handlers import SYSLOG_SOCKET, SYSLOG_SOCKET_VAR
+        from tether.log_handlers import SysLog as _SysLog
+        from tether.prune._handlers import JournalStderr
+
         code = FACILITIES[facility]
         handler: logging.Handler
-        path = socket_path or env.get(SOCKET_ENV) or DEFAULT_SOCKET
+        path = socket_path or env.get(SYSLOG_SOCKET_VAR) or SYSLOG_SOCKET
         journal = stderr_is_journal(env)
         if file_path is None and socket_path is None and not journal and not _is_socket(path):
             file_path = DEFAULT_LOG_FILE  # no syslog here: keep a record anyway
@@ -136,7 +103,7 @@ class DecisionLog:
             self.to_file(file_path)
             return
         if socket_path is None and stderr_is_journal(env):
-            handler = _JournalStderr(code, sys.stderr)
+            handler = JournalStderr(code, sys.stderr)
             handler.setFormatter(logging.Formatter("%(message)s"))
             self.target = "journal (stderr)"
         else:
@@ -146,13 +113,25 @@ class DecisionLog:
             handler.ident = f"{IDENT}[{os.getpid()}]: "
             handler.setFormatter(logging.Formatter("%(message)s"))
             self.target = f"syslog {path} ({facility})"
+        self._add(handler)
+
+    def _add(self, handler: logging.Handler) -> None:
+        if self.logger is None:
+            import logging
+
+            self.logger = logging.Logger(IDENT)  # not registered globally: one per run
+            self.logger.propagate = False
         self.logger.addHandler(handler)
 
     def to_file(self, path: str) -> None:
         """From now on, append to ``path`` (a file named in the configuration)."""
+        import logging
+
+        from tether.prune._handlers import File
+
         self.close()
         try:
-            handler = _File(path)
+            handler = File(path)
         except OSError as err:
             self.problem = f"cannot append to {path}: {err.strerror or err}"
             self.target = "none"
@@ -160,31 +139,40 @@ class DecisionLog:
         handler.setFormatter(logging.Formatter("%(message)s"))
         self.target = f"file {path}"
         self.problem = None
-        self.logger.addHandler(handler)
+        self._add(handler)
 
     @property
     def enabled(self) -> bool:
         """Whether lines go anywhere (False with --no-syslog, or no usable file)."""
-        return bool(self.logger.handlers)
+        return self.logger is not None and bool(self.logger.handlers)
 
     def info(self, message: str) -> None:
-        self.logger.info(message)
+        if self.logger is not None:
+            self.logger.info(message)
 
     def warning(self, message: str) -> None:
-        self.logger.warning(message)
+        if self.logger is not None:
+            self.logger.warning(message)
 
     def error(self, message: str) -> None:
-        self.logger.error(message)
+        if self.logger is not None:
+            self.logger.error(message)
 
     @property
     def failure(self) -> str | None:
         """Why sending to syslog failed during the run (None if it never did)."""
+        if self.logger is None:
+            return None
+        from tether.log_handlers import SysLog
+
         for handler in self.logger.handlers:
-            if isinstance(handler, _SysLog) and handler.failure is not None:
+            if isinstance(handler, SysLog) and handler.failure is not None:
                 return handler.failure
         return None
 
     def close(self) -> None:
+        if self.logger is None:
+            return
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)

@@ -230,18 +230,19 @@ def execute(plan: Plan, *, kill: bool, policy: Policy, log: DecisionLog) -> Outc
     mode = "kill" if kill else "dry-run"
     what = "epilog" if plan.ended is not None else "prune"
     job = plan.ended.job_id if plan.ended is not None else "-"
-    log.info(
-        fields(
-            event="start",
-            mode=mode,
-            command=what,
-            job=job,
-            scanned=plan.scanned,
-            strays=len(plan.strays),
-            floor=plan.options.min_uid,
-            min_age=f"{plan.options.min_age:g}s",
+    if log.enabled:  # else not even the syslog transport is imported
+        log.info(
+            fields(
+                event="start",
+                mode=mode,
+                command=what,
+                job=job,
+                scanned=plan.scanned,
+                strays=len(plan.strays),
+                floor=plan.options.min_uid,
+                min_age=f"{plan.options.min_age:g}s",
+            )
         )
-    )
     for pid, why in sorted(plan.unreadable.items()) if log.enabled else ():
         log.warning(fields(event="unreadable", pid=pid, error=why, action="left alone"))
     # Read before any signal: a killed process's command line is gone.
@@ -289,18 +290,19 @@ def execute(plan: Plan, *, kill: bool, policy: Policy, log: DecisionLog) -> Outc
         )
     failed = sum(1 for v in views if v.outcome in ("survived", "denied"))
     killed = sum(1 for v in views if v.outcome in ("killed", "exited", "gone")) if kill else 0
-    log.info(
-        fields(
-            event="done",
-            mode=mode,
-            command=what,
-            job=job,
-            strays=len(views),
-            killed=killed,
-            failed=failed,
-            exempt=sum(plan.exempt.values()),
+    if log.enabled:
+        log.info(
+            fields(
+                event="done",
+                mode=mode,
+                command=what,
+                job=job,
+                strays=len(views),
+                killed=killed,
+                failed=failed,
+                exempt=sum(plan.exempt.values()),
+            )
         )
-    )
     return Outcome(
         mode=mode,
         plan=plan,

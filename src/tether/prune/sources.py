@@ -25,7 +25,6 @@ import contextlib
 import os
 import pwd
 import re
-import socket
 import stat
 import struct
 import time
@@ -606,6 +605,8 @@ class TorqueQstat:
     name = "torque"
 
     def __init__(self, argv: Sequence[str] = ("qstat", "-f", "-1"), hostname: str | None = None):
+        import socket
+
         self.argv = tuple(argv)
         self.hostname = (hostname or socket.gethostname()).split(".")[0]
 
