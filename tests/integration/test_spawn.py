@@ -105,6 +105,34 @@ def test_clone3_exec_errors_are_popens(tmp_path: Path) -> None:
     assert err.value.filename == str(tmp_path / "missing")
 
 
+#: A signal reaches the child between clone3 and exec (sent from inside the
+#: child's set-up, where os.setsid is called): it must act as on any new
+#: process (SIGUSR1 kills), not run the caller's Python handler in the child.
+_WINDOW = r"""
+import os, signal, sys
+from tether._platform.linux import spawn
+def handler(signum, frame):
+    raise RuntimeError("the caller's handler ran in the child")
+signal.signal(signal.SIGUSR1, handler)
+real_setsid = os.setsid
+def setsid():
+    os.kill(os.getpid(), signal.SIGUSR1)
+    return real_setsid()
+os.setsid = setsid
+pid, pidfd = spawn.spawn(["true"], os.environ, stdio=(-1, -1, -1), cgroup=None)
+os.close(pidfd)
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+@needs_clone3
+def test_a_signal_before_exec_gets_its_default_action() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _WINDOW], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert int(out.stdout) == -signal.SIGUSR1, out.stderr
+
+
 def test_not_used_in_a_threaded_process() -> None:
     # A raw clone copies locks other threads hold: never with threads around.
     release = threading.Event()

@@ -29,7 +29,7 @@ import fcntl
 import functools
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 #: clone3 and close_range share their numbers across the architectures that
@@ -196,17 +196,24 @@ def start(
         cgroup=max(cg_fd, 0),
     )
     errr, errw = os.pipe2(os.O_CLOEXEC)
+    # Signals stay blocked across the clone, as _posixsubprocess does: one
+    # arriving before the child has reset Python's handlers would run the
+    # caller's handler (a KeyboardInterrupt) in the child instead of acting
+    # on it as on any new process. A pending signal is not inherited; the
+    # parent gets it once the mask is restored.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
         pid = syscall(
             ctypes.c_long(_SYS_CLONE3), ctypes.byref(args), ctypes.c_long(ctypes.sizeof(args))
         )
         if pid == 0:
             _child(syscall, candidates, bargv, benv, stdio, errw, start_new_session, umask,
-                   extra_groups, nofile, cwd)  # fmt: skip
+                   extra_groups, nofile, cwd, mask)  # fmt: skip
         if pid < 0:
             os.close(errr)
             raise Unavailable(f"clone3: {os.strerror(ctypes.get_errno())}")
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(errw)
         if cg_fd >= 0:
             os.close(cg_fd)
@@ -237,12 +244,19 @@ def _child(
     extra_groups: Sequence[int] | None,
     nofile: int | None,
     cwd: str | None,
+    mask: Iterable[int],
 ) -> None:
     """The new process: set up, exec, or report why not. Never returns."""
     failed = 0
     index = 0
     try:
         try:
+            # Signals the caller handles in Python get their default action
+            # here, as exec would give them, before any can be delivered.
+            for sig in signal.valid_signals():
+                if callable(signal.getsignal(sig)):
+                    signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if cwd is not None:
                 index = -1  # a failure names the directory, as Popen's
                 os.chdir(cwd)
@@ -280,8 +294,9 @@ def _child(
             for name in ("SIGPIPE", "SIGXFSZ"):
                 if hasattr(signal, name):
                     signal.signal(getattr(signal, name), signal.SIG_DFL)
-        except OSError as err:
-            failed, index = err.errno or errno.EINVAL, index or len(candidates)
+        except BaseException as err:  # anything: the child must report and _exit
+            num = err.errno if isinstance(err, OSError) else None
+            failed, index = num or errno.EINVAL, index or len(candidates)
         else:
             for i, path in enumerate(candidates):
                 try:
