@@ -27,18 +27,16 @@ import pwd
 import re
 import stat
 import struct
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from tether._platform.linux.cgroupfs import JobCgroup
 from tether.errors import TetherError
 from tether.prune.scan import Table
 from tether.prune.text import visible
-
-if TYPE_CHECKING:
-    import subprocess
 
 Identity = tuple[int, int]
 
@@ -123,7 +121,6 @@ def run_command(
     ``ok_status(status, stderr)`` accepts a non-zero status as an answer.
     """
     import shutil
-    import subprocess
 
     if not argv:
         raise SourceError(source, "empty command")
