@@ -21,7 +21,14 @@ import pytest
 
 import tether
 import tether.job
-from helpers import cgroup_writable, is_root
+from helpers import (
+    as_user,
+    cgroup_writable,
+    ensure_unprivileged_user,
+    is_root,
+    user_python,
+    wait_for,
+)
 from tether._platform.linux import spawn
 
 needs_cgroup = pytest.mark.skipif(
@@ -221,3 +228,69 @@ def test_a_spare_job_keeper_holds_no_pipe_of_an_earlier_job() -> None:
             assert job.stdout is not None
             readable, _, _ = select.select([job.stdout], [], [], 30)
             assert readable and job.stdout.read() == b""
+
+
+#: Run as the unprivileged user inside a cgroup delegated to it: one job per
+#: way of starting it; where each one's leader ran, which argv clone3 got.
+_DELEGATED = r"""
+import json, os, subprocess, tether
+from tether._platform.linux import spawn
+calls, real = [], spawn.spawn
+def spy(argv, *args, **kwargs):
+    calls.append(list(argv))
+    return real(argv, *args, **kwargs)
+spawn.spawn = spy
+out = {}
+ways = [("keeper", {}, False), ("in-process", {"watchdog": False}, False),
+        ("keeper-shim", {}, True), ("in-process-shim", {"watchdog": False}, True)]
+for name, options, shim in ways:
+    if shim:
+        os.environ[spawn.DISABLE_VAR] = "1"
+    else:
+        os.environ.pop(spawn.DISABLE_VAR, None)
+    with tether.start(["cat", "/proc/self/cgroup"], stdout=subprocess.PIPE, **options) as job:
+        text, _ = job.communicate(timeout=30)
+        out[name] = [job.cgroup_path, text.decode(), job.returncode]
+    out[name].append(job.report.complete)
+out["calls"] = calls
+print(json.dumps(out))
+"""
+
+
+@needs_cgroup
+@needs_clone3
+def test_unprivileged_user_in_a_delegated_cgroup(suite_cgroup: str | None) -> None:
+    # clone3 into a cgroup needs what a cgroup.procs write needs: write access
+    # to the target's and the common ancestor's cgroup.procs. A delegated
+    # subtree gives exactly that to a user; jobs land in it either way.
+    assert suite_cgroup is not None
+    user = ensure_unprivileged_user()
+    py = user_python(user)
+    if py is None:
+        pytest.skip(f"no Python interpreter that uid {user.pw_uid} can run with tether importable")
+    deleg = os.path.join(suite_cgroup, f"delegated-{uuid.uuid4().hex[:12]}")
+    os.mkdir(deleg)
+    try:
+        for name in ("", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"):
+            os.chown(os.path.join(deleg, name), user.pw_uid, user.pw_gid)
+        # Root's shell moves itself in, then becomes the user: the user's
+        # process starts inside the delegated cgroup.
+        enter = 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"'
+        argv = ["sh", "-c", enter, "sh", deleg, *as_user(user, [*py, "-c", _DELEGATED])]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout)
+    finally:
+        # The user's keeper (in the delegated cgroup too) leaves once its
+        # caller has exited and its job keepers are done.
+        events = os.path.join(deleg, "cgroup.events")
+        wait_for(lambda: b"populated 0" in Path(events).read_bytes(), what="the keeper to exit")
+        for sub in os.listdir(deleg):
+            if os.path.isdir(os.path.join(deleg, sub)):
+                os.rmdir(os.path.join(deleg, sub))  # fails (and fails the test) if busy
+        os.rmdir(deleg)
+    for name in ("keeper", "in-process", "keeper-shim", "in-process-shim"):
+        path, text, rc, complete = out[name]
+        assert path is not None and path.startswith(deleg + "/"), (name, path)
+        assert path.endswith(_cgroup_of(text)) and rc == 0 and complete, (name, text)
+    assert out["calls"] == [["cat", "/proc/self/cgroup"]]  # in-process, not the shim rows
