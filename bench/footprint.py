@@ -95,6 +95,10 @@ def one_round(
     )
     tracked.add([p.pid])
     try:
+        while not os.path.exists(tree.ready):  # readiness, or the supervisor's early exit
+            if p.poll() is not None:
+                raise RuntimeError(f"{' '.join(prefix)} exited {p.returncode} before its job ran")
+            time.sleep(0.005)
         (job,) = tree.wait_ready(None)
         # The supervisor's own processes: itself and (tether) its watchdog,
         # a direct child that is not the job.

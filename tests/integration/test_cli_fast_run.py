@@ -275,13 +275,3 @@ def test_fast_and_click_paths_end_alike_on_a_closed_stdout() -> None:
             os.close(w)
         statuses.append((done.returncode, done.stderr))
     assert statuses[0] == statuses[1] == (1, "")
-
-
-def test_the_heap_is_trimmed_where_libc_can() -> None:
-    """The supervisor gives start-up's freed heap back before idling: glibc
-    has malloc_trim (this machine's libc, if glibc, must be found), musl not."""
-    import platform
-
-    from tether._platform.linux.prctl import trim_heap
-
-    assert trim_heap() is (platform.libc_ver()[0] == "glibc")

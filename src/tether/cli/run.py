@@ -416,7 +416,6 @@ def _supervised(
         job = stack.enter_context(
             Job(spec, stdout=stdout, dedicated_supervisor=True, wake_fd=inbox.fileno)
         )
-        _trim_heap()
         progress = None if verbose else progress_line(quiet)
         if progress is not None:
             stack.callback(progress.clear)
@@ -433,17 +432,6 @@ def _supervised(
         if outcome.error is not None:
             raise outcome.error
     return outcome
-
-
-def _trim_heap() -> None:
-    """Before idling for the job's life, give the kernel back what start-up
-    freed (imports, the configuration, the spawn): glibc would keep it."""
-    from tether import _platform
-
-    if _platform.NAME == "linux":
-        from tether._platform.linux.prctl import trim_heap
-
-        trim_heap()
 
 
 class _StepLines:

@@ -1,5 +1,4 @@
-"""prctl(2) through ctypes: child subreaper and parent-death signal; and
-glibc's malloc_trim(3), the one libc call that is not prctl."""
+"""prctl(2) through ctypes: child subreaper and parent-death signal."""
 
 from __future__ import annotations
 
@@ -49,20 +48,3 @@ def is_child_subreaper() -> bool:
     value = ctypes.c_int(0)
     _prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(value))
     return bool(value.value)
-
-
-def trim_heap() -> bool:
-    """Return the heap's free memory to the kernel (glibc's malloc_trim(0));
-    False where libc has no malloc_trim (musl).
-
-    glibc keeps what a process freed for its own reuse: a supervisor that
-    idles for a job's life would keep the start-up's garbage (~0.7 MB of
-    PSS) to itself.
-    """
-    trim = getattr(_libc(), "malloc_trim", None)
-    if trim is None:
-        return False
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    trim(0)
-    return True
