@@ -230,9 +230,8 @@ class _CgroupPopen(subprocess.Popen[Any]):
 
     def _execute_child(self, *popen_args: Any) -> None:
         from tether._platform.linux import spawn
-        from tether.keeper import ChildArgs
 
-        c = ChildArgs(*popen_args)
+        c = spawn.ChildArgs(*popen_args)
         # Only what spawn() does itself (Popen passes process_group=-1 for "none").
         plain = (c.preexec_fn, c.executable, c.gid, c.uid) == (None,) * 4
         plain = plain and c.process_group in (None, -1) and c.close_fds and c.restore_signals

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 #: What a caller writes to a job keeper once the job is over.
 KEEPER_DONE = b"done"
@@ -576,36 +576,6 @@ def _rlimits() -> list[tuple[int, tuple[int, int]]]:
     ]
 
 
-class ChildArgs(NamedTuple):
-    """subprocess.Popen._execute_child's arguments, in order (private API,
-    stable since 3.11 added process_group): for Popen subclasses that start
-    the child their own way."""
-
-    args: Any
-    executable: Any
-    preexec_fn: Any
-    close_fds: bool
-    pass_fds: Sequence[int]
-    cwd: Any
-    env: Any
-    startupinfo: Any
-    creationflags: int
-    shell: bool
-    p2cread: int
-    p2cwrite: int
-    c2pread: int
-    c2pwrite: int
-    errread: int
-    errwrite: int
-    restore_signals: bool
-    gid: Any
-    gids: Any
-    uid: Any
-    umask: int
-    start_new_session: bool
-    process_group: Any
-
-
 class KeptPopen(subprocess.Popen[Any]):
     """A :class:`subprocess.Popen` whose child is started by this process's
     keeper (its job keeper's child, not ours): pipes, text mode and
@@ -629,6 +599,8 @@ class KeptPopen(subprocess.Popen[Any]):
         super().__init__(*args, **kwargs)
 
     def _execute_child(self, *popen_args: Any) -> None:
+        from tether._platform.linux.spawn import ChildArgs
+
         c = ChildArgs(*popen_args)
         assert not c.pass_fds and c.preexec_fn is None and c.executable is None
         cwd = c.cwd if c.cwd is not None else "."

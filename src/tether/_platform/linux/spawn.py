@@ -30,7 +30,7 @@ import functools
 import os
 import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 #: clone3 and close_range share their numbers across the architectures that
 #: have them (the generic syscall table from 5.3 and 5.9 on).
@@ -310,3 +310,34 @@ def _child(
         os.write(errw, f"{failed}:{index}".encode())
     finally:
         os._exit(255)
+
+
+class ChildArgs(NamedTuple):
+    """subprocess.Popen._execute_child's arguments, in order (private API,
+    stable since 3.11 added process_group): for Popen subclasses that start
+    the child their own way (here, not in tether.keeper: `tether run` needs
+    it without the keeper's sockets and pickle)."""
+
+    args: Any
+    executable: Any
+    preexec_fn: Any
+    close_fds: bool
+    pass_fds: Sequence[int]
+    cwd: Any
+    env: Any
+    startupinfo: Any
+    creationflags: int
+    shell: bool
+    p2cread: int
+    p2cwrite: int
+    c2pread: int
+    c2pwrite: int
+    errread: int
+    errwrite: int
+    restore_signals: bool
+    gid: Any
+    gids: Any
+    uid: Any
+    umask: int
+    start_new_session: bool
+    process_group: Any
