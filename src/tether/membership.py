@@ -109,7 +109,9 @@ class Membership:
         # The last scan began with every member already exited and found no
         # new one: the proof wait_empty needs, until something new is learnt.
         self._settled = False
-        self._swept = False  # frozen by a SIGSTOP sweep whose last scan found no new member
+        # Frozen by a SIGSTOP sweep whose last scan found no new member (and,
+        # after the thaw, every member killed while stopped): that scan stands.
+        self._swept = False
         self._ns_init: dict[Member, bool] = {}
 
     # -- constructors: every Membership is built by one of these -----------
@@ -569,8 +571,9 @@ class Membership:
         # Every known member has exited: a fresh scan must find no new one,
         # not even one that has exited already — a pid hopper found this way
         # has always just forked its successor. The last scan is that scan if
-        # it began after the last exit (nothing of the job was left to fork).
-        if self._settled:
+        # it began after the last exit (nothing of the job was left to fork),
+        # or if the tree was sealed (killed while stopped after it).
+        if self._settled or self._swept:
             return True
         before = len(self._by_identity)
         self.scan()
@@ -758,7 +761,12 @@ class Membership:
         return "sigstop (tree still growing)"
 
     def thaw(self) -> None:
-        self._swept = False
+        # A swept tree whose every live member got SIGKILL while stopped is
+        # sealed: nothing of it can run again, so no later scan can find
+        # more of it than the sweep's last one (and its exits prove it empty).
+        self._swept = self._swept and all(
+            any(s == signal.SIGKILL for s, _t in m.signals) for m in self.live()
+        )
         if self._frozen and self.cgroup is not None:
             self.cgroup.thaw()
             self._frozen = False

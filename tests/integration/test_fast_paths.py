@@ -179,6 +179,41 @@ def test_end_of_a_job_whose_leader_exited_reads_the_process_table_once(
     assert len(reads) == 1, reads
 
 
+def test_kill_of_a_stable_sweep_needs_no_scan_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a cgroup, KILL goes to a tree stopped by a sweep whose last
+    scan found nothing new: killed while stopped, nothing of it can fork, so
+    its exits alone prove it empty — two table reads (the first scan, the
+    sweep's), not a rescan during the grace and another to confirm."""
+    ready = tmp_path / "ready"
+    job = tether.start(
+        [sys.executable, "-c", LEADER, str(ready)], trackers="session,cookie,walk", policy="KILL"
+    )
+    kids: list[tuple[int, int]] = []
+    try:
+        kids = _kids(ready, 1)
+        os.kill(job.pid, signal.SIGUSR1)
+        kids = _kids(ready, 2)
+        reads: list[int] = []
+
+        def snapshot(*a: object) -> object:
+            reads.append(1)
+            return real_snapshot(*a)  # type: ignore[arg-type]
+
+        monkeypatch.setattr("tether.membership.snapshot", snapshot)
+        report = job.cancel("test")
+    finally:
+        job.cancel("cleanup")
+        for ident in kids:
+            kill_identity(*ident)
+    assert not any(alive(*k) for k in kids)
+    assert report.complete
+    assert report.steps[0].froze == "sigstop"
+    assert {k[0] for k in kids} | {job.pid} <= {m.pid for m in report.members}
+    assert len(reads) == 2, reads
+
+
 def test_wait_empty_rescans_when_a_member_exited_after_the_last_scan(tmp_path: Path) -> None:
     """The last scan is proof only if it began after every exit: a member that
     forked and then exited since may have left a child no scan has seen."""
