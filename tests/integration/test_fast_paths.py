@@ -16,11 +16,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,7 @@ from tether._platform.linux.cgroupfs import JobCgroup
 from tether.membership import Membership
 from tether.process import snapshot as real_snapshot
 
+NO_CGROUP = "session,cookie,walk"
 needs_cgroup = pytest.mark.skipif(not cgroup_writable(), reason="needs cgroup v2 write access")
 
 #: A leader that starts a sleeping child and writes its pid to argv[1]; on
@@ -51,14 +54,43 @@ while True:
 """
 
 
-def _kids(ready: Path, count: int) -> list[tuple[int, int]]:
-    wait_for(lambda: ready.exists() and len(ready.read_text().split()) >= count, what="children")
-    out = []
-    for pid in map(int, ready.read_text().split()):
-        st = proc_stat(pid)
-        assert st is not None
-        out.append((pid, st.starttime))
-    return out
+class _Tree:
+    """A LEADER job; every child it reported is killed by identity at the end."""
+
+    def __init__(self, tmp_path: Path, trackers: str) -> None:
+        self.ready = tmp_path / "ready"
+        argv = [sys.executable, "-c", LEADER, str(self.ready)]
+        self.job = tether.start(argv, trackers=trackers, policy="KILL")
+        self.seen: set[tuple[int, int]] = set()
+
+    def kids(self, count: int) -> list[tuple[int, int]]:
+        """The children's identities, once the leader has started ``count``."""
+        ready = self.ready
+        wait_for(lambda: ready.exists() and len(ready.read_text().split()) >= count, what="kids")
+        out = []
+        for pid in map(int, ready.read_text().split()):
+            st = proc_stat(pid)
+            assert st is not None
+            out.append((pid, st.starttime))
+        self.seen.update(out)
+        return out
+
+    def more(self, count: int) -> list[tuple[int, int]]:
+        """Have the leader start another child (count in all); the identities."""
+        self.kids(count - 1)  # its SIGUSR1 handler is set once it started one
+        os.kill(self.job.pid, signal.SIGUSR1)
+        return self.kids(count)
+
+
+@contextlib.contextmanager
+def _tree(tmp_path: Path, trackers: str) -> Iterator[_Tree]:
+    tree = _Tree(tmp_path, trackers)
+    try:
+        yield tree
+    finally:
+        tree.job.cancel("cleanup")
+        for ident in tree.seen:
+            kill_identity(*ident)
 
 
 def _membership(job: tether.Job) -> Membership:
@@ -78,13 +110,9 @@ def _cgroup(job: tether.Job) -> JobCgroup:
 def test_member_that_left_the_cgroup_before_the_kill_is_killed_through_its_pidfd(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ready = tmp_path / "ready"
-    job = tether.start([sys.executable, "-c", LEADER, str(ready)], trackers="auto", policy="KILL")
-    kids: list[tuple[int, int]] = []
-    try:
-        kids = _kids(ready, 1)
-        child = kids[0]
-        cg = _cgroup(job)
+    with _tree(tmp_path, "auto") as tree:
+        child = tree.kids(1)[0]
+        cg = _cgroup(tree.job)
         real_kill = cg.kill
 
         def leave_then_kill() -> None:
@@ -96,11 +124,7 @@ def test_member_that_left_the_cgroup_before_the_kill_is_killed_through_its_pidfd
             real_kill()
 
         monkeypatch.setattr(cg, "kill", leave_then_kill)
-        report = job.cancel("test")
-    finally:
-        job.cancel("cleanup")
-        for ident in kids:
-            kill_identity(*ident)
+        report = tree.job.cancel("test")
     assert not alive(*child), "the member that left the cgroup survived"
     assert report.complete
     rec = {m.pid: m for m in report.members}[child[0]]
@@ -115,16 +139,13 @@ def test_pid_the_cgroup_no_longer_lists_is_not_adopted(
     """cgroup.procs listed a pid that, by the time it is read, is a stranger's
     (the member was killed from outside and its pid reused): the stranger is
     neither a member nor signalled."""
-    ready = tmp_path / "ready"
-    job = tether.start([sys.executable, "-c", LEADER, str(ready)], trackers="auto", policy="KILL")
-    # Started after the job: its start time alone does not rule it out.
-    stranger = subprocess.Popen(["sleep", "600"])
-    st = proc_stat(stranger.pid)
-    assert st is not None
-    kids: list[tuple[int, int]] = []
-    try:
-        kids = _kids(ready, 1)
-        cg = _cgroup(job)
+    with _tree(tmp_path, "auto") as tree:
+        # Started after the job: its start time alone does not rule it out.
+        stranger = subprocess.Popen(["sleep", "600"])
+        st = proc_stat(stranger.pid)
+        assert st is not None
+        kids = tree.kids(1)
+        cg = _cgroup(tree.job)
         real_procs = cg.procs
         first = [True]
 
@@ -137,22 +158,17 @@ def test_pid_the_cgroup_no_longer_lists_is_not_adopted(
             return pids
 
         monkeypatch.setattr(cg, "procs", procs)
-        report = job.cancel("test")
-        assert alive(stranger.pid, st.starttime), "a stranger was killed"
-        assert stranger.pid not in {m.pid for m in report.members}
-        assert report.complete
-        assert {k[0] for k in kids} <= {m.pid for m in report.members}
-    finally:
-        job.cancel("cleanup")
-        for ident in kids:
-            kill_identity(*ident)
+        report = tree.job.cancel("test")
+        stranger_lived = alive(stranger.pid, st.starttime)
         stranger.kill()
         stranger.wait()
+    assert stranger_lived, "a stranger was killed"
+    assert stranger.pid not in {m.pid for m in report.members}
+    assert report.complete
+    assert {k[0] for k in kids} <= {m.pid for m in report.members}
 
 
-@pytest.mark.parametrize(
-    "trackers", [pytest.param("auto", marks=needs_cgroup), "session,cookie,walk"]
-)
+@pytest.mark.parametrize("trackers", [pytest.param("auto", marks=needs_cgroup), NO_CGROUP])
 def test_end_of_a_job_whose_leader_exited_reads_the_process_table_once(
     monkeypatch: pytest.MonkeyPatch, trackers: str
 ) -> None:
@@ -186,15 +202,8 @@ def test_kill_of_a_stable_sweep_needs_no_scan_after_it(
     scan found nothing new: killed while stopped, nothing of it can fork, so
     its exits alone prove it empty — two table reads (the first scan, the
     sweep's), not a rescan during the grace and another to confirm."""
-    ready = tmp_path / "ready"
-    job = tether.start(
-        [sys.executable, "-c", LEADER, str(ready)], trackers="session,cookie,walk", policy="KILL"
-    )
-    kids: list[tuple[int, int]] = []
-    try:
-        kids = _kids(ready, 1)
-        os.kill(job.pid, signal.SIGUSR1)
-        kids = _kids(ready, 2)
+    with _tree(tmp_path, NO_CGROUP) as tree:
+        kids = tree.more(2)
         reads: list[int] = []
 
         def snapshot(*a: object) -> object:
@@ -202,34 +211,25 @@ def test_kill_of_a_stable_sweep_needs_no_scan_after_it(
             return real_snapshot(*a)  # type: ignore[arg-type]
 
         monkeypatch.setattr("tether.membership.snapshot", snapshot)
-        report = job.cancel("test")
-    finally:
-        job.cancel("cleanup")
-        for ident in kids:
-            kill_identity(*ident)
+        report = tree.job.cancel("test")
     assert not any(alive(*k) for k in kids)
     assert report.complete
     assert report.steps[0].froze == "sigstop"
-    assert {k[0] for k in kids} | {job.pid} <= {m.pid for m in report.members}
+    assert {k[0] for k in kids} | {tree.job.pid} <= {m.pid for m in report.members}
     assert len(reads) == 2, reads
 
 
 def test_wait_empty_rescans_when_a_member_exited_after_the_last_scan(tmp_path: Path) -> None:
     """The last scan is proof only if it began after every exit: a member that
     forked and then exited since may have left a child no scan has seen."""
-    ready = tmp_path / "ready"
-    job = tether.start(
-        [sys.executable, "-c", LEADER, str(ready)], trackers="session,cookie,walk", policy="KILL"
-    )
-    kids: list[tuple[int, int]] = []
-    try:
-        kids = _kids(ready, 1)
+    with _tree(tmp_path, NO_CGROUP) as tree:
+        job = tree.job
+        first = tree.kids(1)[0]
         m = _membership(job)
-        assert {x.pid for x in m.scan()} >= {job.pid, kids[0][0]}
+        assert {x.pid for x in m.scan()} >= {job.pid, first[0]}
         # After that scan the leader forks a second child, then every member
         # the scan found exits.
-        os.kill(job.pid, signal.SIGUSR1)
-        kids = _kids(ready, 2)
+        kids = tree.more(2)
         leader = proc_stat(job.pid)
         assert leader is not None
         kill_identity(*kids[0])
@@ -239,32 +239,18 @@ def test_wait_empty_rescans_when_a_member_exited_after_the_last_scan(tmp_path: P
                  what="the exits")  # fmt: skip
         assert not m.wait_empty(0), "the second child, never scanned, was missed"
         assert kids[1][0] in {x.pid for x in m.known() if x.alive}
-    finally:
-        job.cancel("cleanup")
-        for ident in kids:
-            kill_identity(*ident)
 
 
 def test_thaw_ends_the_stable_sweep_so_a_later_fork_is_found(tmp_path: Path) -> None:
-    ready = tmp_path / "ready"
-    job = tether.start(
-        [sys.executable, "-c", LEADER, str(ready)], trackers="session,cookie,walk", policy="KILL"
-    )
-    kids: list[tuple[int, int]] = []
-    try:
-        kids = _kids(ready, 1)
-        m = _membership(job)
+    with _tree(tmp_path, NO_CGROUP) as tree:
+        first = tree.kids(1)[0]
+        m = _membership(tree.job)
         m.scan()
         assert m.freeze() == "sigstop"
-        assert {x.pid for x in m.scan()} >= {job.pid, kids[0][0]}
+        assert {x.pid for x in m.scan()} >= {tree.job.pid, first[0]}
         m.thaw()
-        os.kill(job.pid, signal.SIGUSR1)
-        kids = _kids(ready, 2)
+        kids = tree.more(2)
         assert kids[1][0] in {x.pid for x in m.scan()}, "a scan after the thaw was stale"
-    finally:
-        job.cancel("cleanup")
-        for ident in kids:
-            kill_identity(*ident)
 
 
 @pytest.mark.skipif(
