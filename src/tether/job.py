@@ -220,6 +220,11 @@ def _exec_argv(argv: Sequence[str], env: Mapping[str, str], cgroup_procs: str | 
     return ["/bin/sh", "-c", "; ".join([*steps, 'exec "$@"']), "tether", *params, *argv]
 
 
+#: The largest resident set for which this process forks the leader into its
+#: cgroup by clone3 itself (`tether run` is ~16 MB); a job keeper always does.
+_CLONE_MAX_RESIDENT = 32 << 20
+
+
 class _CgroupPopen(subprocess.Popen[Any]):
     """Popen whose child is born in the job cgroup (clone3, when this process
     is single-threaded: `tether run`), else runs the shim argv it was given."""
@@ -235,7 +240,12 @@ class _CgroupPopen(subprocess.Popen[Any]):
         # Only what spawn() does itself (Popen passes process_group=-1 for "none").
         plain = (c.preexec_fn, c.executable, c.gid, c.uid) == (None,) * 4
         plain = plain and c.process_group in (None, -1) and c.close_fds and c.restore_signals
-        if plain and not c.pass_fds and spawn.usable():
+        # clone3 is a fork (page tables copied, copy-on-write after) where
+        # Popen vforks: its cost grows with this process's size while the
+        # shim's cgroup.procs write costs a fixed ~10 ms. A large caller
+        # (200 MB: 38 ms against 23 ms) keeps the shim.
+        small = spawn.resident_bytes() <= _CLONE_MAX_RESIDENT
+        if plain and small and not c.pass_fds and spawn.usable():
             try:
                 pid, pidfd = spawn.spawn(
                     self._direct["argv"],

@@ -97,6 +97,12 @@ def usable() -> bool:
         return False
 
 
+def resident_bytes() -> int:
+    """This process's resident set: what a fork copies the page tables of."""
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read(256).split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _exec_list(argv0: str, env: Mapping[str, str]) -> list[bytes]:
     """Where execve is tried, as subprocess.Popen does (PATH from ``env``)."""
     exe = os.fsencode(argv0)
