@@ -23,7 +23,6 @@ from test_remote import (
     finish,
     read_identity,
     tether_run,
-    tree,
     wait_trees,
 )
 
@@ -32,7 +31,6 @@ from tether.policy import Policy
 from tether.remote.shell import ShellEngineError, decode_result, encode_cancel, encode_run, escape
 from tether.spec import JobSpec
 
-__all__ = ["tree"]  # the fixture, used by name
 SH = ("--remote-engine", "sh")
 
 
