@@ -449,15 +449,16 @@ class Membership:
     def _member(
         self, info: ProcessInfo, full: ProcessInfo | None, handle: ProcessHandle, names: set[str]
     ) -> Member:
+        identity = info.identity
         member = Member(
             pid=info.pid,
             starttime=info.starttime,
             start_time=starttime_to_epoch(info.starttime),
             cmdline=full.describe() if full is not None else f"[{info.comm}]",
             found_by=set(names),
-            is_leader=self.leader == info.identity,
+            is_leader=self.leader == identity,
         )
-        self._by_identity[info.identity] = member
+        self._by_identity[identity] = member
         self._handles[member] = handle
         return member
 

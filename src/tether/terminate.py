@@ -455,22 +455,26 @@ def _run_step(
 
 
 def _record(m: Member, t0: float) -> MemberRecord:
-    if m.alive:
+    exited, signals = m.exited_at, m.signals
+    if exited is None:
         outcome = "denied" if m.denied else "survived"
-    elif not m.signals or m.signals[0][1] > (m.exited_at or 0):
+    elif not signals or signals[0][1] > exited:
         outcome = "exited"
     else:
         outcome = "killed"
-    before_exit = [s for s, t in m.signals if m.exited_at is None or t <= m.exited_at]
+    ended_by = None
+    if exited is not None:
+        # The last signal sent before the exit was seen.
+        ended_by = next((_signal_name(s) for s, t in reversed(signals) if t <= exited), None)
     return MemberRecord(
         pid=m.pid,
         start_time=m.start_time,
         cmdline=m.cmdline,
         found_by=tuple(sorted(m.found_by)),
         outcome=outcome,
-        ended_by=_signal_name(before_exit[-1]) if before_exit and not m.alive else None,
-        ended_at=None if m.exited_at is None else max(0.0, m.exited_at - t0),
-        signals=tuple(_signal_name(s) for s, _ in m.signals),
+        ended_by=ended_by,
+        ended_at=None if exited is None else max(0.0, exited - t0),
+        signals=tuple([_signal_name(s) for s, _ in signals]),
     )
 
 

@@ -26,10 +26,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies
 
 import tether
 from helpers import alive, cgroup_writable, is_root, kill_identity, proc_stat, wait_for
 from tether._platform import linux as linux_backend
+from tether._platform.linux import procfs
 from tether._platform.linux.cgroupfs import JobCgroup
 from tether.membership import Membership
 from tether.process import snapshot as real_snapshot
@@ -286,3 +288,14 @@ def test_nested_pid_namespace_init_is_found_past_the_readlink_shortcut() -> None
             kill_identity(*init_id)
         outer.kill()
         outer.wait()
+
+
+@given(
+    strategies.binary(max_size=64) | strategies.lists(strategies.binary(max_size=8)).map(b"\0".join)
+)
+def test_a_captured_command_line_parses_as_procfs_does(cmdline: bytes) -> None:
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    info = linux_backend.parse_captured(stat, cmdline)
+    assert info is not None
+    assert info.cmdline == procfs.parse_cmdline(cmdline)
