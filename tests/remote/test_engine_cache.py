@@ -20,6 +20,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -262,3 +263,55 @@ def test_the_watchdog_loads_the_cached_engine_and_ends_the_job_of_a_killed_agent
     finally:
         conn.kill()
         conn.close(timeout=10.0)
+
+
+# -- the cache's write and the client's zip ----------------------------------
+
+
+def _stage1_functions(tmp: Path) -> str:
+    """STAGE1's definitions (not its call), as code to run in a fresh python."""
+    from tether.remote.bootstrap import STAGE1
+
+    return STAGE1.split("def _installed")[0] + f"\nos.chdir({str(tmp)!r})\n"
+
+
+def test_an_intact_cached_engine_is_never_replaced_a_broken_one_is(tmp_path: Path) -> None:
+    """zipimport rereads the file by name at the offsets it listed first: a
+    connection importing from it must never see it replaced by another
+    compilation (different bytes) of the same engine."""
+    path = tmp_path / "engine.zip"
+    path.write_bytes(_engine_file(b"first"))
+    path.chmod(0o600)
+    before = path.stat().st_ino
+    code = _stage1_functions(tmp_path) + f"_put({str(path)!r}, b'second')\n"
+    subprocess.run([sys.executable, "-S", "-c", code], check=True, timeout=60)
+    assert path.stat().st_ino == before and path.read_bytes() == _engine_file(b"first")
+    # A broken one (its hash line no longer matches) is replaced.
+    path.write_bytes(_engine_file(b"first") + b"torn")
+    subprocess.run([sys.executable, "-S", "-c", code], check=True, timeout=60)
+    assert path.read_bytes() == _engine_file(b"second")
+    assert [p.name for p in tmp_path.iterdir()] == ["engine.zip"]  # no temporary left
+
+
+def test_a_fan_out_builds_the_package_zip_once() -> None:
+    """Every host's thread asks for the zip as its banner arrives (lru_cache
+    would let each of them build it)."""
+    code = (
+        "import threading\n"
+        "from tether.remote import bootstrap\n"
+        "calls = []\n"
+        "real = bootstrap._build_package_zip\n"
+        "def counted():\n"
+        "    calls.append(1)\n"
+        "    return real()\n"
+        "bootstrap._build_package_zip = counted\n"
+        "bootstrap.prefetch_package_zip()\n"
+        "threads = [threading.Thread(target=bootstrap.package_zip) for _ in range(20)]\n"
+        "for t in threads: t.start()\n"
+        "for t in threads: t.join()\n"
+        "print(len(calls))\n"
+    )
+    argv = [sys.executable, "-c", code]
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
