@@ -187,10 +187,12 @@ def _reread(info: ProcessInfo, fields: tuple[str, ...]) -> ProcessInfo:
 
 
 def _cmdline_unreadable(info: ProcessInfo) -> bool:
+    """Whether the same process is still there with an empty command line (one
+    that exited meanwhile is not reported: it was readable while it lived)."""
     from tether.process import read_process
 
     again = read_process(info.pid, ("cmdline",))
-    return again is None or (again.starttime == info.starttime and not again.cmdline)
+    return again is not None and again.starttime == info.starttime and not again.cmdline
 
 
 def _unreadable(rows: Sequence[tuple[int, ProcessInfo, list[str], float, str]]) -> list[str]:
