@@ -627,9 +627,9 @@ class Membership:
             return set()
         # Kill first, identify after: what the report needs of the frozen
         # cgroup's members (start time, command line, a pidfd) is read raw
-        # now, with three syscalls a file, and parsed into members once the
-        # kernel has torn the cgroup down. (A zombie keeps no command line,
-        # so the reads themselves cannot wait for the kill.)
+        # now, with three syscalls a file, and parsed into members after the
+        # kill. (A zombie keeps no command line, so the reads themselves
+        # cannot wait for it.)
         captured = self._capture_cgroup()
         try:
             self.cgroup.kill()
@@ -646,8 +646,8 @@ class Membership:
         # outside the cgroup.
         emptied = self.cgroup.wait_empty(KILL_SETTLE)
         # Reached by cgroup.kill: exited since, or still in the cgroup (in D
-        # state). A member that is neither left the cgroup between the read
-        # and the kill (a root member can move itself): the engine kills it.
+        # state). One that is neither left the cgroup between the read and
+        # the kill (a root member can move itself): the engine kills it.
         handles = {self._handles[m].fileno: m for m in candidates if m.alive}
         reached = {handles[fd] for fd in exited_pidfds(fd for fd in handles if fd >= 0)}
         if not emptied:
