@@ -315,3 +315,65 @@ def test_a_fan_out_builds_the_package_zip_once() -> None:
     done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1"
+
+
+#: A host that sends its HELLO only once the SPEC has arrived (bounded): a
+#: client that waits for the HELLO before sending the SPEC (a round trip more
+#: per job) gets an ERROR from it instead of a result.
+_SPEC_FIRST_HOST = r"""
+import json, os, select, sys
+from tether.remote import protocol
+from tether.report import Report
+
+def read(n):
+    b = b""
+    while len(b) < n:
+        c = os.read(0, n - len(b))
+        if not c:
+            sys.exit(3)
+        b += c
+    return b
+
+os.write(1, b"TETHER-PY 3.11.0\n")
+read(int(read(10)))  # stage 1
+while not read(1) == b"\n":  # the offer
+    pass
+os.write(1, b'{"mode": "cached"}\n')
+ready, _, _ = select.select([0], [], [], 10.0)
+if not ready:
+    message = {"message": "no SPEC before the HELLO", "exit_code": 125}
+    hello = protocol.json_frame(protocol.HELLO, {})
+    os.write(1, hello + protocol.json_frame(protocol.ERROR, message))
+    sys.exit(0)
+kind, size = protocol.parse_header(read(protocol.HEADER_SIZE))
+assert kind == protocol.SPEC and json.loads(read(size))["op"] == "run"
+report = Report(job_id="j", reason="r", policy="TERM", started_at=0.0, duration=0.0,
+                complete=True, members=(), survivors=(), trackers=()).to_dict()
+result = {"returncode": 0, "timed_out": False, "reason": "r", "report": report}
+os.write(1, protocol.json_frame(protocol.HELLO, {"protocol": protocol.PROTOCOL})
+         + protocol.json_frame(protocol.STARTED, {"job_id": "j"})
+         + protocol.json_frame(protocol.RESULT, result))
+os.read(0, 1 << 16)
+"""
+
+
+def test_the_spec_travels_with_the_engine_not_a_round_trip_later(tmp_path: Path) -> None:
+    from tether.remote.client import HostRun, OutputSink
+
+    (tmp_path / "host.py").write_text(_SPEC_FIRST_HOST)
+    program = tmp_path / "ssh"
+    program.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'host.py'}\n")
+    program.chmod(0o755)
+    out = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+    try:
+        run = HostRun(
+            Target("spec-first"),
+            JobSpec(argv=("true",)),
+            SshOptions(program=str(program)),
+            OutputSink(False, out, out),
+        )
+        run.start()
+        assert run.done.wait(60)
+    finally:
+        out.close()
+    assert run.result.error is None and run.result.exit_status == 0, run.result

@@ -296,8 +296,13 @@ class Connection:
 
     # -- the bootstrap ------------------------------------------------------
 
-    def handshake(self) -> dict[str, Any]:
-        """Load the agent on the remote host; its HELLO (within HANDSHAKE_TIMEOUT)."""
+    def handshake(self, before_hello: Callable[[], object] | None = None) -> dict[str, Any]:
+        """Load the agent on the remote host; its HELLO (within HANDSHAKE_TIMEOUT).
+
+        ``before_hello`` is called once the Python engine is on its way, before
+        its HELLO is awaited: what it sends (the SPEC) then travels with the
+        engine instead of a round trip later. The shell agent is not offered it.
+        """
         self._deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         banner = None
         for _ in range(_MAX_NOISE_LINES):
@@ -351,6 +356,8 @@ class Connection:
             raise RemoteError(self.label, str(mode.get("message")))
         if mode.get("mode") == "ship" and not self.write(b"%d\n" % len(blob) + blob):
             raise RemoteError(self.label, self.ssh_error())
+        if before_hello is not None:
+            before_hello()
         first = self.read_frame(self._deadline)
         if first is None or first[0] != protocol.HELLO:
             raise RemoteError(self.label, "the remote agent did not start: " + self.ssh_error())
@@ -795,13 +802,24 @@ class HostRun:
         conn = Connection(self.target, self.ssh)
         with self._lock:
             self.conn = conn
-        self._work.remote = conn.handshake()
-        with self._lock:
-            if self.cancelled.is_set():
-                raise RemoteError(self.label, "cancelled before it started")
-            self._phase = "starting"
-        if not conn.send_run(self.spec, stdin=self.stdin_fd is not None):
-            raise RemoteError(self.label, conn.ssh_error())
+        sent = False
+
+        def send_spec() -> None:
+            # Unless cancelled meanwhile: from here on a cancel waits for the
+            # job id (phase "starting"), as the SPEC may already be running.
+            nonlocal sent
+            with self._lock:
+                if self.cancelled.is_set():
+                    raise RemoteError(self.label, "cancelled before it started")
+                self._phase = "starting"
+            sent = True
+            if not conn.send_run(self.spec, stdin=self.stdin_fd is not None):
+                raise RemoteError(self.label, conn.ssh_error())
+
+        # The SPEC goes with the engine (Python agent), not after its HELLO.
+        self._work.remote = conn.handshake(before_hello=send_spec)
+        if not sent:
+            send_spec()
         # The job id must come within the handshake's deadline too: a host
         # that stalls before STARTED is that host's error, never a hang.
         start_deadline: float | None = time.monotonic() + HANDSHAKE_TIMEOUT
