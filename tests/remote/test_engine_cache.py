@@ -44,8 +44,10 @@ ATTACKER_UID = 65534
 
 
 def _cache_tag(python: str) -> str:
-    argv = [python, "-c", "import sys; print(sys.implementation.cache_tag)"]
-    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+    code = "import sys, importlib.util as u; print(sys.implementation.cache_tag)"
+    code += "; print(u.MAGIC_NUMBER.hex())"
+    argv = [python, "-c", code]
+    return "-".join(subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split())
 
 
 def _engine_file(data: bytes) -> bytes:

@@ -17,7 +17,7 @@ part of it; argv, policy and environment travel later, as data in frames.
    tether is importable from site-packages), or ``ship`` (send it). A shipped
    zip is compiled once, for this python, into a zip of unchecked hash-based
    bytecode (zipimport loads it without compiling anything) and kept
-   in ``$TMPDIR/tether-remote-UID`` as ``tether-SHA.CACHE_TAG.zip``, so later
+   in ``$TMPDIR/tether-remote-UID`` as ``tether-SHA.CACHE_TAG-MAGIC.zip``, so later
    connections, and the job's watchdog (via PYTHONPATH), start at once. It is
    used only if the directory and the file are ours, closed to everyone else
    (no group/other bits) and not symlinks, and the file is whole (its first
@@ -232,7 +232,13 @@ def _stage1():
     want = json.loads(_line())
     agent = None
     try:
-        tag = sys.implementation.cache_tag
+        # Bytecode is this interpreter's: its tag, and the magic number that
+        # zipimport checks (prereleases of one version share the tag).
+        try:
+            from _frozen_importlib_external import MAGIC_NUMBER
+        except ImportError:
+            from importlib.util import MAGIC_NUMBER
+        tag = "%s-%s" % (sys.implementation.cache_tag, MAGIC_NUMBER.hex())
         path = os.path.join(_cache_dir(), "tether-%s.%s.zip" % (want["sha256"][:32], tag))
         mode = "cached" if _intact(path) else "ship"
     except OSError as err:
