@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 import tether
-from tether._platform.linux.spawn import DISABLE_VAR
+import tether.job
 
 #: Issue 14 item 6: tether.run(['true']) within this many times subprocess.run's wall time.
 TARGET = 3.0
@@ -48,11 +48,11 @@ def _measure(
 
 
 def _shim(call: Callable[[], object]) -> object:
-    os.environ[DISABLE_VAR] = "1"
+    tether.job._CLONE_INTO_CGROUP = False
     try:
         return call()
     finally:
-        del os.environ[DISABLE_VAR]
+        tether.job._CLONE_INTO_CGROUP = True
 
 
 def main() -> None:
@@ -68,7 +68,7 @@ def main() -> None:
         ),
         # The fallback spawn (a /bin/sh shim writes cgroup.procs before exec),
         # as every job started before clone3(CLONE_INTO_CGROUP) was used.
-        "  same, shim spawn (TETHER_NO_CLONE3=1)": lambda: _shim(
+        "  same, shim spawn (no clone3)": lambda: _shim(
             lambda: tether.run(["true"], trackers=args.trackers)
         ),
         "tether.run(['true'], watchdog=False)": lambda: tether.run(

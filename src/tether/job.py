@@ -220,6 +220,9 @@ def _exec_argv(argv: Sequence[str], env: Mapping[str, str], cgroup_procs: str | 
     return ["/bin/sh", "-c", "; ".join([*steps, 'exec "$@"']), "tether", *params, *argv]
 
 
+#: Whether leaders may be created in their cgroup by clone3 (False: always the
+#: /bin/sh shim; for tests of the fallback and bench/api_cost.py's reference row).
+_CLONE_INTO_CGROUP = True
 #: The largest resident set for which this process forks the leader into its
 #: cgroup by clone3 itself (`tether run` is ~16 MB); a job keeper always does.
 _CLONE_MAX_RESIDENT = 32 << 20
@@ -690,7 +693,7 @@ class Job:
         # a cgroup, Popen's vfork is cheaper than a fork.
         direct = (
             None
-            if sel.cgroup is None or "TETHER_NO_CLONE3" in os.environ
+            if sel.cgroup is None or not _CLONE_INTO_CGROUP
             else {
                 "argv": list(self.argv),
                 "cgroup": sel.cgroup.path,

@@ -158,7 +158,8 @@ def test_not_used_in_a_threaded_process() -> None:
 @pytest.mark.parametrize("how", ["keeper", "in-process", "keeper-shim", "in-process-shim"])
 def test_job_leader_starts_in_its_cgroup(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if how.endswith("shim"):
-        monkeypatch.setenv(spawn.DISABLE_VAR, "1")  # the fallback: /bin/sh writes cgroup.procs
+        # The fallback: /bin/sh writes cgroup.procs before exec'ing the command.
+        monkeypatch.setattr(tether.job, "_CLONE_INTO_CGROUP", False)
     options = {"watchdog": False} if how.startswith("in-process") else {}
     with tether.start(["cat", "/proc/self/cgroup"], stdout=subprocess.PIPE, **options) as job:  # type: ignore[arg-type]
         out, _ = job.communicate(timeout=30)
@@ -244,7 +245,7 @@ def test_a_spare_job_keeper_holds_no_pipe_of_an_earlier_job() -> None:
 #: Run as the unprivileged user inside a cgroup delegated to it: one job per
 #: way of starting it; where each one's leader ran, which argv clone3 got.
 _DELEGATED = r"""
-import json, os, subprocess, tether
+import json, os, subprocess, tether, tether.job
 from tether._platform.linux import spawn
 calls, real = [], spawn.spawn
 def spy(argv, *args, **kwargs):
@@ -256,9 +257,9 @@ ways = [("keeper", {}, False), ("in-process", {"watchdog": False}, False),
         ("keeper-shim", {}, True), ("in-process-shim", {"watchdog": False}, True)]
 for name, options, shim in ways:
     if shim:
-        os.environ[spawn.DISABLE_VAR] = "1"
+        tether.job._CLONE_INTO_CGROUP = False
     else:
-        os.environ.pop(spawn.DISABLE_VAR, None)
+        tether.job._CLONE_INTO_CGROUP = True
     with tether.start(["cat", "/proc/self/cgroup"], stdout=subprocess.PIPE, **options) as job:
         text, _ = job.communicate(timeout=30)
         out[name] = [job.cgroup_path, text.decode(), job.returncode]

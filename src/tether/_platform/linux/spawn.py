@@ -39,9 +39,6 @@ _SYS_CLOSE_RANGE = 436
 _CLONE_PIDFD = 0x1000
 _CLONE_INTO_CGROUP = 0x200000000
 _CLOSE_RANGE_CLOEXEC = 1 << 2
-#: Set in the environment (any value) to never use clone3: the shim path, for
-#: tests of the fallback and as an escape hatch.
-DISABLE_VAR = "TETHER_NO_CLONE3"
 
 
 class Unavailable(Exception):
@@ -88,8 +85,8 @@ def _threads() -> int:
 
 
 def usable() -> bool:
-    """clone3 may be tried in this process now (single-threaded, not disabled)."""
-    if DISABLE_VAR in os.environ or _syscall() is None:
+    """clone3 may be tried in this process now (it is single-threaded)."""
+    if _syscall() is None:
         return False
     try:
         return _threads() == 1
