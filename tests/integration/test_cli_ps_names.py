@@ -59,3 +59,13 @@ def test_an_empty_command_line_is_reported_and_a_bracketed_one_is_not(
         assert f"{pid} " in done.stdout and "[cat]" in done.stdout, done.stdout
         warned = "command line unreadable for 1 process(es)" in done.stderr
         assert warned == (pid == empty), (pid, done.stderr)
+
+
+def test_a_pid_longer_than_int_takes_is_bad_input() -> None:
+    # int() refuses more than 4300 digits (found by the CLI fuzz test).
+    done = subprocess.run(
+        tether_cmd("ps", "9" * 5000), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("tether: not a pid: '999") and "Traceback" not in done.stderr
+    assert "internal error" not in done.stderr

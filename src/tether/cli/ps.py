@@ -285,7 +285,7 @@ def _journal_record(text: str) -> JobRecord | None:
     finally:
         journal.close()
     if text.isascii() and text.isdigit():
-        pid = int(text)
+        pid = parse_pid(text)  # a one-line error past int()'s 4300 digits
         led = [r for r in records if r.leader is not None and r.leader.pid == pid]
         return next((r for r in led if _leader_alive(r)), None)
     if len(text) < 4 or not set(text) <= set("0123456789abcdef"):
