@@ -233,3 +233,20 @@ def test_facilities_are_the_syslog_handlers_and_no_syslog_loads_no_logging() -> 
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]" and done.stderr == "", done
+
+
+def test_a_uid_is_ascii_digits_of_uid_size() -> None:
+    import subprocess
+
+    from helpers import tether_cmd
+    from tether.prune.sources import uid_of
+
+    assert uid_of("0") == 0 and uid_of("4294967295") == 4294967295
+    assert uid_of("¹") is None and uid_of("9" * 5000) is None
+    for user in ("¹", "9" * 5000):
+        done = subprocess.run(
+            tether_cmd("prune", "--batch", "none", "--user", user),
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("tether: --user: unknown user"), done.stderr

@@ -189,8 +189,10 @@ def _bounded_output(proc: subprocess.Popen[bytes], timeout: float) -> tuple[byte
 
 def uid_of(user: str) -> int | None:
     """A user name or numeric uid as a uid; None if unknown."""
-    if user.isdigit():
-        return int(user)
+    # ASCII digits only ('¹'.isdigit() is true, int() refuses it), and no
+    # more than a 32-bit uid has (int() refuses more than 4300 digits).
+    if user.isascii() and user.isdigit():
+        return int(user) if len(user) <= 10 else None
     try:
         return pwd.getpwnam(user).pw_uid
     except KeyError:
