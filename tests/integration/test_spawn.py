@@ -167,19 +167,26 @@ def test_job_leader_starts_in_its_cgroup(how: str, monkeypatch: pytest.MonkeyPat
         assert job.returncode == 0
 
 
-#: In a fresh (single-threaded) interpreter, as `tether run` is: which argv
-#: reached clone3, and where the leader ran.
-_SPY = r"""
-import json, subprocess, tether
+#: Records in ``calls`` every argv that reaches clone3 (this process's own).
+_SPY_PRELUDE = """
+import json, os, subprocess, tether, tether.job
 from tether._platform.linux import spawn
 calls, real = [], spawn.spawn
 def spy(argv, *args, **kwargs):
     calls.append(list(argv))
     return real(argv, *args, **kwargs)
 spawn.spawn = spy
+"""
+
+#: In a fresh (single-threaded) interpreter, as `tether run` is: which argv
+#: reached clone3, and where the leader ran.
+_SPY = (
+    _SPY_PRELUDE
+    + r"""
 done = tether.run(["cat", "/proc/self/cgroup"], watchdog=False, capture_output=True)
 print(json.dumps([calls, done.stdout.decode(), done.report.complete]))
 """
+)
 
 
 @needs_cgroup
@@ -244,14 +251,9 @@ def test_a_spare_job_keeper_holds_no_pipe_of_an_earlier_job() -> None:
 
 #: Run as the unprivileged user inside a cgroup delegated to it: one job per
 #: way of starting it; where each one's leader ran, which argv clone3 got.
-_DELEGATED = r"""
-import json, os, subprocess, tether, tether.job
-from tether._platform.linux import spawn
-calls, real = [], spawn.spawn
-def spy(argv, *args, **kwargs):
-    calls.append(list(argv))
-    return real(argv, *args, **kwargs)
-spawn.spawn = spy
+_DELEGATED = (
+    _SPY_PRELUDE
+    + r"""
 out = {}
 ways = [("keeper", {}, False), ("in-process", {"watchdog": False}, False),
         ("keeper-shim", {}, True), ("in-process-shim", {"watchdog": False}, True)]
@@ -267,6 +269,7 @@ for name, options, shim in ways:
 out["calls"] = calls
 print(json.dumps(out))
 """
+)
 
 
 @needs_cgroup
