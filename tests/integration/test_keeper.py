@@ -304,3 +304,58 @@ def test_caller_sigkill_keeper_terminates_what_only_it_can_find(tmp_path: Path) 
         wait_for(lambda: "nothing left" in (tmp_path / "stderr").read_text(), 20.0, "the summary")
     finally:
         kill_identity(*daemon)
+
+
+#: A caller that starts two jobs a moment apart (its keeper forks a spare job
+#: keeper once idle), prints its keeper's identity and those of the keeper's
+#: children, then exits by ``sys.argv[1]`` ("exit", or "kill" for SIGKILL).
+_SPARE_CALLER = r"""
+import json, os, signal, sys, time
+import tether
+from tether.keeper import _client
+from tether._platform.linux import procfs
+for _ in range(2):
+    tether.run(["true"])
+    time.sleep(0.1)
+with procfs.ProcDir(_client.pid) as d:
+    keeper = [_client.pid, d.stat().starttime]
+kids = []
+for pid in procfs.pids():
+    try:
+        with procfs.ProcDir(pid) as d:
+            st = d.stat()
+    except OSError:
+        continue
+    if st.ppid == keeper[0] and st.state not in ("Z", "X"):
+        kids.append([pid, st.starttime])
+print(json.dumps([keeper, kids]), flush=True)
+if sys.argv[1] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "kill"])
+def test_keeper_and_its_spare_job_keeper_leave_with_the_caller(how: str) -> None:
+    """The spare job keeper waits for a request that will never come once the
+    caller is gone: the keeper closes its channel, the spare exits, and the
+    keeper (which waits for every job keeper) exits after it."""
+    proc = subprocess.run(
+        ["env", f"PYTHONPATH={SRC}", sys.executable, "-c", _SPARE_CALLER, how],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    keeper, kids = json.loads(proc.stdout)
+    assert kids, "the keeper had forked no spare job keeper"
+
+    def gone(pid: int, starttime: int) -> bool:
+        st = proc_stat(pid)
+        return st is None or st.starttime != starttime or st.state in ("Z", "X")
+
+    try:
+        wait_for(lambda: all(gone(*i) for i in [keeper, *kids]), 20.0, "the keeper and spare")
+    finally:
+        for ident in [keeper, *kids]:
+            if not gone(*ident):
+                kill_identity(*ident)
