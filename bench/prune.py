@@ -6,7 +6,7 @@ sessions file (as a Torque/SGE epilogue would list them), and a --stray-fraction
 of orphaned user processes re-parented to init. Then compares, median of
 --repeat runs (wall, and CPU: user + system of the process and its children),
 with the same rules (every uid >= 1000, not in a listed session or below one,
-min age 0):
+min age 0, interactive sessions not exempt):
 
   - tether.prune.plan() in-process (scan + job list + classify);
   - `tether prune --json` end to end (Python and click start-up included);
@@ -196,7 +196,9 @@ def main() -> int:
         expected = {int(pid) for kind, pid in tagged if kind == "s"}
         tracked.add(pids)
         total = node_processes()
-        options = PruneOptions(min_uid=1000, min_age=0.0)
+        # --include-ssh: the script knows no interactive sessions, so neither
+        # may tether (a user logged in over ssh would otherwise split them).
+        options = PruneOptions(min_uid=1000, min_age=0.0, include_ssh=True)
 
         def tether_plan() -> set[int]:
             p = plan(options, [SessionList(path=sessions)])
@@ -206,7 +208,8 @@ def main() -> int:
             env = dict(os.environ, PYTHONPATH=src) if src else None
             out = subprocess.run(
                 [PYTHON, "-m", "tether.cli", "prune", "--json", "--no-syslog", "--batch", "none",
-                 "--min-uid", "1000", "--min-age", "0", "--sessions-file", sessions],
+                 "--min-uid", "1000", "--min-age", "0", "--include-ssh", "--sessions-file",
+                 sessions],
                 capture_output=True,
                 check=True,
                 env=env,
