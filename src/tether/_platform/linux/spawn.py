@@ -18,6 +18,14 @@ can be copied held). :func:`usable` checks that on every call (the thread
 count from /proc/self/stat); callers fall back to the shim when it says no,
 or when :func:`spawn` raises :class:`Unavailable` (no clone3, no
 CLONE_INTO_CGROUP, a cgroup the kernel refuses): never weaker, only slower.
+
+The clone here is a fork: page tables copied, copy-on-write after, which
+Popen's vfork avoids (a 15 MB job keeper: fork + exec of `true` 3.7 ms
+against 0.18 ms for posix_spawn, measured on a VM with costly page-table
+updates; 68 ms from a 200 MB process). A vfork-style clone3
+(CLONE_VM|CLONE_VFORK|CLONE_INTO_CGROUP) needs a child stack and a
+trampoline that never returns into Python: native code, which would have to
+stay optional with this module as its fallback.
 """
 
 from __future__ import annotations
