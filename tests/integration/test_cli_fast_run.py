@@ -142,12 +142,14 @@ _BOTH = (
 )
 
 
-def _both(args: list[str], tmp_path: Path) -> list[tuple[int, str, str]]:
+def _both(
+    args: list[str], tmp_path: Path, env: dict[str, str] | None = None
+) -> list[tuple[int, str, str]]:
     out = []
     for mode in ("fast", "click"):
         done = subprocess.run(
             [sys.executable, "-c", _BOTH, mode, *args], capture_output=True, text=True,
-            timeout=60, check=False, cwd=tmp_path,
+            timeout=60, check=False, cwd=tmp_path, env={**os.environ, **(env or {})},
         )  # fmt: skip
         ids = re.compile(r"\b[0-9a-f]{24}\b|pid \d+|\d+\.\d+s|\(pid \d+\)")
         stdout = ids.sub("X", done.stdout)
@@ -179,6 +181,17 @@ def test_fast_and_click_paths_end_alike(args: list[str], tmp_path: Path) -> None
     """Same status, stdout and stderr (job ids, pids and times aside)."""
     fast, slow = _both(args, tmp_path)
     assert fast == slow
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"TETHER_LOG_LEVEL": "loud"}, {"TETHER_LOG_LEVEL": "info", "TETHER_LOG_FORMAT": "json"}],
+)
+def test_fast_and_click_paths_log_alike(env: dict[str, str], tmp_path: Path) -> None:
+    """The group's logging settings (TETHER_LOG_*) apply on the fast path too."""
+    fast, slow = _both(["run", "--", "true"], tmp_path, env)
+    strip = re.compile(r'"ts": "[^"]*"|\d{4}-\d\d-\d\dT[0-9:.]*Z|tether\[\d+\]|=\d+|"pid": \d+')
+    assert (fast[0], strip.sub("", fast[2])) == (slow[0], strip.sub("", slow[2]))
 
 
 def test_tether_run_exit_runs_atexit_handlers_and_flushes_stdout() -> None:
