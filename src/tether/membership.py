@@ -365,34 +365,9 @@ class Membership:
         # have forked a successor the table does not hold (a pid hopper). No
         # reaping here: a zombie leader still vouches for its session.
         settled = not self._mark_exits()
-        table: Table | None = None
-        if self._subtree_root is not None:
-            from tether._platform.linux import subtree
-
-            table = subtree(self._subtree_root)
-        if table is None:
-            table = snapshot()
-        found: dict[int, set[str]] = {}
-        self._in_cgroup = set()
-        for tracker in self._trackers:
-            for pid in tracker.find(table, set(found)):
-                info = table.get(pid)
-                if info is None:
-                    # Started after the snapshot (cgroup.procs is read later).
-                    info = read_process(pid)
-                    if info is None:
-                        continue
-                    table[pid] = info
-                if self._allowed(info):
-                    found.setdefault(pid, set()).add(tracker.name)
-                    if tracker.name == "cgroup":
-                        self._in_cgroup.add(pid)
-        for pid in self._walk.find(table, set(found)):
-            if pid in found or self._allowed(table[pid]):
-                found.setdefault(pid, set()).add("walk")
-        for pid in self._walk.alive_roots(table):
-            if pid not in found and self._allowed(table[pid]):
-                found[pid] = {"walk"}
+        table = self._table()
+        found = self._find(table)
+        self._in_cgroup = {pid for pid, names in found.items() if "cgroup" in names}
         new: list[Member] = []
         weak_pids = {m.pid for m in self._weak}
         # Oldest first, so a parent's weakness is known before its children's.
@@ -424,6 +399,37 @@ class Membership:
         self._settled = settled and not new
         self._poll_exits(0)
         return list(self._by_identity.values())
+
+    def _table(self) -> Table:
+        if self._subtree_root is not None:
+            from tether._platform.linux import subtree
+
+            table = subtree(self._subtree_root)
+            if table is not None:
+                return table
+        return snapshot()
+
+    def _find(self, table: Table) -> dict[int, set[str]]:
+        """What each tracker (and the walk) finds in ``table``: pid -> tracker names."""
+        found: dict[int, set[str]] = {}
+        for tracker in self._trackers:
+            for pid in tracker.find(table, set(found)):
+                info = table.get(pid)
+                if info is None:
+                    # Started after the snapshot (cgroup.procs is read later).
+                    info = read_process(pid)
+                    if info is None:
+                        continue
+                    table[pid] = info
+                if self._allowed(info):
+                    found.setdefault(pid, set()).add(tracker.name)
+        for pid in self._walk.find(table, set(found)):
+            if pid in found or self._allowed(table[pid]):
+                found.setdefault(pid, set()).add("walk")
+        for pid in self._walk.alive_roots(table):
+            if pid not in found and self._allowed(table[pid]):
+                found[pid] = {"walk"}
+        return found
 
     def known(self) -> list[Member]:
         """Every member found so far (live or not), without a rescan."""
@@ -833,6 +839,55 @@ class Membership:
         for h in self._handles.values():
             h.close()
         self._handles.clear()
+
+
+class Sighting(NamedTuple):
+    """A live process a read-only scan found: its row (stat and command line,
+    read after the table) and what found it. It holds no handle."""
+
+    info: ProcessInfo
+    found_by: frozenset[str]
+
+
+class ReadOnlyMembership:
+    """A :class:`Membership` that can only be looked at (``tether ps``).
+
+    One table read; each process found gets its command line and a fresh stat
+    line read by path (two opens, as ``pstree -a`` pays), no pidfd, no dirfd,
+    nothing adopted. What it returns are :class:`Sighting` rows, not
+    members (:class:`~tether.terminate.Member`), and it has no method that signals:
+    a caller holding only this type cannot terminate anything (mypy checks),
+    nor could a pid it read be signalled safely, as nothing pins it.
+    """
+
+    __slots__ = ("_membership",)
+
+    def __init__(self, membership: Membership) -> None:
+        self._membership = membership
+
+    @property
+    def trackers(self) -> tuple[TrackerStatus, ...]:
+        return self._membership.trackers
+
+    def observe(self) -> tuple[list[Sighting], Table]:
+        """The live processes the trackers find now (zombies have exited: not
+        members, as their pidfds would say), and the table they were found in."""
+        from tether._platform.linux import read_shown
+
+        m = self._membership
+        table = m._table()
+        seen: list[Sighting] = []
+        found = m._find(table)
+        # Oldest first, as a scan adopts them (the JSON lists rows in this order).
+        for pid, names in sorted(found.items(), key=lambda kv: table[kv[0]].starttime):
+            row = table[pid]
+            info = read_shown(pid, row.starttime) if row.state not in "ZX" else None
+            if info is not None and info.state not in "ZX":
+                seen.append(Sighting(info, frozenset(names)))
+        return seen, table
+
+    def close(self) -> None:
+        self._membership.close()
 
 
 def check_target(pid: int) -> ProcessInfo:

@@ -111,3 +111,62 @@ def test_ps_as_a_user_lists_root_processes_and_says_what_it_could_not_read(
         "the cookie tracker cannot see them"
     ]
     assert os.geteuid() == 0  # the processes are root's
+
+
+@pytest.fixture
+def sleeping_session() -> Iterator[int]:
+    """A session leader (bash) with three sleeping children, all our own."""
+    proc = subprocess.Popen(
+        ["bash", "-c", "sleep 300 & sleep 301 & (exec -a 'renamed argv' sleep 302) & wait"],
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: len(_children(proc.pid)) == 3, 30, "three sleeping children")
+        yield proc.pid
+    finally:
+        os.killpg(proc.pid, 9)  # the session this fixture started, by its own pgid
+        proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+def test_read_only_scan_finds_what_the_adopting_scan_finds_without_handles(
+    sleeping_session: int,
+) -> None:
+    from tether.membership import Membership, ReadOnlyMembership
+
+    adopting, _ = Membership.for_tree(sleeping_session)
+    try:
+        members = [m for m in adopting.scan() if m.alive]
+    finally:
+        adopting.close()
+    fds_before = set(os.listdir("/proc/self/fd"))
+    view = ReadOnlyMembership(Membership.for_tree(sleeping_session)[0])
+    seen, table = view.observe()
+    # Nothing held open: no pidfd or dirfd per process (what made it cheaper).
+    assert set(os.listdir("/proc/self/fd")) <= fds_before
+    view.close()
+    # Same processes, same order (oldest first), same trackers, same command lines.
+    assert [(s.info.pid, set(s.found_by), s.info.describe()) for s in seen] == [
+        (m.pid, m.found_by, m.cmdline) for m in members
+    ]
+    assert len(seen) == 4 and "renamed argv 302" in {s.info.describe() for s in seen}
+    assert all(s.info.pid in table for s in seen)
+    # Nothing to signal with: no handles, no terminating methods.
+    assert not any(hasattr(view, name) for name in ("scan", "send", "kill_all", "freeze"))
+
+
+def test_read_only_row_is_tied_to_its_start_time(sleeping_session: int) -> None:
+    from tether._platform.linux import read_shown
+    from tether.process import read_process
+
+    info = read_process(sleeping_session)
+    assert info is not None
+    shown = read_shown(sleeping_session, info.starttime)
+    assert shown is not None and shown.cmdline and shown.cmdline[0] == "bash"
+    # Another start time is another process that held (or will hold) the pid:
+    # its command line must not be shown for this one.
+    assert read_shown(sleeping_session, info.starttime + 1) is None

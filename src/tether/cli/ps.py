@@ -19,7 +19,7 @@ from tether.errors import UsageError
 
 if TYPE_CHECKING:
     from tether.journal import JobRecord, JournalProblem
-    from tether.membership import Membership
+    from tether.membership import ReadOnlyMembership
     from tether.process import ProcessInfo
     from tether.recovery import JobState
 
@@ -60,20 +60,19 @@ def ps(pid: str | None, as_json: bool, show_all: bool) -> None:
     """
     if pid is None:
         sys.exit(list_jobs(as_json))
-    from tether.process import read_process, snapshot, starttime_to_epoch
+    from tether.process import starttime_to_epoch
 
     membership, root, is_pid = _membership(pid)
     try:
-        members = [m for m in membership.scan() if m.alive]
-        # Stat only (one read per process, as pstree): a member's command line
-        # was read when the scan adopted it, through the dirfd that proved it.
-        table = snapshot()
-        rows: list[tuple[int, ProcessInfo, list[str], float, str]] = []
-        for m in members:
-            info = table.get(m.pid) or read_process(m.pid, ())
-            if info is None or info.starttime != m.starttime:
-                continue
-            rows.append((m.pid, info, sorted(m.found_by), m.start_time, m.cmdline))
+        # One table (stat only, as pstree reads it); each member's command
+        # line and a fresh stat line read once, by path: ps signals nothing,
+        # so no pidfd or dirfd has to pin what it shows.
+        seen, table = membership.observe()
+        rows: list[tuple[int, ProcessInfo, list[str], float, str]] = [
+            (s.info.pid, s.info, sorted(s.found_by), starttime_to_epoch(s.info.starttime),
+             s.info.describe())
+            for s in seen
+        ]  # fmt: skip
     finally:
         membership.close()
     if is_pid:
@@ -230,11 +229,11 @@ def _unreadable(rows: Sequence[tuple[int, ProcessInfo, list[str], float, str]]) 
     return lines
 
 
-def _membership(text: str) -> tuple[Membership, int, bool]:
+def _membership(text: str) -> tuple[ReadOnlyMembership, int, bool]:
     """Who belongs to PID's tree (or JOB_ID's job), for reading only; the root;
     whether PID named a plain process (not a journal job)."""
     from tether.errors import UnsafeTargetError
-    from tether.membership import Membership
+    from tether.membership import Membership, ReadOnlyMembership
     from tether.process import read_process
 
     record = _journal_record(text)
@@ -244,14 +243,14 @@ def _membership(text: str) -> tuple[Membership, int, bool]:
         # Even once the leader is gone, the tree is the record's (cgroup,
         # session, members recorded by the supervisor's scans).
         leader = record.leader.pid if record.leader is not None else record.supervisor.pid
-        return membership_for(record), leader, False
+        return ReadOnlyMembership(membership_for(record)), leader, False
     if (text.isascii() and text.isdigit()) or text.startswith("-"):
         pid = parse_pid(text)
     else:
         raise UsageError(f"not a pid, nor a job id in the journal: {text!r}")
     try:
         membership, _ = Membership.for_tree(pid)
-        return membership, pid, True
+        return ReadOnlyMembership(membership), pid, True
     except UnsafeTargetError:
         # kill's refusals (pid 1, tether, its ancestors) guard signals; ps
         # only reads: the same tree, found by the descendant walk alone.
@@ -268,7 +267,7 @@ def _membership(text: str) -> tuple[Membership, int, bool]:
             walk_roots=[info.identity],
             job_id=f"pid-{pid}",
         )
-        return walk, pid, True
+        return ReadOnlyMembership(walk), pid, True
 
 
 def _journal_record(text: str) -> JobRecord | None:

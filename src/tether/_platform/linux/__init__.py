@@ -252,6 +252,40 @@ def parse_captured(stat: bytes, cmdline: bytes) -> ProcessInfo | None:
     return ProcessInfo(*args, cmdline=tuple([a for a in argv if a]) if cmdline else ())
 
 
+#: Longest command line read for display (the kernel caps argv at a quarter
+#: of the stack limit; 1 MiB is more than any shell passes).
+SHOWN_CMDLINE_MAX = 1 << 20
+
+
+def read_shown(pid: int, starttime: int) -> ProcessInfo | None:
+    """The row of process (pid, starttime) with its command line, for display
+    only (no pidfd, no dirfd: two opens). The command line is read by path,
+    then /proc/PID/stat: a pid is not reused while its process exists, so a
+    stat read afterwards that still shows the start time proves the command
+    line was this process's. None if it is gone."""
+    chunks: list[bytes] = []
+    try:
+        fd = os.open(f"{procfs.PROC}/{pid}/cmdline", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        fd = -1
+    if fd >= 0:
+        try:
+            size = 0
+            while size < SHOWN_CMDLINE_MAX:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except OSError:
+            chunks = []
+        finally:
+            os.close(fd)
+    stat = procfs.read_stat(pid)
+    info = parse_captured(stat, b"".join(chunks)) if stat else None
+    return info if info is not None and info.starttime == starttime else None
+
+
 def exited_pidfds(fds: Iterable[int]) -> set[int]:
     """Those of these pidfds whose process has exited (one poll for all)."""
     poller = select.poll()
