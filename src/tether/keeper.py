@@ -379,6 +379,9 @@ def _job_keeper(
     cwd_fd, diag = fds[1], fds[2]
     std = fds[3:6]
     chld = _sigchld_pipe()
+    # A stub this job does not use: let go, reaped and its cgroup removed
+    # once the job is started (off the critical path), or on an error.
+    unused = stub
     try:
         prctl.set_child_subreaper(True)
         import resource
@@ -391,12 +394,15 @@ def _job_keeper(
         if started is not None:
             leader, pidfd, child = started
             cgroup: str | None = stub[1] if stub is not None else None
+            unused = None
         else:
-            _drop_stub(stub)
             cgroup = None
+            if stub is not None:
+                stub[0].close()  # EOF: it exits
             leader, pidfd, child = _spawn_leader(request, std)
     except OSError as err:
         send_message(job, _error_reply(err))
+        _drop_stub(unused)
         return 1
     finally:
         for fd in (cwd_fd, *std):
@@ -423,8 +429,10 @@ def _job_keeper(
             child.wait_exec()
         except OSError as err:
             send_message(job, _error_reply(err))
+            _drop_stub(unused)
             return 1
         send_message(job, ("execd",))
+    _drop_stub(unused)
     return _keep(job, leader, caller, chld, diag, request)
 
 

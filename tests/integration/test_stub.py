@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import tether
+import tether.job
 import tether.keeper
 from helpers import cgroup_writable, is_root, wait_for
 from tether._platform.linux import spawn
@@ -181,3 +182,24 @@ def test_a_stub_job_gets_what_popen_gives(stubs: str, tmp_path: Path) -> None:
     assert lines[2] == b"x y"
     assert lines[3] == job.id.encode()  # the cookie
     assert lines[4:] == expected[4:]  # no trap set; only 0, 1, 2 (and ls's own)
+
+
+def test_a_request_the_stub_cannot_honour_takes_the_shim(
+    stubs: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tether.run(["true"])
+    stub_cgroup, stub_pid = _ready_stub(stubs)
+    stub = os.pidfd_open(stub_pid)
+    # No clone3 asked for: the /bin/sh shim enters the caller's cgroup.
+    monkeypatch.setattr(tether.job, "_CLONE_INTO_CGROUP", False)
+    with tether.start(["cat", "/proc/self/cgroup"], stdout=subprocess.PIPE) as job:
+        out, _ = job.communicate(timeout=30)
+        assert job.pid != stub_pid and job.cgroup_path != stub_cgroup
+        assert job.cgroup_path is not None and job.cgroup_path.endswith(_cgroup_line(out))
+    assert job.returncode == 0
+    # The unused stub is let go and its cgroup removed by its job keeper.
+    wait_for(lambda: not os.path.exists(stub_cgroup), what="the unused stub's cgroup to go")
+    try:
+        assert select.select([stub], [], [], 0)[0], "the unused stub is still alive"
+    finally:
+        os.close(stub)
