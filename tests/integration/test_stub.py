@@ -7,11 +7,13 @@ its keeper down after, so no spare (and no stub cgroup) outlives the test.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
 import stat
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,14 @@ import pytest
 import tether
 import tether.job
 import tether.keeper
-from helpers import cgroup_writable, is_root, wait_for
+from helpers import (
+    as_user,
+    cgroup_writable,
+    ensure_unprivileged_user,
+    is_root,
+    user_python,
+    wait_for,
+)
 from tether._platform.linux import spawn
 
 pytestmark = [
@@ -203,3 +212,54 @@ def test_a_request_the_stub_cannot_honour_takes_the_shim(
         assert select.select([stub], [], [], 0)[0], "the unused stub is still alive"
     finally:
         os.close(stub)
+
+
+_DELEGATED = r"""
+import json, os, subprocess, time
+import tether, tether.keeper
+tether.keeper.USE_STUBS = True
+tether.run(["true"])
+out = {}
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    tether.run(["true"])
+    time.sleep(0.1)  # the spare prepares its stub while we are idle
+    with tether.start(["cat", "/proc/self/cgroup"], stdout=subprocess.PIPE) as job:
+        text, _ = job.communicate(timeout=30)
+    if os.path.basename(job.cgroup_path).startswith("tether-stub-"):
+        break
+out = [job.cgroup_path, text.decode(), job.returncode, job.report.complete, os.geteuid()]
+out.append(tether.keeper._client.shutdown())
+print(json.dumps(out))
+"""
+
+
+def test_unprivileged_user_in_a_delegated_cgroup(suite_cgroup: str | None) -> None:
+    # The spare makes the stub's cgroup and clones into it as the user: a
+    # delegated subtree allows both, and the job lands in it from birth.
+    assert suite_cgroup is not None
+    user = ensure_unprivileged_user()
+    py = user_python(user)
+    if py is None:
+        pytest.skip(f"no Python interpreter that uid {user.pw_uid} can run with tether importable")
+    deleg = os.path.join(suite_cgroup, f"delegated-{uuid.uuid4().hex[:12]}")
+    os.mkdir(deleg)
+    try:
+        for name in ("", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"):
+            os.chown(os.path.join(deleg, name), user.pw_uid, user.pw_gid)
+        enter = 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"'
+        argv = ["sh", "-c", enter, "sh", deleg, *as_user(user, [*py, "-c", _DELEGATED])]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        path, text, rc, complete, uid, shut = json.loads(done.stdout)
+    finally:
+        events = os.path.join(deleg, "cgroup.events")
+        wait_for(lambda: b"populated 0" in Path(events).read_bytes(), what="the keeper to exit")
+        subs = [d for d in os.listdir(deleg) if os.path.isdir(os.path.join(deleg, d))]
+        for sub in subs:
+            os.rmdir(os.path.join(deleg, sub))
+        os.rmdir(deleg)
+    assert uid == user.pw_uid and shut
+    assert os.path.dirname(path) == deleg and os.path.basename(path).startswith("tether-stub-")
+    assert path.endswith(_cgroup_line(text.encode())) and rc == 0 and complete
+    assert subs == []  # nothing left behind: no job cgroup, no stub cgroup
