@@ -875,8 +875,21 @@ def test_bounded_fork_storm(tree: Tree, mode: str) -> None:
     assert_clean(out)
     stayers = [n for n in out.marks if n.startswith("s") and n[1:].isdigit()]
     assert stayers and len(stayers) <= 10
-    # Every long-lived child, including those born during the termination.
-    assert_found(out, mode, stayers, include=("session",))
+    # s0 was there before the cancel: its first scan, with the leader alive,
+    # proves it by its session.
+    assert_found(out, mode, ["s0"], include=("session",))
+    # Every long-lived child, including those born during the termination:
+    # a member (by the cgroup in auto mode) and tied to the job's tree. The
+    # session vouches only while the leader or a recorded member is in it
+    # (docs/security.md): a child born after TERM ended them all is proven by
+    # adoption (subreaper), its parent (walk) or its cookie, not its session.
+    # Under load that is most runs, at ef7302d alike (12 of 19 and 10 of 20
+    # runs with 4 CPU burners on 2 cores credited a stayer cgroup+subreaper).
+    tied = {"session", "subreaper", "walk"} if mode == "auto" else {"session", "walk", "cookie"}
+    assert_found(out, mode, stayers)
+    for name in stayers:
+        fb = found_by(out.report, out.marks[name])
+        assert fb & tied, f"{name}: found by {sorted(fb)}, expected one of {sorted(tied)}"
 
 
 @pytest.mark.parametrize("mode", LIB_MODES)
