@@ -1086,7 +1086,9 @@ class Job:
             try:
                 self._session_recorded = True
                 if self._report is None:
-                    self._membership.scan()
+                    # Seen exited before this scan: the scan can settle the
+                    # tree, and terminate then needs no second table read.
+                    self._membership.scan(leader_exited=True)
             finally:
                 self._lock.release()
         return self._popen.poll()

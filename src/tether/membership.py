@@ -357,7 +357,14 @@ class Membership:
             and (self._admit is None or self._admit(info))
         )
 
-    def scan(self) -> Sequence[Member]:
+    def scan(self, *, leader_exited: bool = False) -> Sequence[Member]:
+        """Read the table and take in new members; every member so far.
+
+        ``leader_exited``: the caller saw the leader exit (its pidfd) before
+        this call. Found only now, the leader is still no pid hopper this scan
+        could miss the successor of: it exited before the table was read, as a
+        member known earlier would have (so this scan can settle the tree).
+        """
         if self._swept:
             self._mark_exits()
             return self.known()
@@ -396,7 +403,7 @@ class Membership:
         self._walk.remember(self._by_identity)
         if new and self._on_new_members is not None:
             self._on_new_members(new)
-        self._settled = settled and not new
+        self._settled = settled and not any(not (leader_exited and m.is_leader) for m in new)
         self._poll_exits(0)
         return list(self._by_identity.values())
 
