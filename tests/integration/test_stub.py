@@ -263,3 +263,24 @@ def test_unprivileged_user_in_a_delegated_cgroup(suite_cgroup: str | None) -> No
     assert os.path.dirname(path) == deleg and os.path.basename(path).startswith("tether-stub-")
     assert path.endswith(_cgroup_line(text.encode())) and rc == 0 and complete
     assert subs == []  # nothing left behind: no job cgroup, no stub cgroup
+
+
+def test_a_stub_that_cannot_set_up_says_so(suite_cgroup: str | None) -> None:
+    # A failure before the exec (here a limit the kernel refuses) comes back
+    # on the error pipe as an exec error would, never as a silent exit.
+    import resource
+
+    assert suite_cgroup is not None
+    cgroup = os.path.join(suite_cgroup, f"tether-stub-test-{uuid.uuid4().hex[:12]}")
+    os.mkdir(cgroup)
+    cwd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+    try:
+        stub = spawn.prefork(cgroup)
+        huge = (resource.RLIMIT_NOFILE, (1 << 40, 1 << 40))
+        started = stub.start(["true"], os.environ, stdio=(0, 1, 2), cwd_fd=cwd, rlimits=[huge])
+        with pytest.raises(OSError):
+            started.wait_exec()  # reaps the stub
+        os.close(started.pidfd)
+    finally:
+        os.close(cwd)
+        os.rmdir(cgroup)
