@@ -90,9 +90,13 @@ _released_watchdogs: set[int] = set()
 #: (it exits within milliseconds): leaving first would leave it a zombie of
 #: init's — forever in a container whose PID 1 does not reap.
 _WATCHDOG_EXIT_WAIT = 2.0
-#: Whether the watchdog may be forked (False: always posix_spawn; for tests
-#: of that path and bench rows).
-_FORK_WATCHDOG = True
+#: Whether the watchdog may be forked (:func:`_fork_watchdog`). Off: measured
+#: on `tether run` (same runs, interleaved), the fork saves ~10 ms CPU and
+#: ~14 ms wall per job but costs ~2 MB PSS for as long as the job runs (the
+#: pair 16.7 MB against 14.8): every page the supervisor dirties after the
+#: fork (refcounts, 3.11's quickened bytecode) stays the watchdog's alone,
+#: 5.5 MB of it against the spawned watchdog's 3.6 MB whole.
+_FORK_WATCHDOG = False
 #: The largest peak resident set from which the watchdog is forked
 #: (`tether run` is ~16 MB); a larger caller spawns it.
 _FORK_MAX_RESIDENT = 48 << 20

@@ -1,5 +1,7 @@
 """The forked watchdog (tether.job._fork_watchdog): taken only where a fork is
 safe, and once forked it holds nothing of its caller's and runs none of it.
+The fork is off by default (tether.job._FORK_WATCHDOG: it costs PSS); the
+supervisor script here turns it on.
 
 A supervisor script runs one job with ``dedicated_supervisor`` (as `tether
 run` and the remote agent do) and prints what the test needs; the job's
@@ -25,8 +27,11 @@ from helpers import wait_for, wait_for_file
 #: Prints one JSON line about the job and its watchdog, then waits for the job.
 SUPERVISOR = r"""
 import _thread, atexit, json, os, signal, subprocess, sys, threading, time
+import tether.job
 from tether.job import Job
 from tether.spec import JobSpec
+
+tether.job._FORK_WATCHDOG = True  # off by default (see its comment)
 
 mode, out_fd, atexit_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 if mode == "thread":
