@@ -553,7 +553,9 @@ def test_ps_of_a_job_uses_its_journal_record(tmp_path: Path) -> None:
         (job,) = json.loads(tether("ps", "--json").stdout)["jobs"]
         assert job["cgroup"], job
         for target in (str(job["leader_pid"]), job["job_id"], job["job_id"][:8]):
-            tree = json.loads(tether("ps", "--json", target).stdout)
+            shown = tether("ps", "--json", target)
+            assert shown.returncode == 0, (target, shown.returncode, shown.stderr)
+            tree = json.loads(shown.stdout)
             found = {m["pid"]: m["found_by"] for m in tree["members"]}
             assert "cgroup" in found[child], (target, found)
             assert any(t["name"] == "cgroup" and t["used"] for t in tree["trackers"])
