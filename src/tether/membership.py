@@ -13,7 +13,6 @@ import os
 import resource
 import select
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
@@ -34,17 +33,17 @@ from tether.process import (
     snapshot,
     starttime_to_epoch,
 )
-from tether.report import Survivor
-from tether.terminate import Member
 from tether.tracking.base import Table, Tracker, TrackerStatus
 from tether.tracking.cgroup import CgroupTracker
 from tether.tracking.cookie import COOKIE_VAR, CookieTracker
-from tether.tracking.select import Selection
 from tether.tracking.session import SessionTracker
 from tether.tracking.walk import WalkTracker
 
 if TYPE_CHECKING:
     from tether.journal import JobRecord
+    from tether.report import Survivor
+    from tether.terminate import Member
+    from tether.tracking.select import Selection
 
 #: Rounds of the SIGSTOP sweep before giving up on a tree that keeps growing.
 STOP_SWEEP_ROUNDS = 30
@@ -463,6 +462,8 @@ class Membership:
         self, info: ProcessInfo, full: ProcessInfo | None, handle: ProcessHandle, names: set[str]
     ) -> Member:
         identity = info.identity
+        from tether.terminate import Member
+
         member = Member(
             pid=info.pid,
             starttime=info.starttime,
@@ -793,6 +794,8 @@ class Membership:
     # -- reporting -------------------------------------------------------
 
     def survivors(self) -> list[Survivor]:
+        from tether.report import Survivor
+
         out = []
         for m in self.live():
             info = self._handles[m].read(("cmdline", "wchan"))
@@ -819,6 +822,8 @@ class Membership:
         return out
 
     def run_kill_script(self, argv: Sequence[str], timeout: float) -> tuple[bool, str]:
+        import subprocess
+
         env = dict(os.environ)
         # The script is part of the job's teardown: it carries the job's id
         # (its cookie), so anything it leaves behind is found and killed too.

@@ -174,22 +174,24 @@ def test_pid_the_cgroup_no_longer_lists_is_not_adopted(
 def test_end_of_a_job_whose_leader_exited_reads_the_process_table_once(
     monkeypatch: pytest.MonkeyPatch, trackers: str
 ) -> None:
+    reads: list[str] = []
+    real_subtree = linux_backend.subtree
+
+    def snapshot(*a: object) -> object:
+        reads.append("snapshot")
+        return real_snapshot(*a)  # type: ignore[arg-type]
+
+    def subtree(*a: object) -> object:
+        reads.append("subtree")
+        return real_subtree(*a)  # type: ignore[arg-type]
+
     job = tether.start(["true"], trackers=trackers)
     try:
-        job.wait()
-        reads: list[str] = []
-        real_subtree = linux_backend.subtree
-
-        def snapshot(*a: object) -> object:
-            reads.append("snapshot")
-            return real_snapshot(*a)  # type: ignore[arg-type]
-
-        def subtree(*a: object) -> object:
-            reads.append("subtree")
-            return real_subtree(*a)  # type: ignore[arg-type]
-
+        # Counted from the leader's exit on: the scan that records its
+        # session may already settle the tree (then the cancel reads none).
         monkeypatch.setattr("tether.membership.snapshot", snapshot)
         monkeypatch.setattr(linux_backend, "subtree", subtree)
+        job.wait()
         report = job.cancel("leftovers after the leader exited")
     finally:
         job.cancel("cleanup")
