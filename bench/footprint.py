@@ -143,9 +143,8 @@ def main() -> int:
     ]
     # The watchdog spawned (the default) and forked, started the same way.
     for how, forked in (("spawned", False), ("forked", True)):
-        rows.append(
-            (f"watchdog {how} (cached)", [*watchdog_variant(forked), "run", "-q", "--"], cached)
-        )
+        argv = [*watchdog_variant(forked), "run", "-q", "--"]
+        rows.append((f"tether run, wd {how} (cached)", argv, cached))
     if args.baseline:
         # python -m: the console script would import the installed tether first.
         base = [sys.executable, "-m", "tether.cli", "run", "-q", "--"]
@@ -170,12 +169,12 @@ def main() -> int:
         f"(memory in MB, idle CPU over {args.idle:g} s)"
     )
     print(
-        f"{'supervisor':<24} {'procs':>5} {'PSS':>7} {'USS':>7} {'RSS':>7} {'idle CPU s':>10}  left"
+        f"{'supervisor':<28} {'procs':>5} {'PSS':>7} {'USS':>7} {'RSS':>7} {'idle CPU s':>10}  left"
     )
     for name, _, _ in rows:
         s = samples[name]
         print(
-            f"{name:<24} {s.processes:5d} {median(s.pss):7.2f} {median(s.uss):7.2f} "
+            f"{name:<28} {s.processes:5d} {median(s.pss):7.2f} {median(s.uss):7.2f} "
             f"{median(s.rss):7.2f} {median(s.cpu):10.2f}  {s.left}"
         )
     print("\ntargets (issue 15): PSS of supervisor + watchdog <= 10 MB; idle CPU 0")
@@ -188,7 +187,7 @@ def main() -> int:
             f", {pss / median(samples['tini -s'].pss):.0f}x tini's" if "tini -s" in samples else ""
         )
         print(
-            f"  {name:<24} PSS {pss:6.2f} MB{ratio}  {pass_miss(pss <= TARGET_PSS_MB)};"
+            f"  {name:<28} PSS {pss:6.2f} MB{ratio}  {pass_miss(pss <= TARGET_PSS_MB)};"
             f"  idle CPU {max(t.cpu):.2f} s  {pass_miss(max(t.cpu) == 0)}"
         )
     print(f"  processes left after SIGTERM           {sum(s.left for s in samples.values()):6d}")
