@@ -126,17 +126,33 @@ def test_pytest_xdist_workers_run_their_term_handlers(tmp_path: Path) -> None:
 
 TRAP = """
 trap 'sleep 1; echo done > "$1/cleaned"; exit 0' TERM
-echo > "$1/ready"
 sleep 3600 &
+echo $! > "$1/sleeper"
 wait
 """
+
+
+def _wait_trap_ready(marks: Path) -> None:
+    """The trap is set and its background sleep has exec'd. Ready any earlier,
+    a TERM could meet the forked shell before it exec'd sleep (or reset the
+    trap): the shell's handler takes it, the sleep then outlives TERM, and
+    the KILL step ends the job 20 s later."""
+
+    def ready() -> bool:
+        try:
+            pid = (marks / "sleeper").read_text().strip()
+            return pid.isdigit() and Path(f"/proc/{pid}/comm").read_text() == "sleep\n"
+        except OSError:
+            return False
+
+    wait_for(ready, what="the trap and its sleep")
 
 
 @pytest.mark.parametrize("trackers", MODES)
 def test_trap_cleanup_runs_to_its_end_under_the_library(tmp_path: Path, trackers: str) -> None:
     job = tether.start(["sh", "-c", TRAP, "sh", str(tmp_path)], policy=PATIENT, trackers=trackers)
     try:
-        wait_for((tmp_path / "ready").exists, what="the trap")
+        _wait_trap_ready(tmp_path)
     finally:
         report = job.cancel("test")
     assert (tmp_path / "cleaned").exists(), "the cleanup's sleep was TERMed"
@@ -156,7 +172,7 @@ def test_trap_cleanup_runs_to_its_end_under_tether_run(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        wait_for((tmp_path / "ready").exists, what="the trap")
+        _wait_trap_ready(tmp_path)
         proc.terminate()
         _out, err = proc.communicate(timeout=60)
     finally:
