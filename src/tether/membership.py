@@ -854,18 +854,19 @@ class Membership:
 
 
 class Sighting(NamedTuple):
-    """A live process a read-only scan found: its row (stat and command line,
-    read after the table) and what found it. It holds no handle."""
+    """A live process a read-only scan found: its table row (stat), what found
+    it, its command line as shown (read after the table). It holds no handle."""
 
     info: ProcessInfo
     found_by: frozenset[str]
+    cmdline: str
 
 
 class ReadOnlyMembership:
     """A :class:`Membership` that can only be looked at (``tether ps``).
 
-    One table read; each process found gets its command line and a fresh stat
-    line read by path (two opens, as ``pstree -a`` pays), no pidfd, no dirfd,
+    One table read; each process found gets its command line, then its stat
+    line, read by path (two opens, as ``pstree -a`` pays), no pidfd, no dirfd,
     nothing adopted. What it returns are :class:`Sighting` rows, not
     members (:class:`~tether.terminate.Member`), and it has no method that signals:
     a caller holding only this type cannot terminate anything (mypy checks),
@@ -893,9 +894,10 @@ class ReadOnlyMembership:
         # Oldest first, as a scan adopts them (the JSON lists rows in this order).
         for pid, names in sorted(found.items(), key=lambda kv: table[kv[0]].starttime):
             row = table[pid]
-            info = read_shown(pid, row.starttime) if row.state not in "ZX" else None
-            if info is not None and info.state not in "ZX":
-                seen.append(Sighting(info, frozenset(names)))
+            argv = read_shown(pid, row.starttime) if row.state not in "ZX" else None
+            if argv is not None:
+                cmdline = " ".join(argv) if argv else f"[{row.comm}]"  # ProcessInfo.describe
+                seen.append(Sighting(row, frozenset(names), cmdline))
         return seen, table
 
     def close(self) -> None:

@@ -70,7 +70,7 @@ def ps(pid: str | None, as_json: bool, show_all: bool) -> None:
         seen, table = membership.observe()
         rows: list[tuple[int, ProcessInfo, list[str], float, str]] = [
             (s.info.pid, s.info, sorted(s.found_by), starttime_to_epoch(s.info.starttime),
-             s.info.describe())
+             s.cmdline)
             for s in seen
         ]  # fmt: skip
     finally:

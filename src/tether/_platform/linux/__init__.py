@@ -257,12 +257,12 @@ def parse_captured(stat: bytes, cmdline: bytes) -> ProcessInfo | None:
 SHOWN_CMDLINE_MAX = 1 << 20
 
 
-def read_shown(pid: int, starttime: int) -> ProcessInfo | None:
-    """The row of process (pid, starttime) with its command line, for display
-    only (no pidfd, no dirfd: two opens). The command line is read by path,
-    then /proc/PID/stat: a pid is not reused while its process exists, so a
-    stat read afterwards that still shows the start time proves the command
-    line was this process's. None if it is gone."""
+def read_shown(pid: int, starttime: int) -> tuple[str, ...] | None:
+    """The command line of process (pid, starttime), for display only (no
+    pidfd, no dirfd: two opens). Read by path, then /proc/PID/stat: a pid is
+    not reused while its process exists, so a stat read afterwards that still
+    shows the start time proves the command line was this process's. None if
+    it is gone or has exited (a zombie's command line is empty)."""
     chunks: list[bytes] = []
     try:
         fd = os.open(f"{procfs.PROC}/{pid}/cmdline", os.O_RDONLY | os.O_CLOEXEC)
@@ -281,9 +281,17 @@ def read_shown(pid: int, starttime: int) -> ProcessInfo | None:
             chunks = []
         finally:
             os.close(fd)
-    stat = procfs.read_stat(pid)
-    info = parse_captured(stat, b"".join(chunks)) if stat else None
-    return info if info is not None and info.starttime == starttime else None
+    # proc(5): state and start time after the *last* ")" (comm may hold one).
+    rest = procfs.read_stat(pid).rpartition(b") ")[2].split(None, 20)
+    try:
+        if rest[0] in (b"Z", b"X") or int(rest[19]) != starttime:
+            return None
+    except (ValueError, IndexError):
+        return None
+    cmdline = b"".join(chunks)
+    # Decoded whole, then split: NUL is never part of a multi-byte sequence.
+    argv = cmdline.rstrip(b"\0").decode("utf-8", "surrogateescape").split("\0")
+    return tuple([a for a in argv if a]) if cmdline else ()
 
 
 def exited_pidfds(fds: Iterable[int]) -> set[int]:
