@@ -335,6 +335,10 @@ def _drop_stub(stub: tuple[Any, str] | None) -> None:
         return
     child, cgroup = stub
     child.close()
+    # It runs nothing of anyone's yet (our child, held by its pidfd): no
+    # need to wait for it to read the EOF.
+    with contextlib.suppress(OSError):
+        signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(child.pid, 0)
     os.close(child.pidfd)

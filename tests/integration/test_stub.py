@@ -13,6 +13,7 @@ import select
 import signal
 import stat
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,3 +285,40 @@ def test_a_stub_that_cannot_set_up_says_so(suite_cgroup: str | None) -> None:
     finally:
         os.close(cwd)
         os.rmdir(cgroup)
+
+
+_CALLER = r"""
+import os, sys, time
+import tether, tether.keeper
+tether.keeper.USE_STUBS = True
+tether.run(["true"])
+root = sys.argv[1]
+while True:  # until the spare's stub is ready: then wait to be killed
+    for d in os.listdir(root):
+        if d.startswith("tether-stub-"):
+            with open(os.path.join(root, d, "cgroup.procs")) as f:
+                pids = f.read().split()
+            if pids:
+                print(os.path.join(root, d), pids[0], flush=True)
+                time.sleep(3600)
+    time.sleep(0.01)
+"""
+
+
+def test_a_stub_dies_with_the_caller(suite_cgroup: str | None) -> None:
+    assert suite_cgroup is not None
+    with subprocess.Popen(
+        [sys.executable, "-c", _CALLER, suite_cgroup], stdout=subprocess.PIPE, text=True
+    ) as caller:
+        try:
+            assert caller.stdout is not None
+            stub_cgroup, pid = caller.stdout.readline().split()
+            stub = os.pidfd_open(int(pid))
+        finally:
+            caller.kill()
+    try:
+        # The keeper reads EOF, lets its spare go, which lets its stub go.
+        assert select.select([stub], [], [], 30)[0], "the stub outlived its caller"
+    finally:
+        os.close(stub)
+    wait_for(lambda: not os.path.exists(stub_cgroup), what="the stub cgroup to go")
