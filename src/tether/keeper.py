@@ -462,15 +462,22 @@ def _start_stub(
             request["env"],
             stdio=std,
             cwd_fd=cwd_fd,
-            start_new_session=request["start_new_session"],
-            umask=request["umask"],
-            extra_groups=request["extra_groups"],
-            nofile=direct["nofile"],
             rlimits=request["rlimits"],
+            **_child_options(request),
         )
     except spawn.Unavailable:
         return None  # the stub was killed: _drop_stub reaps it
     return started.pid, started.pidfd, started
+
+
+def _child_options(request: Mapping[str, Any]) -> dict[str, Any]:
+    """What a clone3 child and a stub both take from a request."""
+    return {
+        "start_new_session": request["start_new_session"],
+        "umask": request["umask"],
+        "extra_groups": request["extra_groups"],
+        "nofile": request["direct"]["nofile"],
+    }
 
 
 def _error_reply(err: OSError) -> tuple[str, int | None, str | None, Any, str]:
@@ -502,10 +509,7 @@ def _spawn_leader(request: Mapping[str, Any], std: Sequence[int]) -> tuple[int, 
                 request["env"],
                 stdio=std,
                 cgroup=direct["cgroup"],
-                start_new_session=request["start_new_session"],
-                umask=request["umask"],
-                extra_groups=request["extra_groups"],
-                nofile=direct["nofile"],
+                **_child_options(request),
             )
         except spawn.Unavailable:
             pass

@@ -190,18 +190,10 @@ def start(
         Unavailable: clone3 (or CLONE_INTO_CGROUP) cannot be used; nothing
             was started.
     """
-    syscall = _syscall()
-    if syscall is None or not usable():
-        raise Unavailable("clone3 is not usable in this process")
+    syscall, cg_fd = _prepare(cgroup)
     candidates = _exec_list(argv[0], env)
     bargv = [os.fsencode(a) for a in argv]
     benv = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
-    cg_fd = -1
-    if cgroup is not None:
-        try:
-            cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as err:
-            raise Unavailable(f"cannot open the job cgroup: {err.strerror}") from None
     errr, errw = os.pipe2(os.O_CLOEXEC)
 
     def child(mask: Iterable[int]) -> None:
@@ -218,6 +210,21 @@ def start(
         if cg_fd >= 0:
             os.close(cg_fd)
     return Started(pid, pidfd, errr, argv[0], candidates, cwd)
+
+
+def _prepare(cgroup: str | None) -> tuple[Callable[..., int], int]:
+    """The syscall function and a fd on ``cgroup`` (-1 if None), or raise
+    :class:`Unavailable` (nothing opened)."""
+    syscall = _syscall()
+    if syscall is None or not usable():
+        raise Unavailable("clone3 is not usable in this process")
+    cg_fd = -1
+    if cgroup is not None:
+        try:
+            cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            raise Unavailable(f"cannot open the job cgroup: {err.strerror}") from None
+    return syscall, cg_fd
 
 
 def _clone(
@@ -459,15 +466,7 @@ def prefork(cgroup: str | None) -> Stub:
     Raises:
         Unavailable: clone3 cannot be used here (or the cgroup refused it).
     """
-    syscall = _syscall()
-    if syscall is None or not usable():
-        raise Unavailable("clone3 is not usable in this process")
-    cg_fd = -1
-    if cgroup is not None:
-        try:
-            cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as err:
-            raise Unavailable(f"cannot open the job cgroup: {err.strerror}") from None
+    syscall, cg_fd = _prepare(cgroup)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     parent = os.getpid()
 
