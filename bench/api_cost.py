@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 import tether
 import tether.job
-import tether.keeper
 
 #: Issue 14 item 6: tether.run(['true']) within this many times subprocess.run's wall time.
 TARGET = 3.0
@@ -56,15 +55,6 @@ def _shim(call: Callable[[], object]) -> object:
         tether.job._CLONE_INTO_CGROUP = True
 
 
-def _stubs(on: bool, call: Callable[[], object]) -> object:
-    default = tether.keeper.USE_STUBS
-    tether.keeper.USE_STUBS = on
-    try:
-        return call()
-    finally:
-        tether.keeper.USE_STUBS = default
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=200)
@@ -75,15 +65,6 @@ def main() -> None:
         "subprocess.run(['true'])": lambda: subprocess.run(["true"], check=True),
         f"tether.run(['true'], trackers={args.trackers!r})": lambda: tether.run(
             ["true"], trackers=args.trackers
-        ),
-        # The leader is the spare job keeper's stub, forked ahead into a
-        # cgroup the spare made (tether.keeper.USE_STUBS).
-        "  same, a stub forked ahead": lambda: _stubs(
-            True, lambda: tether.run(["true"], trackers=args.trackers)
-        ),
-        # The job keeper's clone3 on the critical path, as before stubs.
-        "  same, clone3 at the request (no stub)": lambda: _stubs(
-            False, lambda: tether.run(["true"], trackers=args.trackers)
         ),
         # The fallback spawn (a /bin/sh shim writes cgroup.procs before exec),
         # as every job started before clone3(CLONE_INTO_CGROUP) was used.
@@ -102,14 +83,9 @@ def main() -> None:
     print(f"{'call':<48} {'median ms':>9} {'mean ms':>8} {'cpu ms':>7} {'x subprocess':>12}")
     for name, (median, mean, cpu) in results.items():
         print(f"{name:<48} {median:>9.2f} {mean:>8.2f} {cpu:>7.2f} {median / base:>12.1f}")
-    print(f"stubs by default: {tether.keeper.USE_STUBS}")
-    for name in (
-        f"tether.run(['true'], trackers={args.trackers!r})",
-        "  same, a stub forked ahead",
-    ):
-        ratio = results[name][0] / base
-        verdict = "PASS" if ratio <= TARGET else "MISS"
-        print(f"target: {name.strip()} within {TARGET:g}x subprocess.run: {ratio:.1f}x {verdict}")
+    ratio = results[f"tether.run(['true'], trackers={args.trackers!r})"][0] / base
+    verdict = "PASS" if ratio <= TARGET else "MISS"
+    print(f"target: tether.run within {TARGET:g}x subprocess.run: {ratio:.1f}x {verdict}")
 
 
 if __name__ == "__main__":

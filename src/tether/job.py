@@ -838,13 +838,7 @@ class Job:
             spawn: Any = subprocess.Popen
             if use_keeper:
                 assert self._journal is not None
-                keep = {
-                    "job_id": self.id,
-                    "journal": self._journal.directory,
-                    "direct": direct,
-                    # The job may be its job keeper's stub: see adopt_cgroup below.
-                    "stub": True,
-                }
+                keep = {"job_id": self.id, "journal": self._journal.directory, "direct": direct}
                 from tether.keeper import KeptPopen
 
                 spawn = functools.partial(KeptPopen, keep)
@@ -887,11 +881,6 @@ class Job:
             # The keeper's child, reaped by it: held by the pidfd it opened.
             handle = ProcessHandle(self.pid, kept.leader_starttime, os.dup(kept.leader_pidfd))
             sel.keeper_pid = kept.keeper_pid
-            if kept.cgroup is not None:
-                # Born in a cgroup its job keeper made ahead (tether.keeper).
-                kept.adopt_cgroup(sel)
-                if self._record is not None:
-                    self._record = replace(self._record, cgroup=kept.cgroup)
             if self._record is not None:
                 keeper = Identity(kept.keeper_pid, kept.keeper_starttime)
                 self._record = replace(self._record, watchdog=keeper)

@@ -39,10 +39,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from tether.tracking.select import Selection
+from typing import Any
 
 #: What a caller writes to a job keeper once the job is over.
 KEEPER_DONE = b"done"
@@ -56,9 +53,6 @@ _STATUS_GRACE = 5.0
 STATUS_LOST = 255
 #: How long the keeper must be idle before it forks the next spare job keeper.
 _SPARE_DELAY_MS = 5
-#: Whether a job may start as a spare's stub (False: always a clone3 or the
-#: shim from the job keeper; for benchmarks and tests of the fallback).
-USE_STUBS = False
 
 
 def _say(message: str, fd: int = 2) -> None:
@@ -162,12 +156,6 @@ def keeper_main(caller_pid: int, control: socket.socket) -> int:
     # job keeper that is starting the job just handed on.
     spare: tuple[int, socket.socket] | None = None
     spare_wanted = False
-    # Where the spare prepares the next job's cgroup and stub: beside the
-    # last job's cgroup (a caller's jobs share a parent), None before any.
-    stub_parent: str | None = None
-    spares = 0
-    stub_cgroups: dict[int, str] = {}
-    orphaned: list[str] = []
     listening = True
     while listening or job_keepers:
         poller = select.poll()
@@ -177,17 +165,9 @@ def keeper_main(caller_pid: int, control: socket.socket) -> int:
         ready = {fd for fd, _ in poller.poll(_SPARE_DELAY_MS if spare_wanted else None)}
         if not ready and spare_wanted:
             spare_wanted = False
-            spares += 1
-            stub_cgroup = (
-                None
-                if stub_parent is None
-                else os.path.join(stub_parent, f"tether-stub-{os.getpid()}-{spares}")
-            )
-            spare = _fork_spare(control, caller, chld, stub_cgroup)
+            spare = _fork_spare(control, caller, chld)
             if spare is not None:
                 job_keepers.add(spare[0])
-                if stub_cgroup is not None:
-                    stub_cgroups[spare[0]] = stub_cgroup
         if control.fileno() in ready and listening:
             try:
                 got = recv_message(control, maxfds=8)
@@ -203,13 +183,7 @@ def keeper_main(caller_pid: int, control: socket.socket) -> int:
                     spare = None
             else:
                 request, fds = got
-                direct = request.get("direct")
-                if direct is not None and request.get("stub"):
-                    stub_parent = os.path.dirname(direct["cgroup"])
                 pid = _hand_to_spare(spare, request, fds)
-                if pid:
-                    # Its cgroup is the job's now (or removed by it).
-                    stub_cgroups.pop(pid, None)
                 if not pid:
                     pid = _fork_job_keeper(request, fds, control, caller, chld)
                 spare = None
@@ -230,34 +204,7 @@ def keeper_main(caller_pid: int, control: socket.socket) -> int:
             if not pid:
                 break
             job_keepers.discard(pid)
-            # A spare that got no request (or was killed): its stub dies
-            # with it (PR_SET_PDEATHSIG), and its cgroup is left to us.
-            if pid in stub_cgroups:
-                orphaned.append(stub_cgroups.pop(pid))
-        # Retried on every SIGCHLD: the stub may not have exited yet (it is
-        # re-parented here, a subreaper, and its exit wakes us).
-        orphaned = [cg for cg in orphaned if not _rmdir(cg)]
-    for cgroup in orphaned:  # the last job keeper is gone: its stub too, soon
-        _rmdir(cgroup, wait=1.0)
     return 0
-
-
-def _rmdir(cgroup: str, wait: float = 0.0) -> bool:
-    """Remove an empty cgroup; True once it is gone (or was never there)."""
-    import time
-
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            os.rmdir(cgroup)
-        except FileNotFoundError:
-            return True
-        except OSError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-        else:
-            return True
 
 
 def _hand_to_spare(
@@ -276,12 +223,8 @@ def _hand_to_spare(
     return pid
 
 
-def _fork_spare(
-    control: socket.socket, caller: int, chld: int, stub_cgroup: str | None
-) -> tuple[int, socket.socket] | None:
-    """A job keeper that waits for its request on a socketpair of its own,
-    with the next job's cgroup and its leader-to-be (a :class:`spawn.Stub`)
-    ready in ``stub_cgroup`` if given."""
+def _fork_spare(control: socket.socket, caller: int, chld: int) -> tuple[int, socket.socket] | None:
+    """A job keeper that waits for its request on a socketpair of its own."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         pid = os.fork()
@@ -297,53 +240,14 @@ def _fork_spare(
         control.close()
         os.close(chld)
         ours.close()
-        stub = _prepare_stub(stub_cgroup) if stub_cgroup is not None else None
         got = recv_message(theirs, maxfds=8)
         theirs.close()
-        if got is None:
-            # EOF: the keeper is leaving (its caller exited) or died.
-            _drop_stub(stub)
-            code = 0
-        else:
-            code = _job_keeper(got[0], got[1], caller, stub)
+        # EOF: the keeper is leaving (its caller exited) or died.
+        code = 0 if got is None else _job_keeper(got[0], got[1], caller)
     except BaseException as err:  # a forked child must never unwind
         _say(f"job keeper failed: {err!r}")
     finally:
         os._exit(code)
-
-
-def _prepare_stub(cgroup: str) -> tuple[Any, str] | None:
-    """A new cgroup with a stub in it, made while nobody waits: the fork of
-    this process (its page tables: most of a job start's cost) and the
-    cgroup's creation are then off the next job's critical path."""
-    from tether._platform.linux import spawn
-
-    try:
-        os.mkdir(cgroup, 0o755)
-    except OSError:
-        return None
-    try:
-        return spawn.prefork(cgroup), cgroup
-    except spawn.Unavailable:
-        os.rmdir(cgroup)
-        return None
-
-
-def _drop_stub(stub: tuple[Any, str] | None) -> None:
-    """Let an unused stub go (EOF on its socket), reap it, remove its cgroup."""
-    if stub is None:
-        return
-    child, cgroup = stub
-    child.close()
-    # It runs nothing of anyone's yet (our child, held by its pidfd): no
-    # need to wait for it to read the EOF.
-    with contextlib.suppress(OSError):
-        signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(child.pid, 0)
-    os.close(child.pidfd)
-    with contextlib.suppress(OSError):
-        os.rmdir(cgroup)
 
 
 def _fork_job_keeper(
@@ -374,18 +278,13 @@ def _fork_job_keeper(
         os._exit(code)
 
 
-def _job_keeper(
-    request: Mapping[str, Any], fds: list[int], caller: int, stub: tuple[Any, str] | None = None
-) -> int:
+def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int) -> int:
     from tether._platform.linux import prctl
 
     job = socket.socket(fileno=fds[0])
     cwd_fd, diag = fds[1], fds[2]
     std = fds[3:6]
     chld = _sigchld_pipe()
-    # A stub this job does not use: let go, reaped and its cgroup removed
-    # once the job is started (off the critical path), or on an error.
-    unused = stub
     try:
         prctl.set_child_subreaper(True)
         import resource
@@ -394,19 +293,9 @@ def _job_keeper(
             if resource.getrlimit(res) != limits:
                 resource.setrlimit(res, limits)
         os.fchdir(cwd_fd)
-        started = _start_stub(request, stub, std, cwd_fd)
-        if started is not None:
-            leader, pidfd, child = started
-            cgroup: str | None = stub[1] if stub is not None else None
-            unused = None
-        else:
-            cgroup = None
-            if stub is not None:
-                stub[0].close()  # EOF: it exits
-            leader, pidfd, child = _spawn_leader(request, std)
+        leader, pidfd, child = _spawn_leader(request, std)
     except OSError as err:
         send_message(job, _error_reply(err))
-        _drop_stub(unused)
         return 1
     finally:
         for fd in (cwd_fd, *std):
@@ -416,15 +305,7 @@ def _job_keeper(
     # the exec runs, then waits for "execd" (or the error Popen would raise).
     send_message(
         job,
-        (
-            "started",
-            leader,
-            _starttime(leader),
-            os.getpid(),
-            _starttime(os.getpid()),
-            bool(child),
-            cgroup,
-        ),
+        ("started", leader, _starttime(leader), os.getpid(), _starttime(os.getpid()), bool(child)),
         [pidfd],
     )
     os.close(pidfd)
@@ -433,51 +314,9 @@ def _job_keeper(
             child.wait_exec()
         except OSError as err:
             send_message(job, _error_reply(err))
-            _drop_stub(unused)
             return 1
         send_message(job, ("execd",))
-    _drop_stub(unused)
     return _keep(job, leader, caller, chld, diag, request)
-
-
-def _start_stub(
-    request: Mapping[str, Any], stub: tuple[Any, str] | None, std: Sequence[int], cwd_fd: int
-) -> tuple[int, int, Any] | None:
-    """Make the stub the job's leader, if it can honour the request: the job
-    wants a cgroup of its own (born in it by clone3) beside where the stub's
-    is. Else None: the stub is not used (the caller's cgroup and clone3 or
-    the shim are, as without a stub)."""
-    direct = request.get("direct")
-    # "stub": the caller adopts the stub's cgroup (KeptPopen.adopt_cgroup).
-    if stub is None or direct is None or not request.get("stub"):
-        return None
-    child, cgroup = stub
-    if os.path.dirname(direct["cgroup"]) != os.path.dirname(cgroup):
-        return None
-    from tether._platform.linux import spawn
-
-    try:
-        started = child.start(
-            direct["argv"],
-            request["env"],
-            stdio=std,
-            cwd_fd=cwd_fd,
-            rlimits=request["rlimits"],
-            **_child_options(request),
-        )
-    except spawn.Unavailable:
-        return None  # the stub was killed: _drop_stub reaps it
-    return started.pid, started.pidfd, started
-
-
-def _child_options(request: Mapping[str, Any]) -> dict[str, Any]:
-    """What a clone3 child and a stub both take from a request."""
-    return {
-        "start_new_session": request["start_new_session"],
-        "umask": request["umask"],
-        "extra_groups": request["extra_groups"],
-        "nofile": request["direct"]["nofile"],
-    }
 
 
 def _error_reply(err: OSError) -> tuple[str, int | None, str | None, Any, str]:
@@ -509,7 +348,10 @@ def _spawn_leader(request: Mapping[str, Any], std: Sequence[int]) -> tuple[int, 
                 request["env"],
                 stdio=std,
                 cgroup=direct["cgroup"],
-                **_child_options(request),
+                start_new_session=request["start_new_session"],
+                umask=request["umask"],
+                extra_groups=request["extra_groups"],
+                nofile=direct["nofile"],
             )
         except spawn.Unavailable:
             pass
@@ -696,26 +538,6 @@ class _KeeperClient:
     def pid(self) -> int:
         return self._pid if self._owner == os.getpid() else 0
 
-    def shutdown(self, timeout: float = 10.0) -> bool:
-        """Close the channel: the keeper lets its spare go (and the spare
-        its stub and cgroup) and exits once its job keepers are done.
-        True if it was reaped within ``timeout``."""
-        with self._lock:
-            if self._control is None or self._owner != os.getpid():
-                return True
-            self._control.close()
-            self._control = None
-            pidfd = os.pidfd_open(self._pid)
-            try:
-                if not select.select([pidfd], [], [], timeout)[0]:
-                    return False
-            finally:
-                os.close(pidfd)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self._pid, 0)
-            self._pid = 0
-            return True
-
     def request(self, request: Mapping[str, Any], fds: Sequence[int]) -> None:
         with self._lock:
             control = self._control if self._owner == os.getpid() else None
@@ -764,7 +586,6 @@ class KeptPopen(subprocess.Popen[Any]):
     _leader_pidfd: int
     keeper_pid: int
     keeper_starttime: int
-    cgroup: str | None
     leader_starttime: int
     # Popen's own (private, stable since 3.3): declared for the type checker.
     _waitpid_lock: threading.Lock
@@ -775,7 +596,6 @@ class KeptPopen(subprocess.Popen[Any]):
         self._leader_pidfd = -1
         self._exec_pending = False
         self._lost = False
-        self.cgroup = None
         super().__init__(*args, **kwargs)
 
     def _execute_child(self, *popen_args: Any) -> None:
@@ -789,7 +609,6 @@ class KeptPopen(subprocess.Popen[Any]):
         try:
             request = dict(self._request)
             request.update(
-                stub=request.get("stub", False) and USE_STUBS,
                 argv=list(c.args),
                 env=c.env,
                 start_new_session=c.start_new_session,
@@ -819,35 +638,9 @@ class KeptPopen(subprocess.Popen[Any]):
             raise _reply_error(reply)
         _kind, self.pid, self.leader_starttime, self.keeper_pid, self.keeper_starttime = reply[:5]
         self._exec_pending = bool(reply[5:] and reply[5])
-        #: The job's cgroup if the job keeper made it (its stub's), not ours.
-        self.cgroup = reply[6] if reply[6:] else None
         self._leader_pidfd = fds[0]
         self._job = ours
         self._child_created = True
-
-    def adopt_cgroup(self, sel: Selection) -> None:
-        """Make the cgroup the job keeper's stub was born in the job's: the
-        one the caller made (still empty) is removed.
-
-        Raises:
-            OSError: the job keeper named a cgroup that is not a stub's
-                beside the caller's (it is our child: a bug, not an attack).
-        """
-        assert sel.cgroup is not None and self.cgroup is not None
-        ours = sel.cgroup.path
-        if os.path.dirname(self.cgroup) != os.path.dirname(ours) or not os.path.basename(
-            self.cgroup
-        ).startswith("tether-stub-"):
-            raise OSError(0, f"job keeper named an unexpected cgroup {self.cgroup!r}")
-        from tether._platform.linux.cgroupfs import JobCgroup
-        from tether.tracking.base import TrackerStatus
-
-        sel.cgroup.remove()
-        sel.cgroup = JobCgroup(self.cgroup)
-        sel.statuses = [
-            TrackerStatus("cgroup", True, self.cgroup) if s.name == "cgroup" and s.used else s
-            for s in sel.statuses
-        ]
 
     @property
     def leader_pidfd(self) -> int:

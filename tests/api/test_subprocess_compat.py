@@ -119,7 +119,14 @@ def test_large_output_in_both_directions_never_blocks() -> None:
 def test_leftover_holding_the_pipe_is_terminated_and_named(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     done = tether.run(
-        ["sh", "-c", f"sleep 3600 & echo $! >{pidfile}; echo leader-done"],
+        # The leader waits for the sleep's exec: a leftover caught still in
+        # the forked shell is named by the shell's command line.
+        [
+            "sh",
+            "-c",
+            f"sleep 3600 & p=$!; until grep -q '^sleep' /proc/$p/cmdline; do :; done; "
+            f"echo $p >{pidfile}; echo leader-done",
+        ],
         capture_output=True,
         policy=FAST,
     )

@@ -36,10 +36,7 @@ import errno
 import fcntl
 import functools
 import os
-import pickle
 import signal
-import socket
-import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -190,49 +187,18 @@ def start(
         Unavailable: clone3 (or CLONE_INTO_CGROUP) cannot be used; nothing
             was started.
     """
-    syscall, cg_fd = _prepare(cgroup)
-    candidates = _exec_list(argv[0], env)
-    bargv = [os.fsencode(a) for a in argv]
-    benv = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
-    errr, errw = os.pipe2(os.O_CLOEXEC)
-
-    def child(mask: Iterable[int]) -> None:
-        _child(syscall, candidates, bargv, benv, stdio, errw, start_new_session, umask,
-               extra_groups, nofile, cwd, mask)  # fmt: skip
-
-    try:
-        pid, pidfd = _clone(syscall, cg_fd, child)
-    except Unavailable:
-        os.close(errr)
-        raise
-    finally:
-        os.close(errw)
-        if cg_fd >= 0:
-            os.close(cg_fd)
-    return Started(pid, pidfd, errr, argv[0], candidates, cwd)
-
-
-def _prepare(cgroup: str | None) -> tuple[Callable[..., int], int]:
-    """The syscall function and a fd on ``cgroup`` (-1 if None), or raise
-    :class:`Unavailable` (nothing opened)."""
     syscall = _syscall()
     if syscall is None or not usable():
         raise Unavailable("clone3 is not usable in this process")
+    candidates = _exec_list(argv[0], env)
+    bargv = [os.fsencode(a) for a in argv]
+    benv = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
     cg_fd = -1
     if cgroup is not None:
         try:
             cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as err:
             raise Unavailable(f"cannot open the job cgroup: {err.strerror}") from None
-    return syscall, cg_fd
-
-
-def _clone(
-    syscall: Callable[..., int], cg_fd: int, child: Callable[[Iterable[int]], None]
-) -> tuple[int, int]:
-    """clone3 (into ``cg_fd``'s cgroup if >= 0): (pid, pidfd) here; in the
-    new process ``child(mask)`` runs with every signal blocked and must
-    never return (it gets the mask to restore before its exec)."""
     pidfd = ctypes.c_int(-1)
     args = _CloneArgs(
         flags=_CLONE_PIDFD | (_CLONE_INTO_CGROUP if cg_fd >= 0 else 0),
@@ -240,6 +206,7 @@ def _clone(
         exit_signal=signal.SIGCHLD,
         cgroup=max(cg_fd, 0),
     )
+    errr, errw = os.pipe2(os.O_CLOEXEC)
     # Signals stay blocked across the clone, as _posixsubprocess does: one
     # arriving before the child has reset Python's handlers would run the
     # caller's handler (a KeyboardInterrupt) in the child instead of acting
@@ -251,15 +218,17 @@ def _clone(
             ctypes.c_long(_SYS_CLONE3), ctypes.byref(args), ctypes.c_long(ctypes.sizeof(args))
         )
         if pid == 0:
-            try:
-                child(mask)
-            finally:
-                os._exit(255)
+            _child(syscall, candidates, bargv, benv, stdio, errw, start_new_session, umask,
+                   extra_groups, nofile, cwd, mask)  # fmt: skip
         if pid < 0:
+            os.close(errr)
             raise Unavailable(f"clone3: {os.strerror(ctypes.get_errno())}")
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    return pid, pidfd.value
+        os.close(errw)
+        if cg_fd >= 0:
+            os.close(cg_fd)
+    return Started(pid, pidfd.value, errr, argv[0], candidates, cwd)
 
 
 def _read_all(fd: int) -> bytes:
@@ -383,155 +352,3 @@ class ChildArgs(NamedTuple):
     umask: int
     start_new_session: bool
     process_group: Any
-
-
-_STUB_HEADER = struct.Struct("!I")
-#: A stub's request carries argv and a whole environment: bounded all the same.
-_STUB_MAX = 64 << 20
-
-
-class Stub:
-    """A child forked ahead of time into a cgroup, waiting to become a job.
-
-    The fork (page tables of the whole forking process) and the cgroup
-    entry are paid while nobody waits; :meth:`start` hands over what
-    Popen's child would get and the stub execs it, so a job start costs a
-    message and an exec. Until then the stub runs nothing: it holds only its
-    socket (every other fd closed at birth, signals blocked), dies with its
-    parent (PR_SET_PDEATHSIG, and EOF on the socket) and exits on EOF.
-    """
-
-    def __init__(self, pid: int, pidfd: int, sock: int) -> None:
-        self.pid = pid
-        self.pidfd = pidfd
-        self._sock = sock
-
-    def close(self) -> None:
-        """Let the stub go (it reads EOF and exits; the caller reaps it)."""
-        if self._sock >= 0:
-            os.close(self._sock)
-            self._sock = -1
-
-    def start(
-        self,
-        argv: Sequence[str],
-        env: Mapping[str, str],
-        *,
-        stdio: Sequence[int],
-        cwd_fd: int,
-        start_new_session: bool = True,
-        umask: int = -1,
-        extra_groups: Sequence[int] | None = None,
-        nofile: int | None = None,
-        rlimits: Sequence[tuple[int, tuple[int, int]]] = (),
-    ) -> Started:
-        """The stub becomes ``argv`` (as :func:`start`'s child would);
-        ``cwd_fd`` is its working directory. Single use.
-
-        Raises:
-            Unavailable: the stub is gone (killed); nothing was started.
-        """
-        candidates = _exec_list(argv[0], env)
-        request = (
-            candidates,
-            [os.fsencode(a) for a in argv],
-            {os.fsencode(k): os.fsencode(v) for k, v in env.items()},
-            start_new_session,
-            umask,
-            None if extra_groups is None else list(extra_groups),
-            nofile,
-            list(rlimits),
-        )
-        data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
-        errr, errw = os.pipe2(os.O_CLOEXEC)
-        sock = socket.socket(fileno=self._sock)
-        self._sock = -1
-        try:
-            frame = _STUB_HEADER.pack(len(data)) + data
-            sent = socket.send_fds(sock, [frame], [errw, cwd_fd, *stdio])
-            if sent < len(frame):
-                sock.sendall(frame[sent:])
-        except OSError as err:
-            os.close(errr)
-            raise Unavailable(f"the stub is gone: {err.strerror}") from None
-        finally:
-            os.close(errw)
-            sock.close()
-        return Started(self.pid, self.pidfd, errr, argv[0], candidates, None)
-
-
-def prefork(cgroup: str | None) -> Stub:
-    """A :class:`Stub` in ``cgroup`` from birth (clone3 CLONE_INTO_CGROUP).
-
-    Raises:
-        Unavailable: clone3 cannot be used here (or the cgroup refused it).
-    """
-    syscall, cg_fd = _prepare(cgroup)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    parent = os.getpid()
-
-    def child(mask: Iterable[int]) -> None:
-        _stub(syscall, theirs.fileno(), parent, mask)
-
-    try:
-        pid, pidfd = _clone(syscall, cg_fd, child)
-    except Unavailable:
-        ours.close()
-        raise
-    finally:
-        theirs.close()
-        if cg_fd >= 0:
-            os.close(cg_fd)
-    return Stub(pid, pidfd, ours.detach())
-
-
-def _stub(syscall: Callable[..., int], sock: int, parent: int, mask: Iterable[int]) -> None:
-    """The stub's life: wait for one request, then exec it as :func:`_child`."""
-    from tether._platform.linux import prctl
-
-    # Killed with its parent; a parent that died before the prctl is seen
-    # by the ppid check (then we were re-parented already).
-    prctl._prctl(prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        return
-    # Hold nothing but the socket: no fd of the forking process (a pipe of
-    # an earlier job would never see EOF while a stub kept it).
-    os.dup2(sock, 3)
-    if syscall(*(ctypes.c_long(a) for a in (_SYS_CLOSE_RANGE, 4, 0xFFFFFFFF, 0))) < 0:
-        os.closerange(4, os.sysconf("SC_OPEN_MAX"))
-    conn = socket.socket(fileno=3)
-    try:
-        head, fds, _flags, _addr = socket.recv_fds(conn, _STUB_HEADER.size, 5)
-        if len(head) < _STUB_HEADER.size or len(fds) != 5:
-            return  # EOF: the parent let us go (or died)
-        (size,) = _STUB_HEADER.unpack(head)
-        if size > _STUB_MAX:
-            return
-        body = bytearray()
-        while len(body) < size:
-            chunk = conn.recv(min(size - len(body), 1 << 20))
-            if not chunk:
-                return
-            body += chunk
-    except OSError:
-        return
-    finally:
-        conn.close()
-    errw, cwd_fd, *stdio = fds
-    candidates: list[bytes] = []
-    try:
-        candidates, argv, env, new_session, umask, groups, nofile, rlimits = pickle.loads(body)
-        os.fchdir(cwd_fd)
-        os.close(cwd_fd)
-        if rlimits:
-            import resource
-
-            for res, limits in rlimits:
-                if resource.getrlimit(res) != limits:
-                    resource.setrlimit(res, limits)
-    except BaseException as err:  # reported as the exec's failure, never silent
-        num = err.errno if isinstance(err, OSError) else None
-        os.write(errw, f"{num or errno.EPROTO}:{len(candidates)}".encode())
-        return
-    _child(syscall, candidates, argv, env, stdio, errw, new_session, umask, groups, nofile,
-           None, mask)  # fmt: skip
