@@ -33,7 +33,7 @@ import tempfile
 import time
 
 from _common import Tracked, Tree, median, pass_miss, reap
-from idle import tether_command, watchdog_variant
+from idle import tether_command
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_PSS_MB = 10.0
@@ -141,10 +141,6 @@ def main() -> int:
         ("tether run", tether, None),
         ("tether run (pyc cached)", tether, cached),
     ]
-    # The watchdog spawned (the default) and forked, started the same way.
-    for how, forked in (("spawned", False), ("forked", True)):
-        argv = [*watchdog_variant(forked), "run", "-q", "--"]
-        rows.append((f"tether run, wd {how} (cached)", argv, cached))
     if args.baseline:
         # python -m: the console script would import the installed tether first.
         base = [sys.executable, "-m", "tether.cli", "run", "-q", "--"]

@@ -45,13 +45,6 @@ def ppid_of(pid: int) -> int:
     return int(data[data.rindex(b")") + 2 :].split()[1])
 
 
-def watchdog_variant(forked: bool) -> list[str]:
-    """``tether`` with its watchdog forked or spawned (tether.job._FORK_WATCHDOG;
-    python -c, so sys.argv[1:] are tether's arguments)."""
-    toggle = f"import tether.job; tether.job._FORK_WATCHDOG = {forked}"
-    return [sys.executable, "-c", f"{toggle}; from tether.cli import main; main()"]
-
-
 def tether_command() -> list[str]:
     # The console script installed beside this interpreter (a pyenv shim would
     # put bash + pyenv in front of it); fall back to PATH, then to -m.

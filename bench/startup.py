@@ -25,7 +25,6 @@ import tempfile
 import time
 
 from _common import PYTHON, median, pass_miss
-from idle import watchdog_variant
 
 # With PYTHONDONTWRITEBYTECODE=1 (as in some CI images) tether's modules are
 # compiled from source on every start. The "(pyc cached)" rows remove it and
@@ -125,10 +124,6 @@ def main() -> int:
     # what the click-free path saves, from this tree alone.
     via_click = "import click; from tether.cli import main; main()"
     cmds.append(("tether run -- true via click", [PYTHON, "-c", via_click, "run", "--", "true"]))
-    # The watchdog spawned (the default) and forked, started the same way.
-    for how, forked in (("spawned", False), ("forked", True)):
-        argv = [*watchdog_variant(forked), "run", "--", "true"]
-        cmds.append((f"tether run -- true, watchdog {how}", argv))
     cmds.append(("python3 -c 'import tether.cli'", [PYTHON, "-c", "import tether.cli"]))
     cmds.append((f"{true_bin}", [true_bin]))
     cached = [

@@ -97,7 +97,7 @@ _WATCHDOG_EXIT_WAIT = 2.0
 #: fork (refcounts, 3.11's quickened bytecode) stays the watchdog's alone,
 #: 5.5 MB of it against the spawned watchdog's 3.6 MB whole.
 _FORK_WATCHDOG = False
-#: The largest resident set from which the watchdog is forked
+#: The largest peak resident set from which the watchdog is forked
 #: (`tether run` is ~16 MB); a larger caller spawns it.
 _FORK_MAX_RESIDENT = 48 << 20
 #: Where the forked watchdog stops closing fds without a hard fd limit
@@ -166,28 +166,23 @@ def _spawn_watchdog(args: Sequence[str], stdin: int, control: int) -> int:
         os.close(devnull)
 
 
-def _fork_is_cheap_and_safe() -> bool:
-    """This process has one thread, in Python's view *and* the kernel's, and a
-    resident set of at most _FORK_MAX_RESIDENT.
+def _single_threaded() -> bool:
+    """This process has one thread, in Python's view *and* the kernel's.
 
     threading.active_count() misses threads that C code started (a BLAS pool,
     a gRPC poller); the kernel's count in /proc/self/stat (num_threads) sees
     them all. Only this one thread can start another, so the answer holds
-    until it does: across the fork that follows. (The size is read from
-    statm: ru_maxrss would carry the peak of the image before exec.)
+    until it does: across the fork that follows.
     """
     if threading.active_count() != 1 or _platform.NAME != "linux":
         return False
     from tether._platform.linux import procfs
 
+    stat = procfs.read_stat(os.getpid())
     try:
-        with procfs.ProcDir(os.getpid()) as me:
-            stat, statm = me.read("stat"), me.read("statm")
-        threads = int(stat[stat.rindex(b")") + 2 :].split()[17])  # proc(5): num_threads
-        resident = int(statm.split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, procfs.ProcessGone, ValueError, IndexError):
+        return int(stat[stat.rindex(b")") + 2 :].split()[17]) == 1  # proc(5): num_threads
+    except (ValueError, IndexError):
         return False
-    return threads == 1 and resident <= _FORK_MAX_RESIDENT
 
 
 def _fork_watchdog(args: Sequence[str], stdin: int, control: int) -> int | None:
@@ -200,7 +195,10 @@ def _fork_watchdog(args: Sequence[str], stdin: int, control: int) -> int | None:
     only a single-threaded process forks, and only a small one (page tables
     are copied: the cost grows with the caller, as for clone3).
     """
-    if not _FORK_WATCHDOG or not _fork_is_cheap_and_safe():
+    if not _FORK_WATCHDOG or not _single_threaded():
+        return None
+    # ru_maxrss (kB on Linux) is the peak, never below the resident set now.
+    if resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 > _FORK_MAX_RESIDENT:
         return None
     devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     try:

@@ -2,9 +2,7 @@
 
 Started by the supervisor before the job's first process, one per job, as
 ``python -m tether.watchdog JOURNAL_DIR JOB_ID PID START_TIME`` with a pipe
-from the supervisor on stdin (or, where tether.job._FORK_WATCHDOG allows, forked
-from a single-threaded supervisor and left as that would leave it; off by
-default: it costs more memory than it saves CPU). It is the supervisor's own child: parentage,
+from the supervisor on stdin. It is the supervisor's own child: parentage,
 not a start time read from /proc, proves which process it watches. It is
 not a member of the job: it starts before the leader (so it is older than
 the job's start-time floor), in a session of its own (terminal signals to

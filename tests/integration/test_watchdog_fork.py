@@ -23,8 +23,7 @@ import pytest
 from helpers import wait_for, wait_for_file
 
 #: argv: MODE OUT_FD ATEXIT_FILE. MODE "thread" starts a threading.Thread,
-#: "cthread" a thread threading does not count (as C code would), "large"
-#: makes the supervisor 64 MB larger, "plain" none of these.
+#: "cthread" a thread threading does not count (as C code would), "plain" none.
 #: Prints one JSON line about the job and its watchdog, then waits for the job.
 SUPERVISOR = r"""
 import _thread, atexit, json, os, signal, subprocess, sys, threading, time
@@ -39,8 +38,6 @@ if mode == "thread":
     threading.Thread(target=threading.Event().wait, daemon=True).start()
 elif mode == "cthread":
     _thread.start_new_thread(time.sleep, (300,))
-elif mode == "large":
-    ballast = b"x" * (64 << 20)  # written: resident
 # Dispositions a fresh interpreter must not see (exec resets handled ones).
 signal.signal(signal.SIGUSR1, lambda *_: None)
 signal.signal(signal.SIGTERM, lambda *_: None)
@@ -184,12 +181,10 @@ def test_forked_watchdog_leaves_the_callers_atexit_and_buffers_to_the_caller(
     assert (tmp_path / "atexit").read_text().split() == [str(sup.pid)]
 
 
-@pytest.mark.parametrize("mode", ["thread", "cthread", "large"])
-def test_a_threaded_or_large_supervisor_spawns_its_watchdog(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize("mode", ["thread", "cthread"])
+def test_a_threaded_supervisor_spawns_its_watchdog(tmp_path: Path, mode: str) -> None:
     """cthread: a thread threading.active_count() does not see; the kernel's
-    count (num_threads) must keep the fork away too. large: 64 MB resident
-    (a fork copies the page tables; the watchdog would keep what the
-    supervisor dirties)."""
+    count (num_threads) must keep the fork away too."""
     sup, r, info = _supervise(tmp_path, mode, "pass")
     sup.communicate(timeout=60)
     os.close(r)
