@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, NoReturn, TypedDict, Unpack
+from typing import IO, TYPE_CHECKING, Any, TypedDict, Unpack
 
-from tether import _platform, logs
+from tether import logs
 from tether.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
@@ -90,22 +90,6 @@ _released_watchdogs: set[int] = set()
 #: (it exits within milliseconds): leaving first would leave it a zombie of
 #: init's — forever in a container whose PID 1 does not reap.
 _WATCHDOG_EXIT_WAIT = 2.0
-#: Whether the watchdog may be forked (:func:`_fork_watchdog`). Off: measured
-#: on `tether run` (same runs, interleaved), the fork saves ~10 ms CPU and
-#: ~14 ms wall per job but costs ~2 MB PSS for as long as the job runs (the
-#: pair 16.7 MB against 14.8): every page the supervisor dirties after the
-#: fork (refcounts, 3.11's quickened bytecode) stays the watchdog's alone,
-#: 5.5 MB of it against the spawned watchdog's 3.6 MB whole.
-_FORK_WATCHDOG = False
-#: The largest peak resident set from which the watchdog is forked
-#: (`tether run` is ~16 MB); a larger caller spawns it.
-_FORK_MAX_RESIDENT = 48 << 20
-#: Where the forked watchdog stops closing fds without a hard fd limit
-#: (fs.nr_open's default; close_range(2) makes the span cheap).
-_MAX_FD = 1 << 20
-#: A forked watchdog's references to the caller's stdio objects, so that
-#: they are never finalised (and flushed) there.
-_inherited_streams: list[object] = []
 #: The report's caveat for ``foreground`` jobs.
 FOREGROUND_CAVEAT = (
     "foreground: the job shares tether's session and process group (the terminal's), so "
@@ -132,16 +116,12 @@ def _kept(popen: object) -> KeptPopen | None:
     return popen if isinstance(popen, KeptPopen) else None
 
 
-def _spawn_watchdog(args: Sequence[str], stdin: int, control: int) -> int:
+def _spawn_watchdog(args: Sequence[str], stdin: int) -> int:
     """Start the watchdog (:mod:`tether.watchdog`) with ARGS in its own session; its pid.
 
-    Forked where that is safe (:func:`_fork_watchdog`), else posix_spawn
-    (vfork + exec) rather than Popen: nothing to clean up in this process
-    but the pid, which the caller reaps once the watchdog is done.
+    posix_spawn (vfork + exec) rather than Popen: nothing to clean up in this
+    process but the pid, which the caller reaps once the watchdog is done.
     """
-    pid = _fork_watchdog(args, stdin, control)
-    if pid is not None:
-        return pid
     devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     env = dict(os.environ)
     flags = ["-P"]
@@ -164,118 +144,6 @@ def _spawn_watchdog(args: Sequence[str], stdin: int, control: int) -> int:
         )
     finally:
         os.close(devnull)
-
-
-def _single_threaded() -> bool:
-    """This process has one thread, in Python's view *and* the kernel's.
-
-    threading.active_count() misses threads that C code started (a BLAS pool,
-    a gRPC poller); the kernel's count in /proc/self/stat (num_threads) sees
-    them all. Only this one thread can start another, so the answer holds
-    until it does: across the fork that follows.
-    """
-    if threading.active_count() != 1 or _platform.NAME != "linux":
-        return False
-    from tether._platform.linux import procfs
-
-    stat = procfs.read_stat(os.getpid())
-    try:
-        return int(stat[stat.rindex(b")") + 2 :].split()[17]) == 1  # proc(5): num_threads
-    except (ValueError, IndexError):
-        return False
-
-
-def _fork_watchdog(args: Sequence[str], stdin: int, control: int) -> int | None:
-    """Fork the watchdog from this process; its pid, or None to spawn one instead.
-
-    A forked watchdog shares this interpreter's pages copy-on-write and has
-    tether.watchdog imported already: no ~16 ms interpreter start per job,
-    and ready at once (a short job's supervisor waits for its watchdog to
-    exit). A fork copies every lock in the state its holder left it in, so
-    only a single-threaded process forks, and only a small one (page tables
-    are copied: the cost grows with the caller, as for clone3).
-    """
-    if not _FORK_WATCHDOG or not _single_threaded():
-        return None
-    # ru_maxrss (kB on Linux) is the peak, never below the resident set now.
-    if resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 > _FORK_MAX_RESIDENT:
-        return None
-    devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(devnull)
-        return None
-    if pid == 0:
-        _watchdog_child(args, stdin, control, devnull)  # never returns
-    os.close(devnull)
-    return pid
-
-
-def _watchdog_child(args: Sequence[str], stdin: int, control: int, devnull: int) -> NoReturn:
-    """The forked watchdog: left as the spawned one would be, then its loop.
-
-    Leaves with os._exit only: the caller's atexit handlers, and its stdio
-    buffers (sys.stderr may hold a partial line), are the caller's, to run
-    and flush once, in the caller.
-    """
-    code = 70
-    try:
-        os.setsid()  # as posix_spawn's setsid: a Ctrl-C on the job's terminal misses us
-        # fds as the spawned one gets them: the pipe on 0, /dev/null on 1,
-        # stderr kept; nothing else. The caller's fds (the job's output
-        # pipes in the remote agent, a socket, the CLI's signal pipe) held
-        # here would keep their readers from EOF for as long as we live.
-        os.dup2(stdin, 0)
-        os.dup2(devnull, 1)
-        if control == 2:  # our own pipe's write end: we would never see its EOF
-            os.dup2(devnull, 2)
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        os.closerange(3, _MAX_FD if hard == resource.RLIM_INFINITY else max(hard, 1024))
-        _reset_signals()
-        # Keep the caller's streams referenced (never finalised, so never
-        # flushed) and write ours through fresh ones; the caller's log
-        # handlers stay silent, as in a spawned watchdog (nothing configures
-        # logging there).
-        _inherited_streams.extend((sys.stdout, sys.stderr))
-        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
-        logging = sys.modules.get("logging")
-        if logging is not None:
-            logging.disable(logging.CRITICAL)
-        # '' means the working directory, which the watchdog leaves for "/".
-        sys.path[:] = [p for p in sys.path if p]
-        from tether.watchdog import main
-
-        code = main(list(args))
-    except BaseException as err:  # nothing may unwind into the caller's code
-        with contextlib.suppress(OSError):
-            os.write(2, f"tether watchdog: {type(err).__name__}: {err}\n".encode(errors="replace"))
-    os._exit(code)
-
-
-def _reset_signals() -> None:
-    """Dispositions as exec would leave them (handled -> default, ignored
-    stays ignored) and a new interpreter then sets (SIGINT raises
-    KeyboardInterrupt; SIGPIPE, SIGXFSZ ignored); no wakeup fd (closed)."""
-    signal.set_wakeup_fd(-1)
-    for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            handler = signal.getsignal(sig)
-        except ValueError:
-            continue
-        if sig in (signal.SIGPIPE, signal.SIGXFSZ):
-            wanted: Any = signal.SIG_IGN
-        elif not callable(handler):
-            continue  # SIG_DFL, SIG_IGN or None (set outside Python): exec keeps those
-        elif sig == signal.SIGINT:
-            wanted = signal.default_int_handler
-        else:
-            wanted = signal.SIG_DFL
-        if handler is not wanted:
-            signal.signal(sig, wanted)
 
 
 @functools.lru_cache(maxsize=4)
@@ -963,7 +831,7 @@ class Job:
         rfd, wfd = os.pipe()
         try:
             pid = _spawn_watchdog(
-                [self._journal.directory, self.id, str(os.getpid()), str(me)], rfd, wfd
+                [self._journal.directory, self.id, str(os.getpid()), str(me)], stdin=rfd
             )
         except OSError as err:
             os.close(wfd)
