@@ -124,7 +124,8 @@ def test_leftover_holding_the_pipe_is_terminated_and_named(tmp_path: Path) -> No
         [
             "sh",
             "-c",
-            f"sleep 3600 & p=$!; until grep -q '^sleep' /proc/$p/cmdline; do :; done; "
+            "sleep 3600 & p=$!; until [ \"$(tr '\\0' ' ' </proc/$p/cmdline)\" = 'sleep 3600 ' ]; "
+            "do :; done; "
             f"echo $p >{pidfile}; echo leader-done",
         ],
         capture_output=True,

@@ -85,7 +85,10 @@ def test_leader_alone_is_proven_gone_with_one_table_read(trackers: str) -> None:
 
 @pytest.mark.parametrize("trackers", TRACKERS)
 def test_a_leftover_is_still_found_and_killed(trackers: str) -> None:
-    out = _run("normal", trackers, "sh", "-c", "sleep 30 & exit 0")
+    # The leader waits for the sleep's exec: a leftover caught still in the
+    # forked shell would be named by the shell's command line.
+    script = "sleep 30 & until [ \"$(tr '\\0' ' ' </proc/$!/cmdline)\" = 'sleep 30 ' ]; do :; done"
+    out = _run("normal", trackers, "sh", "-c", script)
     assert not out["settled"]
     assert out["complete"] and out["killed"] == ["sleep 30"]
 
