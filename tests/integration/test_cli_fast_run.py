@@ -79,6 +79,7 @@ def click_params(args: list[str]) -> dict[str, object]:
 @example(["-s", "INT", "--signal=HUP", "-q", "true"])  # the last one wins
 @example(["--tag-gid", "1_0", "true"])  # int() takes it; the fast path leaves it to click
 @example(["--tag-gid", "²", "true"])  # a digit to str.isdigit(), not to int()
+@example(["--foreground", "-", "--json==5s"])  # "-" starts the job's argv: its --json=X is its own
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_the_fast_parser_agrees_with_click(args: list[str]) -> None:
     fast = parse_fast(args)

@@ -227,8 +227,10 @@ def legacy_json_args(command: click.Command, args: list[str]) -> list[str]:
     i = 0
     while i < len(args):
         arg = args[i]
-        if arg == "--" or not arg.startswith("-"):
-            return out + args[i:]  # the positional arguments (a job's argv) start here
+        if arg in ("--", "-") or not arg.startswith("-"):
+            # The positional arguments (a job's argv) start here; click reads
+            # a lone "-" as one too, and a job's own --json=X is not ours.
+            return out + args[i:]
         if arg.startswith("--json="):
             target = arg.partition("=")[2]
             out += _legacy_json(target)
