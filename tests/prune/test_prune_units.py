@@ -94,6 +94,9 @@ def test_slurm_epilog_environment() -> None:
         {"SLURM_JOB_ID": "7"},
         {"SLURM_JOB_ID": "7", "SLURM_JOB_USER": "no-such-user-xyz"},
         {"SLURM_JOB_ID": "7", "SLURM_JOB_UID": "5", "SLURM_JOB_USER": "root"},
+        # int() refuses these two (more than 4300 digits; a superscript digit)
+        {"SLURM_JOB_ID": "7", "SLURM_JOB_UID": "9" * 5000},
+        {"SLURM_JOB_ID": "7", "SLURM_JOB_UID": "\u00b9"},
     ):
         with pytest.raises(UsageError):
             job_context((), env)
@@ -104,7 +107,13 @@ def test_torque_epilogue_arguments() -> None:
     assert (ctx.kind, ctx.job_id, ctx.uid, ctx.sids) == ("torque", "9.srv", 0, frozenset({321}))
     assert ctx.env == (b"PBS_JOBID=9.srv",)
     assert job_context(["9.srv", "root"], {}).sids == frozenset()
-    for argv in (["9.srv"], ["9.srv", "no-such-user-xyz"], ["9.srv", "root", "g", "n", "x"]):
+    for argv in (
+        ["9.srv"],
+        ["9.srv", "no-such-user-xyz"],
+        ["9.srv", "root", "g", "n", "x"],
+        ["9.srv", "root", "g", "n", "9" * 5000],
+        ["9.srv", "root", "g", "n", "\u00b9"],
+    ):
         with pytest.raises(UsageError):
             job_context(argv, {})
 

@@ -372,14 +372,22 @@ def job_context(argv: Sequence[str], env: Mapping[str, str]) -> _JobContext:
         sids: set[int] = set()
         if len(argv) >= 5 and argv[4].strip():
             text = argv[4].strip()
-            if not (text.isascii() and text.isdigit()):
-                raise UsageError(f"Torque epilogue: session id {text!r} is not a number")
-            if int(text) > 1:
-                sids.add(int(text))
+            sid = _small_number(text)
+            if sid is None:
+                raise UsageError(f"Torque epilogue: session id {text[:40]!r} is not a number")
+            if sid > 1:
+                sids.add(sid)
         return _JobContext(
             "torque", job_id, uid, frozenset(sids), (f"PBS_JOBID={job_id}".encode(),)
         )
     return _slurm_context(env)
+
+
+def _small_number(text: str) -> int | None:
+    """TEXT as a uid or session id: at most 10 ASCII digits, else None
+    ('¹'.isdigit() is true and int() refuses it; int() also refuses more
+    than 4300 digits)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else None
 
 
 def _slurm_context(env: Mapping[str, str]) -> _JobContext:
@@ -396,14 +404,15 @@ def _slurm_context(env: Mapping[str, str]) -> _JobContext:
         raise UsageError(f"SLURM_JOB_ID={job_id!r} is not a job id")
     name = env.get("SLURM_JOB_USER")
     resolved = uid_of(name) if name is not None else None
-    if uid_text is None or not (uid_text.isascii() and uid_text.isdigit()):
+    number = None if uid_text is None else _small_number(uid_text)
+    if number is None:
         if name is None:
             raise UsageError("SLURM_JOB_UID is missing or not a number, and SLURM_JOB_USER unset")
         if resolved is None:
             raise UsageError(f"SLURM_JOB_USER={name!r}: unknown user, and no SLURM_JOB_UID")
         uid = resolved
     else:
-        uid = int(uid_text)
+        uid = number
         if resolved is not None and resolved != uid:
             raise UsageError(f"SLURM_JOB_USER={name!r} is uid {resolved}, but SLURM_JOB_UID={uid}")
     markers = (f"SLURM_JOB_ID={job_id}".encode(), f"SLURM_JOBID={job_id}".encode())
