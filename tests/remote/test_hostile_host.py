@@ -1,7 +1,10 @@
 """Issue 17, item 7: a hostile remote host cannot hang, flood or steer the client.
 
-The host is a fake ``ssh`` (SshOptions.program) that plays back exactly what a
-hostile agent would send: the client cannot tell it from a real connection.
+A host that connects and then misbehaves is a real sshd of the lab whose
+ForceCommand runs the test's script instead of tether's bootstrap: the client
+meets it through OpenSSH, as it would a compromised host. The tests that need
+to count connections or stage later ones (out-of-band cancels) use a fake
+``ssh`` program (SshOptions.program) that plays back the same bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sshd import SshLab
 
 from helpers import SRC, wait_for
 from tether.remote import client, protocol
@@ -32,14 +36,29 @@ def _fake_ssh(tmp_path: Path, body: str) -> SshOptions:
     return SshOptions(program=str(program))
 
 
-def _playback(tmp_path: Path, data: bytes) -> SshOptions:
+@pytest.fixture(scope="module")
+def hostile(lab: SshLab) -> SshLab:
+    """The lab's ``evil`` host: an sshd that runs ``hostile.sh`` for every session."""
+    if "hostile" not in lab.servers:
+        lab.start("hostile", extra=f"ForceCommand /bin/sh {lab.base / 'hostile.sh'}")
+        lab.alias("evil", "hostile")
+    return lab
+
+
+def _real_host(lab: SshLab, body: str) -> SshOptions:
+    """The ``evil`` host (a real sshd) runs ``body`` (sh) as the client's session."""
+    (lab.base / "hostile.sh").write_text(body + "\n")
+    return SshOptions(config_file=lab.config_file)
+
+
+def _playback(lab: SshLab, tmp_path: Path, data: bytes) -> SshOptions:
     """A host that answers the handshake and then sends ``data``."""
     hello = protocol.json_frame(protocol.HELLO, {"protocol": protocol.PROTOCOL})
     started = protocol.json_frame(protocol.STARTED, {"job_id": "j"})
     script = b'TETHER-PY 3.11.0\n{"mode": "installed"}\n' + hello + started + data
     (tmp_path / "playback").write_bytes(script)
     # Sends everything, then waits for the client to hang up.
-    return _fake_ssh(tmp_path, f"cat {tmp_path}/playback; exec cat >/dev/null")
+    return _real_host(lab, f"cat {tmp_path}/playback; exec cat >/dev/null")
 
 
 def _run(ssh: SshOptions) -> client.HostResult:
@@ -69,17 +88,17 @@ def _report(**changes: object) -> dict[str, object]:
 
 
 def test_a_host_that_connects_and_stalls_is_an_error_not_a_hang(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hostile: SshLab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client, "HANDSHAKE_TIMEOUT", 0.5)
+    monkeypatch.setattr(client, "HANDSHAKE_TIMEOUT", 2.0)
     # Connected, stdout open, never a byte (cat echoes only what we send).
-    result = _run(_fake_ssh(tmp_path, "exec cat"))
+    result = _run(_real_host(hostile, "exec cat"))
     assert result.exit_status == 125 and "no answer within" in (result.error or "")
 
 
-def test_an_endless_banner_line_is_refused_not_buffered(tmp_path: Path) -> None:
+def test_an_endless_banner_line_is_refused_not_buffered(hostile: SshLab) -> None:
     flood = "exec python3 -c 'import os\nwhile True: os.write(1, b\"A\" * 65536)'"
-    result = _run(_fake_ssh(tmp_path, flood))
+    result = _run(_real_host(hostile, flood))
     assert result.exit_status == 125 and "longer than" in (result.error or ""), result
 
 
@@ -95,17 +114,17 @@ def test_an_endless_banner_line_is_refused_not_buffered(tmp_path: Path) -> None:
     ],
 )
 def test_a_bad_result_is_that_hosts_error(
-    tmp_path: Path, result: dict[str, object], why: str
+    hostile: SshLab, tmp_path: Path, result: dict[str, object], why: str
 ) -> None:
     payload = json.dumps(result, allow_nan=True).encode()
-    got = _run(_playback(tmp_path, protocol.frame(protocol.RESULT, payload)))
+    got = _run(_playback(hostile, tmp_path, protocol.frame(protocol.RESULT, payload)))
     assert got.exit_status == 125 and why in (got.error or ""), got
     json.dumps(got.to_dict(), allow_nan=False)  # --json stays valid
 
 
-def test_a_remote_error_cannot_choose_the_exit_status(tmp_path: Path) -> None:
+def test_a_remote_error_cannot_choose_the_exit_status(hostile: SshLab, tmp_path: Path) -> None:
     frame = protocol.json_frame(protocol.ERROR, {"message": "\x1b[2Jowned\n", "exit_code": 0})
-    got = _run(_playback(tmp_path, frame))
+    got = _run(_playback(hostile, tmp_path, frame))
     assert got.exit_status == 125
     assert got.error == "\\x1b[2Jowned\\n"
 
