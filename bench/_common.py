@@ -178,3 +178,26 @@ def reap(popen: subprocess.Popen[bytes] | None) -> None:
 
 def pass_miss(ok: bool) -> str:
     return "PASS" if ok else "MISS"
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of PID in clock ticks (/proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    rest = data[data.rindex(b")") + 2 :].split()
+    return int(rest[11]) + int(rest[12])
+
+
+def compile_trees(src_args: Sequence[str]) -> list[tuple[str, str]]:
+    """Byte-compile the tether in use and each ``--src LABEL=DIR`` tree, as
+    pip install leaves a package (with PYTHONDONTWRITEBYTECODE, or an
+    unwritable tree, every run would otherwise compile each module it
+    imports again); the (label, dir) pairs."""
+    import compileall
+
+    import tether
+
+    trees = [(label, src) for label, src in (x.split("=", 1) for x in src_args)]
+    for tree_dir in [os.path.dirname(tether.__file__), *(src for _, src in trees)]:
+        compileall.compile_dir(tree_dir, quiet=1)
+    return trees

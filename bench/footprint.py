@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from _common import Tracked, Tree, median, pass_miss, reap
+from _common import Tracked, Tree, cpu_ticks, median, pass_miss, reap
 from idle import tether_command
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -61,13 +61,6 @@ def memory_kb(pid: int) -> dict[str, int]:
         "rss": values["Rss"],
         "uss": values["Private_Clean"] + values["Private_Dirty"],
     }
-
-
-def cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    rest = data[data.rindex(b")") + 2 :].split()
-    return int(rest[11]) + int(rest[12])
 
 
 class Sample:

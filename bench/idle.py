@@ -19,16 +19,9 @@ import subprocess
 import sys
 import time
 
-from _common import Tracked, Tree, pass_miss, raise_fd_limit, reap
+from _common import Tracked, Tree, cpu_ticks, pass_miss, raise_fd_limit, reap
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    rest = data[data.rindex(b")") + 2 :].split()
-    return int(rest[11]) + int(rest[12])  # utime + stime (fields 14, 15)
 
 
 def status_kb(pid: int, key: str) -> int:

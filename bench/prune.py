@@ -25,7 +25,6 @@ script, held through a pidfd and killed through it: nothing by name.
 from __future__ import annotations
 
 import argparse
-import compileall
 import contextlib
 import functools
 import json
@@ -36,9 +35,8 @@ import sys
 import tempfile
 import time
 
-from _common import PYTHON, Tracked, median, pass_miss, raise_fd_limit
+from _common import PYTHON, Tracked, compile_trees, median, pass_miss, raise_fd_limit
 
-import tether
 from tether.prune import PruneOptions, SessionList, plan
 
 UID_BASE = 61000  # numeric uids, no passwd entry needed (setresuid takes any)
@@ -160,11 +158,7 @@ def main() -> int:
         print("needs root (the processes run as other uids)", file=sys.stderr)
         return 2
     raise_fd_limit()
-    # Byte-compiled first, as pip install leaves a package: with
-    # PYTHONDONTWRITEBYTECODE (or an unwritable tree) every run would
-    # otherwise compile each module it imports again.
-    for tree_dir in [os.path.dirname(tether.__file__), *(x.split("=", 1)[1] for x in args.src)]:
-        compileall.compile_dir(tree_dir, quiet=1)
+    src_trees = compile_trees(args.src)
     add = max(args.jobs, args.total - node_processes() - 1)
     strays = int(add * args.stray_fraction)
     per_job = max(1, (add - strays) // args.jobs)
@@ -229,7 +223,7 @@ def main() -> int:
             ("tether prune --json (whole command)", tether_cli),
             ("ps -eo ... | awk (cron-style script)", ps_script),
         ]
-        for label, src in (x.split("=", 1) for x in args.src):
+        for label, src in src_trees:
             methods.append((f"tether prune --json ({label})", functools.partial(tether_cli, src)))
         for _name, fn in methods:  # warm-up: imports, dentry cache
             fn()

@@ -20,7 +20,6 @@ The tree is held by pidfds and killed through them: nothing by name.
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
 import re
 import resource
@@ -29,9 +28,7 @@ import subprocess
 import sys
 import time
 
-from _common import Tracked, Tree, median, pass_miss, raise_fd_limit, reap
-
-import tether
+from _common import Tracked, Tree, compile_trees, median, pass_miss, raise_fd_limit, reap
 
 
 def tether_bin() -> list[str]:
@@ -69,11 +66,7 @@ def main() -> int:
         print("needs pstree (apt-get install psmisc)", file=sys.stderr)
         return 2
     raise_fd_limit()
-    # Byte-compiled first, as pip install leaves a package: with
-    # PYTHONDONTWRITEBYTECODE (or an unwritable tree) every run would
-    # otherwise compile each module it imports again.
-    for tree_dir in [os.path.dirname(tether.__file__), *(x.split("=", 1)[1] for x in args.src)]:
-        compileall.compile_dir(tree_dir, quiet=1)
+    src_trees = compile_trees(args.src)
     tracked = Tracked()
     tree = Tree(args.n, tracked)
     launcher = subprocess.Popen(tree.argv, start_new_session=True, stdin=subprocess.DEVNULL)
@@ -90,7 +83,7 @@ def main() -> int:
             ("tether ps PID", [*tether_argv, "ps", root], False, None),
             ("tether ps --all PID", [*tether_argv, "ps", "--all", root], True, None),
         ]
-        for label, src in (x.split("=", 1) for x in args.src):
+        for label, src in src_trees:
             module = [sys.executable, "-m", "tether.cli", "ps", root]
             methods.append((f"tether ps PID ({label})", module, False, src))
         methods.append(("pstree -p PID", [pstree, "-p", root], True, None))
