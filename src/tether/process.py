@@ -103,12 +103,13 @@ class ProcessHandle:
     (fds are a finite resource).
     """
 
-    __slots__ = ("_pidfd", "pid", "starttime")
+    __slots__ = ("_event_fd", "_pidfd", "pid", "starttime")
 
     def __init__(self, pid: int, starttime: int, pidfd: int) -> None:
         self.pid = pid
         self.starttime = starttime
         self._pidfd = pidfd
+        self._event_fd = _platform.exit_event_fd(pidfd)
 
     @classmethod
     def open(cls, pid: int, starttime: int | None = None) -> ProcessHandle | None:
@@ -124,7 +125,7 @@ class ProcessHandle:
     @property
     def fileno(self) -> int:
         """A pollable fd, readable once the process has exited; -1 if there is none."""
-        return self._pidfd
+        return self._event_fd
 
     def send_signal(self, sig: int) -> Delivery:
         """Signal this process and no other."""

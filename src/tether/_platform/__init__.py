@@ -66,6 +66,7 @@ class Backend(Protocol):
     def open_process(self, pid: int, starttime: int | None) -> tuple[int, int] | None: ...
     def send_signal(self, pid: int, starttime: int, fd: int, sig: int) -> Delivery: ...
     def has_exited(self, pid: int, starttime: int, fd: int) -> bool: ...
+    def exit_event_fd(self, fd: int) -> int: ...
 
 
 def _wanted() -> str:
@@ -109,6 +110,7 @@ boot_id = _impl.boot_id
 open_process = _impl.open_process
 send_signal = _impl.send_signal
 has_exited = _impl.has_exited
+exit_event_fd = _impl.exit_event_fd
 
 __all__ = [
     "BACKENDS",
@@ -120,6 +122,7 @@ __all__ = [
     "NAME",
     "Backend",
     "boot_id",
+    "exit_event_fd",
     "has_exited",
     "is_pid_namespace_init",
     "open_process",

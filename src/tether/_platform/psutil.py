@@ -116,6 +116,11 @@ def send_signal(pid: int, starttime: int, fd: int, sig: int) -> Delivery:
     return Delivery.DELIVERED
 
 
+def exit_event_fd(fd: int) -> int:
+    """No handle here polls: every exit is found by :func:`has_exited`."""
+    return -1
+
+
 def has_exited(pid: int, starttime: int, fd: int) -> bool:
     """Gone, replaced by another process, or a zombie (exited, not yet reaped)."""
     try:

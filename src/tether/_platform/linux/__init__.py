@@ -20,6 +20,7 @@ import errno
 import os
 import select
 import signal
+import stat
 from collections.abc import Collection, Iterable
 
 from tether._platform._common import Delivery, ProcessInfo
@@ -32,6 +33,10 @@ HAS_ENVIRON = True
 HAS_PIDFD = True
 
 _BOOT_ID = f"{procfs.PROC}/sys/kernel/random/boot_id"
+
+#: Set once pidfd_open was refused (no kernel support, or a seccomp filter)
+#: and a /proc/PID dirfd stands in for a pidfd.
+_dirfd_handles = [False]
 
 
 def _read_info(
@@ -361,6 +366,7 @@ def open_process_info(
                 # No pidfd support: the dirfd itself is accepted by
                 # pidfd_send_signal (Linux >= 5.1), keep a dup of it.
                 pidfd = os.dup(d.fd)
+                _dirfd_handles[0] = True
             try:
                 info = _read_info(d, fields, st if fields else d.stat())
                 if info.starttime != st.starttime:
@@ -385,18 +391,46 @@ def send_signal(pid: int, starttime: int, fd: int, sig: int) -> Delivery:
     return Delivery.DELIVERED
 
 
+def exit_event_fd(fd: int) -> int:
+    """``fd`` if it polls readable exactly when its process has exited (a
+    pidfd), else -1. A /proc/PID dirfd standing in for one polls readable at
+    once, as every directory does: polling it would call a live process
+    exited."""
+    if fd < 0 or not _dirfd_handles[0]:
+        return fd
+    try:
+        return -1 if stat.S_ISDIR(os.fstat(fd).st_mode) else fd
+    except OSError:
+        return -1
+
+
 def has_exited(pid: int, starttime: int, fd: int) -> bool:
     if fd < 0:
         return True
+    if exit_event_fd(fd) < 0:
+        return _dirfd_says_exited(fd)
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    if poller.poll(0):
-        return True
-    # A /proc dirfd fallback is not pollable: ask the kernel through it.
+    return bool(poller.poll(0))
+
+
+def _dirfd_says_exited(fd: int) -> bool:
+    # A /proc dirfd is not pollable: ask the kernel through it. A zombie
+    # still takes signal 0, so its state is read too (a pidfd would already
+    # poll readable: a zombie counts as exited).
     try:
         signal.pidfd_send_signal(fd, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
+        pass
+    try:
+        stat_fd = os.open("stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            data = os.read(stat_fd, 4096)
+        finally:
+            os.close(stat_fd)
+    except OSError:
         return False
-    return False
+    end = data.rfind(b")")
+    return end >= 0 and data[end + 2 : end + 3] == b"Z"
