@@ -96,6 +96,33 @@ def test_a_host_that_connects_and_stalls_is_an_error_not_a_hang(
     assert result.exit_status == 125 and "no answer within" in (result.error or "")
 
 
+def test_a_cancel_while_ssh_starts_closes_the_connection(
+    hostile: SshLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled between starting ssh and recording the connection: the
+    connection is closed then, not after the host's handshake deadline
+    (120 s for a host that stalls)."""
+    runs: list[HostRun] = []
+
+    class CancelledWhileStarting(client.Connection):
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)  # type: ignore[arg-type]
+            runs[0].cancel("cancelled while ssh started")
+
+    monkeypatch.setattr(client, "Connection", CancelledWhileStarting)
+    ssh = _real_host(hostile, "exec cat")  # connected, never a byte
+    out = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+    try:
+        runs.append(
+            HostRun(Target("evil"), JobSpec(argv=("true",)), ssh, OutputSink(False, out, out))
+        )
+        runs[0].start()
+        assert runs[0].done.wait(60), "the cancel waited for the handshake deadline"
+    finally:
+        out.close()
+    assert "cancelled before it started" in (runs[0].result.error or "")
+
+
 def test_an_endless_banner_line_is_refused_not_buffered(hostile: SshLab) -> None:
     flood = "exec python3 -c 'import os\nwhile True: os.write(1, b\"A\" * 65536)'"
     result = _run(_real_host(hostile, flood))

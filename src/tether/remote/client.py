@@ -802,6 +802,11 @@ class HostRun:
         conn = Connection(self.target, self.ssh)
         with self._lock:
             self.conn = conn
+            # A cancel while ssh was being started found no connection to close.
+            early = self.cancelled.is_set()
+        if early:
+            conn.kill()
+            raise RemoteError(self.label, "cancelled before it started")
         sent = False
 
         def send_spec() -> None:
