@@ -769,9 +769,11 @@ class Membership:
             # tree was still forking during the last round.
             new = [m for m in self.scan() if id(m) not in seen]
             if not new:
-                # Every member is stopped and that scan found no other: until
-                # the thaw nothing of the tree can fork, so it stays current.
-                self._swept = True
+                # That scan found no other member. If every live one is
+                # stopped (none refused SIGSTOP), nothing of the tree can
+                # fork until the thaw, so it stays current.
+                stopped = {id(m) for m in self._stopped}
+                self._swept = all(id(m) in stopped for m in self.live())
                 return "sigstop"
         return "sigstop (tree still growing)"
 
