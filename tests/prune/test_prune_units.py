@@ -259,3 +259,24 @@ def test_a_uid_is_ascii_digits_of_uid_size() -> None:
         )  # fmt: skip
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith("tether: --user: unknown user"), done.stderr
+
+
+def test_a_strays_command_line_is_read_bounded() -> None:
+    """Another user's argv may be megabytes: the listing reads what it shows
+    (4096 characters) and a chunk, not the whole of it."""
+    import subprocess
+
+    from tether.process import read_process
+    from tether.prune.scan import read_shown
+
+    child = subprocess.Popen(["sleep", "60", *(["x" * 100_000] * 20)])
+    try:
+        info = read_process(child.pid)
+        assert info is not None
+        shown = read_shown(child.pid, info.starttime)
+        assert shown is not None and shown[0] is not None
+        assert shown[0].startswith("sleep 60 xxx")
+        assert len(shown[0]) < 100_000
+    finally:
+        child.kill()
+        child.wait()

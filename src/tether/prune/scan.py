@@ -52,14 +52,16 @@ class Proc:
         return (self.pid, self.starttime)
 
 
-def _read(path: str, size: int = 4096) -> bytes:
+def _read(path: str, size: int = 4096, limit: int | None = None) -> bytes:
+    """The file, or its first ``limit`` bytes and up to one more chunk."""
     fd = os.open(path, _O_FILE)
     try:
         data = os.read(fd, size)
         if len(data) == size:
-            chunks = [data]
-            while chunk := os.read(fd, 65536):
+            chunks, total = [data], size
+            while (limit is None or total < limit) and (chunk := os.read(fd, 65536)):
                 chunks.append(chunk)
+                total += len(chunk)
             data = b"".join(chunks)
         return data
     finally:
@@ -227,7 +229,9 @@ def read_shown(pid: int, starttime: int) -> tuple[str | None, str | None] | None
     directory fd (this runs once per stray).
     """
     try:
-        cmdline = _read(f"{PROC}/{pid}/cmdline")
+        # Bounded: another user's argv may be megabytes; the listing shows
+        # 4096 characters of it (a character is at most 4 bytes).
+        cmdline = _read(f"{PROC}/{pid}/cmdline", limit=4 * 4096)
         cgroup = _read(f"{PROC}/{pid}/cgroup")
         stat = _read(f"{PROC}/{pid}/stat")
         if int(stat.rpartition(b") ")[2].split(b" ", 20)[19]) != starttime:
