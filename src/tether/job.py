@@ -31,7 +31,7 @@ from tether.identity import Identity
 from tether.journal import JobRecord, Journal, new_record
 from tether.membership import Membership, _raise_fd_limit
 from tether.policy import MAX_POLL_MS, Policy
-from tether.process import ProcessHandle, ProcessInfo, read_process
+from tether.process import ProcessHandle, ProcessInfo, own_starttime, read_process
 from tether.report import Report, oneline
 from tether.sanitize import visible
 from tether.spec import Arg, JobSpec, Leftovers, command_args
@@ -149,9 +149,7 @@ def _spawn_watchdog(args: Sequence[str], stdin: int) -> int:
 @functools.lru_cache(maxsize=4)
 def _own_starttime(pid: int) -> int:
     """This process's start time (keyed by pid: a forked child asks anew)."""
-    info = read_process(pid)
-    assert info is not None  # this very process
-    return info.starttime
+    return own_starttime()
 
 
 def _wait_watchdog_exit(pid: int, timeout: float) -> None:
@@ -248,7 +246,7 @@ class _CgroupPopen(subprocess.Popen[Any]):
         # shim's cgroup.procs write costs a fixed ~10 ms. A large caller
         # (200 MB: 38 ms against 23 ms) keeps the shim.
         small = spawn.resident_bytes() <= _CLONE_MAX_RESIDENT
-        if plain and small and not c.pass_fds and spawn.usable():
+        if plain and small and not c.pass_fds:  # spawn() checks it is single-threaded
             try:
                 pid, pidfd = spawn.spawn(
                     self._direct["argv"],

@@ -605,7 +605,11 @@ class KeptPopen(subprocess.Popen[Any]):
         assert not c.pass_fds and c.preexec_fn is None and c.executable is None
         cwd = c.cwd if c.cwd is not None else "."
         cwd_fd = os.open(cwd, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:
+            os.close(cwd_fd)
+            raise
         try:
             request = dict(self._request)
             request.update(
@@ -624,6 +628,9 @@ class KeptPopen(subprocess.Popen[Any]):
                 fd if fd != -1 else n for n, fd in enumerate((c.p2cread, c.c2pwrite, c.errwrite))
             ]
             _client.request(request, [theirs.fileno(), cwd_fd, 2, *std])
+        except BaseException:
+            ours.close()
+            raise
         finally:
             os.close(cwd_fd)
             theirs.close()

@@ -187,17 +187,21 @@ def start(
         Unavailable: clone3 (or CLONE_INTO_CGROUP) cannot be used; nothing
             was started.
     """
-    syscall = _syscall()
-    if syscall is None or not usable():
+    if not usable():
         raise Unavailable("clone3 is not usable in this process")
+    syscall = _syscall()
+    assert syscall is not None  # usable() said so
     candidates = _exec_list(argv[0], env)
     bargv = [os.fsencode(a) for a in argv]
     benv = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+    errr, errw = os.pipe2(os.O_CLOEXEC)
     cg_fd = -1
     if cgroup is not None:
         try:
             cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as err:
+            os.close(errr)
+            os.close(errw)
             raise Unavailable(f"cannot open the job cgroup: {err.strerror}") from None
     pidfd = ctypes.c_int(-1)
     args = _CloneArgs(
@@ -206,7 +210,6 @@ def start(
         exit_signal=signal.SIGCHLD,
         cgroup=max(cg_fd, 0),
     )
-    errr, errw = os.pipe2(os.O_CLOEXEC)
     # Signals stay blocked across the clone, as _posixsubprocess does: one
     # arriving before the child has reset Python's handlers would run the
     # caller's handler (a KeyboardInterrupt) in the child instead of acting
