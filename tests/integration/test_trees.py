@@ -751,6 +751,10 @@ def test_pid_hopper(tree: Tree, mode: str) -> None:
         reaped = subprocess.run(tether_cmd("reap"), capture_output=True, text=True,
                                 timeout=120, check=False)  # fmt: skip
         assert reaped.returncode == 0, reaped.stdout + reaped.stderr
+        listed = subprocess.run(tether_cmd("ps", "--json"), capture_output=True, text=True,
+                                timeout=120, check=True)  # fmt: skip
+        jobs = {j["job_id"] for j in json.loads(listed.stdout)["jobs"]}
+        assert out.report["job_id"] not in jobs, "tether reap left the job's record"
         return
     assert out.report["complete"] is True
     if mode == "auto":
