@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
@@ -23,18 +24,19 @@ def _refused(pid: int) -> int:
     raise OSError(errno.ENOSYS, "pidfd_open refused")
 
 
-def test_a_dirfd_handle_is_not_polled_as_a_pidfd(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def child_and_dirfd_handle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[subprocess.Popen[bytes], ProcessHandle]]:
+    """A sleeping child, and a handle on it opened with pidfd_open refused."""
     child = subprocess.Popen(["sleep", "60"])
     try:
-        monkeypatch.setattr(os, "pidfd_open", _refused)
-        handle = ProcessHandle.open(child.pid)
+        with monkeypatch.context() as m:
+            m.setattr(os, "pidfd_open", _refused)
+            handle = ProcessHandle.open(child.pid)
         assert handle is not None
         try:
-            assert handle.fileno == -1  # nothing for a poller: exits are asked for
-            assert not handle.has_exited()
-            handle.send_signal(9)
-            child.wait(10)  # reaped: gone
-            assert handle.has_exited()
+            yield child, handle
         finally:
             handle.close()
     finally:
@@ -42,18 +44,21 @@ def test_a_dirfd_handle_is_not_polled_as_a_pidfd(monkeypatch: pytest.MonkeyPatch
         child.wait()
 
 
-def test_a_dirfd_handle_calls_a_zombie_exited(monkeypatch: pytest.MonkeyPatch) -> None:
-    child = subprocess.Popen(["sleep", "60"])
-    try:
-        monkeypatch.setattr(os, "pidfd_open", _refused)
-        handle = ProcessHandle.open(child.pid)
-        assert handle is not None
-        try:
-            handle.send_signal(9)
-            os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # a zombie now
-            assert handle.has_exited()
-        finally:
-            handle.close()
-    finally:
-        child.kill()
-        child.wait()
+def test_a_dirfd_handle_is_not_polled_as_a_pidfd(
+    child_and_dirfd_handle: tuple[subprocess.Popen[bytes], ProcessHandle],
+) -> None:
+    child, handle = child_and_dirfd_handle
+    assert handle.fileno == -1  # nothing for a poller: exits are asked for
+    assert not handle.has_exited()
+    handle.send_signal(9)
+    child.wait(10)  # reaped: gone
+    assert handle.has_exited()
+
+
+def test_a_dirfd_handle_calls_a_zombie_exited(
+    child_and_dirfd_handle: tuple[subprocess.Popen[bytes], ProcessHandle],
+) -> None:
+    child, handle = child_and_dirfd_handle
+    handle.send_signal(9)
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # a zombie now
+    assert handle.has_exited()
