@@ -29,6 +29,29 @@ def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
         delay = min(delay * 2, 0.1)
 
 
+def exec_finished(pid: int, comm: str) -> bool:
+    """The process has exec'd a program named comm and its new command line
+    is in place. The kernel renames the task (comm) before it lays out the
+    new stack, so comm alone can be read mid-exec, when /proc/PID/cmdline is
+    still empty. env_end (field 51 of stat) is the last address the exec
+    sets, in the new mm: non-zero once argv and envp are laid out. It reads
+    0 to a reader without ptrace read access; tests read their own children
+    (or read as root)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    head, _, rest = raw.rpartition(b") ")
+    fields = rest.split()
+    name = head.partition(b" (")[2]
+    # fields[0] is field 3 (state); env_end is field 51
+    return name == comm.encode() and len(fields) > 48 and fields[48] != b"0"
+
+
+def wait_for_exec(pid: int, comm: str, timeout: float = 10.0) -> None:
+    wait_for(lambda: exec_finished(pid, comm), timeout, f"pid {pid} to exec {comm}")
+
+
 def wait_for_file(path: str | Path, timeout: float = 10.0) -> str:
     p = Path(path)
     wait_for(lambda: p.exists() and p.stat().st_size > 0, timeout, f"file {p}")

@@ -21,7 +21,16 @@ import pytest
 from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry, Resource
 
-from helpers import alive, is_root, kill_identity, proc_stat, tether_cmd, wait_for, wait_for_file
+from helpers import (
+    alive,
+    is_root,
+    kill_identity,
+    proc_stat,
+    tether_cmd,
+    wait_for,
+    wait_for_exec,
+    wait_for_file,
+)
 from tether.journal import RUNTIME_DIR_VAR, JobRecord, Journal
 
 DOCS = Path(__file__).resolve().parent.parent.parent / "docs"
@@ -282,12 +291,8 @@ def stray(tmp_path: Path) -> Iterator[tuple[pwd.struct_passwd, int]]:
         start_new_session=True,
     )  # fmt: skip
 
-    def exec_done() -> bool:
-        st = proc_stat(proc.pid)
-        return st is not None and st.comm == "sleep"
-
     try:
-        wait_for(exec_done, SETTLE, "the stray to start")
+        wait_for_exec(proc.pid, "sleep", SETTLE)
         yield user, proc.pid
     finally:
         st = proc_stat(proc.pid)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import alive, tether_cmd, wait_for, wait_for_file
+from helpers import alive, tether_cmd, wait_for, wait_for_exec, wait_for_file
 from tether._platform.linux import procfs
 from tether.process import ProcessHandle
 
@@ -355,7 +355,7 @@ def test_ps_and_kill_a_foreign_tree(tmp_path: Path) -> None:
     members: list[tuple[int, int]] = []
     try:
         setsid_kid, ignorer = (int(p) for p in wait_for_file(tmp_path / "pids").split())
-        wait_for(lambda: Path(f"/proc/{setsid_kid}/comm").read_text().strip() == "sleep")
+        wait_for_exec(setsid_kid, "sleep")
         members = identities(root.pid, setsid_kid, ignorer)
 
         ps = tether("ps", str(root.pid))

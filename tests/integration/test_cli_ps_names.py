@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import tether_cmd, wait_for
+from helpers import tether_cmd, wait_for_exec
 
 # exec /bin/cat with the argv given (none at all: argc 0, an empty cmdline);
 # cat then waits on its stdin, a pipe the test holds.
@@ -35,7 +35,7 @@ def cats() -> Iterator[tuple[int, int]]:
     ]
     try:
         for p in procs:
-            wait_for(lambda p=p: Path(f"/proc/{p.pid}/comm").read_text() == "cat\n", what="exec")
+            wait_for_exec(p.pid, "cat")
         yield procs[0].pid, procs[1].pid
     finally:
         for p in procs:  # our own unreaped children: their pids cannot be reused

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import tether
-from helpers import cgroup_writable, wait_for
+from helpers import cgroup_writable, exec_finished, wait_for
 
 PATIENT = "TERM,20s,KILL"  # the grace ends as soon as the tree is empty
 _NEEDS_CGROUP = pytest.mark.skipif(not cgroup_writable(), reason="needs cgroup v2 write access")
@@ -141,7 +141,7 @@ def _wait_trap_ready(marks: Path) -> None:
     def ready() -> bool:
         try:
             pid = (marks / "sleeper").read_text().strip()
-            return pid.isdigit() and Path(f"/proc/{pid}/comm").read_text() == "sleep\n"
+            return pid.isdigit() and exec_finished(int(pid), "sleep")
         except OSError:
             return False
 

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers import alive, is_root, kill_identity, proc_stat, tether_cmd, wait_for, wait_for_file
+from helpers import (
+    alive,
+    is_root,
+    kill_identity,
+    proc_stat,
+    tether_cmd,
+    wait_for_exec,
+    wait_for_file,
+)
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="needs root (uid 0) to tag groups")
 
@@ -38,7 +46,7 @@ def escapee_script(tmp_path: Path) -> str:
 
 def read_escapee(tmp_path: Path) -> tuple[int, int]:
     pid = int(wait_for_file(tmp_path / "escapee"))
-    wait_for(lambda: (st := proc_stat(pid)) is not None and st.comm == "sleep", 10, "exec")
+    wait_for_exec(pid, "sleep")
     st = proc_stat(pid)
     assert st is not None
     return pid, st.starttime

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import wait_for
+from helpers import wait_for_exec
 from tether.cli.prune import job_context
 from tether.errors import UsageError
 from tether.prune.classify import Plan, PruneOptions, Stray, _legitimate, _Orphans
@@ -273,8 +273,7 @@ def test_a_strays_command_line_is_read_bounded() -> None:
     child = subprocess.Popen(["sleep", "60", *(["x" * 100_000] * 20)])
     try:
         # Read once it has exec'd (before, its command line is not sleep's).
-        comm = f"/proc/{child.pid}/comm"
-        wait_for(lambda: Path(comm).read_text() == "sleep\n", what="sleep's exec")
+        wait_for_exec(child.pid, "sleep")
         info = read_process(child.pid)
         assert info is not None
         shown = read_shown(child.pid, info.starttime)
