@@ -138,7 +138,7 @@ def test_a_common_run_imports_neither_click_nor_the_keeper() -> None:
 _BOTH = (
     "import sys, tether.cli as c\n"
     "if sys.argv[1] == 'click':\n"
-    "    c._fast_run = lambda args: False\n"
+    "    c._fast_path = lambda args: False\n"
     "c.main(sys.argv[2:])\n"
 )
 

@@ -293,21 +293,33 @@ def _no_such_option(err: click.NoSuchOption, is_run: bool) -> str:
     return f"{message} (see --help)"
 
 
-def _fast_run(args: list[str]) -> bool:
-    """``tether run`` without click, when :func:`tether.cli.run.parse_fast`
-    understands all of ``args`` (and no shell completion is asked for, which
-    click answers); False: the click command is to run them. Not when click
-    is loaded already (a program that embeds tether's CLI, a test that
-    patches click): there is nothing to save, and click's is the reference."""
-    if args[:1] != ["run"] or os.environ.get("_TETHER_COMPLETE") or "click" in sys.modules:
+def _fast_path(args: list[str]) -> bool:
+    """``tether run`` and ``tether ps`` without click, when the command's
+    ``parse_fast`` understands all of ``args`` (and no shell completion is
+    asked for, which click answers); False: the click command is to run
+    them. Not when click is loaded already (a program that embeds tether's
+    CLI, a test that patches click): there is nothing to save, and click's
+    is the reference."""
+    if os.environ.get("_TETHER_COMPLETE") or "click" in sys.modules:
         return False
-    from tether.cli.run import parse_fast, run_fast
+    if args[:1] == ["run"]:
+        from tether.cli.run import parse_fast, run_fast
 
-    params = parse_fast(args[1:])
-    if params is None:
-        return False
-    run_fast(params)
-    return True
+        params = parse_fast(args[1:])
+        if params is None:
+            return False
+        run_fast(params)
+        return True
+    if args[:1] == ["ps"]:
+        from tether.cli import ps
+        from tether.cli._common import as_click_would
+
+        parsed = ps.parse_fast(args[1:])
+        if parsed is None:
+            return False
+        as_click_would(lambda: ps.show(*parsed))
+        return True
+    return False
 
 
 def _run_cli(args: list[str]) -> NoReturn:
@@ -323,7 +335,7 @@ def _run_cli(args: list[str]) -> NoReturn:
         bad_input = _internal_status(command, args)
         note = " (nothing was killed)"
     try:
-        if not _fast_run(args):
+        if not _fast_path(args):
             cli = _group()
             args = _legacy_spellings(args)
             cli.main(args, prog_name="tether", standalone_mode=False)

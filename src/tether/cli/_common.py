@@ -9,6 +9,7 @@ never is).
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -70,6 +71,18 @@ def echo_err(message: str) -> None:
     stream.flush()
 
 
+def echo_out(message: str) -> None:
+    """``click.echo(message)`` without importing click: a line on stdout,
+    ANSI styles removed unless stdout is a terminal. Not flushed per line
+    (a 1000-row tree would be 1000 writes): the entry point flushes at exit."""
+    stream = sys.stdout
+    if stream is None:
+        return
+    if not isatty(stream):
+        message = _strip_ansi(message)
+    stream.write(message + "\n")
+
+
 def _strip_ansi(text: str) -> str:
     if "\033" not in text:
         return text
@@ -77,6 +90,31 @@ def _strip_ansi(text: str) -> str:
 
     # click's own pattern (click._compat._ansi_re): piped output is the same.
     return re.sub(r"\033\[[0-?]*[ -/]*[@-~]", "", text)
+
+
+def as_click_would(body: Callable[[], object]) -> None:
+    """Run a command's body without click (a fast path), as the group and
+    click's main would: logging configured first; an interrupt becomes
+    KeyboardInterrupt after a newline ("tether: interrupted"), and a closed
+    stdout exits 1 with nothing more said there."""
+    from tether import logs
+
+    logs.configure(logs.resolve(None, None, None, os.environ), os.environ)
+    try:
+        body()
+    except (EOFError, KeyboardInterrupt):
+        echo_err("")
+        raise KeyboardInterrupt from None
+    except OSError as err:
+        import errno
+
+        if err.errno != errno.EPIPE:
+            raise
+        from click.utils import _PacifyFlushWrapper
+
+        sys.stdout = _PacifyFlushWrapper(sys.stdout)
+        sys.stderr = _PacifyFlushWrapper(sys.stderr)
+        sys.exit(1)
 
 
 def write_json(target: str | None, text: str) -> None:

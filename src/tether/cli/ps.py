@@ -12,12 +12,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import click
-
-from tether.cli._common import EXIT_INCOMPLETE, EXIT_OK, isatty, parse_pid
+from tether.cli._common import EXIT_INCOMPLETE, EXIT_OK, echo_err, echo_out, isatty, parse_pid
 from tether.errors import UsageError
 
 if TYPE_CHECKING:
+    import click
+
     from tether.journal import JobRecord, JournalProblem
     from tether.membership import ReadOnlyMembership
     from tether.process import ProcessInfo
@@ -37,27 +37,72 @@ EXIT STATUS:
 """
 
 
-@click.command("ps", epilog=_PS_EPILOG)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a tree.")
-@click.option(
-    "-a", "--all", "show_all", is_flag=True,
-    help="One row per process: do not collapse identical sibling processes.",
-)  # fmt: skip
-@click.argument("pid", type=str, required=False, metavar="[PID|JOB_ID]")
-def ps(pid: str | None, as_json: bool, show_all: bool) -> None:
-    """Show the tree rooted at PID and how each member was found.
+def __getattr__(name: str) -> object:
+    # PEP 562: the click command is built when the click path asks for it;
+    # `tether ps [--json] [-a] [PID]` runs show() without importing click.
+    if name == "ps":
+        return _command()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    A job tether started (PID is its leader, or JOB_ID, or a unique prefix
-    of it, as `tether ps` lists them) is shown with the trackers of its
-    journal record: its cgroup, session and recorded members. Read-only: any
-    process may be shown, pid 1, kernel threads and tether's own ancestors
-    included, and the tree lists every process below PID (zombies too). What
-    could not be read (other users' environments, without root) is said on
-    stderr.
 
-    Without PID, list the jobs in the journal of live jobs and whether their
-    supervisor (and its watchdog) is still alive.
-    """
+_COMMAND: list[click.Command] = []
+
+
+def _command() -> click.Command:
+    if _COMMAND:
+        return _COMMAND[0]
+    import click
+
+    @click.command("ps", epilog=_PS_EPILOG)
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a tree.")
+    @click.option(
+        "-a", "--all", "show_all", is_flag=True,
+        help="One row per process: do not collapse identical sibling processes.",
+    )  # fmt: skip
+    @click.argument("pid", type=str, required=False, metavar="[PID|JOB_ID]")
+    def ps(pid: str | None, as_json: bool, show_all: bool) -> None:
+        """Show the tree rooted at PID and how each member was found.
+
+        A job tether started (PID is its leader, or JOB_ID, or a unique prefix
+        of it, as `tether ps` lists them) is shown with the trackers of its
+        journal record: its cgroup, session and recorded members. Read-only: any
+        process may be shown, pid 1, kernel threads and tether's own ancestors
+        included, and the tree lists every process below PID (zombies too). What
+        could not be read (other users' environments, without root) is said on
+        stderr.
+
+        Without PID, list the jobs in the journal of live jobs and whether their
+        supervisor (and its watchdog) is still alive.
+        """
+        show(pid, as_json, show_all)
+
+    _COMMAND.append(ps)
+    return ps
+
+
+#: What :func:`parse_fast` reads: each of ps's options, all flags.
+FAST_FLAGS = {"--json": "as_json", "-a": "show_all", "--all": "show_all"}
+
+
+def parse_fast(args: list[str]) -> tuple[str | None, bool, bool] | None:
+    """(pid, as_json, show_all) from ps's arguments when they are only its
+    flags and at most one PID|JOB_ID that does not start with "-"; None for
+    anything else (--help, "--", bundled or unknown options, two operands),
+    which the click command parses or rejects."""
+    pid: str | None = None
+    flags = {"as_json": False, "show_all": False}
+    for arg in args:
+        if arg in FAST_FLAGS:
+            flags[FAST_FLAGS[arg]] = True
+        elif arg.startswith("-") or pid is not None:
+            return None
+        else:
+            pid = arg
+    return pid, flags["as_json"], flags["show_all"]
+
+
+def show(pid: str | None, as_json: bool, show_all: bool) -> None:
+    """The command's body (click's and the fast path's)."""
     if pid is None:
         sys.exit(list_jobs(as_json))
     from tether.process import starttime_to_epoch
@@ -87,7 +132,7 @@ def ps(pid: str | None, as_json: bool, show_all: bool) -> None:
                              info.describe()))  # fmt: skip
     unread = _unreadable(rows)
     for line in unread:
-        click.echo(f"tether: {line}", err=True)
+        echo_err(f"tether: {line}")
     if as_json:
         out = {
             "schema": 1,
@@ -108,7 +153,7 @@ def ps(pid: str | None, as_json: bool, show_all: bool) -> None:
             "trackers": [{"name": t.name, "used": t.used, "reason": t.reason}
                          for t in membership.trackers],
         }  # fmt: skip
-        click.echo(json.dumps(out, indent=2))
+        echo_out(json.dumps(out, indent=2))
         return
     tree = [(pid_, info.ppid, info.state, found_by, cmd) for pid_, info, found_by, _, cmd in rows]
     summary = None
@@ -124,16 +169,16 @@ def ps(pid: str | None, as_json: bool, show_all: bool) -> None:
         _draw_tree(tree, [str(t) for t in membership.trackers if t.used],
                    [str(t) for t in membership.trackers if not t.used])  # fmt: skip
         if summary is not None:
-            click.echo(summary)
+            echo_out(summary)
         return
     from tether.display import plain_tree_lines
 
     for line in plain_tree_lines(tree):
-        click.echo(line)
+        echo_out(line)
     for t in membership.trackers:
-        click.echo(f"# {t}")
+        echo_out(f"# {t}")
     if summary is not None:
-        click.echo(summary)
+        echo_out(summary)
 
 
 #: Trees up to this many processes are always shown one row per process.
@@ -312,11 +357,11 @@ def _draw_tree(
 
     paint = Paint(colour_wanted(sys.stdout))
     for line in tree_lines(rows, paint, sys.stdout, width_of(sys.stdout)):
-        click.echo(line)
+        echo_out(line)
     for t in used:
-        click.echo(f"# {t}")
+        echo_out(f"# {t}")
     for t in unused:
-        click.echo(paint(f"# {t}", DIM))
+        echo_out(paint(f"# {t}", DIM))
 
 
 # -- the journal of live jobs (ps without PID; reap) ---------------------------------
@@ -354,7 +399,7 @@ def problem_dict(p: JournalProblem) -> dict[str, str]:
 
 def warn(p: JournalProblem) -> None:
     """Say on stderr that a journal record was unusable (and skipped)."""
-    click.echo(f"tether: journal: {p}", err=True)
+    echo_err(f"tether: journal: {p}")
 
 
 def list_jobs(as_json: bool) -> int:
@@ -379,24 +424,22 @@ def list_jobs(as_json: bool) -> int:
             "jobs": [job_dict(r, s) for r, s in jobs],
             "problems": [problem_dict(p) for p in problems],
         }
-        click.echo(json.dumps(out, indent=2))
+        echo_out(json.dumps(out, indent=2))
         return EXIT_INCOMPLETE if problems else EXIT_OK
     for p in problems:
         warn(p)
     if not jobs:
-        click.echo(f"no jobs in the journal ({journal.directory})")
+        echo_out(f"no jobs in the journal ({journal.directory})")
         return EXIT_INCOMPLETE if problems else EXIT_OK
     if sys.stdout.isatty():
         _draw_jobs(jobs)
         return EXIT_INCOMPLETE if problems else EXIT_OK
-    click.echo(
-        f"{'JOB':<24} {'SUPERVISOR':>10} {'LEADER':>7} {'STARTED':<19} {'STATE':<38} COMMAND"
-    )
+    echo_out(f"{'JOB':<24} {'SUPERVISOR':>10} {'LEADER':>7} {'STARTED':<19} {'STATE':<38} COMMAND")
     for record, state in jobs:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started_at))
         what = state.describe() + (", restartable" if record.restartable else "")
         leader = str(record.leader[0]) if record.leader else "-"
-        click.echo(
+        echo_out(
             f"{record.job_id:<24} {record.supervisor[0]:>10} {leader:>7} {started:<19} "
             f"{what:<38} {oneline(' '.join(record.argv), 60)}"
         )
@@ -432,12 +475,12 @@ def _draw_jobs(jobs: list[tuple[JobRecord, JobState]]) -> None:
         f"{'JOB':<24} {'SUPERVISOR':>10} {'LEADER':>7} {'STARTED':<19} "
         f"{'STATE':<{state_width}} {'TRACKERS':<{found_width}} COMMAND"
     )
-    click.echo(paint(head, d.BOLD))
+    echo_out(paint(head, d.BOLD))
     room = max(20, width - (24 + 1 + 10 + 1 + 7 + 1 + 19 + 1 + state_width + 1 + found_width + 1))
     for record, state, what, trackers in rows:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started_at))
         leader = str(record.leader[0]) if record.leader else "-"
-        click.echo(
+        echo_out(
             f"{paint.pad(record.job_id, d.BOLD, 24)} {record.supervisor[0]:>10} {leader:>7} "
             f"{started:<19} {paint.pad(what, _state_colour(state), state_width)} "
             f"{paint.trackers(trackers, found_width)} {oneline(' '.join(record.argv), room)}"

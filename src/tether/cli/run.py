@@ -16,12 +16,12 @@ options, completion) goes to the click command, which says what is wrong.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 from tether.cli._common import (
     EXIT_FAILED,
+    as_click_would,
     configured,
     echo_err,
     fail,
@@ -143,29 +143,8 @@ def parse_fast(args: list[str]) -> dict[str, Any] | None:
 
 
 def run_fast(params: dict[str, Any]) -> None:
-    """Run what :func:`parse_fast` parsed, as the click group and command
-    would: logging configured first; click's handling of an interrupt and of
-    a closed pipe."""
-    from tether import logs
-
-    logs.configure(logs.resolve(None, None, None, os.environ), os.environ)
-    try:
-        _run(**merge_policy_parameters(params), remote=None)
-    except (EOFError, KeyboardInterrupt):
-        # click's main says a newline, then aborts: "tether: interrupted".
-        echo_err("")
-        raise KeyboardInterrupt from None
-    except OSError as err:
-        import errno
-
-        if err.errno != errno.EPIPE:
-            raise
-        # click's main: a closed pipe exits 1, and nothing more is said there.
-        from click.utils import _PacifyFlushWrapper
-
-        sys.stdout = _PacifyFlushWrapper(sys.stdout)
-        sys.stderr = _PacifyFlushWrapper(sys.stderr)
-        sys.exit(1)
+    """Run what :func:`parse_fast` parsed, as the click group and command would."""
+    as_click_would(lambda: _run(**merge_policy_parameters(params), remote=None))
 
 
 def __getattr__(name: str) -> object:
