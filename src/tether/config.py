@@ -31,9 +31,9 @@ import signal
 import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from tether._records import dataclass, field, replace
 from tether.errors import TetherError, UsageError
 from tether.policy import (
     KillScript,

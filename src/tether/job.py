@@ -15,11 +15,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, TypedDict, Unpack
 
 from tether import logs
+from tether._records import dataclass, replace
 from tether.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,

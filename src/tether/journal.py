@@ -24,9 +24,9 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from tether._records import dataclass, field, fields, replace
 from tether.errors import JournalError, TetherError
 from tether.identity import Identity
 from tether.policy import Policy

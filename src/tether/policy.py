@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 import re
 import signal
-from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from tether._records import dataclass, field, replace
 from tether.errors import PolicyError
 
 DEFAULT_POLICY_TEXT = "TERM,10s,KILL"

@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from tether._platform.linux.cgroupfs import JobCgroup, find_cgroup2_mount
+from tether._records import dataclass
 from tether.identity import Identity
 from tether.journal import JobRecord, Journal, boot_id
 from tether.membership import Membership

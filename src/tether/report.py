@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tether import sanitize
+from tether._records import dataclass, field
 from tether.errors import TetherError
 from tether.tracking.base import TrackerStatus
 

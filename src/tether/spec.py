@@ -18,10 +18,10 @@ import math
 import os
 import signal
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
+from tether._records import dataclass, field, replace
 from tether.errors import UsageError
 from tether.policy import Policy, parse_signal, signal_name
 from tether.tracking.base import TRACKER_NAMES, parse_tracker_names

@@ -34,9 +34,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from tether._records import dataclass
 from tether.policy import MAX_POLL_MS
 from tether.report import Report
 from tether.spec import Leftovers

@@ -12,10 +12,10 @@ import functools
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from tether import logs
+from tether._records import dataclass, field
 from tether.policy import UNCATCHABLE, Policy, Step, signal_name
 from tether.process import Delivery
 from tether.report import MemberRecord, Report, StepRecord, Survivor

@@ -12,7 +12,6 @@ import pwd
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from helpers import (
     tether_cmd,
     wait_for_file,
 )
+from tether._records import replace
 from tether.identity import Identity
 from tether.journal import Journal, new_record
 from tether.policy import Policy

@@ -8,7 +8,6 @@ the report's caveats), and recovery works from the last record written.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from helpers import SRC, TEST_VAR, processes_with_env, wait_for, wait_for_file
+from tether._records import replace
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root)")
 
@@ -149,7 +149,7 @@ def test_a_short_write_never_tears_the_record(full_fs: tuple[Path, Path]) -> Non
     # Leave 8 KiB free, then write a record of over 64 KiB.
     st = os.statvfs(runtime)
     filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - (8 << 10)))
-    big = dataclasses.replace(first, argv=("x" * (64 << 10),))
+    big = replace(first, argv=("x" * (64 << 10),))
     with pytest.raises(JournalError, match="No space left on device"):
         journal.write(big)
     kept = journal.read(first.job_id)

@@ -6,13 +6,13 @@ import json
 import os
 import signal
 import stat
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tether._records import replace
 from tether.errors import JournalError
 from tether.identity import Identity
 from tether.journal import (

@@ -7,9 +7,9 @@ plays the same part for its ``_ps<platform>`` modules).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 
+from tether._records import dataclass
 from tether.identity import Identity
 
 

@@ -7,11 +7,11 @@ import re
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from tether._records import dataclass, replace
 from tether.cli._common import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_OK, configured
 from tether.errors import TetherError, UsageError
 

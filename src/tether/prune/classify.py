@@ -29,8 +29,8 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 
+from tether._records import dataclass, field, replace
 from tether.prune import sources as src
 from tether.prune.scan import Proc, Table, scan
 from tether.tracking.cookie import environ_has

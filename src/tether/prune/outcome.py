@@ -6,9 +6,9 @@ import functools
 import json
 import pwd
 import time
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from tether._records import dataclass, replace
 from tether.process import starttime_to_epoch
 from tether.prune.classify import Plan, Stray
 from tether.prune.log import DecisionLog, fields

@@ -15,9 +15,9 @@ checked again there, right before the pidfd that signals it is opened (see
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from tether._platform.linux.procfs import CLOCK_TICKS, PF_KTHREAD
+from tether._records import dataclass, field
 
 PROC = "/proc"
 _O_FILE = os.O_RDONLY | os.O_CLOEXEC

@@ -30,10 +30,10 @@ import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from tether._platform.linux.cgroupfs import JobCgroup
+from tether._records import dataclass, field
 from tether.errors import TetherError
 from tether.prune.scan import Table
 from tether.prune.text import visible

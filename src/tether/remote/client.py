@@ -15,7 +15,6 @@ business: tether passes ``-F FILE`` and ``-o OPTION`` through and adds only
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import select
@@ -25,10 +24,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from tether import supervise
+from tether._records import dataclass, field, replace
 from tether.errors import TetherError
 from tether.policy import Policy
 from tether.remote import protocol, shell
@@ -690,7 +689,7 @@ class HostRun:
         with self._lock:
             if self.done.is_set():
                 return
-            final = dataclasses.replace(self._work, notes=list(self._work.notes))
+            final = replace(self._work, notes=list(self._work.notes))
             final.error = why
             final.exit_status = 125
             self._final = final
@@ -958,7 +957,7 @@ def cancel_job(
         if not data.get("found") and data.get("shell_job") and ssh.engine == "auto":
             # The Python engine answered, but the shell agent ran this job
             # (--remote-engine sh): ask that one.
-            shell_ssh = dataclasses.replace(ssh, engine="sh")
+            shell_ssh = replace(ssh, engine="sh")
             data = _cancel_over_new_connection(
                 target, job_id, shell_ssh, policy, reason, result, on_connect
             )

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 
+from tether._records import dataclass
 from tether.errors import UsageError
 
 #: Most names a host list (and all of --host/-w/-x together) may expand to,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
+from tether._records import dataclass
 from tether.errors import UsageError
 from tether.process import ProcessInfo
 

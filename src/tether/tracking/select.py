@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from tether._platform import HAS_CGROUPS, HAS_ENVIRON, HAS_SUBREAPER
 from tether._platform import NAME as BACKEND
 from tether._platform.linux import cgroupfs, prctl
 from tether._platform.linux.cgroupfs import JobCgroup
+from tether._records import dataclass, field
 from tether.errors import TrackerError
 from tether.identity import Identity
 from tether.tracking.base import TRACKER_NAMES, Tracker, TrackerStatus, parse_tracker_names

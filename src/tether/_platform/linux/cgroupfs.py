@@ -15,7 +15,8 @@ import errno
 import os
 import select
 import time
-from dataclasses import dataclass
+
+from tether._records import dataclass
 
 _MOUNTINFO = "/proc/self/mountinfo"
 

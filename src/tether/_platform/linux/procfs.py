@@ -12,7 +12,8 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+from tether._records import dataclass
 
 PROC = "/proc"
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC

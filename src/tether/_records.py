@@ -1,0 +1,221 @@
+"""``dataclass``, ``field``, ``fields`` and ``replace`` for tether's record types.
+
+Type checkers see :mod:`dataclasses` itself (below ``TYPE_CHECKING``), so mypy
+checks every record as the dataclass it declares. At run time a lean
+equivalent stands in, for the part of dataclasses tether uses: ``frozen``,
+``eq``, ``kw_only``, ``slots``; fields with ``default``, ``default_factory``
+and ``repr``; ``__post_init__``; ``replace`` and ``fields``. No inheritance
+between records, no ``ClassVar``/``InitVar``, no ``order``: :func:`dataclass`
+refuses what it does not implement rather than doing it differently.
+
+Why not dataclasses itself: every ``tether`` command defines some 45 records
+at import, and dataclasses compiles six generated methods for each of them
+(~0.55 ms a class) after importing ``inspect`` (~7 ms with ``ast``, ``dis``
+and ``tokenize``): ~25 ms of the ~60 ms ``tether run`` spent importing
+(issue 15). Here only ``__init__`` is generated (one compile a class: field
+assignment is what instances pay for at every creation, a process table
+makes thousands); ``__repr__``, ``__eq__``, ``__hash__`` and the frozen
+guards are shared functions reading the field names. tests/unit/test_records.py
+holds the runtime behaviour to dataclasses' for each option used.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from dataclasses import FrozenInstanceError, dataclass, field, fields, replace
+else:
+
+    class FrozenInstanceError(AttributeError):
+        """Assigning to a field of a frozen record (as dataclasses' own)."""
+
+    class _Missing:
+        __slots__ = ()
+
+        def __repr__(self) -> str:
+            return "MISSING"
+
+    MISSING = _Missing()
+
+    class Field:
+        """What :func:`fields` returns for one field (the attributes tether reads)."""
+
+        __slots__ = ("default", "default_factory", "kw_only", "name", "repr")
+
+        def __init__(self, default, default_factory, repr, kw_only):
+            if default is not MISSING and default_factory is not MISSING:
+                raise ValueError("cannot specify both default and default_factory")
+            self.name = ""
+            self.default = default
+            self.default_factory = default_factory
+            self.repr = repr
+            self.kw_only = kw_only
+
+        def __repr__(self) -> str:
+            return f"Field(name={self.name!r})"
+
+    def field(*, default=MISSING, default_factory=MISSING, repr=True, kw_only=MISSING):
+        return Field(default, default_factory, repr, kw_only)
+
+    def fields(class_or_instance):
+        try:
+            return tuple(class_or_instance.__record_fields__.values())
+        except AttributeError:
+            raise TypeError("must be called with a record type or instance") from None
+
+    def replace(obj, /, **changes):
+        for f in obj.__record_fields__.values():
+            if f.name not in changes:
+                changes[f.name] = getattr(obj, f.name)
+        return obj.__class__(**changes)
+
+    def _repr(self):
+        shown = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}" for f in self.__record_fields__.values() if f.repr
+        )
+        return f"{self.__class__.__qualname__}({shown})"
+
+    def _eq(self, other):
+        # As dataclasses: the fields as tuples (an identical value is equal,
+        # NaN included).
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        names = self.__record_names__
+        return tuple([getattr(self, n) for n in names]) == tuple([getattr(other, n) for n in names])
+
+    def _hash(self):
+        return hash(tuple([getattr(self, n) for n in self.__record_names__]))
+
+    # Records have no subclasses (see _process): as dataclasses does for the
+    # decorated class itself, any attribute is refused, not only fields.
+    def _frozen_setattr(self, name, value):
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def _frozen_delattr(self, name):
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def _getstate(self):
+        return [getattr(self, n) for n in self.__record_names__]
+
+    def _setstate(self, state):
+        for name, value in zip(self.__record_names__, state, strict=True):
+            object.__setattr__(self, name, value)
+
+    _UNSUPPORTED = ("ClassVar", "typing.ClassVar", "InitVar", "dataclasses.InitVar", "KW_ONLY")
+
+    def _init(cls, record_fields, frozen):
+        """``__init__``, compiled: positional fields, then keyword-only ones;
+        defaults bound as globals of the generated function."""
+        env = {"MISSING": MISSING, "_set": object.__setattr__}
+        positional, keyword, body = [], [], []
+        for f in record_fields:
+            if f.default is not MISSING:
+                env[f"_d_{f.name}"] = f.default
+                param = f"{f.name}=_d_{f.name}"
+                value = f.name
+            elif f.default_factory is not MISSING:
+                env[f"_f_{f.name}"] = f.default_factory
+                param = f"{f.name}=MISSING"
+                value = f"_f_{f.name}() if {f.name} is MISSING else {f.name}"
+            else:
+                param = f.name
+                value = f.name
+            (keyword if f.kw_only else positional).append(param)
+            if frozen:
+                body.append(f"_set(self, {f.name!r}, {value})")
+            else:
+                body.append(f"self.{f.name} = {value}")
+        params = ["self", *positional, *(["*", *keyword] if keyword else [])]
+        if hasattr(cls, "__post_init__"):
+            body.append("self.__post_init__()")
+        source = f"def __init__({', '.join(params)}):\n" + "".join(
+            f" {line}\n" for line in body or ["pass"]
+        )
+        exec(compile(source, f"<record {cls.__qualname__}>", "exec"), env)
+        init = env["__init__"]
+        init.__qualname__ = f"{cls.__qualname__}.__init__"
+        return init
+
+    def _process(cls, frozen, eq, kw_only, slots):
+        for base in cls.__mro__[1:]:
+            if "__record_fields__" in base.__dict__:
+                raise TypeError(f"{cls.__name__}: records do not inherit from records here")
+        # The class's own annotations, as dataclasses reads them (not
+        # inspect.get_annotations: importing inspect is what this avoids).
+        annotations = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
+        record_fields = {}
+        seen_default = False
+        for name, annotation in annotations.items():
+            if isinstance(annotation, str) and annotation.startswith(_UNSUPPORTED):
+                raise TypeError(f"{cls.__name__}.{name}: {annotation} is not supported here")
+            value = cls.__dict__.get(name, MISSING)
+            f = value if isinstance(value, Field) else Field(value, MISSING, True, MISSING)
+            f.name = name
+            if f.kw_only is MISSING:
+                f.kw_only = kw_only
+            if f.default is not MISSING and f.default.__class__.__hash__ is None:
+                raise ValueError(
+                    f"mutable default {type(f.default)} for field {name} is not allowed"
+                )
+            has_default = f.default is not MISSING or f.default_factory is not MISSING
+            if not f.kw_only:
+                if seen_default and not has_default:
+                    raise TypeError(f"non-default argument {name!r} follows default argument")
+                seen_default = seen_default or has_default
+            record_fields[name] = f
+            # As dataclasses: a plain default stays a class attribute (not
+            # with slots); a field() or a factory leaves none.
+            if isinstance(value, Field):
+                if f.default is MISSING:
+                    delattr(cls, name)
+                else:
+                    setattr(cls, name, f.default)
+        ordered = [f for f in record_fields.values() if not f.kw_only]
+        ordered += [f for f in record_fields.values() if f.kw_only]
+        names = tuple(record_fields)
+        methods = {
+            "__record_fields__": record_fields,
+            "__record_names__": names,
+            "__match_args__": tuple(f.name for f in ordered if not f.kw_only),
+            "__init__": _init(cls, ordered, frozen),
+        }
+        if "__repr__" not in cls.__dict__:
+            methods["__repr__"] = _repr
+        if eq:
+            if "__eq__" not in cls.__dict__:
+                methods["__eq__"] = _eq
+            if "__hash__" not in cls.__dict__ or cls.__dict__["__hash__"] is None:
+                methods["__hash__"] = _hash if frozen else None
+        if frozen:
+            methods["__setattr__"] = _frozen_setattr
+            methods["__delattr__"] = _frozen_delattr
+        if slots:
+            namespace = {
+                k: v for k, v in cls.__dict__.items()
+                if k not in names and k not in ("__dict__", "__weakref__")
+            }  # fmt: skip
+            namespace.update(methods, __slots__=names)
+            if frozen:
+                namespace["__getstate__"] = _getstate
+                namespace["__setstate__"] = _setstate
+            qualname = cls.__qualname__
+            cls = type(cls)(cls.__name__, cls.__bases__, namespace)
+            cls.__qualname__ = qualname
+        else:
+            for key, value in methods.items():
+                setattr(cls, key, value)
+        return cls
+
+    def dataclass(
+        cls=None, /, *, frozen=False, eq=True, kw_only=False, slots=False, repr=True, order=False
+    ):
+        if not repr or order:
+            raise TypeError("repr=False and order=True are not supported here")
+
+        def wrap(cls):
+            return _process(cls, frozen, eq, kw_only, slots)
+
+        return wrap if cls is None else wrap(cls)
+
+
+__all__ = ["FrozenInstanceError", "dataclass", "field", "fields", "replace"]
