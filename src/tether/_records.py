@@ -12,10 +12,12 @@ Why not dataclasses itself: every ``tether`` command defines some 45 records
 at import, and dataclasses compiles six generated methods for each of them
 (~0.55 ms a class) after importing ``inspect`` (~7 ms with ``ast``, ``dis``
 and ``tokenize``): ~25 ms of the ~60 ms ``tether run`` spent importing
-(issue 15). Here only ``__init__`` is generated (one compile a class: field
-assignment is what instances pay for at every creation, a process table
-makes thousands); ``__repr__``, ``__eq__``, ``__hash__`` and the frozen
-guards are shared functions reading the field names. tests/unit/test_records.py
+(issue 15). Here only ``__init__`` is generated, compiled when the record is
+first constructed (field assignment is what instances pay for at every
+creation, and a process table makes thousands); ``__repr__``, ``__eq__``,
+``__hash__`` and the frozen guards are shared functions reading the field
+names. ``NamedTuple`` is typing's class syntax over collections.namedtuple,
+without typing's compile of each (string) annotation. tests/unit/test_records.py
 holds the runtime behaviour to dataclasses' for each option used.
 """
 
@@ -24,7 +26,9 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from dataclasses import FrozenInstanceError, dataclass, field, fields, replace
+    from typing import NamedTuple
 else:
+    import collections
 
     class FrozenInstanceError(AttributeError):
         """Assigning to a field of a frozen record (as dataclasses' own)."""
@@ -136,6 +140,19 @@ else:
         init.__qualname__ = f"{cls.__qualname__}.__init__"
         return init
 
+    def _first_init(ordered, frozen):
+        """An ``__init__`` that compiles the real one on the record's first
+        construction and puts it in its place: a command constructs few of
+        the records it imports."""
+
+        def __init__(self, *args, **kwargs):
+            cls = self.__class__
+            init = _init(cls, ordered, frozen)
+            cls.__init__ = init
+            init(self, *args, **kwargs)
+
+        return __init__
+
     def _process(cls, frozen, eq, kw_only, slots):
         for base in cls.__mro__[1:]:
             if "__record_fields__" in base.__dict__:
@@ -177,7 +194,7 @@ else:
             "__record_fields__": record_fields,
             "__record_names__": names,
             "__match_args__": tuple(f.name for f in ordered if not f.kw_only),
-            "__init__": _init(cls, ordered, frozen),
+            "__init__": _first_init(ordered, frozen),
         }
         if "__repr__" not in cls.__dict__:
             methods["__repr__"] = _repr
@@ -217,5 +234,36 @@ else:
 
         return wrap if cls is None else wrap(cls)
 
+    class _NamedTupleMeta(type):
+        # typing.NamedTuple's class syntax, without its checks of each
+        # annotation (under `from __future__ import annotations` each is a
+        # string typing compiles into a ForwardRef: ~1 ms a class).
+        def __new__(mcs, name, bases, namespace):
+            annotations = namespace.get("__annotations__", {})
+            names = list(annotations)
+            defaults = [namespace[n] for n in names if n in namespace]
+            if names[len(names) - len(defaults) :] != [n for n in names if n in namespace]:
+                raise TypeError(f"{name}: a field without a default follows one with a default")
+            cls = collections.namedtuple(
+                name, names, defaults=defaults, module=namespace["__module__"]
+            )
+            for key, value in namespace.items():
+                if key in names or key in ("__module__", "__qualname__", "__annotations__"):
+                    continue
+                setattr(cls, key, value)
+            cls.__qualname__ = namespace.get("__qualname__", name)
+            cls.__annotations__ = annotations
+            return cls
 
-__all__ = ["FrozenInstanceError", "dataclass", "field", "fields", "replace"]
+    def _named_tuple_entries(bases):
+        return (_NamedTupleBase,)
+
+    # As typing does: the base itself is made without the metaclass's __new__.
+    _NamedTupleBase = type.__new__(_NamedTupleMeta, "NamedTuple", (), {})
+
+    def NamedTuple():
+        raise TypeError("NamedTuple is used as a base class here: class X(NamedTuple): ...")
+
+    NamedTuple.__mro_entries__ = _named_tuple_entries
+
+__all__ = ["FrozenInstanceError", "NamedTuple", "dataclass", "field", "fields", "replace"]

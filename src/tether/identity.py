@@ -8,7 +8,7 @@ pidfd opened while the identity was proven).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from tether._records import NamedTuple
 
 
 class Identity(NamedTuple):

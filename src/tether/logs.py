@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from typing import NamedTuple
 
+from tether._records import NamedTuple
 from tether.errors import UsageError
 
 # The stdlib's numeric levels, without importing logging for them.

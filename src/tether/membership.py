@@ -15,11 +15,12 @@ import select
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from tether._platform import HAS_PIDFD
 from tether._platform.linux import capture, exited_pidfds, open_process_info, parse_captured
 from tether._platform.linux.cgroupfs import JobCgroup
+from tether._records import NamedTuple
 from tether.errors import NoSuchProcessError, UnsafeTargetError, UsageError
 from tether.evidence import WEAK_TRACKERS, tree_cookie
 from tether.identity import Identity

@@ -186,3 +186,63 @@ def test_the_run_path_imports_neither_dataclasses_nor_inspect() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.stdout.strip().endswith("[]"), (done.stdout, done.stderr)
+
+
+NAMED_TUPLE = """
+class Pair(NamedTuple):
+    '''A pair.'''
+
+    left: int
+    right: str = "r"
+    extra: tuple[int, ...] = ()
+
+    def both(self) -> str:
+        return f"{self.left}{self.right}"
+
+    @property
+    def twice(self) -> int:
+        return self.left * 2
+"""
+
+
+def named_tuple(module: Any) -> Any:
+    namespace: dict[str, Any] = {"NamedTuple": module.NamedTuple, "__name__": __name__}
+    exec(compile("from __future__ import annotations\n" + NAMED_TUPLE, "<nt>", "exec"), namespace)
+    return namespace["Pair"]
+
+
+def test_named_tuples_behave_as_typings() -> None:
+    import typing
+
+    ours, theirs = named_tuple(records), named_tuple(typing)
+    for args in [(1,), (1, "x"), (1, "x", (2,))]:
+        a, b = ours(*args), theirs(*args)
+        assert (repr(a), tuple(a), a == tuple(b), hash(a) == hash(b)) == (
+            repr(b), tuple(b), True, True
+        )  # fmt: skip
+        assert (a.both(), a.twice, a._asdict(), a._replace(left=5)) == (
+            b.both(), b.twice, b._asdict(), b._replace(left=5)
+        )  # fmt: skip
+    assert (ours._fields, ours._field_defaults, ours.__doc__, ours.__qualname__) == (
+        theirs._fields, theirs._field_defaults, theirs.__doc__, theirs.__qualname__
+    )  # fmt: skip
+    assert set(ours.__annotations__) == set(theirs.__annotations__)
+    assert outcome(ours) == outcome(theirs)
+    for module in (records, typing):
+        with pytest.raises(TypeError):
+            exec("class Bad(NamedTuple):\n    a: int = 1\n    b: int\n", {
+                "NamedTuple": module.NamedTuple, "__name__": __name__,
+            })  # fmt: skip
+
+
+def test_init_is_compiled_on_first_construction() -> None:
+    @records.dataclass(frozen=True, slots=True)
+    class Late:
+        a: int
+        b: str = "b"
+
+    first_init = Late.__init__
+    with pytest.raises(TypeError):
+        Late()  # the compiled __init__ says what is missing
+    assert Late.__init__ is not first_init
+    assert Late(1) == Late(1, "b") and repr(Late(2, "c")).endswith("Late(a=2, b='c')")

@@ -38,7 +38,9 @@ import functools
 import os
 import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
+
+from tether._records import NamedTuple
 
 #: clone3 and close_range share their numbers across the architectures that
 #: have them (the generic syscall table from 5.3 and 5.9 on).
