@@ -84,6 +84,17 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: keeps the job's working directory off sys.path (a ``tether/`` there would
 #: be imported instead).
 _WATCHDOG_MAIN = "import sys; from tether.watchdog import main; sys.exit(main(sys.argv[1:]))"
+#: The idle stage of a dedicated supervisor's watchdog: a shell (~0.3 MB
+#: against ~4 MB for an idle interpreter) that waits for the pipe's "done"
+#: line and exits, or at the pipe's end — the supervisor died, closing its
+#: write end — execs the Python watchdog (same pid, so the same identity in
+#: the journal), which finds the supervisor gone and recovers the job. Only
+#: a dedicated supervisor (`tether run`) uses it: its write end is close-on-
+#: exec and it forks nothing that could keep it open, so the pipe's end is
+#: its death. A library caller may fork while the job runs, so its watchdog
+#: also polls the supervisor's pidfd: the Python watchdog from the start.
+_WATCHDOG_SHELL_STAGE = 'cd /; IFS= read -r line; [ "$line" = done ] && exit 0; exec "$@"'
+_SHELL = "/bin/sh"
 #: Watchdogs told their job is over, not yet reaped (they exit on their own).
 _released_watchdogs: set[int] = set()
 #: How long a dedicated supervisor waits for its watchdog to exit after DONE
@@ -116,11 +127,12 @@ def _kept(popen: object) -> KeptPopen | None:
     return popen if isinstance(popen, KeptPopen) else None
 
 
-def _spawn_watchdog(args: Sequence[str], stdin: int) -> int:
+def _spawn_watchdog(args: Sequence[str], stdin: int, shell_stage: bool = False) -> int:
     """Start the watchdog (:mod:`tether.watchdog`) with ARGS in its own session; its pid.
 
     posix_spawn (vfork + exec) rather than Popen: nothing to clean up in this
     process but the pid, which the caller reaps once the watchdog is done.
+    ``shell_stage``: idle in a shell first (:data:`_WATCHDOG_SHELL_STAGE`).
     """
     devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     env = dict(os.environ)
@@ -132,10 +144,13 @@ def _spawn_watchdog(args: Sequence[str], stdin: int) -> int:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p
         )
+    argv = [sys.executable, *flags, "-c", _WATCHDOG_MAIN, *args]
+    if shell_stage and os.access(_SHELL, os.X_OK):
+        argv = [_SHELL, "-c", _WATCHDOG_SHELL_STAGE, "tether-watchdog", *argv]
     try:
         return os.posix_spawn(
-            sys.executable,
-            [sys.executable, *flags, "-c", _WATCHDOG_MAIN, *args],
+            argv[0],
+            argv,
             env,
             file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, devnull, 1)],
             # Its own session: a Ctrl-C on the job's terminal must not take
@@ -829,7 +844,9 @@ class Job:
         rfd, wfd = os.pipe()
         try:
             pid = _spawn_watchdog(
-                [self._journal.directory, self.id, str(os.getpid()), str(me)], stdin=rfd
+                [self._journal.directory, self.id, str(os.getpid()), str(me)],
+                stdin=rfd,
+                shell_stage=self._dedicated,
             )
         except OSError as err:
             os.close(wfd)

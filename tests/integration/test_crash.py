@@ -197,6 +197,9 @@ def test_watchdog_is_not_a_member_and_leaves_with_its_job(tmp_path: Path) -> Non
     assert record.watchdog is not None
     wd = proc_stat(record.watchdog[0])
     assert wd is not None and wd.sid == record.watchdog[0], "the watchdog has its own session"
+    # A dedicated supervisor's watchdog idles as a shell (~0.3 MB, not an
+    # interpreter's ~4 MB) until it is told "done" or the supervisor dies.
+    assert wd.comm == "sh"
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=SETTLE)
     report = json.loads((tmp_path / "report.json").read_text())
@@ -234,6 +237,48 @@ def test_library_caller_killed_leaves_nothing(tmp_path: Path) -> None:
     wait_for(lambda: not records(), SETTLE, "the journal record to be removed")
     # The watchdog prints its summary after it drops the record.
     wait_for(lambda: "nothing left" in (tmp_path / "stderr").read_text(), SETTLE, "the summary")
+
+
+def test_a_library_callers_fork_does_not_blind_its_watchdog(tmp_path: Path) -> None:
+    """A library caller may fork while its job runs, and the fork keeps the
+    watchdog pipe's write end open after the caller dies: the watchdog must
+    see the death through the caller's pidfd, not wait for the pipe's end.
+    (Why only `tether run`'s watchdog may idle as a shell that reads the pipe.)"""
+    script, marks = write_tree(tmp_path)
+    argv = [sys.executable, str(script), str(marks)]
+    forked = tmp_path / "forked"
+    program = (
+        "import os, time, tether\n"
+        # No subreaper tracker: no keeper, so this process is the supervisor.
+        f"job = tether.start({argv!r}, policy={POLICY!r}, trackers='session,cookie,walk')\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    time.sleep(120); os._exit(0)\n"
+        f"open({str(forked)!r}, 'w').write(str(pid))\n"
+        "print(job.id, flush=True)\n"
+        "job.wait()\n"
+    )
+    with (tmp_path / "stderr").open("wb") as errf:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=errf
+        )
+    assert proc.stdout is not None
+    job_id = proc.stdout.readline().decode().strip()
+    child = int(wait_for_file(forked))
+    child_identity = (child, proc_stat(child).starttime)  # type: ignore[union-attr]
+    try:
+        ids = wait_for_marks(marks, NAMES)
+        record = running_record()
+        assert record.job_id == job_id and record.watchdog is not None
+        watchdog = proc_stat(record.watchdog[0])
+        assert watchdog is not None and watchdog.comm.startswith("python")
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        wait_for(lambda: all_gone(ids), SETTLE, "the watchdog to terminate the tree")
+        wait_for(lambda: not records(), SETTLE, "the journal record to be removed")
+    finally:
+        kill_identity(*child_identity)
 
 
 # -- tether reap ----------------------------------------------------------------
