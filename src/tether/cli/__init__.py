@@ -319,6 +319,15 @@ def _fast_path(args: list[str]) -> bool:
             return False
         as_click_would(lambda: ps.show(*parsed))
         return True
+    if args[:1] == ["prune"]:
+        from tether.cli import prune
+        from tether.cli._common import as_click_would
+
+        params = prune.parse_fast(args[1:])
+        if params is None:
+            return False
+        as_click_would(lambda: prune.prune(**params))
+        return True
     return False
 
 

@@ -6,18 +6,27 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import click
-
 from tether._records import dataclass, replace
-from tether.cli._common import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_OK, configured
+from tether.cli._common import (
+    EXIT_BAD_INPUT,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    configured,
+    echo_err,
+    echo_out,
+)
 from tether.errors import TetherError, UsageError
 
 # The pruner, the policy and the configuration are imported inside the
-# commands: loading this module (for --help, or for the other command) stays cheap.
+# commands: loading this module (for --help, or for the other command) stays
+# cheap. click too: `tether prune` in its common forms runs without it
+# (parse_fast); the click commands are built when the click path asks.
 if TYPE_CHECKING:
+    import click
+
     from tether.config import EffectiveConfig
     from tether.policy import Policy
 
@@ -97,47 +106,51 @@ EXIT STATUS (a non-zero epilog status drains a Slurm node):
   2  only with --strict: what exits 0 above as a harmless failure
 """
 
-_common_options: list[Any] = [
-    click.option("--policy", "policy_text", metavar="SEQ",
-                 help="Termination policy (default: prune.policy, else TERM,10s,KILL)."),
-    click.option("--min-uid", metavar="UID", type=int,
-                 help="The uid floor (default: prune.min_uid, else UID_MIN of /etc/login.defs, "
-                      "else 1000)."),
-    click.option("--min-age", metavar="DURATION",
-                 help="Never touch processes younger than this (default: prune.min_age, else "
-                      "60s for prune, 0s for epilog)."),
-    click.option("--exclude-user", "exclude_users", metavar="USER", multiple=True,
-                 help="Never touch this user's processes (name or uid; repeatable)."),
-    click.option("--exclude-comm", metavar="REGEX", multiple=True,
-                 help="Never touch processes whose name (comm) matches (repeatable)."),
-    click.option("--include-ssh", is_flag=True, default=None,
-                 help="Interactive (ssh, console) sessions are not exempt."),
-    click.option("--batch", type=click.Choice(["auto", "slurm", "torque", "none"]),
-                 default="auto", show_default=True,
-                 help="Which batch system's job list to read."),
-    click.option("--sessions-file", "sessions_files", metavar="FILE", multiple=True,
-                 help='File of running jobs\' session ids, "SID [JOBID [USER]]" per line.'),
-    click.option("--sessions-command", "sessions_commands", metavar="CMD", multiple=True,
-                 help="Command printing running jobs' session ids, in the same format."),
-    click.option("--slurm-cgroup-root", "slurm_cgroup_roots", metavar="DIR", multiple=True,
-                 help="Look for Slurm job cgroups below DIR (default: the cgroup mounts)."),
-    click.option("--config", "config_file", metavar="FILE",
-                 help="Read this tether.toml (its [prune] table) instead of TETHER_CONFIG."),
-    click.option("--json", "as_json", is_flag=True, help="Print JSON (stable keys) on stdout."),
-    click.option("-v", "--verbose", is_flag=True,
-                 help="Also list the user processes left alone, and why."),
-    click.option("--syslog-facility", default="authpriv", show_default=True, metavar="NAME",
-                 help="Syslog facility for the decision log."),
-    click.option("--syslog-socket", metavar="PATH",
-                 help="Syslog socket (default $TETHER_SYSLOG_SOCKET, else /dev/log)."),
-    click.option("--log-file", metavar="PATH",
-                 help="Append decisions to PATH instead of syslog (default: prune.log_file)."),
-    click.option("--no-syslog", is_flag=True, help="Do not log decisions."),
-]  # fmt: skip
+
+def _common_options() -> list[Any]:
+    import click
+
+    return [
+        click.option("--policy", "policy_text", metavar="SEQ",
+                     help="Termination policy (default: prune.policy, else TERM,10s,KILL)."),
+        click.option("--min-uid", metavar="UID", type=int,
+                     help="The uid floor (default: prune.min_uid, else UID_MIN of /etc/login.defs, "
+                          "else 1000)."),
+        click.option("--min-age", metavar="DURATION",
+                     help="Never touch processes younger than this (default: prune.min_age, else "
+                          "60s for prune, 0s for epilog)."),
+        click.option("--exclude-user", "exclude_users", metavar="USER", multiple=True,
+                     help="Never touch this user's processes (name or uid; repeatable)."),
+        click.option("--exclude-comm", metavar="REGEX", multiple=True,
+                     help="Never touch processes whose name (comm) matches (repeatable)."),
+        click.option("--include-ssh", is_flag=True, default=None,
+                     help="Interactive (ssh, console) sessions are not exempt."),
+        click.option("--batch", type=click.Choice(["auto", "slurm", "torque", "none"]),
+                     default="auto", show_default=True,
+                     help="Which batch system's job list to read."),
+        click.option("--sessions-file", "sessions_files", metavar="FILE", multiple=True,
+                     help='File of running jobs\' session ids, "SID [JOBID [USER]]" per line.'),
+        click.option("--sessions-command", "sessions_commands", metavar="CMD", multiple=True,
+                     help="Command printing running jobs' session ids, in the same format."),
+        click.option("--slurm-cgroup-root", "slurm_cgroup_roots", metavar="DIR", multiple=True,
+                     help="Look for Slurm job cgroups below DIR (default: the cgroup mounts)."),
+        click.option("--config", "config_file", metavar="FILE",
+                     help="Read this tether.toml (its [prune] table) instead of TETHER_CONFIG."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON (stable keys) on stdout."),
+        click.option("-v", "--verbose", is_flag=True,
+                     help="Also list the user processes left alone, and why."),
+        click.option("--syslog-facility", default="authpriv", show_default=True, metavar="NAME",
+                     help="Syslog facility for the decision log."),
+        click.option("--syslog-socket", metavar="PATH",
+                     help="Syslog socket (default $TETHER_SYSLOG_SOCKET, else /dev/log)."),
+        click.option("--log-file", metavar="PATH",
+                     help="Append decisions to PATH instead of syslog (default: prune.log_file)."),
+        click.option("--no-syslog", is_flag=True, help="Do not log decisions."),
+    ]  # fmt: skip
 
 
 def _with_common(f: Any) -> Any:
-    for option in reversed(_common_options):
+    for option in reversed(_common_options()):
         f = option(f)
     return f
 
@@ -269,33 +282,148 @@ def _log(c: _Common, log_file: str | None = None) -> Any:
     )
 
 
+def _echo(message: str, *, err: bool = False) -> None:
+    """``click.echo``, with or without click loaded: the line, then a flush (a
+    closed pipe raises here, inside the command, as it does under click)."""
+    if err:
+        echo_err(message)
+        return
+    echo_out(message)
+    if sys.stdout is not None:
+        sys.stdout.flush()
+
+
 def _show(outcome: Any, c: _Common) -> None:
     if c.as_json:
-        click.echo(outcome.to_json())
+        _echo(outcome.to_json())
     else:
-        click.echo(outcome.render_text(verbose=c.verbose))
+        _echo(outcome.render_text(verbose=c.verbose))
     if outcome.log_problem and c.as_json:
-        click.echo(f"tether: warning: decisions not logged: {outcome.log_problem}", err=True)
+        _echo(f"tether: warning: decisions not logged: {outcome.log_problem}", err=True)
 
 
-@click.command(
-    "prune", epilog=_PRUNE_EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
-)
-@click.option("--kill", is_flag=True, help="Kill the strays (default: a dry run, nothing is sent).")
-@_with_common
-@click.option("--older-than", metavar="DURATION", help="Only processes at least this old.")
-@click.option("--min-cputime", metavar="DURATION", help="Only processes that used this much CPU.")
-@click.option(
-    "--orphans-only",
-    is_flag=True,
-    default=None,
-    help="Only processes whose tree of user processes hangs from init or a subreaper.",
-)
-@click.option("--user", "users", metavar="USER", multiple=True,
-              help="Only this user's processes (name or uid; repeatable).")  # fmt: skip
-@click.option("--gid", type=int, metavar="GID",
-              help="Only processes carrying supplementary group GID (see --tag-gid).")  # fmt: skip
-def prune_command(
+def __getattr__(name: str) -> object:
+    # PEP 562: the click commands are built when the click path asks for
+    # them; the common forms of `tether prune` run prune() without click.
+    if name == "prune_command":
+        return _built("prune", _prune_command)
+    if name == "epilog_command":
+        return _built("epilog", _epilog_command)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_BUILT: dict[str, click.Command] = {}
+
+
+def _built(name: str, make: Callable[[], click.Command]) -> click.Command:
+    if name not in _BUILT:
+        _BUILT[name] = make()
+    return _BUILT[name]
+
+
+def _prune_command() -> click.Command:
+    import click
+
+    @click.command(
+        "prune", epilog=_PRUNE_EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
+    )
+    @click.option("--kill", is_flag=True,
+                  help="Kill the strays (default: a dry run, nothing is sent).")  # fmt: skip
+    @_with_common
+    @click.option("--older-than", metavar="DURATION", help="Only processes at least this old.")
+    @click.option("--min-cputime", metavar="DURATION",
+                  help="Only processes that used this much CPU.")  # fmt: skip
+    @click.option(
+        "--orphans-only",
+        is_flag=True,
+        default=None,
+        help="Only processes whose tree of user processes hangs from init or a subreaper.",
+    )
+    @click.option("--user", "users", metavar="USER", multiple=True,
+                  help="Only this user's processes (name or uid; repeatable).")  # fmt: skip
+    @click.option(
+        "--gid",
+        type=int,
+        metavar="GID",
+        help="Only processes carrying supplementary group GID (see --tag-gid).",
+    )
+    def prune_command(**params: Any) -> None:
+        """Find (and with --kill, terminate) stray user processes: those outside
+        every live job, batch job and interactive session on this node.
+        """
+        prune(**params)
+
+    return prune_command
+
+
+#: What :func:`parse_fast` reads, option -> parameter. Flags:
+_FAST_FLAGS = {
+    "--kill": "kill", "--include-ssh": "include_ssh", "--json": "as_json", "-v": "verbose",
+    "--verbose": "verbose", "--no-syslog": "no_syslog", "--orphans-only": "orphans_only",
+}  # fmt: skip
+#: options with one value (the last one given wins, as in click):
+_FAST_VALUES = {
+    "--policy": "policy_text", "--min-age": "min_age", "--config": "config_file",
+    "--syslog-facility": "syslog_facility", "--syslog-socket": "syslog_socket",
+    "--log-file": "log_file", "--older-than": "older_than", "--min-cputime": "min_cputime",
+    "--min-uid": "min_uid", "--gid": "gid", "--batch": "batch",
+}  # fmt: skip
+#: repeatable options (a tuple of every value, in order):
+_FAST_MULTIPLE = {
+    "--exclude-user": "exclude_users", "--exclude-comm": "exclude_comm",
+    "--sessions-file": "sessions_files", "--sessions-command": "sessions_commands",
+    "--slurm-cgroup-root": "slurm_cgroup_roots", "--user": "users",
+}  # fmt: skip
+_INTEGER = frozenset({"min_uid", "gid"})
+_BATCH = frozenset({"auto", "slurm", "torque", "none"})
+FAST_OPTIONS = frozenset([*_FAST_FLAGS, *_FAST_VALUES, *_FAST_MULTIPLE])
+
+
+def parse_fast(args: Sequence[str]) -> dict[str, Any] | None:
+    """prune's parameters, as click would pass them, when ``args`` are only
+    prune's own options, spelled out ("--min-age 5m", not "--min-age=5m"),
+    each value a separate word that does not start with "-", integers as
+    plain digits and --batch one of its choices; None for anything else
+    (--help, operands, bundled or unknown options, a value click would
+    convert or refuse), which the click command parses or rejects."""
+    params: dict[str, Any] = {
+        "kill": False, "policy_text": None, "min_uid": None, "min_age": None,
+        "exclude_users": (), "exclude_comm": (), "include_ssh": None, "batch": "auto",
+        "sessions_files": (), "sessions_commands": (), "slurm_cgroup_roots": (),
+        "config_file": None, "as_json": False, "verbose": False,
+        "syslog_facility": "authpriv", "syslog_socket": None, "log_file": None,
+        "no_syslog": False, "older_than": None, "min_cputime": None, "orphans_only": None,
+        "users": (), "gid": None,
+    }  # fmt: skip
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        flag = _FAST_FLAGS.get(arg)
+        if flag is not None:
+            params[flag] = True
+            i += 1
+            continue
+        name = _FAST_VALUES.get(arg) or _FAST_MULTIPLE.get(arg)
+        if name is None or i + 1 >= len(args) or args[i + 1].startswith("-"):
+            return None
+        value: Any = args[i + 1]
+        if name in _INTEGER:
+            # click's int() also takes " 7", "+7", "1_000": those go to click.
+            if not (value.isascii() and value.isdigit() and len(value) <= 18):
+                return None
+            value = int(value)
+        elif name == "batch" and value not in _BATCH:
+            return None
+        if arg in _FAST_MULTIPLE:
+            params[name] = (*params[name], value)
+        else:
+            params[name] = value
+        i += 2
+    return params
+
+
+def prune(
+    *,
     kill: bool,
     older_than: str | None,
     min_cputime: str | None,
@@ -304,9 +432,7 @@ def prune_command(
     gid: int | None,
     **common: Any,
 ) -> None:
-    """Find (and with --kill, terminate) stray user processes: those outside
-    every live job, batch job and interactive session on this node.
-    """
+    """``tether prune``'s body (click's command and the fast path's)."""
     from tether.policy import parse_duration
     from tether.prune.classify import plan
     from tether.prune.outcome import execute
@@ -419,21 +545,34 @@ def _slurm_context(env: Mapping[str, str]) -> _JobContext:
     return _JobContext("slurm", job_id, uid, frozenset(), markers)
 
 
-@click.command(
-    "epilog", epilog=_EPILOG_EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
-)
-@click.option("--dry-run", is_flag=True, help="Only report and log what would be killed.")
-@click.option("--strict", is_flag=True,
-              help="Exit 2 on bad input, configuration or job lists, instead of 0.")  # fmt: skip
-@click.option("--force", is_flag=True,
-              help="Allow --batch none (the user's other jobs are then not seen).")  # fmt: skip
-@_with_common
-@click.argument("torque_args", nargs=-1, metavar="[-- JOBID USER GROUP JOBNAME SESSION ...]")
-def epilog_command(
-    dry_run: bool, strict: bool, force: bool, torque_args: tuple[str, ...], **common: Any
+def _epilog_command() -> click.Command:
+    import click
+
+    @click.command(
+        "epilog", epilog=_EPILOG_EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
+    )
+    @click.option("--dry-run", is_flag=True, help="Only report and log what would be killed.")
+    @click.option(
+        "--strict",
+        is_flag=True,
+        help="Exit 2 on bad input, configuration or job lists, instead of 0.",
+    )
+    @click.option("--force", is_flag=True,
+                  help="Allow --batch none (the user's other jobs are then not seen).")  # fmt: skip
+    @_with_common
+    @click.argument("torque_args", nargs=-1, metavar="[-- JOBID USER GROUP JOBNAME SESSION ...]")
+    def epilog_command(**params: Any) -> None:
+        """Kill what an ended batch job left behind on this node (a Slurm Epilog,
+        or a Torque/PBS epilogue)."""
+        epilog(**params)
+
+    return epilog_command
+
+
+def epilog(
+    *, dry_run: bool, strict: bool, force: bool, torque_args: tuple[str, ...], **common: Any
 ) -> None:
-    """Kill what an ended batch job left behind on this node (a Slurm Epilog,
-    or a Torque/PBS epilogue)."""
+    """``tether epilog``'s body."""
     from tether.prune.log import DecisionLog
     from tether.sanitize import visible
 
@@ -441,7 +580,7 @@ def epilog_command(
     try:
         log = _log(c)
     except UsageError as err:
-        click.echo(f"tether: {err}", err=True)
+        _echo(f"tether: {err}", err=True)
         log = DecisionLog()
     try:
         status = _epilog(c, log, dry_run=dry_run, strict=strict, force=force, argv=torque_args)
@@ -451,7 +590,7 @@ def epilog_command(
         why = err if isinstance(err, TetherError | ValueError) else f"{type(err).__name__}: {err}"
         text = visible(str(why))
         log.error(f'event=error command=epilog error={text!r} action="nothing killed"')
-        click.echo(f"tether: epilog: {text} (nothing was killed)", err=True)
+        _echo(f"tether: epilog: {text} (nothing was killed)", err=True)
         status = EXIT_BAD_INPUT if strict else EXIT_OK
     finally:
         log.close()
@@ -487,7 +626,7 @@ def _epilog(
                 execute(plan(options, sources, ended=ended), kill=False, policy=policy, log=log), c
             )
         else:
-            click.echo(
+            _echo(
                 f"tether epilog: job {ctx.job_id}: uid {ctx.uid} is below the floor "
                 f"{options.min_uid}: nothing to do"
             )
