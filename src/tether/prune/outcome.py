@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-import json
 import pwd
 import time
 from typing import TYPE_CHECKING, Any
 
 from tether._records import dataclass, replace
 from tether.process import starttime_to_epoch
+from tether.prune._json import dumps
 from tether.prune.classify import Plan, Stray
 from tether.prune.log import DecisionLog, fields
 from tether.prune.scan import read_shown
@@ -151,7 +151,9 @@ class Outcome:
 
     def to_json(self) -> str:
         # ASCII: valid whatever the locale of the terminal or pipe reading it.
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=True)
+        # The text of json.dumps(indent=2, ensure_ascii=True), without its
+        # pure-Python encoder (tether.prune._json).
+        return dumps(self.to_dict())
 
     def render_text(self, *, verbose: bool = False) -> str:
         plan = self.plan
