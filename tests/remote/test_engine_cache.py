@@ -379,3 +379,63 @@ def test_the_spec_travels_with_the_engine_not_a_round_trip_later(tmp_path: Path)
     finally:
         out.close()
     assert run.result.error is None and run.result.exit_status == 0, run.result
+
+
+def test_a_shipped_zip_is_compiled_only_if_its_entries_hash_to_the_offered_digest(
+    tmp_path: Path,
+) -> None:
+    """The client offers the digest of its sources without building the zip
+    (:func:`package_digest`); stage 1 caches a shipped zip under that name only
+    if its entries hash to it, so a name never holds another engine."""
+    blob, digest = package_zip()
+    tampered = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(blob)) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "tether/__init__.py":
+                data += b"\n# another engine\n"
+            dst.writestr(info, data)
+    (tmp_path / "good.zip").write_bytes(blob)
+    (tmp_path / "tampered.zip").write_bytes(tampered.getvalue())
+    code = _stage1_functions(tmp_path) + (
+        "for name in ('good.zip', 'tampered.zip'):\n"
+        "    with open(name, 'rb') as f:\n"
+        f"        engine = _compile(f.read(), 'engine.zip', {digest!r})\n"
+        "    print(name, engine is not None)\n"
+    )
+    done = subprocess.run(
+        [SYSTEM_PYTHON or sys.executable, "-S", "-c", code],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["good.zip", "True", "tampered.zip", "False"]
+
+
+def test_a_host_with_the_engine_cached_costs_no_zip(tmp_path: Path) -> None:
+    """Offering the engine takes its digest alone; the zip (zipfile, the
+    compression: tens of ms of the client's CPU) is built only to ship it."""
+    (tmp_path / "host.py").write_text(_SPEC_FIRST_HOST)
+    program = tmp_path / "ssh"
+    program.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'host.py'}\n")
+    program.chmod(0o755)
+    code = (
+        "import os, sys\n"
+        "from tether.remote import bootstrap\n"
+        "from tether.remote.client import HostRun, OutputSink, SshOptions\n"
+        "from tether.remote.hostlist import Target\n"
+        "from tether.spec import JobSpec\n"
+        "built = []\n"
+        "real = bootstrap._build_package_zip\n"
+        "bootstrap._build_package_zip = lambda: built.append(1) or real()\n"
+        "out = open(os.devnull, 'wb')\n"
+        f"ssh = SshOptions(program={str(program)!r})\n"
+        "run = HostRun(Target('c'), JobSpec(argv=('true',)), ssh, OutputSink(False, out, out))\n"
+        "run.start()\n"
+        "assert run.done.wait(60)\n"
+        "print(run.result.exit_status, run.result.error, len(built), 'zipfile' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "None", "0", "False"]

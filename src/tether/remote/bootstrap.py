@@ -11,10 +11,12 @@ part of it; argv, policy and environment travel later, as data in frames.
    (:mod:`tether.remote.shell`); so does a python3 older than the engine's
    floor, through :data:`STAGE1_TO_SHELL`.
 2. **Stage 1** (:data:`STAGE1`, sent only to Python >= 3.11, the engine's floor)
-   reads what the client offers (tether version, protocol, sha256 of a zip of
-   the ``tether`` package's sources) and answers how it will load the engine:
+   reads what the client offers (tether version, protocol, the sha256 of the
+   ``tether`` package's sources, :func:`sources_digest`) and answers how it
+   will load the engine:
    ``cached`` (this zip was compiled here before), ``installed`` (a compatible
-   tether is importable from site-packages), or ``ship`` (send it). A shipped
+   tether is importable from site-packages), or ``ship`` (send a zip of the
+   sources, whose entries must hash to the offered digest). A shipped
    zip is compiled once, for this python, into a zip of unchecked hash-based
    bytecode (zipimport loads it without compiling anything) and kept
    in ``$TMPDIR/tether-remote-UID`` as ``tether-SHA.CACHE_TAG-MAGIC.zip``, so later
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 
 from tether.remote.shell import SHELL_BOOT
 
@@ -170,23 +173,27 @@ def _intact(path):
     head, _, data = b"".join(chunks).partition(b"\\n")
     return head == b"tether-engine sha256=" + _sha256(data).encode()
 
-def _compile(blob, path):
+def _compile(blob, path, digest):
     # The shipped zip of sources becomes a zip of bytecode for
     # this python (unchecked hash-based .pyc, which zipimport loads without
     # compiling): compiled once per host, version and python, not each run.
+    # None unless its entries hash to the offered digest (as the client's
+    # sources_digest: name, NUL, length, NUL, bytes, in name order).
     import importlib.util, io, marshal, zipfile
     out = io.BytesIO()
     flags = (1).to_bytes(4, "little")  # hash-based, source not checked
+    h = hashlib.sha256()
     with zipfile.ZipFile(io.BytesIO(blob)) as src, zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
+        for info in sorted(src.infolist(), key=lambda i: i.filename):
             data = src.read(info)
+            h.update(b"%s\\0%d\\0" % (info.filename.encode(), len(data)) + data)
             if info.filename.endswith(".py"):
                 # Bytecode alone: a remote agent's failure comes back as one
                 # line, so tracebacks need no source (and the file is half the size).
                 code = compile(data, path + "/" + info.filename, "exec", dont_inherit=True)
                 pyc = importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(data)
                 dst.writestr(info.filename + "c", pyc + marshal.dumps(code))
-    return out.getvalue()
+    return out.getvalue() if h.hexdigest() == digest else None
 
 def _put(path, data):
     # Never replace an intact engine: another connection may be importing
@@ -250,10 +257,10 @@ def _stage1():
             mode = "installed"
     _say({"mode": mode})
     if mode == "ship":
-        blob = _read(int(_line()))
-        if _sha256(blob) != want["sha256"]:
+        engine = _compile(_read(int(_line())), path, want["sha256"])
+        if engine is None:
             return 125
-        _put(path, _compile(blob, path))
+        _put(path, engine)
     if agent is None:
         sys.path.insert(0, path)
         old = os.environ.get("PYTHONPATH")
@@ -266,65 +273,97 @@ sys.exit(_stage1())
 
 
 class _Zip:
-    """The package zip, built once per process (and whether a prefetch started)."""
+    """The package's sources, digest and zip, each made once per process."""
 
     lock = threading.Lock()
-    built: tuple[bytes, str] | None = None
+    #: (name in the zip, bytes) of every source file, in name order.
+    sources: list[tuple[str, bytes]] | None = None
+    digest: str | None = None
+    built: bytes | None = None
     prefetching = False
 
 
-def package_zip() -> tuple[bytes, str]:
-    """A zip of the importable ``tether`` package (sources only) and its sha256.
+def sources_digest(entries: Iterable[tuple[str, bytes]]) -> str:
+    """The sha256 naming an engine: each (name, bytes), in name order, as
+    ``name NUL length NUL bytes`` (stage 1's ``_compile`` checks a shipped
+    zip's entries the same way)."""
+    import hashlib
 
-    Deterministic (fixed timestamps, sorted entries), so the remote cache hits
-    across runs of the same version. Built once per process: a lock, not
-    lru_cache, which lets every host's thread of a fan-out build it at once.
+    h = hashlib.sha256()
+    for name, data in sorted(entries):
+        h.update(b"%s\0%d\0" % (name.encode(), len(data)) + data)
+    return h.hexdigest()
+
+
+def package_digest() -> str:
+    """:func:`sources_digest` of the importable ``tether`` package, read once.
+
+    What a connection offers: reading and hashing the sources (~3 ms) is all
+    it needs unless the host asks for the engine (then :func:`package_zip`,
+    built from the same bytes, so what is shipped is what was named).
     """
+    with _Zip.lock:
+        if _Zip.digest is None:
+            _Zip.sources = _read_sources()
+            _Zip.digest = sources_digest(_Zip.sources)
+        return _Zip.digest
+
+
+def package_zip() -> tuple[bytes, str]:
+    """A zip of the importable ``tether`` package (sources only) and its digest.
+
+    Deterministic (fixed timestamps, entries in name order). Built once per
+    process, and only for a host that has no cached engine: a lock, not
+    lru_cache, which lets every host's thread of a fan-out ask at once.
+    """
+    digest = package_digest()
     with _Zip.lock:
         if _Zip.built is None:
             _Zip.built = _build_package_zip()
-        return _Zip.built
+        return _Zip.built, digest
 
 
 def prefetch_package_zip() -> None:
-    """Start building :func:`package_zip` in the background (while ssh connects).
-
-    Its digest goes out as soon as the remote banner arrives: built meanwhile,
-    it is off the critical path of a connection.
-    """
+    """Start reading the sources for :func:`package_digest` in the background
+    (while ssh connects): it goes out as soon as the remote banner arrives."""
     with _Zip.lock:
-        if _Zip.built is not None or _Zip.prefetching:
+        if _Zip.digest is not None or _Zip.prefetching:
             return
         _Zip.prefetching = True
-    threading.Thread(target=package_zip, name="tether-package-zip", daemon=True).start()
+    threading.Thread(target=package_digest, name="tether-package-digest", daemon=True).start()
 
 
-def _build_package_zip() -> tuple[bytes, str]:
-    # Imported here (~20 ms): on the prefetch thread while ssh connects, not
-    # on the critical path of every remote command's start-up.
-    import hashlib
-    import io
-    import zipfile
-
+def _read_sources() -> list[tuple[str, bytes]]:
     import tether
 
     root = os.path.dirname(os.path.abspath(tether.__file__))
+    out = []
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            if name.endswith(".py") or name == "py.typed":
+                full = os.path.join(dirpath, name)
+                rel = os.path.relpath(full, os.path.dirname(root)).replace(os.sep, "/")
+                with open(full, "rb") as f:
+                    out.append((rel, f.read()))
+    return sorted(out)
+
+
+def _build_package_zip() -> bytes:
+    # zipfile and the compression (~50 ms together) only for a host that
+    # must be sent the engine: every other connection offers the digest alone.
+    import io
+    import zipfile
+
+    assert _Zip.sources is not None
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for dirpath, dirs, files in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            for name in sorted(files):
-                if not (name.endswith(".py") or name == "py.typed"):
-                    continue
-                full = os.path.join(dirpath, name)
-                rel = os.path.relpath(full, os.path.dirname(root))
-                info = zipfile.ZipInfo(rel.replace(os.sep, "/"), date_time=(2020, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                with open(full, "rb") as f:
-                    zf.writestr(info, f.read())
-    data = buf.getvalue()
-    return data, hashlib.sha256(data).hexdigest()
+        for rel, data in _Zip.sources:
+            info = zipfile.ZipInfo(rel, date_time=(2020, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+    return buf.getvalue()
 
 
 def stage1_block(code_text: str = STAGE1) -> bytes:

@@ -35,6 +35,7 @@ from tether.remote.bootstrap import (
     MIN_ENGINE_PYTHON,
     REMOTE_COMMAND,
     STAGE1_TO_SHELL,
+    package_digest,
     package_zip,
     prefetch_package_zip,
     stage1_block,
@@ -340,8 +341,11 @@ class Connection:
             )
         import tether
 
-        blob, digest = package_zip()
-        offer = {"version": tether.__version__, "protocol": protocol.PROTOCOL, "sha256": digest}
+        offer = {
+            "version": tether.__version__,
+            "protocol": protocol.PROTOCOL,
+            "sha256": package_digest(),
+        }
         if not self.write(stage1_block() + json.dumps(offer).encode() + b"\n"):
             raise RemoteError(self.label, self.ssh_error())
         answer = self.read_line(self._deadline)
@@ -353,8 +357,10 @@ class Connection:
             raise RemoteError(self.label, f"bad answer from stage 1: {answer[:200]!r}") from None
         if mode.get("mode") == "error":
             raise RemoteError(self.label, str(mode.get("message")))
-        if mode.get("mode") == "ship" and not self.write(b"%d\n" % len(blob) + blob):
-            raise RemoteError(self.label, self.ssh_error())
+        if mode.get("mode") == "ship":
+            blob = package_zip()[0]
+            if not self.write(b"%d\n" % len(blob) + blob):
+                raise RemoteError(self.label, self.ssh_error())
         if before_hello is not None:
             before_hello()
         first = self.read_frame(self._deadline)
