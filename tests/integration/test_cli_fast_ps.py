@@ -10,7 +10,6 @@ paths print the same and exit alike.
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -26,7 +25,6 @@ from test_cli_imports import imported_after
 
 from helpers import wait_for, wait_for_exec
 from tether.cli import cli
-from tether.cli._common import echo_out
 from tether.cli.ps import FAST_FLAGS, parse_fast
 
 PS = cli.get_command(click.Context(cli), "ps")
@@ -117,18 +115,3 @@ def test_fast_and_click_paths_print_alike(args: list[str], small_tree: int, tmp_
     if str(small_tree) in args and "--json" not in args:
         rows = fast[1].splitlines()
         assert fast[0] == 0 and sum(r.endswith(" sleep 60") for r in rows) == 2, fast
-
-
-@given(st.text(alphabet=st.sampled_from(["\x1b", "[", "3", "1", ";", "m", "?", "a", " ", "é"])))
-@example("\x1b[31mred\x1b[0m")
-@settings(max_examples=200, deadline=None)
-def test_echo_out_is_click_echo_on_a_pipe(message: str) -> None:
-    ours, theirs = io.StringIO(), io.StringIO()
-    saved = sys.stdout
-    sys.stdout = ours
-    try:
-        echo_out(message)
-    finally:
-        sys.stdout = saved
-    click.echo(message, file=theirs)
-    assert ours.getvalue() == theirs.getvalue()

@@ -26,7 +26,7 @@ from test_cli_imports import imported_after
 
 from helpers import tether_cmd
 from tether.cli import cli
-from tether.cli._common import echo_err, legacy_json_args
+from tether.cli._common import echo_err, echo_out, legacy_json_args
 from tether.cli._remote import wants_remote
 from tether.cli.run import FAST_OPTIONS, parse_fast
 
@@ -130,6 +130,8 @@ def test_a_common_run_imports_neither_click_nor_the_keeper() -> None:
     assert "click" not in fast
     # Nor what only other jobs need: the job keeper (sockets, pickle), the wire form's base64.
     assert not {"tether.keeper", "socket", "pickle", "base64"} & fast
+    # Nor dataclasses (and its inspect): records are tether._records' (issue 15).
+    assert not {"dataclasses", "inspect"} & fast
     helped = imported_after(run + "    main(['run', '--help'])\n")
     assert "click" in helped
 
@@ -242,17 +244,21 @@ def test_the_entry_point_exits_with_the_commands_status() -> None:
     assert (done.returncode, done.stdout) == (7, "out\n"), done.stderr
 
 
-@given(st.text(alphabet=st.sampled_from(["\x1b", "[", "3", "1", ";", "m", "?", "a", " ", "é"])))
-@example("\x1b[31mred\x1b[0m")
+@given(
+    st.text(alphabet=st.sampled_from(["\x1b", "[", "3", "1", ";", "m", "?", "a", " ", "é"])),
+    st.sampled_from(["stderr", "stdout"]),
+)
+@example("\x1b[31mred\x1b[0m", "stderr")
+@example("\x1b[31mred\x1b[0m", "stdout")
 @settings(max_examples=200, deadline=None)
-def test_echo_err_is_click_echo_on_a_pipe(message: str) -> None:
+def test_echo_err_and_echo_out_are_click_echo_on_a_pipe(message: str, stream: str) -> None:
     ours, theirs = io.StringIO(), io.StringIO()
-    saved = sys.stderr
-    sys.stderr = ours
+    saved = getattr(sys, stream)
+    setattr(sys, stream, ours)
     try:
-        echo_err(message)
+        (echo_err if stream == "stderr" else echo_out)(message)
     finally:
-        sys.stderr = saved
+        setattr(sys, stream, saved)
     click.echo(message, file=theirs)
     assert ours.getvalue() == theirs.getvalue()
 

@@ -211,6 +211,17 @@ def test_watchdog_is_not_a_member_and_leaves_with_its_job(tmp_path: Path) -> Non
     assert "tether watchdog" not in (tmp_path / "stderr").read_text()
 
 
+def start_library_caller(tmp_path: Path, program: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -c program`` (which starts a job and prints its id), stderr to a
+    file: (the process, the job's id)."""
+    with (tmp_path / "stderr").open("wb") as errf:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=errf
+        )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().decode().strip()
+
+
 def test_library_caller_killed_leaves_nothing(tmp_path: Path) -> None:
     """tether.start() in a process that is then SIGKILLed: its watchdog takes over."""
     script, marks = write_tree(tmp_path)
@@ -221,17 +232,13 @@ def test_library_caller_killed_leaves_nothing(tmp_path: Path) -> None:
         "print(job.id, flush=True)\n"
         "job.wait()\n"
     )
-    with (tmp_path / "stderr").open("wb") as errf:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=errf
-        )
-    assert proc.stdout is not None
-    job_id = proc.stdout.readline().decode().strip()
+    proc, job_id = start_library_caller(tmp_path, program)
     ids = wait_for_marks(marks, NAMES)
     record = running_record()
     assert record.job_id == job_id
     proc.kill()
     proc.wait()
+    assert proc.stdout is not None
     proc.stdout.close()
     wait_for(lambda: all_gone(ids), SETTLE, "the watchdog to terminate the tree")
     wait_for(lambda: not records(), SETTLE, "the journal record to be removed")
@@ -258,12 +265,7 @@ def test_a_library_callers_fork_does_not_blind_its_watchdog(tmp_path: Path) -> N
         "print(job.id, flush=True)\n"
         "job.wait()\n"
     )
-    with (tmp_path / "stderr").open("wb") as errf:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=errf
-        )
-    assert proc.stdout is not None
-    job_id = proc.stdout.readline().decode().strip()
+    proc, job_id = start_library_caller(tmp_path, program)
     child = int(wait_for_file(forked))
     child_identity = (child, proc_stat(child).starttime)  # type: ignore[union-attr]
     try:
@@ -274,6 +276,7 @@ def test_a_library_callers_fork_does_not_blind_its_watchdog(tmp_path: Path) -> N
         assert watchdog is not None and watchdog.comm.startswith("python")
         proc.kill()
         proc.wait()
+        assert proc.stdout is not None
         proc.stdout.close()
         wait_for(lambda: all_gone(ids), SETTLE, "the watchdog to terminate the tree")
         wait_for(lambda: not records(), SETTLE, "the journal record to be removed")

@@ -62,25 +62,25 @@ def fail(message: str, code: int) -> NoReturn:
 def echo_err(message: str) -> None:
     """``click.echo(message, err=True)`` without importing click: a line on
     stderr, ANSI styles removed unless stderr is a terminal, flushed."""
-    stream = sys.stderr
-    if stream is None:
-        return
-    if not isatty(stream):
-        message = _strip_ansi(message)
-    stream.write(message + "\n")
-    stream.flush()
+    if _write_line(sys.stderr, message):
+        sys.stderr.flush()
 
 
 def echo_out(message: str) -> None:
     """``click.echo(message)`` without importing click: a line on stdout,
     ANSI styles removed unless stdout is a terminal. Not flushed per line
     (a 1000-row tree would be 1000 writes): the entry point flushes at exit."""
-    stream = sys.stdout
+    _write_line(sys.stdout, message)
+
+
+def _write_line(stream: TextIO | None, message: str) -> bool:
+    """False when there is no stream (a daemon's closed stdio): click's echo says nothing."""
     if stream is None:
-        return
+        return False
     if not isatty(stream):
         message = _strip_ansi(message)
     stream.write(message + "\n")
+    return True
 
 
 def _strip_ansi(text: str) -> str:
