@@ -4,7 +4,7 @@ With an indent the standard library uses its pure-Python encoder: a chain of
 generators yielding every comma, colon and indent (~17 ms for a prune document
 of 1000 strays). Here each string is escaped by the C escaper the standard
 library itself uses (``_json.encode_basestring_ascii``), numbers by the same
-``repr`` calls, and the layout is built by joining lists. Anything this does
+``repr`` calls, and the text is one join of its pieces. Anything this does
 not handle exactly as the standard library does (a key that is not a string,
 a float that is not finite, a subclass of a basic type, a type json does not
 know) makes it fall back to ``json.dumps`` itself.
@@ -24,45 +24,66 @@ class _Unusual(Exception):
 
 def dumps(obj: object) -> str:
     """``json.dumps(obj, indent=2, ensure_ascii=True)``."""
+    out: list[str] = []
     try:
-        return _value(obj, "\n", {})
+        _emit(obj, "\n", {}, out)
     except (_Unusual, RecursionError):
         return json.dumps(obj, indent=2, ensure_ascii=True)
+    return "".join(out)  # one copy of the text (concatenating would copy it per level)
 
 
-def _value(o: Any, newline: str, keys: dict[str, str]) -> str:
-    """``o`` encoded; ``newline`` is the line break and indent of its level;
-    ``keys`` caches encoded keys (a list of rows repeats them)."""
+def _emit(o: Any, newline: str, keys: dict[str, str], out: list[str]) -> None:
+    """Append ``o``'s text to ``out``; ``newline`` is the line break and indent
+    of its level; ``keys`` caches encoded keys (a list of rows repeats them)."""
     t = type(o)
     if t is str:
-        return encode_basestring_ascii(o)
-    if o is None:
-        return "null"
-    if o is True:
-        return "true"
-    if o is False:
-        return "false"
-    if t is int:
-        return int.__repr__(o)
-    if t is float:
+        out.append(encode_basestring_ascii(o))
+    elif o is None:
+        out.append("null")
+    elif o is True:
+        out.append("true")
+    elif o is False:
+        out.append("false")
+    elif t is int:
+        out.append(int.__repr__(o))
+    elif t is float:
         if not math.isfinite(o):
             raise _Unusual  # NaN, Infinity: json's own spelling
-        return float.__repr__(o)
-    inner = newline + "  "
-    if t is dict:
+        out.append(float.__repr__(o))
+    elif t is dict:
         if not o:
-            return "{}"
-        parts = []
+            out.append("{}")
+            return
+        inner = newline + "  "
+        before = "{" + inner
         for k, v in o.items():
             if type(k) is not str:
                 raise _Unusual  # json turns numbers, booleans, None into strings
             key = keys.get(k)
             if key is None:
                 key = keys[k] = encode_basestring_ascii(k) + ": "
-            parts.append(key + _value(v, inner, keys))
-        return "{" + inner + ("," + inner).join(parts) + newline + "}"
-    if t is list or t is tuple:
+            out.append(before)
+            out.append(key)
+            before = "," + inner
+            # Strings and ints inline: most of a document's values, a call each.
+            tv = type(v)
+            if tv is str:
+                out.append(encode_basestring_ascii(v))
+            elif tv is int:
+                out.append(int.__repr__(v))
+            else:
+                _emit(v, inner, keys, out)
+        out.append(newline + "}")
+    elif t is list or t is tuple:
         if not o:
-            return "[]"
-        return "[" + inner + ("," + inner).join([_value(v, inner, keys) for v in o]) + newline + "]"
-    raise _Unusual
+            out.append("[]")
+            return
+        inner = newline + "  "
+        before = "[" + inner
+        for v in o:
+            out.append(before)
+            before = "," + inner
+            _emit(v, inner, keys, out)
+        out.append(newline + "]")
+    else:
+        raise _Unusual
