@@ -295,9 +295,12 @@ def test_nested_pid_namespace_init_is_found_past_the_readlink_shortcut() -> None
 @given(
     strategies.binary(max_size=64) | strategies.lists(strategies.binary(max_size=8)).map(b"\0".join)
 )
-def test_a_captured_command_line_parses_as_procfs_does(cmdline: bytes) -> None:
+def test_a_command_line_parses_as_each_argument_decoded(cmdline: bytes) -> None:
+    """parse_cmdline decodes the whole read, then splits; the reference decodes
+    each NUL-separated argument (what a reader of proc(5) would write)."""
+    each = tuple(a.decode("utf-8", "surrogateescape") for a in cmdline.split(b"\0") if a)
+    assert procfs.parse_cmdline(cmdline) == each
     with open("/proc/self/stat", "rb") as f:
         stat = f.read()
     info = linux_backend.parse_captured(stat, cmdline)
-    assert info is not None
-    assert info.cmdline == procfs.parse_cmdline(cmdline)
+    assert info is not None and info.cmdline == each
