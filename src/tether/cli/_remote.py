@@ -10,8 +10,9 @@ largest of them (as ``pdsh -S``). In a fan-out each failing host also gets one
 line on stderr naming its status as it ends (``tether: h01: exited with exit
 code 3``, as pdsh's ``ssh exited with exit code 3``).
 
-Kept import-light at module level: ``tether run`` declares these options on
-every start, local or not.
+Kept import-light at module level, click included: ``tether run`` declares
+these options on every start, local or not, and a click-free path can call
+:func:`run_remote` (click's options are built by :func:`with_remote_options`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import click
-
-from tether.cli._common import EXIT_FAILED, fail, write_json
+from tether.cli._common import EXIT_FAILED, echo_err, fail, write_json
 
 if TYPE_CHECKING:
     from tether.config import EffectiveConfig
@@ -31,49 +30,55 @@ if TYPE_CHECKING:
 #: The schema of ``--json`` for remote runs and ``tether cancel``.
 JSON_SCHEMA = 1
 
-_options: list[Callable[[Any], Any]] = [
-    click.option("--host", "remote_hosts", multiple=True, metavar="[USER@]HOST[:PORT]",
-                 help="Run the job on HOST over ssh, contained there (repeatable)."),
-    click.option("-w", "--hosts", "remote_host_lists", multiple=True, metavar="HOSTLIST",
-                 help="Run on every host of a pdsh-style list, e.g. node[01-64],gpu[1-4]; "
-                      "output is prefixed with the host."),
-    click.option("-x", "--exclude", "remote_excludes", multiple=True, metavar="HOSTLIST",
-                 help="Leave these hosts out of -w/--host."),
-    click.option("-f", "--fanout", "remote_fanout", type=click.IntRange(min=1),
-                 help="Hosts run at once; the others wait for a free slot (as pdsh -f). "
-                      "Default: remote.fanout in tether.toml, else 32."),
-    click.option("-o", "--ssh-option", "remote_ssh_options", multiple=True, metavar="OPTION",
-                 help="Passed to ssh as -o OPTION (e.g. ConnectTimeout=5); wins over "
-                      "remote.ssh_options in tether.toml."),
-    click.option("-F", "--ssh-config", "remote_ssh_config", metavar="FILE",
-                 help="ssh configuration file (ssh -F)."),
-    click.option("-l", "--login", "remote_login", metavar="USER",
-                 help="Log in as USER on every host that names no USER@ (as pdsh/clush -l)."),
-    click.option("-N", "--no-host-prefix", "remote_no_prefix", is_flag=True,
-                 help="Fan-out output without the 'host: ' prefix; lines stay whole (as pdsh -N)."),
-    click.option("-b", "--gather", "remote_gather", is_flag=True,
-                 help="Gather each host's stdout and print identical outputs once, under "
-                      "a header naming their hosts, e.g. node[01-03] (as clush -b, dshbak -c)."),
-    click.option("-n", "--no-stdin", "remote_no_stdin", is_flag=True,
-                 help="Give a remote job /dev/null as stdin (as ssh -n). By default a "
-                      "single host's job reads tether's stdin; with several hosts none does."),
-    click.option("--remote-engine", "remote_engine",
-                 type=click.Choice(["auto", "python", "sh"]),
-                 help="What supervises the job there: the Python engine (needs python3 >= "
-                      "3.11 on the host; shipped if tether is not installed), the POSIX-shell "
-                      "agent (weaker: no cgroup, pidfd or watchdog; the report says so), or "
-                      "auto: Python if the host can run it, else the shell agent. Default: "
-                      "remote.engine in tether.toml, else auto."),
-    click.option("--cancel-timeout", "remote_cancel_timeout", metavar="DURATION", default="5s",
-                 show_default=True,
-                 help="A host that does not acknowledge a cancel within this long is "
-                      "cancelled over a new connection."),
-]  # fmt: skip
+
+def _click_options() -> list[Callable[[Any], Any]]:
+    import click
+
+    return [
+        click.option("--host", "remote_hosts", multiple=True, metavar="[USER@]HOST[:PORT]",
+                     help="Run the job on HOST over ssh, contained there (repeatable)."),
+        click.option("-w", "--hosts", "remote_host_lists", multiple=True, metavar="HOSTLIST",
+                     help="Run on every host of a pdsh-style list, e.g. node[01-64],gpu[1-4]; "
+                          "output is prefixed with the host."),
+        click.option("-x", "--exclude", "remote_excludes", multiple=True, metavar="HOSTLIST",
+                     help="Leave these hosts out of -w/--host."),
+        click.option("-f", "--fanout", "remote_fanout", type=click.IntRange(min=1),
+                     help="Hosts run at once; the others wait for a free slot (as pdsh -f). "
+                          "Default: remote.fanout in tether.toml, else 32."),
+        click.option("-o", "--ssh-option", "remote_ssh_options", multiple=True, metavar="OPTION",
+                     help="Passed to ssh as -o OPTION (e.g. ConnectTimeout=5); wins over "
+                          "remote.ssh_options in tether.toml."),
+        click.option("-F", "--ssh-config", "remote_ssh_config", metavar="FILE",
+                     help="ssh configuration file (ssh -F)."),
+        click.option("-l", "--login", "remote_login", metavar="USER",
+                     help="Log in as USER on every host that names no USER@ (as pdsh/clush -l)."),
+        click.option("-N", "--no-host-prefix", "remote_no_prefix", is_flag=True,
+                     help="Fan-out output without the 'host: ' prefix; lines stay whole "
+                          "(as pdsh -N)."),
+        click.option("-b", "--gather", "remote_gather", is_flag=True,
+                     help="Gather each host's stdout and print identical outputs once, under "
+                          "a header naming their hosts, e.g. node[01-03] (as clush -b, "
+                          "dshbak -c)."),
+        click.option("-n", "--no-stdin", "remote_no_stdin", is_flag=True,
+                     help="Give a remote job /dev/null as stdin (as ssh -n). By default a "
+                          "single host's job reads tether's stdin; with several hosts none does."),
+        click.option("--remote-engine", "remote_engine",
+                     type=click.Choice(["auto", "python", "sh"]),
+                     help="What supervises the job there: the Python engine (needs python3 >= "
+                          "3.11 on the host; shipped if tether is not installed), the POSIX-shell "
+                          "agent (weaker: no cgroup, pidfd or watchdog; the report says so), or "
+                          "auto: Python if the host can run it, else the shell agent. Default: "
+                          "remote.engine in tether.toml, else auto."),
+        click.option("--cancel-timeout", "remote_cancel_timeout", metavar="DURATION", default="5s",
+                     show_default=True,
+                     help="A host that does not acknowledge a cancel within this long is "
+                          "cancelled over a new connection."),
+    ]  # fmt: skip
 
 
 def with_remote_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Add the remote options to a click command (they arrive as ``remote_*``)."""
-    for option in reversed(_options):
+    for option in reversed(_click_options()):
         f = option(f)
     return f
 
@@ -231,7 +236,7 @@ def run_remote(
     def report_status(result: HostResult) -> None:
         line = status_line(result, prefix)
         if line is not None:
-            click.echo(line, err=True)
+            echo_err(line)
 
     results = fan_out(
         targets,
@@ -253,10 +258,9 @@ def run_remote(
             labels=not remote_no_prefix,
         )
         for label in sink.truncated:
-            click.echo(
+            echo_err(
                 f"tether: {label}: output cut: -b keeps at most "
-                f"{GATHER_LIMIT >> 20} MiB for all hosts together",
-                err=True,
+                f"{GATHER_LIMIT >> 20} MiB for all hosts together"
             )
         for result in results:
             report_status(result)
@@ -272,7 +276,7 @@ def run_remote(
             or not report.get("complete", False)
         )
         if verbose or terminated:
-            click.echo(render_host_report(result, prefix), err=True)
+            echo_err(render_host_report(result, prefix))
     with contextlib.suppress(Exception):
         sys.stdout.flush()
     sys.exit(worst([r.exit_status for r in results]))
