@@ -32,9 +32,10 @@ def dumps(obj: object) -> str:
     return "".join(out)  # one copy of the text (concatenating would copy it per level)
 
 
-def _emit(o: Any, newline: str, keys: dict[str, str], out: list[str]) -> None:
+def _emit(o: Any, newline: str, layouts: dict[tuple[str, ...], list[str]], out: list[str]) -> None:
     """Append ``o``'s text to ``out``; ``newline`` is the line break and indent
-    of its level; ``keys`` caches encoded keys (a list of rows repeats them)."""
+    of its level; ``layouts`` caches, per level and sequence of keys, the text
+    that comes before each value of a dict."""
     t = type(o)
     if t is str:
         out.append(encode_basestring_ascii(o))
@@ -54,17 +55,21 @@ def _emit(o: Any, newline: str, keys: dict[str, str], out: list[str]) -> None:
         if not o:
             out.append("{}")
             return
-        inner = newline + "  "
-        before = "{" + inner
-        for k, v in o.items():
-            if type(k) is not str:
+        # A list of rows repeats one layout: the text before each value (comma,
+        # line break, indent, key) is made once per layout and level.
+        layout = (newline, *o)
+        prefixes = layouts.get(layout)
+        if prefixes is None:
+            if any(type(k) is not str for k in o):
                 raise _Unusual  # json turns numbers, booleans, None into strings
-            key = keys.get(k)
-            if key is None:
-                key = keys[k] = encode_basestring_ascii(k) + ": "
-            out.append(before)
-            out.append(key)
-            before = "," + inner
+            inner = newline + "  "
+            prefixes = layouts[layout] = [
+                ("," if i else "{") + inner + encode_basestring_ascii(k) + ": "
+                for i, k in enumerate(o)
+            ]
+        inner = newline + "  "
+        for prefix, v in zip(prefixes, o.values(), strict=True):
+            out.append(prefix)
             # Strings and ints inline: most of a document's values, a call each.
             tv = type(v)
             if tv is str:
@@ -72,7 +77,7 @@ def _emit(o: Any, newline: str, keys: dict[str, str], out: list[str]) -> None:
             elif tv is int:
                 out.append(int.__repr__(v))
             else:
-                _emit(v, inner, keys, out)
+                _emit(v, inner, layouts, out)
         out.append(newline + "}")
     elif t is list or t is tuple:
         if not o:
@@ -83,7 +88,7 @@ def _emit(o: Any, newline: str, keys: dict[str, str], out: list[str]) -> None:
         for v in o:
             out.append(before)
             before = "," + inner
-            _emit(v, inner, keys, out)
+            _emit(v, inner, layouts, out)
         out.append(newline + "]")
     else:
         raise _Unusual
