@@ -25,6 +25,8 @@ the servers are started in a cgroup of their own (cgroup v1 ``cpuacct``,
 is its delta across the run, after the cgroup is back to the sshd masters
 alone. A process that outlived its run is counted in ``left`` and the run
 waits for it (up to 5 s) before reading the figure. Per host = delta / N.
+**Client CPU** is the tool's and everything it waited for (its ssh clients),
+from this process's ``RUSAGE_CHILDREN``.
 
 Targets (issue 15): at 50 hosts, tether's wall <= 1.5x pdsh's and server CPU
 per host <= 50 ms; at 1 host, wall <= plain ssh + 100 ms.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -133,6 +136,7 @@ def measure(
     env = dict(os.environ, PDSH_SSH_ARGS=f"-F {lab.config_file} %h")
     if tool == "base":
         env["PYTHONPATH"] = BASELINE[0]
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     c0, t0 = cg.cpu(), time.monotonic()
     procs = [
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -141,6 +145,9 @@ def measure(
     ]  # fmt: skip
     errors = [p.communicate(timeout=300)[1] for p in procs]
     wall = time.monotonic() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The tool and everything it waited for (its ssh clients): the client side.
+    client = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
     bad = [
         (p.returncode, e.decode(errors="replace")[-300:])
         for p, e in zip(procs, errors, strict=True)
@@ -156,7 +163,13 @@ def measure(
     server = cg.cpu() - c0
     if bad:
         print(f"       ! {tool} {n}: {len(bad)} failed, e.g. {bad[0]}")
-    return {"wall": wall, "server": server, "left": float(len(left)), "failed": float(len(bad))}
+    return {
+        "wall": wall,
+        "server": server,
+        "client": client,
+        "left": float(len(left)),
+        "failed": float(len(bad)),
+    }
 
 
 def main() -> None:
@@ -209,16 +222,18 @@ def main() -> None:
                     )
         print()
         print(f"{'hosts':>5}  {'tool':<7} {'wall':>9} {'server CPU':>11} {'per host':>9} "
-              f"{'failed':>6} {'left':>4}")  # fmt: skip
+              f"{'client CPU':>11} {'failed':>6} {'left':>4}")  # fmt: skip
         med: dict[tuple[str, int], tuple[float, float]] = {}
         failed = any(r["failed"] or r["left"] for rs in rows.values() for r in rs)
         for n in counts:
             for tool in tools:
                 rs = rows[(tool, n)]
                 wall, server = median([r["wall"] for r in rs]), median([r["server"] for r in rs])
+                client = median([r["client"] for r in rs])
                 med[(tool, n)] = wall, server
                 print(f"{n:>5}  {tool:<7} {wall * 1000:7.0f}ms {server * 1000:9.0f}ms "
-                      f"{server / n * 1000:7.1f}ms {max(r['failed'] for r in rs):>6.0f} "
+                      f"{server / n * 1000:7.1f}ms {client * 1000:9.0f}ms "
+                      f"{max(r['failed'] for r in rs):>6.0f} "
                       f"{max(r['left'] for r in rs):>4.0f}")  # fmt: skip
         print()
         if failed:
