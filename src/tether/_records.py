@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from dataclasses import FrozenInstanceError, dataclass, field, fields, replace
     from typing import NamedTuple
 else:
+    import _thread
     import collections
 
     class FrozenInstanceError(AttributeError):
@@ -40,6 +41,16 @@ else:
             return "MISSING"
 
     MISSING = _Missing()
+
+    class _HasFactory:
+        # The default a factory field's parameter shows (inspect.signature),
+        # as dataclasses' own sentinel.
+        __slots__ = ()
+
+        def __repr__(self) -> str:
+            return "<factory>"
+
+    _HAS_FACTORY = _HasFactory()
 
     class Field:
         """What :func:`fields` returns for one field (the attributes tether reads)."""
@@ -73,10 +84,23 @@ else:
                 changes[f.name] = getattr(obj, f.name)
         return obj.__class__(**changes)
 
+    #: (id, thread) of the records whose repr is being built: a record
+    #: reached again inside its own repr shows as "...", as dataclasses'.
+    _in_repr = set()
+
     def _repr(self):
-        shown = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}" for f in self.__record_fields__.values() if f.repr
-        )
+        key = (id(self), _thread.get_ident())
+        if key in _in_repr:
+            return "..."
+        _in_repr.add(key)
+        try:
+            shown = ", ".join(
+                f"{f.name}={getattr(self, f.name)!r}"
+                for f in self.__record_fields__.values()
+                if f.repr
+            )
+        finally:
+            _in_repr.discard(key)
         return f"{self.__class__.__qualname__}({shown})"
 
     def _eq(self, other):
@@ -110,7 +134,7 @@ else:
     def _init(cls, record_fields, frozen):
         """``__init__``, compiled: positional fields, then keyword-only ones;
         defaults bound as globals of the generated function."""
-        env = {"MISSING": MISSING, "_set": object.__setattr__}
+        env = {"_HAS_FACTORY": _HAS_FACTORY, "_set": object.__setattr__}
         positional, keyword, body = [], [], []
         for f in record_fields:
             if f.default is not MISSING:
@@ -119,8 +143,8 @@ else:
                 value = f.name
             elif f.default_factory is not MISSING:
                 env[f"_f_{f.name}"] = f.default_factory
-                param = f"{f.name}=MISSING"
-                value = f"_f_{f.name}() if {f.name} is MISSING else {f.name}"
+                param = f"{f.name}=_HAS_FACTORY"
+                value = f"_f_{f.name}() if {f.name} is _HAS_FACTORY else {f.name}"
             else:
                 param = f.name
                 value = f.name
@@ -138,20 +162,28 @@ else:
         exec(compile(source, f"<record {cls.__qualname__}>", "exec"), env)
         init = env["__init__"]
         init.__qualname__ = f"{cls.__qualname__}.__init__"
+        # As dataclasses: the fields' annotations (strings here), for help().
+        annotations = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
+        init.__annotations__ = {f.name: annotations[f.name] for f in record_fields}
+        init.__annotations__["return"] = None
         return init
 
-    def _first_init(ordered, frozen):
-        """An ``__init__`` that compiles the real one on the record's first
-        construction and puts it in its place: a command constructs few of
-        the records it imports."""
+    class _FirstInit:
+        """Where ``__init__`` is until it is first looked up — by the record's
+        first construction, or by ``inspect.signature`` or ``help()`` — which
+        compiles the real one, puts it in the class and hands it on: a
+        command constructs few of the records it imports."""
 
-        def __init__(self, *args, **kwargs):
-            cls = self.__class__
-            init = _init(cls, ordered, frozen)
-            cls.__init__ = init
-            init(self, *args, **kwargs)
+        __slots__ = ("frozen", "ordered")
 
-        return __init__
+        def __init__(self, ordered, frozen):
+            self.ordered = ordered
+            self.frozen = frozen
+
+        def __get__(self, obj, owner):
+            init = _init(owner, self.ordered, self.frozen)
+            owner.__init__ = init
+            return init if obj is None else init.__get__(obj, owner)
 
     def _process(cls, frozen, eq, kw_only, slots):
         for base in cls.__mro__[1:]:
@@ -194,7 +226,7 @@ else:
             "__record_fields__": record_fields,
             "__record_names__": names,
             "__match_args__": tuple(f.name for f in ordered if not f.kw_only),
-            "__init__": _first_init(ordered, frozen),
+            "__init__": _FirstInit(ordered, frozen),
         }
         if "__repr__" not in cls.__dict__:
             methods["__repr__"] = _repr
@@ -234,6 +266,12 @@ else:
 
         return wrap if cls is None else wrap(cls)
 
+    #: What typing refuses to let a NamedTuple class body override.
+    _NAMED_TUPLE_OWN = frozenset(
+        {"__new__", "__init__", "__slots__", "__getnewargs__", "_fields", "_field_defaults",
+         "_make", "_replace", "_asdict", "_source"}
+    )  # fmt: skip
+
     class _NamedTupleMeta(type):
         # typing.NamedTuple's class syntax, without its checks of each
         # annotation (under `from __future__ import annotations` each is a
@@ -248,6 +286,8 @@ else:
                 name, names, defaults=defaults, module=namespace["__module__"]
             )
             for key, value in namespace.items():
+                if key in _NAMED_TUPLE_OWN:
+                    raise AttributeError(f"Cannot overwrite NamedTuple attribute {key}")
                 if key in names or key in ("__module__", "__qualname__", "__annotations__"):
                     continue
                 setattr(cls, key, value)

@@ -147,6 +147,13 @@ def _spawn_watchdog(args: Sequence[str], stdin: int, shell_stage: bool = False) 
     argv = [sys.executable, *flags, "-c", _WATCHDOG_MAIN, *args]
     if shell_stage and os.access(_SHELL, os.X_OK):
         argv = [_SHELL, "-c", _WATCHDOG_SHELL_STAGE, "tether-watchdog", *argv]
+        # Where /bin/sh is bash, exported functions (a `read` or `cd` of the
+        # user's) and SHELLOPTS reach it through the environment: the stage
+        # must run the builtins. Python needs none of them.
+        for name in [k for k in env if k.startswith("BASH_FUNC_")]:
+            del env[name]
+        env.pop("SHELLOPTS", None)
+        env.pop("BASHOPTS", None)
     try:
         return os.posix_spawn(
             argv[0],
@@ -612,6 +619,7 @@ class Job:
         encoding: str | None = None,
         errors: str | None = None,
         pass_fds: Sequence[int] = (),
+        _forks_nothing_else: bool = False,
     ) -> None:
         """Start ``spec``'s command.
 
@@ -627,6 +635,13 @@ class Job:
                 :class:`Journal`, or True for the default one).
             watchdog: start a watchdog that terminates the job if this
                 process dies.
+            _forks_nothing_else: tether's own supervisors (`tether run`, the
+                remote agent): besides the leader and the watchdog, which
+                both exec at once, this process forks nothing while the job
+                runs, so the watchdog's pipe closes only when it dies and
+                the watchdog may idle as a shell reading it. Any other
+                caller may fork (a helper, a multiprocessing worker) and
+                keep the pipe open: its watchdog watches its pidfd.
         """
         self.spec = spec
         self.argv = spec.argv
@@ -645,6 +660,7 @@ class Job:
         self._session_recorded = False
         self._lock = threading.Lock()
         self._dedicated = dedicated_supervisor
+        self._forks_nothing_else = dedicated_supervisor and _forks_nothing_else
         #: The first journal write that failed mid-job (ENOSPC...), said once.
         self._journal_problem: str | None = None
         if dedicated_supervisor:
@@ -846,7 +862,7 @@ class Job:
             pid = _spawn_watchdog(
                 [self._journal.directory, self.id, str(os.getpid()), str(me)],
                 stdin=rfd,
-                shell_stage=self._dedicated,
+                shell_stage=self._forks_nothing_else,
             )
         except OSError as err:
             os.close(wfd)

@@ -115,3 +115,28 @@ def test_fast_and_click_paths_print_alike(args: list[str], small_tree: int, tmp_
     if str(small_tree) in args and "--json" not in args:
         rows = fast[1].splitlines()
         assert fast[0] == 0 and sum(r.endswith(" sleep 60") for r in rows) == 2, fast
+
+
+@pytest.mark.parametrize("args", [["{tree}"], [], ["--json"]])
+def test_fast_and_click_paths_end_alike_on_a_closed_stdout(
+    args: list[str], small_tree: int, tmp_path: Path
+) -> None:
+    """Into a pipe whose reader is gone: status 1 and nothing said, as click's
+    main does for an EPIPE. Buffered, as stdout into a pipe is (the suite may
+    run with PYTHONUNBUFFERED, which writes through)."""
+    args = [a.format(tree=small_tree) for a in args]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["TETHER_RUNTIME_DIR"] = str(tmp_path / "journal")
+    statuses = []
+    for mode in ("fast", "click"):
+        r, w = os.pipe()
+        os.close(r)
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", _BOTH, mode, "ps", *args],
+                stdout=w, stderr=subprocess.PIPE, text=True, timeout=60, check=False, env=env,
+            )  # fmt: skip
+        finally:
+            os.close(w)
+        statuses.append((done.returncode, done.stderr))
+    assert statuses[0] == statuses[1] == (1, ""), statuses

@@ -246,7 +246,16 @@ def test_library_caller_killed_leaves_nothing(tmp_path: Path) -> None:
     wait_for(lambda: "nothing left" in (tmp_path / "stderr").read_text(), SETTLE, "the summary")
 
 
-def test_a_library_callers_fork_does_not_blind_its_watchdog(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [
+        # No subreaper tracker: no keeper, so this process is the supervisor.
+        "trackers='session,cookie,walk'",
+        # A dedicated supervisor may fork too (only tether's own commands say they do not).
+        "dedicated_supervisor=True",
+    ],
+)
+def test_a_library_callers_fork_does_not_blind_its_watchdog(tmp_path: Path, options: str) -> None:
     """A library caller may fork while its job runs, and the fork keeps the
     watchdog pipe's write end open after the caller dies: the watchdog must
     see the death through the caller's pidfd, not wait for the pipe's end.
@@ -256,8 +265,7 @@ def test_a_library_callers_fork_does_not_blind_its_watchdog(tmp_path: Path) -> N
     forked = tmp_path / "forked"
     program = (
         "import os, time, tether\n"
-        # No subreaper tracker: no keeper, so this process is the supervisor.
-        f"job = tether.start({argv!r}, policy={POLICY!r}, trackers='session,cookie,walk')\n"
+        f"job = tether.start({argv!r}, policy={POLICY!r}, {options})\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
         "    time.sleep(120); os._exit(0)\n"

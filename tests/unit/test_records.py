@@ -8,6 +8,7 @@ pattern matching and slots."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import pickle
 import textwrap
 from typing import Any
@@ -109,8 +110,8 @@ def test_records_behave_as_dataclasses(
     values = {f"f{i}": data.draw(st.sampled_from([1, "a", (2,), None, float("nan"), "boom"]))
               for i in range(len(kinds))}  # fmt: skip
     required = {n: v for n, v in values.items() if kinds[int(n[1:])] == "plain"}
-    for cls in (ours, theirs):
-        assert cls.__doc__ is None or isinstance(cls.__doc__, str)
+    # help() and IDEs: the same signature, before any instance exists.
+    assert str(inspect.signature(ours)) == str(inspect.signature(theirs))
     # Construction: all by keyword, only the required, positionally, and wrong.
     assert outcome(lambda: type(ours(**values)) and None) == outcome(
         lambda: type(theirs(**values)) and None
@@ -227,8 +228,33 @@ def test_init_is_compiled_on_first_construction() -> None:
         a: int
         b: str = "b"
 
-    first_init = Late.__init__
+    assert not inspect.isfunction(Late.__dict__["__init__"])  # nothing compiled yet
     with pytest.raises(TypeError):
         Late()  # the compiled __init__ says what is missing
-    assert Late.__init__ is not first_init
+    assert inspect.isfunction(Late.__dict__["__init__"])
     assert Late(1) == Late(1, "b") and repr(Late(2, "c")).endswith("Late(a=2, b='c')")
+
+
+def test_a_record_inside_itself_shows_as_an_ellipsis() -> None:
+    made = []
+    for module in (records, dataclasses):
+
+        @module.dataclass
+        class Node:
+            other: object = None
+
+        node = Node()
+        node.other = Node(node)
+        made.append(repr(node).replace(Node.__qualname__, "Node"))
+    assert made[0] == made[1] == "Node(other=Node(other=...))"
+
+
+def test_a_named_tuple_keeps_its_own_methods() -> None:
+    import typing
+
+    for module in (records, typing):
+        with pytest.raises(AttributeError):
+            exec(
+                "class P(NamedTuple):\n    a: int\n    def _replace(self): pass\n",
+                {"NamedTuple": module.NamedTuple, "__name__": __name__},
+            )

@@ -102,9 +102,19 @@ def parse_fast(args: list[str]) -> tuple[str | None, bool, bool] | None:
 
 
 def show(pid: str | None, as_json: bool, show_all: bool) -> None:
-    """The command's body (click's and the fast path's)."""
+    """The command's body (click's and the fast path's). Its output is
+    flushed here, inside the command: a reader that went away (``| head``)
+    is then an EPIPE that click's main, and the fast path, turn into status
+    1, as when click.echo flushed each line."""
     if pid is None:
-        sys.exit(list_jobs(as_json))
+        status = list_jobs(as_json)
+        sys.stdout.flush()
+        sys.exit(status)
+    _show_tree(pid, as_json, show_all)
+    sys.stdout.flush()
+
+
+def _show_tree(pid: str, as_json: bool, show_all: bool) -> None:
     from tether.process import starttime_to_epoch
 
     membership, root, is_pid = _membership(pid)

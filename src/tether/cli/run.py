@@ -393,7 +393,13 @@ def _supervised(
         inbox = stack.enter_context(forwarded_signals(wake_on_child=True, roles=roles))
         stdout = sys.stderr.fileno() if json_on_stdout else None
         job = stack.enter_context(
-            Job(spec, stdout=stdout, dedicated_supervisor=True, wake_fd=inbox.fileno)
+            Job(
+                spec,
+                stdout=stdout,
+                dedicated_supervisor=True,
+                wake_fd=inbox.fileno,
+                _forks_nothing_else=True,
+            )
         )
         progress = None if verbose else progress_line(quiet)
         if progress is not None:

@@ -378,6 +378,8 @@ class _Runner:
                     stderr=err_w,
                     dedicated_supervisor=True,
                     wake_fd=inbox.fileno,
+                    # The agent forks nothing but the job: the shell-stage watchdog.
+                    _forks_nothing_else=True,
                 )
             except TetherError as err:
                 message = {"message": str(err), "exit_code": err.exit_code}
