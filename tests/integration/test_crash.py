@@ -118,7 +118,9 @@ def write_tree(tmp_path: Path) -> tuple[Path, Path]:
     return script, marks
 
 
-def start_run(tmp_path: Path, *options: str, stderr: Path | None = None) -> subprocess.Popen[bytes]:
+def start_run(
+    tmp_path: Path, *options: str, stderr: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     script, marks = write_tree(tmp_path)
     errf = (stderr or tmp_path / "stderr").open("wb")
     # stderr to a file: the watchdog writes there after tether is gone.
@@ -128,6 +130,7 @@ def start_run(tmp_path: Path, *options: str, stderr: Path | None = None) -> subp
                 "run", "--policy", POLICY, *options, "--", sys.executable, str(script), str(marks)
             ),
             stderr=errf,
+            env=env,
         )  # fmt: skip
 
 
@@ -209,6 +212,25 @@ def test_watchdog_is_not_a_member_and_leaves_with_its_job(tmp_path: Path) -> Non
     assert not records()
     wait_for(lambda: not alive(*record.watchdog), SETTLE, "the watchdog to exit")
     assert "tether watchdog" not in (tmp_path / "stderr").read_text()
+
+
+def test_the_watchdogs_shell_gets_no_bash_functions(tmp_path: Path) -> None:
+    """Where /bin/sh is bash, an exported function named read (or cd) would
+    replace the builtin the watchdog's shell stage relies on: such variables
+    are kept from it (the job itself keeps its environment)."""
+    env = {**os.environ, "BASH_FUNC_read%%": "() { line=done; }", "SHELLOPTS": "xtrace"}
+    proc = start_run(tmp_path, env=env)
+    try:
+        wait_for_marks(tmp_path / "marks", NAMES)
+        record = running_record()
+        assert record.watchdog is not None
+        environ = Path(f"/proc/{record.watchdog[0]}/environ").read_bytes().split(b"\0")
+        assert not [v for v in environ if v.startswith((b"BASH_FUNC_", b"SHELLOPTS="))]
+        leader = Path(f"/proc/{record.leader[0]}/environ").read_bytes()  # type: ignore[index]
+        assert b"BASH_FUNC_read%%=" in leader
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=SETTLE)
 
 
 def start_library_caller(tmp_path: Path, program: str) -> tuple[subprocess.Popen[bytes], str]:
