@@ -294,7 +294,7 @@ def _no_such_option(err: click.NoSuchOption, is_run: bool) -> str:
 
 
 def _fast_path(args: list[str]) -> bool:
-    """``tether run`` and ``tether ps`` without click, when the command's
+    """``tether run``, ``ps`` and ``prune`` without click, when the command's
     ``parse_fast`` understands all of ``args`` (and no shell completion is
     asked for, which click answers); False: the click command is to run
     them. Not when click is loaded already (a program that embeds tether's

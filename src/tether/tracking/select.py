@@ -6,7 +6,7 @@ import os
 
 from tether._platform import HAS_CGROUPS, HAS_ENVIRON, HAS_SUBREAPER
 from tether._platform import NAME as BACKEND
-from tether._platform.linux import cgroupfs, prctl
+from tether._platform.linux import cgroupfs
 from tether._platform.linux.cgroupfs import JobCgroup
 from tether._records import dataclass, field
 from tether.errors import TrackerError
@@ -173,6 +173,9 @@ def _probe(sel: Selection, job_id: str, *, dedicated: bool, keeper: bool = False
             "pass dedicated_supervisor=True if it runs nothing but this job",
         )
     else:
+        # ctypes (~2 ms of imports) only for the process that becomes a subreaper.
+        from tether._platform.linux import prctl
+
         try:
             prctl.set_child_subreaper(True)
             sel.subreaper = True
