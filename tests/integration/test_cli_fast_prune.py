@@ -14,7 +14,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import click
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from test_cli_fast_run import _BOTH
+from test_cli_fast_run import both_paths, both_paths_into_a_closed_pipe
 from test_cli_imports import imported_after
 
 from helpers import is_root, wait_for_exec
@@ -112,14 +111,7 @@ def stray() -> Iterator[int]:
 def _both(
     args: list[str], tmp_path: Path, env: dict[str, str] | None = None
 ) -> list[tuple[int, str, str]]:
-    out = []
-    for mode in ("fast", "click"):
-        done = subprocess.run(
-            [sys.executable, "-c", _BOTH, mode, "prune", *args], capture_output=True, text=True,
-            timeout=120, check=False, cwd=tmp_path, env={**os.environ, **(env or {})},
-        )  # fmt: skip
-        out.append((done.returncode, done.stdout, done.stderr))
-    return out
+    return both_paths(["prune", *args], cwd=tmp_path, env={**os.environ, **(env or {})})
 
 
 #: Scoped to the stray's uid, logging nothing, whatever the node runs.
@@ -195,19 +187,6 @@ def test_a_bad_log_variable_ends_alike(tmp_path: Path) -> None:
 
 def test_fast_and_click_paths_end_alike_on_a_closed_stdout() -> None:
     """--json into a pipe nobody reads: click's main exits 1 on EPIPE (click.echo
-    flushes inside the command); so does the fast path. Buffered, as stdout is
-    into a pipe (the suite may run with PYTHONUNBUFFERED, which writes through)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    statuses = []
-    for mode in ("fast", "click"):
-        r, w = os.pipe()
-        os.close(r)  # the reader is gone before the document is written
-        try:
-            done = subprocess.run(
-                [sys.executable, "-c", _BOTH, mode, "prune", "--json", *SCOPE],
-                stdout=w, stderr=subprocess.PIPE, text=True, timeout=120, check=False, env=env,
-            )  # fmt: skip
-        finally:
-            os.close(w)
-        statuses.append((done.returncode, done.stderr))
+    flushes inside the command); so does the fast path."""
+    statuses = both_paths_into_a_closed_pipe(["prune", "--json", *SCOPE])
     assert statuses[0] == statuses[1] == (1, "")

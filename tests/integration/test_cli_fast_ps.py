@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import click
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from test_cli_fast_run import _BOTH
+from test_cli_fast_run import both_paths, both_paths_into_a_closed_pipe
 from test_cli_imports import imported_after
 
 from helpers import wait_for, wait_for_exec
@@ -91,15 +90,8 @@ def small_tree() -> Iterator[int]:
 
 
 def _both(args: list[str], tmp_path: Path) -> list[tuple[int, str, str]]:
-    out = []
-    for mode in ("fast", "click"):
-        done = subprocess.run(
-            [sys.executable, "-c", _BOTH, mode, *args], capture_output=True, text=True,
-            timeout=60, check=False, cwd=tmp_path,
-            env={**os.environ, "TETHER_RUNTIME_DIR": str(tmp_path / "journal")},
-        )  # fmt: skip
-        out.append((done.returncode, done.stdout, done.stderr))
-    return out
+    env = {**os.environ, "TETHER_RUNTIME_DIR": str(tmp_path / "journal")}
+    return both_paths(args, cwd=tmp_path, env=env, timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -125,18 +117,6 @@ def test_fast_and_click_paths_end_alike_on_a_closed_stdout(
     main does for an EPIPE. Buffered, as stdout into a pipe is (the suite may
     run with PYTHONUNBUFFERED, which writes through)."""
     args = [a.format(tree=small_tree) for a in args]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    env["TETHER_RUNTIME_DIR"] = str(tmp_path / "journal")
-    statuses = []
-    for mode in ("fast", "click"):
-        r, w = os.pipe()
-        os.close(r)
-        try:
-            done = subprocess.run(
-                [sys.executable, "-c", _BOTH, mode, "ps", *args],
-                stdout=w, stderr=subprocess.PIPE, text=True, timeout=60, check=False, env=env,
-            )  # fmt: skip
-        finally:
-            os.close(w)
-        statuses.append((done.returncode, done.stderr))
+    env = {**os.environ, "TETHER_RUNTIME_DIR": str(tmp_path / "journal")}
+    statuses = both_paths_into_a_closed_pipe(["ps", *args], env)
     assert statuses[0] == statuses[1] == (1, ""), statuses

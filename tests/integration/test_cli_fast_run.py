@@ -145,15 +145,49 @@ _BOTH = (
 )
 
 
+def both_paths(
+    args: list[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    stdout: int = subprocess.PIPE,
+    timeout: float = 120,
+) -> list[tuple[int, str, str]]:
+    """``main(args)`` with the fast path on, then forced through click:
+    (status, stdout, stderr) of each. ``env``: the whole environment."""
+    out = []
+    for mode in ("fast", "click"):
+        done = subprocess.run(
+            [sys.executable, "-c", _BOTH, mode, *args], stdout=stdout, stderr=subprocess.PIPE,
+            text=True, timeout=timeout, check=False, cwd=cwd, env=env,
+        )  # fmt: skip
+        out.append((done.returncode, done.stdout or "", done.stderr))
+    return out
+
+
+def both_paths_into_a_closed_pipe(
+    args: list[str], env: dict[str, str] | None = None
+) -> list[tuple[int, str]]:
+    """(status, stderr) of :func:`both_paths` with stdout a pipe whose reader is
+    gone before anything is written. Buffered, as stdout into a pipe is: the
+    suite may run with PYTHONUNBUFFERED, which writes through."""
+    env = {k: v for k, v in (env or os.environ).items() if k != "PYTHONUNBUFFERED"}
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return [(rc, err) for rc, _, err in both_paths(args, env=env, stdout=w)]
+    finally:
+        os.close(w)
+
+
 def _both(
     args: list[str], tmp_path: Path, env: dict[str, str] | None = None
 ) -> list[tuple[int, str, str]]:
     out = []
-    for mode in ("fast", "click"):
-        done = subprocess.run(
-            [sys.executable, "-c", _BOTH, mode, *args], capture_output=True, text=True,
-            timeout=60, check=False, cwd=tmp_path, env={**os.environ, **(env or {})},
-        )  # fmt: skip
+    for rc, out_text, err_text in both_paths(
+        args, cwd=tmp_path, env={**os.environ, **(env or {})}, timeout=60
+    ):
+        done = subprocess.CompletedProcess(args, rc, out_text, err_text)
         ids = re.compile(r"\b[0-9a-f]{24}\b|pid \d+|\d+\.\d+s|\(pid \d+\)")
         stdout = ids.sub("X", done.stdout)
         if stdout.startswith("{"):  # a report: its shape (members and times vary)
@@ -282,16 +316,5 @@ def test_version_imports_nothing_the_interpreter_had_not() -> None:
 
 def test_fast_and_click_paths_end_alike_on_a_closed_stdout() -> None:
     """--json into a pipe nobody reads: click's main exits 1 on EPIPE; so does the fast path."""
-    statuses = []
-    for mode in ("fast", "click"):
-        r, w = os.pipe()
-        os.close(r)  # the reader is gone before the report is written
-        try:
-            done = subprocess.run(
-                [sys.executable, "-c", _BOTH, mode, "run", "--json", "--", "true"],
-                stdout=w, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
-            )  # fmt: skip
-        finally:
-            os.close(w)
-        statuses.append((done.returncode, done.stderr))
+    statuses = both_paths_into_a_closed_pipe(["run", "--json", "--", "true"])
     assert statuses[0] == statuses[1] == (1, "")

@@ -244,6 +244,18 @@ def start_library_caller(tmp_path: Path, program: str) -> tuple[subprocess.Popen
     return proc, proc.stdout.readline().decode().strip()
 
 
+def kill_caller_and_await_recovery(
+    proc: subprocess.Popen[bytes], ids: dict[str, tuple[int, int]]
+) -> None:
+    """SIGKILL the caller; its watchdog must terminate the tree and drop the record."""
+    proc.kill()
+    proc.wait()
+    assert proc.stdout is not None
+    proc.stdout.close()
+    wait_for(lambda: all_gone(ids), SETTLE, "the watchdog to terminate the tree")
+    wait_for(lambda: not records(), SETTLE, "the journal record to be removed")
+
+
 def test_library_caller_killed_leaves_nothing(tmp_path: Path) -> None:
     """tether.start() in a process that is then SIGKILLed: its watchdog takes over."""
     script, marks = write_tree(tmp_path)
@@ -258,12 +270,7 @@ def test_library_caller_killed_leaves_nothing(tmp_path: Path) -> None:
     ids = wait_for_marks(marks, NAMES)
     record = running_record()
     assert record.job_id == job_id
-    proc.kill()
-    proc.wait()
-    assert proc.stdout is not None
-    proc.stdout.close()
-    wait_for(lambda: all_gone(ids), SETTLE, "the watchdog to terminate the tree")
-    wait_for(lambda: not records(), SETTLE, "the journal record to be removed")
+    kill_caller_and_await_recovery(proc, ids)
     # The watchdog prints its summary after it drops the record.
     wait_for(lambda: "nothing left" in (tmp_path / "stderr").read_text(), SETTLE, "the summary")
 
@@ -304,12 +311,7 @@ def test_a_library_callers_fork_does_not_blind_its_watchdog(tmp_path: Path, opti
         assert record.job_id == job_id and record.watchdog is not None
         watchdog = proc_stat(record.watchdog[0])
         assert watchdog is not None and watchdog.comm.startswith("python")
-        proc.kill()
-        proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
-        wait_for(lambda: all_gone(ids), SETTLE, "the watchdog to terminate the tree")
-        wait_for(lambda: not records(), SETTLE, "the journal record to be removed")
+        kill_caller_and_await_recovery(proc, ids)
     finally:
         kill_identity(*child_identity)
 
