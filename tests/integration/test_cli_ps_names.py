@@ -4,6 +4,7 @@ still tells an empty command line from one that reads ``[comm]``."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -69,3 +70,28 @@ def test_a_pid_longer_than_int_takes_is_bad_input() -> None:
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("tether: not a pid: '999") and "Traceback" not in done.stderr
     assert "internal error" not in done.stderr
+
+
+def test_pid_0_is_no_such_process_not_a_refusal_to_kill() -> None:
+    done = subprocess.run(
+        tether_cmd("ps", "0"), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stderr) == (2, "tether: no such process: 0\n")
+
+
+def test_a_name_stdout_cannot_encode_is_escaped_not_an_error() -> None:
+    """PYTHONIOENCODING=ascii (or a C locale) and a non-ASCII command line."""
+    # cat with argv ["héllo"]: argv[0] is no operand, so it waits on its stdin.
+    child = subprocess.Popen([sys.executable, "-c", EXEC, "héllo"], stdin=subprocess.PIPE)
+    try:
+        wait_for_exec(child.pid, "cat")
+        done = subprocess.run(
+            tether_cmd("ps", str(child.pid)), capture_output=True, text=True, timeout=60,
+            check=False, env={**os.environ, "PYTHONIOENCODING": "ascii"},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert " h\\xe9llo\n" in done.stdout, done.stdout
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()  # our own child, not yet reaped: it exits at EOF
+        child.wait(timeout=10)

@@ -219,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 def _main(args: list[str]) -> NoReturn:
     if args == ["--version"]:
         _print_version()
+    _escape_what_stdout_cannot_encode()
     try:
         _run_cli(args)
     finally:
@@ -233,6 +234,20 @@ def _main(args: list[str]) -> NoReturn:
 
             with contextlib.suppress(Exception):
                 echo_err(f"tether: logging failed: {problem}")
+
+
+def _escape_what_stdout_cannot_encode() -> None:
+    """A command line or a process name is anyone's bytes: where stdout's
+    encoding cannot show them (PYTHONIOENCODING=ascii, a C locale), they are
+    written backslash-escaped rather than failing the command (stderr does so
+    already by default)."""
+    stream = sys.stdout
+    if stream is None or getattr(stream, "errors", None) != "strict":
+        return
+    # Not a TextIOWrapper (an embedding program's own stream): left as it is.
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
 
 
 def _exit_now(done: SystemExit) -> NoReturn:

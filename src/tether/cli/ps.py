@@ -287,7 +287,7 @@ def _unreadable(rows: Sequence[tuple[int, ProcessInfo, list[str], float, str]]) 
 def _membership(text: str) -> tuple[ReadOnlyMembership, int, bool]:
     """Who belongs to PID's tree (or JOB_ID's job), for reading only; the root;
     whether PID named a plain process (not a journal job)."""
-    from tether.errors import UnsafeTargetError
+    from tether.errors import NoSuchProcessError, UnsafeTargetError
     from tether.membership import Membership, ReadOnlyMembership
     from tether.process import read_process
 
@@ -309,9 +309,10 @@ def _membership(text: str) -> tuple[ReadOnlyMembership, int, bool]:
     except UnsafeTargetError:
         # kill's refusals (pid 1, tether, its ancestors) guard signals; ps
         # only reads: the same tree, found by the descendant walk alone.
-        info = read_process(pid, ("cmdline",))
-        if info is None or pid <= 0:
-            raise
+        info = read_process(pid, ("cmdline",)) if pid > 0 else None
+        if info is None:
+            # Not kill's "refusing to kill pid 0": ps kills nothing.
+            raise NoSuchProcessError(pid) from None
         from tether.tracking.base import TrackerStatus
 
         walk = Membership(
