@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import select
 import signal
 import subprocess
@@ -42,9 +43,11 @@ _T = TypeVar("_T")
 _LIMIT = 1 << 16
 
 
-async def _owner_waits(work: Callable[[], _T]) -> _T:
+async def _owner_waits(work: Callable[[], _T], undo: Callable[[_T], object] | None = None) -> _T:
     """``work()`` in a worker thread, awaited to its end however often the
-    awaiting task is cancelled meanwhile; a cancellation is re-raised after."""
+    awaiting task is cancelled meanwhile; a cancellation is re-raised after,
+    once ``undo(result)`` (in a thread too) has undone what nobody will use:
+    a job started for a task that was cancelled while it started."""
     future = asyncio.get_running_loop().run_in_executor(None, work)
     cancelled: asyncio.CancelledError | None = None
     while True:
@@ -54,9 +57,12 @@ async def _owner_waits(work: Callable[[], _T]) -> _T:
             # This task was cancelled, not the work (shielded): wait on.
             cancelled = err
             continue
-        if cancelled is not None:
-            raise cancelled
-        return result
+        break
+    if cancelled is not None:
+        if undo is not None:
+            await _owner_waits(functools.partial(undo, result))
+        raise cancelled
+    return result
 
 
 def _protocol(reader: asyncio.StreamReader) -> Callable[[], asyncio.StreamReaderProtocol]:
@@ -269,7 +275,11 @@ async def start(args: Sequence[Arg] | str | bytes, **options: Unpack[JobOptions]
     for name in ("text", "encoding", "errors"):
         if options.get(name):
             raise ValueError(f"{name} is not supported by tether.aio.start: streams are bytes")
-    job = await _owner_waits(lambda: _start(args, **options))
+    # Cancelled while the job started: its tree is terminated with the policy
+    # (the Job's context exit) before the cancellation goes on, never left running.
+    job = await _owner_waits(
+        lambda: _start(args, **options), undo=lambda started: started.__exit__(None, None, None)
+    )
     async_job = AsyncJob(job)
     try:
         await async_job._connect()

@@ -98,10 +98,13 @@ def test_task_cancel_reaches_the_async_job_context(tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
     reports: list[tether.Report | None] = []
 
+    inside = asyncio.Event()
+
     async def owner() -> None:
         job = await tether.aio.start(_stubborn(ready), policy=POLICY)
         try:
             async with job:
+                inside.set()
                 await job.wait()
         finally:
             reports.append(job.report)
@@ -109,6 +112,9 @@ def test_task_cancel_reaches_the_async_job_context(tmp_path: Path) -> None:
     async def main() -> None:
         task = asyncio.create_task(owner())
         seen.append(await _grandchild(ready))
+        # Cancelled inside `async with` (a cancel during start() is
+        # test_cancelled_while_the_job_starts).
+        await inside.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -138,7 +144,10 @@ def test_ctrl_c_under_asyncio_run(tmp_path: Path) -> None:
     started = tmp_path / "started"
     program = textwrap.dedent(
         f"""
-        import asyncio, pathlib, tether.aio
+        import asyncio, faulthandler, pathlib, tether.aio
+        # Should it ever hang: every thread's stack on stderr, and an exit,
+        # rather than the suite's timeout.
+        faulthandler.dump_traceback_later(45, exit=True)
         async def main():
             pathlib.Path({str(started)!r}).write_text("x")
             await tether.aio.run({_stubborn(ready)!r}, policy={POLICY!r})
@@ -146,16 +155,19 @@ def test_ctrl_c_under_asyncio_run(tmp_path: Path) -> None:
         """
     )
     env = {**os.environ, "PYTHONPATH": SRC}
-    with subprocess.Popen(
-        [sys.executable, "-c", program], env=env, stderr=subprocess.PIPE
-    ) as caller:
+    caller = subprocess.Popen([sys.executable, "-c", program], env=env, stderr=subprocess.PIPE)
+    try:
         wait_for_file(started)
         pid = int(wait_for_file(ready))
         info = read_process(pid)
         assert info is not None
         caller.send_signal(signal.SIGINT)
         _, err = caller.communicate(timeout=60)
-    assert b"KeyboardInterrupt" in err
+    finally:
+        if caller.poll() is None:
+            caller.kill()  # our own child: its pid is its until we reap it
+        caller.communicate()
+    assert b"KeyboardInterrupt" in err, err.decode(errors="replace")
     assert caller.returncode != 0
     assert not alive(pid, info.starttime)
 
@@ -209,3 +221,37 @@ def test_aio_run_check_and_text() -> None:
     with pytest.raises(tether.JobTimeoutError) as timeout:
         asyncio.run(main(lambda: tether.aio.run(["sleep", "3600"], timeout=0.2, check=True)))
     assert timeout.value.report is not None and timeout.value.report.reason == "timeout"
+
+
+def test_cancelled_while_the_job_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task is cancelled while tether.aio.start's worker thread is still
+    starting the job: the job must not be left running for nobody (it was
+    once: the cancellation went on and the tree lived)."""
+    import threading
+
+    ready = tmp_path / "r"
+    started, cancel_sent = threading.Event(), threading.Event()
+    real_start = tether.aio._start
+    seen: list[tuple[int, int]] = []
+
+    def start_then_hold(*args: object, **options: object) -> object:
+        job = real_start(*args, **options)  # type: ignore[arg-type]
+        info = read_process(int(wait_for_file(ready)))
+        assert info is not None
+        seen.append((info.pid, info.starttime))
+        started.set()
+        cancel_sent.wait(30)  # still "starting" when the cancellation comes
+        return job
+
+    monkeypatch.setattr(tether.aio, "_start", start_then_hold)
+
+    async def main() -> None:
+        task = asyncio.create_task(tether.aio.start(_stubborn(ready), policy=POLICY))
+        await asyncio.to_thread(started.wait, 30)
+        task.cancel()
+        cancel_sent.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    _check_gone(seen)

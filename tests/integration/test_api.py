@@ -105,7 +105,9 @@ def test_leader_signal_and_tree_delay(tmp_path: Path) -> None:
         f'sh -c \'trap "echo TERM >>{got}; exit 0" TERM; echo x >{ready}; '
         "while :; do sleep 0.05; done' & wait"
     )
-    policy = Policy.parse("TERM,2s,KILL", leader_signal=signal.SIGINT, tree_delay=0.3)
+    # The delay is the margin the leader's trap has to run before the worker's
+    # TERM: 0.3 s was too little on a loaded machine (TERM was written first).
+    policy = Policy.parse("TERM,2s,KILL", leader_signal=signal.SIGINT, tree_delay=1.0)
     with tether.start(["sh", "-c", script], policy=policy) as job:
         wait_for_file(ready)
         report = job.cancel()
