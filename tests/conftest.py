@@ -42,8 +42,12 @@ def suite_cgroup() -> Iterator[str | None]:
         yield None
         return
     original = probe.parent
+    _remove_stale_suites(original)
     path = os.path.join(original, f"suite-{os.getpid()}")
-    os.mkdir(path)
+    # A suite killed before its teardown leaves its cgroup, and its pid comes
+    # round again: reuse it.
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path)
     JobCgroup(path).move(os.getpid())
     _suite["cgroup"] = path
     try:
@@ -51,8 +55,20 @@ def suite_cgroup() -> Iterator[str | None]:
     finally:
         _suite.clear()
         JobCgroup(original).move(os.getpid())
+        # Busy while this process's keeper (it leaves after us) is in it:
+        # the next suite removes it (_remove_stale_suites).
         with contextlib.suppress(OSError):
             os.rmdir(path)
+
+
+def _remove_stale_suites(parent: str) -> None:
+    """The cgroups of earlier suites whose process is gone: empty now (their
+    keepers left after them), so removed; a populated one stays."""
+    for entry in os.scandir(parent):
+        pid = entry.name.removeprefix("suite-")
+        if entry.name.startswith("suite-") and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            with contextlib.suppress(OSError):
+                os.rmdir(entry.path)
 
 
 def _job_cgroups() -> set[str]:
