@@ -30,6 +30,18 @@ from tether.process import ProcessHandle
 _suite: dict[str, str] = {}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite runs as from a terminal, whatever started it. A background
+    job of a shell without job control (`.ci/run &`, a cron line) inherits
+    SIGINT and SIGQUIT ignored, and an ignored signal stays ignored across
+    exec: a job's `trap ... INT` is then void and Ctrl-C under asyncio.run
+    is never seen, which the tests of those features would take for bugs."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def suite_cgroup() -> Iterator[str | None]:
     """Run the suite in a cgroup of its own, so job cgroups are counted per suite.
