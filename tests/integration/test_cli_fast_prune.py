@@ -21,7 +21,7 @@ import click
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from test_cli_fast_run import both_paths, both_paths_into_a_closed_pipe
+from test_cli_fast_run import both_paths, both_paths_into_a_closed_pipe, options_read_only_from_argv
 from test_cli_imports import imported_after
 
 from helpers import is_root, wait_for_exec
@@ -106,6 +106,14 @@ def stray() -> Iterator[int]:
     finally:
         child.kill()  # our own child, not yet reaped: the pid is still its
         child.wait(timeout=10)
+
+
+def test_click_declares_nothing_the_fast_parser_would_miss() -> None:
+    assert PRUNE is not None
+    options_read_only_from_argv(PRUNE, FAST_OPTIONS)
+    names = {n for p in PRUNE.params if isinstance(p, click.Option) for n in p.opts}
+    assert names - {"--help"} == set(FAST_OPTIONS)
+    assert not [p for p in PRUNE.params if isinstance(p, click.Argument)]
 
 
 def _both(

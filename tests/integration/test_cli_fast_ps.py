@@ -19,7 +19,7 @@ import click
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from test_cli_fast_run import both_paths, both_paths_into_a_closed_pipe
+from test_cli_fast_run import both_paths, both_paths_into_a_closed_pipe, options_read_only_from_argv
 from test_cli_imports import imported_after
 
 from helpers import wait_for, wait_for_exec
@@ -51,6 +51,12 @@ def test_the_fast_parser_agrees_with_click(args: list[str]) -> None:
         return  # click parses it (or says what is wrong)
     pid, as_json, show_all = fast
     assert click_params(args) == {"pid": pid, "as_json": as_json, "show_all": show_all}
+
+
+def test_click_declares_nothing_the_fast_parser_would_miss() -> None:
+    options_read_only_from_argv(PS, FAST_FLAGS)
+    names = {n for p in PS.params if isinstance(p, click.Option) for n in p.opts}
+    assert names - {"--help"} == set(FAST_FLAGS)
 
 
 def test_the_fast_parser_reads_the_common_forms_and_declines_the_rest() -> None:

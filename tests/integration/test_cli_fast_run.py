@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import click
@@ -65,6 +66,20 @@ def run_argv(draw: st.DrawFn) -> list[str]:
     return args
 
 
+def options_read_only_from_argv(command: click.Command, names: Iterable[str]) -> None:
+    """The agreement tests compare parsed values in this environment; what
+    click would read from elsewhere, or do on parsing, a fast parser does
+    not: an option added with envvar=, a callback, a count or a
+    --flag/--no-flag pair would pass them and still be read differently."""
+    wanted = set(names)
+    for p in command.params:
+        if isinstance(p, click.Option) and wanted & set(p.opts):
+            assert p.envvar is None and p.callback is None and not p.count, p.name
+            assert not p.secondary_opts, p.name
+    assert command.context_settings.get("auto_envvar_prefix") is None
+    assert command.context_settings.get("default_map") is None
+
+
 def click_params(args: list[str]) -> dict[str, object]:
     parent = cli.make_context("tether", ["run"], resilient_parsing=True)
     return dict(RUN.make_context("run", list(args), parent=parent).params)
@@ -111,6 +126,7 @@ def test_the_fast_parser_reads_the_common_forms() -> None:
         params = click_params(args)
         assert {k: params[k] for k in fast} == fast
     assert set(FAST_OPTIONS) <= set(CLICK_NAMES)
+    options_read_only_from_argv(RUN, FAST_OPTIONS)
 
 
 @pytest.mark.parametrize(

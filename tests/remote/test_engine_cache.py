@@ -33,7 +33,7 @@ from test_remote import MARKS, POLICY, REMOTE_PYTHON, assert_gone, wait_trees
 from helpers import TEST_VAR, ensure_unprivileged_user, is_root, kill_identity
 from tether.policy import Policy
 from tether.remote import protocol
-from tether.remote.bootstrap import package_zip
+from tether.remote.bootstrap import package_zip, sources_digest
 from tether.remote.client import Connection, SshOptions
 from tether.remote.hostlist import Target
 from tether.spec import JobSpec
@@ -395,12 +395,26 @@ def test_a_shipped_zip_is_compiled_only_if_its_entries_hash_to_the_offered_diges
             if info.filename == "tether/__init__.py":
                 data += b"\n# another engine\n"
             dst.writestr(info, data)
-    (tmp_path / "good.zip").write_bytes(blob)
-    (tmp_path / "tampered.zip").write_bytes(tampered.getvalue())
+    # What a hostile or broken sender could ship: no zip, half a zip, and a
+    # zip that hashes as offered but does not compile. Each is refused (125
+    # from stage 1), never a traceback.
+    broken = io.BytesIO()
+    with zipfile.ZipFile(broken, "w") as z:
+        z.writestr("tether/broken.py", b"def (:\n")
+    broken_digest = sources_digest([("tether/broken.py", b"def (:\n")])
+    shipped = {
+        "good.zip": (blob, digest),
+        "tampered.zip": (tampered.getvalue(), digest),
+        "garbage.zip": (b"not a zip at all", digest),
+        "truncated.zip": (blob[: len(blob) // 2], digest),
+        "broken.zip": (broken.getvalue(), broken_digest),
+    }
+    for name, (data, _) in shipped.items():
+        (tmp_path / name).write_bytes(data)
     code = _stage1_functions(tmp_path) + (
-        "for name in ('good.zip', 'tampered.zip'):\n"
+        f"for name, digest in {[(n, d) for n, (_, d) in shipped.items()]!r}:\n"
         "    with open(name, 'rb') as f:\n"
-        f"        engine = _compile(f.read(), 'engine.zip', {digest!r})\n"
+        "        engine = _compile(f.read(), 'engine.zip', digest)\n"
         "    print(name, engine is not None)\n"
     )
     done = subprocess.run(
@@ -408,7 +422,13 @@ def test_a_shipped_zip_is_compiled_only_if_its_entries_hash_to_the_offered_diges
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["good.zip", "True", "tampered.zip", "False"]
+    assert done.stdout.split() == [
+        "good.zip", "True", "tampered.zip", "False", "garbage.zip", "False",
+        "truncated.zip", "False", "broken.zip", "False",
+    ]  # fmt: skip
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("tether: the shipped engine") == 3, done.stderr
+    assert "does not compile on this python" in done.stderr
 
 
 def test_a_host_with_the_engine_cached_costs_no_zip(tmp_path: Path) -> None:

@@ -177,23 +177,43 @@ def _compile(blob, path, digest):
     # The shipped zip of sources becomes a zip of bytecode for
     # this python (unchecked hash-based .pyc, which zipimport loads without
     # compiling): compiled once per host, version and python, not each run.
-    # None unless its entries hash to the offered digest (as the client's
-    # sources_digest: name, NUL, length, NUL, bytes, in name order).
-    import importlib.util, io, marshal, zipfile
+    # Nothing is compiled unless its entries hash to the offered digest (as
+    # the client's sources_digest: name, NUL, length, NUL, bytes, in name
+    # order); None for a zip that does not, or is no zip, or does not compile.
+    import importlib.util, io, marshal, zipfile, zlib
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as src:
+            entries, size = [], 0
+            for info in sorted(src.infolist(), key=lambda i: i.filename):
+                data = src.read(info)
+                size += len(data)
+                if size > 64 << 20:
+                    raise ValueError("more than 64 MiB of sources")
+                entries.append((info.filename, data))
+    except (zipfile.BadZipFile, ValueError, RuntimeError, EOFError, zlib.error) as err:
+        sys.stderr.write("tether: the shipped engine is not a usable zip: %s\\n" % err)
+        return None
+    h = hashlib.sha256()
+    for name, data in entries:
+        h.update(b"%s\\0%d\\0" % (name.encode(), len(data)) + data)
+    if h.hexdigest() != digest:
+        sys.stderr.write("tether: the shipped engine is not the one offered\\n")
+        return None
     out = io.BytesIO()
     flags = (1).to_bytes(4, "little")  # hash-based, source not checked
-    h = hashlib.sha256()
-    with zipfile.ZipFile(io.BytesIO(blob)) as src, zipfile.ZipFile(out, "w") as dst:
-        for info in sorted(src.infolist(), key=lambda i: i.filename):
-            data = src.read(info)
-            h.update(b"%s\\0%d\\0" % (info.filename.encode(), len(data)) + data)
-            if info.filename.endswith(".py"):
-                # Bytecode alone: a remote agent's failure comes back as one
-                # line, so tracebacks need no source (and the file is half the size).
-                code = compile(data, path + "/" + info.filename, "exec", dont_inherit=True)
-                pyc = importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(data)
-                dst.writestr(info.filename + "c", pyc + marshal.dumps(code))
-    return out.getvalue() if h.hexdigest() == digest else None
+    try:
+        with zipfile.ZipFile(out, "w") as dst:
+            for name, data in entries:
+                if name.endswith(".py"):
+                    # Bytecode alone: a remote agent's failure comes back as one
+                    # line, so tracebacks need no source (and the file is half the size).
+                    code = compile(data, path + "/" + name, "exec", dont_inherit=True)
+                    pyc = importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(data)
+                    dst.writestr(name + "c", pyc + marshal.dumps(code))
+    except (SyntaxError, ValueError) as err:
+        sys.stderr.write("tether: the engine does not compile on this python: %s\\n" % err)
+        return None
+    return out.getvalue()
 
 def _put(path, data):
     # Never replace an intact engine: another connection may be importing
