@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,21 @@ def test_a_strays_command_line_is_read_bounded() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.parametrize("root", ["/nonexistent-slurm-root", ""])
+def test_a_named_slurm_cgroup_root_that_is_no_directory_is_an_error(root: str) -> None:
+    """A --slurm-cgroup-root that does not exist would find no job, and every
+    job's process would look stray: said, and nothing is killed."""
+    from helpers import tether_cmd
+    from tether.prune.sources import SlurmCgroups, SourceError
+
+    with pytest.raises(SourceError, match="no such directory"):
+        SlurmCgroups([root]).job_dirs()
+    done = subprocess.run(
+        tether_cmd("prune", "--kill", "--batch", "none", "--slurm-cgroup-root", root,
+                   "--user", "64998", "--min-age", "0", "--no-syslog"),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "no such directory" in done.stderr and "nothing was killed" in done.stderr

@@ -393,6 +393,9 @@ class SlurmCgroups:
     max_depth = 8
 
     def __init__(self, roots: Sequence[str] | None = None, owners: Iterable[int] = (0,)) -> None:
+        #: Roots the caller named (--slurm-cgroup-root) must exist: one that
+        #: does not would find no job, and every job's process would look stray.
+        self.named = roots is not None
         if roots is None:
             unified, v1, _systemd = find_mounts()
             roots = [*([unified] if unified else []), *v1]
@@ -414,6 +417,9 @@ class SlurmCgroups:
         """(job id, path, uid or None) of every Slurm job cgroup below the roots."""
         found: list[tuple[str, str, int | None]] = []
         self.refused = []
+        for root in self.roots if self.named else ():
+            if not root or not os.path.isdir(root):
+                raise SourceError(self.name, f"no such directory: {root!r} (--slurm-cgroup-root)")
         for root in self.roots:
             base = root.rstrip("/").count("/")
             for dirpath, dirs, _files in os.walk(root):
