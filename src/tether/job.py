@@ -84,15 +84,16 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: keeps the job's working directory off sys.path (a ``tether/`` there would
 #: be imported instead).
 _WATCHDOG_MAIN = "import sys; from tether.watchdog import main; sys.exit(main(sys.argv[1:]))"
-#: The idle stage of a dedicated supervisor's watchdog: a shell (~0.3 MB
-#: against ~4 MB for an idle interpreter) that waits for the pipe's "done"
-#: line and exits, or at the pipe's end — the supervisor died, closing its
-#: write end — execs the Python watchdog (same pid, so the same identity in
-#: the journal), which finds the supervisor gone and recovers the job. Only
-#: a dedicated supervisor (`tether run`) uses it: its write end is close-on-
-#: exec and it forks nothing that could keep it open, so the pipe's end is
-#: its death. A library caller may fork while the job runs, so its watchdog
-#: also polls the supervisor's pidfd: the Python watchdog from the start.
+#: The idle stage of the watchdog of tether's own supervisors: a shell
+#: (~0.3 MB against ~4 MB for an idle interpreter) that waits for the pipe's
+#: "done" line and exits, or at the pipe's end — the supervisor died, closing
+#: its write end — execs the Python watchdog (same pid, so the same identity
+#: in the journal), which finds the supervisor gone and recovers the job.
+#: Only `tether run` and the remote agent use it (Job's _forks_nothing_else):
+#: the write end is close-on-exec and they fork nothing that could keep it
+#: open, so the pipe's end is their death. Any other caller may fork while
+#: the job runs, so its watchdog polls its pidfd: the Python watchdog from
+#: the start.
 _WATCHDOG_SHELL_STAGE = 'cd /; IFS= read -r line; [ "$line" = done ] && exit 0; exec "$@"'
 _SHELL = "/bin/sh"
 #: Watchdogs told their job is over, not yet reaped (they exit on their own).
