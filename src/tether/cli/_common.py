@@ -59,6 +59,19 @@ def fail(message: str, code: int) -> NoReturn:
     raise CliError(message, code)
 
 
+def built_on_first_use(
+    module: str, namespace: dict[str, Any], makers: Mapping[str, Callable[[], Any]], name: str
+) -> Any:
+    """A module's PEP 562 ``__getattr__`` for its click commands: built (click
+    imported) when the click path first asks for ``name``, then kept in the
+    module's namespace, so the fast paths never build them."""
+    make = makers.get(name)
+    if make is None:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    namespace[name] = made = make()
+    return made
+
+
 def echo_err(message: str) -> None:
     """``click.echo(message, err=True)`` without importing click: a line on
     stderr, ANSI styles removed unless stderr is a terminal, flushed."""

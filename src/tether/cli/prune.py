@@ -6,7 +6,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tether._records import dataclass, replace
@@ -14,6 +14,7 @@ from tether.cli._common import (
     EXIT_BAD_INPUT,
     EXIT_INCOMPLETE,
     EXIT_OK,
+    built_on_first_use,
     configured,
     echo_err,
     echo_out,
@@ -303,22 +304,9 @@ def _show(outcome: Any, c: _Common) -> None:
 
 
 def __getattr__(name: str) -> object:
-    # PEP 562: the click commands are built when the click path asks for
-    # them; the common forms of `tether prune` run prune() without click.
-    if name == "prune_command":
-        return _built("prune", _prune_command)
-    if name == "epilog_command":
-        return _built("epilog", _epilog_command)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-_BUILT: dict[str, click.Command] = {}
-
-
-def _built(name: str, make: Callable[[], click.Command]) -> click.Command:
-    if name not in _BUILT:
-        _BUILT[name] = make()
-    return _BUILT[name]
+    # The common forms of `tether prune` run prune() without click.
+    makers = {"prune_command": _prune_command, "epilog_command": _epilog_command}
+    return built_on_first_use(__name__, globals(), makers, name)
 
 
 def _prune_command() -> click.Command:

@@ -12,7 +12,15 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tether.cli._common import EXIT_INCOMPLETE, EXIT_OK, echo_err, echo_out, isatty, parse_pid
+from tether.cli._common import (
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    built_on_first_use,
+    echo_err,
+    echo_out,
+    isatty,
+    parse_pid,
+)
 from tether.errors import UsageError
 
 if TYPE_CHECKING:
@@ -38,19 +46,11 @@ EXIT STATUS:
 
 
 def __getattr__(name: str) -> object:
-    # PEP 562: the click command is built when the click path asks for it;
     # `tether ps [--json] [-a] [PID]` runs show() without importing click.
-    if name == "ps":
-        return _command()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-_COMMAND: list[click.Command] = []
+    return built_on_first_use(__name__, globals(), {"ps": _command}, name)
 
 
 def _command() -> click.Command:
-    if _COMMAND:
-        return _COMMAND[0]
     import click
 
     @click.command("ps", epilog=_PS_EPILOG)
@@ -76,7 +76,6 @@ def _command() -> click.Command:
         """
         show(pid, as_json, show_all)
 
-    _COMMAND.append(ps)
     return ps
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from tether.cli._common import (
     EXIT_FAILED,
     as_click_would,
+    built_on_first_use,
     configured,
     echo_err,
     fail,
@@ -148,12 +149,7 @@ def run_fast(params: dict[str, Any]) -> None:
 
 
 def __getattr__(name: str) -> object:
-    # PEP 562: the click command is built when the group asks for it.
-    if name == "run":
-        command = _make_command()
-        globals()["run"] = command
-        return command
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return built_on_first_use(__name__, globals(), {"run": _make_command}, name)
 
 
 def _make_command() -> click.Command:
