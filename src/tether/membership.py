@@ -403,7 +403,7 @@ class Membership:
         self._walk.remember(self._by_identity)
         if new and self._on_new_members is not None:
             self._on_new_members(new)
-        self._settled = settled and not any(not (leader_exited and m.is_leader) for m in new)
+        self._settled = settled and all(leader_exited and m.is_leader for m in new)
         self._poll_exits(0)
         return list(self._by_identity.values())
 

@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import os
 
-from tether._platform.linux.procfs import CLOCK_TICKS, PF_KTHREAD
+from tether._platform.linux.procfs import (
+    CLOCK_TICKS,
+    PF_KTHREAD,
+    parse_cgroup_v2,
+    parse_cmdline,
+)
 from tether._records import dataclass, field
 
 PROC = "/proc"
@@ -238,10 +243,5 @@ def read_shown(pid: int, starttime: int) -> tuple[str | None, str | None] | None
             return None
     except (OSError, ValueError, IndexError):
         return None
-    args = [a.decode("utf-8", "surrogateescape") for a in cmdline.rstrip(b"\0").split(b"\0") if a]
-    path = None
-    for line in cgroup.splitlines():
-        if line.startswith(b"0::"):
-            path = line[3:].decode("utf-8", "surrogateescape")
-            break
-    return (" ".join(args) if args else None), path
+    args = parse_cmdline(cmdline)
+    return (" ".join(args) if args else None), parse_cgroup_v2(cgroup)
