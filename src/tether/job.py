@@ -1162,6 +1162,16 @@ class Job:
             if self._report is None:
                 self._membership.reap()
 
+    def tree_proven_empty(self) -> bool:
+        """True if the leader has exited and a scan proves nothing of the job is left."""
+        if self._poll_leader() is None:
+            return False
+        with self._lock:
+            if self._report is not None:
+                return True
+            self._membership.scan(leader_exited=True)
+            return self._membership.wait_empty(0)
+
     def wait_tree(self, timeout: float | None = None) -> bool:
         """Wait for every member to exit by itself; True if the tree emptied.
 

@@ -41,6 +41,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from tether._records import NamedTuple
+
 #: What a caller writes to a job keeper once the job is over.
 KEEPER_DONE = b"done"
 _HEADER = struct.Struct("!I")
@@ -151,9 +153,11 @@ def keeper_main(caller_pid: int, control: socket.socket) -> int:
     # A job keeper forked ahead of the next request: a job start is then a
     # message to a process that exists, not a fork (~2 ms of page tables and
     # copy-on-write faults) on the caller's critical path.
-    # It is forked once the keeper has been idle for _SPARE_DELAY: forked at
-    # once, it would compete for the CPU (and copy-on-write faults) with the
-    # job keeper that is starting the job just handed on.
+    # It is forked once the keeper has been idle for _SPARE_DELAY (forked at
+    # once, it would compete for the CPU and copy-on-write faults with the job
+    # keeper starting the job just handed on), or at once when a job keeper
+    # exits: that job is over, and a caller running jobs one after another
+    # (never idle that long) sends its next request moments later.
     spare: tuple[int, socket.socket] | None = None
     spare_wanted = False
     listening = True
@@ -163,7 +167,7 @@ def keeper_main(caller_pid: int, control: socket.socket) -> int:
         if listening:
             poller.register(control.fileno(), select.POLLIN)
         ready = {fd for fd, _ in poller.poll(_SPARE_DELAY_MS if spare_wanted else None)}
-        if not ready and spare_wanted:
+        if not ready and spare_wanted and spare is None:
             spare_wanted = False
             spare = _fork_spare(control, caller, chld)
             if spare is not None:
@@ -204,6 +208,11 @@ def keeper_main(caller_pid: int, control: socket.socket) -> int:
             if not pid:
                 break
             job_keepers.discard(pid)
+            if listening and spare is None:
+                spare_wanted = False
+                spare = _fork_spare(control, caller, chld)
+                if spare is not None:
+                    job_keepers.add(spare[0])
     return 0
 
 
@@ -240,10 +249,11 @@ def _fork_spare(control: socket.socket, caller: int, chld: int) -> tuple[int, so
         control.close()
         os.close(chld)
         ours.close()
+        ready = _ready_job_keeper()  # while no job waits for it
         got = recv_message(theirs, maxfds=8)
         theirs.close()
         # EOF: the keeper is leaving (its caller exited) or died.
-        code = 0 if got is None else _job_keeper(got[0], got[1], caller)
+        code = 0 if got is None else _job_keeper(got[0], got[1], caller, ready)
     except BaseException as err:  # a forked child must never unwind
         _say(f"job keeper failed: {err!r}")
     finally:
@@ -271,22 +281,40 @@ def _fork_job_keeper(
     try:
         control.close()
         os.close(chld)
-        code = _job_keeper(request, fds, caller)
+        code = _job_keeper(request, fds, caller, _ready_job_keeper())
     except BaseException as err:  # a forked child must never unwind
         _say(f"job keeper failed: {err!r}")
     finally:
         os._exit(code)
 
 
-def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int) -> int:
+class _Ready(NamedTuple):
+    """What a job keeper sets up before it knows its job."""
+
+    chld: int
+    starttime: int
+    subreaper: OSError | None
+
+
+def _ready_job_keeper() -> _Ready:
     from tether._platform.linux import prctl
 
-    job = socket.socket(fileno=fds[0])
-    cwd_fd, diag = fds[1], fds[2]
-    std = fds[3:6]
     chld = _sigchld_pipe()
     try:
         prctl.set_child_subreaper(True)
+    except OSError as err:
+        return _Ready(chld, _starttime(os.getpid()), err)
+    return _Ready(chld, _starttime(os.getpid()), None)
+
+
+def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int, ready: _Ready) -> int:
+    job = socket.socket(fileno=fds[0])
+    cwd_fd, diag = fds[1], fds[2]
+    std = fds[3:6]
+    chld = ready.chld
+    try:
+        if ready.subreaper is not None:
+            raise ready.subreaper
         import resource
 
         for res, limits in request["rlimits"]:
@@ -305,7 +333,7 @@ def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int) -> int:
     # the exec runs, then waits for "execd" (or the error Popen would raise).
     send_message(
         job,
-        ("started", leader, _starttime(leader), os.getpid(), _starttime(os.getpid()), bool(child)),
+        ("started", leader, _starttime(leader), os.getpid(), ready.starttime, bool(child)),
         [pidfd],
     )
     os.close(pidfd)

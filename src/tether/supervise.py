@@ -281,8 +281,17 @@ def exit_status(
     return 128 - returncode if returncode < 0 else returncode
 
 
+#: Why a job whose leader exited by itself is terminated (its leftovers, if any).
+_AFTER_EXIT = "leftovers after the leader exited"
+
+
 class _Termination:
-    """The engine's run on a worker thread; its end wakes the loop through a pipe."""
+    """The engine's run on a worker thread; its end wakes the loop through a pipe.
+
+    ``inline``: the tree is proven empty already, so the run finds nothing to
+    wait for and returns at once: it runs here, without a thread (whose start
+    and hand-over of the GIL cost more than the run itself).
+    """
 
     def __init__(
         self,
@@ -290,6 +299,8 @@ class _Termination:
         reason: str,
         advances: Callable[[], int],
         on_progress: Callable[[Progress], None] | None,
+        *,
+        inline: bool = False,
     ) -> None:
         self.reason = reason
         self.report: Report | None = None
@@ -304,15 +315,20 @@ class _Termination:
             finally:
                 os.write(self._done_w, b"x")
 
-        self._thread = threading.Thread(target=work, name="tether-terminate", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if inline:
+            work()
+        else:
+            self._thread = threading.Thread(target=work, name="tether-terminate", daemon=True)
+            self._thread.start()
 
     @property
     def finished(self) -> bool:
         return self.report is not None or self.error is not None
 
     def join(self) -> None:
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         os.close(self.done_r)
         os.close(self._done_w)
 
@@ -397,20 +413,22 @@ def supervise(
                 elif deadline is not None and clock() >= deadline and job.members():
                     timed_out, why = True, "timeout"
                 elif emptied or (deadline is not None and clock() >= deadline):
-                    why = "leftovers after the leader exited"
+                    why = _AFTER_EXIT
                 else:
                     # Woken by a SIGCHLD (an adopted orphan exited) or a
                     # passed-on signal: the leftovers are still waited for.
                     continue
             elif why is None and leader_exited:
-                why = "leftovers after the leader exited"
+                why = _AFTER_EXIT
             elif why is None and deadline is not None and clock() >= deadline:
                 timed_out, why = True, "timeout"
             if why is not None:
                 pass_on()  # what came before the cancel still reaches the leader
                 signals_at_start = len(inbox.received)
                 cancels_at_start = peer_cancels()
-                termination = _Termination(job, why, advances, on_progress)
+                # The usual end: the leader exited and left nothing behind.
+                inline = why == _AFTER_EXIT and job.tree_proven_empty()
+                termination = _Termination(job, why, advances, on_progress, inline=inline)
         elif termination.finished:
             if linger_until is None:
                 complete = termination.report is not None and termination.report.complete
