@@ -72,6 +72,13 @@ def _read_info(
 
 
 def read_process(pid: int, fields: Collection[str]) -> ProcessInfo | None:
+    if not fields:
+        # Stat only: one read, one open (see snapshot).
+        data = procfs.read_stat(pid)
+        try:
+            return _info_from_stat(data) if data else None
+        except (ValueError, IndexError):
+            return None
     try:
         with procfs.ProcDir(pid) as d:
             return _read_info(d, fields)
