@@ -224,4 +224,6 @@ def test_backend_builds_sdist_and_wheel_without_deprecation_warnings(tmp_path: P
     with tarfile.open(sdist) as tf:
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
     expected = {"LICENSE", "docs/json.md", "docs/schemas/run.schema.json", "contrib/README.md"}
+    # The native spawn builds from the sdist too.
+    expected |= {"setup.py", "src/tether/_platform/linux/_vspawn.c"}
     assert expected <= names, f"missing from the sdist: {sorted(expected - names)}"

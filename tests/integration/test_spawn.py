@@ -399,16 +399,18 @@ print(json.dumps([calls, done.stdout.decode(), done.report.complete]))
 
 
 @needs_cgroup
-@needs_clone3
+@needs_ctypes
 @pytest.mark.parametrize("ballast_mb", [0, 64])
 def test_in_process_job_uses_clone3_unless_the_caller_is_large(ballast_mb: int) -> None:
     # A fork's cost grows with the caller (page tables), the shim's does not:
     # a large caller keeps Popen's vfork and the shim, a small one clones.
+    # (The ctypes way: the native one copies no page tables.)
     ballast = (
+        "spawn._use_native = False\n"
         f"ballast = bytearray({ballast_mb} << 20)\nballast[::4096] = b'x' * len(ballast[::4096])\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", ballast + _SPY],
+        [sys.executable, "-c", _SPY_PRELUDE + ballast + _SPY[len(_SPY_PRELUDE) :]],
         capture_output=True,
         text=True,
         check=True,
