@@ -50,21 +50,55 @@ def _cache_tag(python: str) -> str:
     return "-".join(subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split())
 
 
+def _head(data: bytes) -> bytes:
+    """The first line of a cache file holding the zip ``data``: its blake2b."""
+    return b"tether-engine blake2b=" + hashlib.blake2b(data, digest_size=32).hexdigest().encode()
+
+
 def _engine_file(data: bytes) -> bytes:
-    """A cache file as stage 1 writes it: the zip's sha256 on the first line."""
-    return b"tether-engine sha256=%s\n" % hashlib.sha256(data).hexdigest().encode() + data
+    """A cache file as stage 1 writes it: the zip's blake2b on the first line."""
+    return _head(data) + b"\n" + data
+
+
+#: Builds a zip of bytecode as stage 1's _compile does, for the python running it.
+_COMPILE_ZIP = """
+import importlib.util, io, json, marshal, sys, zipfile
+out = io.BytesIO()
+flags = (1).to_bytes(4, "little")
+with zipfile.ZipFile(out, "w") as zf:
+    for name, text in sorted(json.loads(sys.stdin.read()).items()):
+        data = text.encode()
+        code = compile(data, name, "exec", dont_inherit=True)
+        pyc = importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(data)
+        zf.writestr(name + "c", pyc + marshal.dumps(code))
+sys.stdout.buffer.write(out.getvalue())
+"""
+
+
+_EXIT_3 = "def serve(env, mode):\n    raise SystemExit(3)\n"
+
+
+def _bytecode_zip(sources: dict[str, str], python: str) -> bytes:
+    """``sources`` (name -> text) compiled for ``python`` into a zip as _compile makes it."""
+    import json
+
+    argv = [python, "-S", "-c", _COMPILE_ZIP]
+    done = subprocess.run(argv, input=json.dumps(sources).encode(), capture_output=True, check=True)
+    return done.stdout
 
 
 def _evil_engine(marker: Path) -> bytes:
-    """An intact-looking engine whose import writes ``marker``."""
+    """An intact-looking engine whose import writes ``marker``: bytecode for
+    the victim's python in a zip as stage 1 makes them, so that only the guard
+    under test keeps it from running."""
+    assert SYSTEM_PYTHON is not None
     plant = f"open({str(marker)!r}, 'w').close()\n"
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("tether/__init__.py", plant + "__version__ = 'planted'\n")
-        zf.writestr("tether/remote/__init__.py", plant)
-        agent = plant + "PROTOCOL = 2\ndef main(e, m):\n    return 3\n"
-        zf.writestr("tether/remote/agent.py", agent)
-    return _engine_file(buf.getvalue())
+    sources = {
+        "tether/__init__.py": plant + "__version__ = 'evil1'\n",
+        "tether/remote/__init__.py": plant,
+        "tether/remote/agent.py": f"{plant}PROTOCOL = 2\n{_EXIT_3}",
+    }
+    return _engine_file(_bytecode_zip(sources, SYSTEM_PYTHON))
 
 
 class Victim:
@@ -127,7 +161,7 @@ def _assert_intact_and_ours(victim: Victim) -> None:
     st = os.lstat(victim.path)
     assert st.st_uid == victim.user.pw_uid and st.st_mode & 0o777 == 0o600
     head, _, data = victim.path.read_bytes().partition(b"\n")
-    assert head == b"tether-engine sha256=" + hashlib.sha256(data).hexdigest().encode()
+    assert head == _head(data)
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         names = zf.namelist()
     # Bytecode only: nothing left for a later connection to compile.
@@ -155,7 +189,7 @@ def test_a_planted_engine_file_is_never_run(base: Path, guard: str) -> None:
     marker = victim.tmp / "planted-code-ran"
     evil = _evil_engine(marker)
     if guard == "content hash":
-        evil = evil.replace(b"'planted'", b"'plant3d'")  # the hash line no longer matches
+        evil = evil.replace(b"evil1", b"evil2")  # the hash line no longer matches
     if guard == "file symlink":
         target = victim.tmp / "elsewhere.zip"
         target.write_bytes(evil)
@@ -170,7 +204,7 @@ def test_a_planted_engine_file_is_never_run(base: Path, guard: str) -> None:
             os.chown(victim.path, ATTACKER_UID, ATTACKER_UID)
     hello = victim.connect()
     assert not marker.exists(), f"planted code ran despite the {guard} check"
-    assert hello["mode"] == "ship" and hello["tether"] != "planted"
+    assert hello["mode"] == "ship" and hello["tether"] != "evil1"
     # Replaced by the victim's own engine, which the next connection uses.
     _assert_intact_and_ours(victim)
     assert victim.connect()["mode"] == "cached"
@@ -279,7 +313,7 @@ def _stage1_functions(tmp: Path) -> str:
 
 def test_an_intact_cached_engine_is_never_replaced_a_broken_one_is(tmp_path: Path) -> None:
     """zipimport rereads the file by name at the offsets it listed first: a
-    connection importing from it must never see it replaced by another
+    job's watchdog importing from it must never see it replaced by another
     compilation (different bytes) of the same engine."""
     path = tmp_path / "engine.zip"
     path.write_bytes(_engine_file(b"first"))
@@ -293,6 +327,115 @@ def test_an_intact_cached_engine_is_never_replaced_a_broken_one_is(tmp_path: Pat
     subprocess.run([sys.executable, "-S", "-c", code], check=True, timeout=60)
     assert path.read_bytes() == _engine_file(b"second")
     assert [p.name for p in tmp_path.iterdir()] == ["engine.zip"]  # no temporary left
+
+
+def _run_stage1(tmp: Path, engine: bytes, after_check: str = "") -> tuple[str, str]:
+    """The real stage 1 in a fresh python, offered an engine whose cache file
+    holds ``engine``; ``after_check`` runs once it has checked that file.
+    Its stdout (the mode, then what the agent's ``serve`` prints) and stderr."""
+    import json
+    import textwrap
+
+    from tether.remote.bootstrap import STAGE1
+
+    digest = "0" * 64
+    cache = tmp / f"tether-remote-{os.geteuid()}"
+    cache.mkdir(mode=0o700, exist_ok=True)
+    path = cache / f"tether-{digest[:32]}.{_cache_tag(sys.executable)}.zip"
+    path.write_bytes(engine)
+    path.chmod(0o600)
+    hook = (
+        "_checked = _cached\n"
+        "def _cached(path, magic):\n"
+        "    engine = _checked(path, magic)\n"
+        + textwrap.indent(after_check, "    ")
+        + "    return engine\n"
+    )
+    code = STAGE1.replace("sys.exit(_stage1())", hook + "sys.exit(_stage1())")
+    offer = json.dumps({"version": "none", "protocol": 0, "sha256": digest}) + "\n"
+    argv = [sys.executable, "-S", "-c", code]
+    env = {"TMPDIR": str(tmp), "PATH": os.environ["PATH"]}
+    done = subprocess.run(
+        argv, input=offer, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    return done.stdout, done.stderr
+
+
+#: An agent module that says where it was imported from.
+_SERVE = "def serve(env, mode):\n    print('served', mode, __file__)\n    raise SystemExit(0)\n"
+
+
+def test_the_agent_runs_the_bytes_that_were_checked_not_the_file_of_that_name(
+    tmp_path: Path,
+) -> None:
+    """Stage 1 imports the engine from the bytes whose hash it checked: a file
+    replaced by name after the check (zipimport would read the new one) is not
+    what runs."""
+    checked, swapped = tmp_path / "checked-ran", tmp_path / "swapped-ran"
+    engines = []
+    for marker in (checked, swapped):
+        plant = f"open({str(marker)!r}, 'w').close()\n"
+        sources = {"tether/__init__.py": plant, "tether/remote/__init__.py": "",
+                   "tether/remote/agent.py": plant + _SERVE}  # fmt: skip
+        engines.append(_engine_file(_bytecode_zip(sources, sys.executable)))
+    replacement = tmp_path / "replacement"
+    replacement.write_bytes(engines[1])  # intact too: its own hash line
+    replacement.chmod(0o600)
+    swap = f"os.replace({str(replacement)!r}, path)\n"
+    out, err = _run_stage1(tmp_path, engines[0], after_check=swap)
+    assert out.startswith('{"mode": "cached"}\nserved cached '), err
+    assert checked.exists() and not swapped.exists(), out
+    # Named as zipimport names them (tether.job tells a zip from a directory
+    # by its __file__; the watchdog imports the same file through zipimport).
+    assert out.split()[-1].endswith(".zip/tether/remote/agent.pyc"), out
+
+
+def test_the_engine_serves_only_tether_and_only_this_pythons_bytecode(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    plant = f"open({str(marker)!r}, 'w').close()\n"
+    # A module of the standard library in the engine is never imported from it.
+    agent = "import csv\n" + _SERVE.replace("__file__", "csv.__file__")
+    sources = {"tether/__init__.py": "", "tether/remote/__init__.py": "",
+               "tether/remote/agent.py": agent, "csv.py": plant}  # fmt: skip
+    out, err = _run_stage1(tmp_path, _engine_file(_bytecode_zip(sources, sys.executable)))
+    assert out.startswith('{"mode": "cached"}\nserved cached '), err
+    assert not marker.exists() and ".zip" not in out, out
+    # Bytecode of another python (its magic number) is refused, never run.
+    sources = {"tether/__init__.py": plant, "tether/remote/__init__.py": "",
+               "tether/remote/agent.py": _SERVE}  # fmt: skip
+    data = bytearray(_bytecode_zip(sources, sys.executable))
+    at = data.index(b"PK\3\4") + 30 + len(b"tether/__init__.pyc")
+    data[at] ^= 0xFF  # the magic number's first byte
+    out, err = _run_stage1(tmp_path, _engine_file(bytes(data)))
+    assert out == '{"mode": "cached"}\n' and "bytecode of another python" in err, (out, err)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["no zip", "deflated", "cut short"])
+def test_a_whole_file_that_is_no_stored_zip_is_shipped_again(tmp_path: Path, kind: str) -> None:
+    """Its hash line matches (only a process of the user could have written
+    it), but the engine reads stored entries of a zip _compile made: anything
+    else is shipped again, never half read."""
+    marker = tmp_path / "ran"
+    plant = f"open({str(marker)!r}, 'w').close()\n"
+    sources = {"tether/__init__.py": plant, "tether/remote/__init__.py": "",
+               "tether/remote/agent.py": _SERVE}  # fmt: skip
+    data = _bytecode_zip(sources, sys.executable)
+    if kind == "no zip":
+        data = b"not a zip at all"
+    elif kind == "deflated":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(buf, "w") as dst:
+            for info in src.infolist():
+                dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+        data = buf.getvalue()
+    else:
+        cut = data.index(b"PK\1\2")  # the central directory then names bytes past the end
+        data = data[: cut - 40] + data[cut:]
+    out, err = _run_stage1(tmp_path, _engine_file(data))
+    # "ship", then stage 1 waits for the engine: this stdin has ended.
+    assert out == '{"mode": "ship"}\n', (out, err)
+    assert not marker.exists()
 
 
 def test_a_fan_out_builds_the_package_zip_once() -> None:

@@ -23,10 +23,12 @@ part of it; argv, policy and environment travel later, as data in frames.
    connections, and the job's watchdog (via PYTHONPATH), start at once. It is
    used only if the directory and the file are ours, closed to everyone else
    (no group/other bits) and not symlinks, and the file is whole (its first
-   line is the sha256 of the rest): a co-user can plant nothing there. An
-   intact cached engine is never replaced (another connection may be
-   importing from it). Stage 0 runs python with ``-S``; site-packages are
-   looked at only when nothing is cached.
+   line is the blake2b of the rest): a co-user can plant nothing there. The
+   agent imports tether from the bytes so checked (stage 1's ``_Engine``), not
+   from the file by name; the job's watchdog, should it need the engine, goes
+   through zipimport. An intact cached engine is never replaced (a watchdog
+   may be importing from it). Stage 0 runs python with ``-S``; site-packages
+   are looked at only when nothing is cached.
 3. Stage 1 then hands stdin/stdout to :func:`tether.remote.agent.main`, which
    speaks the frames of :mod:`tether.remote.protocol`.
 
@@ -77,7 +79,11 @@ REMOTE_COMMAND = (
 STAGE1_TO_SHELL = f"import os\nos.execv('/bin/sh', ['/bin/sh', '-c', {SHELL_BOOT!r}])\n"
 
 STAGE1 = """
-import hashlib, json, os, stat, sys
+import json, marshal, os, stat, sys
+try:
+    from _frozen_importlib import ModuleSpec as _ModuleSpec
+except ImportError:
+    from importlib.machinery import ModuleSpec as _ModuleSpec
 
 def _read(n):
     b = b""
@@ -143,20 +149,27 @@ def _cache_dir():
         except FileExistsError:
             pass
 
-def _sha256(data):
-    return hashlib.sha256(data).hexdigest()
+def _digest(data):
+    # blake2b from the interpreter's own module: hashlib would load OpenSSL's
+    # libcrypto first, ~3 ms of every connection's CPU for one hash.
+    try:
+        from _blake2 import blake2b
+    except ImportError:
+        from hashlib import blake2b
+    return b"tether-engine blake2b=" + blake2b(data, digest_size=32).hexdigest().encode()
 
 def _intact(path):
     # The cached engine is run only if it is a regular file (no symlink
     # followed), ours, closed to others and whole: its first line is the
-    # sha256 of the zip after it (zipimport skips such a prefix).
+    # blake2b of the zip after it (zipimport skips such a prefix). The zip
+    # that was checked, or None.
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return False
+        return None
     try:
         if not _ours(os.fstat(fd), stat.S_ISREG):
-            return False
+            return None
         chunks, size = [], 0
         while True:
             c = os.read(fd, 1 << 20)
@@ -164,14 +177,81 @@ def _intact(path):
                 break
             size += len(c)
             if size > 64 << 20:
-                return False
+                return None
             chunks.append(c)
     except OSError:
-        return False
+        return None
     finally:
         os.close(fd)
     head, _, data = b"".join(chunks).partition(b"\\n")
-    return head == b"tether-engine sha256=" + _sha256(data).encode()
+    return data if head == _digest(data) else None
+
+class _Engine:
+    # Imports tether.* from the bytes _intact checked rather than through
+    # zipimport by the file's name: what runs is what was checked (a file
+    # replaced after the check is not read), and each module is read and
+    # unmarshalled once (zipimport opens the file and unmarshals the code
+    # twice per module, and as sys.path[0] is asked for every stdlib import
+    # too). The zip is ours (_compile): stored .pyc entries, no zip64.
+
+    def __init__(self, path, data, magic):
+        self.path = path
+        self.data = memoryview(data)
+        self.magic = magic
+        self.index = {}
+        d = self.data
+        u16 = lambda i: int.from_bytes(d[i:i + 2], "little")
+        u32 = lambda i: int.from_bytes(d[i:i + 4], "little")
+        end = len(d) - 22
+        if end < 0 or d[end:end + 4] != b"PK\\5\\6":
+            raise ValueError("no end of central directory")
+        p = u32(end + 16)
+        for _ in range(u16(end + 10)):
+            if d[p:p + 4] != b"PK\\1\\2" or u16(p + 10) != 0:
+                raise ValueError("not a stored entry")
+            size, n, local = u32(p + 24), u16(p + 28), u32(p + 42)
+            name = bytes(d[p + 46:p + 46 + n]).decode()
+            if d[local:local + 4] != b"PK\\3\\4":
+                raise ValueError("no local header")
+            start = local + 30 + u16(local + 26) + u16(local + 28)
+            if start + size > end:
+                raise ValueError("entry past the end")
+            self.index[name] = (start, start + size)
+            p += 46 + n + u16(p + 30) + u16(p + 32)
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tether" and not name.startswith("tether."):
+            return None
+        rel = name.replace(".", "/")
+        for entry, package in ((rel + "/__init__.pyc", True), (rel + ".pyc", False)):
+            if entry in self.index:
+                # __file__ and __path__ as zipimport sets them (tether.job
+                # tells a zip from a directory by its __file__).
+                spec = _ModuleSpec(name, self, origin=self.path + "/" + entry, is_package=package)
+                spec.has_location = True
+                if package:
+                    spec.submodule_search_locations = [self.path + "/" + rel]
+                return spec
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        start, end = self.index[module.__spec__.origin[len(self.path) + 1:]]
+        if self.data[start:start + 4] != self.magic:
+            raise ImportError("%s: bytecode of another python" % module.__name__)
+        exec(marshal.loads(self.data[start + 16:end]), module.__dict__)
+
+def _cached(path, magic):
+    # The intact cached engine, ready to import from; None: ship it again.
+    data = _intact(path)
+    if data is None:
+        return None
+    try:
+        return _Engine(path, data, magic)
+    except ValueError:
+        return None  # whole, but no zip _compile made (a co-process of ours wrote it)
 
 def _compile(blob, path, digest):
     # The shipped zip of sources becomes a zip of bytecode for
@@ -180,7 +260,7 @@ def _compile(blob, path, digest):
     # Nothing is compiled unless its entries hash to the offered digest (as
     # the client's sources_digest: name, NUL, length, NUL, bytes, in name
     # order); None for a zip that does not, or is no zip, or does not compile.
-    import importlib.util, io, marshal, zipfile, zlib
+    import hashlib, importlib.util, io, zipfile, zlib
     try:
         with zipfile.ZipFile(io.BytesIO(blob)) as src:
             entries, size = [], 0
@@ -216,14 +296,14 @@ def _compile(blob, path, digest):
     return out.getvalue()
 
 def _put(path, data):
-    # Never replace an intact engine: another connection may be importing
-    # from it, and zipimport rereads the file by name at the offsets it
-    # listed first. Whoever links first wins; a broken one is replaced.
+    # Never replace an intact engine: a job's watchdog may be importing from
+    # it, and zipimport rereads the file by name at the offsets it listed
+    # first. Whoever links first wins; a broken one is replaced.
     tmp = "%s.%d.tmp" % (path, os.getpid())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
-            view = memoryview(b"tether-engine sha256=%s\\n" % _sha256(data).encode() + data)
+            view = memoryview(_digest(data) + b"\\n" + data)
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
@@ -232,7 +312,7 @@ def _put(path, data):
         try:
             os.link(tmp, path)
         except FileExistsError:
-            if not _intact(path):
+            if _intact(path) is None:
                 os.replace(tmp, path)
     finally:
         if os.path.lexists(tmp):
@@ -267,7 +347,8 @@ def _stage1():
             from importlib.util import MAGIC_NUMBER
         tag = "%s-%s" % (sys.implementation.cache_tag, MAGIC_NUMBER.hex())
         path = os.path.join(_cache_dir(), "tether-%s.%s.zip" % (want["sha256"][:32], tag))
-        mode = "cached" if _intact(path) else "ship"
+        engine = _cached(path, MAGIC_NUMBER)
+        mode = "ship" if engine is None else "cached"
     except OSError as err:
         _say({"mode": "error", "message": "cannot cache tether: %s" % err})
         return 125
@@ -277,14 +358,16 @@ def _stage1():
             mode = "installed"
     _say({"mode": mode})
     if mode == "ship":
-        engine = _compile(_read(int(_line())), path, want["sha256"])
-        if engine is None:
+        blob = _compile(_read(int(_line())), path, want["sha256"])
+        if blob is None:
             return 125
-        _put(path, engine)
+        _put(path, blob)
+        engine = _Engine(path, blob, MAGIC_NUMBER)
     if agent is None:
-        sys.path.insert(0, path)
+        # The job's watchdog imports from the file (zipimport), should the agent die.
         old = os.environ.get("PYTHONPATH")
         os.environ["PYTHONPATH"] = path + (os.pathsep + old if old else "")
+        sys.meta_path.insert(0, engine)
         import tether.remote.agent as agent
     agent.serve(env, mode)
 
