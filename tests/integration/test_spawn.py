@@ -81,6 +81,9 @@ def _run(argv: list[str], cgroup: str | None, **kwargs: object) -> bytes:
     r, w = os.pipe()
     try:
         pid, pidfd = spawn.spawn(argv, os.environ, stdio=(-1, w, -1), cgroup=cgroup, **kwargs)  # type: ignore[arg-type]
+    except BaseException:
+        os.close(r)
+        raise
     finally:
         os.close(w)
     try:
@@ -520,3 +523,44 @@ def test_unprivileged_user_in_a_delegated_cgroup(suite_cgroup: str | None) -> No
         assert path is not None and path.startswith(deleg + "/"), (name, path)
         assert path.endswith(_cgroup_of(text)) and rc == 0 and complete, (name, text)
     assert out["calls"] == [["cat", "/proc/self/cgroup"]]  # in-process, not the shim rows
+
+
+class _Refusing:
+    """A native module whose clone3 fails with ``errno_num``."""
+
+    def __init__(self, errno_num: int) -> None:
+        self.errno_num = errno_num
+        self.calls = 0
+
+    def spawn(self, *args: object) -> tuple[int, int]:
+        self.calls += 1
+        raise OSError(self.errno_num, os.strerror(self.errno_num))
+
+
+@needs_ctypes
+@pytest.mark.parametrize("errno_num", [errno.ENOSYS, errno.EINVAL, errno.EACCES])
+def test_a_kernel_refusing_the_native_flags_falls_back(
+    errno_num: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No clone3 or no CLONE_INTO_CGROUP (ENOSYS, EINVAL): the ctypes way,
+    # in a single-threaded process; with threads, Unavailable (the shim).
+    # Any other error (EACCES on the cgroup) the ctypes way would share.
+    fake = _Refusing(errno_num)
+    monkeypatch.setattr(spawn, "_native_module", lambda: fake)
+    before = sorted(os.listdir("/proc/self/fd"))
+    if errno_num == errno.EACCES:
+        with pytest.raises(spawn.Unavailable, match="clone3"):
+            _run(["echo", "x"], None)
+    else:
+        assert _run(["echo", "x"], None) == b"x\n"
+        release = threading.Event()
+        t = threading.Thread(target=release.wait)
+        t.start()
+        try:
+            with pytest.raises(spawn.Unavailable, match="clone3"):
+                _run(["echo", "x"], None)
+        finally:
+            release.set()
+            t.join()
+    assert fake.calls == (1 if errno_num == errno.EACCES else 2)
+    assert sorted(os.listdir("/proc/self/fd")) == before  # no pipe end left open

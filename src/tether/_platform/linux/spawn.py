@@ -103,6 +103,9 @@ def _threads() -> int:
 _NATIVE_ABI = 1
 #: False: never the native way (tests of the ctypes way).
 _use_native = True
+#: Tests: a signal the native child sends itself right after resetting its
+#: handlers (where the ctypes child's tests hook os.setsid).
+_raise_in_child = 0
 
 
 @functools.lru_cache(maxsize=1)
@@ -260,6 +263,7 @@ def start(
             os.close(errr)
             os.close(errw)
             raise Unavailable(f"cannot open the job cgroup: {err.strerror}") from None
+    pid = pidfd = -1
     try:
         if use_native:
             try:
@@ -272,29 +276,21 @@ def start(
             except OSError as err:
                 # ENOSYS: no clone3 (or a seccomp filter's answer); EINVAL:
                 # a flag this kernel does not know (CLONE_INTO_CGROUP < 5.7).
+                # The ctypes way may still do; any other error it would share.
                 if err.errno not in (errno.ENOSYS, errno.EINVAL) or not _ctypes_usable():
-                    os.close(errr)
                     raise Unavailable(f"clone3: {err.strerror}") from None
-            else:
-                return Started(pid, pidfd, errr, argv[0], candidates, cwd)
-        try:
+        if pid < 0:
             pid, pidfd = _clone_ctypes(
                 candidates, bargv, benv, stdio, errw, cg_fd, start_new_session, umask,
                 extra_groups, nofile, cwd,
             )  # fmt: skip
-        except Unavailable:
-            os.close(errr)
-            raise
     finally:
         os.close(errw)
         if cg_fd >= 0:
             os.close(cg_fd)
+        if pid < 0:
+            os.close(errr)
     return Started(pid, pidfd, errr, argv[0], candidates, cwd)
-
-
-#: Tests: a signal the native child sends itself right after resetting its
-#: handlers (where the ctypes child's tests hook os.setsid).
-_raise_in_child = 0
 
 
 def _clone_ctypes(
