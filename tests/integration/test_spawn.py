@@ -564,3 +564,35 @@ def test_a_kernel_refusing_the_native_flags_falls_back(
             t.join()
     assert fake.calls == (1 if errno_num == errno.EACCES else 2)
     assert sorted(os.listdir("/proc/self/fd")) == before  # no pipe end left open
+
+
+#: With our fds 0-2 closed, the error pipe would get one of them and the
+#: child's dup2 onto its stdio would replace it: an exec failure must still
+#: be reported (and a success still seen).
+_CLOSED_STDIO = r"""
+import os, sys
+from tether._platform.linux import spawn
+spawn._use_native = sys.argv[1] == "native"
+result = open(sys.argv[2], "w")
+r, w = os.pipe()
+os.set_inheritable(result.fileno(), False)
+for fd in (0, 1, 2):
+    os.close(fd)
+out = []
+for argv in (["tether-no-such-command-here"], ["true"]):
+    try:
+        pid, pidfd = spawn.spawn(argv, os.environ, stdio=(w, w, w), cgroup=None)
+    except FileNotFoundError:
+        out.append("missing")
+    else:
+        out.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+os.close(w)
+out.append(os.read(r, 100).decode())
+result.write(repr(out))
+"""
+
+
+def test_an_exec_failure_is_reported_with_our_stdio_closed(way: str, tmp_path: Path) -> None:
+    result = tmp_path / "result"
+    subprocess.run([sys.executable, "-c", _CLOSED_STDIO, way, str(result)], check=True, timeout=60)
+    assert result.read_text() == repr(["missing", 0, ""])  # nothing written to the job's stdio

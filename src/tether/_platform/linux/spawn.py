@@ -255,6 +255,12 @@ def start(
     if any(b"=" in k for k in benv):
         raise ValueError("illegal environment variable name")
     errr, errw = os.pipe2(os.O_CLOEXEC)
+    if errw < 3:
+        # Our stdio was closed: the child's dup2 onto 0-2 would replace the
+        # error pipe and an exec failure would go unreported (as Popen, move it).
+        low = errw
+        errw = fcntl.fcntl(low, fcntl.F_DUPFD_CLOEXEC, 3)
+        os.close(low)
     cg_fd = -1
     if cgroup is not None:
         try:
