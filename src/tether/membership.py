@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from tether._platform import HAS_PIDFD
 from tether._platform.linux import capture, exited_pidfds, open_process_info, parse_captured
 from tether._platform.linux.cgroupfs import JobCgroup
+from tether._platform.linux.procfs import PF_KTHREAD, parse_cmdline
 from tether._records import NamedTuple
 from tether.errors import NoSuchProcessError, UnsafeTargetError, UsageError
 from tether.evidence import WEAK_TRACKERS, tree_cookie
@@ -488,7 +489,9 @@ class Membership:
         return [m for m in members if self._ns_init[m]]
 
     def live(self) -> list[Member]:
-        return [m for m in self._by_identity.values() if m.alive]
+        # exited_at rather than the alive property: asked of every member
+        # several times a termination (a property call per member costs more).
+        return [m for m in self._by_identity.values() if m.exited_at is None]
 
     # -- exits and reaping -----------------------------------------------
 
@@ -509,16 +512,18 @@ class Membership:
         self.reap()
         poller = select.poll()
         fds: dict[int, Member] = {}
+        unpollable = []
         for m in self.live():
-            h = self._handles[m]
-            if h.fileno >= 0:
-                fds[h.fileno] = m
-                poller.register(h.fileno, select.POLLIN)
+            fd = self._handles[m].fileno
+            if fd >= 0:
+                fds[fd] = m
+                poller.register(fd, select.POLLIN)
+            else:
+                unpollable.append(m)
         if self.cgroup is not None and self.cgroup.events_fd >= 0:
             poller.register(self.cgroup.events_fd, select.POLLPRI)
         if self._wake_fd is not None:
             poller.register(self._wake_fd, select.POLLIN)
-        unpollable = [m for m in self.live() if self._handles[m].fileno < 0]
         if unpollable:
             # No pidfds (psutil backend): check identities, and poll briefly.
             for m in unpollable:
@@ -718,23 +723,57 @@ class Membership:
         return _Captured(rows, [], known)
 
     def _adopt_captured(self, captured: _Captured) -> list[Member]:
-        """The new members a capture holds, oldest first."""
-        opened = list(captured.opened)
-        for _pid, fd, stat, cmdline in captured.rows:
-            info = parse_captured(stat, cmdline)
-            if info is None:
-                os.close(fd)
-            else:
-                opened.append((info, ProcessHandle(info.pid, info.starttime, fd)))
-        new: list[Member] = []
-        for info, handle in sorted(opened, key=lambda o: o[0].starttime):
-            if not self._allowed(info) or info.identity in self._by_identity:
+        """The new members a capture holds, oldest first.
+
+        Parsed after the kill, while the kernel tears the tree down: only
+        what a member needs (start time, parent, name, command line as
+        shown), without a full table row per process.
+        """
+        from tether.terminate import Member
+
+        rows: list[tuple[int, int, int, str, ProcessHandle]] = []
+        for info, handle in captured.opened:
+            if not self._allowed(info):
                 handle.close()
                 continue
-            member = self._member(info, info, handle, {"cgroup"})
+            rows.append((info.starttime, info.pid, info.ppid, info.describe(), handle))
+        for _pid, fd, stat, cmdline in captured.rows:
+            if self._admit is None:
+                row = _stat_row(stat)
+            else:
+                # Someone to admit (the pruner's uid floor): the full row.
+                full = parse_captured(stat, cmdline)
+                row = None
+                if full is not None and self._admit(full):
+                    row = (full.pid, full.ppid, full.starttime, full.comm, full.kernel_thread)
+            if row is None or row[4]:  # malformed, or a kernel thread
+                os.close(fd)
+                continue
+            pid, ppid, starttime, comm, _kthread = row
+            shown = _shown(cmdline, comm)
+            rows.append((starttime, pid, ppid, shown, ProcessHandle(pid, starttime, fd)))
+        rows.sort(key=_by_start)
+        new: list[Member] = []
+        protected, not_before, leader = self._protected, self.not_before, self.leader
+        by_identity, handles, ppids = self._by_identity, self._handles, self._ppid
+        for starttime, pid, ppid, shown, handle in rows:
+            identity = (pid, starttime)
+            if pid in protected or starttime < not_before or identity in by_identity:
+                handle.close()
+                continue
+            member = Member(
+                pid=pid,
+                starttime=starttime,
+                start_time=starttime_to_epoch(starttime),
+                cmdline=shown,
+                found_by={"cgroup"},
+                is_leader=leader == identity,
+            )
+            by_identity[identity] = member
+            handles[member] = handle
+            ppids[member] = ppid
             new.append(member)
-            self._ppid[member] = info.ppid
-        self._walk.remember(self._by_identity)
+        self._walk.remember(by_identity)
         return new
 
     def _open_each(self, pids: Iterable[int]) -> list[tuple[ProcessInfo, ProcessHandle]]:
@@ -922,6 +961,42 @@ def check_target(pid: int) -> ProcessInfo:
     if info.kernel_thread:
         raise UnsafeTargetError(pid, "that is a kernel thread")
     return info
+
+
+def _by_start(row: tuple[int, int, int, str, ProcessHandle]) -> int:
+    return row[0]
+
+
+def _stat_row(stat: bytes) -> tuple[int, int, int, str, bool] | None:
+    """(pid, ppid, start time, comm, kernel thread) of a /proc/PID/stat line,
+    or None if malformed: the fields a member needs, parsed as
+    :func:`tether._platform.linux.parse_captured` parses the whole row."""
+    lpar = stat.find(b"(")
+    rpar = stat.rfind(b")")
+    if lpar <= 0 or rpar < lpar:
+        return None
+    # proc(5): comm ends at the *last* ")" (a name may hold one).
+    rest = stat[rpar + 2 :].split(None, 20)
+    try:
+        pid, ppid, flags, starttime = int(stat[:lpar]), int(rest[1]), int(rest[6]), int(rest[19])
+    except (ValueError, IndexError):
+        return None
+    kthread = bool(flags & PF_KTHREAD) or pid == 2 or ppid == 2
+    return pid, ppid, starttime, stat[lpar + 1 : rpar].decode("utf-8", "replace"), kthread
+
+
+def _shown(cmdline: bytes, comm: str) -> str:
+    """A raw /proc/PID/cmdline as :meth:`ProcessInfo.describe` shows it: the
+    arguments joined by spaces (empty ones dropped), or ``[comm]`` if none."""
+    data = cmdline.rstrip(b"\0")
+    if data[:1] == b"\0" or b"\0\0" in data:
+        argv = parse_cmdline(cmdline)
+        return " ".join(argv) if argv else f"[{comm}]"
+    if not data:
+        return f"[{comm}]"
+    # NUL is never part of a UTF-8 sequence: replacing it before decoding
+    # equals decoding each argument and joining them.
+    return data.replace(b"\0", b" ").decode("utf-8", "surrogateescape")
 
 
 class _Captured(NamedTuple):

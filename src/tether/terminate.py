@@ -456,25 +456,29 @@ def _run_step(
 
 def _record(m: Member, t0: float) -> MemberRecord:
     exited, signals = m.exited_at, m.signals
+    names = tuple([_signal_name(s) for s, _ in signals])
+    ended_by = ended_at = None
     if exited is None:
         outcome = "denied" if m.denied else "survived"
-    elif not signals or signals[0][1] > exited:
-        outcome = "exited"
     else:
-        outcome = "killed"
-    ended_by = None
-    if exited is not None:
+        ended_at = max(0.0, exited - t0)
+        outcome = "exited" if not signals or signals[0][1] > exited else "killed"
         # The last signal sent before the exit was seen.
-        ended_by = next((_signal_name(s) for s, t in reversed(signals) if t <= exited), None)
+        for i in range(len(signals) - 1, -1, -1):
+            if signals[i][1] <= exited:
+                ended_by = names[i]
+                break
+    found_by = m.found_by
     return MemberRecord(
         pid=m.pid,
         start_time=m.start_time,
         cmdline=m.cmdline,
-        found_by=tuple(sorted(m.found_by)),
+        # Most members are found by one tracker: no sort to make.
+        found_by=tuple(found_by) if len(found_by) == 1 else tuple(sorted(found_by)),
         outcome=outcome,
         ended_by=ended_by,
-        ended_at=None if exited is None else max(0.0, exited - t0),
-        signals=tuple([_signal_name(s) for s, _ in signals]),
+        ended_at=ended_at,
+        signals=names,
     )
 
 
