@@ -245,13 +245,15 @@ def _exec_argv(argv: Sequence[str], env: Mapping[str, str], cgroup_procs: str | 
 #: /bin/sh shim; for tests of the fallback and bench/api_cost.py's reference row).
 _CLONE_INTO_CGROUP = True
 #: The largest resident set for which this process forks the leader into its
-#: cgroup by clone3 itself (`tether run` is ~16 MB); a job keeper always does.
+#: cgroup by the ctypes clone3 itself (`tether run` is ~16 MB); the native
+#: clone copies no page tables, and a job keeper always clones.
 _CLONE_MAX_RESIDENT = 32 << 20
 
 
 class _CgroupPopen(subprocess.Popen[Any]):
-    """Popen whose child is born in the job cgroup (clone3, when this process
-    is single-threaded: `tether run`), else runs the shim argv it was given."""
+    """Popen whose child is born in the job cgroup (clone3: natively in any
+    process, by ctypes only in a single-threaded one such as `tether run`),
+    else runs the shim argv it was given."""
 
     def __init__(self, direct: Mapping[str, Any], *args: Any, **kwargs: Any) -> None:
         self._direct = direct
@@ -264,12 +266,13 @@ class _CgroupPopen(subprocess.Popen[Any]):
         # Only what spawn() does itself (Popen passes process_group=-1 for "none").
         plain = (c.preexec_fn, c.executable, c.gid, c.uid) == (None,) * 4
         plain = plain and c.process_group in (None, -1) and c.close_fds and c.restore_signals
-        # clone3 is a fork (page tables copied, copy-on-write after) where
-        # Popen vforks: its cost grows with this process's size while the
-        # shim's cgroup.procs write costs a fixed ~10 ms. A large caller
-        # (200 MB: 38 ms against 23 ms) keeps the shim.
-        small = spawn.resident_bytes() <= _CLONE_MAX_RESIDENT
-        if plain and small and not c.pass_fds:  # spawn() checks it is single-threaded
+        # The ctypes clone3 is a fork (page tables copied, copy-on-write
+        # after) where Popen vforks: its cost grows with this process's size
+        # while the shim's cgroup.procs write costs a fixed ~10 ms. A large
+        # caller (200 MB: 38 ms against 23 ms) keeps the shim unless the
+        # native clone, a vfork, is there.
+        small = spawn.native() or spawn.resident_bytes() <= _CLONE_MAX_RESIDENT
+        if plain and small and not c.pass_fds:  # spawn() checks what its way needs
             try:
                 pid, pidfd = spawn.spawn(
                     self._direct["argv"],

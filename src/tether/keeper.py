@@ -139,7 +139,7 @@ def keeper_main(caller_pid: int, control: socket.socket) -> int:
 
     from tether._platform.linux import prctl, spawn
 
-    spawn.usable()  # loads libc's syscall() through ctypes, once
+    spawn.usable()  # loads the native spawn (or libc's syscall() through ctypes), once
 
     os.chdir("/")  # hold no mount busy
     caller = _open_caller(caller_pid)
@@ -322,8 +322,20 @@ def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int, ready: 
                 resource.setrlimit(res, limits)
         os.fchdir(cwd_fd)
         leader, pidfd, child = _spawn_leader(request, std)
+        if child is not None and child.settled:
+            # The exec is decided (the native clone waited for it): its
+            # failure is this reply, its success needs no "execd" after.
+            try:
+                child.wait_exec()
+            except OSError:
+                os.close(pidfd)
+                raise
+            child = None
     except OSError as err:
         send_message(job, _error_reply(err))
+        return 1
+    except ValueError as err:  # a NUL in argv or env: refused before any fork
+        send_message(job, ("error", None, str(err), None, "ValueError"))
         return 1
     finally:
         for fd in (cwd_fd, *std):
@@ -351,9 +363,11 @@ def _error_reply(err: OSError) -> tuple[str, int | None, str | None, Any, str]:
     return ("error", err.errno, err.strerror, err.filename, type(err).__name__)
 
 
-def _reply_error(reply: Sequence[Any]) -> OSError:
-    """The OSError a job keeper's ("error", ...) reply stands for."""
+def _reply_error(reply: Sequence[Any]) -> OSError | ValueError:
+    """The error a job keeper's ("error", ...) reply stands for."""
     _kind, errno_num, strerror, filename, name = reply
+    if name == "ValueError":
+        return ValueError(strerror)
     exc = {"FileNotFoundError": FileNotFoundError, "PermissionError": PermissionError}
     return exc.get(name, OSError)(errno_num, strerror, filename)
 
@@ -362,9 +376,10 @@ def _spawn_leader(request: Mapping[str, Any], std: Sequence[int]) -> tuple[int, 
     """Start the job's leader as our child: (pid, pidfd, the clone3 child
     whose exec is still to be confirmed, or None if it has exec'd).
 
-    Straight into the job cgroup by clone3 where it can (a job keeper is a
-    fork of a single-threaded process: see tether._platform.linux.spawn),
-    else Popen of ``argv`` (the /bin/sh shim that enters the cgroup itself).
+    Straight into the job cgroup by clone3 where it can (the native vfork-like
+    clone; else the ctypes fork, which a job keeper may use as a fork of a
+    single-threaded process: see tether._platform.linux.spawn), else Popen of
+    ``argv`` (the /bin/sh shim that enters the cgroup itself).
     """
     direct = request.get("direct")
     if direct is not None:

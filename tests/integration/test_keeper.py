@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import tether
 from helpers import (
     SRC,
     as_user,
@@ -324,7 +325,7 @@ for pid in procfs.pids():
     try:
         with procfs.ProcDir(pid) as d:
             st = d.stat()
-    except OSError:
+    except (OSError, procfs.ProcessGone):  # exited during the scan
         continue
     if st.ppid == keeper[0] and st.state not in ("Z", "X"):
         kids.append([pid, st.starttime])
@@ -359,3 +360,21 @@ def test_keeper_and_its_spare_job_keeper_leave_with_the_caller(how: str) -> None
         for ident in [keeper, *kids]:
             if not gone(*ident):
                 kill_identity(*ident)
+
+
+@pytest.mark.parametrize(
+    "args, env",
+    [(["echo", "a\0b"], None), (["true"], {"BAD": "a\0b"}), (["true"], {"A=B": "c"})],
+    ids=["nul-in-argv", "nul-in-env", "equals-in-name"],
+)
+def test_an_argument_popen_refuses_is_refused_as_popen_does(
+    args: list[str], env: dict[str, str] | None
+) -> None:
+    """subprocess raises ValueError before anything starts; so does a kept job
+    (the job keeper answers with the error, and still serves the next job)."""
+    full_env = None if env is None else {**os.environ, **env}
+    with pytest.raises(ValueError):
+        subprocess.run(args, env=full_env, check=False)
+    with pytest.raises(ValueError):
+        tether.run(args, env=full_env)
+    assert tether.run(["true"]).returncode == 0

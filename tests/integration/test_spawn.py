@@ -426,6 +426,23 @@ def test_in_process_job_uses_clone3_unless_the_caller_is_large(ballast_mb: int) 
 
 
 @needs_cgroup
+@needs_native
+def test_in_process_job_uses_the_native_clone_however_large_the_caller() -> None:
+    # The native clone is a vfork: a large caller costs it no page tables.
+    ballast = "ballast = bytearray(64 << 20)\nballast[::4096] = b'x' * len(ballast[::4096])\n"
+    out = subprocess.run(
+        [sys.executable, "-c", _SPY_PRELUDE + ballast + _SPY[len(_SPY_PRELUDE) :]],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    calls, cgroup, complete = json.loads(out.stdout)
+    assert calls == [["cat", "/proc/self/cgroup"]]
+    assert _cgroup_of(cgroup).rsplit("/", 1)[-1].startswith("tether-") and complete
+
+
+@needs_cgroup
 @needs_clone3
 def test_exec_failure_after_the_start_is_undone(tmp_path: Path) -> None:
     # Executable, so the caller's checks pass; the kernel's execve then fails

@@ -179,6 +179,9 @@ class Started:
         self._argv0 = argv0
         self._names = names
         self._cwd = cwd
+        #: The exec is decided already (the native clone returns once the
+        #: child has exec'd or died): wait_exec() will not block.
+        self.settled = False
 
     def wait_exec(self) -> None:
         """Return once the child has exec'd; else reap it and raise as Popen.
@@ -270,6 +273,7 @@ def start(
             os.close(errw)
             raise Unavailable(f"cannot open the job cgroup: {err.strerror}") from None
     pid = pidfd = -1
+    settled = False
     try:
         if use_native:
             try:
@@ -279,6 +283,7 @@ def start(
                     None if extra_groups is None else list(extra_groups),
                     nofile, None if cwd is None else os.fsencode(cwd), _raise_in_child,
                 )  # fmt: skip
+                settled = True
             except OSError as err:
                 # ENOSYS: no clone3 (or a seccomp filter's answer); EINVAL:
                 # a flag this kernel does not know (CLONE_INTO_CGROUP < 5.7).
@@ -296,7 +301,9 @@ def start(
             os.close(cg_fd)
         if pid < 0:
             os.close(errr)
-    return Started(pid, pidfd, errr, argv[0], candidates, cwd)
+    child = Started(pid, pidfd, errr, argv[0], candidates, cwd)
+    child.settled = settled
+    return child
 
 
 def _clone_ctypes(
