@@ -15,7 +15,8 @@ each repetition so drift affects them alike:
 - ``ssh``: N plain ``ssh -F CFG bXX true`` started together from here;
 - ``base`` (with ``--baseline SRC``): ``tether`` again from another source
   tree (``PYTHONPATH=SRC``), e.g. this one with the remote package of an
-  earlier commit, for a before/after from the same run.
+  earlier commit, for a before/after from the same run; ``--baseline`` again
+  adds ``base2``, ``base3``... (say, a tree with a change proposed elsewhere).
 
 Wall time is from the command's start to its exit (for ``ssh``: the last
 one's). **Server CPU** is everything the sshd servers and whatever ran under
@@ -50,8 +51,8 @@ from _common import median, pass_miss, raise_fd_limit
 from sshd import SshLab, make_lab, sshd_available
 
 TETHER = [sys.executable, "-m", "tether.cli"]
-#: --baseline's source tree (set once by main).
-BASELINE: list[str] = []
+#: Source trees of the base, base2, ... rows (--baseline, set once by main).
+BASELINE: dict[str, str] = {}
 CPUACCT_V1 = "/sys/fs/cgroup/cpuacct"
 
 
@@ -121,7 +122,7 @@ def start_lab(base: Path, n: int, cg: ServerCgroup) -> tuple[SshLab, set[int]]:
 def commands(tool: str, lab: SshLab, n: int, clush: str) -> list[list[str]]:
     cfg = lab.config_file
     hosts = f"b[01-{n:02d}]"
-    if tool in ("tether", "base"):
+    if tool == "tether" or tool in BASELINE:
         return [[*TETHER, "run", "-F", cfg, "-q", "-w", hosts, "-f", str(n), "--", "true"]]
     if tool == "pdsh":
         return [["pdsh", "-R", "ssh", "-f", str(n), "-w", hosts, "true"]]
@@ -134,8 +135,8 @@ def measure(
     tool: str, lab: SshLab, n: int, cg: ServerCgroup, masters: set[int], clush: str
 ) -> dict[str, float]:
     env = dict(os.environ, PDSH_SSH_ARGS=f"-F {lab.config_file} %h")
-    if tool == "base":
-        env["PYTHONPATH"] = BASELINE[0]
+    if tool in BASELINE:
+        env["PYTHONPATH"] = BASELINE[tool]
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     c0, t0 = cg.cpu(), time.monotonic()
     procs = [
@@ -177,14 +178,20 @@ def main() -> None:
     parser.add_argument("--hosts", default="1,50", help="fan-outs, e.g. 1,50")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--clush", default=shutil.which("clush"), help="clush to run")
-    parser.add_argument("--baseline", help="a tether source tree (the dir holding tether/)")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        help="a tether source tree (the dir holding tether/); again for more rows",
+    )
     args = parser.parse_args()
     if not sshd_available() or os.geteuid() != 0:
         raise SystemExit("needs root and OpenSSH (apt-get install openssh-server)")
     tools = ["tether", "ssh"]
-    if args.baseline:
-        BASELINE.append(os.path.abspath(args.baseline))
-        tools.insert(1, "base")
+    for i, tree in enumerate(args.baseline, 1):
+        name = "base" if i == 1 else f"base{i}"
+        BASELINE[name] = os.path.abspath(tree)
+        tools.insert(i, name)
     if shutil.which("pdsh"):
         tools.append("pdsh")
     else:
@@ -240,9 +247,9 @@ def main() -> None:
             print("a run failed or left processes behind: every target below is a MISS")
         for n in counts:
             wall, server = med[("tether", n)]
-            if ("base", n) in med:
-                b_wall, b_server = med[("base", n)]
-                print(f"info: {n} hosts, tether / baseline: wall {wall / b_wall:.2f}x, "
+            for name in BASELINE:
+                b_wall, b_server = med[(name, n)]
+                print(f"info: {n} hosts, tether / {name}: wall {wall / b_wall:.2f}x, "
                       f"server CPU {server / b_server:.2f}x")  # fmt: skip
             if n > 1 and ("pdsh", n) in med:
                 ratio = wall / med[("pdsh", n)][0]
