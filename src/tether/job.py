@@ -918,8 +918,12 @@ class Job:
                     sys.stderr.write(f"tether: warning: {visible(text)}\n")
                     sys.stderr.flush()
 
-    def _finish_journal(self, complete: bool) -> None:
-        """Drop the record once the tree is proven empty; release the watchdog."""
+    def _finish_journal(self, complete: bool, *, started: bool = True) -> None:
+        """Drop the record once the tree is proven empty; release the watchdog.
+
+        ``started``: False when the start failed (a job keeper whose exec
+        failed has left already, so it cannot take the next job).
+        """
         if self._journal is not None and self._record is not None:
             if complete:
                 self._journal.remove(self.id)
@@ -931,7 +935,9 @@ class Job:
             self._record = None
         kept = _kept(getattr(self, "_popen", None))
         if kept is not None:
-            kept.release()  # after the record is gone: the job keeper may leave
+            # After the record is gone: the job keeper may leave, or wait for
+            # this process's next job if nothing of this one is left.
+            kept.release(empty=complete and started)
         if self._watchdog_pipe >= 0:
             with contextlib.suppress(OSError):
                 os.write(self._watchdog_pipe, WATCHDOG_DONE)
@@ -948,7 +954,7 @@ class Job:
     def _cleanup_failed_start(self) -> None:
         if self._selection.cgroup is not None:
             self._selection.cgroup.remove()
-        self._finish_journal(complete=True)
+        self._finish_journal(complete=True, started=False)
         _dedicated_jobs.discard(self.id)
 
     def _reap_leader(self) -> None:

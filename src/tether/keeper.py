@@ -45,6 +45,13 @@ from tether._records import NamedTuple
 
 #: What a caller writes to a job keeper once the job is over.
 KEEPER_DONE = b"done"
+#: Instead of "done", once the job is proven empty and its record is gone:
+#: the job keeper stays, to take the caller's next job on the same socket.
+KEEPER_IDLE = b"idle"
+#: _keep's answer for KEEPER_IDLE.
+_IDLE = -1
+#: How many job keepers a caller keeps waiting for its next jobs.
+_MAX_IDLE = 2
 _HEADER = struct.Struct("!I")
 #: A request carries argv and a whole environment: bounded all the same.
 _MAX_MESSAGE = 64 << 20
@@ -308,6 +315,49 @@ def _ready_job_keeper() -> _Ready:
 
 
 def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int, ready: _Ready) -> int:
+    """Keep one job, then, if the caller says "idle", the next ones it sends.
+
+    A job keeper reused so costs the next job no fork of the keeper and no
+    exit: its leader was reaped and its tree proven empty, so it holds
+    nothing of the job before (no child, no fd, no directory).
+    """
+    while True:
+        code, job = _keep_one(request, fds, caller, ready)
+        if code != _IDLE:
+            return code
+        os.chdir("/")  # hold no mount busy while waiting
+        got = _next_request(job, caller, ready.chld)
+        job.close()
+        if got is None:
+            return 0
+        request, fds = got
+
+
+def _next_request(
+    job: socket.socket, caller: int, chld: int
+) -> tuple[dict[str, Any], list[int]] | None:
+    """The caller's next job; None when it closes the socket or dies."""
+    while True:
+        poller = select.poll()
+        poller.register(chld, select.POLLIN)
+        poller.register(job.fileno(), select.POLLIN)
+        poller.register(caller, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll()}
+        if chld in ready:
+            _drain(chld)
+            _reap(None, 0)
+        if job.fileno() in ready:
+            try:
+                return recv_message(job, maxfds=8)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                return None
+        if caller in ready:
+            return None  # nothing of its is left to recover
+
+
+def _keep_one(
+    request: Mapping[str, Any], fds: list[int], caller: int, ready: _Ready
+) -> tuple[int, socket.socket]:
     job = socket.socket(fileno=fds[0])
     cwd_fd, diag = fds[1], fds[2]
     std = fds[3:6]
@@ -333,10 +383,10 @@ def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int, ready: 
             child = None
     except OSError as err:
         send_message(job, _error_reply(err))
-        return 1
+        return 1, job
     except ValueError as err:  # a NUL in argv or env: refused before any fork
         send_message(job, ("error", None, str(err), None, "ValueError"))
-        return 1
+        return 1, job
     finally:
         for fd in (cwd_fd, *std):
             os.close(fd)
@@ -354,9 +404,12 @@ def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int, ready: 
             child.wait_exec()
         except OSError as err:
             send_message(job, _error_reply(err))
-            return 1
+            return 1, job
         send_message(job, ("execd",))
-    return _keep(job, leader, caller, chld, diag, request)
+    try:
+        return _keep(job, leader, caller, chld, diag, request), job
+    finally:
+        os.close(diag)
 
 
 def _error_reply(err: OSError) -> tuple[str, int | None, str | None, Any, str]:
@@ -447,12 +500,13 @@ def _keep(
         # both readable and gone, and must count as done.
         if job.fileno() in ready:
             try:
-                chunk = job.recv(64)
+                # Never past the word: after "idle", the next request follows.
+                chunk = job.recv(len(KEEPER_DONE) - len(received))
             except OSError:
                 chunk = b""
             received += chunk
-            if KEEPER_DONE in received:
-                return 0
+            if len(received) == len(KEEPER_DONE):
+                return _IDLE if received == KEEPER_IDLE else 0
             job_closed = not chunk
         if caller in ready:
             caller_gone = True
@@ -536,6 +590,8 @@ class _KeeperClient:
         self._owner = 0
         self._pid = 0
         self._control: socket.socket | None = None
+        #: Job keepers waiting for this process's next job (see KEEPER_IDLE).
+        self._idle: list[socket.socket] = []
 
     def _start(self) -> socket.socket:
         if self._control is not None:
@@ -581,8 +637,34 @@ class _KeeperClient:
     def pid(self) -> int:
         return self._pid if self._owner == os.getpid() else 0
 
+    def wait_idle(self, job: socket.socket) -> bool:
+        """Tell the job keeper on ``job`` to wait for this process's next job,
+        if fewer than _MAX_IDLE already do; False: it was not (it may leave)."""
+        with self._lock:
+            if self._owner != os.getpid() or len(self._idle) >= _MAX_IDLE:
+                return False
+            try:
+                job.sendall(KEEPER_IDLE)
+            except OSError:
+                return False
+            self._idle.append(job)
+            return True
+
     def request(self, request: Mapping[str, Any], fds: Sequence[int]) -> None:
         with self._lock:
+            if self._owner != os.getpid():
+                self._idle = []  # a fork's copies: its parent's job keepers
+            while self._idle:
+                # Straight to a job keeper that waits (no hop through the
+                # keeper, no fork); it answers on the socket in ``fds``.
+                waiting = self._idle.pop()
+                try:
+                    send_message(waiting, request, fds)
+                except OSError:
+                    continue  # it is gone (killed): try the next, or the keeper
+                finally:
+                    waiting.close()
+                return
             control = self._control if self._owner == os.getpid() else None
             if control is None:
                 control = self._start()
@@ -769,12 +851,17 @@ class KeptPopen(subprocess.Popen[Any]):
                     self._take_status(left)
         return self.returncode
 
-    def release(self) -> None:
-        """The job is over (or given up): the job keeper may leave."""
+    def release(self, *, empty: bool = False) -> None:
+        """The job is over (or given up): the job keeper may leave.
+
+        ``empty``: the tree is proven empty and the journal record gone, so
+        the job keeper holds nothing of the job and may wait for the next.
+        """
         if self._leader_pidfd >= 0:
-            with contextlib.suppress(OSError):
-                self._job.sendall(KEEPER_DONE)
-            self._job.close()
+            if not (empty and not self._lost and _client.wait_idle(self._job)):
+                with contextlib.suppress(OSError):
+                    self._job.sendall(KEEPER_DONE)
+                self._job.close()
             os.close(self._leader_pidfd)
             self._leader_pidfd = -1
 

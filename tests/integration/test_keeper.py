@@ -244,27 +244,53 @@ def test_library_job_leaves_no_daemon(
             kill_identity(*ident)
 
 
-def test_job_keeper_is_the_leaders_parent_not_a_member_and_leaves() -> None:
-    """The leader's parent is a job keeper (subreaper) under this process's keeper;
-    it is never a member, and it exits once the job is released."""
-    import tether
+def _job_keeper_of(job: tether.Job) -> tuple[int, int]:
+    leader = proc_stat(job.pid)
+    assert leader is not None
+    job_keeper = proc_stat(leader.ppid)
+    assert job_keeper is not None
+    return job_keeper.pid, job_keeper.starttime
 
+
+def _alive(pid: int, starttime: int) -> bool:
+    st = proc_stat(pid)
+    return st is not None and st.starttime == starttime and st.state not in ("Z", "X")
+
+
+def test_job_keeper_is_the_leaders_parent_not_a_member_and_keeps_the_next_job() -> None:
+    """The leader's parent is a job keeper (subreaper) under this process's keeper;
+    it is never a member, and once the job is proven empty it waits for this
+    process's next job instead of leaving (no fork, no exit per job)."""
     with tether.start(["sleep", "60"]) as job:
-        leader = proc_stat(job.pid)
-        assert leader is not None
-        job_keeper = proc_stat(leader.ppid)
-        assert job_keeper is not None
-        keeper = proc_stat(job_keeper.ppid)
+        job_keeper = _job_keeper_of(job)
+        keeper = proc_stat(proc_stat(job_keeper[0]).ppid)  # type: ignore[union-attr]
         assert keeper is not None and keeper.ppid == os.getpid()
         report = job.cancel()
     assert report.complete
     assert [m.pid for m in report.members] == [job.pid]
     assert any(t.name == "subreaper" and t.used for t in report.trackers)
-    wait_for(
-        lambda: (st := proc_stat(job_keeper.pid)) is None or st.starttime != job_keeper.starttime,
-        10.0,
-        "the job keeper to exit and be reaped by the keeper",
-    )
+    assert _alive(*job_keeper), "the job keeper left instead of waiting for the next job"
+    with tether.start(["sleep", "60"]) as again:
+        assert _job_keeper_of(again) == job_keeper
+        report = again.cancel()
+    assert [m.pid for m in report.members] == [again.pid]
+
+
+def test_at_most_two_job_keepers_wait_and_a_dead_one_is_passed_over() -> None:
+    jobs = [tether.start(["sleep", "60"]) for _ in range(3)]
+    job_keepers = [_job_keeper_of(j) for j in jobs]
+    assert len(set(job_keepers)) == 3, "concurrent jobs share no job keeper"
+    for j in jobs:
+        assert j.cancel().complete
+    wait_for(lambda: sum(_alive(*k) for k in job_keepers) == 2, 10.0, "a third job keeper to exit")
+    # The waiting job keepers are killed: the next job still starts (the
+    # keeper forks a new job keeper once neither takes the request).
+    for k in job_keepers:
+        if _alive(*k):
+            kill_identity(*k)
+    wait_for(lambda: not any(_alive(*k) for k in job_keepers), 10.0, "the job keepers to be gone")
+    done = tether.run(["true"])
+    assert done.returncode == 0 and done.report.complete
 
 
 def test_caller_sigkill_keeper_terminates_what_only_it_can_find(tmp_path: Path) -> None:
