@@ -615,13 +615,15 @@ class Membership:
         """Wait for every member to exit; ``strong_only``: every member more
         than a cookie ties to the job (the leftovers a job may wait for)."""
         deadline = self._clock() + timeout
+        woke = self._poll_exits(0)
         while True:
-            woke = self._poll_exits(0)
             if self._confirmed_empty(strong_only):
                 return True
             left = deadline - self._clock()
             if left <= 0 or woke:
                 return False
+            # This poll marks the exits it wakes for (a tree killed without a
+            # cgroup wakes it dozens of times): no second poll before the check.
             if self._poll_exits(min(left, 1.0)):
                 return False
 
