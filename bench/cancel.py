@@ -288,15 +288,24 @@ def main() -> int:
     def ms(name: str, n: int) -> float:
         return median(results[(name, n)].times)
 
-    if {"tether cgroup (auto), KILL", "raw cgroup.kill + populated 0"} <= ran:
+    def paired(name: str, ref: str, n: int) -> str:
+        # Trial i of each method ran in the same round: the median of the
+        # per-round ratios is less swayed by load that comes and goes than
+        # the ratio of the medians.
+        a, b = results[(name, n)].times, results[(ref, n)].times
+        return f"per-round ratio median {median([x / y for x, y in zip(a, b, strict=True)]):.2f}x"
+
+    cg, rawcg = "tether cgroup (auto), KILL", "raw cgroup.kill + populated 0"
+    if {cg, rawcg} <= ran:
         for n in sizes:
-            t = ms("tether cgroup (auto), KILL", n)
-            raw = ms("raw cgroup.kill + populated 0", n)
+            t = ms(cg, n)
+            raw = ms(rawcg, n)
             print(
                 f"  with cgroup, n={n:<5} tether {t * 1000:8.1f} ms vs raw cgroup.kill "
                 f"{raw * 1000:7.1f} ms = {t / raw:5.2f}x  (target <= 1.3x)  "
                 f"{pass_miss(t <= 1.3 * raw)}"
             )
+            print(f"      {paired(cg, rawcg, n)}")
     big = max(sizes)
     nocg = "tether no cgroup, KILL"
     if {nocg, "psutil children/kill/wait_procs"} <= ran:
@@ -311,6 +320,7 @@ def main() -> int:
             f"  no cgroup, n={big:<5} tether {t * 1000:8.1f} ms vs killpg + wait "
             f"{kp * 1000:7.1f} ms = {t / kp:5.2f}x  (target <= 2x)  {pass_miss(t <= 2 * kp)}"
         )
+        print(f"      {paired(nocg, 'killpg(SIGKILL) + wait', big)}")
     return 0
 
 
