@@ -393,19 +393,23 @@ def _keep_one(
     # A clone3 child exists but may not have exec'd yet: the caller gets its
     # identity now and does its own bookkeeping (journal, membership) while
     # the exec runs, then waits for "execd" (or the error Popen would raise).
-    send_message(
-        job,
-        ("started", leader, _starttime(leader), os.getpid(), ready.starttime, bool(child)),
-        [pidfd],
-    )
-    os.close(pidfd)
+    # A caller that died (or closed its end) since its request cannot be
+    # told: _keep sees it gone and recovers the job that is now running.
+    try:
+        started = (leader, _starttime(leader), os.getpid(), ready.starttime, bool(child))
+        send_message(job, ("started", *started), [pidfd])
+    except OSError:
+        child = None
+    finally:
+        os.close(pidfd)
     if child is not None:
         try:
             child.wait_exec()
         except OSError as err:
             send_message(job, _error_reply(err))
             return 1, job
-        send_message(job, ("execd",))
+        with contextlib.suppress(OSError):
+            send_message(job, ("execd",))
     try:
         return _keep(job, leader, caller, chld, diag, request), job
     finally:
