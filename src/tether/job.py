@@ -713,7 +713,9 @@ class Job:
         if journal is not False:
             self._journal = journal if isinstance(journal, Journal) else Journal.default()
             try:
-                self._start_journal(spec.restartable, watchdog and not use_keeper)
+                self._start_journal(
+                    spec.restartable, watchdog and not use_keeper, write=not use_keeper
+                )
             except BaseException:
                 self._cleanup_failed_start()
                 raise
@@ -737,7 +739,13 @@ class Job:
             spawn: Any = subprocess.Popen
             if use_keeper:
                 assert self._journal is not None
-                keep = {"job_id": self.id, "journal": self._journal.directory, "direct": direct}
+                keep = {
+                    "job_id": self.id,
+                    "journal": self._journal.directory,
+                    "direct": direct,
+                    # Recovery's record until the caller writes it (see _start_journal).
+                    "record": self._record,
+                }
                 from tether.keeper import KeptPopen
 
                 spawn = functools.partial(KeptPopen, keep)
@@ -841,8 +849,13 @@ class Job:
 
     # -- the journal and the watchdog ---------------------------------------
 
-    def _start_journal(self, restartable: bool, watchdog: bool) -> None:
-        """Record the job before its first process runs; start its watchdog."""
+    def _start_journal(self, restartable: bool, watchdog: bool, *, write: bool = True) -> None:
+        """Record the job before its first process runs; start its watchdog.
+
+        ``write``: False for a job keeper's job, written once the leader is
+        known (one write fewer per job): the job keeper, the watchdog until
+        then, gets the record in its request and recovers from it.
+        """
         assert self._journal is not None
         me = _own_starttime(os.getpid())
         sel = self._selection
@@ -858,7 +871,8 @@ class Job:
             restartable=restartable,
             tag_gid=self.tag_gid,
         )
-        self._write_record()
+        if write:
+            self._write_record()
         if not watchdog:
             return
         rfd, wfd = os.pipe()

@@ -547,7 +547,11 @@ def _recover(request: Mapping[str, Any], diag: int, caller_gone: bool) -> int:
     try:
         record = journal.read(job_id)
         if record is None:
-            return 0  # the caller finished the job first
+            # Not written yet (the caller writes it once it knows the leader),
+            # or removed once the job was proven empty (then nothing is found).
+            record = request.get("record")
+        if record is None:
+            return 0
         if isinstance(record, JournalProblem):
             _say(f"cannot recover job {job_id}: {record}", diag)
             return 1

@@ -275,6 +275,32 @@ def test_library_caller_killed_leaves_nothing(tmp_path: Path) -> None:
     wait_for(lambda: "nothing left" in (tmp_path / "stderr").read_text(), SETTLE, "the summary")
 
 
+def test_library_caller_killed_before_it_recorded_the_job_leaves_nothing(tmp_path: Path) -> None:
+    """A job keeper's job is recorded once its leader is known: a caller killed
+    before that leaves no record, and its job keeper recovers the job from the
+    record its request carried."""
+    script, marks = write_tree(tmp_path)
+    argv = [sys.executable, str(script), str(marks)]
+    program = (
+        "import os, signal, sys, time, tether, tether.job\n"
+        "def die(job):\n"
+        "    print(job.id, flush=True)\n"
+        f"    while len(os.listdir({str(marks)!r})) < {len(NAMES)}:\n"
+        "        time.sleep(0.05)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "tether.job.Job._write_record = die\n"
+        f"tether.start({argv!r}, policy={POLICY!r})\n"
+    )
+    proc, _job_id = start_library_caller(tmp_path, program)
+    ids = wait_for_marks(marks, NAMES)
+    proc.wait()
+    assert proc.stdout is not None
+    proc.stdout.close()
+    assert not records(), "the caller recorded the job before its leader was known"
+    wait_for(lambda: all_gone(ids), SETTLE, "the job keeper to terminate the tree")
+    wait_for(lambda: "nothing left" in (tmp_path / "stderr").read_text(), SETTLE, "the summary")
+
+
 @pytest.mark.parametrize(
     "options",
     [
