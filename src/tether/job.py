@@ -296,6 +296,10 @@ class _CgroupPopen(subprocess.Popen[Any]):
         super()._execute_child(*popen_args)  # type: ignore[misc]
 
 
+#: (PATH, name) -> where which() last found it.
+_commands_found: dict[tuple[str, str], str] = {}
+
+
 def resolve_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
     """The executable argv[0] names, or CommandNotFound / CommandNotExecutable."""
     if not argv:
@@ -310,7 +314,15 @@ def resolve_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -
             raise CommandNotExecutableError(cmd)
         return cmd
     path = (env if env is not None else os.environ).get("PATH", os.defpath)
+    key = (path, cmd)
+    found = _commands_found.get(key)
+    # Still there: one access() and one stat, where which() stats every
+    # PATH entry before it (only the error matters here; exec searches anew).
+    if found is not None and os.access(found, os.X_OK) and os.path.isfile(found):
+        return found
     found = shutil.which(cmd, path=path)
+    if found is not None and len(_commands_found) < 256:
+        _commands_found[key] = found
     if found is None:
         # which() skips non-executable files; tell "exists" from "missing".
         for d in path.split(os.pathsep):

@@ -277,14 +277,17 @@ class Journal:
     def _dirfd(self, create: bool) -> int:
         if self._fd >= 0:
             return self._fd
-        if create:
-            with contextlib.suppress(FileExistsError):
-                os.makedirs(os.path.dirname(self.directory) or "/", exist_ok=True)
-                os.mkdir(self.directory, 0o700)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(
-                self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-            )
+            try:
+                fd = os.open(self.directory, flags)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.makedirs(os.path.dirname(self.directory) or "/", exist_ok=True)
+                    os.mkdir(self.directory, 0o700)
+                fd = os.open(self.directory, flags)
         except FileNotFoundError:
             raise
         except OSError as err:

@@ -322,11 +322,19 @@ def starttime_to_epoch(starttime: int) -> float:
 
 
 def boot_id() -> str:
+    if _boot_id:
+        return _boot_id[0]  # it changes with a reboot only
     try:
         with open(_BOOT_ID, encoding="ascii") as f:
-            return f.read().strip()
+            found = f.read(64).strip()
     except OSError:
         return ""
+    if found:
+        _boot_id.append(found)
+    return found
+
+
+_boot_id: list[str] = []
 
 
 # -- handles: pidfds -----------------------------------------------------------
