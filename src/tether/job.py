@@ -296,6 +296,16 @@ class _CgroupPopen(subprocess.Popen[Any]):
         super()._execute_child(*popen_args)  # type: ignore[misc]
 
 
+def _environ_copy() -> dict[str, str]:
+    """``dict(os.environ)``, decoded straight from its bytes (the Mapping
+    protocol encodes each name again to look its value up)."""
+    data = getattr(os.environ, "_data", None)
+    if not isinstance(data, dict):
+        return dict(os.environ)
+    key, value = os.environ.decodekey, os.environ.decodevalue
+    return {key(k): value(v) for k, v in data.items()}
+
+
 #: (PATH, name) -> where which() last found it.
 _commands_found: dict[tuple[str, str], str] = {}
 
@@ -668,7 +678,7 @@ class Job:
         self.tag_gid = spec.tag_gid
         if spec.tag_gid is not None and os.geteuid() != 0:
             raise UsageError("tagging a job with a group (--tag-gid) needs root (CAP_SETGID)")
-        base_env = dict(spec.env if spec.env is not None else os.environ)
+        base_env = dict(spec.env) if spec.env is not None else _environ_copy()
         resolve_command(self.argv, base_env)
         self.id = new_cookie()
         self._report: Report | None = None

@@ -702,11 +702,12 @@ def _umask() -> int | None:
 def _rlimits() -> list[tuple[int, tuple[int, int]]]:
     import resource
 
-    return [
-        (getattr(resource, name), resource.getrlimit(getattr(resource, name)))
-        for name in dir(resource)
-        if name.startswith("RLIMIT_")
-    ]
+    if not _RLIMITS:
+        _RLIMITS.extend(getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_"))
+    return [(res, resource.getrlimit(res)) for res in _RLIMITS]
+
+
+_RLIMITS: list[int] = []
 
 
 class KeptPopen(subprocess.Popen[Any]):

@@ -242,7 +242,11 @@ class Policy:
     @classmethod
     def default(cls) -> Policy:
         """``TERM,10s,KILL``: what systemd and most supervisors do."""
-        return cls.parse(DEFAULT_POLICY_TEXT)
+        if cls is not Policy:
+            return cls.parse(DEFAULT_POLICY_TEXT)
+        if not _default:  # parsed once: a Policy is immutable
+            _default.append(cls.parse(DEFAULT_POLICY_TEXT))
+        return _default[0]
 
     @classmethod
     def from_timeout_flags(
@@ -331,3 +335,6 @@ class Policy:
                 raise PolicyError(f"malformed kill script {script!r}")
             options["kill_script"] = KillScript(tuple(argv), mode=mode, timeout=float(timeout))
         return cls.parse(data["steps"], **options)
+
+
+_default: list[Policy] = []

@@ -142,3 +142,12 @@ def test_exit_status_follows_timeout(
     returncode: int | None, timed_out: bool, complete: bool, status: int
 ) -> None:
     assert exit_status(returncode, timed_out, complete=complete) == status
+
+
+def test_the_environment_copy_is_dict_of_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Job copies os.environ from its bytes; it must read as dict(os.environ),
+    undecodable bytes (surrogateescape) included."""
+    from tether.job import _environ_copy
+
+    monkeypatch.setenv("TETHER_TEST_NON_ASCII", "é\udcff")
+    assert _environ_copy() == dict(os.environ)

@@ -182,6 +182,9 @@ class JobCgroup:
             os.close(self._events_fd)
             self._events_fd = -1
         deadline = time.monotonic() + timeout
+        with contextlib.suppress(OSError):
+            os.rmdir(self.path)  # the usual case: no sub-cgroup, no walk
+            return True
         while True:
             try:
                 for dirpath, _dirs, _files in os.walk(self.path, topdown=False):
