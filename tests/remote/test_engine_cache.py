@@ -602,3 +602,79 @@ def test_a_host_with_the_engine_cached_costs_no_zip(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0", "None", "0", "False"]
+
+
+# -- stage 0: compiled here when the host's python reads our bytecode ---------
+
+
+def _own_magic() -> str:
+    import importlib.util
+
+    return importlib.util.MAGIC_NUMBER.hex()
+
+
+def test_stage0_runs_source_and_code_marshalled_by_a_client_of_its_magic(tmp_path: Path) -> None:
+    """The real stage 0 (the fixed ssh command, run by /bin/sh here) announces
+    its bytecode's magic, and runs a source block and a marshalled one."""
+    from tether.remote.bootstrap import REMOTE_COMMAND, stage1_block
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(sys.executable)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    code = "import os, sys\nos.write(1, b'ran %s\\n' % __name__.encode())\nsys.exit(0)\n"
+    outputs = {}
+    for magic in (None, _own_magic()):
+        block = stage1_block(code, magic=magic)
+        assert block[10:11] == (b"S" if magic is None else b"M")
+        argv = ["/bin/sh", "-c", REMOTE_COMMAND]
+        done = subprocess.run(
+            argv, input=block, capture_output=True, env=env, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        outputs[magic] = done.stdout.decode()
+    banner = f"TETHER-PY {'.'.join(map(str, sys.version_info[:3]))} {_own_magic()}\n"
+    assert outputs == {None: banner + "ran __main__\n", _own_magic(): banner + "ran __main__\n"}
+
+
+#: A host that announces MAGIC and notes how stage 1 came (S: source, M: code).
+_MAGIC_HOST = r"""
+import os, sys
+
+def read(n):
+    b = b""
+    while len(b) < n:
+        c = os.read(0, n - len(b))
+        if not c:
+            sys.exit(3)
+        b += c
+    return b
+
+os.write(1, ("TETHER-PY 3.11.0 %s\n" % sys.argv[2]).encode().replace(b" \n", b"\n"))
+block = read(int(read(10)))
+with open(sys.argv[1], "wb") as f:
+    f.write(block[:1])
+"""
+
+
+@pytest.mark.parametrize("magic", ["ours", "other", "none"])
+def test_the_client_sends_stage1_compiled_only_to_a_python_of_its_magic(
+    tmp_path: Path, magic: str
+) -> None:
+    from tether.remote.client import RemoteError
+
+    announced = {"ours": _own_magic(), "other": "00000000", "none": ""}[magic]
+    (tmp_path / "host.py").write_text(_MAGIC_HOST)
+    got = tmp_path / "got"
+    program = tmp_path / "ssh"
+    program.write_text(
+        f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'host.py'} {got} '{announced}'\n"
+    )
+    program.chmod(0o755)
+    conn = Connection(Target("magic"), SshOptions(program=str(program), engine="python"))
+    try:
+        with pytest.raises(RemoteError):
+            conn.handshake()  # the host ends after stage 1's first byte
+    finally:
+        conn.close(timeout=10.0)
+    assert got.read_bytes() == (b"M" if magic == "ours" else b"S")

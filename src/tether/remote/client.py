@@ -322,7 +322,10 @@ class Connection:
                     f"{_FLOOR} there; --remote-engine auto falls back to the POSIX-shell agent)",
                 )
             return self._load_shell_agent()
-        version_text = banner.split()[1]
+        words = banner.split()
+        version_text = words[1] if len(words) > 1 else ""
+        # The host's bytecode magic: stage 1 goes out compiled if it is ours.
+        magic = words[2] if len(words) > 2 else None
         try:
             version = tuple(int(x) for x in version_text.split(".")[:2])
         except ValueError:
@@ -346,7 +349,7 @@ class Connection:
             "protocol": protocol.PROTOCOL,
             "sha256": package_digest(),
         }
-        if not self.write(stage1_block() + json.dumps(offer).encode() + b"\n"):
+        if not self.write(stage1_block(magic=magic) + json.dumps(offer).encode() + b"\n"):
             raise RemoteError(self.label, self.ssh_error())
         answer = self.read_line(self._deadline)
         if answer is None:
