@@ -581,9 +581,10 @@ class Membership:
                         os.waitpid(m.pid, os.WNOHANG)
 
     def _confirmed_empty(self, strong_only: bool = False) -> bool:
-        waited = (m for m in self._by_identity.values() if not (strong_only and m in self._weak))
-        if any(m.alive for m in waited):
-            return False
+        weak = self._weak if strong_only else ()
+        for m in self._by_identity.values():
+            if m.exited_at is None and m not in weak:
+                return False
         # An empty cgroup is not proof alone: a leader cancelled within
         # moments of its start may still be in the shim that moves it into
         # the cgroup (outside it, but in the job's session).

@@ -300,7 +300,7 @@ def _deliver(
     """Signal the live members not yet done; notes for the debug log if wanted."""
     sent = 0
     for m in members:
-        if not m.alive or m in done or m.denied:
+        if m in done or not m.alive or m.denied:
             continue
         done.add(m)
         if sig not in UNCATCHABLE:
@@ -360,11 +360,13 @@ def _run_step(
             # Uncatchable: taken and delivered frozen (or by cgroup.kill), so
             # nothing forks past it. cgroup.kill goes first (the target reads
             # what it covers from the frozen cgroup): the scan for members
-            # outside the cgroup then runs while the kernel tears it down.
-            for m in target.kill_all() if sig == signal.SIGKILL else ():
+            # outside the cgroup then runs once the kernel has torn it down.
+            covered = target.kill_all() if sig == signal.SIGKILL else ()
+            at = clock()  # one write killed them all
+            for m in covered:
                 if m.alive:
                     done.add(m)
-                    m.signals.append((sig, clock()))
+                    m.signals.append((sig, at))
                     sent += 1
                     if notes is not None:
                         notes.append((m.pid, sig, "cgroup.kill"))
