@@ -29,7 +29,15 @@ import pytest
 from hypothesis import given, strategies
 
 import tether
-from helpers import alive, cgroup_writable, is_root, kill_identity, proc_stat, wait_for
+from helpers import (
+    alive,
+    cgroup2_mount,
+    cgroup_writable,
+    is_root,
+    kill_identity,
+    proc_stat,
+    wait_for,
+)
 from tether._platform import linux as linux_backend
 from tether._platform.linux import procfs
 from tether._platform.linux.cgroupfs import JobCgroup
@@ -304,3 +312,28 @@ def test_a_command_line_parses_as_each_argument_decoded(cmdline: bytes) -> None:
         stat = f.read()
     info = linux_backend.parse_captured(stat, cmdline)
     assert info is not None and info.cmdline == each
+
+
+@needs_cgroup
+@pytest.mark.skipif(not is_root(), reason="making a sub-cgroup of the job's needs root here")
+def test_a_member_in_a_sub_cgroup_the_job_made_is_found(tmp_path: Path) -> None:
+    """JobCgroup.procs reads the job cgroup alone when kernfs says it has no
+    subdirectory (its link count); a sub-cgroup the job made is still read."""
+    mount = cgroup2_mount()
+    assert mount is not None
+    script = (
+        'cg="$1$(sed -n "s/^0:://p" /proc/self/cgroup)"; mkdir "$cg/sub"; '
+        # An orphan at once (its parent subshell exits): no walk finds it.
+        '(sleep 60 & echo $! > "$cg/sub/cgroup.procs"; echo $! > "$2"); exec sleep 60'
+    )
+    pidfile = tmp_path / "pid"
+    with tether.start(
+        ["sh", "-c", script, "sh", mount, str(pidfile)], trackers="cgroup", policy="KILL"
+    ) as job:
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 10.0, "the sleep")
+        sleeper = int(pidfile.read_text())
+        wait_for(lambda: "/sub" in Path(f"/proc/{sleeper}/cgroup").read_text(), 10.0, "the move")
+        assert job.found_by().get(sleeper) == ("cgroup",)
+        report = job.cancel("test")
+    assert report.complete
+    assert sleeper in {m.pid for m in report.members}

@@ -113,6 +113,12 @@ class JobCgroup:
     def procs(self) -> list[int]:
         """Pids in this cgroup and every cgroup below it."""
         out: list[int] = []
+        # kernfs counts a directory's subdirectories in its link count (2 +
+        # subdirs): a job that made no sub-cgroup needs no listing of its files.
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_nlink == 2:
+                with open(os.path.join(self.path, "cgroup.procs"), "rb") as f:
+                    return [int(x) for x in f.read().split()]
         for dirpath, _dirs, _files in os.walk(self.path):
             try:
                 with open(os.path.join(dirpath, "cgroup.procs"), "rb") as f:
