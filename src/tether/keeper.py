@@ -637,9 +637,24 @@ class _KeeperClient:
         finally:
             os.close(devnull)
             theirs.close()
+        if not self._owner:
+            import atexit
+
+            # At exit the keeper and the waiting job keepers see EOF and leave
+            # (as they would once this process is gone), and no socket is left
+            # for the interpreter to warn about.
+            atexit.register(self.close)
         self._owner = os.getpid()
         self._control = ours
         return ours
+
+    def close(self) -> None:
+        """Let this process's keeper and waiting job keepers go."""
+        with self._lock:
+            for sock in [*self._idle, *([self._control] if self._control else [])]:
+                sock.close()
+            self._idle = []
+            self._control = None
 
     @property
     def pid(self) -> int:
@@ -661,7 +676,11 @@ class _KeeperClient:
     def request(self, request: Mapping[str, Any], fds: Sequence[int]) -> None:
         with self._lock:
             if self._owner != os.getpid():
-                self._idle = []  # a fork's copies: its parent's job keepers
+                # A fork's copies of its parent's job keepers' sockets: closed
+                # here (the parent's stay open), never used.
+                for inherited in self._idle:
+                    inherited.close()
+                self._idle = []
             while self._idle:
                 # Straight to a job keeper that waits (no hop through the
                 # keeper, no fork); it answers on the socket in ``fds``.

@@ -404,3 +404,36 @@ def test_an_argument_popen_refuses_is_refused_as_popen_does(
     with pytest.raises(ValueError):
         tether.run(args, env=full_env)
     assert tether.run(["true"]).returncode == 0
+
+
+_FORKING_CALLER = r"""
+import os, sys, warnings
+warnings.simplefilter("error")  # an unclosed inherited socket would be a ResourceWarning
+import tether
+assert tether.run(["true"]).returncode == 0  # leaves a job keeper waiting
+pid = os.fork()
+if pid == 0:
+    try:
+        code = tether.run(["true"]).returncode  # its own keeper: not the parent's
+        sys.stderr.flush()
+        os._exit(code)
+    except BaseException:
+        import traceback; traceback.print_exc()
+        os._exit(99)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert tether.run(["true"]).returncode == 0
+print("ok", flush=True)
+"""
+
+
+def test_a_fork_of_the_caller_starts_its_own_jobs_and_leaves_the_parents_alone() -> None:
+    proc = subprocess.run(
+        ["env", f"PYTHONPATH={SRC}", sys.executable, "-X", "dev", "-c", _FORKING_CALLER],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    assert "ResourceWarning" not in proc.stderr, proc.stderr
