@@ -613,3 +613,25 @@ def test_an_exec_failure_is_reported_with_our_stdio_closed(way: str, tmp_path: P
     result = tmp_path / "result"
     subprocess.run([sys.executable, "-c", _CLOSED_STDIO, way, str(result)], check=True, timeout=60)
     assert result.read_text() == repr(["missing", 0, ""])  # nothing written to the job's stdio
+
+
+_SUBREAPER = r"""
+import sys
+from tether._platform.linux import prctl, spawn
+spawn._use_native = sys.argv[1] == "native"
+assert not prctl.is_child_subreaper()
+prctl.set_child_subreaper(True)
+assert prctl.is_child_subreaper()
+prctl.set_child_subreaper(False)
+assert not prctl.is_child_subreaper()
+print("ctypes" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_subreaper_is_set_and_read_both_ways_and_natively_without_ctypes(way: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _SUBREAPER, way], capture_output=True, text=True, check=True,
+        timeout=60,
+    )  # fmt: skip
+    assert out.stdout.strip() == ("False" if way == "native" else "True"), out.stderr

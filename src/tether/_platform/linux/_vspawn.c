@@ -31,6 +31,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -38,7 +39,7 @@
 
 /* Bump with any change of spawn()'s arguments or of what the child does:
  * spawn.py refuses a module whose ABI it does not know (a stale build). */
-#define VSPAWN_ABI 1
+#define VSPAWN_ABI 2
 
 #ifndef TETHER_VSPAWN_CRC
 #define TETHER_VSPAWN_CRC -1 /* built without setup.py: source unknown */
@@ -489,8 +490,35 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(vs_set_child_subreaper_doc,
+"set_child_subreaper(on) -> None: prctl(PR_SET_CHILD_SUBREAPER, on).\n"
+"Here so that a process with this module needs no ctypes (~3 ms to import).");
+
+static PyObject *vs_set_child_subreaper(PyObject *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    if (prctl(PR_SET_CHILD_SUBREAPER, (unsigned long)on, 0UL, 0UL, 0UL) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(vs_is_child_subreaper_doc,
+"is_child_subreaper() -> bool: prctl(PR_GET_CHILD_SUBREAPER).");
+
+static PyObject *vs_is_child_subreaper(PyObject *self, PyObject *unused)
+{
+    int value = 0;
+    if (prctl(PR_GET_CHILD_SUBREAPER, (unsigned long)&value, 0UL, 0UL, 0UL) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyBool_FromLong(value);
+}
+
 static PyMethodDef vs_methods[] = {
     {"spawn", vs_spawn, METH_VARARGS, vs_spawn_doc},
+    {"set_child_subreaper", vs_set_child_subreaper, METH_O, vs_set_child_subreaper_doc},
+    {"is_child_subreaper", vs_is_child_subreaper, METH_NOARGS, vs_is_child_subreaper_doc},
     {NULL, NULL, 0, NULL},
 };
 

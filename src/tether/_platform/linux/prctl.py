@@ -1,14 +1,27 @@
-"""prctl(2) through ctypes: child subreaper and parent-death signal."""
+"""prctl(2): child subreaper and parent-death signal.
+
+Through the optional native module where it is built (no ctypes to import,
+~3 ms of every `tether run`), else through ctypes.
+"""
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ctypes
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
+
+
+def _native() -> Any:
+    from tether._platform.linux import spawn
+
+    return spawn._native_module() if spawn._use_native else None
 
 
 @functools.lru_cache(maxsize=1)
@@ -16,6 +29,8 @@ def _libc() -> ctypes.CDLL:
     # dlopen(NULL): the symbols already loaded, libc's among them. Not
     # ctypes.util.find_library("c"), which runs `ldconfig -p` in a subprocess
     # (a fork, an exec and a parse of the whole cache on every `tether run`).
+    import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     if not hasattr(libc, "prctl"):  # a statically linked Python without libc's symbols
         from ctypes.util import find_library
@@ -28,6 +43,8 @@ def _libc() -> ctypes.CDLL:
 
 
 def _prctl(option: int, arg2: int = 0) -> int:
+    import ctypes
+
     rc: int = _libc().prctl(option, arg2, 0, 0, 0)
     if rc < 0:
         err = ctypes.get_errno()
@@ -41,10 +58,19 @@ def set_child_subreaper(on: bool = True) -> None:
     The attribute is per process (not per thread) and is not inherited by
     children, so only the supervisor is ever a subreaper.
     """
+    native = _native()
+    if native is not None:
+        native.set_child_subreaper(on)
+        return
     _prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0)
 
 
 def is_child_subreaper() -> bool:
+    native = _native()
+    if native is not None:
+        return bool(native.is_child_subreaper())
+    import ctypes
+
     value = ctypes.c_int(0)
     _prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(value))
     return bool(value.value)

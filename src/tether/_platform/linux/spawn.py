@@ -35,7 +35,6 @@ slower. Both children do the same set-up (:func:`_child` is the reference).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import functools
@@ -59,30 +58,27 @@ class Unavailable(Exception):
     """clone3 into a cgroup cannot be used here: take the shim path."""
 
 
-class _CloneArgs(ctypes.Structure):
-    # struct clone_args, CLONE_ARGS_SIZE_VER2 (88 bytes: up to .cgroup).
-    _fields_ = [
-        (name, ctypes.c_uint64)
-        for name in (
-            "flags",
-            "pidfd",
-            "child_tid",
-            "parent_tid",
-            "exit_signal",
-            "stack",
-            "stack_size",
-            "tls",
-            "set_tid",
-            "set_tid_size",
-            "cgroup",
-        )
-    ]
+@functools.lru_cache(maxsize=1)
+def _clone_args() -> Any:
+    """struct clone_args, CLONE_ARGS_SIZE_VER2 (88 bytes: up to .cgroup).
+
+    Built on first use: ctypes (~3 ms to import) is needed only by the
+    ctypes way, not where the native module serves."""
+    import ctypes
+
+    names = ("flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack",
+             "stack_size", "tls", "set_tid", "set_tid_size", "cgroup")  # fmt: skip
+    return type(
+        "_CloneArgs", (ctypes.Structure,), {"_fields_": [(n, ctypes.c_uint64) for n in names]}
+    )
 
 
 @functools.lru_cache(maxsize=1)
 def _syscall() -> Callable[..., int] | None:
     if os.uname().machine not in ("x86_64", "aarch64", "riscv64", "loongarch64"):
         return None  # other tables (e.g. alpha, mips o32) number them differently
+    import ctypes
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.syscall
@@ -100,7 +96,7 @@ def _threads() -> int:
 
 #: The _vspawn.c this file speaks to (its VSPAWN_ABI): a module built from
 #: another version of it is not used.
-_NATIVE_ABI = 1
+_NATIVE_ABI = 2
 #: False: never the native way (tests of the ctypes way).
 _use_native = True
 #: Tests: a signal the native child sends itself right after resetting its
@@ -320,10 +316,12 @@ def _clone_ctypes(
     cwd: str | None,
 ) -> tuple[int, int]:
     """clone3 through libc's syscall(): a fork whose child runs :func:`_child`."""
+    import ctypes
+
     syscall = _syscall()
     assert syscall is not None  # _ctypes_usable() said so
     pidfd = ctypes.c_int(-1)
-    args = _CloneArgs(
+    args = _clone_args()(
         flags=_CLONE_PIDFD | (_CLONE_INTO_CGROUP if cg_fd >= 0 else 0),
         pidfd=ctypes.addressof(pidfd),
         exit_signal=signal.SIGCHLD,
@@ -376,6 +374,8 @@ def _child(
     mask: Iterable[int],
 ) -> None:
     """The new process: set up, exec, or report why not. Never returns."""
+    import ctypes  # loaded already by the parent (_clone_ctypes): a lookup
+
     failed = 0
     index = 0
     try:
