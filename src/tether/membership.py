@@ -99,7 +99,10 @@ class Membership:
         self._me = os.getpid()
         # Never a member: tether itself and every ancestor (they may share the
         # job's uid, or even its session when `tether kill` runs from a shell).
-        self._protected = {0, 1, self._me, *ancestors(self._me)}
+        self._protected = {0, 1, self._me}
+        # Read at the first candidate other than the leader (whom tether
+        # started, so no ancestor): a job that forks nothing never reads them.
+        self._ancestors: set[int] | None = None
         self._by_identity: dict[tuple[int, int], Member] = {}
         self._handles: dict[Member, ProcessHandle] = {}
         self._ppid: dict[Member, int] = {}
@@ -350,9 +353,18 @@ class Membership:
 
     # -- finding members -------------------------------------------------
 
+    def _is_protected(self, pid: int, starttime: int) -> bool:
+        if pid in self._protected:
+            return True
+        if self.leader is not None and (pid, starttime) == self.leader:
+            return False
+        if self._ancestors is None:
+            self._ancestors = set(ancestors(self._me))
+        return pid in self._ancestors
+
     def _allowed(self, info: ProcessInfo) -> bool:
         return (
-            info.pid not in self._protected
+            not self._is_protected(info.pid, info.starttime)
             and not info.kernel_thread
             and info.starttime >= self.not_before
             and (self._admit is None or self._admit(info))
@@ -757,11 +769,15 @@ class Membership:
             rows.append((starttime, pid, ppid, shown, ProcessHandle(pid, starttime, fd)))
         rows.sort(key=_by_start)
         new: list[Member] = []
-        protected, not_before, leader = self._protected, self.not_before, self.leader
+        not_before, leader = self.not_before, self.leader
         by_identity, handles, ppids = self._by_identity, self._handles, self._ppid
         for starttime, pid, ppid, shown, handle in rows:
             identity = (pid, starttime)
-            if pid in protected or starttime < not_before or identity in by_identity:
+            if (
+                identity in by_identity
+                or starttime < not_before
+                or self._is_protected(pid, starttime)
+            ):
                 handle.close()
                 continue
             member = Member(

@@ -162,3 +162,37 @@ def test_cancel_at_once_after_start_is_complete(trackers: str) -> None:
         assert report.complete, report.render_text()
         assert report.survivors == ()
         assert leader is None or not alive(leader.pid, leader.starttime)
+
+
+_GID_OUTER = r"""
+import json, os, subprocess, sys
+gid = int(sys.argv[1])
+sleeper = subprocess.Popen(["sleep", "60"])  # carries the gid too: a member
+inner = subprocess.run(
+    [sys.executable, "-c", "import json, sys, tether; r = tether.kill_gid(int(sys.argv[1]), "
+     "policy='KILL'); print(json.dumps([m.pid for m in r.members]))", str(gid)],
+    capture_output=True, text=True, timeout=60,
+)
+sleeper.wait(timeout=10)
+print(json.dumps({"me": os.getpid(), "sleeper": sleeper.pid, "killed": json.loads(inner.stdout),
+                  "sleeper_rc": sleeper.returncode, "err": inner.stderr}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setpriv --groups needs root")
+def test_kill_gid_never_takes_in_an_ancestor_that_carries_the_gid() -> None:
+    """The tag's holders are members, but never tether's own ancestors (here the
+    process that ran it, which holds the group too)."""
+    import json
+    import subprocess
+    import sys
+
+    gid = 48000 + os.getpid() % 1000
+    out = subprocess.run(
+        ["setpriv", f"--groups={gid}", "--", sys.executable, "-c", _GID_OUTER, str(gid)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    got = json.loads(out.stdout)
+    assert got["sleeper"] in got["killed"], got
+    assert got["me"] not in got["killed"], got
+    assert got["sleeper_rc"] == -signal.SIGKILL, got
