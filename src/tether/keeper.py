@@ -333,18 +333,25 @@ def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int, ready: 
         request, fds = got
 
 
+def _wait_for_any(chld: int, job: socket.socket, caller: int) -> set[int]:
+    """Sleep until a child exits (the SIGCHLD pipe, drained here), the caller
+    writes or closes its socket, or the caller dies (its pidfd)."""
+    poller = select.poll()
+    for fd in (chld, job.fileno(), caller):
+        poller.register(fd, select.POLLIN)
+    ready = {fd for fd, _ in poller.poll()}
+    if chld in ready:
+        _drain(chld)
+    return ready
+
+
 def _next_request(
     job: socket.socket, caller: int, chld: int
 ) -> tuple[dict[str, Any], list[int]] | None:
     """The caller's next job; None when it closes the socket or dies."""
     while True:
-        poller = select.poll()
-        poller.register(chld, select.POLLIN)
-        poller.register(job.fileno(), select.POLLIN)
-        poller.register(caller, select.POLLIN)
-        ready = {fd for fd, _ in poller.poll()}
+        ready = _wait_for_any(chld, job, caller)
         if chld in ready:
-            _drain(chld)
             _reap(None, 0)
         if job.fileno() in ready:
             try:
@@ -492,13 +499,7 @@ def _keep(
     received = b""
     caller_gone = job_closed = False
     while True:
-        poller = select.poll()
-        poller.register(chld, select.POLLIN)
-        poller.register(job.fileno(), select.POLLIN)
-        poller.register(caller, select.POLLIN)
-        ready = {fd for fd, _ in poller.poll()}
-        if chld in ready:
-            _drain(chld)
+        ready = _wait_for_any(chld, job, caller)
         _reap(job, leader)
         # The socket first: a caller that said "done" and then exited is
         # both readable and gone, and must count as done.

@@ -401,6 +401,22 @@ print(json.dumps([calls, done.stdout.decode(), done.report.complete]))
 )
 
 
+def _spied(setup: str, ballast_mb: int) -> tuple[list[list[str]], str, bool]:
+    """_SPY run in a fresh interpreter after ``setup``, holding ``ballast_mb`` MB."""
+    ballast = (
+        f"ballast = bytearray({ballast_mb} << 20)\nballast[::4096] = b'x' * len(ballast[::4096])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", _SPY_PRELUDE + setup + ballast + _SPY[len(_SPY_PRELUDE) :]],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    calls, cgroup, complete = json.loads(out.stdout)
+    return calls, cgroup, complete
+
+
 @needs_cgroup
 @needs_ctypes
 @pytest.mark.parametrize("ballast_mb", [0, 64])
@@ -408,18 +424,7 @@ def test_in_process_job_uses_clone3_unless_the_caller_is_large(ballast_mb: int) 
     # A fork's cost grows with the caller (page tables), the shim's does not:
     # a large caller keeps Popen's vfork and the shim, a small one clones.
     # (The ctypes way: the native one copies no page tables.)
-    ballast = (
-        "spawn._use_native = False\n"
-        f"ballast = bytearray({ballast_mb} << 20)\nballast[::4096] = b'x' * len(ballast[::4096])\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", _SPY_PRELUDE + ballast + _SPY[len(_SPY_PRELUDE) :]],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    calls, cgroup, complete = json.loads(out.stdout)
+    calls, cgroup, complete = _spied("spawn._use_native = False\n", ballast_mb)
     # The command itself (no /bin/sh shim) reached clone3, or nothing did.
     assert calls == ([] if ballast_mb else [["cat", "/proc/self/cgroup"]])
     assert _cgroup_of(cgroup).rsplit("/", 1)[-1].startswith("tether-") and complete
@@ -429,15 +434,7 @@ def test_in_process_job_uses_clone3_unless_the_caller_is_large(ballast_mb: int) 
 @needs_native
 def test_in_process_job_uses_the_native_clone_however_large_the_caller() -> None:
     # The native clone is a vfork: a large caller costs it no page tables.
-    ballast = "ballast = bytearray(64 << 20)\nballast[::4096] = b'x' * len(ballast[::4096])\n"
-    out = subprocess.run(
-        [sys.executable, "-c", _SPY_PRELUDE + ballast + _SPY[len(_SPY_PRELUDE) :]],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    calls, cgroup, complete = json.loads(out.stdout)
+    calls, cgroup, complete = _spied("", 64)
     assert calls == [["cat", "/proc/self/cgroup"]]
     assert _cgroup_of(cgroup).rsplit("/", 1)[-1].startswith("tether-") and complete
 
