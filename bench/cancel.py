@@ -60,6 +60,9 @@ class Result:
         self.left = 0  # processes alive when the cancel call returned
         self.incomplete = 0  # cancel said the tree was not empty
         self.found: list[int] = []  # members the tracker reported (tether only)
+        # CPU of the cancelling thread (tether only): what tether itself
+        # spends, which the shared machine's load sways far less than wall.
+        self.cpu: list[float] = []
 
 
 def _check(res: Result, elapsed: float) -> None:
@@ -72,9 +75,10 @@ def trial_tether(n: int, res: Result, trackers: str, policy: str) -> None:
     job = tether.start(tree.argv, trackers=trackers, policy=policy, stdin=subprocess.DEVNULL)
     try:
         tree.wait_ready(job.pid)
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         report = job.cancel("bench")
         elapsed = time.perf_counter() - t0
+        res.cpu.append(time.thread_time() - c0)
         _check(res, elapsed)
         res.incomplete += not report.complete
         res.found.append(len(report.members))
@@ -281,6 +285,12 @@ def main() -> int:
         "left: processes alive when the call returned (+ calls that reported survivors); "
         "found: every trial found all N members"
     )
+    with_cpu = [m for m, _ in methods if results[(m, sizes[0])].cpu]
+    if with_cpu:
+        print("\nCPU of the cancelling thread, median ms (tether's own work; load sways it less)")
+        for name in with_cpu:
+            cells = [f"  {median(results[(name, n)].cpu) * 1000:22.1f}" for n in sizes]
+            print(f"{name:<{width}}" + "".join(cells))
 
     print("\ntargets (informational)")
     ran = {m for m, _ in methods}
