@@ -393,13 +393,24 @@ def test_the_agent_runs_the_bytes_that_were_checked_not_the_file_of_that_name(
 def test_the_engine_serves_only_tether_and_only_this_pythons_bytecode(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     plant = f"open({str(marker)!r}, 'w').close()\n"
-    # A module of the standard library in the engine is never imported from it.
-    agent = "import csv\n" + _SERVE.replace("__file__", "csv.__file__")
+    # A module of the standard library in the engine is never imported from
+    # it; a tether module it lacks (the native spawn, never shipped) is
+    # missing at once, without zipimport reading the file's directory.
+    agent = (
+        "import csv, sys\n"
+        "try:\n"
+        "    import tether.remote._native\n"
+        "except ModuleNotFoundError:\n"
+        "    pass\n"
+        "import tether\n"
+        "asked = [p for p in sys.path_importer_cache if p.startswith(tether.__path__[0])]\n"
+        "print('zipimport', bool(asked))\n" + _SERVE.replace("__file__", "csv.__file__")
+    )
     sources = {"tether/__init__.py": "", "tether/remote/__init__.py": "",
                "tether/remote/agent.py": agent, "csv.py": plant}  # fmt: skip
     out, err = _run_stage1(tmp_path, _engine_file(_bytecode_zip(sources, sys.executable)))
-    assert out.startswith('{"mode": "cached"}\nserved cached '), err
-    assert not marker.exists() and ".zip" not in out, out
+    assert out.startswith('{"mode": "cached"}\nzipimport False\nserved cached '), (out, err)
+    assert not marker.exists() and ".zip" not in out.split("served")[1], out
     # Bytecode of another python (its magic number) is refused, never run.
     sources = {"tether/__init__.py": plant, "tether/remote/__init__.py": "",
                "tether/remote/agent.py": _SERVE}  # fmt: skip
@@ -409,6 +420,52 @@ def test_the_engine_serves_only_tether_and_only_this_pythons_bytecode(tmp_path: 
     out, err = _run_stage1(tmp_path, _engine_file(bytes(data)))
     assert out == '{"mode": "cached"}\n' and "bytecode of another python" in err, (out, err)
     assert not marker.exists()
+
+
+def test_nothing_the_engine_keeps_imports_what_it_leaves_out() -> None:
+    """Hosts get the package but CLIENT_ONLY (the command line, the pruner,
+    the remote client): an import of any of that from a module the engine
+    keeps would fail there, so there is none (at any depth, lazy ones too)."""
+    import ast
+
+    from tether.remote.bootstrap import CLIENT_ONLY
+
+    blob, _ = package_zip()
+    with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+        sources = {n: zf.read(n) for n in zf.namelist() if n.endswith(".py")}
+    kept = {"tether/remote/agent.py", "tether/watchdog.py", "tether/recovery.py", "tether/job.py"}
+    assert kept <= set(sources) and not [n for n in sources if n.startswith(CLIENT_ONLY)]
+    left_out = [p.removesuffix(".py").rstrip("/").replace("/", ".") for p in CLIENT_ONLY]
+
+    def excluded(module: str) -> bool:
+        return any(module == m or module.startswith(m + ".") for m in left_out)
+
+    bad = []
+    for path, data in sources.items():
+        package = path.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
+        if not path.endswith("__init__.py"):
+            package = package.rpartition(".")[0]
+        for node in ast.walk(ast.parse(data)):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = ".".join(
+                        package.split(".")[: len(package.split(".")) - node.level + 1]
+                    )
+                    base = f"{parent}.{base}" if base else parent
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            elif (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                names = [str(node.args[0].value)]
+            bad += [(path, name) for name in names if excluded(name)]
+    assert not bad
 
 
 @pytest.mark.parametrize("kind", ["no zip", "deflated", "cut short"])

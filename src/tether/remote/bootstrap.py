@@ -160,6 +160,16 @@ def _cache_dir():
         except FileExistsError:
             pass
 
+def _sha256(entries):
+    # A shipped engine's name, as the client's sources_digest: each entry
+    # (name, NUL, length, NUL, bytes) in name order. Only when shipping:
+    # hashlib loads OpenSSL's libcrypto (~3 ms).
+    import hashlib
+    h = hashlib.sha256()
+    for name, data in entries:
+        h.update(b"%s\\0%d\\0" % (name.encode(), len(data)) + data)
+    return h.hexdigest()
+
 def _digest(data):
     # blake2b from the interpreter's own module: hashlib would load OpenSSL's
     # libcrypto first, ~3 ms of every connection's CPU for one hash.
@@ -243,7 +253,10 @@ class _Engine:
                 if package:
                     spec.submodule_search_locations = [self.path + "/" + rel]
                 return spec
-        return None
+        # The engine is all of tether here: no other finder is asked (the
+        # path finder would have zipimport read the file's directory, ~1 ms,
+        # for an optional module such as the native spawn, never shipped).
+        raise ModuleNotFoundError("No module named %r" % name, name=name)
 
     def create_module(self, spec):
         return None
@@ -271,7 +284,7 @@ def _compile(blob, path, digest):
     # Nothing is compiled unless its entries hash to the offered digest (as
     # the client's sources_digest: name, NUL, length, NUL, bytes, in name
     # order); None for a zip that does not, or is no zip, or does not compile.
-    import hashlib, importlib.util, io, zipfile, zlib
+    import importlib.util, io, zipfile, zlib
     try:
         with zipfile.ZipFile(io.BytesIO(blob)) as src:
             entries, size = [], 0
@@ -284,10 +297,7 @@ def _compile(blob, path, digest):
     except (zipfile.BadZipFile, ValueError, RuntimeError, EOFError, zlib.error) as err:
         sys.stderr.write("tether: the shipped engine is not a usable zip: %s\\n" % err)
         return None
-    h = hashlib.sha256()
-    for name, data in entries:
-        h.update(b"%s\\0%d\\0" % (name.encode(), len(data)) + data)
-    if h.hexdigest() != digest:
+    if _sha256(entries) != digest:
         sys.stderr.write("tether: the shipped engine is not the one offered\\n")
         return None
     out = io.BytesIO()
@@ -410,7 +420,8 @@ def sources_digest(entries: Iterable[tuple[str, bytes]]) -> str:
 
 
 def package_digest() -> str:
-    """:func:`sources_digest` of the importable ``tether`` package, read once.
+    """:func:`sources_digest` of the engine: the importable ``tether`` package
+    but :data:`CLIENT_ONLY`, read once.
 
     What a connection offers: reading and hashing the sources (~3 ms) is all
     it needs unless the host asks for the engine (then :func:`package_zip`,
@@ -424,7 +435,7 @@ def package_digest() -> str:
 
 
 def package_zip() -> tuple[bytes, str]:
-    """A zip of the importable ``tether`` package (sources only) and its digest.
+    """A zip of the engine's sources (:func:`package_digest`'s) and its digest.
 
     Deterministic (fixed timestamps, entries in name order). Built once per
     process, and only for a host that has no cached engine: a lock, not
@@ -447,6 +458,23 @@ def prefetch_package_zip() -> None:
     threading.Thread(target=package_digest, name="tether-package-digest", daemon=True).start()
 
 
+#: What only the local side imports (the command line, the pruner, the
+#: remote client): left out of the engine, which a host reads and hashes
+#: whole on every connection (~45% of the sources). A test checks that
+#: nothing the engine keeps imports any of it.
+CLIENT_ONLY = (
+    "tether/cli/",
+    "tether/prune/",
+    "tether/aio.py",
+    "tether/config.py",
+    "tether/display.py",
+    "tether/pytest_plugin.py",
+    "tether/remote/client.py",
+    "tether/remote/fanout.py",
+    "tether/remote/hostlist.py",
+)
+
+
 def _read_sources() -> list[tuple[str, bytes]]:
     import tether
 
@@ -458,6 +486,8 @@ def _read_sources() -> list[tuple[str, bytes]]:
             if name.endswith(".py") or name == "py.typed":
                 full = os.path.join(dirpath, name)
                 rel = os.path.relpath(full, os.path.dirname(root)).replace(os.sep, "/")
+                if rel.startswith(CLIENT_ONLY):
+                    continue
                 with open(full, "rb") as f:
                     out.append((rel, f.read()))
     return sorted(out)
