@@ -735,9 +735,7 @@ class Job:
         if journal is not False:
             self._journal = journal if isinstance(journal, Journal) else Journal.default()
             try:
-                self._start_journal(
-                    spec.restartable, watchdog and not use_keeper, write=not use_keeper
-                )
+                self._start_journal(spec.restartable, watchdog and not use_keeper)
             except BaseException:
                 self._cleanup_failed_start()
                 raise
@@ -765,7 +763,7 @@ class Job:
                     "job_id": self.id,
                     "journal": self._journal.directory,
                     "direct": direct,
-                    # Recovery's record until the caller writes it (see _start_journal).
+                    # Recovery's record should the journal's be unreadable.
                     "record": self._record,
                 }
                 from tether.keeper import KeptPopen
@@ -871,12 +869,12 @@ class Job:
 
     # -- the journal and the watchdog ---------------------------------------
 
-    def _start_journal(self, restartable: bool, watchdog: bool, *, write: bool = True) -> None:
+    def _start_journal(self, restartable: bool, watchdog: bool) -> None:
         """Record the job before its first process runs; start its watchdog.
 
-        ``write``: False for a job keeper's job, written once the leader is
-        known (one write fewer per job): the job keeper, the watchdog until
-        then, gets the record in its request and recovers from it.
+        Written before the start, not only once the leader is known: a journal
+        that cannot be written stops the job before anything runs, and a
+        caller killed with its job keeper still leaves `tether reap` a record.
         """
         assert self._journal is not None
         me = _own_starttime(os.getpid())
@@ -893,8 +891,7 @@ class Job:
             restartable=restartable,
             tag_gid=self.tag_gid,
         )
-        if write:
-            self._write_record()
+        self._write_record()
         if not watchdog:
             return
         rfd, wfd = os.pipe()

@@ -50,6 +50,10 @@ KEEPER_DONE = b"done"
 KEEPER_IDLE = b"idle"
 #: _keep's answer for KEEPER_IDLE.
 _IDLE = -1
+#: What a job keeper answers to KEEPER_IDLE once it can take the next job.
+_READY = b"r"
+#: How long a caller waits for that answer before it asks the keeper instead.
+_READY_WAIT = 0.005
 #: How many job keepers a caller keeps waiting for its next jobs.
 _MAX_IDLE = 2
 _HEADER = struct.Struct("!I")
@@ -83,7 +87,13 @@ def send_message(sock: socket.socket, obj: object, fds: Sequence[int] = ()) -> N
 def recv_message(sock: socket.socket, maxfds: int = 0) -> tuple[Any, list[int]] | None:
     """One message and the fds that came with it; None at EOF."""
     if maxfds:
-        head, fds, _flags, _addr = socket.recv_fds(sock, _HEADER.size, maxfds)
+        head, fds, flags, _addr = socket.recv_fds(sock, _HEADER.size, maxfds)
+        if flags & socket.MSG_CTRUNC:
+            # Fds were dropped (our RLIMIT_NOFILE): a request missing its
+            # stdio would start the job on ours. Refused whole.
+            for fd in fds:
+                os.close(fd)
+            raise EOFError
     else:
         head, fds = sock.recv(_HEADER.size), []
     if not head:
@@ -326,11 +336,33 @@ def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int, ready: 
         if code != _IDLE:
             return code
         os.chdir("/")  # hold no mount busy while waiting
+        # A job may have lowered our limits (prlimit on its parent): restored,
+        # or, a hard limit being lower for good, no next job here (the caller
+        # sees the socket close instead of "ready" and asks the keeper).
+        if not _restore_limits(request["rlimits"]):
+            return 0
+        try:
+            job.sendall(_READY)
+        except OSError:
+            return 0
         got = _next_request(job, caller, ready.chld)
         job.close()
         if got is None:
             return 0
         request, fds = got
+
+
+def _restore_limits(rlimits: Sequence[tuple[int, tuple[int, int]]]) -> bool:
+    """Set our resource limits to ``rlimits``; False if one cannot be."""
+    import resource
+
+    for res, limits in rlimits:
+        if resource.getrlimit(res) != limits:
+            try:
+                resource.setrlimit(res, limits)
+            except (ValueError, OSError):
+                return False
+    return True
 
 
 def _wait_for_any(chld: int, job: socket.socket, caller: int) -> set[int]:
@@ -548,8 +580,8 @@ def _recover(request: Mapping[str, Any], diag: int, caller_gone: bool) -> int:
     try:
         record = journal.read(job_id)
         if record is None:
-            # Not written yet (the caller writes it once it knows the leader),
-            # or removed once the job was proven empty (then nothing is found).
+            # Removed once the job was proven empty (then nothing is found),
+            # or lost: the record the request carried stands in.
             record = request.get("record")
         if record is None:
             return 0
@@ -686,6 +718,9 @@ class _KeeperClient:
                 # Straight to a job keeper that waits (no hop through the
                 # keeper, no fork); it answers on the socket in ``fds``.
                 waiting = self._idle.pop()
+                if not _said_ready(waiting):
+                    waiting.close()  # gone, or not fit for another job
+                    continue
                 try:
                     send_message(waiting, request, fds)
                 except OSError:
@@ -704,6 +739,32 @@ class _KeeperClient:
 
 
 _client = _KeeperClient()
+
+
+def _said_ready(waiting: socket.socket) -> bool:
+    """The job keeper on ``waiting`` answered "idle" with "ready" (it restored
+    its limits and is alive), within _READY_WAIT: it has normally answered long
+    before the next job comes."""
+    r, _, _ = select.select([waiting], [], [], _READY_WAIT)
+    if not r:
+        return False
+    try:
+        return waiting.recv(1) == _READY
+    except OSError:
+        return False
+
+
+def _client_after_fork() -> None:
+    # A fork's child gets the lock as the parent's threads left it: locked for
+    # ever if one was mid-request. The parent's waiting job keepers are the
+    # parent's: the child's copies of their sockets are let go.
+    _client._lock = threading.Lock()
+    for inherited in _client._idle:
+        inherited.close()
+    _client._idle = []
+
+
+os.register_at_fork(after_in_child=_client_after_fork)
 
 
 def _umask() -> int | None:

@@ -103,6 +103,9 @@ class Membership:
         # Read at the first candidate other than the leader (whom tether
         # started, so no ancestor): a job that forks nothing never reads them.
         self._ancestors: set[int] | None = None
+        #: for_job: this process (or its keeper) started the leader, so the
+        #: leader is no ancestor of it (for a record or a tree, it may be).
+        self._leader_started_here = False
         self._by_identity: dict[tuple[int, int], Member] = {}
         self._handles: dict[Member, ProcessHandle] = {}
         self._ppid: dict[Member, int] = {}
@@ -132,7 +135,7 @@ class Membership:
         on_new_members: Callable[[Sequence[Member]], None] | None = None,
     ) -> Membership:
         """A job tether started: the trackers ``selection`` chose, from ``leader`` on."""
-        return cls(
+        membership = cls(
             selection.trackers(leader, cookie=job_id),
             selection.statuses,
             not_before=leader.starttime,
@@ -149,6 +152,8 @@ class Membership:
             on_new_members=on_new_members,
             subtree_root=selection.keeper_pid if selection.subtree_only else None,
         )
+        membership._leader_started_here = True
+        return membership
 
     @classmethod
     def for_tree(cls, pid: int) -> tuple[Membership, ProcessInfo]:
@@ -356,7 +361,7 @@ class Membership:
     def _is_protected(self, pid: int, starttime: int) -> bool:
         if pid in self._protected:
             return True
-        if self.leader is not None and (pid, starttime) == self.leader:
+        if self._leader_started_here and (pid, starttime) == self.leader:
             return False
         if self._ancestors is None:
             self._ancestors = set(ancestors(self._me))

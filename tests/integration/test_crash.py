@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import tether
 from helpers import (
     alive,
     as_user,
@@ -35,7 +36,14 @@ from helpers import (
     wait_for_file,
     wait_for_marks,
 )
-from tether.journal import RUNTIME_DIR_VAR, JobRecord, Journal, JournalProblem, boot_id
+from tether.journal import (
+    RUNTIME_DIR_VAR,
+    JobRecord,
+    Journal,
+    JournalError,
+    JournalProblem,
+    boot_id,
+)
 from tether.policy import Policy
 from tether.tracking.cookie import new_cookie
 
@@ -275,20 +283,25 @@ def test_library_caller_killed_leaves_nothing(tmp_path: Path) -> None:
     wait_for(lambda: "nothing left" in (tmp_path / "stderr").read_text(), SETTLE, "the summary")
 
 
-def test_library_caller_killed_before_it_recorded_the_job_leaves_nothing(tmp_path: Path) -> None:
-    """A job keeper's job is recorded once its leader is known: a caller killed
-    before that leaves no record, and its job keeper recovers the job from the
-    record its request carried."""
+def test_library_caller_killed_after_its_record_was_lost_leaves_nothing(tmp_path: Path) -> None:
+    """The job keeper's request carries the job's record: a caller that dies
+    after its journal record was lost (removed by someone) still has its job
+    recovered, from that copy."""
     script, marks = write_tree(tmp_path)
     argv = [sys.executable, str(script), str(marks)]
     program = (
         "import os, signal, sys, time, tether, tether.job\n"
-        "def die(job):\n"
+        "real = tether.job.Job._write_record\n"
+        "def write(job):\n"
+        "    real(job)\n"
+        "    if job._record is None or job._record.leader is None:\n"
+        "        return  # the record before the start\n"
         "    print(job.id, flush=True)\n"
         f"    while len(os.listdir({str(marks)!r})) < {len(NAMES)}:\n"
         "        time.sleep(0.05)\n"
+        "    os.unlink(job._journal.path(job.id))\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "tether.job.Job._write_record = die\n"
+        "tether.job.Job._write_record = write\n"
         f"tether.start({argv!r}, policy={POLICY!r})\n"
     )
     proc, _job_id = start_library_caller(tmp_path, program)
@@ -296,7 +309,7 @@ def test_library_caller_killed_before_it_recorded_the_job_leaves_nothing(tmp_pat
     proc.wait()
     assert proc.stdout is not None
     proc.stdout.close()
-    assert not records(), "the caller recorded the job before its leader was known"
+    assert not records(), "the record was not removed"
     wait_for(lambda: all_gone(ids), SETTLE, "the job keeper to terminate the tree")
     wait_for(lambda: "nothing left" in (tmp_path / "stderr").read_text(), SETTLE, "the summary")
 
@@ -514,6 +527,9 @@ def test_journal_open_to_others_is_refused() -> None:
             assert done.returncode == (125 if args[0] == "run" else 2), (args, err)
             assert err.startswith(f"tether: journal directory {directory} must be owned by uid")
             assert len(err.strip().splitlines()) == 1
+        # A library job too, before anything runs (its job keeper's included).
+        with pytest.raises(JournalError):
+            tether.start(["sleep", "300"])
     finally:
         os.chmod(directory, 0o700)
 
@@ -690,3 +706,30 @@ def test_tether_run_reaps_adopted_orphans_while_the_job_runs(tmp_path: Path) -> 
     finally:
         (tmp_path / "go").touch()
         assert proc.wait(timeout=SETTLE) == 0
+
+
+def test_reap_run_inside_an_orphaned_job_spares_its_own_ancestors(tmp_path: Path) -> None:
+    """`tether reap` from within a job whose supervisor died (no watchdog) finds
+    that job orphaned: its leader is the reaper's ancestor, never a member."""
+    out = tmp_path / "out"
+    reap = " ".join(tether_cmd("reap"))
+    script = f"sleep 1; {reap} > {out}.reap 2>&1; echo survived > {out}; exec sleep 30"
+    program = (
+        "import tether, time\n"
+        f"job = tether.start(['sh', '-c', {script!r}], watchdog=False,"
+        " trackers=['session', 'cookie', 'walk'])\n"
+        "print(job.id, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc, _job_id = start_library_caller(tmp_path, program)
+    wait_for(lambda: any(r.state == "running" for r in records()), SETTLE, "the job's record")
+    (record,) = records()
+    assert record.leader is not None
+    proc.kill()
+    proc.wait()
+    assert proc.stdout is not None
+    proc.stdout.close()
+    try:
+        wait_for(out.exists, SETTLE, "the leader to outlive the reap it ran")
+    finally:
+        kill_identity(record.leader.pid, record.leader.starttime)

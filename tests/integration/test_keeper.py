@@ -437,3 +437,49 @@ def test_a_fork_of_the_caller_starts_its_own_jobs_and_leaves_the_parents_alone()
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
     assert "ResourceWarning" not in proc.stderr, proc.stderr
+
+
+def test_a_job_that_lowers_its_job_keepers_limits_does_not_fail_the_next() -> None:
+    """A job may prlimit its parent, the job keeper: a hard limit it lowered
+    cannot be raised back, so that job keeper takes no next job (the keeper
+    starts one) rather than failing it."""
+    first = tether.run(["sh", "-c", "prlimit --pid $PPID --nofile=512:512"])
+    assert first.returncode == 0
+    for _ in range(3):
+        done = tether.run(["sh", "-c", "ulimit -Hn"], capture_output=True, text=True)
+        assert done.returncode == 0
+        assert done.stdout.strip() != "512", "a job inherited the lowered limit"
+
+
+_HELD_LOCK_FORK = r"""
+import os, signal, sys, threading
+import tether
+from tether.keeper import _client
+assert tether.run(["true"]).returncode == 0
+took, go = threading.Event(), threading.Event()
+def hold():
+    with _client._lock:  # as a thread in the middle of starting a job
+        took.set()
+        go.wait()
+t = threading.Thread(target=hold)
+t.start()
+took.wait()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)  # a deadlocked child dies of SIGALRM instead of hanging
+    code = tether.run(["true"]).returncode
+    sys.stderr.flush()
+    os._exit(code)
+_, status = os.waitpid(pid, 0)
+go.set()
+t.join()
+print(os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+def test_a_fork_taken_while_another_thread_starts_a_job_can_start_jobs() -> None:
+    proc = subprocess.run(
+        ["env", f"PYTHONPATH={SRC}", sys.executable, "-c", _HELD_LOCK_FORK],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == "0", (proc.stdout, proc.stderr)
