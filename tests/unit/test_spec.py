@@ -151,3 +151,20 @@ def test_the_environment_copy_is_dict_of_os_environ(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setenv("TETHER_TEST_NON_ASCII", "é\udcff")
     assert _environ_copy() == dict(os.environ)
+
+
+@given(
+    st.lists(
+        st.sampled_from(["", "/usr/bin", "/bin", "/nonexistent", "/usr/bin", "/tmp", "."]),
+        max_size=6,
+    ),
+    st.sampled_from(["true", "sh", "ls", "no-such-command-here", "tmp"]),
+)
+def test_which_is_shutils(dirs: list[str], cmd: str) -> None:
+    """job._which stands in for shutil.which (not imported on the run path)."""
+    import shutil
+
+    from tether.job import _which
+
+    path = os.pathsep.join(dirs)
+    assert _which(cmd, path) == shutil.which(cmd, path=path)
