@@ -106,6 +106,9 @@ class Membership:
         #: for_job: this process (or its keeper) started the leader, so the
         #: leader is no ancestor of it (for a record or a tree, it may be).
         self._leader_started_here = False
+        # Whether the cgroup holds none of tether and its ancestors (asked at
+        # the first freeze, kill or emptiness check that needs the answer).
+        self._cgroup_spares_us: bool | None = None
         self._by_identity: dict[tuple[int, int], Member] = {}
         self._handles: dict[Member, ProcessHandle] = {}
         self._ppid: dict[Member, int] = {}
@@ -358,6 +361,24 @@ class Membership:
 
     # -- finding members -------------------------------------------------
 
+    def _cgroup_acts_alone(self) -> bool:
+        """cgroup.freeze, cgroup.kill and "populated" speak for the whole
+        cgroup: they stand for the job only if neither tether nor one of its
+        ancestors is inside. `tether reap` run from within the job it reaps
+        would otherwise freeze itself for ever, or kill its own shell; its
+        members are then stopped and killed one by one, as without a cgroup."""
+        if self.cgroup is None:
+            return False
+        if self._cgroup_spares_us is None:
+            try:
+                inside = set(self.cgroup.procs())
+            except OSError:
+                inside = set()
+            if self._ancestors is None:
+                self._ancestors = set(ancestors(self._me))
+            self._cgroup_spares_us = not inside & (self._protected | self._ancestors)
+        return self._cgroup_spares_us
+
     def _is_protected(self, pid: int, starttime: int) -> bool:
         if pid in self._protected:
             return True
@@ -605,7 +626,7 @@ class Membership:
         # An empty cgroup is not proof alone: a leader cancelled within
         # moments of its start may still be in the shim that moves it into
         # the cgroup (outside it, but in the job's session).
-        if self.cgroup is not None and self.cgroup.populated():
+        if self.cgroup is not None and self.cgroup.populated() and self._cgroup_acts_alone():
             return False
         # Every known member has exited: a fresh scan must find no new one,
         # not even one that has exited already — a pid hopper found this way
@@ -663,7 +684,7 @@ class Membership:
         return result
 
     def kill_all(self) -> set[Member]:
-        if self.cgroup is None or not self.cgroup.has_kill():
+        if self.cgroup is None or not self.cgroup.has_kill() or not self._cgroup_acts_alone():
             return set()
         # Kill first, identify after: what the report needs of the frozen
         # cgroup's members (start time, command line, a pidfd) is read raw
@@ -811,7 +832,7 @@ class Membership:
         return opened
 
     def freeze(self) -> str | None:
-        if self.cgroup is not None:
+        if self.cgroup is not None and self._cgroup_acts_alone():
             try:
                 if self.cgroup.freeze(timeout=1.0):
                     self._frozen = True

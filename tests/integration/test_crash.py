@@ -36,6 +36,7 @@ from helpers import (
     wait_for_file,
     wait_for_marks,
 )
+from tether._platform.linux.cgroupfs import JobCgroup
 from tether.journal import (
     RUNTIME_DIR_VAR,
     JobRecord,
@@ -708,7 +709,18 @@ def test_tether_run_reaps_adopted_orphans_while_the_job_runs(tmp_path: Path) -> 
         assert proc.wait(timeout=SETTLE) == 0
 
 
-def test_reap_run_inside_an_orphaned_job_spares_its_own_ancestors(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "trackers",
+    [
+        "['session', 'cookie', 'walk']",
+        # In the job's cgroup, the reaper must neither freeze it (itself with
+        # it, for ever) nor cgroup.kill it (its own shell with it).
+        pytest.param("'auto'", marks=pytest.mark.skipif(not is_root(), reason="cgroup as root")),
+    ],
+)
+def test_reap_run_inside_an_orphaned_job_spares_its_own_ancestors(
+    tmp_path: Path, trackers: str
+) -> None:
     """`tether reap` from within a job whose supervisor died (no watchdog) finds
     that job orphaned: its leader is the reaper's ancestor, never a member."""
     out = tmp_path / "out"
@@ -716,8 +728,7 @@ def test_reap_run_inside_an_orphaned_job_spares_its_own_ancestors(tmp_path: Path
     script = f"sleep 1; {reap} > {out}.reap 2>&1; echo survived > {out}; exec sleep 30"
     program = (
         "import tether, time\n"
-        f"job = tether.start(['sh', '-c', {script!r}], watchdog=False,"
-        " trackers=['session', 'cookie', 'walk'])\n"
+        f"job = tether.start(['sh', '-c', {script!r}], watchdog=False, trackers={trackers})\n"
         "print(job.id, flush=True)\n"
         "time.sleep(60)\n"
     )
@@ -733,3 +744,8 @@ def test_reap_run_inside_an_orphaned_job_spares_its_own_ancestors(tmp_path: Path
         wait_for(out.exists, SETTLE, "the leader to outlive the reap it ran")
     finally:
         kill_identity(record.leader.pid, record.leader.starttime)
+        if record.cgroup is not None:  # the reaper could not remove it: its shell was in it
+            cg = JobCgroup(record.cgroup)
+            cg.thaw()
+            cg.wait_empty(SETTLE)
+            cg.remove()
