@@ -339,7 +339,9 @@ def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int, ready: 
         # A job may have lowered our limits (prlimit on its parent): restored,
         # or, a hard limit being lower for good, no next job here (the caller
         # sees the socket close instead of "ready" and asks the keeper).
-        if not _restore_limits(request["rlimits"]):
+        try:
+            _set_limits(request["rlimits"])
+        except (ValueError, OSError):
             return 0
         try:
             job.sendall(_READY)
@@ -352,17 +354,15 @@ def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int, ready: 
         request, fds = got
 
 
-def _restore_limits(rlimits: Sequence[tuple[int, tuple[int, int]]]) -> bool:
-    """Set our resource limits to ``rlimits``; False if one cannot be."""
+def _set_limits(rlimits: Sequence[tuple[int, tuple[int, int]]]) -> None:
+    """Set our resource limits to ``rlimits`` (the caller's: the leader
+    inherits them). Raises ValueError or OSError for one that cannot be
+    (a hard limit lowered for good)."""
     import resource
 
     for res, limits in rlimits:
         if resource.getrlimit(res) != limits:
-            try:
-                resource.setrlimit(res, limits)
-            except (ValueError, OSError):
-                return False
-    return True
+            resource.setrlimit(res, limits)
 
 
 def _wait_for_any(chld: int, job: socket.socket, caller: int) -> set[int]:
@@ -404,11 +404,7 @@ def _keep_one(
     try:
         if ready.subreaper is not None:
             raise ready.subreaper
-        import resource
-
-        for res, limits in request["rlimits"]:
-            if resource.getrlimit(res) != limits:
-                resource.setrlimit(res, limits)
+        _set_limits(request["rlimits"])
         os.fchdir(cwd_fd)
         leader, pidfd, child = _spawn_leader(request, std)
         if child is not None and child.settled:
@@ -423,7 +419,7 @@ def _keep_one(
     except OSError as err:
         send_message(job, _error_reply(err))
         return 1, job
-    except ValueError as err:  # a NUL in argv or env: refused before any fork
+    except ValueError as err:  # a NUL in argv or env (refused before any fork), a limit
         send_message(job, ("error", None, str(err), None, "ValueError"))
         return 1, job
     finally:
@@ -708,13 +704,7 @@ class _KeeperClient:
 
     def request(self, request: Mapping[str, Any], fds: Sequence[int]) -> None:
         with self._lock:
-            if self._owner != os.getpid():
-                # A fork's copies of its parent's job keepers' sockets: closed
-                # here (the parent's stay open), never used.
-                for inherited in self._idle:
-                    inherited.close()
-                self._idle = []
-            while self._idle:
+            while self._idle:  # a fork's child has none (_client_after_fork)
                 # Straight to a job keeper that waits (no hop through the
                 # keeper, no fork); it answers on the socket in ``fds``.
                 waiting = self._idle.pop()

@@ -18,9 +18,15 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from tether._platform import HAS_PIDFD
-from tether._platform.linux import capture, exited_pidfds, open_process_info, parse_captured
+from tether._platform.linux import (
+    capture,
+    exited_pidfds,
+    info_from_stat,
+    open_process_info,
+    parse_captured,
+)
 from tether._platform.linux.cgroupfs import JobCgroup
-from tether._platform.linux.procfs import PF_KTHREAD, parse_cmdline
+from tether._platform.linux.procfs import parse_cmdline
 from tether._records import NamedTuple
 from tether.errors import NoSuchProcessError, UnsafeTargetError, UsageError
 from tether.evidence import WEAK_TRACKERS, tree_cookie
@@ -1014,20 +1020,13 @@ def _by_start(row: tuple[int, int, int, str, ProcessHandle]) -> int:
 
 def _stat_row(stat: bytes) -> tuple[int, int, int, str, bool] | None:
     """(pid, ppid, start time, comm, kernel thread) of a /proc/PID/stat line,
-    or None if malformed: the fields a member needs, parsed as
-    :func:`tether._platform.linux.parse_captured` parses the whole row."""
-    lpar = stat.find(b"(")
-    rpar = stat.rfind(b")")
-    if lpar <= 0 or rpar < lpar:
-        return None
-    # proc(5): comm ends at the *last* ")" (a name may hold one).
-    rest = stat[rpar + 2 :].split(None, 20)
+    or None if malformed: the fields a member needs, by the table's own
+    parse of a stat-only row."""
     try:
-        pid, ppid, flags, starttime = int(stat[:lpar]), int(rest[1]), int(rest[6]), int(rest[19])
+        info = info_from_stat(stat)
     except (ValueError, IndexError):
         return None
-    kthread = bool(flags & PF_KTHREAD) or pid == 2 or ppid == 2
-    return pid, ppid, starttime, stat[lpar + 1 : rpar].decode("utf-8", "replace"), kthread
+    return info.pid, info.ppid, info.starttime, info.comm, info.kernel_thread
 
 
 def _shown(cmdline: bytes, comm: str) -> str:

@@ -76,7 +76,7 @@ def read_process(pid: int, fields: Collection[str]) -> ProcessInfo | None:
         # Stat only: one read, one open (see snapshot).
         data = procfs.read_stat(pid)
         try:
-            return _info_from_stat(data) if data else None
+            return info_from_stat(data) if data else None
         except (ValueError, IndexError):
             return None
     try:
@@ -102,11 +102,11 @@ def snapshot(fields: Collection[str]) -> dict[int, ProcessInfo]:
         data = procfs.read_stat(pid)
         if data:
             with contextlib.suppress(ValueError, IndexError):
-                table[pid] = _info_from_stat(data)
+                table[pid] = info_from_stat(data)
     return table
 
 
-def _info_from_stat(data: bytes) -> ProcessInfo:
+def info_from_stat(data: bytes) -> ProcessInfo:
     # Inlined procfs.parse_stat (proc(5)): comm ends at the *last* ")".
     lpar = data.index(b"(")
     rpar = data.rindex(b")")
@@ -253,7 +253,7 @@ def _read_bounded(path: str, limit: int) -> bytes:
 def parse_captured(stat: bytes, cmdline: bytes) -> ProcessInfo | None:
     """The row :func:`capture` read (None if the stat line is malformed)."""
     try:
-        i = _info_from_stat(stat)
+        i = info_from_stat(stat)
     except (ValueError, IndexError):
         return None
     # Built anew rather than by replace(), which costs ten times more.
