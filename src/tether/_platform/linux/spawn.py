@@ -168,7 +168,7 @@ class Started:
     """A child made by :func:`start`: it exists (pid, pidfd) and will exec or fail."""
 
     def __init__(self, pid: int, pidfd: int, errr: int, argv0: str, names: list[bytes],
-                 cwd: str | None) -> None:  # fmt: skip
+                 cwd: str | None, settled: bool = False) -> None:  # fmt: skip
         self.pid = pid
         self.pidfd = pidfd
         self._errr = errr
@@ -177,7 +177,7 @@ class Started:
         self._cwd = cwd
         #: The exec is decided already (the native clone returns once the
         #: child has exec'd or died): wait_exec() will not block.
-        self.settled = False
+        self.settled = settled
 
     def wait_exec(self) -> None:
         """Return once the child has exec'd; else reap it and raise as Popen.
@@ -297,9 +297,7 @@ def start(
             os.close(cg_fd)
         if pid < 0:
             os.close(errr)
-    child = Started(pid, pidfd, errr, argv[0], candidates, cwd)
-    child.settled = settled
-    return child
+    return Started(pid, pidfd, errr, argv[0], candidates, cwd, settled)
 
 
 def _clone_ctypes(
