@@ -410,13 +410,16 @@ _FORKING_CALLER = r"""
 import os, sys, warnings
 warnings.simplefilter("error")  # an unclosed inherited socket would be a ResourceWarning
 import tether
-assert tether.run(["true"]).returncode == 0  # leaves a job keeper waiting
+with tether.start(["true"]) as job:  # leaves its job keeper waiting
+    job.wait()
+parents = job._selection.keeper_pid
 pid = os.fork()
 if pid == 0:
     try:
-        code = tether.run(["true"]).returncode  # its own keeper: not the parent's
+        with tether.start(["true"]) as job:  # its own keeper: not the parent's
+            code = job.wait()
         sys.stderr.flush()
-        os._exit(code)
+        os._exit(code if job._selection.keeper_pid != parents else 98)
     except BaseException:
         import traceback; traceback.print_exc()
         os._exit(99)
