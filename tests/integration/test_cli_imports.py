@@ -91,3 +91,11 @@ def test_version_answers_without_click() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert (done.returncode, done.stdout, done.stderr) == (0, f"tether {tether.__version__}\n", "")
+
+
+def test_the_remote_cli_module_imports_click_only_when_a_click_command_asks() -> None:
+    """tether.cli._remote builds click's options only in with_remote_options:
+    a click-free path of ``tether run`` can run a fan-out without click."""
+    assert "click" not in imported_after("import tether.cli._remote")
+    asks = "import tether.cli._remote as r\nr.with_remote_options(lambda **kw: None)"
+    assert "click" in imported_after(asks)

@@ -26,6 +26,7 @@ import pytest
 import tether
 from helpers import (
     SRC,
+    alive,
     as_user,
     ensure_unprivileged_user,
     is_root,
@@ -252,11 +253,6 @@ def _job_keeper_of(job: tether.Job) -> tuple[int, int]:
     return job_keeper.pid, job_keeper.starttime
 
 
-def _alive(pid: int, starttime: int) -> bool:
-    st = proc_stat(pid)
-    return st is not None and st.starttime == starttime and st.state not in ("Z", "X")
-
-
 def test_job_keeper_is_the_leaders_parent_not_a_member_and_keeps_the_next_job() -> None:
     """The leader's parent is a job keeper (subreaper) under this process's keeper;
     it is never a member, and once the job is proven empty it waits for this
@@ -269,7 +265,7 @@ def test_job_keeper_is_the_leaders_parent_not_a_member_and_keeps_the_next_job() 
     assert report.complete
     assert [m.pid for m in report.members] == [job.pid]
     assert any(t.name == "subreaper" and t.used for t in report.trackers)
-    assert _alive(*job_keeper), "the job keeper left instead of waiting for the next job"
+    assert alive(*job_keeper), "the job keeper left instead of waiting for the next job"
     with tether.start(["sleep", "60"]) as again:
         assert _job_keeper_of(again) == job_keeper
         report = again.cancel()
@@ -282,13 +278,13 @@ def test_at_most_two_job_keepers_wait_and_a_dead_one_is_passed_over() -> None:
     assert len(set(job_keepers)) == 3, "concurrent jobs share no job keeper"
     for j in jobs:
         assert j.cancel().complete
-    wait_for(lambda: sum(_alive(*k) for k in job_keepers) == 2, 10.0, "a third job keeper to exit")
+    wait_for(lambda: sum(alive(*k) for k in job_keepers) == 2, 10.0, "a third job keeper to exit")
     # The waiting job keepers are killed: the next job still starts (the
     # keeper forks a new job keeper once neither takes the request).
     for k in job_keepers:
-        if _alive(*k):
+        if alive(*k):
             kill_identity(*k)
-    wait_for(lambda: not any(_alive(*k) for k in job_keepers), 10.0, "the job keepers to be gone")
+    wait_for(lambda: not any(alive(*k) for k in job_keepers), 10.0, "the job keepers to be gone")
     done = tether.run(["true"])
     assert done.returncode == 0 and done.report.complete
 

@@ -32,7 +32,7 @@ from test_remote import MARKS, POLICY, REMOTE_PYTHON, assert_gone, wait_trees
 
 from helpers import TEST_VAR, ensure_unprivileged_user, is_root, kill_identity
 from tether.policy import Policy
-from tether.remote import protocol
+from tether.remote import bootstrap, protocol
 from tether.remote.bootstrap import package_zip, sources_digest
 from tether.remote.client import Connection, SshOptions
 from tether.remote.hostlist import Target
@@ -519,13 +519,10 @@ def test_a_fan_out_builds_the_package_zip_once() -> None:
     assert done.stdout.strip() == "1"
 
 
-#: A host that sends its HELLO only once the SPEC has arrived (bounded): a
-#: client that waits for the HELLO before sending the SPEC (a round trip more
-#: per job) gets an ERROR from it instead of a result.
-_SPEC_FIRST_HOST = r"""
-import json, os, select, sys
-from tether.remote import protocol
-from tether.report import Report
+#: What the fake hosts below read stdin with: exactly n bytes, as stage 0's
+#: reader does (exit 3 at EOF).
+_HOST_READS = r"""
+import os, sys
 
 def read(n):
     b = b""
@@ -535,6 +532,18 @@ def read(n):
             sys.exit(3)
         b += c
     return b
+"""
+
+
+#: A host that sends its HELLO only once the SPEC has arrived (bounded): a
+#: client that waits for the HELLO before sending the SPEC (a round trip more
+#: per job) gets an ERROR from it instead of a result.
+_SPEC_FIRST_HOST = (
+    _HOST_READS
+    + r"""
+import json, select
+from tether.remote import protocol
+from tether.report import Report
 
 os.write(1, b"TETHER-PY 3.11.0\n")
 read(int(read(10)))  # stage 1
@@ -557,6 +566,7 @@ os.write(1, protocol.json_frame(protocol.HELLO, {"protocol": protocol.PROTOCOL})
          + protocol.json_frame(protocol.RESULT, result))
 os.read(0, 1 << 16)
 """
+)
 
 
 def test_the_spec_travels_with_the_engine_not_a_round_trip_later(tmp_path: Path) -> None:
@@ -665,9 +675,7 @@ def test_a_host_with_the_engine_cached_costs_no_zip(tmp_path: Path) -> None:
 
 
 def _own_magic() -> str:
-    import importlib.util
-
-    return importlib.util.MAGIC_NUMBER.hex()
+    return bootstrap._own_magic()
 
 
 def test_stage0_runs_source_and_code_marshalled_by_a_client_of_its_magic(tmp_path: Path) -> None:
@@ -695,23 +703,16 @@ def test_stage0_runs_source_and_code_marshalled_by_a_client_of_its_magic(tmp_pat
 
 
 #: A host that announces MAGIC and notes how stage 1 came (S: source, M: code).
-_MAGIC_HOST = r"""
-import os, sys
-
-def read(n):
-    b = b""
-    while len(b) < n:
-        c = os.read(0, n - len(b))
-        if not c:
-            sys.exit(3)
-        b += c
-    return b
+_MAGIC_HOST = (
+    _HOST_READS
+    + r"""
 
 os.write(1, ("TETHER-PY 3.11.0 %s\n" % sys.argv[2]).encode().replace(b" \n", b"\n"))
 block = read(int(read(10)))
 with open(sys.argv[1], "wb") as f:
     f.write(block[:1])
 """
+)
 
 
 @pytest.mark.parametrize("magic", ["ours", "other", "none"])

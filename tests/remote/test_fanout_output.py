@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 
 import pytest
 from hypothesis import given
@@ -70,20 +68,3 @@ def test_gathering_sink_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sink.truncated == {"h2"}
     assert out.getvalue() == b""
     assert err.getvalue() == b"h2: streams\n"
-
-
-def test_the_remote_cli_module_imports_no_click() -> None:
-    """tether.cli._remote builds click's options only when a click command
-    asks (with_remote_options): a click-free path of ``tether run`` can run
-    a fan-out without paying click's import (~20 ms of every start)."""
-    code = (
-        "import sys, tether.cli._remote as r\n"
-        "print('click' in sys.modules)\n"
-        "r.with_remote_options(lambda **kw: None)\n"
-        "print('click' in sys.modules)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "True"]

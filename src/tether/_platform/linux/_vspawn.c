@@ -35,6 +35,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* Bump with any change of spawn()'s arguments or of what the child does:
@@ -473,7 +474,12 @@ static PyObject *vs_spawn(PyObject *self, PyObject *args)
         goto done;
     }
     result = Py_BuildValue("(li)", ret, pidfd);
-    if (result == NULL) { /* the child exists: its pidfd is not leaked */
+    if (result == NULL) {
+        /* Out of memory with a child that has exec'd: nobody would ever hold
+         * it, so it is ended and reaped here rather than left running. */
+        syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+        while (waitpid((pid_t)ret, NULL, 0) < 0 && errno == EINTR)
+            ;
         close(pidfd);
     }
 
