@@ -629,3 +629,36 @@ def test_odd_policy_orders_are_warned_about_never_silently() -> None:
     )  # fmt: skip
     assert bare.returncode == 125
     assert bare.stderr.count("\n") == 1 and "write 10s for a grace" in bare.stderr
+
+
+def test_ps_takes_a_job_id_prefix_of_digits_alone_when_no_such_pid_exists() -> None:
+    """Job ids are hex: one may begin with eight digits. Such a prefix names
+    the job when no process has that pid (above pid_max here), else the pid."""
+    from tether.journal import Journal, new_record
+    from tether.policy import Policy
+    from tether.process import own_starttime
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    me = (os.getpid(), own_starttime())
+    journal = Journal.default()
+    ids = ["40845814" + "ab" * 8, f"{sleeper.pid}".ljust(24, "c")]
+    for job_id in ids:  # no leader yet: ps shows the tree from the supervisor (us)
+        journal.write(new_record(
+            job_id=job_id, cookie=job_id, argv=("true",), policy=Policy.default(),
+            supervisor=me, not_before=me[1], cgroup=None, trackers=("session",),
+            restartable=False,
+        ))  # fmt: skip
+    try:
+        for target, root in (("40845814", os.getpid()), (str(sleeper.pid), sleeper.pid)):
+            shown = subprocess.run(
+                tether_cmd("ps", "--json", target), check=False, capture_output=True,
+                text=True, timeout=60,
+            )  # fmt: skip
+            assert shown.returncode == 0, (target, shown.stderr)
+            assert json.loads(shown.stdout)["root"] == root, target
+    finally:
+        for job_id in ids:
+            journal.remove(job_id)
+        journal.close()
+        sleeper.kill()
+        sleeper.wait()

@@ -341,7 +341,16 @@ def _journal_record(text: str) -> JobRecord | None:
     if text.isascii() and text.isdigit():
         pid = parse_pid(text)  # a one-line error past int()'s 4300 digits
         led = [r for r in records if r.leader is not None and r.leader.pid == pid]
-        return next((r for r in led if _leader_alive(r)), None)
+        found = next((r for r in led if _leader_alive(r)), None)
+        if found is not None:
+            return found
+        from tether.process import read_process
+
+        # A hex job id may begin with digits only: such a prefix names the job
+        # when no process has that pid (a pid that exists goes first).
+        digits = [r for r in records if r.job_id.startswith(text)] if len(text) >= 4 else []
+        if not digits or read_process(pid) is not None:
+            return None
     if len(text) < 4 or not set(text) <= set("0123456789abcdef"):
         return None
     matches = [r for r in records if r.job_id.startswith(text)]
