@@ -300,7 +300,7 @@ def test_library_caller_killed_after_its_record_was_lost_leaves_nothing(tmp_path
         "    print(job.id, flush=True)\n"
         f"    while len(os.listdir({str(marks)!r})) < {len(NAMES)}:\n"
         "        time.sleep(0.05)\n"
-        "    os.unlink(job._journal.path(job.id))\n"
+        "    job._journal.remove(job.id)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
         "tether.job.Job._write_record = write\n"
         f"tether.start({argv!r}, policy={POLICY!r})\n"

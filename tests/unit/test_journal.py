@@ -50,8 +50,9 @@ def journal(tmp_path: Path) -> Journal:
 def test_round_trip_and_modes(journal: Journal) -> None:
     r = record(leader=(101, 2001), members=((101, 2001), (102, 2003)), sid=101)
     journal.write(r)
-    assert journal.read(r.job_id) == r
-    assert list(journal.entries()) == [r]
+    written = replace(r, revision=1)
+    assert journal.read(r.job_id) == written
+    assert list(journal.entries()) == [written]
     assert stat.S_IMODE(os.stat(journal.directory).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(journal.path(r.job_id)).st_mode) == 0o600
     assert sorted(os.listdir(journal.directory)) == [f"{r.job_id}.json"], "temp file left"
@@ -66,6 +67,44 @@ def test_round_trip_and_modes(journal: Journal) -> None:
     journal.remove(r.job_id)  # idempotent
     assert journal.read(r.job_id) is None
     assert list(journal.entries()) == []
+
+
+def test_rewrites_alternate_slots_and_leave_one_record(journal: Journal) -> None:
+    """No rewrite renames over the record (ext4's auto_da_alloc would flush
+    it): each goes to the free slot, then the old one is unlinked."""
+    r = record()
+    slots = [f"{r.job_id}.json", f"{r.job_id}.1.json"]
+    for n in range(1, 6):
+        journal.write(replace(r, state=f"state{n}"))
+        assert sorted(os.listdir(journal.directory)) == [slots[(n - 1) % 2]]
+        assert Path(journal.directory, slots[(n - 1) % 2]).stat().st_ino
+        read = journal.read(r.job_id)
+        assert isinstance(read, JobRecord)
+        assert (read.state, read.revision) == (f"state{n}", n)
+        assert list(journal.entries()) == [read]
+    # Another process (recovery, reap) knows no slot: both are removed.
+    Journal(journal.directory).remove(r.job_id)
+    assert os.listdir(journal.directory) == []
+
+
+def test_crash_between_rename_and_unlink_reads_the_higher_revision(journal: Journal) -> None:
+    r = record()
+    journal.write(replace(r, state="old"))
+    old = Path(journal.directory, f"{r.job_id}.json").read_bytes()
+    journal.write(replace(r, state="new"))
+    # Both slots, as a crash after the rename and before the unlink leaves them.
+    Path(journal.directory, f"{r.job_id}.json").write_bytes(old)
+    for reader in (journal, Journal(journal.directory)):
+        read = reader.read(r.job_id)
+        assert isinstance(read, JobRecord) and (read.state, read.revision) == ("new", 2)
+        (entry,) = reader.entries()
+        assert entry == read
+    # A torn slot beside a whole one: the whole one is the record, no problem.
+    Path(journal.directory, f"{r.job_id}.json").write_bytes(old[:20])
+    read = journal.read(r.job_id)
+    assert isinstance(read, JobRecord) and read.state == "new"
+    Journal(journal.directory).remove(r.job_id)
+    assert os.listdir(journal.directory) == []
 
 
 def test_missing_journal_reads_as_empty(tmp_path: Path) -> None:
