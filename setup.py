@@ -1,4 +1,5 @@
-"""The build's one dynamic part: the optional native spawn.
+"""The build's one dynamic part: the optional native spawn (and the pruner's
+native /proc scan, _procscan.c, built and skipped the same way).
 
 tether._platform.linux._vspawn (C, clone3 as posix_spawn does it) is built
 where it can be: x86_64 and aarch64 Linux, with a C compiler and Python's
@@ -17,6 +18,13 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 SOURCE = "src/tether/_platform/linux/_vspawn.c"
+#: The pruner's native /proc scan (optional too: tether.prune.scan reads /proc
+#: in Python without it).
+PROCSCAN_SOURCE = "src/tether/_platform/linux/_procscan.c"
+
+
+def _crc(source: str) -> int:
+    return zlib.crc32((Path(__file__).resolve().parent / source).read_bytes())
 
 
 def _extensions() -> list[Extension]:
@@ -32,7 +40,13 @@ def _extensions() -> list[Extension]:
             [SOURCE],
             define_macros=[("TETHER_VSPAWN_CRC", f"{crc}L")],
             optional=True,
-        )
+        ),
+        Extension(
+            "tether._platform.linux._procscan",
+            [PROCSCAN_SOURCE],
+            define_macros=[("TETHER_PROCSCAN_CRC", f"{_crc(PROCSCAN_SOURCE)}L")],
+            optional=True,
+        ),
     ]
 
 

@@ -61,7 +61,7 @@ fi
 # of the optional native spawn, which the editable install compiles in place)
 # is already installed with these (or more) extras. A changed C source is
 # rebuilt here; spawn.py also refuses a module built from another source.
-stamp="$(cat pyproject.toml setup.py src/tether/_platform/linux/_vspawn.c 2>/dev/null | cksum | cut -d' ' -f1) $extras"
+stamp="$(cat pyproject.toml setup.py src/tether/_platform/linux/_vspawn.c src/tether/_platform/linux/_procscan.c 2>/dev/null | cksum | cut -d' ' -f1) $extras"
 have=$(cat "$venv/.tether-installed" 2>/dev/null || true)
 if [ "$have" != "$stamp" ] && { [ -n "$extras" ] || [ "${have%% *}" != "${stamp%% *}" ]; }; then
     spec=.

@@ -10,12 +10,20 @@ processes' data. That cannot reach a stranger: every stray is re-read through
 a ``/proc/PID`` directory fd that proves its start time, and its uids are
 checked again there, right before the pidfd that signals it is opened (see
 :mod:`tether.prune.kill`).
+
+Where the optional native module is built (:mod:`tether._platform.linux.procscan`),
+the first pass and a stray's reads are one C call each: the same opens and
+reads without a Python call, path and bytes object per file. It parses only
+well-formed stat lines and hands every other one back to :func:`parse_stat`,
+so the table is the same either way.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from tether._platform.linux import procscan
 from tether._platform.linux.procfs import (
     CLOCK_TICKS,
     PF_KTHREAD,
@@ -29,6 +37,9 @@ _O_FILE = os.O_RDONLY | os.O_CLOEXEC
 LOGIN_DEFS = "/etc/login.defs"
 #: The uid floor when /etc/login.defs has no UID_MIN (shadow-utils' default).
 DEFAULT_UID_MIN = 1000
+#: Bytes of a stray's command line read: another user's argv may be
+#: megabytes; the listing shows 4096 characters of it (at most 4 bytes each).
+CMDLINE_LIMIT = 4 * 4096
 
 
 class Unreadable(Exception):
@@ -173,6 +184,9 @@ class Table:
 
 def scan() -> Table:
     """Pass one: /proc/PID/stat of every process (status is read later, on demand)."""
+    native = procscan.module()
+    if native is not None:
+        return _scan_native(native)
     now = uptime()
     procs: dict[int, Proc] = {}
     unreadable: dict[int, str] = {}
@@ -206,6 +220,29 @@ def scan() -> Table:
     return Table(procs, unreadable, now)
 
 
+def _scan_native(native: Any) -> Table:
+    """:func:`scan` through the native module: its rows, and what it leaves to
+    :func:`parse_stat` (or an error number), in directory order."""
+    now = uptime()
+    procs: dict[int, Proc] = {}
+    unreadable: dict[int, str] = {}
+    for item in native.scan(PROC, now, CLOCK_TICKS, PF_KTHREAD):
+        if len(item) == 10:
+            procs[item[0]] = Proc(*item)
+            continue
+        name, what = item
+        if type(what) is int:
+            unreadable[name] = f"/proc/{name}/stat: {os.strerror(what)}"
+            continue
+        try:
+            proc = parse_stat(what, now)
+        except (ValueError, IndexError):
+            unreadable[name] = f"/proc/{name}/stat: unexpected contents"
+            continue
+        procs[proc.pid] = proc
+    return Table(procs, unreadable, now)
+
+
 def uid_min(path: str = LOGIN_DEFS) -> int:
     """UID_MIN from /etc/login.defs: the first uid of ordinary users (else 1000)."""
     try:
@@ -233,12 +270,14 @@ def read_shown(pid: int, starttime: int) -> tuple[str | None, str | None] | None
     still shows its start time proves both reads were of it. Three opens, no
     directory fd (this runs once per stray).
     """
+    native = procscan.module()
     try:
-        # Bounded: another user's argv may be megabytes; the listing shows
-        # 4096 characters of it (a character is at most 4 bytes).
-        cmdline = _read(f"{PROC}/{pid}/cmdline", limit=4 * 4096)
-        cgroup = _read(f"{PROC}/{pid}/cgroup")
-        stat = _read(f"{PROC}/{pid}/stat")
+        if native is not None:
+            cmdline, cgroup, stat = native.read_shown(PROC, pid, CMDLINE_LIMIT)
+        else:
+            cmdline = _read(f"{PROC}/{pid}/cmdline", limit=CMDLINE_LIMIT)
+            cgroup = _read(f"{PROC}/{pid}/cgroup")
+            stat = _read(f"{PROC}/{pid}/stat")
         if int(stat.rpartition(b") ")[2].split(b" ", 20)[19]) != starttime:
             return None
     except (OSError, ValueError, IndexError):

@@ -1,0 +1,312 @@
+"""The pruner's native /proc scan (_procscan.c) against its Python scan.
+
+The native way must give the same table, the same errors and the same order
+as the Python one, on a fake /proc made of hostile stat lines (what a process
+can put in its comm, and what the strict C parser must hand back to Python)
+and on the real one. Without the module built these tests skip, and the rest
+of the suite runs the Python way; TETHER_NO_NATIVE_PROCSCAN=1 runs the whole
+suite the Python way with it built.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from tether._platform.linux import procscan
+from tether.prune import scan
+from tether.prune.classify import PruneOptions, plan
+
+NATIVE = procscan.module() if procscan.use_native else procscan._load()
+needs_native = pytest.mark.skipif(NATIVE is None, reason="the native _procscan is not built")
+
+TAIL = b" 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
+
+
+def stat_line(
+    pid: bytes = b"4242",
+    comm: bytes = b"sleep",
+    state: bytes = b"S",
+    ppid: bytes = b"1",
+    flags: bytes = b"4194560",
+    utime: bytes = b"150",
+    start: bytes = b"1000",
+    tail: bytes = TAIL,
+) -> bytes:
+    return (
+        pid + b" (" + comm + b") " + state + b" " + ppid + b" 4242 4242 0 -1 " + flags
+        + b" 90 0 0 0 " + utime + b" 50 0 0 20 0 1 0 " + start + tail
+    )  # fmt: skip
+
+
+#: Stat lines the C parser takes, and ones it must hand to the Python parser
+#: (which takes or refuses them): each guard of _procscan.c's parse().
+HOSTILE = [
+    stat_line(),
+    stat_line(comm=b"a) b (c)"),  # comm ends at the last ") "
+    stat_line(comm=b") ) )"),
+    stat_line(comm=b"x\n) S 1 2 3"),  # a forged line inside comm
+    stat_line(comm=b"\xff\xfe bad utf-8"),  # surrogateescape, both ways
+    stat_line(comm=b""),
+    stat_line(pid=b"+4242"),  # int() takes it, the C parser does not
+    stat_line(pid=b" 4242"),
+    stat_line(pid=b""),
+    stat_line(pid=b"4_242"),
+    stat_line(pid=b"9" * 19),  # more digits than the C parser reads
+    stat_line(state=b"\xc3\xa9"),  # not ASCII: decode() is Python's call
+    stat_line(state=b"\xff"),
+    stat_line(state=b""),
+    stat_line(ppid=b"-1"),
+    stat_line(ppid=b"2"),  # a kernel thread by its parent
+    stat_line(flags=b"2097152"),  # PF_KTHREAD
+    stat_line(flags=b"x"),
+    stat_line(utime=b"9007199254740993"),  # 2**53 + 1: beyond exact doubles
+    stat_line(start=b"9007199254740992"),
+    stat_line(start=b"1000\n", tail=b""),  # starttime ends the line: int() strips it
+    stat_line(start=b"1000", tail=b""),
+    stat_line(tail=b" 7"),
+    b"4242 (sleep) S 1 2 3\n",  # too few fields
+    b"4242 (sleep)S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21\n",
+    b"4242 sleep) S" + TAIL,  # no " ("
+    b"no parenthesis at all",
+    b")",
+    b" (",
+    b"\0" * 100,
+]
+
+
+def fake_proc(root: Path, stats: list[bytes]) -> None:
+    """A /proc with these stat lines (in directories 100, 101, ...; a line's
+    pid 4242 becomes its directory's), its uptime, a
+    non-pid entry, a pid without a stat file (exited: skipped), an empty stat
+    (reaped: skipped) and one that cannot be read (an error, reported)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "uptime").write_bytes(b"123456.78 1.00\n")
+    (root / "self").mkdir()
+    (root / "self" / "stat").write_bytes(stat_line())
+    for i, line in enumerate(stats):
+        data = str(100 + i).encode() + line[4:] if line.startswith(b"4242 (") else line
+        (root / str(100 + i)).mkdir()
+        (root / str(100 + i) / "stat").write_bytes(data)
+    (root / "7").mkdir()  # no stat: gone
+    (root / "8").mkdir()
+    (root / "8" / "stat").write_bytes(b"")
+    (root / "9").mkdir()
+    (root / "9" / "stat").mkdir()  # EISDIR on read
+
+
+def both_ways(monkeypatch: pytest.MonkeyPatch) -> tuple[scan.Table, scan.Table]:
+    monkeypatch.setattr(procscan, "use_native", True)
+    monkeypatch.setattr(procscan, "_cached", [NATIVE])
+    native = scan.scan()
+    monkeypatch.setattr(procscan, "use_native", False)
+    python = scan.scan()
+    return native, python
+
+
+def assert_same(native: scan.Table, python: scan.Table) -> None:
+    assert list(native.procs.items()) == list(python.procs.items())  # order too
+    assert native.unreadable == python.unreadable
+    assert native.now == python.now
+
+
+@needs_native
+def test_a_fake_proc_of_hostile_stat_lines_gives_the_same_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_proc(tmp_path, HOSTILE)
+    monkeypatch.setattr(scan, "PROC", str(tmp_path))
+    native, python = both_ways(monkeypatch)
+    assert_same(native, python)
+    # The cases above hit both ways (else they test nothing).
+    assert native.procs[100].comm == "sleep" and native.procs[101].comm == "a) b (c)"
+    assert native.procs[104].comm == "\udcff\udcfe bad utf-8"
+    assert native.procs[116].kernel_thread and native.procs[115].kernel_thread
+    assert native.unreadable[9] == "/proc/9/stat: Is a directory"
+    bad = 100 + HOSTILE.index(b")")
+    assert native.unreadable[bad] == f"/proc/{bad}/stat: unexpected contents"
+    assert 7 not in native.unreadable and 8 not in native.unreadable
+
+
+def test_the_python_way_takes_what_the_c_parser_hands_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a raw row means: the Python parser decides it (with or without C).
+    fake_proc(tmp_path, HOSTILE)
+    monkeypatch.setattr(scan, "PROC", str(tmp_path))
+    monkeypatch.setattr(procscan, "use_native", False)
+    table = scan.scan()
+    assert table.procs[4242 + 0].pid == 4242  # "+4242" and " 4242" parse as 4242 too
+    assert table.procs[int("9" * 19)].starttime == 1000
+    assert table.procs[101].comm == "a) b (c)"
+
+
+@pytest.mark.skipif(NATIVE is None, reason="the native _procscan is not built")
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    stats=st.lists(
+        st.one_of(
+            st.binary(max_size=300),
+            st.builds(
+                stat_line,
+                pid=st.sampled_from([b"1", b"4242", b"+1", b"", b"x", b"9" * 20]),
+                comm=st.binary(max_size=20),
+                state=st.binary(min_size=0, max_size=2),
+                ppid=st.sampled_from([b"0", b"1", b"2", b"-2", b"07", b" 3"]),
+                flags=st.sampled_from([b"0", b"2097152", b"2097153", b"1e3"]),
+                start=st.sampled_from([b"0", b"1", b"1\n", b"18446744073709551615"]),
+                tail=st.sampled_from([TAIL, b"", b" ", b"\n"]),
+            ),
+        ),
+        max_size=6,
+    )
+)
+@example(stats=[stat_line(comm=b") 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20")])
+def test_any_stat_lines_give_the_same_table(
+    stats: list[bytes], tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path_factory.mktemp("proc")
+    fake_proc(root, stats)
+    monkeypatch.setattr(scan, "PROC", str(root))
+    assert_same(*both_ways(monkeypatch))
+
+
+@needs_native
+def test_the_real_proc_gives_the_same_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes of ours with hostile names, in both scans of the live /proc."""
+    names = [b"a) b (c", b"x\n) Z 1", b"\xff) ", b"plain"]
+    code = (
+        "import ctypes, sys, time\n"
+        "ctypes.CDLL(None).prctl(15, bytes.fromhex(sys.argv[1]), 0, 0, 0)\n"
+        "print(flush=True)\ntime.sleep(60)\n"
+    )
+    kids = [
+        subprocess.Popen([sys.executable, "-c", code, n.hex()], stdout=subprocess.PIPE)
+        for n in names
+    ]
+    try:
+        for k in kids:
+            assert k.stdout is not None and k.stdout.readline() == b"\n"
+        native, python = both_ways(monkeypatch)
+        for k, name in zip(kids, names, strict=True):
+            row = native.procs[k.pid]
+            assert row.comm == name.decode("utf-8", "surrogateescape")
+            other = python.procs[k.pid]
+            # Both took the same process (its state and CPU time move).
+            assert (row.pid, row.ppid, row.pgid, row.sid, row.starttime, row.comm) == (
+                other.pid, other.ppid, other.pgid, other.sid, other.starttime, other.comm
+            )  # fmt: skip
+        me = native.procs[os.getpid()]
+        assert me.ppid == os.getppid() and me.sid == os.getsid(0) and me.pgid == os.getpgid(0)
+        assert native.procs[2].kernel_thread or 2 not in native.procs
+        assert abs(len(native.procs) - len(python.procs)) < 200
+    finally:
+        for k in kids:
+            k.kill()
+            k.wait()
+            assert k.stdout is not None
+            k.stdout.close()
+
+
+@needs_native
+def test_read_shown_native_equals_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; print(flush=True); time.sleep(60)",
+         *(["x" * 100_000] * 3), "\x1b]0;t\x07"],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"\n"
+        start = scan.scan().procs[child.pid].starttime
+        shown = {}
+        for way in (True, False):
+            monkeypatch.setattr(procscan, "use_native", way)
+            monkeypatch.setattr(procscan, "_cached", [NATIVE])
+            shown[way] = (
+                scan.read_shown(child.pid, start),
+                scan.read_shown(child.pid, start + 1),
+                scan.read_shown(2**22 + 1, 0),
+            )
+        assert shown[True] == shown[False]
+        cmdline, cgroup = shown[True][0] or (None, None)
+        assert cgroup is not None and cgroup.startswith("/")
+        assert cmdline is not None and cmdline.startswith(sys.executable + " -c import time")
+        assert len(cmdline) < 4 * 4096 + 65536  # bounded: not the 300 kB of argv
+        assert shown[True][1:] == (None, None)
+    finally:
+        child.kill()
+        child.wait()
+        assert child.stdout is not None
+        child.stdout.close()
+
+
+@needs_native
+def test_plans_are_the_same_both_ways(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole decision over a fake /proc (stat and status files)."""
+    lines = [stat_line(pid=str(100 + i).encode(), comm=b"w) (" + bytes([65 + i])) for i in range(6)]
+    lines[3] = stat_line(pid=b"103", state=b"Z")
+    lines[4] = stat_line(pid=b"104", ppid=b"103")
+    fake_proc(tmp_path, lines)
+    for i in range(6):
+        uid = b"2000" if i != 5 else b"0"
+        (tmp_path / str(100 + i) / "status").write_bytes(
+            b"Name:\tw\nUid:\t" + b"\t".join([uid] * 4) + b"\nGroups:\t5 6\n"
+        )
+    monkeypatch.setattr(scan, "PROC", str(tmp_path))
+    options = PruneOptions(min_uid=1000, min_age=0.0, include_ssh=True)
+    plans = {}
+    for way in (True, False):
+        monkeypatch.setattr(procscan, "use_native", way)
+        monkeypatch.setattr(procscan, "_cached", [NATIVE])
+        p = plan(options, [], system_slice="/nonexistent", verbose=True)
+        plans[way] = (p.strays, p.exempt, p.exempt_users, p.unreadable, p.scanned)
+    assert plans[True] == plans[False]
+    assert [s.pid for s in plans[True][0]] == [100, 101, 102, 104]
+
+
+def test_a_stale_or_foreign_build_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Fake:
+        ABI = procscan.ABI
+        SOURCE_CRC = -1
+
+    from tether._platform import linux
+
+    monkeypatch.setitem(sys.modules, "tether._platform.linux._procscan", Fake)
+    monkeypatch.setattr(linux, "_procscan", Fake, raising=False)
+    assert procscan._load() is None  # built from another source
+    source = Path(procscan.__file__).with_name("_procscan.c").read_bytes()
+    Fake.SOURCE_CRC = zlib.crc32(source)
+    assert procscan._load() is Fake
+    Fake.ABI = procscan.ABI + 1
+    assert procscan._load() is None
+    monkeypatch.setattr(procscan, "use_native", False)
+    assert procscan.module() is None
+
+
+def test_the_switch_turns_the_native_way_off() -> None:
+    code = (
+        "from tether._platform.linux import procscan\n"
+        "from tether.prune import scan\n"
+        "scan.scan()\n"
+        "print(procscan.use_native, procscan.module())\n"
+    )
+    env = dict(os.environ, TETHER_NO_NATIVE_PROCSCAN="1")
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.stdout == "False None\n", done
+    env["TETHER_NO_NATIVE_PROCSCAN"] = "0"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.stdout.startswith("True "), done
+    assert (done.stdout == "True None\n") == (NATIVE is None)
