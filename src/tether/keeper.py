@@ -64,6 +64,9 @@ _MAX_MESSAGE = 64 << 20
 _STATUS_GRACE = 5.0
 #: The status of a leader whose job keeper died before it could send one.
 STATUS_LOST = 255
+#: How long a caller holds its copy of a request's reply socket, waiting for
+#: the reply, before it lets it go (see KeptPopen._execute_child).
+_HOLD_WAIT = 0.05
 #: How long the keeper must be idle before it forks the next spare job keeper.
 _SPARE_DELAY_MS = 5
 
@@ -702,7 +705,12 @@ class _KeeperClient:
             self._idle.append(job)
             return True
 
-    def request(self, request: Mapping[str, Any], fds: Sequence[int]) -> None:
+    def request(self, request: Mapping[str, Any], fds: Sequence[int]) -> socket.socket | None:
+        """Send ``request`` with ``fds`` to a job keeper that waits, else to
+        the keeper. Returns the waiting job keeper's socket it went on, for
+        the caller to close once the reply came: closed while the fds are
+        in flight, a unix socket makes the kernel schedule its garbage
+        collection of in-flight fds (~30 us a close here)."""
         with self._lock:
             while self._idle:  # a fork's child has none (_client_after_fork)
                 # Straight to a job keeper that waits (no hop through the
@@ -714,10 +722,9 @@ class _KeeperClient:
                 try:
                     send_message(waiting, request, fds)
                 except OSError:
-                    continue  # it is gone (killed): try the next, or the keeper
-                finally:
                     waiting.close()
-                return
+                    continue  # it is gone (killed): try the next, or the keeper
+                return waiting
             control = self._control if self._owner == os.getpid() else None
             if control is None:
                 control = self._start()
@@ -726,6 +733,7 @@ class _KeeperClient:
             except OSError:
                 # The keeper died (someone killed it): a new one takes over.
                 send_message(self._start(), request, fds)
+            return None
 
 
 _client = _KeeperClient()
@@ -832,14 +840,23 @@ class KeptPopen(subprocess.Popen[Any]):
             std = [
                 fd if fd != -1 else n for n, fd in enumerate((c.p2cread, c.c2pwrite, c.errwrite))
             ]
-            _client.request(request, [theirs.fileno(), cwd_fd, 2, *std])
+            sent_on = _client.request(request, [theirs.fileno(), cwd_fd, 2, *std])
         except BaseException:
             ours.close()
+            theirs.close()
             raise
         finally:
             os.close(cwd_fd)
-            theirs.close()
             self._close_pipe_fds(*c[10:16])
+        # Closed once the reply came, not while the fds are in flight (see
+        # _KeeperClient.request); ``theirs`` within _HOLD_WAIT all the same:
+        # while we hold it, a job keeper that died would leave no EOF.
+        try:
+            select.select([ours], [], [], _HOLD_WAIT)
+        finally:
+            theirs.close()
+            if sent_on is not None:
+                sent_on.close()
         got = recv_message(ours, maxfds=1)
         if got is None:
             ours.close()

@@ -15,9 +15,12 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +40,7 @@ from helpers import (
     wait_for,
 )
 from tether._platform.linux import procfs
+from tether.journal import Journal
 
 #: Run as the job owner: start the job, wait for its leader, wait for the
 #: daemon to be ready, then end the job and print what the report says.
@@ -289,6 +293,42 @@ def test_at_most_two_job_keepers_wait_and_a_dead_one_is_passed_over() -> None:
     assert done.returncode == 0 and done.report.complete
 
 
+def test_a_job_keeper_killed_with_the_request_unanswered_fails_the_start() -> None:
+    """The caller holds its copy of the reply socket only briefly (closing it
+    with the request in flight costs a garbage collection): a job keeper that
+    dies before it answers still ends the start with an error, not a hang."""
+    with tether.start(["sleep", "60"]) as job:
+        job_keeper = _job_keeper_of(job)
+        assert job.cancel().complete
+    # It says "ready" within microseconds of "idle" (no state shows that it
+    # has: given ample time); stopped then, it takes the request and never answers.
+    time.sleep(0.5)
+    os.kill(job_keeper[0], signal.SIGSTOP)
+    killer = threading.Timer(0.5, kill_identity, job_keeper)
+    killer.start()
+    outcome: list[object] = []
+    starter = threading.Thread(
+        target=lambda: outcome.append(_start_error(["sleep", "60"])), daemon=True
+    )
+    starter.start()
+    starter.join(60)
+    killer.join()
+    assert not starter.is_alive(), "the start hung on a dead job keeper"
+    assert isinstance(outcome[0], OSError), outcome
+    assert "exited before starting the job" in str(outcome[0])
+    assert not list(Journal.default().entries()), "the failed start left its record"
+    done = tether.run(["true"])  # the next start goes through the keeper
+    assert done.returncode == 0 and done.report.complete
+
+
+def _start_error(argv: list[str]) -> object:
+    try:
+        tether.start(argv).cancel()
+    except OSError as err:
+        return err
+    return "started"
+
+
 def test_caller_sigkill_keeper_terminates_what_only_it_can_find(tmp_path: Path) -> None:
     """SIGKILL of the library caller: the job keeper terminates the job from its
     journal record, including an `env -i` daemon that left the session (no
@@ -337,6 +377,7 @@ import json, os, signal, sys, time
 import tether
 from tether.keeper import _client
 from tether._platform.linux import procfs
+from tether.journal import Journal
 for _ in range(2):
     tether.run(["true"])
     time.sleep(0.1)
