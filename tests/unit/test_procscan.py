@@ -53,12 +53,15 @@ HOSTILE = [
     stat_line(comm=b"a) b (c)"),  # comm ends at the last ") "
     stat_line(comm=b") ) )"),
     stat_line(comm=b"x\n) S 1 2 3"),  # a forged line inside comm
+    # A comm that parses as a whole stat line if cut at its first ") ".
+    stat_line(comm=b"x) S 7 7 7 0 -1 0 " + b"0 " * 12 + b"5 6"),
     stat_line(comm=b"\xff\xfe bad utf-8"),  # surrogateescape, both ways
     stat_line(comm=b""),
     stat_line(pid=b"+4242"),  # int() takes it, the C parser does not
     stat_line(pid=b" 4242"),
     stat_line(pid=b""),
     stat_line(pid=b"4_242"),
+    stat_line(pid=b"4+2"),  # digits only: int() refuses this
     stat_line(pid=b"9" * 19),  # more digits than the C parser reads
     stat_line(state=b"\xc3\xa9"),  # not ASCII: decode() is Python's call
     stat_line(state=b"\xff"),
@@ -67,7 +70,10 @@ HOSTILE = [
     stat_line(ppid=b"2"),  # a kernel thread by its parent
     stat_line(flags=b"2097152"),  # PF_KTHREAD
     stat_line(flags=b"x"),
-    stat_line(utime=b"9007199254740993"),  # 2**53 + 1: beyond exact doubles
+    # Beyond 2**53 a double is not exact: C's (double)n / ticks rounds
+    # differently from Python's int / int (so these go to Python).
+    stat_line(utime=b"9007199254740995"),
+    stat_line(start=b"9007199254740993"),
     stat_line(start=b"9007199254740992"),
     stat_line(start=b"1000\n", tail=b""),  # starttime ends the line: int() strips it
     stat_line(start=b"1000", tail=b""),
@@ -126,9 +132,13 @@ def test_a_fake_proc_of_hostile_stat_lines_gives_the_same_table(
     native, python = both_ways(monkeypatch)
     assert_same(native, python)
     # The cases above hit both ways (else they test nothing).
-    assert native.procs[100].comm == "sleep" and native.procs[101].comm == "a) b (c)"
-    assert native.procs[104].comm == "\udcff\udcfe bad utf-8"
-    assert native.procs[116].kernel_thread and native.procs[115].kernel_thread
+    rows = {line: native.procs.get(100 + i) for i, line in enumerate(HOSTILE)}
+    assert rows[stat_line()].comm == "sleep"
+    assert rows[stat_line(comm=b"a) b (c)")].comm == "a) b (c)"
+    assert rows[stat_line(comm=b"\xff\xfe bad utf-8")].comm == "\udcff\udcfe bad utf-8"
+    assert rows[stat_line(ppid=b"2")].kernel_thread
+    assert rows[stat_line(flags=b"2097152")].kernel_thread
+    assert not rows[stat_line()].kernel_thread
     assert native.unreadable[9] == "/proc/9/stat: Is a directory"
     bad = 100 + HOSTILE.index(b")")
     assert native.unreadable[bad] == f"/proc/{bad}/stat: unexpected contents"

@@ -116,10 +116,6 @@ static PyObject *parse(const char *d, size_t n, double now, double ticks, long l
         len[k] = (size_t)(sp - (d + pos));
         pos = (size_t)(sp - d) + 1;
     }
-    for (size_t i = 0; i < len[0]; i++) {
-        if ((unsigned char)f[0][i] >= 0x80)
-            return NULL; /* decode() may fail: the Python parser's call */
-    }
     long long ppid = digits(f[1], len[1]), pgid = digits(f[2], len[2]);
     long long sid = digits(f[3], len[3]), flags = digits(f[6], len[6]);
     long long utime = digits(f[11], len[11]), stime = digits(f[12], len[12]);
@@ -129,6 +125,8 @@ static PyObject *parse(const char *d, size_t n, double now, double ticks, long l
     /* Exact below 2**53, so the same doubles as Python's int / int. */
     if (utime + stime >= (1LL << 53) || start >= (1LL << 53))
         return NULL;
+    /* Not ASCII: decode() may fail, the Python parser's call (the caller
+     * clears the UnicodeDecodeError). */
     PyObject *state = PyUnicode_DecodeASCII(f[0], (Py_ssize_t)len[0], "strict");
     if (state == NULL)
         return NULL;
