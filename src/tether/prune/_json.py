@@ -13,8 +13,10 @@ know) makes it fall back to ``json.dumps`` itself.
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Callable
+from itertools import chain
 from json.encoder import encode_basestring_ascii
+from math import isfinite
 from typing import Any
 
 
@@ -32,7 +34,38 @@ def dumps(obj: object) -> str:
     return "".join(out)  # one copy of the text (concatenating would copy it per level)
 
 
-def _emit(o: Any, newline: str, layouts: dict[tuple[str, ...], list[str]], out: list[str]) -> None:
+def _finite(v: float) -> str:
+    if not isfinite(v):
+        raise _Unusual  # NaN, Infinity: json's own spelling
+    return float.__repr__(v)
+
+
+#: Exact types -> their text (subclasses are not here: json may spell them otherwise).
+_SCALARS: dict[type, Callable[[Any], str]] = {
+    str: encode_basestring_ascii,
+    int: int.__repr__,
+    float: _finite,
+    bool: lambda v: "true" if v else "false",
+    type(None): lambda v: "null",
+}
+
+
+def _converters(newline: str, layouts: dict[Any, Any]) -> dict[type, Callable[[Any], str]]:
+    """:data:`_SCALARS`, and containers as text at this level (cached per level)."""
+    key = ("converters", newline)
+    convert = layouts.get(key)
+    if convert is None:
+
+        def nested(v: Any) -> str:
+            part: list[str] = []
+            _emit(v, newline, layouts, part)
+            return "".join(part)
+
+        convert = layouts[key] = {**_SCALARS, dict: nested, list: nested, tuple: nested}
+    return convert
+
+
+def _emit(o: Any, newline: str, layouts: dict[Any, Any], out: list[str]) -> None:
     """Append ``o``'s text to ``out``; ``newline`` is the line break and indent
     of its level; ``layouts`` caches, per level and sequence of keys, the text
     that comes before each value of a dict."""
@@ -48,7 +81,7 @@ def _emit(o: Any, newline: str, layouts: dict[tuple[str, ...], list[str]], out: 
     elif t is int:
         out.append(int.__repr__(o))
     elif t is float:
-        if not math.isfinite(o):
+        if not isfinite(o):
             raise _Unusual  # NaN, Infinity: json's own spelling
         out.append(float.__repr__(o))
     elif t is dict:
@@ -68,16 +101,18 @@ def _emit(o: Any, newline: str, layouts: dict[tuple[str, ...], list[str]], out: 
                 for i, k in enumerate(o)
             ]
         inner = newline + "  "
-        for prefix, v in zip(prefixes, o.values(), strict=True):
-            out.append(prefix)
-            # Strings and ints inline: most of a document's values, a call each.
-            tv = type(v)
-            if tv is str:
-                out.append(encode_basestring_ascii(v))
-            elif tv is int:
-                out.append(int.__repr__(v))
-            else:
-                _emit(v, inner, layouts, out)
+        # A row of scalars (and small containers): each value's text by one
+        # lookup of its exact type, then prefixes and texts in one extend.
+        convert = _converters(inner, layouts)
+        try:
+            texts = [convert[type(v)](v) for v in o.values()]
+        except KeyError:  # a type json may spell otherwise: value by value
+            texts = []
+            for v in o.values():
+                part: list[str] = []
+                _emit(v, inner, layouts, part)
+                texts.append("".join(part))
+        out.extend(chain.from_iterable(zip(prefixes, texts, strict=True)))
         out.append(newline + "}")
     elif t is list or t is tuple:
         if not o:
@@ -88,7 +123,13 @@ def _emit(o: Any, newline: str, layouts: dict[tuple[str, ...], list[str]], out: 
         for v in o:
             out.append(before)
             before = "," + inner
-            _emit(v, inner, layouts, out)
+            tv = type(v)
+            if tv is int:
+                out.append(int.__repr__(v))
+            elif tv is str:
+                out.append(encode_basestring_ascii(v))
+            else:
+                _emit(v, inner, layouts, out)
         out.append(newline + "]")
     else:
         raise _Unusual
