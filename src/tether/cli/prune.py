@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -254,6 +253,8 @@ def _sources(c: _Common) -> list[Any]:
     from tether.prune.sources import default_sources
 
     commands = []
+    if c.sessions_commands:
+        import shlex  # only for job-list commands
     for text in c.sessions_commands:
         argv = shlex.split(text)
         if not argv:

@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from tether._records import dataclass, field, replace
 from tether.prune import sources as src
 from tether.prune.scan import Proc, Table, scan
-from tether.tracking.cookie import environ_has
 
 #: A ``systemd --user`` manager is a subreaper: orphans of a login land there.
 SUBREAPER_COMMS = frozenset({"systemd"})
@@ -263,6 +262,7 @@ def _ended_job_processes(table: Table, ended: EndedJob, ended_jobs: Sequence[src
     tied = set(_legitimate(table, [*ended_jobs, src.Job("ended", ended.job_id, sids=ended.sids)]))
     if ended.env:
         from tether.process import read_environ
+        from tether.tracking.cookie import environ_has  # epilog only: not on prune's path
 
         for proc in table.procs.values():
             if proc.pid in tied or proc.kernel_thread:
