@@ -64,9 +64,6 @@ _MAX_MESSAGE = 64 << 20
 _STATUS_GRACE = 5.0
 #: The status of a leader whose job keeper died before it could send one.
 STATUS_LOST = 255
-#: How long a caller holds its copy of a request's reply socket, waiting for
-#: the reply, before it lets it go (see KeptPopen._execute_child).
-_HOLD_WAIT = 0.05
 #: How long the keeper must be idle before it forks the next spare job keeper.
 _SPARE_DELAY_MS = 5
 
@@ -334,8 +331,13 @@ def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int, ready: 
     exit: its leader was reaped and its tree proven empty, so it holds
     nothing of the job before (no child, no fd, no directory).
     """
+    # The first request brings the socket to answer on; the next ones come,
+    # and are answered, on that socket (no unix socket in flight per job: the
+    # kernel's garbage collection of in-flight fds watches those).
+    job = socket.socket(fileno=fds[0])
+    fds = fds[1:]
     while True:
-        code, job = _keep_one(request, fds, caller, ready)
+        code = _keep_one(job, request, fds, caller, ready)
         if code != _IDLE:
             return code
         os.chdir("/")  # hold no mount busy while waiting
@@ -351,7 +353,6 @@ def _job_keeper(request: Mapping[str, Any], fds: list[int], caller: int, ready: 
         except OSError:
             return 0
         got = _next_request(job, caller, ready.chld)
-        job.close()
         if got is None:
             return 0
         request, fds = got
@@ -398,11 +399,11 @@ def _next_request(
 
 
 def _keep_one(
-    request: Mapping[str, Any], fds: list[int], caller: int, ready: _Ready
-) -> tuple[int, socket.socket]:
-    job = socket.socket(fileno=fds[0])
-    cwd_fd, diag = fds[1], fds[2]
-    std = fds[3:6]
+    job: socket.socket, request: Mapping[str, Any], fds: list[int], caller: int, ready: _Ready
+) -> int:
+    """Start the job ``request`` asks for and keep it; answers on ``job``."""
+    cwd_fd, diag = fds[0], fds[1]
+    std = fds[2:5]
     chld = ready.chld
     try:
         if ready.subreaper is not None:
@@ -421,10 +422,10 @@ def _keep_one(
             child = None
     except OSError as err:
         send_message(job, _error_reply(err))
-        return 1, job
+        return 1
     except ValueError as err:  # a NUL in argv or env (refused before any fork), a limit
         send_message(job, ("error", None, str(err), None, "ValueError"))
-        return 1, job
+        return 1
     finally:
         for fd in (cwd_fd, *std):
             os.close(fd)
@@ -445,11 +446,11 @@ def _keep_one(
             child.wait_exec()
         except OSError as err:
             send_message(job, _error_reply(err))
-            return 1, job
+            return 1
         with contextlib.suppress(OSError):
             send_message(job, ("execd",))
     try:
-        return _keep(job, leader, caller, chld, diag, request), job
+        return _keep(job, leader, caller, chld, diag, request)
     finally:
         os.close(diag)
 
@@ -705,16 +706,14 @@ class _KeeperClient:
             self._idle.append(job)
             return True
 
-    def request(self, request: Mapping[str, Any], fds: Sequence[int]) -> socket.socket | None:
-        """Send ``request`` with ``fds`` to a job keeper that waits, else to
-        the keeper. Returns the waiting job keeper's socket it went on, for
-        the caller to close once the reply came: closed while the fds are
-        in flight, a unix socket makes the kernel schedule its garbage
-        collection of in-flight fds (~30 us a close here)."""
+    def request(self, request: Mapping[str, Any], fds: Sequence[int]) -> socket.socket:
+        """Send ``request`` with ``fds`` (cwd, diagnostics, stdio) to a job
+        keeper that waits, else to the keeper; return the socket its answer
+        comes on (the caller's from then on)."""
         with self._lock:
             while self._idle:  # a fork's child has none (_client_after_fork)
                 # Straight to a job keeper that waits (no hop through the
-                # keeper, no fork); it answers on the socket in ``fds``.
+                # keeper, no fork); it answers on the same socket.
                 waiting = self._idle.pop()
                 if not _said_ready(waiting):
                     waiting.close()  # gone, or not fit for another job
@@ -725,15 +724,22 @@ class _KeeperClient:
                     waiting.close()
                     continue  # it is gone (killed): try the next, or the keeper
                 return waiting
-            control = self._control if self._owner == os.getpid() else None
-            if control is None:
-                control = self._start()
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                send_message(control, request, fds)
-            except OSError:
-                # The keeper died (someone killed it): a new one takes over.
-                send_message(self._start(), request, fds)
-            return None
+                control = self._control if self._owner == os.getpid() else None
+                if control is None:
+                    control = self._start()
+                try:
+                    send_message(control, request, [theirs.fileno(), *fds])
+                except OSError:
+                    # The keeper died (someone killed it): a new one takes over.
+                    send_message(self._start(), request, [theirs.fileno(), *fds])
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            return ours
 
 
 _client = _KeeperClient()
@@ -819,11 +825,6 @@ class KeptPopen(subprocess.Popen[Any]):
         cwd = c.cwd if c.cwd is not None else "."
         cwd_fd = os.open(cwd, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        except OSError:
-            os.close(cwd_fd)
-            raise
-        try:
             request = dict(self._request)
             request.update(
                 argv=list(c.args),
@@ -840,24 +841,17 @@ class KeptPopen(subprocess.Popen[Any]):
             std = [
                 fd if fd != -1 else n for n, fd in enumerate((c.p2cread, c.c2pwrite, c.errwrite))
             ]
-            sent_on = _client.request(request, [theirs.fileno(), cwd_fd, 2, *std])
-        except BaseException:
-            ours.close()
-            theirs.close()
-            raise
+            ours = _client.request(request, [cwd_fd, 2, *std])
         finally:
             os.close(cwd_fd)
             self._close_pipe_fds(*c[10:16])
-        # Closed once the reply came, not while the fds are in flight (see
-        # _KeeperClient.request); ``theirs`` within _HOLD_WAIT all the same:
-        # while we hold it, a job keeper that died would leave no EOF.
         try:
-            select.select([ours], [], [], _HOLD_WAIT)
-        finally:
-            theirs.close()
-            if sent_on is not None:
-                sent_on.close()
-        got = recv_message(ours, maxfds=1)
+            got = recv_message(ours, maxfds=1)
+        except ConnectionResetError:
+            got = None  # it died with the request unread
+        except BaseException:
+            ours.close()
+            raise
         if got is None:
             ours.close()
             raise OSError(0, "tether's keeper process exited before starting the job")

@@ -294,9 +294,8 @@ def test_at_most_two_job_keepers_wait_and_a_dead_one_is_passed_over() -> None:
 
 
 def test_a_job_keeper_killed_with_the_request_unanswered_fails_the_start() -> None:
-    """The caller holds its copy of the reply socket only briefly (closing it
-    with the request in flight costs a garbage collection): a job keeper that
-    dies before it answers still ends the start with an error, not a hang."""
+    """A job keeper that waits answers on the socket the request came on: if
+    it dies before it answers, the start ends with an error, not a hang."""
     with tether.start(["sleep", "60"]) as job:
         job_keeper = _job_keeper_of(job)
         assert job.cancel().complete
