@@ -302,3 +302,46 @@ def test_a_named_slurm_cgroup_root_that_is_no_directory_is_an_error(root: str) -
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "no such directory" in done.stderr and "nothing was killed" in done.stderr
+
+
+@pytest.mark.parametrize("kill", [False, True])
+def test_the_collector_is_off_for_the_scan_and_back_on_for_a_kill(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], kill: bool
+) -> None:
+    """A dry run needs no cyclic collector (its records hold no cycles); a kill
+    runs the termination engine with it on, and it is on again afterwards."""
+    import gc
+
+    from tether.cli.prune import parse_fast, prune
+    from tether.prune import classify, outcome
+
+    seen: dict[str, bool] = {}
+
+    class Done:
+        complete = True
+        log_problem = None
+
+        def to_json(self) -> str:
+            seen["show"] = gc.isenabled()
+            return "{}"
+
+    def fake_plan(*args: object, **kwargs: object) -> Plan:
+        seen["plan"] = gc.isenabled()
+        return _dry_run_plan()
+
+    def fake_execute(*args: object, **kwargs: object) -> Done:
+        seen["execute"] = gc.isenabled()
+        return Done()
+
+    monkeypatch.setattr(classify, "plan", fake_plan)
+    monkeypatch.setattr(outcome, "execute", fake_execute)
+    params = parse_fast(["--json", "--no-syslog", "--batch", "none", "--min-uid", "1000"])
+    assert params is not None
+    params["kill"] = kill
+    assert gc.isenabled()
+    with pytest.raises(SystemExit) as done:
+        prune(**params)
+    assert done.value.code == 0
+    assert seen == {"plan": False, "execute": kill, "show": kill}
+    assert gc.isenabled()
+    assert capsys.readouterr().out == "{}\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
@@ -441,16 +442,26 @@ def prune(
     options = replace(options, orphans_only=config["prune.orphans_only"])
     sources = _sources(c)
     log = _log(c, config["prune.log_file"])
+    # The scan makes a record per process and the listing tens of thousands of
+    # objects, none of them in reference cycles: the collector would only walk
+    # them (~8 ms of a dry run over 5000 processes). Back on before a kill:
+    # the termination engine's objects are its own business.
+    gc.disable()
     try:
         try:
-            p = plan(options, sources, verbose=c.verbose)
-        except TetherError as err:
-            log.error(f"event=error error={str(err)!r} action=nothing killed")
-            raise UsageError(f"{err} (nothing was killed)") from None
-        outcome = execute(p, kill=kill, policy=policy, log=log)
+            try:
+                p = plan(options, sources, verbose=c.verbose)
+            except TetherError as err:
+                log.error(f"event=error error={str(err)!r} action=nothing killed")
+                raise UsageError(f"{err} (nothing was killed)") from None
+            if kill:
+                gc.enable()
+            outcome = execute(p, kill=kill, policy=policy, log=log)
+        finally:
+            log.close()
+        _show(outcome, c)
     finally:
-        log.close()
-    _show(outcome, c)
+        gc.enable()
     sys.exit(EXIT_OK if outcome.complete else EXIT_INCOMPLETE)
 
 
