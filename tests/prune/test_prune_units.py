@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from helpers import wait_for_exec
 from tether.cli.prune import job_context
@@ -345,3 +347,25 @@ def test_the_collector_is_off_for_the_scan_and_back_on_for_a_kill(
     assert seen == {"plan": False, "execute": kill, "show": kill}
     assert gc.isenabled()
     assert capsys.readouterr().out == "{}\n"
+
+
+_PIECES = st.lists(
+    st.sampled_from([b"\0", b"\r", b"\n", b"0::", b"/a b", b"\xff", b"\xc3\xa9", b"1:x:"])
+)
+
+
+@given(_PIECES.map(b"".join))
+@example(b"\0a\0")  # an empty first argument
+@example(b"a\0\0b\0")  # an empty argument inside
+@example(b"1:cpu:/\n0::/x\ry\n")  # "\r" ends a line for splitlines()
+@example(b"")
+def test_a_strays_shown_parts_are_procfs_parsers_results(data: bytes) -> None:
+    # The listing's shortcuts (no split of a command line without empty
+    # arguments, no splitlines() of a cgroup file without "\r") give what
+    # procfs's parsers give, whatever /proc holds.
+    from tether._platform.linux.procfs import parse_cgroup_v2, parse_cmdline
+    from tether.prune.scan import _cgroup_v2, _command
+
+    args = parse_cmdline(data)
+    assert _command(data) == (" ".join(args) if args else None)
+    assert _cgroup_v2(data) == parse_cgroup_v2(data)
