@@ -38,9 +38,11 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from tether._platform.linux import procfs
 from tether._records import NamedTuple
 
 #: What a caller writes to a job keeper once the job is over.
@@ -410,7 +412,9 @@ def _keep_one(
             raise ready.subreaper
         _set_limits(request["rlimits"])
         os.fchdir(cwd_fd)
+        before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         leader, pidfd, child = _spawn_leader(request, std)
+        after = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         if child is not None and child.settled:
             # The exec is decided (the native clone waited for it): its
             # failure is this reply, its success needs no "execd" after.
@@ -435,7 +439,10 @@ def _keep_one(
     # A caller that died (or closed its end) since its request cannot be
     # told: _keep sees it gone and recovers the job that is now running.
     try:
-        started = (leader, _starttime(leader), os.getpid(), ready.starttime, bool(child))
+        starttime = procfs.starttime_between(before, after)
+        if starttime is None:
+            starttime = _starttime(leader)
+        started = (leader, starttime, os.getpid(), ready.starttime, bool(child))
         send_message(job, ("started", *started), [pidfd])
     except OSError:
         child = None
@@ -930,8 +937,6 @@ class KeptPopen(subprocess.Popen[Any]):
         return self.returncode
 
     def _wait(self, timeout: float | None) -> int:
-        import time
-
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.returncode is None:
             left = None if deadline is None else deadline - time.monotonic()

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -633,3 +634,34 @@ def test_subreaper_is_set_and_read_both_ways_and_natively_without_ctypes(way: st
         timeout=60,
     )  # fmt: skip
     assert out.stdout.strip() == ("False" if way == "native" else "True"), out.stderr
+
+
+def test_start_time_read_from_the_clock_is_the_kernels() -> None:
+    """procfs.starttime_between: a child made between two CLOCK_BOOTTIME
+    readings of one tick has that tick as its /proc start time (the job
+    keeper reports the leader's identity so, without a /proc lookup)."""
+    from tether._platform.linux import procfs
+
+    agreed = ambiguous = 0
+    for _ in range(300):
+        before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        child = subprocess.Popen(["sleep", "5"])
+        after = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        try:
+            derived = procfs.starttime_between(before, after)
+            stat = procfs.read_stat(child.pid)
+            assert stat
+            real = int(stat[stat.rindex(b")") + 2 :].split()[19])
+        finally:
+            child.kill()
+            child.wait()
+        if derived is None:
+            ambiguous += 1
+            continue
+        assert derived == real, (before, after, derived, real)
+        agreed += 1
+    assert agreed > ambiguous, "the window spanned a tick boundary nearly every time"
+    # A boundary between the readings is never guessed across.
+    tick = 1_000_000_000 // procfs.CLOCK_TICKS
+    assert procfs.starttime_between(5 * tick - 1, 5 * tick) is None
+    assert procfs.starttime_between(5 * tick, 6 * tick - 1) == 5
