@@ -320,3 +320,82 @@ def test_the_switch_turns_the_native_way_off() -> None:
     )
     assert done.stdout.startswith("True "), done
     assert (done.stdout == "True None\n") == (NATIVE is None)
+
+
+STATUSES = [
+    b"Name:\tx\nUid:\t1001\t1002\t1003\t1004\nGid:\t5\t5\t5\t5\nGroups:\t27 64123 \n",
+    b"Uid:\t1\t2\t3\t4\nGroups:\n",
+    b"Uid:\t1\t2\t3\t4\n",  # no Groups line
+    b"Uid:\t1\t2\t3\t4\tx\nGroups:\t1\n",  # a fifth word: split()[:4] ignores it
+    b"Uid:\t1\t2\t3\nGroups:\t1\n",  # three uids: unexpected contents
+    b"Uid:\t+1\t2\t3\t4\n",  # int() takes "+1", the C parser does not
+    b"Uid:\t1\t2\t3\t99999999999\n",  # more digits than the C parser reads
+    b"Uid:\t1\t2\t3\t" + b"9" * 19 + b"\n",
+    b"Uid:\t1\t2\t3\t4\nGroups:\t1 x 2\n",
+    b"Uid:\t1\t2\t3\t4\nGroups:\t1\r2\x0b3\x0c4 \n",  # split()'s other whitespace
+    b"XUid:\t0\t0\t0\t0\nUid:\t7\t7\t7\t7\nGroups:\t1\nGroups:\t2\n",  # the first line of each
+    b"Name:\tUid:\t0\t0\t0\t0\nUid:\t8\t8\t8\t8\n",
+    b"Uid:\t1\xff\t2\t3\t4\n",
+    b"Uid:1 2 3 4",  # no newline at the end
+    b"",
+]
+
+
+def statuses_both_ways(
+    root: Path, statuses: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> dict[bool, list[object]]:
+    fake_proc(root, [stat_line(pid=str(100 + i).encode()) for i in range(len(statuses))])
+    for i, data in enumerate(statuses):
+        (root / str(100 + i) / "status").write_bytes(data)
+    monkeypatch.setattr(scan, "PROC", str(root))
+    out: dict[bool, list[object]] = {}
+    for way in (True, False):
+        monkeypatch.setattr(procscan, "use_native", way)
+        monkeypatch.setattr(procscan, "_cached", [NATIVE])
+        table = scan.scan()
+        loaded = [table.load_status(table.procs[100 + i]) for i in range(len(statuses))]
+        rows = [
+            (table.procs[100 + i].uids, table.procs[100 + i].groups) for i in range(len(statuses))
+        ]
+        out[way] = [loaded, rows, table.unreadable]
+    return out
+
+
+@needs_native
+def test_status_files_give_the_same_uids_groups_and_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    got = statuses_both_ways(tmp_path, STATUSES, monkeypatch)
+    assert got[True] == got[False]
+    loaded, rows, unreadable = got[True]
+    assert rows[0] == ((1001, 1002, 1003, 1004), (27, 64123))
+    assert rows[3] == ((1, 2, 3, 4), (1,)) and rows[9] == ((1, 2, 3, 4), (1, 2, 3, 4))
+    assert rows[10] == ((7, 7, 7, 7), (1,)) and rows[11] == ((8, 8, 8, 8), ())
+    assert (
+        unreadable[104]
+        == "/proc/104/status: unexpected contents (not enough values to unpack (expected 4, got 3))"
+    )
+    assert loaded[5] and rows[5][0] == (1, 2, 3, 4)
+
+
+@pytest.mark.skipif(NATIVE is None, reason="the native _procscan is not built")
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    statuses=st.lists(
+        st.lists(
+            st.sampled_from(
+                [b"Uid:", b"Groups:", b"\t", b" ", b"\n", b"1", b"0", b"+", b"x", b"\r", b"\xff"]
+            ),
+            max_size=24,
+        ).map(b"".join),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_any_status_gives_the_same_uids_groups_and_errors(
+    statuses: list[bytes], tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    got = statuses_both_ways(tmp_path_factory.mktemp("proc"), statuses, monkeypatch)
+    assert got[True] == got[False]

@@ -168,9 +168,14 @@ class Table:
         """Fill in ``uids`` and ``groups``; False (and noted) if they cannot be read."""
         if proc.uids is not None:
             return True
+        native = procscan.module()
         try:
-            data = _read(f"{PROC}/{proc.pid}/status", 8192)
-            proc.uids, proc.groups = parse_status(data)
+            if native is not None:
+                got = native.read_status(PROC, proc.pid)
+                # Parsed, or the bytes its strict parser left to parse_status.
+                proc.uids, proc.groups = parse_status(got) if type(got) is bytes else got
+            else:
+                proc.uids, proc.groups = parse_status(_read(f"{PROC}/{proc.pid}/status", 8192))
         except FileNotFoundError:
             return False  # exited since the first pass
         except OSError as err:

@@ -24,6 +24,11 @@
  *   the three files the pruner shows a stray by, read by path in that order
  *   (cmdline bounded as the Python reader bounds it); OSError as os.open and
  *   os.read raise it.
+ *
+ * read_status(proc_dir, pid) -> ((ruid, euid, suid, fsuid), groups) or bytes
+ *   /proc/PID/status, read as the Python reader reads it, its "Uid:" and
+ *   "Groups:" lines parsed when they are plain digits and whitespace (else
+ *   the bytes, for the Python parser to decide); OSError as above.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -327,9 +332,119 @@ done:
     return out;
 }
 
+/* The rest of the first line of D that starts with KEY (the Python
+ * parser's _line), or NULL. */
+static const char *line_of(const char *d, size_t n, const char *key, size_t *len)
+{
+    size_t klen = strlen(key);
+    const char *p = d, *end = d + n;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *stop = nl ? nl : end;
+        if ((size_t)(stop - p) >= klen && memcmp(p, key, klen) == 0) {
+            *len = (size_t)(stop - p) - klen;
+            return p + klen;
+        }
+        if (nl == NULL)
+            break;
+        p = nl + 1;
+    }
+    return NULL;
+}
+
+/* bytes.split()'s separators within a line. */
+static int is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+}
+
+/* Up to MAX numbers of S (whitespace-separated, each plain digits, at most
+ * 10 of them): how many, or -1 when a word is not such a number. */
+static int numbers(const char *s, size_t n, long long *out, int max)
+{
+    int count = 0;
+    size_t i = 0;
+    while (i < n) {
+        while (i < n && is_space(s[i]))
+            i++;
+        if (i == n)
+            break;
+        size_t start = i;
+        while (i < n && !is_space(s[i]))
+            i++;
+        if (i - start > 10)
+            return -1;
+        long long v = digits(s + start, i - start);
+        if (v < 0)
+            return -1;
+        if (count < max)
+            out[count] = v;
+        count++;
+    }
+    return count;
+}
+
+static PyObject *ps_read_status(PyObject *self, PyObject *args)
+{
+    PyObject *dir_obj;
+    long long pid;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O&L", PyUnicode_FSConverter, &dir_obj, &pid))
+        return NULL;
+    char path[PATH_MAX];
+    int w = snprintf(path, sizeof path, "%s/%lld/status", PyBytes_AS_STRING(dir_obj), pid);
+    Py_DECREF(dir_obj);
+    if (w < 0 || (size_t)w >= sizeof path) {
+        errno = ENAMETOOLONG;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *data = read_file(path, 8192, -1);
+    if (data == NULL)
+        return NULL;
+    const char *d = PyBytes_AS_STRING(data);
+    size_t n = (size_t)PyBytes_GET_SIZE(data), ulen = 0, glen = 0;
+    const char *uid = line_of(d, n, "Uid:", &ulen);
+    const char *groups = line_of(d, n, "Groups:", &glen);
+    long long uids[4];
+    /* Fewer than four uids, or a word that is not plain digits: Python's call. */
+    if (uid == NULL || numbers(uid, ulen, uids, 4) < 4)
+        return data;
+    int ngroups = groups == NULL ? 0 : numbers(groups, glen, NULL, 0);
+    if (ngroups < 0)
+        return data;
+    PyObject *gtuple = PyTuple_New(ngroups);
+    if (gtuple == NULL) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    if (ngroups > 0) {
+        long long *gids = PyMem_Malloc(sizeof *gids * (size_t)ngroups);
+        if (gids == NULL) {
+            Py_DECREF(gtuple);
+            Py_DECREF(data);
+            return PyErr_NoMemory();
+        }
+        numbers(groups, glen, gids, ngroups);
+        for (int i = 0; i < ngroups; i++) {
+            PyObject *g = PyLong_FromLongLong(gids[i]);
+            if (g == NULL) {
+                PyMem_Free(gids);
+                Py_DECREF(gtuple);
+                Py_DECREF(data);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(gtuple, i, g);
+        }
+        PyMem_Free(gids);
+    }
+    Py_DECREF(data);
+    return Py_BuildValue("((LLLL)N)", uids[0], uids[1], uids[2], uids[3], gtuple);
+}
+
 static PyMethodDef ps_methods[] = {
     {"scan", ps_scan, METH_VARARGS, "Every /proc/PID/stat, parsed where well-formed."},
     {"read_shown", ps_read_shown, METH_VARARGS, "A stray's cmdline, cgroup and stat."},
+    {"read_status", ps_read_status, METH_VARARGS, "A process's uids and groups."},
     {NULL, NULL, 0, NULL},
 };
 
