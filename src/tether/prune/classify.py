@@ -450,6 +450,7 @@ def plan(
     legit_users: dict[int, str] = {}
     strays: list[Stray] = []
     floor = options.min_uid
+    reasons: dict[str, str] = {}
 
     def note(proc: Proc, reason: str) -> None:
         exempt[reason] += 1
@@ -475,7 +476,14 @@ def plan(
             continue
         why = legit.get(proc.pid)
         if why is not None:
-            note(proc, why if why == "interactive session" else f"in {why}")
+            # Most of a node's processes are a job's: one reason text per job.
+            reason = reasons.get(why)
+            if reason is None:
+                reason = reasons[why] = why if why == "interactive session" else f"in {why}"
+            if verbose:
+                note(proc, reason)
+            else:
+                exempt[reason] += 1
             legit_users[proc.pid] = why
             continue
         if proc.age < options.min_age:
