@@ -743,6 +743,7 @@ class Job:
         self._selection = sel
         self._journal: Journal | None = None
         self._record: JobRecord | None = None
+        self._record_json = b""
         self._watchdog_pid = 0
         self._watchdog_pipe = -1
         if journal is not False:
@@ -776,8 +777,9 @@ class Job:
                     "job_id": self.id,
                     "journal": self._journal.directory,
                     "direct": direct,
-                    # Recovery's record should the journal's be unreadable.
-                    "record": self._record,
+                    # Recovery's record should the journal's be unreadable
+                    # (its JSON: parsed only if ever needed).
+                    "record": self._record_json,
                 }
                 from tether.keeper import KeptPopen
 
@@ -928,7 +930,7 @@ class Job:
 
     def _write_record(self) -> None:
         if self._journal is not None and self._record is not None:
-            self._journal.write(self._record)
+            self._record_json = self._journal.write(self._record)
 
     def _record_members(self, new: Sequence[Member]) -> None:
         if self._record is None:

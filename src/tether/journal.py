@@ -150,14 +150,17 @@ class JobRecord:
         if any(type(m) is not Identity for m in self.members):
             object.__setattr__(self, "members", tuple(Identity(*m) for m in self.members))
 
-    def to_json(self) -> bytes:
+    def to_json(self, revision: int | None = None) -> bytes:
+        """The record's JSON; ``revision``: written as that one instead."""
         # Field order as declared; the policy as Policy.to_dict(), identities
         # as [pid, start] lists (the format older tethers wrote and read).
         data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         data["policy"] = self.policy.to_dict()
         if self.step is None:
             del data["step"]  # records of jobs never terminated read as before
-        if not self.revision:
+        if revision is not None:
+            data["revision"] = revision
+        if not data["revision"]:
             del data["revision"]
         return json.dumps(data, separators=(",", ":")).encode()
 
@@ -337,8 +340,9 @@ class Journal:
     def path(self, job_id: str) -> str:
         return os.path.join(self.directory, job_id + _SUFFIX)
 
-    def write(self, record: JobRecord) -> None:
-        """Replace the job's record atomically (see the module docstring)."""
+    def write(self, record: JobRecord) -> bytes:
+        """Replace the job's record atomically (see the module docstring);
+        return the JSON written."""
         try:
             dfd = self._dirfd(create=True)
         except FileNotFoundError:
@@ -347,7 +351,7 @@ class Journal:
         tmp = f".{job_id}.{os.getpid()}.tmp"
         last, revision = self._written.get(job_id, (_SECOND, 0))
         slot = job_id + _SUFFIX if last != job_id + _SUFFIX else job_id + _SECOND
-        data = replace(record, revision=revision + 1).to_json()
+        data = record.to_json(revision=revision + 1)
         try:
             fd = os.open(
                 tmp,
@@ -379,6 +383,7 @@ class Journal:
             # The new record is whole in its slot: the old one goes.
             with contextlib.suppress(OSError):
                 os.unlink(last, dir_fd=dfd)
+        return data
 
     def remove(self, job_id: str) -> None:
         """Remove the job's record (both slots: a crash may have left two)."""

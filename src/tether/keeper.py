@@ -571,6 +571,16 @@ def _reap(job: socket.socket | None, leader: int) -> None:
                 send_message(job, ("exit", os.waitstatus_to_exitcode(status)))
 
 
+def _parse_record(raw: bytes | None) -> Any:
+    """The request's copy of the job's record (JSON), or None."""
+    from tether.journal import JobRecord
+
+    try:
+        return JobRecord.from_json(raw) if raw else None
+    except ValueError:
+        return None
+
+
 def _recover(request: Mapping[str, Any], diag: int, caller_gone: bool) -> int:
     """The caller is gone without saying done: terminate the job it left."""
     if sys.flags.no_site:
@@ -589,7 +599,7 @@ def _recover(request: Mapping[str, Any], diag: int, caller_gone: bool) -> int:
         if record is None:
             # Removed once the job was proven empty (then nothing is found),
             # or lost: the record the request carried stands in.
-            record = request.get("record")
+            record = _parse_record(request.get("record"))
         if record is None:
             return 0
         if isinstance(record, JournalProblem):
@@ -782,13 +792,15 @@ def _umask() -> int | None:
     """This process's umask, read without changing it (os.umask would set it
     to 0 for a moment, under the feet of the caller's other threads)."""
     try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f.read(1 << 16).splitlines():
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
+        fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 1 << 16)
+        finally:
+            os.close(fd)
+        at = data.index(b"\nUmask:") + 7
+        return int(data[at : data.index(b"\n", at)], 8)
     except (OSError, ValueError):
-        pass
-    return None
+        return None
 
 
 def _rlimits() -> list[tuple[int, tuple[int, int]]]:
