@@ -369,3 +369,40 @@ def test_a_strays_shown_parts_are_procfs_parsers_results(data: bytes) -> None:
     args = parse_cmdline(data)
     assert _command(data) == (" ".join(args) if args else None)
     assert _cgroup_v2(data) == parse_cgroup_v2(data)
+
+
+def test_supervisor_alive_is_recoverys_job_state() -> None:
+    """The pruner asks whether a record's supervisor lives without the
+    recovery engine: the same answer for a live one, a zombie, a reused pid
+    (another start time) and a record of another boot."""
+    from tether.identity import Identity
+    from tether.journal import JobRecord, boot_id
+    from tether.policy import Policy
+    from tether.process import read_process
+    from tether.prune.sources import supervisor_alive
+    from tether.recovery import job_state
+
+    zombie = subprocess.Popen(["true"])
+    try:
+        # Exited and not reaped (the wait below): a zombie.
+        os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)
+        dead = read_process(zombie.pid)
+        me = read_process(os.getpid())
+        assert me is not None and dead is not None and dead.state == "Z"
+        cases = [
+            (Identity(me.pid, me.starttime), boot_id(), True),
+            (Identity(me.pid, me.starttime), "", True),  # an old record: no boot id
+            (Identity(me.pid, me.starttime + 1), boot_id(), False),
+            (Identity(me.pid, me.starttime), "another-boot", False),
+            (Identity(zombie.pid, dead.starttime), boot_id(), False),
+            (Identity(2**22 + 1, 0), boot_id(), False),
+        ]
+        for supervisor, boot, alive in cases:
+            record = JobRecord(
+                job_id="0" * 24, cookie="c", argv=("true",), policy=Policy.default(),
+                owner_uid=0, started_at=0.0, boot_id=boot, supervisor=supervisor,
+                not_before=0,
+            )  # fmt: skip
+            assert supervisor_alive(record) == job_state(record).supervisor_alive == alive
+    finally:
+        zombie.wait()
