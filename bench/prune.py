@@ -10,7 +10,9 @@ min age 0, interactive sessions not exempt):
 
   - tether.prune.plan() in-process (scan + job list + classify);
   - `tether prune --json` end to end (Python and click start-up included);
-  - a ps-based script, as per-site cron scripts do: `ps -eo ...` piped to awk.
+  - a ps-based script, as per-site cron scripts do: `ps -eo ...` piped to awk;
+  - with --python-row, the whole command without the optional native /proc
+    reader (TETHER_NO_NATIVE_PROCSCAN=1).
 
 All must name the same strays among the processes the bench started, exactly
 the strays it made (checked; other users' processes on a shared node are
@@ -21,6 +23,7 @@ the whole command no slower than the ps-based script (issue 15); plan() under
 script, held through a pidfd and killed through it: nothing by name.
 
     python3 bench/prune.py [--total 5000] [--jobs 40] [--stray-fraction 0.2] [--repeat 7]
+                           [--src LABEL=DIR] [--python-row]
 """
 
 from __future__ import annotations
@@ -155,6 +158,10 @@ def main() -> int:
         help="also time the whole command with tether imported from DIR (e.g. an older\n"
              "`git archive` of src/), as a row of the same run",
     )  # fmt: skip
+    ap.add_argument(
+        "--python-row", action="store_true",
+        help="also time the whole command with TETHER_NO_NATIVE_PROCSCAN=1 (Python /proc reader)",
+    )  # fmt: skip
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (the processes run as other uids)", file=sys.stderr)
@@ -205,8 +212,10 @@ def main() -> int:
             p = plan(options, [SessionList(path=sessions)])
             return lambda: {s.pid for s in p.strays}
 
-        def tether_cli(src: str | None = None) -> Callable[[], set[int]]:
+        def tether_cli(src: str | None = None, native: bool = True) -> Callable[[], set[int]]:
             env = dict(os.environ, PYTHONPATH=src) if src else None
+            if not native:  # the pure-Python /proc reader (no _procscan)
+                env = dict(env or os.environ, TETHER_NO_NATIVE_PROCSCAN="1")
             out = subprocess.run(
                 [PYTHON, "-m", "tether.cli", "prune", "--json", "--no-syslog", "--batch", "none",
                  "--min-uid", "1000", "--min-age", "0", "--include-ssh", "--sessions-file",
@@ -230,6 +239,10 @@ def main() -> int:
         ]
         for label, src in src_trees:
             methods.append((f"tether prune --json ({label})", functools.partial(tether_cli, src)))
+        if args.python_row:
+            methods.append(
+                ("tether prune --json (no native)", functools.partial(tether_cli, native=False))
+            )
         for _name, fn in methods:  # warm-up: imports, dentry cache
             fn()
         for _ in range(args.repeat):
