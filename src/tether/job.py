@@ -1024,12 +1024,14 @@ class Job:
         session_is_jobs). So the first time the leader is seen to have exited,
         the tree is scanned while it is still a zombie, and whatever kept the
         job's session (an env -i worker the launcher left) stays a member.
+        A job keeper reaps its leader itself (the evidence rules then judge
+        the session by the leader's identity): the scan still comes first,
+        while the job keeper reaps and sends the status (it overlaps that
+        hop), and it settles the tree for tree_proven_empty.
         """
         if (
             self._popen.returncode is None
             and not self._session_recorded
-            # A keeper reaps its leader itself; its subtree keeps the orphans.
-            and self._selection.keeper_pid is None
             and self._leader.has_exited()
             and self._lock.acquire(blocking=False)
         ):
@@ -1226,7 +1228,11 @@ class Job:
         with self._lock:
             if self._report is not None:
                 return True
-            self._membership.scan(leader_exited=True)
+            if not self._session_recorded:  # no scan began since the leader's exit
+                self._membership.scan(leader_exited=True)
+            # Proof or not, wait_empty says: every member exited, the cgroup
+            # unpopulated, and a scan that began after the last exit (else
+            # it scans again).
             return self._membership.wait_empty(0)
 
     def wait_tree(self, timeout: float | None = None) -> bool:
