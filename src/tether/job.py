@@ -659,6 +659,7 @@ class Job:
         errors: str | None = None,
         pass_fds: Sequence[int] = (),
         _forks_nothing_else: bool = False,
+        _defer_running_record: bool = False,
     ) -> None:
         """Start ``spec``'s command.
 
@@ -681,6 +682,12 @@ class Job:
                 the watchdog may idle as a shell reading it. Any other
                 caller may fork (a helper, a multiprocessing worker) and
                 keep the pipe open: its watchdog watches its pidfd.
+            _defer_running_record: :func:`run`, which supervises at once: the
+                record of the running job (its leader) is written before the
+                first wait (:meth:`record_running`), not at once, and not at
+                all if the tree is proven empty by then. Until it is, the
+                record written before the start stands: the job keeper (the
+                watchdog) keeps the leader as its child and its subtree.
         """
         self.spec = spec
         self.argv = spec.argv
@@ -744,6 +751,7 @@ class Job:
         self._journal: Journal | None = None
         self._record: JobRecord | None = None
         self._record_json = b""
+        self._record_deferred = False
         self._watchdog_pid = 0
         self._watchdog_pipe = -1
         if journal is not False:
@@ -840,7 +848,10 @@ class Job:
                 state="running",
                 members=(leader,),
             )
-            self._write_record()
+            if _defer_running_record and kept is not None:
+                self._record_deferred = True
+            else:
+                self._write_record()
         self._membership = Membership.for_job(
             sel,
             leader,
@@ -930,7 +941,17 @@ class Job:
 
     def _write_record(self) -> None:
         if self._journal is not None and self._record is not None:
+            self._record_deferred = False
             self._record_json = self._journal.write(self._record)
+
+    def record_running(self, *, unless_exited: bool = False) -> None:
+        """Write the running job's record if :func:`run` deferred it (see
+        ``_defer_running_record``); ``unless_exited``: not if the leader has
+        exited (the caller is about to see that, and may prove the tree
+        empty: then the record goes without this write)."""
+        if not self._record_deferred or (unless_exited and self._leader.has_exited()):
+            return
+        self._rewrite_record()
 
     def _record_members(self, new: Sequence[Member]) -> None:
         if self._record is None:
@@ -1379,7 +1400,7 @@ def run(
             raise ValueError("stdout and stderr arguments may not be used with capture_output")
         options["stdout"] = options["stderr"] = subprocess.PIPE
     spec, supervision = _split_options(args, timeout, options)
-    with Job(spec, **supervision) as job:
+    with Job(spec, **supervision, _defer_running_record=True) as job:
         job.args = args
         pipes = _Pipes(job._popen, input)
         try:

@@ -459,6 +459,10 @@ def supervise(
             fds[termination.done_r] = select.POLLIN
         if linger_until is not None:
             waits.append(linger_until - clock())
+        if termination is None:
+            # Before the first wait on a running job, its record (see
+            # Job.record_running); a leader seen exited first may spare it.
+            job.record_running(unless_exited=not leader_exited)
         channel_fds = channel.wanted() if channel is not None else {}
         poller = select.poll()
         for fd, events in {**fds, **channel_fds}.items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import select
 import shutil
 import signal
 import subprocess
@@ -40,7 +41,7 @@ from helpers import (
     wait_for,
 )
 from tether._platform.linux import procfs
-from tether.journal import Journal
+from tether.journal import JobRecord, Journal, JournalProblem
 
 #: Run as the job owner: start the job, wait for its leader, wait for the
 #: daemon to be ready, then end the job and print what the report says.
@@ -522,3 +523,57 @@ def test_a_fork_taken_while_another_thread_starts_a_job_can_start_jobs() -> None
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip() == "0", (proc.stdout, proc.stderr)
+
+
+def test_run_records_the_running_job_before_it_waits_on_it() -> None:
+    """tether.run defers the running job's record (its leader) to its first
+    wait: a job that runs on is recorded while it runs, as with start()."""
+    before = {e.job_id for e in Journal.default().entries() if not isinstance(e, JournalProblem)}
+    done: list[tether.CompletedJob] = []
+    runner = threading.Thread(target=lambda: done.append(tether.run(["sleep", "3"])))
+    runner.start()
+    try:
+
+        def running() -> list[JobRecord]:
+            return [
+                e
+                for e in Journal.default().entries()
+                if isinstance(e, JobRecord) and e.job_id not in before and e.leader is not None
+            ]
+
+        wait_for(lambda: bool(running()), 10.0, "the running job's record")
+        (record,) = running()
+        assert record.state == "running" and record.members == (record.leader,)
+        assert record.watchdog is not None and alive(*record.watchdog)
+    finally:
+        runner.join(30)
+    assert done and done[0].returncode == 0 and done[0].report.complete
+    assert not Journal.default().read(record.job_id)
+
+
+def test_run_writes_no_running_record_for_a_leader_gone_before_the_first_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The deferred write is spared when the leader has exited before run's
+    first wait and the tree is then proven empty: one journal write a job."""
+    import tether.job
+
+    writes: list[str] = []
+    real_write = Journal.write
+
+    def counting(self: Journal, record: JobRecord) -> bytes:
+        writes.append(record.state)
+        return real_write(self, record)
+
+    real_record_running = tether.job.Job.record_running
+
+    def after_the_exit(job: tether.job.Job, *, unless_exited: bool = False) -> None:
+        # The leader (true) is given time to exit before the first wait.
+        select.select([job.leader_fileno], [], [], 10.0)
+        real_record_running(job, unless_exited=unless_exited)
+
+    monkeypatch.setattr(Journal, "write", counting)
+    monkeypatch.setattr(tether.job.Job, "record_running", after_the_exit)
+    done = tether.run(["true"])
+    assert done.returncode == 0 and done.report.complete
+    assert writes == ["starting"], writes
