@@ -831,6 +831,7 @@ class Job:
             # The keeper's child, reaped by it: held by the pidfd it opened.
             handle = ProcessHandle(self.pid, kept.leader_starttime, os.dup(kept.leader_pidfd))
             sel.keeper_pid = kept.keeper_pid
+            sel.keeper_starttime = kept.keeper_starttime
             if self._record is not None:
                 keeper = Identity(kept.keeper_pid, kept.keeper_starttime)
                 self._record = replace(self._record, watchdog=keeper)
@@ -1036,7 +1037,12 @@ class Job:
         """The leader's exit status once it has exited (-N: killed by signal N)."""
         return self._note_leader(self._poll_leader())
 
-    def _poll_leader(self) -> int | None:
+    def leader_status(self) -> int | None:
+        """:attr:`returncode`, for supervise(): the first sight of the
+        leader's exit scans the tree before the status is waited for."""
+        return self._note_leader(self._poll_leader(scan_first=True))
+
+    def _poll_leader(self, *, scan_first: bool = False) -> int | None:
         """Popen.poll(), reaping the leader — after recording its session.
 
         While the leader is an unreaped zombie, its pid (the job's session and
@@ -1045,14 +1051,15 @@ class Job:
         session_is_jobs). So the first time the leader is seen to have exited,
         the tree is scanned while it is still a zombie, and whatever kept the
         job's session (an env -i worker the launcher left) stays a member.
-        A job keeper reaps its leader itself (the evidence rules then judge
-        the session by the leader's identity): the scan still comes first,
-        while the job keeper reaps and sends the status (it overlaps that
-        hop), and it settles the tree for tree_proven_empty.
+        A job keeper reaps its leader itself (its subtree keeps the orphans):
+        there the scan comes first only for ``scan_first`` (supervise(), which
+        ends the job next: the scan overlaps the job keeper's reap and status
+        message, and settles the tree for tree_proven_empty).
         """
         if (
             self._popen.returncode is None
             and not self._session_recorded
+            and (scan_first or self._selection.keeper_pid is None)
             and self._leader.has_exited()
             and self._lock.acquire(blocking=False)
         ):

@@ -81,7 +81,7 @@ class Membership:
         on_new_members: Callable[[Sequence[Member]], None] | None = None,
         admit: Callable[[ProcessInfo], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        subtree_root: int | None = None,
+        subtree_root: tuple[int, int] | None = None,
     ) -> None:
         _raise_fd_limit()
         # Every member is a descendant of this subreaper (a job keeper), so a
@@ -159,7 +159,13 @@ class Membership:
             reap_leader=reap_leader,
             wake_fd=wake_fd,
             on_new_members=on_new_members,
-            subtree_root=selection.keeper_pid if selection.subtree_only else None,
+            subtree_root=(
+                (selection.keeper_pid, selection.keeper_starttime)
+                if selection.subtree_only
+                and selection.keeper_pid is not None
+                and selection.keeper_starttime is not None
+                else None
+            ),
         )
         membership._leader_started_here = True
         return membership
@@ -456,9 +462,22 @@ class Membership:
         if self._subtree_root is not None:
             from tether._platform.linux import subtree
 
-            table = subtree(self._subtree_root)
+            pid, starttime = self._subtree_root
+            table = subtree(pid, root_starttime=starttime)
             if table is not None:
                 return table
+            # Whole-table scans from now on. If the job keeper is gone
+            # (killed), what it had adopted went to the keeper or init, out
+            # of its subtree, and its pid may be a stranger's: said.
+            self._subtree_root = None
+            root = read_process(pid, ())
+            if root is None or root.starttime != starttime or root.state == "Z":
+                self._caveats = (
+                    *self._caveats,
+                    f"the job keeper (pid {pid}) exited while the job ran: processes it "
+                    "had adopted (double-forked, out of the job's session and "
+                    "environment) re-parented out of its subtree and cannot be ruled out",
+                )
         return snapshot()
 
     def _find(self, table: Table) -> dict[int, set[str]]:

@@ -476,7 +476,7 @@ def supervise(
             # the checks above leaves its byte for the next poll.
             inbox.drain()
             pass_on()
-            if job.returncode is not None and not leader_exited:
+            if not leader_exited and job.leader_status() is not None:
                 leader_exited = True
                 if job.spec.fail_on_leftovers:
                     # Counted now, before they are terminated (or waited for).

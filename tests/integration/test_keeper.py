@@ -577,3 +577,47 @@ def test_run_writes_no_running_record_for_a_leader_gone_before_the_first_wait(
     done = tether.run(["true"])
     assert done.returncode == 0 and done.report.complete
     assert writes == ["starting"], writes
+
+
+def test_a_job_keeper_killed_mid_job_is_said_and_its_pid_no_longer_trusted() -> None:
+    """A killed job keeper takes the subtree scans with it: the job is still
+    ended (its leader is held by a pidfd), and the report says what can no
+    longer be ruled out instead of claiming the subtree was read."""
+    with tether.start(["sleep", "60"]) as job:
+        job_keeper = _job_keeper_of(job)
+        leader = proc_stat(job.pid)
+        assert leader is not None
+        kill_identity(*job_keeper)
+        wait_for(lambda: not alive(*job_keeper), 10.0, "the job keeper to be gone")
+        report = job.cancel()
+    assert [m.pid for m in report.members] == [job.pid]
+    assert not alive(job.pid, leader.starttime)
+    assert any(f"the job keeper (pid {job_keeper[0]}) exited" in c for c in report.caveats)
+
+
+def test_a_subtree_root_that_is_not_the_job_keeper_any_more_is_not_read() -> None:
+    """The job keeper's pid, reused by a stranger, must not make the
+    stranger's children members: the root's identity is checked."""
+    from tether._platform.linux import subtree
+    from tether.tracking.subreaper import SubreaperTracker
+
+    stranger = subprocess.Popen(["sh", "-c", "sleep 60 & wait"])
+    try:
+        wait_for(lambda: bool(procfs.read_stat(stranger.pid)), 10.0, "the stranger")
+        st = proc_stat(stranger.pid)
+        assert st is not None
+        wait_for(lambda: len(subtree(stranger.pid) or {}) == 2, 10.0, "the stranger's child")
+        assert subtree(stranger.pid, root_starttime=st.starttime) is not None
+        assert subtree(stranger.pid, root_starttime=st.starttime + 1) is None
+        table = subtree(stranger.pid)
+        assert table is not None
+        assert list(SubreaperTracker(stranger.pid, st.starttime + 1).find(table, set())) == []
+        assert len(list(SubreaperTracker(stranger.pid, st.starttime).find(table, set()))) == 1
+    finally:
+        # Its child first, while the shell (our child) still waits for it:
+        # the pid cannot have been reused.
+        for child in subtree(stranger.pid) or {}:
+            if child != stranger.pid:
+                os.kill(child, signal.SIGKILL)
+        stranger.kill()
+        stranger.wait()

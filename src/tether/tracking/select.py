@@ -28,6 +28,7 @@ class Selection:
     #: The job keeper that is the job's subreaper (library jobs), once it runs;
     #: None while the subreaper is this process (a dedicated supervisor).
     keeper_pid: int | None = None
+    keeper_starttime: int | None = None
     #: Scans read the keeper's subtree only (the cookie was not asked for by name).
     subtree_only: bool = False
     tag_gid: int | None = None
@@ -47,7 +48,10 @@ class Selection:
         if self.cgroup is not None:
             chosen.append(CgroupTracker(self.cgroup))
         if self.subreaper:
-            chosen.append(SubreaperTracker(self.keeper_pid or os.getpid()))
+            if self.keeper_pid is not None:
+                chosen.append(SubreaperTracker(self.keeper_pid, self.keeper_starttime))
+            else:
+                chosen.append(SubreaperTracker(os.getpid()))
         if self.used("session"):
             chosen.append(SessionTracker(leader.pid, leader.starttime, leader.pid, leader.pid))
         if self.used("cookie"):

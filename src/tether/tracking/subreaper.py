@@ -16,8 +16,15 @@ from tether.tracking.base import Table
 class SubreaperTracker:
     name = "subreaper"
 
-    def __init__(self, supervisor_pid: int) -> None:
+    def __init__(self, supervisor_pid: int, supervisor_starttime: int | None = None) -> None:
         self.supervisor_pid = supervisor_pid
+        #: A supervisor other than this process (a job keeper): its children
+        #: count only while it is that process, alive (its pid may be reused).
+        self.supervisor_starttime = supervisor_starttime
 
     def find(self, table: Table, members: set[int]) -> Iterable[int]:
+        if self.supervisor_starttime is not None:
+            sup = table.get(self.supervisor_pid)
+            if sup is None or sup.starttime != self.supervisor_starttime or sup.state == "Z":
+                return []
         return [p.pid for p in table.values() if p.ppid == self.supervisor_pid]

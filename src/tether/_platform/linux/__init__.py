@@ -125,12 +125,17 @@ def info_from_stat(data: bytes) -> ProcessInfo:
     )
 
 
-def subtree(root: int, fields: Collection[str] = ()) -> dict[int, ProcessInfo] | None:
+def subtree(
+    root: int, fields: Collection[str] = (), *, root_starttime: int | None = None
+) -> dict[int, ProcessInfo] | None:
     """``root`` and its descendants, from /proc/PID/task/TID/children: a cost in
     the tree's size, not the system's. None where the kernel lacks the file
-    (CONFIG_PROC_CHILDREN). A child that forks or is re-parented during the
-    read may be missed, as in a full snapshot (the engine's rescans catch it);
-    an orphan is re-parented before its parent's pidfd says it exited.
+    (CONFIG_PROC_CHILDREN), and, given ``root_starttime``, where the root is
+    not that process alive (gone, a zombie, or its pid reused: a stranger's
+    children are no descendants of ours). A child that forks or is
+    re-parented during the read may be missed, as in a full snapshot (the
+    engine's rescans catch it); an orphan is re-parented before its parent's
+    pidfd says it exited.
     """
     table: dict[int, ProcessInfo] = {}
     todo = [root]
@@ -139,6 +144,12 @@ def subtree(root: int, fields: Collection[str] = ()) -> dict[int, ProcessInfo] |
         if pid in table:
             continue
         info = read_process(pid, fields)
+        if (
+            pid == root
+            and root_starttime is not None
+            and (info is None or info.starttime != root_starttime or info.state == "Z")
+        ):
+            return None
         if info is None:
             continue
         table[pid] = info
