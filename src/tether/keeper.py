@@ -59,6 +59,8 @@ _READY_WAIT = 0.005
 #: How many job keepers a caller keeps waiting for its next jobs.
 _MAX_IDLE = 2
 _HEADER = struct.Struct("!I")
+#: A plain int: the flag enum's & runs enum.py's Python code on every message.
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
 #: A request carries argv and a whole environment: bounded all the same.
 _MAX_MESSAGE = 64 << 20
 #: How long poll() waits for a job keeper's status once the leader's pidfd
@@ -90,7 +92,7 @@ def recv_message(sock: socket.socket, maxfds: int = 0) -> tuple[Any, list[int]] 
     """One message and the fds that came with it; None at EOF."""
     if maxfds:
         head, fds, flags, _addr = socket.recv_fds(sock, _HEADER.size, maxfds)
-        if flags & socket.MSG_CTRUNC:
+        if flags & _MSG_CTRUNC:
             # Fds were dropped (our RLIMIT_NOFILE): a request missing its
             # stdio would start the job on ours. Refused whole.
             for fd in fds:

@@ -287,7 +287,11 @@ class Policy:
         return replace(self, steps=self.steps[-1:], leader_signal=None, tree_delay=0.0)
 
     def __str__(self) -> str:
-        text = ",".join(str(s) for s in self.steps)
+        # Frozen: the text is made once (a job's record and report each ask).
+        text: str | None = self.__dict__.get("_text")
+        if text is None:
+            text = ",".join(str(s) for s in self.steps)
+            object.__setattr__(self, "_text", text)
         return text
 
     def to_dict(self) -> dict[str, object]:

@@ -530,7 +530,8 @@ def test_run_records_the_running_job_before_it_waits_on_it() -> None:
     wait: a job that runs on is recorded while it runs, as with start()."""
     before = {e.job_id for e in Journal.default().entries() if not isinstance(e, JournalProblem)}
     done: list[tether.CompletedJob] = []
-    runner = threading.Thread(target=lambda: done.append(tether.run(["sleep", "3"])))
+    argv = ("sleep", "3.25")  # this test's job, told from any other by its argv
+    runner = threading.Thread(target=lambda: done.append(tether.run(list(argv))))
     runner.start()
     try:
 
@@ -538,7 +539,10 @@ def test_run_records_the_running_job_before_it_waits_on_it() -> None:
             return [
                 e
                 for e in Journal.default().entries()
-                if isinstance(e, JobRecord) and e.job_id not in before and e.leader is not None
+                if isinstance(e, JobRecord)
+                and e.job_id not in before
+                and e.argv == argv
+                and e.leader is not None
             ]
 
         wait_for(lambda: bool(running()), 10.0, "the running job's record")
