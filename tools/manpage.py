@@ -93,6 +93,9 @@ ENVIRONMENT: tuple[tuple[tuple[str, ...], str], ...] = (
      "linux or psutil: the process-table backend, chosen once at start-up (default: "
      "linux on Linux, psutil elsewhere). psutil has no cgroups, subreaper or pidfds; "
      "every report says which trackers it could use."),
+    (("TETHER_NO_NATIVE_PROCSCAN",),
+     "1: tether prune and tether epilog read /proc in Python instead of through the "
+     "optional native reader (the same results, slower), e.g. to compare the two."),
     (("TETHER_TRACEBACK",),
      "1: an internal error (a bug in tether) prints its Python traceback after "
      "the one-line message, for a bug report."),
