@@ -31,7 +31,6 @@ import signal
 import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal
 
 from tether._records import dataclass, field, replace
 from tether.errors import TetherError, UsageError
@@ -45,6 +44,12 @@ from tether.policy import (
     signal_name,
 )
 from tether.tracking.select import parse_tracker_names
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal, TypeAlias
 
 SYSTEM_CONFIG_FILE = "/etc/tether/tether.toml"
 CONFIG_ENV_VAR = "TETHER_CONFIG"
@@ -365,9 +370,10 @@ def _json_value(value: object) -> object:
 
 # -- the settings --------------------------------------------------------------------
 
-ValueKind = Literal[
-    "policy", "signal", "duration", "string", "argv", "choice", "bool", "int", "list"
-]
+# A string at run time, as annotations are: typing is not imported.
+ValueKind: TypeAlias = (
+    "Literal['policy', 'signal', 'duration', 'string', 'argv', 'choice', 'bool', 'int', 'list']"
+)
 
 
 @dataclass(frozen=True)

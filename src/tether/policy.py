@@ -11,10 +11,15 @@ from __future__ import annotations
 import math
 import re
 import signal
-from typing import Literal
 
 from tether._records import dataclass, field, replace
 from tether.errors import PolicyError
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
 
 DEFAULT_POLICY_TEXT = "TERM,10s,KILL"
 #: How long the last step waits for the kernel to confirm the tree is gone

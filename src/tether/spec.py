@@ -19,15 +19,21 @@ import os
 import signal
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Literal
 
 from tether._records import dataclass, field, replace
 from tether.errors import UsageError
 from tether.policy import Policy, parse_signal, signal_name
 from tether.tracking.base import TRACKER_NAMES, parse_tracker_names
 
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal, TypeAlias
+
 #: What happens to members still alive when the leader exits by itself.
-Leftovers = Literal["terminate", "wait"]
+#: (A string at run time, as annotations are: typing is not imported.)
+Leftovers: TypeAlias = "Literal['terminate', 'wait']"
 LEFTOVERS: tuple[Leftovers, ...] = ("terminate", "wait")
 
 #: Bounds on a spec read from the wire (remote bytes are hostile).

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import TYPE_CHECKING, Any
 
 from tether.cli._common import (
     EXIT_FAILED,
@@ -32,7 +31,12 @@ from tether.cli._common import (
     write_json,
 )
 
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     import click
 
     from tether.spec import JobSpec
