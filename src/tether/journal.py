@@ -32,12 +32,17 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
 
 from tether._records import dataclass, field, fields, replace
 from tether.errors import JournalError, TetherError
 from tether.identity import Identity
 from tether.policy import Policy
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SCHEMA = 1
 RUNTIME_DIR_VAR = "TETHER_RUNTIME_DIR"

@@ -15,7 +15,6 @@ import select
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from tether._platform import HAS_PIDFD
 from tether._platform.linux import (
@@ -47,6 +46,9 @@ from tether.tracking.cookie import COOKIE_VAR, CookieTracker
 from tether.tracking.session import SessionTracker
 from tether.tracking.walk import WalkTracker
 
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from tether.journal import JobRecord
     from tether.report import Survivor

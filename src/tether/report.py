@@ -12,12 +12,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
 
 from tether import sanitize
 from tether._records import dataclass, field
 from tether.errors import TetherError
 from tether.tracking.base import TrackerStatus
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
 
 #: The ``"schema"`` of a report's JSON; bumped only for a change that is not
 #: additive (docs/schemas/report.schema.json).
@@ -283,7 +288,8 @@ class Report:
 
 _MAX_TOKEN = 256
 _MAX_INT = (1 << 63) - 1
-_T = TypeVar("_T")
+if TYPE_CHECKING:
+    _T = TypeVar("_T")
 _MISSING: Any = object()
 
 

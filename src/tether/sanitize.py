@@ -11,7 +11,12 @@ through :func:`log_field`, and JSON is written by :func:`json_dumps`.
 from __future__ import annotations
 
 import json
-from typing import Any
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: A log field longer than this is cut (syslog datagrams are small).
 MAX_LOG_FIELD = 4096

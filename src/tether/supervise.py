@@ -34,7 +34,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Protocol
 
 from tether._records import dataclass
 from tether.policy import MAX_POLL_MS
@@ -42,9 +41,16 @@ from tether.report import Report
 from tether.spec import Leftovers
 from tether.terminate import Progress
 
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from tether.job import Job
     from tether.process import ProcessHandle
+else:
+    Protocol = object  # for mypy only: nothing subclasses or isinstance-checks Channel
 
 #: Signals that cancel a supervised job, as ``timeout`` forwards them.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)

@@ -12,7 +12,6 @@ import functools
 import signal
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 from tether import logs
 from tether._records import dataclass, field
@@ -20,6 +19,14 @@ from tether.policy import UNCATCHABLE, Policy, Step, signal_name
 from tether.process import Delivery
 from tether.report import MemberRecord, Report, StepRecord, Survivor
 from tether.tracking.base import TrackerStatus
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # for mypy only: nothing subclasses or isinstance-checks these
 
 #: First and longest pause between rescans for late members during a grace.
 RESCAN_FIRST = 0.02

@@ -32,10 +32,17 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Collection
-from typing import Protocol
 
 from tether._platform._common import Delivery, ProcessInfo
 from tether.errors import UsageError
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # for mypy only: nothing subclasses or isinstance-checks these
 
 #: Environment variable that forces a backend: ``linux`` or ``psutil``.
 BACKEND_VAR = "TETHER_PROCESS_BACKEND"

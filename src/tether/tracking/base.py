@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
 
 from tether._records import dataclass
 from tether.errors import UsageError
 from tether.process import ProcessInfo
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # for mypy only: nothing subclasses or isinstance-checks these
 
 Table = dict[int, ProcessInfo]
 

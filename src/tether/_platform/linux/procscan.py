@@ -8,7 +8,12 @@ ways give the same table (tests run both).
 from __future__ import annotations
 
 import os
-from typing import Any
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: The _procscan.c this file speaks to (its PROCSCAN_ABI): a module built
 #: from another version of it is not used.

@@ -41,9 +41,14 @@ import functools
 import os
 import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
 
 from tether._records import NamedTuple
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: clone3 and close_range share their numbers across the architectures that
 #: have them (the generic syscall table from 5.3 and 5.9 on).
