@@ -24,12 +24,10 @@ import signal
 import subprocess
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
 
 from tether.job import (
     CompletedJob,
     Job,
-    JobOptions,
     JobTimeoutError,
 )
 from tether.job import start as _start
@@ -37,9 +35,18 @@ from tether.process import ProcessInfo
 from tether.report import Report
 from tether.spec import Arg
 
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar, Unpack
+
+    from tether.job import JobOptions
+
 __all__ = ["AsyncJob", "run", "start"]
 
-_T = TypeVar("_T")
+if TYPE_CHECKING:
+    _T = TypeVar("_T")
 _LIMIT = 1 << 16
 
 

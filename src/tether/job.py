@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, TypedDict, Unpack
 
 from tether import logs
 from tether._records import dataclass, replace
@@ -41,8 +40,20 @@ from tether.tracking.cookie import COOKIE_VAR, new_cookie
 from tether.tracking.select import select_trackers
 from tether.watchdog import WATCHDOG_DONE
 
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import IO, Any, TypedDict, Unpack
+
     from tether.keeper import KeptPopen
+else:
+
+    class TypedDict:
+        # JobOptions' fields, until __getattr__ makes typing's TypedDict of them.
+        def __init_subclass__(cls, total: bool = True) -> None:
+            pass
+
 
 __all__ = [
     "CompletedJob",
@@ -70,7 +81,8 @@ _SET_NOFILE = 'ulimit -S -n "$1" || exit 125; shift'
 #: The caller's soft RLIMIT_NOFILE before tether raised it for its pidfds.
 _caller_nofile = [resource.getrlimit(resource.RLIMIT_NOFILE)[0]]
 
-_Stream = int | IO[Any] | None
+if TYPE_CHECKING:
+    _Stream = int | IO[Any] | None
 _LOG = "tether.job"
 _dedicated_lock = threading.Lock()
 #: Ids of jobs using a dedicated supervisor (at most one: its children are the job's).
@@ -249,7 +261,7 @@ _CLONE_INTO_CGROUP = True
 _CLONE_MAX_RESIDENT = 32 << 20
 
 
-class _CgroupPopen(subprocess.Popen[Any]):
+class _CgroupPopen(subprocess.Popen["Any"]):
     """Popen whose child is born in the job cgroup (clone3: natively in any
     process, by ctypes only in a single-threaded one such as `tether run`),
     else runs the shim argv it was given."""
@@ -454,6 +466,23 @@ class JobOptions(TypedDict, total=False):
     dedicated_supervisor: bool
     journal: Journal | bool
     watchdog: bool
+
+
+if not TYPE_CHECKING:
+    # JobOptions is typing's TypedDict, made on first use: importing typing
+    # costs every `tether run` ~5 ms of start-up (issue 15).
+    _JOB_OPTIONS = JobOptions
+    del JobOptions, TypedDict
+
+    def __getattr__(name: str) -> object:
+        if name != "JobOptions":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from typing import TypedDict
+
+        made = TypedDict("JobOptions", _JOB_OPTIONS.__annotations__, total=False)
+        made.__doc__ = _JOB_OPTIONS.__doc__
+        globals()["JobOptions"] = made
+        return made
 
 
 _SUPERVISION = (

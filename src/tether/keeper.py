@@ -40,10 +40,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from tether._platform.linux import procfs
 from tether._records import NamedTuple
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: What a caller writes to a job keeper once the job is over.
 KEEPER_DONE = b"done"
@@ -816,7 +821,7 @@ def _rlimits() -> list[tuple[int, tuple[int, int]]]:
 _RLIMITS: list[int] = []
 
 
-class KeptPopen(subprocess.Popen[Any]):
+class KeptPopen(subprocess.Popen["Any"]):
     """A :class:`subprocess.Popen` whose child is started by this process's
     keeper (its job keeper's child, not ours): pipes, text mode and
     communicate() are Popen's own; the status comes from the job keeper."""
