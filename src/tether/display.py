@@ -13,13 +13,17 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, TextIO
 
 from tether.report import MemberRecord, Report
 from tether.sanitize import oneline
 from tether.sanitize import visible as v
 
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import TextIO
+
     from tether.terminate import Progress
 
 RESET = "\x1b[0m"

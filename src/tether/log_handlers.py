@@ -22,9 +22,14 @@ import struct
 import sys
 import time
 from collections.abc import Mapping
-from typing import TextIO
 
 from tether.sanitize import json_safe, log_field
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
 
 SYSLOG_SOCKET = "/dev/log"
 SYSLOG_SOCKET_VAR = "TETHER_SYSLOG_SOCKET"

@@ -27,12 +27,17 @@ import select
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import pytest
 
 from tether.identity import Identity
 from tether.process import ProcessHandle, ProcessInfo, read_environ, snapshot
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: The environment variable that marks a test's processes.
 TEST_ID_VAR = "TETHER_TEST_ID"

@@ -99,3 +99,44 @@ def test_the_remote_cli_module_imports_click_only_when_a_click_command_asks() ->
     assert "click" not in imported_after("import tether.cli._remote")
     asks = "import tether.cli._remote as r\nr.with_remote_options(lambda **kw: None)"
     assert "click" in imported_after(asks)
+
+
+_RUN = "import contextlib\nfrom tether.cli import main\nwith contextlib.suppress(SystemExit):\n"
+
+
+@pytest.mark.parametrize(
+    ("code", "ran"),
+    [
+        ("import tether", "tether"),
+        ("import tether\ntether.run(['true'])", "tether.job"),
+        ("import tether\nwith tether.start(['true']) as job:\n    job.wait()", "tether.job"),
+        (f"{_RUN}    main(['run', '--', 'true'])", "tether.job"),
+        (
+            f"{_RUN}    main(['run', '--timeout', '1m', '-s', 'INT', '--json', '--', 'true'])",
+            "tether.job",
+        ),
+        (f"{_RUN}    main(['ps'])", "tether.cli.ps"),
+    ],
+)
+def test_start_up_does_not_import_typing(code: str, ran: str) -> None:
+    """typing costs every start ~5 ms (issue 15): names used only in
+    annotations are imported under TYPE_CHECKING, and what typing made at run
+    time (Protocol bases, aliases, JobOptions) has a stand-in or is deferred.
+    (`tether prune` still imports it through tether.prune.)"""
+    loaded = imported_after(code)
+    assert ran in loaded
+    assert "click" not in loaded  # the fast path: click itself imports typing
+    assert "typing" not in loaded
+
+
+def test_job_options_is_typings_typeddict_on_first_use() -> None:
+    """tether.job makes JobOptions (a TypedDict) only when it is asked for."""
+    code = (
+        "import typing\nfrom tether.job import JobOptions\n"
+        "assert typing.is_typeddict(JobOptions), JobOptions\n"
+        "assert not JobOptions.__required_keys__ and not JobOptions.__total__\n"
+        "assert {'policy', 'leftovers', 'stdout', 'watchdog'} <= JobOptions.__optional_keys__\n"
+        "assert (JobOptions.__module__, JobOptions.__qualname__) == ('tether.job', 'JobOptions')\n"
+        "import tether.job\nassert tether.job.JobOptions is JobOptions\n"
+    )
+    assert "tether.job" in imported_after(code)

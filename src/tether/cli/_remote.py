@@ -18,11 +18,15 @@ these options on every start, local or not, and a click-free path can call
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from tether.cli._common import EXIT_FAILED, echo_err, fail, write_json
 
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
     from tether.config import EffectiveConfig
     from tether.remote.client import HostResult, SshOptions
     from tether.spec import JobSpec

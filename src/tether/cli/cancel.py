@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import click
 
 from tether.cli._common import EXIT_BAD_INPUT, EXIT_FAILED, fail, json_options, json_target
 from tether.cli._remote import ssh_client, write_hosts_json
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _JOB_ID_CHARS = frozenset("0123456789abcdef")
 

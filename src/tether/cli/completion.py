@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Any
 
 import click
 from click.shell_completion import (
@@ -25,6 +24,12 @@ from click.shell_completion import (
     ShellComplete,
     ZshComplete,
 )
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _EPILOG = """\
 \b

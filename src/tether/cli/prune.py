@@ -7,7 +7,6 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
 
 from tether._records import dataclass, replace
 from tether.cli._common import (
@@ -25,7 +24,12 @@ from tether.errors import TetherError, UsageError
 # commands: loading this module (for --help, or for the other command) stays
 # cheap. click too: `tether prune` in its common forms runs without it
 # (parse_fast); the click commands are built when the click path asks.
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     import click
 
     from tether.config import EffectiveConfig

@@ -10,7 +10,6 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from tether.cli._common import (
     EXIT_INCOMPLETE,
@@ -23,7 +22,12 @@ from tether.cli._common import (
 )
 from tether.errors import UsageError
 
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     import click
 
     from tether.journal import JobRecord, JournalProblem

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 import click
 
@@ -17,6 +16,12 @@ from tether.cli.ps import job_dict, problem_dict, warn
 from tether.journal import Journal, JournalProblem
 from tether.recovery import job_state, membership_for, recover
 from tether.report import oneline
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _REAP_EPILOG = """\
 \b

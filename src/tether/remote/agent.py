@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Any, NoReturn
 
 from tether.remote.protocol import (
     ACK,
@@ -53,6 +52,12 @@ from tether.remote.protocol import (
     load_json,
     parse_header,
 )
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 __all__ = ["PROTOCOL", "main", "serve"]
 

@@ -24,7 +24,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from tether import supervise
 from tether._records import dataclass, field, replace
@@ -44,6 +43,12 @@ from tether.remote.hostlist import Target
 from tether.report import MalformedReportError, Report
 from tether.sanitize import visible
 from tether.spec import JobSpec
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Lines of login-shell noise (motd, rc files) tolerated before the banner.
 _MAX_NOISE_LINES = 200

@@ -27,13 +27,15 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from tether.policy import format_duration
 from tether.remote.client import HostResult, HostRun, OutputSink, SshOptions
 from tether.remote.hostlist import Target
 from tether.supervise import SignalInbox, forwarded_signals, signal_label
 
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from tether.process import ProcessHandle
     from tether.spec import JobSpec

@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Bumped whenever frames or payloads change incompatibly.
 PROTOCOL = 2

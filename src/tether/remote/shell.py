@@ -17,10 +17,15 @@ import functools
 import os
 import re
 import signal
-from typing import Any
 
 from tether.policy import Policy, format_duration, signal_name
 from tether.spec import JobSpec
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Reads the agent (a decimal length line, then the script) and runs it.
 #: Fixed text: part of the remote command line, and of stage 0's hand-over
