@@ -986,7 +986,10 @@ class Job:
     def _record_members(self, new: Sequence[Member]) -> None:
         if self._record is None:
             return
-        self._record = self._record.with_members({Identity(m.pid, m.starttime) for m in new})
+        record = self._record.with_members({Identity(m.pid, m.starttime) for m in new})
+        if record.members == self._record.members:
+            return  # the leader, found by the first scan: recorded already
+        self._record = record
         self._rewrite_record()
 
     def _record_step(self, index: int, started_at: float) -> None:

@@ -465,7 +465,7 @@ class Membership:
             from tether._platform.linux import subtree
 
             pid, starttime = self._subtree_root
-            table = subtree(pid, root_starttime=starttime)
+            table = subtree(pid, root_starttime=starttime, root_single_threaded=True)
             if table is not None:
                 return table
             # Whole-table scans from now on. If the job keeper is gone

@@ -189,9 +189,9 @@ def test_end_of_a_job_whose_leader_exited_reads_the_process_table_once(
         reads.append("snapshot")
         return real_snapshot(*a)  # type: ignore[arg-type]
 
-    def subtree(*a: object) -> object:
+    def subtree(*a: object, **k: object) -> object:
         reads.append("subtree")
-        return real_subtree(*a)  # type: ignore[arg-type]
+        return real_subtree(*a, **k)  # type: ignore[arg-type]
 
     job = tether.start(["true"], trackers=trackers)
     try:

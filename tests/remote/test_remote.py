@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from sshd import SshLab
 
 from helpers import alive, proc_stat, read_identity, tether_cmd, wait_for
+from tether.journal import JobRecord, Journal
 from tether.policy import Policy
 from tether.process import ProcessHandle
 from tether.remote import protocol
@@ -257,8 +258,8 @@ def test_tether_cancel_command_finds_the_job_by_id(lab: SshLab, tree: tuple[Path
     )
     identities = wait_trees(marks, 1)
     journal = Path(os.environ["TETHER_RUNTIME_DIR"])
-    (record,) = [p for p in journal.iterdir() if p.suffix == ".json"]
-    job_id = record.stem
+    (record,) = [e for e in Journal(str(journal)).entries() if isinstance(e, JobRecord)]
+    job_id = record.job_id
     cancel = subprocess.run(
         tether_cmd("cancel", "--host", "h05", "-F", lab.config_file, "--json", "-", job_id),
         capture_output=True,

@@ -16,6 +16,11 @@ class CgroupTracker:
 
     def find(self, table: Table, members: set[int]) -> Iterable[int]:
         try:
+            # "populated 0" (one pread of cgroup.events, which the kernel
+            # updates as the last task of the subtree exits) says what an
+            # empty listing of every sub-cgroup's procs would.
+            if not self.cgroup.populated():
+                return ()
             return self.cgroup.procs()
         except OSError:
             return ()

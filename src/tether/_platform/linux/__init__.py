@@ -126,7 +126,11 @@ def info_from_stat(data: bytes) -> ProcessInfo:
 
 
 def subtree(
-    root: int, fields: Collection[str] = (), *, root_starttime: int | None = None
+    root: int,
+    fields: Collection[str] = (),
+    *,
+    root_starttime: int | None = None,
+    root_single_threaded: bool = False,
 ) -> dict[int, ProcessInfo] | None:
     """``root`` and its descendants, from /proc/PID/task/TID/children: a cost in
     the tree's size, not the system's. None where the kernel lacks the file
@@ -135,7 +139,9 @@ def subtree(
     children are no descendants of ours). A child that forks or is
     re-parented during the read may be missed, as in a full snapshot (the
     engine's rescans catch it); an orphan is re-parented before its parent's
-    pidfd says it exited.
+    pidfd says it exited. ``root_single_threaded``: the root (a job keeper)
+    forks from its one thread, and orphans re-parent to a subreaper's first
+    live thread: its children file is the only one (no task listing).
     """
     table: dict[int, ProcessInfo] = {}
     todo = [root]
@@ -154,7 +160,11 @@ def subtree(
             continue
         table[pid] = info
         try:
-            tids = os.listdir(f"{procfs.PROC}/{pid}/task")
+            tids = (
+                [str(pid)]
+                if pid == root and root_single_threaded
+                else os.listdir(f"{procfs.PROC}/{pid}/task")
+            )
         except OSError:
             continue
         for tid in tids:
