@@ -116,13 +116,13 @@ _RUN = "import contextlib\nfrom tether.cli import main\nwith contextlib.suppress
             "tether.job",
         ),
         (f"{_RUN}    main(['ps'])", "tether.cli.ps"),
+        (f"{_RUN}    main(['prune', '--json'])", "tether.prune.scan"),
     ],
 )
 def test_start_up_does_not_import_typing(code: str, ran: str) -> None:
     """typing costs every start ~5 ms (issue 15): names used only in
     annotations are imported under TYPE_CHECKING, and what typing made at run
-    time (Protocol bases, aliases, JobOptions) has a stand-in or is deferred.
-    (`tether prune` still imports it through tether.prune.)"""
+    time (Protocol bases, aliases, JobOptions) has a stand-in or is deferred."""
     loaded = imported_after(code)
     assert ran in loaded
     assert "click" not in loaded  # the fast path: click itself imports typing

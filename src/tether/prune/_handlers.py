@@ -7,10 +7,15 @@ import logging
 import os
 import stat
 import time
-from typing import TextIO
 
 from tether.log_handlers import PRIORITY
 from tether.prune.log import IDENT
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
 
 
 class JournalStderr(logging.Handler):

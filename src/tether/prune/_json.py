@@ -17,7 +17,12 @@ from collections.abc import Callable
 from itertools import chain
 from json.encoder import encode_basestring_ascii
 from math import isfinite
-from typing import Any
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class _Unusual(Exception):

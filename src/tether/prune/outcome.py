@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import pwd
 import time
-from typing import TYPE_CHECKING, Any
 
 from tether._records import dataclass, replace
 from tether.process import starttime_to_epoch
@@ -15,7 +14,13 @@ from tether.prune.log import DecisionLog, fields
 from tether.prune.scan import read_shown
 from tether.prune.text import visible
 
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+
 if TYPE_CHECKING:
+    from typing import Any
+
     from tether.policy import Policy
     from tether.report import Report
 

@@ -21,7 +21,6 @@ so the table is the same either way.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from tether._platform.linux import procscan
 from tether._platform.linux.procfs import (
@@ -31,6 +30,12 @@ from tether._platform.linux.procfs import (
     parse_cmdline,
 )
 from tether._records import dataclass, field
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 PROC = "/proc"
 _O_FILE = os.O_RDONLY | os.O_CLOEXEC

@@ -29,13 +29,20 @@ import stat
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
 
 from tether._platform.linux.cgroupfs import JobCgroup
 from tether._records import dataclass, field
 from tether.errors import TetherError
 from tether.prune.scan import Table
 from tether.prune.text import visible
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # for mypy only: nothing subclasses or isinstance-checks it
 
 if TYPE_CHECKING:
     import subprocess
