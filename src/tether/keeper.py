@@ -657,13 +657,21 @@ class _KeeperClient:
         self._control: socket.socket | None = None
         #: Job keepers waiting for this process's next job (see KEEPER_IDLE).
         self._idle: list[socket.socket] = []
+        #: This process's context (_own_state) when its keeper started.
+        self._context = b""
+        #: Keepers let go after a change of context, reaped once they exit.
+        self._retired: list[int] = []
 
-    def _start(self) -> socket.socket:
+    def _start(self, context: bytes) -> socket.socket:
         if self._control is not None:
             self._control.close()
         if self._pid and self._owner == os.getpid():
+            self._retired.append(self._pid)
+        for pid in list(self._retired):
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(self._pid, os.WNOHANG)
+                if not os.waitpid(pid, os.WNOHANG)[0]:
+                    continue
+            self._retired.remove(pid)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {k: os.environ[k] for k in _KEEPER_ENV if k in os.environ}
         flags = []
@@ -691,6 +699,13 @@ class _KeeperClient:
                 # take the keeper (and every job's watchdog) down with it.
                 setsid=True,
             )
+        except OSError as err:
+            ours.close()
+            # Not the job's command that failed: said as the keeper's (an
+            # OSError without an errno, or Job would name the command).
+            raise OSError(
+                f"cannot start tether's keeper ({sys.executable}): {err.strerror}"
+            ) from None
         finally:
             os.close(devnull)
             theirs.close()
@@ -703,6 +718,7 @@ class _KeeperClient:
             atexit.register(self.close)
         self._owner = os.getpid()
         self._control = ours
+        self._context = context
         return ours
 
     def close(self) -> None:
@@ -717,11 +733,16 @@ class _KeeperClient:
     def pid(self) -> int:
         return self._pid if self._owner == os.getpid() else 0
 
-    def wait_idle(self, job: socket.socket) -> bool:
+    def wait_idle(self, job: socket.socket, context: bytes) -> bool:
         """Tell the job keeper on ``job`` to wait for this process's next job,
-        if fewer than _MAX_IDLE already do; False: it was not (it may leave)."""
+        if fewer than _MAX_IDLE already do and it was started in this
+        process's present context; False: it was not (it may leave)."""
         with self._lock:
-            if self._owner != os.getpid() or len(self._idle) >= _MAX_IDLE:
+            if (
+                self._owner != os.getpid()
+                or len(self._idle) >= _MAX_IDLE
+                or context != self._context
+            ):
                 return False
             try:
                 job.sendall(KEEPER_IDLE)
@@ -730,11 +751,23 @@ class _KeeperClient:
             self._idle.append(job)
             return True
 
-    def request(self, request: Mapping[str, Any], fds: Sequence[int]) -> socket.socket:
+    def request(
+        self, request: Mapping[str, Any], fds: Sequence[int], context: bytes
+    ) -> socket.socket:
         """Send ``request`` with ``fds`` (cwd, diagnostics, stdio) to a job
         keeper that waits, else to the keeper; return the socket its answer
-        comes on (the caller's from then on)."""
+        comes on (the caller's from then on). ``context``: this process's
+        (_own_state); if it changed since the keeper started, the keeper and
+        its waiting job keepers are let go and a new keeper, this process's
+        child as it is now, starts the job."""
         with self._lock:
+            if context != self._context and self._owner == os.getpid():
+                for waiting in self._idle:
+                    waiting.close()
+                self._idle = []
+                if self._control is not None:
+                    self._control.close()  # it leaves once its jobs are over
+                    self._control = None
             while self._idle:  # a fork's child has none (_client_after_fork)
                 # Straight to a job keeper that waits (no hop through the
                 # keeper, no fork); it answers on the same socket.
@@ -752,12 +785,12 @@ class _KeeperClient:
             try:
                 control = self._control if self._owner == os.getpid() else None
                 if control is None:
-                    control = self._start()
+                    control = self._start(context)
                 try:
                     send_message(control, request, [theirs.fileno(), *fds])
                 except OSError:
                     # The keeper died (someone killed it): a new one takes over.
-                    send_message(self._start(), request, [theirs.fileno(), *fds])
+                    send_message(self._start(context), request, [theirs.fileno(), *fds])
             except BaseException:
                 ours.close()
                 raise
@@ -795,19 +828,44 @@ def _client_after_fork() -> None:
 os.register_at_fork(after_in_child=_client_after_fork)
 
 
-def _umask() -> int | None:
-    """This process's umask, read without changing it (os.umask would set it
-    to 0 for a moment, under the feet of the caller's other threads)."""
+#: /proc/self/status lines naming what a job inherits from its parent that a
+#: keeper started earlier may no longer share with this process.
+_CONTEXT_LINES = (
+    b"CapInh:", b"CapPrm:", b"CapEff:", b"CapBnd:", b"CapAmb:", b"NoNewPrivs:",
+    b"Seccomp:", b"Seccomp_filters:", b"Cpus_allowed_list:", b"Mems_allowed_list:",
+)  # fmt: skip
+
+
+def _own_state() -> tuple[int | None, bytes]:
+    """This process's umask (read without changing it: os.umask would set it
+    to 0 for a moment, under the feet of the caller's other threads) and its
+    context: credentials, capabilities, no_new_privs, seccomp filters,
+    allowed CPUs and nice value. A job started through a keeper inherits the
+    keeper's, taken when it started: a caller that since dropped privileges,
+    installed a seccomp filter or moved CPUs would see its jobs run with
+    the old ones, so a change of context retires the keeper (see
+    _KeeperClient.request). One read of /proc/self/status serves both."""
+    context = b"%r %r %r %d" % (
+        os.getresuid(),
+        os.getresgid(),
+        os.getgroups(),
+        os.getpriority(os.PRIO_PROCESS, 0),
+    )
     try:
         fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
         try:
             data = os.read(fd, 1 << 16)
         finally:
             os.close(fd)
+    except OSError:
+        return None, context
+    lines = [line for line in data.split(b"\n") if line.startswith(_CONTEXT_LINES)]
+    context += b"\n" + b"\n".join(lines)
+    try:
         at = data.index(b"\nUmask:") + 7
-        return int(data[at : data.index(b"\n", at)], 8)
-    except (OSError, ValueError):
-        return None
+        return int(data[at : data.index(b"\n", at)], 8), context
+    except ValueError:
+        return None, context
 
 
 def _rlimits() -> list[tuple[int, tuple[int, int]]]:
@@ -838,6 +896,7 @@ class KeptPopen(subprocess.Popen["Any"]):
 
     def __init__(self, request: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         self._request = request
+        self._context = b""
         self._leader_pidfd = -1
         self._exec_pending = False
         self._lost = False
@@ -849,6 +908,7 @@ class KeptPopen(subprocess.Popen["Any"]):
         c = ChildArgs(*popen_args)
         assert not c.pass_fds and c.preexec_fn is None and c.executable is None
         cwd = c.cwd if c.cwd is not None else "."
+        umask, self._context = _own_state()
         cwd_fd = os.open(cwd, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             request = dict(self._request)
@@ -857,7 +917,7 @@ class KeptPopen(subprocess.Popen["Any"]):
                 env=c.env,
                 start_new_session=c.start_new_session,
                 extra_groups=c.gids,
-                umask=_umask() if c.umask < 0 else c.umask,
+                umask=umask if c.umask < 0 else c.umask,
                 rlimits=_rlimits(),
                 caller=os.getpid(),
             )
@@ -867,7 +927,7 @@ class KeptPopen(subprocess.Popen["Any"]):
             std = [
                 fd if fd != -1 else n for n, fd in enumerate((c.p2cread, c.c2pwrite, c.errwrite))
             ]
-            ours = _client.request(request, [cwd_fd, 2, *std])
+            ours = _client.request(request, [cwd_fd, 2, *std], self._context)
         finally:
             os.close(cwd_fd)
             self._close_pipe_fds(*c[10:16])
@@ -973,7 +1033,7 @@ class KeptPopen(subprocess.Popen["Any"]):
         the job keeper holds nothing of the job and may wait for the next.
         """
         if self._leader_pidfd >= 0:
-            if not (empty and not self._lost and _client.wait_idle(self._job)):
+            if not (empty and not self._lost and _client.wait_idle(self._job, self._context)):
                 with contextlib.suppress(OSError):
                     self._job.sendall(KEEPER_DONE)
                 self._job.close()

@@ -625,3 +625,56 @@ def test_a_subtree_root_that_is_not_the_job_keeper_any_more_is_not_read() -> Non
                 os.kill(child, signal.SIGKILL)
         stranger.kill()
         stranger.wait()
+
+
+#: Run as root by an interpreter the unprivileged user can also run: a job,
+#: then a change of CPU affinity, then a drop of privileges, each followed by
+#: a job that says what it inherited.
+_CHANGED_CONTEXT = r"""
+import os, sys, tether
+uid, gid, user_journal = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+tether.run(["true"])  # the keeper starts, as root, on all CPUs
+os.sched_setaffinity(0, {0})
+status = tether.run(["cat", "/proc/self/status"], capture_output=True, text=True).stdout
+print([l.split()[1] for l in status.splitlines() if l.startswith("Cpus_allowed_list:")][0])
+os.setgroups([])
+os.setgid(gid)
+os.setuid(uid)
+os.environ["TETHER_RUNTIME_DIR"] = user_journal  # root's is closed to it now
+print(tether.run(["id", "-u"], capture_output=True, text=True).stdout.strip())
+print(tether.run(["id", "-u"], capture_output=True, text=True).stdout.strip())
+"""
+
+
+@pytest.mark.skipif(not is_root(), reason="drops root's privileges")
+def test_a_caller_that_drops_privileges_gets_jobs_without_them() -> None:
+    """A job inherits what the caller has now, as Popen's would: a keeper
+    started before the caller dropped root (or moved CPUs) is let go, not
+    used to run the next job as root."""
+    user = ensure_unprivileged_user()
+    python = user_python(user)
+    if python is None:
+        pytest.skip("no Python the unprivileged user can run")
+    # Where the user can reach it (pytest's tmp_path is under a 0700 directory).
+    user_journal = Path(tempfile.mkdtemp(prefix="tether-dropped-journal-"))
+    try:
+        os.chown(user_journal, user.pw_uid, user.pw_gid)
+        done = subprocess.run(
+            [
+                *python,
+                "-c",
+                _CHANGED_CONTEXT,
+                str(user.pw_uid),
+                str(user.pw_gid),
+                str(user_journal),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["0", str(user.pw_uid), str(user.pw_uid)], done.stdout
+        assert list(user_journal.iterdir()) == []
+    finally:
+        shutil.rmtree(user_journal, ignore_errors=True)
