@@ -930,7 +930,9 @@ class Job:
 
         Written before the start, not only once the leader is known: a journal
         that cannot be written stops the job before anything runs, and a
-        caller killed with its job keeper still leaves `tether reap` a record.
+        caller killed with its job keeper still leaves `tether reap` a record
+        (its cookie and cgroup; the leader's identity comes with the next
+        write, which :func:`run` defers to its first wait).
         """
         assert self._journal is not None
         me = _own_starttime(os.getpid())

@@ -49,6 +49,8 @@ RUNTIME_DIR_VAR = "TETHER_RUNTIME_DIR"
 _SUFFIX = ".json"
 #: The second slot of a job's record (see the module docstring).
 _SECOND = ".1" + _SUFFIX
+#: How many times a reader that found neither slot looks again (Journal._read_slots).
+_SLOT_PASSES = 3
 #: A record larger than this is not read (a million members take ~25 MiB).
 MAX_RECORD_BYTES = 64 << 20
 
@@ -396,10 +398,9 @@ class Journal:
             dfd = self._dirfd(create=False)
         except FileNotFoundError:
             return
-        last = self._written.pop(job_id, None)
+        self._written.pop(job_id, None)
+        # Both: the older slot's unlink after a write may have failed.
         for slot in (job_id + _SUFFIX, job_id + _SECOND):
-            if last is not None and slot != last[0]:
-                continue  # written here: the other slot was unlinked after
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(slot, dir_fd=dfd)
 
@@ -409,9 +410,20 @@ class Journal:
             dfd = self._dirfd(create=False)
         except FileNotFoundError:
             return None
-        return _latest(
-            [self._read_name(dfd, job_id + _SUFFIX), self._read_name(dfd, job_id + _SECOND)]
-        )
+        return self._read_slots(dfd, job_id)
+
+    def _read_slots(self, dfd: int, job_id: str) -> JobRecord | JournalProblem | None:
+        """The job's record from its two slots. A rewrite renames into one
+        slot, then unlinks the other, so one always exists; but a reader
+        that opens them one after the other can miss both (the record moved
+        between its two opens): then it looks again, a few times."""
+        for _ in range(_SLOT_PASSES):
+            found = _latest(
+                [self._read_name(dfd, job_id + _SUFFIX), self._read_name(dfd, job_id + _SECOND)]
+            )
+            if found is not None:
+                return found
+        return None
 
     def _read_name(self, dfd: int, name: str) -> JobRecord | JournalProblem | None:
         path = os.path.join(self.directory, name)
@@ -463,7 +475,15 @@ class Journal:
                 continue
             job = name.removesuffix(_SECOND) if name.endswith(_SECOND) else name[: -len(_SUFFIX)]
             jobs.setdefault(job, []).append(self._read_name(dfd, name))
-        found = [e for e in map(_latest, jobs.values()) if e is not None]
+        found: list[JobRecord | JournalProblem] = []
+        for job, slots in jobs.items():
+            entry = _latest(slots)
+            if entry is None:
+                # Listed, then gone: removed, or moved to the other slot by a
+                # rewrite since the listing (then it is there).
+                entry = self._read_slots(dfd, job)
+            if entry is not None:
+                found.append(entry)
         found.sort(key=lambda e: e.started_at if isinstance(e, JobRecord) else 0.0)
         yield from found
 

@@ -268,3 +268,33 @@ def test_watch_tells_done_from_gone() -> None:
     os.close(w)
     assert watch(-1, r) is True  # EOF without "done": the supervisor is gone
     os.close(r)
+
+
+def test_a_record_rewritten_meanwhile_never_goes_missing_for_a_reader(journal: Journal) -> None:
+    """A rewrite renames into the free slot, then unlinks the other: one slot
+    always exists, but a reader opening them in turn (or a listing, then the
+    opens) can fall between; it must look again rather than report the live
+    job gone (prune would take its processes for strays)."""
+    r = record()
+    journal.write(r)
+    writer = os.fork()
+    if writer == 0:  # the child rewrites until killed
+        try:
+            n = 0
+            while True:
+                n += 1
+                journal.write(replace(r, state=f"s{n}"))
+        finally:
+            os._exit(0)
+    try:
+        reader = Journal(journal.directory)
+        missing = 0
+        for _ in range(3000):
+            if reader.read(r.job_id) is None:
+                missing += 1
+            if not [e for e in reader.entries() if isinstance(e, JobRecord)]:
+                missing += 1
+        assert missing == 0
+    finally:
+        os.kill(writer, signal.SIGKILL)
+        os.waitpid(writer, 0)
