@@ -1087,7 +1087,7 @@ class Job:
         job's session (an env -i worker the launcher left) stays a member.
         A job keeper reaps its leader itself (its subtree keeps the orphans):
         there the scan comes first only for ``scan_first`` (supervise(), which
-        ends the job next: the scan overlaps the job keeper's reap and status
+        ends the job next: the scan does not wait for the job keeper's status
         message, and settles the tree for tree_proven_empty).
         """
         if (

@@ -9,9 +9,9 @@ job's tree is proven empty.
 A record lives in one of two files, ``JOB.json`` and ``JOB.1.json``: each
 write goes to a temporary file, then is renamed into the slot not in use, then
 the other slot is unlinked. A rename over an existing file would be as atomic,
-but ext4 (and XFS) then force the new file's blocks to be allocated and
-written back (``auto_da_alloc``), and the final unlink frees them: ~0.25 ms
-of a job's start and end, measured (bench/README.md). A crash between the
+but ext4 then forces the new file's blocks to be allocated and written back
+(``auto_da_alloc``), and the final unlink frees them: ~0.25 ms of a job's
+start and end, measured (bench/README.md). A crash between the
 rename and the unlink leaves both slots: the higher ``revision`` is the record.
 
 Where: ``$TETHER_RUNTIME_DIR``, else ``/run/tether`` for root, else

@@ -473,7 +473,7 @@ class Membership:
             # of its subtree, and its pid may be a stranger's: said.
             self._subtree_root = None
             root = read_process(pid, ())
-            if root is None or root.starttime != starttime or root.state == "Z":
+            if root is None or not root.is_alive_as(starttime):
                 self._caveats = (
                     *self._caveats,
                     f"the job keeper (pid {pid}) exited while the job ran: processes it "

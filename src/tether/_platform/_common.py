@@ -42,6 +42,11 @@ class ProcessInfo:
     def identity(self) -> Identity:
         return Identity(self.pid, self.starttime)
 
+    def is_alive_as(self, starttime: int) -> bool:
+        """This row is the process that started at ``starttime``, not yet
+        exited (a zombie's pid still names it, but it holds no children)."""
+        return self.starttime == starttime and self.state != "Z"
+
     def describe(self) -> str:
         if self.cmdline:
             return " ".join(self.cmdline)

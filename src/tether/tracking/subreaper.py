@@ -25,6 +25,6 @@ class SubreaperTracker:
     def find(self, table: Table, members: set[int]) -> Iterable[int]:
         if self.supervisor_starttime is not None:
             sup = table.get(self.supervisor_pid)
-            if sup is None or sup.starttime != self.supervisor_starttime or sup.state == "Z":
+            if sup is None or not sup.is_alive_as(self.supervisor_starttime):
                 return []
         return [p.pid for p in table.values() if p.ppid == self.supervisor_pid]

@@ -153,7 +153,7 @@ def subtree(
         if (
             pid == root
             and root_starttime is not None
-            and (info is None or info.starttime != root_starttime or info.state == "Z")
+            and (info is None or not info.is_alive_as(root_starttime))
         ):
             return None
         if info is None:
