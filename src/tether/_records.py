@@ -131,42 +131,87 @@ else:
 
     _UNSUPPORTED = ("ClassVar", "typing.ClassVar", "InitVar", "dataclasses.InitVar", "KW_ONLY")
 
-    def _init(cls, record_fields, frozen):
-        """``__init__``, compiled: positional fields, then keyword-only ones;
-        defaults bound as globals of the generated function."""
+    def init_source(record_fields, frozen, post_init):
+        """The generated ``__init__``'s source (positional fields, then
+        keyword-only ones; defaults bound as globals of the function), its
+        globals, and its defaults: (positional tuple, keyword-only dict)."""
         env = {"_HAS_FACTORY": _HAS_FACTORY, "_set": object.__setattr__}
         positional, keyword, body = [], [], []
+        defaults, kwdefaults = [], {}
         for f in record_fields:
             if f.default is not MISSING:
                 env[f"_d_{f.name}"] = f.default
                 param = f"{f.name}=_d_{f.name}"
                 value = f.name
+                default = f.default
             elif f.default_factory is not MISSING:
                 env[f"_f_{f.name}"] = f.default_factory
                 param = f"{f.name}=_HAS_FACTORY"
                 value = f"_f_{f.name}() if {f.name} is _HAS_FACTORY else {f.name}"
+                default = _HAS_FACTORY
             else:
                 param = f.name
                 value = f.name
+                default = MISSING
             (keyword if f.kw_only else positional).append(param)
+            if default is not MISSING:
+                if f.kw_only:
+                    kwdefaults[f.name] = default
+                else:
+                    defaults.append(default)
             if frozen:
                 body.append(f"_set(self, {f.name!r}, {value})")
             else:
                 body.append(f"self.{f.name} = {value}")
         params = ["self", *positional, *(["*", *keyword] if keyword else [])]
-        if hasattr(cls, "__post_init__"):
+        if post_init:
             body.append("self.__post_init__()")
         source = f"def __init__({', '.join(params)}):\n" + "".join(
             f" {line}\n" for line in body or ["pass"]
         )
-        exec(compile(source, f"<record {cls.__qualname__}>", "exec"), env)
-        init = env["__init__"]
+        return source, env, (tuple(defaults), kwdefaults)
+
+    def _init(cls, record_fields, frozen):
+        source, env, (defaults, kwdefaults) = init_source(
+            record_fields, frozen, hasattr(cls, "__post_init__")
+        )
+        # The same code, compiled ahead (tether._record_inits, made by
+        # tools/gen_record_inits.py): a compile is ~0.15 ms, and a command
+        # constructs some twenty records. A record whose source is not there
+        # (changed since, or not tether's) is compiled here.
+        code = _precompiled().get(source)
+        if code is None:
+            exec(compile(source, f"<record {cls.__qualname__}>", "exec"), env)
+            init = env["__init__"]
+        else:
+            init = _function(code, env, "__init__", defaults or None)
+            init.__kwdefaults__ = kwdefaults or None
         init.__qualname__ = f"{cls.__qualname__}.__init__"
         # As dataclasses: the fields' annotations (strings here), for help().
         annotations = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
         init.__annotations__ = {f.name: annotations[f.name] for f in record_fields}
         init.__annotations__["return"] = None
         return init
+
+    _function = type(_repr)
+    _codes = []
+
+    def _precompiled():
+        if not _codes:
+            try:
+                from tether._record_inits import CODES
+            except ImportError:  # a partial copy of tether (a remote host's)
+                CODES = {}
+            _codes.append(CODES)
+        return _codes[0]
+
+    def source_of(cls):
+        """``init_source`` of a record class (tools/gen_record_inits.py)."""
+        record_fields = cls.__record_fields__.values()
+        ordered = [f for f in record_fields if not f.kw_only]
+        ordered += [f for f in record_fields if f.kw_only]
+        frozen = cls.__dict__.get("__setattr__") is _frozen_setattr
+        return init_source(ordered, frozen, hasattr(cls, "__post_init__"))[0]
 
     class _FirstInit:
         """Where ``__init__`` is until it is first looked up — by the record's

@@ -346,9 +346,10 @@ def boot_id() -> str:
     if _boot_id:
         return _boot_id[0]  # it changes with a reboot only
     try:
-        with open(_BOOT_ID, encoding="ascii") as f:
-            found = f.read(64).strip()
-    except OSError:
+        # Bytes decoded here: a text open looks the codec up (an import).
+        with open(_BOOT_ID, "rb") as f:
+            found = f.read(64).strip().decode("ascii")
+    except (OSError, UnicodeDecodeError):
         return ""
     if found:
         _boot_id.append(found)

@@ -33,7 +33,10 @@ def find_cgroup2_mount(mountinfo: str = _MOUNTINFO) -> str | None:
                 left, _, right = line.partition(" - ")
                 if right.split(" ", 1)[0] == "cgroup2":
                     mount_point = left.split(" ")[4]
-                    # mountinfo escapes space, tab, newline and backslash as octal.
+                    # mountinfo escapes space, tab, newline and backslash as octal
+                    # (the codec's lookup is an import: only when there is one).
+                    if "\\" not in mount_point:
+                        return mount_point
                     return mount_point.encode("latin-1", "surrogateescape").decode("unicode_escape")
     except OSError:
         return None

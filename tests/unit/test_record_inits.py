@@ -1,0 +1,88 @@
+"""tether._record_inits: every record's ``__init__`` compiled ahead must be the
+code ``tether._records`` would compile, bound with the same defaults, and
+the file must be current (tools/gen_record_inits.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tether._records as records
+from tether._record_inits import CODES
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+import gen_record_inits  # noqa: E402
+
+CLASSES = gen_record_inits.record_classes()
+
+
+def test_the_generated_file_is_current() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_record_inits.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_tether_record_is_there() -> None:
+    assert len(CLASSES) > 30
+    missing = [c.__qualname__ for c in CLASSES if records.source_of(c) not in CODES]
+    assert missing == []
+
+
+def _ordered(cls: type) -> list[Any]:
+    fields = list(cls.__record_fields__.values())  # type: ignore[attr-defined]
+    return [f for f in fields if not f.kw_only] + [f for f in fields if f.kw_only]
+
+
+def _frozen(cls: type) -> bool:
+    return cls.__dict__.get("__setattr__") is records._frozen_setattr  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__qualname__)
+def test_the_ahead_code_is_what_a_compile_gives(cls: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    ahead = records._init(cls, _ordered(cls), _frozen(cls))  # type: ignore[attr-defined]
+    monkeypatch.setattr(records, "_codes", [{}])
+    compiled = records._init(cls, _ordered(cls), _frozen(cls))  # type: ignore[attr-defined]
+    assert ahead.__code__ is not compiled.__code__
+    for attr in (
+        "co_code",
+        "co_consts",
+        "co_names",
+        "co_varnames",
+        "co_argcount",
+        "co_posonlyargcount",
+        "co_kwonlyargcount",
+        "co_flags",
+    ):
+        assert getattr(ahead.__code__, attr) == getattr(compiled.__code__, attr), attr
+    assert ahead.__defaults__ == compiled.__defaults__
+    assert ahead.__kwdefaults__ == compiled.__kwdefaults__
+    assert ahead.__annotations__ == compiled.__annotations__
+    assert ahead.__qualname__ == compiled.__qualname__
+    assert ahead.__globals__.keys() == compiled.__globals__.keys() - {"__builtins__", "__init__"}
+
+
+def test_defaults_and_factories_of_an_ahead_init_work() -> None:
+    from tether.tracking.select import Selection
+
+    fields = records.fields(Selection)
+    factories = [f for f in fields if f.default_factory is not records.MISSING]  # type: ignore[attr-defined]
+    assert factories, "a record with a default_factory field"
+    assert records.source_of(Selection) in CODES
+    required = {
+        f.name: None
+        for f in fields
+        if f.default is records.MISSING and f.default_factory is records.MISSING  # type: ignore[attr-defined]
+    }
+    one, two = Selection(**required), Selection(**required)
+    for f in factories:
+        assert getattr(one, f.name) == f.default_factory()
+        assert getattr(one, f.name) is not getattr(two, f.name)
