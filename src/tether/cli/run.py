@@ -340,7 +340,8 @@ def _run(
     )
     report = outcome.report
     assert report is not None  # a failed termination raised in _supervised
-    write_json(json_file, report.to_json())
+    if json_file is not None:
+        write_json(json_file, report.to_json())
     if not quiet and (verbose or report.killed or outcome.timed_out or outcome.signals
                       or not report.complete):  # fmt: skip
         from tether.display import render_report
