@@ -47,6 +47,12 @@ from collections.abc import Iterable
 
 from tether.remote.shell import SHELL_BOOT
 
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
 #: The engine's floor (pyproject's requires-python).
 MIN_ENGINE_PYTHON = (3, 11)
 
@@ -411,12 +417,25 @@ def sources_digest(entries: Iterable[tuple[str, bytes]]) -> str:
     """The sha256 naming an engine: each (name, bytes), in name order, as
     ``name NUL length NUL bytes`` (stage 1's ``_compile`` checks a shipped
     zip's entries the same way)."""
-    import hashlib
-
-    h = hashlib.sha256()
+    h = _sha256()
     for name, data in sorted(entries):
         h.update(b"%s\0%d\0" % (name.encode(), len(data)) + data)
     return h.hexdigest()
+
+
+def _sha256() -> _Hash:
+    # sha256 from the interpreter's own module: importing hashlib loads
+    # OpenSSL's libcrypto and _blake2 first, ~4.5 ms of every command's CPU
+    # for one hash of ~400 KB (a build without the module has hashlib's).
+    try:
+        from _sha2 import sha256  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        try:
+            from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            from hashlib import sha256
+    h: _Hash = sha256()
+    return h
 
 
 def package_digest() -> str:
@@ -524,7 +543,9 @@ def stage1_block(code_text: str = STAGE1, magic: str | None = None) -> bytes:
 
 @functools.lru_cache(maxsize=1)
 def _own_magic() -> str:
-    from importlib.util import MAGIC_NUMBER
+    # As stage 0 reads it: the import system's own module, always loaded
+    # (importlib.util would import contextlib and more, ~4 ms, for a constant).
+    from importlib._bootstrap_external import MAGIC_NUMBER
 
     return MAGIC_NUMBER.hex()
 
