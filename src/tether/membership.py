@@ -732,7 +732,7 @@ class Membership:
         # CPUs, and a scan of the emptied table costs a tenth. Bounded: a
         # member stuck in D state must not hold back the KILL of members
         # outside the cgroup.
-        emptied = self.cgroup.wait_empty(KILL_SETTLE)
+        emptied = self._wait_killed(candidates, KILL_SETTLE)
         # Reached by cgroup.kill: exited since, or still in the cgroup (in D
         # state). One that is neither left the cgroup between the read and
         # the kill (a root member can move itself): the engine kills it.
@@ -748,6 +748,37 @@ class Membership:
         # it reached leaves nothing for a watchdog to find through it.
         self._tell_new([m for m in new if m not in reached])
         return reached
+
+    def _wait_killed(self, members: Sequence[Member], timeout: float) -> bool:
+        """Wait until the cgroup is empty (True), at most ``timeout``.
+
+        The members' pidfds say when to look, not cgroup.events: the kernel
+        sends that file's notifications at most once per ~10 ms
+        (CGROUP_FILE_NOTIFY_MIN_INTV) and the freeze has just sent one, so
+        "populated 0" of a small tree reached a poll ~10 ms after the fact.
+        A task leaves its cgroup before its pidfd turns readable (do_exit:
+        cgroup_exit, then exit_notify), so once every member's pidfd has,
+        one read of cgroup.events tells; the events are waited for only if
+        something the reads did not see is still inside.
+        """
+        assert self.cgroup is not None
+        deadline = self._clock() + timeout
+        fds = [fd for m in members if m.alive and (fd := self._handles[m].fileno) >= 0]
+        if fds:
+            ep = select.epoll(len(fds))
+            try:
+                for fd in fds:
+                    # One-shot: an exited member is reported once, not at every wake-up.
+                    ep.register(fd, select.EPOLLIN | select.EPOLLONESHOT)
+                left = len(fds)
+                while left:
+                    wait = deadline - self._clock()
+                    if wait <= 0:
+                        return not self.cgroup.populated()
+                    left -= len(ep.poll(wait, left))
+            finally:
+                ep.close()
+        return self.cgroup.wait_empty(max(0.0, deadline - self._clock()))
 
     def _tell_new(self, new: Sequence[Member]) -> None:
         if new and self._on_new_members is not None:
