@@ -465,30 +465,31 @@ def _run_step(
 
 def _record(m: Member, t0: float) -> MemberRecord:
     exited, signals = m.exited_at, m.signals
-    names = tuple([_signal_name(s) for s, _ in signals])
-    ended_by = ended_at = None
-    if exited is None:
-        outcome = "denied" if m.denied else "survived"
-    else:
-        ended_at = max(0.0, exited - t0)
-        outcome = "exited" if not signals or signals[0][1] > exited else "killed"
-        # The last signal sent before the exit was seen.
-        for i in range(len(signals) - 1, -1, -1):
-            if signals[i][1] <= exited:
-                ended_by = names[i]
-                break
     found_by = m.found_by
-    return MemberRecord(
-        pid=m.pid,
-        start_time=m.start_time,
-        cmdline=m.cmdline,
-        # Most members are found by one tracker: no sort to make.
-        found_by=tuple(found_by) if len(found_by) == 1 else tuple(sorted(found_by)),
-        outcome=outcome,
-        ended_by=ended_by,
-        ended_at=ended_at,
-        signals=names,
-    )
+    # Most members are found by one tracker: no sort to make.
+    found = tuple(found_by) if len(found_by) == 1 else tuple(sorted(found_by))
+    if exited is None:
+        names = tuple([_signal_name(s) for s, _ in signals])
+        outcome = "denied" if m.denied else "survived"
+        return MemberRecord(m.pid, m.start_time, m.cmdline, found, outcome, None, None, names)
+    ended_at = max(0.0, exited - t0)
+    if len(signals) == 1:
+        # The common case (one KILL, or one TERM that ended it): no loop.
+        ((sig, at),) = signals
+        name = _signal_name(sig)
+        outcome, ended_by = ("killed", name) if at <= exited else ("exited", None)
+        return MemberRecord(
+            m.pid, m.start_time, m.cmdline, found, outcome, ended_by, ended_at, (name,)
+        )
+    names = tuple([_signal_name(s) for s, _ in signals])
+    outcome = "exited" if not signals or signals[0][1] > exited else "killed"
+    ended_by = None
+    # The last signal sent before the exit was seen.
+    for i in range(len(signals) - 1, -1, -1):
+        if signals[i][1] <= exited:
+            ended_by = names[i]
+            break
+    return MemberRecord(m.pid, m.start_time, m.cmdline, found, outcome, ended_by, ended_at, names)
 
 
 #: A report names a thousand members' signals: the enum lookup once per signal.
