@@ -406,3 +406,29 @@ def test_supervisor_alive_is_recoverys_job_state() -> None:
             assert supervisor_alive(record) == job_state(record).supervisor_alive == alive
     finally:
         zombie.wait()
+
+
+def test_the_package_names_load_on_first_use() -> None:
+    """tether.prune's names are imported when asked for (the CLI starts its
+    scan from tether.prune.scan before the rest is loaded), and each is the
+    defining module's own object."""
+    import importlib
+    import sys
+
+    code = (
+        "import sys\n"
+        "import tether.prune.scan\n"
+        "print(sorted(m for m in sys.modules if m.startswith('tether.prune')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "['tether.prune', 'tether.prune.scan']\n"
+    import tether.prune as package
+
+    for name in package.__all__:
+        value = getattr(package, name)
+        assert value is getattr(importlib.import_module(value.__module__), name)
+        assert name in dir(package)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        package.nothing  # noqa: B018
+    with pytest.raises(ImportError):
+        exec("from tether.prune import nothing", {})

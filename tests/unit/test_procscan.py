@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -399,3 +400,120 @@ def test_any_status_gives_the_same_uids_groups_and_errors(
 ) -> None:
     got = statuses_both_ways(tmp_path_factory.mktemp("proc"), statuses, monkeypatch)
     assert got[True] == got[False]
+
+
+class FakeNative:
+    """A stand-in for _procscan whose scan waits for ``release`` (or raises ``error``)."""
+
+    def __init__(self, rows: list[tuple[object, ...]], error: BaseException | None = None) -> None:
+        self.rows = rows
+        self.error = error
+        self.release = threading.Event()
+        self.threads: list[int] = []
+
+    def scan(self, proc: str, now: float, ticks: float, pf_kthread: int) -> list[object]:
+        self.threads.append(threading.get_ident())
+        assert self.release.wait(30)
+        if self.error is not None:
+            raise self.error
+        return list(self.rows)
+
+
+def use_fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake: FakeNative) -> None:
+    fake_proc(tmp_path, [])
+    monkeypatch.setattr(scan, "PROC", str(tmp_path))
+    monkeypatch.setattr(procscan, "use_native", True)
+    monkeypatch.setattr(procscan, "_cached", [fake])
+
+
+ROW = (4242, 1, 4242, 4242, 1000, "S", "sleep", False, 2.0, 3.5)
+
+
+def test_a_started_scan_is_complete_when_its_table_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # plan() reads the job lists after the table is returned: the table must
+    # be the whole scan, however long the scan thread takes.
+    fake = FakeNative([ROW])
+    use_fake(monkeypatch, tmp_path, fake)
+    finish = scan.scan_started()
+    threading.Timer(0.3, fake.release.set).start()
+    table = finish()
+    assert fake.threads and fake.threads[0] != threading.get_ident()  # in a thread
+    assert list(table.procs) == [4242] and table.procs[4242] == scan.Proc(*ROW)
+    assert table.now == 123456.78
+    assert finish().procs == table.procs  # and again, without waiting
+
+
+def test_an_error_of_a_started_scan_is_raised_where_the_table_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeNative([], error=PermissionError(13, "Permission denied"))
+    use_fake(monkeypatch, tmp_path, fake)
+    finish = scan.scan_started()
+    fake.release.set()
+    with pytest.raises(PermissionError):
+        finish()
+
+
+def test_a_scan_that_cannot_have_a_thread_runs_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RLIMIT_NPROC reached (a user's prune on a node full of their strays).
+    import _thread
+
+    def no_thread(*_a: object) -> int:
+        raise RuntimeError("can't start new thread")
+
+    fake = FakeNative([ROW])
+    fake.release.set()
+    use_fake(monkeypatch, tmp_path, fake)
+    monkeypatch.setattr(_thread, "start_new_thread", no_thread)
+    finish = scan.scan_started()
+    assert not fake.threads  # nothing began
+    assert list(finish().procs) == [4242]
+    assert fake.threads == [threading.get_ident()]
+
+
+def test_a_started_scan_gives_the_table_of_a_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_proc(tmp_path, HOSTILE)
+    monkeypatch.setattr(scan, "PROC", str(tmp_path))
+    for way in (True, False):
+        monkeypatch.setattr(procscan, "use_native", way)
+        monkeypatch.setattr(procscan, "_cached", [NATIVE])
+        assert_same(scan.scan_started()(), scan.scan())
+
+
+@needs_native
+def test_the_native_scan_lets_other_threads_run_while_it_reads(tmp_path: Path) -> None:
+    """The reads run with the GIL released (what a started scan overlaps
+    with). A stat file that is a FIFO holds the scan in its open and read
+    until this test's main thread writes it: a scan holding the GIL there
+    would never let the writer run (the child is killed at the timeout)."""
+    fake_proc(tmp_path, [stat_line(pid=b"100")])
+    fifo = tmp_path / "100" / "stat"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    code = (
+        "import os, sys, threading\n"
+        "from tether._platform.linux import procscan\n"
+        "native = procscan._load()\n"
+        "got = []\n"
+        "t = threading.Thread(target=lambda: got.append(native.scan(sys.argv[1], 0.0, 100.0, 0)))\n"
+        "t.start()\n"
+        "fd = os.open(sys.argv[2], os.O_WRONLY)\n"
+        "os.write(fd, bytes.fromhex(sys.argv[3]))\n"
+        "os.close(fd)\n"
+        "t.join()\n"
+        "print(sorted(row[0] for row in got[0] if len(row) == 10))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), str(fifo), stat_line(pid=b"100").hex()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout == "[100]\n", done

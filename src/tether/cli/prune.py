@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -242,6 +241,8 @@ def _options(
         for u in config["prune.exclude_users"]
     }
     # Checked by the configuration (files and --exclude-comm alike): they compile.
+    import re
+
     comm = tuple(re.compile(p) for p in config["prune.exclude_comm"])
     options = PruneOptions(
         min_uid=floor,
@@ -427,6 +428,13 @@ def prune(
     **common: Any,
 ) -> None:
     """``tether prune``'s body (click's command and the fast path's)."""
+    from tether.prune.scan import scan_started
+
+    # The /proc scan (~50 ms, nearly all in the kernel) goes on in a thread
+    # while the rest of the pruner, the policy and the configuration are
+    # imported and read; plan() takes its table when it is complete, and
+    # reads the job lists after it, as it does when it scans itself.
+    scanner = scan_started()
     from tether.policy import parse_duration
     from tether.prune.classify import plan
     from tether.prune.outcome import execute
@@ -454,7 +462,7 @@ def prune(
     try:
         try:
             try:
-                p = plan(options, sources, verbose=c.verbose)
+                p = plan(options, sources, verbose=c.verbose, scanner=scanner)
             except TetherError as err:
                 log.error(f"event=error error={str(err)!r} action=nothing killed")
                 raise UsageError(f"{err} (nothing was killed)") from None

@@ -35,6 +35,7 @@ from tether._records import dataclass, field
 # mypy treats any name TYPE_CHECKING as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 PROC = "/proc"
@@ -231,12 +232,17 @@ def scan() -> Table:
 
 
 def _scan_native(native: Any) -> Table:
-    """:func:`scan` through the native module: its rows, and what it leaves to
-    :func:`parse_stat` (or an error number), in directory order."""
+    """:func:`scan` through the native module."""
     now = uptime()
+    return _native_table(native.scan(PROC, now, CLOCK_TICKS, PF_KTHREAD), now)
+
+
+def _native_table(items: list[Any], now: float) -> Table:
+    """The table of the native module's rows, and what it leaves to
+    :func:`parse_stat` (or an error number), in directory order."""
     procs: dict[int, Proc] = {}
     unreadable: dict[int, str] = {}
-    for item in native.scan(PROC, now, CLOCK_TICKS, PF_KTHREAD):
+    for item in items:
         if len(item) == 10:
             procs[item[0]] = Proc(*item)
             continue
@@ -251,6 +257,52 @@ def _scan_native(native: Any) -> Table:
             continue
         procs[proc.pid] = proc
     return Table(procs, unreadable, now)
+
+
+def scan_started() -> Callable[[], Table]:
+    """:func:`scan`, begun now: the function that returns its table once it is done.
+
+    With the native module the scan runs in a thread, and its reads (nearly
+    all of its time, the kernel's) with the GIL released: a command that has
+    modules to import and files to read before it needs the table overlaps
+    them with the scan. The table is the same as :func:`scan`'s, and it is
+    complete when the function returns (job lists read after it still see a
+    job that started during the scan). Without the module, or where no
+    thread can start (RLIMIT_NPROC), the scan runs when the table is asked for.
+    """
+    native = procscan.module()
+    if native is None:
+        return scan
+    import _thread
+
+    done = _thread.allocate_lock()
+    done.acquire()
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            now = uptime()
+            result.append((native.scan(PROC, now, CLOCK_TICKS, PF_KTHREAD), now))
+        except BaseException as err:  # handed to the caller, raised there
+            result.append(err)
+        finally:
+            done.release()
+
+    try:
+        _thread.start_new_thread(run, ())
+    except RuntimeError:  # can't start new thread
+        return scan
+
+    def finish() -> Table:
+        # Blocks until the thread has its answer; then open for later calls.
+        done.acquire()
+        done.release()
+        got = result[0]
+        if isinstance(got, BaseException):
+            raise got
+        return _native_table(*got)
+
+    return finish
 
 
 def uid_min(path: str = LOGIN_DEFS) -> int:

@@ -18,7 +18,9 @@
  *       a parsed stat line (the arguments of tether.prune.scan.Proc);
  *   (name, bytes)   the stat line for the Python parser;
  *   (name, errno)   the open or read failed (other than ENOENT/ESRCH: gone).
- * A process that left an empty read (reaped meanwhile) is skipped.
+ * A process that left an empty read (reaped meanwhile) is skipped. The
+ * listing and the reads run with the GIL released (the rows are made after
+ * them): a caller may scan in a thread while its interpreter goes on.
  *
  * read_shown(proc_dir, pid, cmdline_limit) -> (cmdline, cgroup, stat) bytes
  *   the three files the pruner shows a stray by, read by path in that order
@@ -147,6 +149,96 @@ static PyObject *parse(const char *d, size_t n, double now, double ticks, long l
                          now - (double)start / ticks);
 }
 
+/* What the reading half of scan() leaves for the parsing half: every
+ * entry's name and stat bytes in one arena (offsets, as it moves when it
+ * grows), its error number, in directory order. Filled without the GIL. */
+struct entry {
+    size_t name;   /* offset of the NUL-terminated name */
+    size_t data;   /* offset of the bytes read */
+    size_t got;    /* how many */
+    int err;       /* errno of the open or read, or 0 */
+};
+
+struct reading {
+    char *arena;
+    size_t used, cap;
+    struct entry *entries;
+    size_t count, slots;
+};
+
+static void reading_free(struct reading *r)
+{
+    PyMem_RawFree(r->arena);
+    PyMem_RawFree(r->entries);
+}
+
+/* Room for NEED more bytes in the arena and one more entry; -1 (ENOMEM). */
+static int reserve(struct reading *r, size_t need)
+{
+    if (r->cap - r->used < need) {
+        size_t cap = r->cap ? r->cap : 1 << 20;
+        while (cap - r->used < need)
+            cap *= 2;
+        char *arena = PyMem_RawRealloc(r->arena, cap);
+        if (arena == NULL)
+            return -1;
+        r->arena = arena;
+        r->cap = cap;
+    }
+    if (r->count == r->slots) {
+        size_t slots = r->slots ? r->slots * 2 : 8192;
+        struct entry *entries = PyMem_RawRealloc(r->entries, slots * sizeof *entries);
+        if (entries == NULL)
+            return -1;
+        r->entries = entries;
+        r->slots = slots;
+    }
+    return 0;
+}
+
+/* The listing and every PID/stat, read into R: no Python object is touched,
+ * so the caller runs this with the GIL released (a scan in a thread goes on
+ * while the interpreter imports). 0, or -1 with errno set (ENOMEM included). */
+static int read_all(DIR *dir, int dfd, struct reading *r)
+{
+    char path[NAME_MAX + 8];
+    for (;;) {
+        errno = 0;
+        struct dirent *e = readdir(dir);
+        if (e == NULL)
+            return errno != 0 ? -1 : 0; /* os.listdir would raise too */
+        size_t nlen = strlen(e->d_name);
+        if (nlen == 0 || strspn(e->d_name, "0123456789") != nlen)
+            continue;
+        if (reserve(r, nlen + 1 + STAT_SIZE) < 0) {
+            errno = ENOMEM;
+            return -1;
+        }
+        memcpy(path, e->d_name, nlen);
+        memcpy(path + nlen, "/stat", 6);
+        struct entry *ent = &r->entries[r->count];
+        ent->name = r->used;
+        ent->data = r->used + nlen + 1;
+        ent->err = 0;
+        ssize_t got = -1;
+        int fd = retry_open(dfd, path);
+        if (fd < 0) {
+            ent->err = errno;
+        } else {
+            got = retry_read(fd, r->arena + ent->data, STAT_SIZE);
+            if (got < 0)
+                ent->err = errno;
+            close(fd);
+        }
+        if (ent->err == ENOENT || ent->err == ESRCH || got == 0)
+            continue; /* exited meanwhile */
+        memcpy(r->arena + ent->name, e->d_name, nlen + 1);
+        ent->got = got > 0 ? (size_t)got : 0;
+        r->used = ent->data + ent->got;
+        r->count++;
+    }
+}
+
 static PyObject *ps_scan(PyObject *self, PyObject *args)
 {
     PyObject *dir_obj;
@@ -178,47 +270,32 @@ static PyObject *ps_scan(PyObject *self, PyObject *args)
         return NULL;
     }
     Py_DECREF(dir_obj);
-    PyObject *out = PyList_New(0);
-    char *buf = PyMem_Malloc(STAT_SIZE);
-    if (out == NULL || buf == NULL) {
-        Py_XDECREF(out);
-        PyMem_Free(buf);
-        closedir(dir);
-        close(dfd);
-        return PyErr_NoMemory();
+    struct reading r = {NULL, 0, 0, NULL, 0, 0};
+    int rc, err;
+    Py_BEGIN_ALLOW_THREADS
+    rc = read_all(dir, dfd, &r);
+    err = errno;
+    closedir(dir);
+    close(dfd);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        reading_free(&r);
+        if (err == ENOMEM)
+            return PyErr_NoMemory();
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
     }
-    char path[NAME_MAX + 8];
-    for (;;) {
-        errno = 0;
-        struct dirent *e = readdir(dir);
-        if (e == NULL) {
-            if (errno != 0) {
-                PyErr_SetFromErrno(PyExc_OSError); /* os.listdir would raise too */
-                goto fail;
-            }
-            break;
-        }
-        size_t nlen = strlen(e->d_name);
-        if (nlen == 0 || strspn(e->d_name, "0123456789") != nlen)
-            continue;
-        memcpy(path, e->d_name, nlen);
-        memcpy(path + nlen, "/stat", 6);
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        reading_free(&r);
+        return NULL;
+    }
+    for (size_t i = 0; i < r.count; i++) {
+        const struct entry *ent = &r.entries[i];
+        const char *name = r.arena + ent->name, *buf = r.arena + ent->data;
         PyObject *item = NULL;
-        int err = 0;
-        ssize_t got = -1;
-        int fd = retry_open(dfd, path);
-        if (fd < 0) {
-            err = errno;
-        } else {
-            got = retry_read(fd, buf, STAT_SIZE);
-            if (got < 0)
-                err = errno;
-            close(fd);
-        }
-        if (err == ENOENT || err == ESRCH || got == 0)
-            continue; /* exited meanwhile */
-        if (err == 0) {
-            item = parse(buf, (size_t)got, now, ticks, pf_kthread);
+        if (ent->err == 0) {
+            item = parse(buf, ent->got, now, ticks, pf_kthread);
             if (item == NULL && PyErr_Occurred()) {
                 if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
                     goto fail;
@@ -226,11 +303,11 @@ static PyObject *ps_scan(PyObject *self, PyObject *args)
             }
         }
         if (item == NULL) {
-            PyObject *name = PyLong_FromString(e->d_name, NULL, 10);
-            if (name == NULL)
+            PyObject *pid = PyLong_FromString(name, NULL, 10);
+            if (pid == NULL)
                 goto fail;
-            item = err ? Py_BuildValue("(Ni)", name, err)
-                       : Py_BuildValue("(Ny#)", name, buf, (Py_ssize_t)got);
+            item = ent->err ? Py_BuildValue("(Ni)", pid, ent->err)
+                            : Py_BuildValue("(Ny#)", pid, buf, (Py_ssize_t)ent->got);
         }
         if (item == NULL || PyList_Append(out, item) < 0) {
             Py_XDECREF(item);
@@ -238,14 +315,10 @@ static PyObject *ps_scan(PyObject *self, PyObject *args)
         }
         Py_DECREF(item);
     }
-    PyMem_Free(buf);
-    closedir(dir);
-    close(dfd);
+    reading_free(&r);
     return out;
 fail:
-    PyMem_Free(buf);
-    closedir(dir);
-    close(dfd);
+    reading_free(&r);
     Py_DECREF(out);
     return NULL;
 }
