@@ -24,7 +24,13 @@ import stat
 from collections.abc import Collection, Iterable
 
 from tether._platform._common import Delivery, ProcessInfo
-from tether._platform.linux import procfs
+from tether._platform.linux import procfs, procscan
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
+# mypy treats any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 NAME = "linux"
 HAS_CGROUPS = True
@@ -97,7 +103,15 @@ def snapshot(fields: Collection[str]) -> dict[int, ProcessInfo]:
     # Stat only: one read of /proc/PID/stat describes one process, so the
     # dirfd that pins a process across several reads is not needed — one
     # open per process instead of two (the snapshot is a termination's most
-    # repeated cost).
+    # repeated cost, and every job's last scan reads the whole node).
+    native = procscan.module()
+    if native is not None:
+        try:
+            rows = native.scan(procfs.PROC, 0.0, procfs.CLOCK_TICKS, procfs.PF_KTHREAD)
+        except OSError:
+            pass  # /proc unlistable: the Python way says so
+        else:
+            return _table_from_scan(rows)
     for pid in procfs.pids():
         data = procfs.read_stat(pid)
         if data:
@@ -106,22 +120,43 @@ def snapshot(fields: Collection[str]) -> dict[int, ProcessInfo]:
     return table
 
 
+def _table_from_scan(rows: list[tuple[Any, ...]]) -> dict[int, ProcessInfo]:
+    """The native reader's rows (tether._platform.linux._procscan) as the
+    Python way builds them: parsed rows; raw stat lines its strict parser
+    left (parsed here, as above); unreadable ones skipped (a vanished or
+    unreadable process is no row either way)."""
+    table: dict[int, ProcessInfo] = {}
+    for row in rows:
+        if len(row) == 10:
+            pid, ppid, pgid, sid, starttime, state, comm, kthread = row[:8]
+            if not comm.isascii():
+                # Decoded with surrogateescape there, with "replace" here.
+                comm = comm.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            table[pid] = ProcessInfo(pid, ppid, pgid, sid, starttime, state, comm, kthread)
+        elif type(row[1]) is bytes and row[1]:
+            with contextlib.suppress(ValueError, IndexError):
+                table[row[0]] = info_from_stat(row[1])
+    return table
+
+
 def info_from_stat(data: bytes) -> ProcessInfo:
-    # Inlined procfs.parse_stat (proc(5)): comm ends at the *last* ")".
-    lpar = data.index(b"(")
-    rpar = data.rindex(b")")
-    rest = data[rpar + 2 :].split(None, 20)
-    pid = int(data[:lpar])
-    ppid = int(rest[1])
+    # proc(5), parsed as tether.prune.scan.parse_stat and the native reader
+    # parse it (one rule for a line that is not the kernel's): comm ends at
+    # the *last* ") ", the pid at the first " (", fields are one space apart.
+    head, _, rest = data.rpartition(b") ")
+    f = rest.split(b" ", 20)
+    lpar = head.index(b" (")
+    pid = int(head[:lpar])
+    ppid = int(f[1])
     return ProcessInfo(
         pid,
         ppid,
-        int(rest[2]),
-        int(rest[3]),
-        int(rest[19]),
-        rest[0].decode(),
-        data[lpar + 1 : rpar].decode("utf-8", "replace"),
-        bool(int(rest[6]) & procfs.PF_KTHREAD) or pid == 2 or ppid == 2,
+        int(f[2]),
+        int(f[3]),
+        int(f[19]),
+        f[0].decode(),
+        head[lpar + 2 :].decode("utf-8", "replace"),
+        bool(int(f[6]) & procfs.PF_KTHREAD) or pid == 2 or ppid == 2,
     )
 
 
