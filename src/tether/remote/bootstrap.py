@@ -185,6 +185,19 @@ def _digest(data):
         from hashlib import blake2b
     return b"tether-engine blake2b=" + blake2b(data, digest_size=32).hexdigest().encode()
 
+def _ext_suffix():
+    # This python's platform-tagged suffix of extension modules, as
+    # ".cpython-311-x86_64-linux-gnu.so" (version, ABI flags, arch, libc): a
+    # shipped native module is used only if built for exactly that (an
+    # untagged ".so" or ".abi3.so" could be another python's, and loading
+    # one into the wrong ABI crashes instead of failing).
+    try:
+        import _imp
+        first = _imp.extension_suffixes()[0]
+    except Exception:
+        return None
+    return first if first.startswith(".cpython-") else None
+
 def _intact(path):
     # The cached engine is run only if it is a regular file (no symlink
     # followed), ours, closed to others and whole: its first line is the
@@ -225,6 +238,7 @@ class _Engine:
         self.path = path
         self.data = memoryview(data)
         self.magic = magic
+        self.ext = _ext_suffix()
         self.index = {}
         d = self.data
         u16 = lambda i: int.from_bytes(d[i:i + 2], "little")
@@ -259,16 +273,68 @@ class _Engine:
                 if package:
                     spec.submodule_search_locations = [self.path + "/" + rel]
                 return spec
+        if self.ext is not None and rel + self.ext in self.index:
+            # A native module shipped for this very platform tag (the
+            # client's own _vspawn): no ctypes to import, ~6 ms a job.
+            spec = _ModuleSpec(name, self, origin=self.path + "/" + rel + self.ext)
+            spec.has_location = True
+            return spec
         # The engine is all of tether here: no other finder is asked (the
         # path finder would have zipimport read the file's directory, ~1 ms,
         # for an optional module such as the native spawn, never shipped).
         raise ModuleNotFoundError("No module named %r" % name, name=name)
 
     def create_module(self, spec):
+        entry = spec.origin[len(self.path) + 1:]
+        if not entry.endswith(".pyc"):
+            return self._native(spec, entry)
         return None
 
+    def _native(self, spec, entry):
+        # dlopen needs a file: the checked bytes go to an anonymous memfd,
+        # loaded through /proc/self/fd, so what runs is what was checked
+        # (nothing by name in the cache). Any failure (no memfd, a noexec
+        # memfd policy, a libc too old for the module) is an ImportError:
+        # the engine then does without it, as where none was built.
+        import _imp
+        start, end = self.index[entry]
+        name = "tether-" + spec.name.rpartition(".")[2]
+        try:
+            try:
+                # Executable on purpose: MFD_EXEC (Linux 6.3+; the kernel
+                # warns of a memfd that says neither). Refused (EINVAL) by
+                # an older kernel: then without it.
+                fd = os.memfd_create(name, os.MFD_CLOEXEC | 0x10)
+            except OSError as err:
+                if err.errno != 22:
+                    raise
+                fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        except (AttributeError, OSError) as err:
+            raise ImportError("%s: no memfd: %s" % (spec.name, err), name=spec.name)
+        try:
+            view = self.data[start:end]
+            while view:
+                view = view[os.write(fd, view):]
+            where = _ModuleSpec(spec.name, None, origin="/proc/self/fd/%d" % fd)
+            module = _imp.create_dynamic(where)
+        except OSError as err:
+            raise ImportError("%s: %s" % (spec.name, err), name=spec.name)
+        finally:
+            os.close(fd)
+        # Named as the zip's other modules, not after a descriptor now closed.
+        try:
+            module.__file__ = spec.origin
+        except AttributeError:
+            pass
+        return module
+
     def exec_module(self, module):
-        start, end = self.index[module.__spec__.origin[len(self.path) + 1:]]
+        entry = module.__spec__.origin[len(self.path) + 1:]
+        if not entry.endswith(".pyc"):
+            import _imp
+            _imp.exec_dynamic(module)
+            return
+        start, end = self.index[entry]
         if self.data[start:start + 4] != self.magic:
             raise ImportError("%s: bytecode of another python" % module.__name__)
         exec(marshal.loads(self.data[start + 16:end]), module.__dict__)
@@ -308,6 +374,7 @@ def _compile(blob, path, digest):
         return None
     out = io.BytesIO()
     flags = (1).to_bytes(4, "little")  # hash-based, source not checked
+    ext = _ext_suffix()
     try:
         with zipfile.ZipFile(out, "w") as dst:
             for name, data in entries:
@@ -317,6 +384,10 @@ def _compile(blob, path, digest):
                     code = compile(data, path + "/" + name, "exec", dont_inherit=True)
                     pyc = importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(data)
                     dst.writestr(name + "c", pyc + marshal.dumps(code))
+                elif ext is not None and name.endswith(ext):
+                    # A native module built for exactly this platform tag:
+                    # kept as it came (stored), for _Engine to load.
+                    dst.writestr(name, data)
     except (SyntaxError, ValueError) as err:
         sys.stderr.write("tether: the engine does not compile on this python: %s\\n" % err)
         return None
@@ -509,7 +580,29 @@ def _read_sources() -> list[tuple[str, bytes]]:
                     continue
                 with open(full, "rb") as f:
                     out.append((rel, f.read()))
-    return sorted(out)
+    return sorted(out + _native_entries())
+
+
+def _native_entries() -> list[tuple[str, bytes]]:
+    """The native spawn (``_vspawn``) as this process would use it (its ABI
+    and source checked by :func:`tether._platform.linux.spawn._native_module`),
+    named with this python's platform-tagged suffix: a host whose python has
+    the same tag loads it (stage 1's ``_Engine``), any other leaves it out
+    and imports ctypes instead, as where it was never built."""
+    import _imp
+
+    try:
+        from tether._platform.linux import spawn
+
+        module = spawn._native_module()
+    except (ImportError, OSError):  # not Linux, or no module to ship
+        return []
+    suffix = _imp.extension_suffixes()[0]
+    path = getattr(module, "__file__", None)
+    if not isinstance(path, str) or not suffix.startswith(".cpython-") or not path.endswith(suffix):
+        return []
+    with open(path, "rb") as f:
+        return [("tether/_platform/linux/_vspawn" + suffix, f.read())]
 
 
 def _build_package_zip() -> bytes:
