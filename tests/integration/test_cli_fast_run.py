@@ -334,3 +334,33 @@ def test_fast_and_click_paths_end_alike_on_a_closed_stdout() -> None:
     """--json into a pipe nobody reads: click's main exits 1 on EPIPE; so does the fast path."""
     statuses = both_paths_into_a_closed_pipe(["run", "--json", "--", "true"])
     assert statuses[0] == statuses[1] == (1, "")
+
+
+def test_no_cyclic_collection_while_tether_run_starts_and_one_while_it_supervises() -> None:
+    """Start-up's imports make no cyclic garbage worth ~25 collections; a
+    supervision (hours, maybe) collects again, past what start-up froze."""
+    code = (
+        "import gc, sys\n"
+        "import tether.supervise\n"
+        "real = tether.supervise.supervise\n"
+        "def spy(*args, **kwargs):\n"
+        "    young = gc.get_stats()[0]['collections']\n"
+        "    seen.extend((gc.isenabled(), young, gc.get_freeze_count()))\n"
+        "    return real(*args, **kwargs)\n"
+        "tether.supervise.supervise = spy\n"
+        "seen = []\n"
+        "sys.argv = ['tether', 'run', '-q', '--', 'true']\n"
+        "import atexit\n"
+        "atexit.register(lambda: print(before, *seen))\n"
+        "from tether.cli import main\n"
+        "before = gc.get_stats()[0]['collections']\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    before, enabled, collections, frozen = done.stdout.split()
+    assert enabled == "True"
+    assert collections == before
+    assert int(frozen) > 1000

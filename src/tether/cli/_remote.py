@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from tether.cli._common import EXIT_FAILED, echo_err, fail, write_json
+from tether.cli._common import EXIT_FAILED, echo_err, fail, gc_back_on, write_json
 
 # Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
 # mypy treats any name TYPE_CHECKING as true).
@@ -236,6 +236,7 @@ def run_remote(
     # --json: the document is stdout, so the hosts' stdout goes to stderr.
     stdout = sys.stderr.buffer if json_file == "-" else sys.stdout.buffer
     sink = OutputSink(prefix, stdout=stdout, labels=not remote_no_prefix, gather=remote_gather)
+    gc_back_on()  # the hosts' jobs may run for long
 
     def report_status(result: HostResult) -> None:
         line = status_line(result, prefix)

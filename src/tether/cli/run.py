@@ -25,6 +25,7 @@ from tether.cli._common import (
     configured,
     echo_err,
     fail,
+    gc_back_on,
     merge_policy_parameters,
     progress_line,
     termination_policy,
@@ -406,6 +407,7 @@ def _supervised(
         if progress is not None:
             stack.callback(progress.clear)
         lines = _StepLines(job.id, job.pid)
+        gc_back_on()
         outcome = supervise(
             job,
             inbox=inbox,
