@@ -33,12 +33,14 @@ WEAK_TRACKERS = frozenset({"cookie"})
 
 # What tether itself writes (new_cookie: 24 hex digits; remote agents prefix
 # it). Anything else read from an environment is data, not a journal name.
-_COOKIE = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}")
+# A pattern, not a compiled regex: re compiles (and caches) it on first use,
+# which a job's own run never makes.
+_COOKIE = r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}"
 
 
 def valid_cookie(value: str) -> bool:
     """Could tether have written this cookie? (Safe as a journal file name.)"""
-    return _COOKIE.fullmatch(value) is not None
+    return re.fullmatch(_COOKIE, value) is not None
 
 
 def process_uid(info: ProcessInfo) -> int | None:
