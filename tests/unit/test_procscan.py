@@ -517,3 +517,103 @@ def test_the_native_scan_lets_other_threads_run_while_it_reads(tmp_path: Path) -
         check=False,
     )
     assert done.stdout == "[100]\n", done
+
+
+@needs_native
+def test_statuses_read_at_once_are_what_each_read_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_proc(tmp_path, [stat_line(pid=str(100 + i).encode()) for i in range(len(STATUSES))])
+    for i, data in enumerate(STATUSES):
+        (tmp_path / str(100 + i) / "status").write_bytes(data)
+    (tmp_path / "9" / "status").mkdir()  # EISDIR on read
+    # Enough pids for the reads to be shared by two threads, in this order.
+    pids = [100 + i for i in range(len(STATUSES))] * 8 + [7, 9, 100]
+    assert NATIVE is not None
+    one_by_one: list[object] = []
+    for pid in pids:
+        try:
+            one_by_one.append(NATIVE.read_status(str(tmp_path), pid))
+        except OSError as err:
+            one_by_one.append(err.errno)
+    assert NATIVE.read_statuses(str(tmp_path), pids) == one_by_one
+    assert one_by_one[-3:] == [2, 21, ((1001, 1002, 1003, 1004), (27, 64123))]
+    # load_statuses settles what it can; load_status then reads the rest as ever.
+    monkeypatch.setattr(scan, "PROC", str(tmp_path))
+    for way in (True, False):
+        monkeypatch.setattr(procscan, "use_native", way)
+        monkeypatch.setattr(procscan, "_cached", [NATIVE])
+        table = scan.scan()
+        procs = [table.procs[100 + i] for i in range(len(STATUSES))]
+        table.load_statuses(procs)
+        assert (procs[0].uids is not None) == way  # read at once only natively
+        assert procs[4].uids is None  # unexpected contents: left to load_status
+        loaded = [table.load_status(p) for p in procs]
+        rows = [(p.uids, p.groups) for p in procs]
+        if way:
+            native = (loaded, rows, dict(table.unreadable))
+    assert native == (loaded, rows, table.unreadable)
+
+
+@needs_native
+def test_strays_shown_at_once_are_what_each_read_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_proc(tmp_path, [stat_line(pid=str(100 + i).encode()) for i in range(30)])
+    for i in range(30):
+        d = tmp_path / str(100 + i)
+        (d / "cmdline").write_bytes(b"x\0" * (i * 5000) + b"\x1b]0;t\x07\0")
+        (d / "cgroup").write_bytes(b"0::/a\n" if i % 2 else b"1:x:/b\n0::/c\n")
+    (tmp_path / "101" / "cgroup").unlink()  # gone between two reads
+    (tmp_path / "102" / "stat").write_bytes(b"bad")
+    (tmp_path / "9" / "cmdline").write_bytes(b"a\0")
+    (tmp_path / "9" / "cgroup").write_bytes(b"0::/\n")
+    identities = [(100 + i, 1000) for i in range(30)] + [(103, 999), (7, 1), (9, 1)]
+    monkeypatch.setattr(scan, "PROC", str(tmp_path))
+    got = {}
+    for way in (True, False):
+        monkeypatch.setattr(procscan, "use_native", way)
+        monkeypatch.setattr(procscan, "_cached", [NATIVE])
+        got[way] = scan.read_shown_all(identities)
+        assert got[way] == [scan.read_shown(pid, start) for pid, start in identities]
+    assert got[True] == got[False]
+    assert got[True][0] == ("\x1b]0;t\x07", "/c")
+    assert got[True][3] is not None and len(got[True][3][0] or "") < 4 * 4096 + 65536
+    assert got[True][1] is None and got[True][2] is None and got[True][-3:] == [None] * 3
+
+
+@needs_native
+def test_a_strays_files_are_read_in_their_order(tmp_path: Path) -> None:
+    """cmdline, cgroup, then stat: the stat read last proves the other two
+    were of the process with that start time. Each file is a FIFO the test
+    writes in that order: a reader that opened them in another order would
+    wait for a writer that waits for it (the child is killed at the timeout)."""
+    fake_proc(tmp_path, [stat_line(pid=b"100")])
+    d = tmp_path / "100"
+    (d / "stat").unlink()
+    for name in ("cmdline", "cgroup", "stat"):
+        os.mkfifo(d / name)
+    code = (
+        "import os, sys, threading\n"
+        "from tether._platform.linux import procscan\n"
+        "native = procscan._load()\n"
+        "got = []\n"
+        "t = threading.Thread(\n"
+        "    target=lambda: got.append(native.read_shown_many(sys.argv[1], [100], 4096)))\n"
+        "t.start()\n"
+        "for name, data in (('cmdline', b'a\\0'), ('cgroup', b'0::/x\\n'),\n"
+        "                   ('stat', bytes.fromhex(sys.argv[2]))):\n"
+        "    fd = os.open(os.path.join(sys.argv[1], '100', name), os.O_WRONLY)\n"
+        "    os.write(fd, data)\n"
+        "    os.close(fd)\n"
+        "t.join()\n"
+        "print(got[0][0][:2])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), stat_line(pid=b"100").hex()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout == "(b'a\\x00', b'0::/x\\n')\n", done

@@ -462,6 +462,20 @@ def plan(
         ):
             exempt_users.append(Exempt(proc.pid, proc.uids, proc.comm, reason))
 
+    # The statuses the loop below reads, read first in one native call (side
+    # by side where there are CPUs for it); a process not listed here, or
+    # one whose status that call could not settle, is read by the loop.
+    min_age = options.min_age
+    table.load_statuses(
+        proc
+        for proc in table.procs.values()
+        if not proc.kernel_thread
+        and proc.state not in ("Z", "X")
+        and proc.pid not in protected
+        and proc.pid not in services
+        and proc.pid not in legit
+        and proc.age >= min_age
+    )
     for proc in table.procs.values():
         if proc.kernel_thread:
             continue

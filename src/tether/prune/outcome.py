@@ -11,7 +11,7 @@ from tether.process import starttime_to_epoch
 from tether.prune._json import dumps
 from tether.prune.classify import Plan, Stray
 from tether.prune.log import DecisionLog, fields
-from tether.prune.scan import read_shown
+from tether.prune.scan import read_shown, read_shown_all
 from tether.prune.text import visible
 
 # Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
@@ -56,7 +56,11 @@ class StrayView:
 
 
 def _view(stray: Stray, outcome: str) -> StrayView:
-    shown = read_shown(stray.pid, stray.starttime)
+    return _view_of(stray, outcome, read_shown(stray.pid, stray.starttime))
+
+
+def _view_of(stray: Stray, outcome: str, shown: tuple[str | None, str | None] | None) -> StrayView:
+    """The view of a stray whose command line and cgroup were read (None: gone)."""
     cmdline, cgroup = shown if shown is not None else (None, None)
     comm = visible(stray.comm)
     return StrayView(
@@ -253,7 +257,8 @@ def execute(plan: Plan, *, kill: bool, policy: Policy, log: DecisionLog) -> Outc
     for pid, why in sorted(plan.unreadable.items()) if log.enabled else ():
         log.warning(fields(event="unreadable", pid=pid, error=why, action="left alone"))
     # Read before any signal: a killed process's command line is gone.
-    views = tuple(_view(s, "would kill") for s in plan.strays)
+    shown = read_shown_all([s.identity for s in plan.strays])
+    views = tuple(_view_of(s, "would kill", v) for s, v in zip(plan.strays, shown, strict=True))
     report: Report | None = None
     if kill and plan.strays:
         from tether.prune.kill import kill_strays
