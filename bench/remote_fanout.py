@@ -220,6 +220,12 @@ def main() -> None:
               f"{os.getloadavg()[0]:.1f} before the runs")  # fmt: skip
         print(f"{ssh_v.stderr.strip()}; {os.cpu_count()} cores; median of {args.repeat}; "
               f"server CPU from a {method} around the sshd servers")  # fmt: skip
+        # Hosts whose python has this one's platform tag load the native
+        # spawn shipped with the engine (no ctypes there): part of the conditions.
+        from tether.remote.bootstrap import _read_sources
+
+        native = [name for name, _ in _read_sources() if name.endswith(".so")]
+        print(f"tether row: the engine ships {', '.join(native) or 'no native module'}")
         rows: dict[tuple[str, int], list[dict[str, float]]] = {}
         for n in counts:
             for _ in range(args.repeat):

@@ -22,7 +22,7 @@ from sshd import SshLab
 from test_engine_cache import SYSTEM_PYTHON, _stage1_functions
 from test_remote import finish, tether_run
 
-from tether._platform.linux import spawn
+from tether._platform.linux import procscan, spawn
 from tether.remote import bootstrap
 from tether.remote.bootstrap import sources_digest
 
@@ -38,11 +38,15 @@ def _suffix(python: str) -> str:
 
 
 @needs_native
-def test_the_engine_ships_the_native_spawn_under_this_pythons_tag() -> None:
+def test_the_engine_ships_the_native_modules_it_uses_under_this_pythons_tag() -> None:
+    """The spawn always (this test needs it built), the /proc reader where
+    this process would use it (built, and not stale in a checkout)."""
     entries = dict(bootstrap._read_sources())
-    name = "tether/_platform/linux/_vspawn" + _suffix(sys.executable)
-    assert name in entries and entries[name][:4] == b"\x7fELF"
-    assert not [n for n in entries if n.endswith(".so") and n != name]
+    suffix = _suffix(sys.executable)
+    used = ["_vspawn"] + (["_procscan"] if procscan.module() is not None else [])
+    names = sorted(f"tether/_platform/linux/{module}{suffix}" for module in used)
+    assert sorted(n for n in entries if n.endswith(".so")) == names
+    assert all(entries[name][:4] == b"\x7fELF" for name in names)
 
 
 @needs_native
@@ -76,11 +80,13 @@ if sys.argv[3] == "no-memfd":
     os.memfd_create = _refuse
 from _frozen_importlib_external import MAGIC_NUMBER
 sys.meta_path.insert(0, _Engine("engine.zip", blob, MAGIC_NUMBER))
-from tether._platform.linux import spawn
+from tether._platform.linux import procscan, spawn
 native = spawn._native_module()
+reader = procscan.module()
 with open("/proc/self/maps") as f:
     memfd = "/memfd:tether-_vspawn" in f.read()
 print(json.dumps({"kept": kept, "native": native is not None, "memfd": memfd,
+                  "procscan": reader is not None,
                   "file": getattr(native, "__file__", None), "ctypes": "ctypes" in sys.modules}))
 """
 
@@ -130,7 +136,9 @@ def test_only_a_native_module_of_the_hosts_own_tag_is_kept_and_loaded(tmp_path: 
         "tether/_platform/linux/_other" + other_tag: so,
     }
     got = _load(tmp_path, others)
-    assert got["kept"] == ["tether/_platform/linux/_vspawn" + host], got
+    ours = ["_procscan", "_vspawn"] if procscan.module() is not None else ["_vspawn"]
+    assert got["kept"] == [f"tether/_platform/linux/{m}{host}" for m in ours], got
+    assert got["procscan"] == (procscan.module() is not None), got
     assert got["native"] and got["memfd"] and not got["ctypes"], got
     # Named as a module of the zip (no source beside it: no stale-build check).
     assert str(got["file"]).endswith("engine.zip/tether/_platform/linux/_vspawn" + host), got

@@ -239,6 +239,7 @@ class _Engine:
         self.data = memoryview(data)
         self.magic = magic
         self.ext = _ext_suffix()
+        self.memfds = []
         self.index = {}
         d = self.data
         u16 = lambda i: int.from_bytes(d[i:i + 2], "little")
@@ -275,7 +276,7 @@ class _Engine:
                 return spec
         if self.ext is not None and rel + self.ext in self.index:
             # A native module shipped for this very platform tag (the
-            # client's own _vspawn): no ctypes to import, ~6 ms a job.
+            # client's own _vspawn, _procscan): no ctypes to import.
             spec = _ModuleSpec(name, self, origin=self.path + "/" + rel + self.ext)
             spec.has_location = True
             return spec
@@ -317,11 +318,16 @@ class _Engine:
                 view = view[os.write(fd, view):]
             where = _ModuleSpec(spec.name, None, origin="/proc/self/fd/%d" % fd)
             module = _imp.create_dynamic(where)
-        except OSError as err:
-            raise ImportError("%s: %s" % (spec.name, err), name=spec.name)
-        finally:
+        except BaseException as err:
             os.close(fd)
-        # Named as the zip's other modules, not after a descriptor now closed.
+            if isinstance(err, OSError):
+                raise ImportError("%s: %s" % (spec.name, err), name=spec.name)
+            raise
+        # Kept open (close-on-exec): dlopen takes a path it loaded before
+        # for the same library, so a second module must not find the first
+        # one's descriptor number free again.
+        self.memfds.append(fd)
+        # Named as the zip's other modules, not after its descriptor.
         try:
             module.__file__ = spec.origin
         except AttributeError:
@@ -584,25 +590,29 @@ def _read_sources() -> list[tuple[str, bytes]]:
 
 
 def _native_entries() -> list[tuple[str, bytes]]:
-    """The native spawn (``_vspawn``) as this process would use it (its ABI
-    and source checked by :func:`tether._platform.linux.spawn._native_module`),
+    """The native modules this process uses (the spawn, ``_vspawn``, and the
+    /proc reader, ``_procscan``, each vetted by its loader: ABI, source),
     named with this python's platform-tagged suffix: a host whose python has
-    the same tag loads it (stage 1's ``_Engine``), any other leaves it out
-    and imports ctypes instead, as where it was never built."""
+    the same tag loads them (stage 1's ``_Engine``), any other leaves them out
+    and does without, as where they were never built."""
     import _imp
 
-    try:
-        from tether._platform.linux import spawn
-
-        module = spawn._native_module()
-    except (ImportError, OSError):  # not Linux, or no module to ship
-        return []
     suffix = _imp.extension_suffixes()[0]
-    path = getattr(module, "__file__", None)
-    if not isinstance(path, str) or not suffix.startswith(".cpython-") or not path.endswith(suffix):
+    if not suffix.startswith(".cpython-"):
         return []
-    with open(path, "rb") as f:
-        return [("tether/_platform/linux/_vspawn" + suffix, f.read())]
+    try:
+        from tether._platform.linux import procscan, spawn
+
+        modules = (spawn._native_module(), procscan.module())
+    except (ImportError, OSError):  # not Linux
+        return []
+    out = []
+    for module in modules:
+        path, name = getattr(module, "__file__", None), getattr(module, "__name__", "")
+        if isinstance(path, str) and path.endswith(suffix) and name.startswith("tether."):
+            with open(path, "rb") as f:
+                out.append((name.replace(".", "/") + suffix, f.read()))
+    return out
 
 
 def _build_package_zip() -> bytes:
