@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import pwd
 import time
+from json.encoder import encode_basestring_ascii
+from math import isfinite
 
 from tether._records import dataclass, replace
 from tether.process import starttime_to_epoch
@@ -99,6 +101,10 @@ class Outcome:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; keys are stable, new keys may be added."""
+        return self._dict(rows=True)
+
+    def _dict(self, *, rows: bool) -> dict[str, Any]:
+        """:meth:`to_dict`; without ``rows``, "strays" is an empty list."""
         plan = self.plan
         opts = plan.options
         return {
@@ -144,7 +150,7 @@ class Outcome:
                     "rule": v.stray.rule,
                     "outcome": v.outcome,
                 }
-                for v in self.strays
+                for v in (self.strays if rows else ())
             ],
             "exempt": dict(plan.exempt),
             "exempt_user_processes": [
@@ -161,8 +167,18 @@ class Outcome:
     def to_json(self) -> str:
         # ASCII: valid whatever the locale of the terminal or pipe reading it.
         # The text of json.dumps(indent=2, ensure_ascii=True), without its
-        # pure-Python encoder (tether.prune._json).
-        return dumps(self.to_dict())
+        # pure-Python encoder (tether.prune._json), the strays' rows (most of
+        # the document) by _stray_rows.
+        rows = _stray_rows(self.strays) if self.strays else None
+        if rows is None:
+            return dumps(self.to_dict())
+        text = dumps(self._dict(rows=False))
+        # The document's own "strays" key: every string in it has its line
+        # breaks escaped, and a nested key is indented deeper.
+        head, found, tail = text.partition('\n  "strays": []')
+        if not found:  # not reached: dumps always writes the key so
+            return dumps(self.to_dict())
+        return f'{head}\n  "strays": {rows}{tail}'
 
     def render_text(self, *, verbose: bool = False) -> str:
         plan = self.plan
@@ -221,6 +237,62 @@ class Outcome:
         if self.log_problem:
             lines.append(f"# warning: decisions not logged: {self.log_problem}")
         return "\n".join(lines)
+
+
+def _stray_rows(views: tuple[StrayView, ...]) -> str | None:
+    """The "strays" list of :meth:`Outcome.to_json`: ``dumps`` of the rows of
+    :meth:`Outcome.to_dict`, each row's text made by one f-string (its keys
+    and types are this module's own), the text of a repeated short string
+    (user, comm, rule, outcome) escaped once. None where a number is not
+    finite or a value is not of its type: ``dumps`` writes those."""
+    esc = encode_basestring_ascii
+    memo: dict[str, str] = {}
+
+    def short(text: str) -> str:
+        done = memo.get(text)
+        if done is None:
+            done = memo[text] = esc(text)
+        return done
+
+    i = "\n      "
+    out = []
+    for v in views:
+        s = v.stray
+        uids = s.uids
+        age = round(s.age, 3)
+        cputime = round(s.cputime, 3)
+        start = v.start_time
+        if not (
+            type(start) is float
+            and type(age) is float
+            and type(cputime) is float
+            and isfinite(start)
+            and isfinite(age)
+            and isfinite(cputime)
+            and type(s.pid) is int
+            and type(s.ppid) is int
+            and type(s.sid) is int
+            and len(uids) == 4
+            and all(type(u) is int for u in uids)
+            and type(v.user) is str
+            and type(v.comm) is str
+            and type(v.cmdline) is str
+            and (v.cgroup is None or type(v.cgroup) is str)
+            and type(s.orphan) is bool
+            and type(s.rule) is str
+            and type(v.outcome) is str
+        ):
+            return None
+        cgroup = "null" if v.cgroup is None else short(v.cgroup)
+        out.append(
+            f'{{{i}"pid": {s.pid},{i}"start_time": {start!r},{i}"ppid": {s.ppid},'
+            f'{i}"sid": {s.sid},{i}"uids": [{i}  {uids[0]},{i}  {uids[1]},{i}  {uids[2]},'
+            f'{i}  {uids[3]}{i}],{i}"user": {short(v.user)},{i}"comm": {short(v.comm)},'
+            f'{i}"cmdline": {esc(v.cmdline)},{i}"cgroup": {cgroup},{i}"age": {age!r},'
+            f'{i}"cputime": {cputime!r},{i}"orphan": {"true" if s.orphan else "false"},'
+            f'{i}"rule": {short(s.rule)},{i}"outcome": {short(v.outcome)}\n    }}'
+        )
+    return "[\n    " + ",\n    ".join(out) + "\n  ]"
 
 
 def _age(seconds: float) -> str:
