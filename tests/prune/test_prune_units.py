@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import example, given
@@ -432,3 +433,45 @@ def test_the_package_names_load_on_first_use() -> None:
         package.nothing  # noqa: B018
     with pytest.raises(ImportError):
         exec("from tether.prune import nothing", {})
+
+
+def test_the_command_starts_its_scan_first_with_the_collector_off(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tether prune starts the /proc scan first (it overlaps the imports and
+    the configuration), the collector already off, and plan() takes that
+    scan's table."""
+    import gc
+
+    from tether.cli.prune import parse_fast, prune
+    from tether.prune import classify, outcome, scan
+
+    seen: dict[str, object] = {}
+    table = Table({}, {}, 0.0)
+
+    def started() -> object:
+        seen["collector"] = gc.isenabled()
+        return lambda: table
+
+    def fake_plan(*args: object, scanner: Any = None, **kwargs: object) -> Plan:
+        seen["table"] = scanner() if scanner is not None else None
+        return _dry_run_plan()
+
+    class Done:
+        complete = True
+        log_problem = None
+
+        def to_json(self) -> str:
+            return "{}"
+
+    monkeypatch.setattr(scan, "scan_started", started)
+    monkeypatch.setattr(classify, "plan", fake_plan)
+    monkeypatch.setattr(outcome, "execute", lambda *a, **k: Done())
+    params = parse_fast(["--json", "--no-syslog", "--batch", "none", "--min-uid", "1000"])
+    assert params is not None
+    with pytest.raises(SystemExit) as done:
+        prune(**params)
+    assert done.value.code == 0
+    assert seen["collector"] is False and seen["table"] is table
+    assert gc.isenabled()
+    assert capsys.readouterr().out == "{}\n"

@@ -428,6 +428,29 @@ def prune(
     **common: Any,
 ) -> None:
     """``tether prune``'s body (click's command and the fast path's)."""
+    # The scan makes a record per process and the listing tens of thousands of
+    # objects, none of them in reference cycles: the collector would only walk
+    # them (~8 ms of a dry run over 5000 processes), and the imports' objects
+    # while the scan goes on. Back on before a kill: the termination engine's
+    # objects are its own business.
+    gc.disable()
+    try:
+        outcome = _prune(kill, older_than, min_cputime, orphans_only, users, gid, common)
+    finally:
+        gc.enable()
+    sys.exit(EXIT_OK if outcome.complete else EXIT_INCOMPLETE)
+
+
+def _prune(
+    kill: bool,
+    older_than: str | None,
+    min_cputime: str | None,
+    orphans_only: bool | None,
+    users: tuple[str, ...],
+    gid: int | None,
+    common: Mapping[str, Any],
+) -> Any:
+    """:func:`prune` up to its exit status: the outcome, shown."""
     from tether.prune.scan import scan_started
 
     # The /proc scan (~50 ms, nearly all in the kernel) goes on in a thread
@@ -454,27 +477,19 @@ def prune(
     options = replace(options, orphans_only=config["prune.orphans_only"])
     sources = _sources(c)
     log = _log(c, config["prune.log_file"])
-    # The scan makes a record per process and the listing tens of thousands of
-    # objects, none of them in reference cycles: the collector would only walk
-    # them (~8 ms of a dry run over 5000 processes). Back on before a kill:
-    # the termination engine's objects are its own business.
-    gc.disable()
     try:
         try:
-            try:
-                p = plan(options, sources, verbose=c.verbose, scanner=scanner)
-            except TetherError as err:
-                log.error(f"event=error error={str(err)!r} action=nothing killed")
-                raise UsageError(f"{err} (nothing was killed)") from None
-            if kill:
-                gc.enable()
-            outcome = execute(p, kill=kill, policy=policy, log=log)
-        finally:
-            log.close()
-        _show(outcome, c)
+            p = plan(options, sources, verbose=c.verbose, scanner=scanner)
+        except TetherError as err:
+            log.error(f"event=error error={str(err)!r} action=nothing killed")
+            raise UsageError(f"{err} (nothing was killed)") from None
+        if kill:
+            gc.enable()
+        outcome = execute(p, kill=kill, policy=policy, log=log)
     finally:
-        gc.enable()
-    sys.exit(EXIT_OK if outcome.complete else EXIT_INCOMPLETE)
+        log.close()
+    _show(outcome, c)
+    return outcome
 
 
 # -- epilog ------------------------------------------------------------------------
