@@ -665,3 +665,37 @@ def test_start_time_read_from_the_clock_is_the_kernels() -> None:
     tick = 1_000_000_000 // procfs.CLOCK_TICKS
     assert procfs.starttime_between(5 * tick - 1, 5 * tick) is None
     assert procfs.starttime_between(5 * tick, 6 * tick - 1) == 5
+
+
+_BORN = """
+import sys
+from tether._platform.linux import procfs
+from tether.job import Job
+from tether.spec import JobSpec
+
+held = 0
+for _ in range(30):
+    with Job(JobSpec(argv=["sleep", "5"]), dedicated_supervisor=True) as job:
+        stat = procfs.read_stat(job.pid)
+        real = int(stat.rpartition(b") ")[2].split()[19])
+        assert job._leader.starttime == real, (job._leader.starttime, real)
+        born = job._popen.born
+        if born is not None:
+            held += 1
+            assert born == (real, job._leader._pidfd), (born, real)
+        job.cancel()
+        assert job._leader.has_exited()
+print(held)
+"""
+
+
+@needs_cgroup
+@needs_clone3
+def test_a_direct_leader_is_held_by_its_clones_pidfd_with_the_clocks_start_time() -> None:
+    """tether run's leader (born in its cgroup by clone3): its handle is the
+    pidfd the clone returned and its start time the clock's tick, the one
+    /proc shows, when both readings fall in one tick."""
+    out = subprocess.run(
+        [sys.executable, "-c", _BORN], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert int(out.stdout) > 0, out.stderr
