@@ -520,9 +520,11 @@ def test_the_native_scan_lets_other_threads_run_while_it_reads(tmp_path: Path) -
 
 
 @needs_native
+@pytest.mark.parametrize("at_once", [1024, 5])
 def test_statuses_read_at_once_are_what_each_read_gives(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at_once: int
 ) -> None:
+    monkeypatch.setattr(scan, "STATUSES_AT_ONCE", at_once)
     fake_proc(tmp_path, [stat_line(pid=str(100 + i).encode()) for i in range(len(STATUSES))])
     for i, data in enumerate(STATUSES):
         (tmp_path / str(100 + i) / "status").write_bytes(data)
@@ -556,9 +558,11 @@ def test_statuses_read_at_once_are_what_each_read_gives(
 
 
 @needs_native
+@pytest.mark.parametrize("at_once", [256, 4])
 def test_strays_shown_at_once_are_what_each_read_gives(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at_once: int
 ) -> None:
+    monkeypatch.setattr(scan, "SHOWN_AT_ONCE", at_once)
     fake_proc(tmp_path, [stat_line(pid=str(100 + i).encode()) for i in range(30)])
     for i in range(30):
         d = tmp_path / str(100 + i)

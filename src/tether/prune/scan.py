@@ -46,6 +46,10 @@ DEFAULT_UID_MIN = 1000
 #: Bytes of a stray's command line read: another user's argv may be
 #: megabytes; the listing shows 4096 characters of it (at most 4 bytes each).
 CMDLINE_LIMIT = 4 * 4096
+#: Strays whose files one native call reads (and holds, ~70 KiB each at most:
+#: the command line's bound and its last chunk), and processes whose status.
+SHOWN_AT_ONCE = 256
+STATUSES_AT_ONCE = 1024
 
 
 class Unreadable(Exception):
@@ -201,9 +205,13 @@ class Table:
         if native is None:
             return
         todo = [p for p in procs if p.uids is None]
-        for proc, got in zip(todo, native.read_statuses(PROC, [p.pid for p in todo]), strict=True):
-            if type(got) is tuple:
-                proc.uids, proc.groups = got
+        for first in range(0, len(todo), STATUSES_AT_ONCE):
+            batch = todo[first : first + STATUSES_AT_ONCE]
+            for proc, got in zip(
+                batch, native.read_statuses(PROC, [p.pid for p in batch]), strict=True
+            ):
+                if type(got) is tuple:
+                    proc.uids, proc.groups = got
 
 
 def scan() -> Table:
@@ -370,7 +378,18 @@ def read_shown_all(
     if native is None:
         return [read_shown(pid, starttime) for pid, starttime in identities]
     out: list[tuple[str | None, str | None] | None] = []
-    got = native.read_shown_many(PROC, [pid for pid, _ in identities], CMDLINE_LIMIT)
+    for first in range(0, len(identities), SHOWN_AT_ONCE):
+        batch = identities[first : first + SHOWN_AT_ONCE]
+        got = native.read_shown_many(PROC, [pid for pid, _ in batch], CMDLINE_LIMIT)
+        out.extend(_shown(batch, got))
+    return out
+
+
+def _shown(
+    identities: Sequence[tuple[int, int]], got: list[Any]
+) -> list[tuple[str | None, str | None] | None]:
+    """What read_shown_many read, as :func:`read_shown` gives it."""
+    out: list[tuple[str | None, str | None] | None] = []
     for (_pid, starttime), files in zip(identities, got, strict=True):
         if type(files) is int:  # an errno: read_shown's OSError
             out.append(None)
