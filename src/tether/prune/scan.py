@@ -12,10 +12,14 @@ checked again there, right before the pidfd that signals it is opened (see
 :mod:`tether.prune.kill`).
 
 Where the optional native module is built (:mod:`tether._platform.linux.procscan`),
-the first pass and a stray's reads are one C call each: the same opens and
-reads without a Python call, path and bytes object per file. It parses only
-well-formed stat lines and hands every other one back to :func:`parse_stat`,
-so the table is the same either way.
+the first pass, the statuses the classification needs and the strays' reads
+are one C call each: the same opens and reads without a Python call, path
+and bytes object per file, with the GIL released and, on more than one CPU,
+by two threads side by side (the reads are the kernel's work). It parses
+only well-formed stat lines and hands every other one back to
+:func:`parse_stat`, so the table is the same either way. ``tether prune``
+begins the first pass in a thread (:func:`scan_started`) before it imports
+the rest of the pruner and reads its configuration.
 """
 
 from __future__ import annotations
