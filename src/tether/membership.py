@@ -797,7 +797,11 @@ class Membership:
         # readable): the same pid in the cgroup is that member.
         self._poll_exits(0)
         self._in_cgroup.update(pids)
-        known = [m for m in self.live() if m.pid in self._in_cgroup]
+        # Members in this listing only: one an earlier scan saw inside may
+        # have been moved out since (a root member can), and cgroup.kill will
+        # not reach it (its pidfd would hold the wait to KILL_SETTLE).
+        listed = set(pids)
+        known = [m for m in self.live() if m.pid in listed]
         known_pids = {m.pid for m in known}
         todo = [p for p in pids if p not in known_pids]
         raw = capture(todo)

@@ -105,3 +105,27 @@ def test_a_process_inside_that_is_no_member_keeps_the_cgroup_from_being_called_e
     os.kill(other, signal.SIGKILL)  # our own child, not yet reaped: the pid is its
     assert membership._wait_killed([member], 10.0)
     assert not cgroup.populated()
+
+
+def test_a_member_moved_out_of_the_cgroup_is_not_one_the_kill_is_waited_for(
+    cgroup: JobCgroup, membership: Membership, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """A member an earlier scan saw inside, moved to another cgroup since:
+    cgroup.kill does not reach it, so the kill's wait must not wait for it
+    (the engine kills it as a member outside)."""
+    stay = adopt(membership, start_in(cgroup, procs))
+    moved = adopt(membership, start_in(cgroup, procs))
+    membership._in_cgroup.update({stay.pid, moved.pid})  # as the last scan found them
+    parent = cgroupfs.probe().parent
+    assert parent is not None
+    elsewhere = JobCgroup.create(parent, f"tether-test-kill-wait-out-{os.getpid()}")
+    try:
+        with open(elsewhere.procs_file, "w") as f:
+            f.write(str(moved.pid))
+        assert moved.pid not in cgroup.procs()
+        captured = membership._capture_cgroup()
+        assert [m.pid for m in captured.known] == [stay.pid]
+    finally:
+        os.kill(moved.pid, signal.SIGKILL)  # our own child: the pid is its
+        wait_for(lambda: not elsewhere.populated(), 10.0, "the other cgroup to empty")
+        elsewhere.remove()
