@@ -113,7 +113,7 @@ def snapshot(fields: Collection[str]) -> dict[int, ProcessInfo]:
         else:
             return _table_from_scan(rows)
     for pid in procfs.pids():
-        data = procfs.read_stat(pid)
+        data = procfs.read_stat(pid, strict=True)
         if data:
             with contextlib.suppress(ValueError, IndexError):
                 table[pid] = info_from_stat(data)
@@ -123,8 +123,8 @@ def snapshot(fields: Collection[str]) -> dict[int, ProcessInfo]:
 def _table_from_scan(rows: list[tuple[Any, ...]]) -> dict[int, ProcessInfo]:
     """The native reader's rows (tether._platform.linux._procscan) as the
     Python way builds them: parsed rows; raw stat lines its strict parser
-    left (parsed here, as above); unreadable ones skipped (a vanished or
-    unreadable process is no row either way)."""
+    left (parsed here, as above); a process gone or hidden from us is no
+    row, any other error (EMFILE) is raised, as the Python way does."""
     table: dict[int, ProcessInfo] = {}
     for row in rows:
         if len(row) == 10:
@@ -133,9 +133,12 @@ def _table_from_scan(rows: list[tuple[Any, ...]]) -> dict[int, ProcessInfo]:
                 # Decoded with surrogateescape there, with "replace" here.
                 comm = comm.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             table[pid] = ProcessInfo(pid, ppid, pgid, sid, starttime, state, comm, kthread)
-        elif type(row[1]) is bytes and row[1]:
-            with contextlib.suppress(ValueError, IndexError):
-                table[row[0]] = info_from_stat(row[1])
+        elif type(row[1]) is bytes:
+            if row[1]:
+                with contextlib.suppress(ValueError, IndexError):
+                    table[row[0]] = info_from_stat(row[1])
+        elif row[1] not in procfs.NOT_READABLE:  # as read_stat(strict=True)
+            raise OSError(row[1], os.strerror(row[1]), f"{procfs.PROC}/{row[0]}/stat")
     return table
 
 

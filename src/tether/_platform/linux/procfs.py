@@ -145,14 +145,24 @@ class ProcDir:
         self.close()
 
 
-def read_stat(pid: int) -> bytes:
+#: Errors of a /proc/PID read that say only that this process is not one to
+#: read: it is gone, or hidden from this user (hidepid).
+NOT_READABLE = frozenset({errno.ENOENT, errno.ESRCH, errno.EACCES, errno.EPERM})
+
+
+def read_stat(pid: int, *, strict: bool = False) -> bytes:
     """One read of /proc/PID/stat (empty if the process is gone or unreadable).
 
     A single read describes a single process: enough for a stat-only table row.
+    ``strict``: an error other than :data:`NOT_READABLE` (EMFILE: this
+    process is out of fds) is raised, not an empty read — a table that
+    silently lacks a process could call a tree empty.
     """
     try:
         fd = os.open(f"{PROC}/{pid}/stat", _O_FILE)
-    except OSError:
+    except OSError as err:
+        if strict and err.errno not in NOT_READABLE:
+            raise
         return b""
     try:
         # Generated whole on the first read (seq_file); a page holds it unless
@@ -164,7 +174,9 @@ def read_stat(pid: int) -> bytes:
                 break
             data += more
         return data
-    except OSError:
+    except OSError as err:
+        if strict and err.errno not in NOT_READABLE:
+            raise
         return b""
     finally:
         os.close(fd)
