@@ -198,12 +198,29 @@ else:
 
     def _precompiled():
         if not _codes:
-            try:
-                from tether._record_inits import CODES
-            except ImportError:  # a partial copy of tether (a remote host's)
-                CODES = {}
-            _codes.append(CODES)
+            _codes.append(_load_codes())
         return _codes[0]
+
+    def _load_codes():
+        # Only as bytecode: compiling the module from source (no .pyc, as
+        # under PYTHONDONTWRITEBYTECODE in a fresh checkout) costs what
+        # compiling the ~20 inits a command constructs does.
+        spec = globals().get("__spec__")
+        if type(getattr(spec, "loader", None)).__name__ == "SourceFileLoader":
+            cached = getattr(spec, "cached", None)
+            if not cached:
+                return {}
+            import os
+            import sys
+
+            name = f"_record_inits.{sys.implementation.cache_tag}.pyc"
+            if not os.path.exists(os.path.join(os.path.dirname(cached), name)):
+                return {}
+        try:
+            from tether._record_inits import CODES
+        except ImportError:  # a copy of tether without it
+            return {}
+        return CODES
 
     def source_of(cls):
         """``init_source`` of a record class (tools/gen_record_inits.py)."""

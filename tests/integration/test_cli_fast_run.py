@@ -364,3 +364,18 @@ def test_no_cyclic_collection_while_tether_run_starts_and_one_while_it_supervise
     assert enabled == "True"
     assert collections == before
     assert int(frozen) > 1000
+
+
+def test_a_program_that_calls_main_gets_its_collector_back() -> None:
+    code = (
+        "import contextlib, gc\n"
+        "from tether.cli import main\n"
+        "with contextlib.suppress(SystemExit):\n"
+        "    main(['--version'])\n"
+        "print(gc.isenabled())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "True"

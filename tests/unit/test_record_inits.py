@@ -4,6 +4,7 @@ the file must be current (tools/gen_record_inits.py)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,8 @@ def test_the_ahead_code_is_what_a_compile_gives(cls: type, monkeypatch: pytest.M
     ahead = records._init(cls, _ordered(cls), _frozen(cls))  # type: ignore[attr-defined]
     monkeypatch.setattr(records, "_codes", [{}])
     compiled = records._init(cls, _ordered(cls), _frozen(cls))  # type: ignore[attr-defined]
-    assert ahead.__code__ is not compiled.__code__
+    assert ahead.__code__.co_filename.endswith("_record_inits.py")
+    assert compiled.__code__.co_filename.startswith("<record ")
     for attr in (
         "co_code",
         "co_consts",
@@ -86,3 +88,26 @@ def test_defaults_and_factories_of_an_ahead_init_work() -> None:
     for f in factories:
         assert getattr(one, f.name) == f.default_factory()
         assert getattr(one, f.name) is not getattr(two, f.name)
+
+
+def test_without_its_bytecode_the_module_is_not_compiled_for_the_inits(tmp_path: Path) -> None:
+    """A tree without tether/__pycache__ (PYTHONDONTWRITEBYTECODE in a fresh
+    checkout): compiling _record_inits.py from source would cost what it saves."""
+    import shutil
+
+    shutil.copytree(
+        ROOT / "src" / "tether", tmp_path / "tether",
+        ignore=shutil.ignore_patterns("__pycache__", "*.so"),
+    )  # fmt: skip
+    code = (
+        "import sys\n"
+        "from tether.tracking.select import Selection\n"
+        "Selection(frozenset())\n"
+        "print('tether._record_inits' in sys.modules,"
+        " Selection.__init__.__code__.co_filename)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.split(" ", 1)
+    assert out == ["False", "<record Selection>\n"]

@@ -214,12 +214,17 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     # nothing, as imported modules live as long as the process. A command
     # that then runs for long (a supervision) turns it back on (gc_back_on).
     gc.disable()
-    if argv is not None:
-        _main(list(argv))
     try:
-        _main(sys.argv[1:])
-    except SystemExit as done:
-        _exit_now(done)
+        if argv is not None:
+            _main(list(argv))
+        try:
+            _main(sys.argv[1:])
+        except SystemExit as done:
+            _exit_now(done)
+    finally:
+        # Reached when this process goes on: a program that called main()
+        # and catches its SystemExit (the usual exit is os._exit).
+        gc.enable()
 
 
 def _main(args: list[str]) -> NoReturn:

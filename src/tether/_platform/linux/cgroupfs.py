@@ -33,14 +33,28 @@ def find_cgroup2_mount(mountinfo: str = _MOUNTINFO) -> str | None:
                 left, _, right = line.partition(" - ")
                 if right.split(" ", 1)[0] == "cgroup2":
                     mount_point = left.split(" ")[4]
-                    # mountinfo escapes space, tab, newline and backslash as octal
-                    # (the codec's lookup is an import: only when there is one).
-                    if "\\" not in mount_point:
-                        return mount_point
-                    return mount_point.encode("latin-1", "surrogateescape").decode("unicode_escape")
+                    return _unescape_octal(mount_point) if "\\" in mount_point else mount_point
     except OSError:
         return None
     return None
+
+
+def _unescape_octal(field: str) -> str:
+    """A mountinfo field as the path it names: the kernel writes space, tab,
+    newline and backslash as ``\\ooo`` (octal), every other byte as itself
+    (a name may hold any UTF-8, or bytes that are not UTF-8)."""
+    raw = os.fsencode(field)
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        octal = raw[i + 1 : i + 4]
+        if raw[i] == 0x5C and len(octal) == 3 and all(0x30 <= c <= 0x37 for c in octal):
+            out.append(int(octal, 8) & 0xFF)
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return os.fsdecode(bytes(out))
 
 
 def own_cgroup_path(pid: int | str = "self") -> str | None:
