@@ -45,6 +45,9 @@ def _extensions() -> list[Extension]:
             "tether._platform.linux._procscan",
             [PROCSCAN_SOURCE],
             define_macros=[("TETHER_PROCSCAN_CRC", f"{_crc(PROCSCAN_SOURCE)}L")],
+            # Its reads run in a second thread: libpthread before glibc 2.34.
+            extra_compile_args=["-pthread"],
+            extra_link_args=["-pthread"],
             optional=True,
         ),
     ]
