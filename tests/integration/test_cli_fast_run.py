@@ -28,8 +28,7 @@ from test_cli_imports import imported_after
 from helpers import tether_cmd
 from tether.cli import cli
 from tether.cli._common import echo_err, echo_out, legacy_json_args
-from tether.cli._remote import wants_remote
-from tether.cli.run import FAST_OPTIONS, parse_fast
+from tether.cli.run import FAST_OPTIONS, FAST_REMOTE_OPTIONS, parse_fast
 
 RUN = cli.get_command(click.Context(cli), "run")
 assert RUN is not None
@@ -37,7 +36,11 @@ assert RUN is not None
 # Names click knows for run (every option, the remote ones too) and a few it does not.
 CLICK_NAMES = sorted({n for p in RUN.params if isinstance(p, click.Option) for n in p.opts})
 OPTION_TOKENS = [*CLICK_NAMES, "-h", "--help", "--bogus", "-qv", "-vq", "-x", "---", "--json="]
-SAMPLE_VALUES = "5s TERM KILL - -- x.json precede replace Precede 0 12 -1 1_0 ² = -q --timeout auto"
+FAST_NAMES = [*FAST_OPTIONS, *FAST_REMOTE_OPTIONS]
+SAMPLE_VALUES = (
+    "5s TERM KILL - -- x.json precede replace Precede 0 12 -1 1_0 ² = -q --timeout auto "
+    "python sh Sh 01 h1 node[1-3] ConnectTimeout=5"
+)
 VALUES = st.one_of(
     st.sampled_from([*SAMPLE_VALUES.split(), "", " 7", "cgroup,session"]), st.text(max_size=6)
 )
@@ -49,7 +52,7 @@ def run_argv(draw: st.DrawFn) -> list[str]:
     args: list[str] = []
     for _ in range(draw(st.integers(0, 6))):
         # Half from run's own options: most argv then reach the comparison.
-        name = draw(st.one_of(st.sampled_from(list(FAST_OPTIONS)), st.sampled_from(OPTION_TOKENS)))
+        name = draw(st.one_of(st.sampled_from(FAST_NAMES), st.sampled_from(OPTION_TOKENS)))
         form = draw(st.sampled_from(["plain", "equals", "attached"]))
         value = draw(VALUES)
         if form == "equals" and name.startswith("--"):
@@ -101,13 +104,9 @@ def test_the_fast_parser_agrees_with_click(args: list[str]) -> None:
     if fast is None:
         return  # click parses it (or says what is wrong)
     # Accepted: click must accept the same argv, as given (no deprecated
-    # spelling rewritten), to the same parameters, and nothing remote.
+    # spelling rewritten), to the same parameters, the remote ones too.
     assert legacy_json_args(RUN, list(args)) == args
-    params = click_params(args)
-    assert {k: params[k] for k in fast} == fast
-    remote = {k: v for k, v in params.items() if k not in fast}
-    assert not wants_remote(remote)
-    assert remote == {k: v for k, v in click_params(["true"]).items() if k not in fast}
+    assert click_params(args) == fast
 
 
 def test_the_fast_parser_reads_the_common_forms() -> None:
@@ -119,20 +118,24 @@ def test_the_fast_parser_reads_the_common_forms() -> None:
         ["-sINT", "-k", "2s", "--json", "--", "make", "-j2"],
         ["--policy=TERM,1s,KILL", "--tag-gid", "7", "-v", "--", "x"],
         ["--json-file", "r.json", "--fail-on-leftovers", "--wait-leftovers", "true"],
+        ["--host", "h1", "--", "true"],
+        ["-w", "node[1-3]", "-x", "node2", "-f", "2", "-o", "A=1", "-oB=2", "-N", "-b", "true"],
+        ["--hosts=a,b", "--remote-engine", "sh", "--cancel-timeout", "2s", "-n", "-l", "u", "x"],
     ]
     for args in cases:
         fast = parse_fast(args)
         assert fast is not None, args
-        params = click_params(args)
-        assert {k: params[k] for k in fast} == fast
-    assert set(FAST_OPTIONS) <= set(CLICK_NAMES)
-    options_read_only_from_argv(RUN, FAST_OPTIONS)
+        assert click_params(args) == fast
+    assert set(FAST_NAMES) <= set(CLICK_NAMES)
+    assert {p.name for p in RUN.params} == set(parse_fast(["true"]) or ())
+    options_read_only_from_argv(RUN, FAST_NAMES)
 
 
 @pytest.mark.parametrize(
     "args",
     [["--help"], ["-h"], [], ["--"], ["--timeout"], ["-qv", "true"], ["--quiet=1", "true"],
-     ["--kill-script-mode", "later", "true"], ["--tag-gid", "-1", "true"], ["--host", "h", "true"],
+     ["--kill-script-mode", "later", "true"], ["--tag-gid", "-1", "true"], ["-f", "0", "true"],
+     ["--fanout", " 7", "true"], ["--remote-engine", "bash", "true"], ["-Nb", "true"],
      ["--json", "-", "true"], ["--bogus", "true"]],
 )  # fmt: skip
 def test_what_the_fast_parser_declines(args: list[str]) -> None:

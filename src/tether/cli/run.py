@@ -90,18 +90,47 @@ FAST_OPTIONS: dict[str, tuple[str, bool]] = {
     "-v": ("verbose", False),
     "--verbose": ("verbose", False),
 }
+#: The remote options (tether.cli._remote), by kind: "flag", "value", or
+#: "multiple" (repeatable: each one adds a value, as click's multiple=True).
+FAST_REMOTE_OPTIONS: dict[str, tuple[str, str]] = {
+    "--host": ("remote_hosts", "multiple"),
+    "-w": ("remote_host_lists", "multiple"),
+    "--hosts": ("remote_host_lists", "multiple"),
+    "-x": ("remote_excludes", "multiple"),
+    "--exclude": ("remote_excludes", "multiple"),
+    "-f": ("remote_fanout", "value"),
+    "--fanout": ("remote_fanout", "value"),
+    "-o": ("remote_ssh_options", "multiple"),
+    "--ssh-option": ("remote_ssh_options", "multiple"),
+    "-F": ("remote_ssh_config", "value"),
+    "--ssh-config": ("remote_ssh_config", "value"),
+    "-l": ("remote_login", "value"),
+    "--login": ("remote_login", "value"),
+    "-N": ("remote_no_prefix", "flag"),
+    "--no-host-prefix": ("remote_no_prefix", "flag"),
+    "-b": ("remote_gather", "flag"),
+    "--gather": ("remote_gather", "flag"),
+    "-n": ("remote_no_stdin", "flag"),
+    "--no-stdin": ("remote_no_stdin", "flag"),
+    "--remote-engine": ("remote_engine", "value"),
+    "--cancel-timeout": ("remote_cancel_timeout", "value"),
+}
 
 
 def parse_fast(args: list[str]) -> dict[str, Any] | None:
     """``run``'s arguments (those after ``run``) as the click command's
-    parameters (but the remote ones), or None for anything this parser does
-    not fully understand: then the click command parses them, and says what
-    is wrong. click's rules: ``--opt VALUE``, ``--opt=VALUE``, ``-sVALUE``;
-    the last of a repeated option wins; the options end at ``--`` or at the
-    first argument that is not one (``-`` is an argument).
+    parameters, or None for anything this parser does not fully understand:
+    then the click command parses them, and says what is wrong. click's
+    rules: ``--opt VALUE``, ``--opt=VALUE``, ``-sVALUE``; the last of a
+    repeated option wins, but a repeatable one (``--host``) adds; the
+    options end at ``--`` or at the first argument that is not one (``-``
+    is an argument).
     """
     params: dict[str, Any] = {param: None for param, _ in FAST_OPTIONS.values()}
     params.update({param: False for param, value in FAST_OPTIONS.values() if not value})
+    for param, kind in FAST_REMOTE_OPTIONS.values():
+        params[param] = {"flag": False, "value": None, "multiple": ()}[kind]
+    params["remote_cancel_timeout"] = "5s"
     i = 0
     while i < len(args):
         arg = args[i]
@@ -113,7 +142,13 @@ def parse_fast(args: list[str]) -> dict[str, Any] | None:
         name, eq, value = arg.partition("=") if arg[:2] == "--" else (arg[:2], "", arg[2:])
         known = FAST_OPTIONS.get(name)
         if known is None:
-            return None
+            remote = FAST_REMOTE_OPTIONS.get(name)
+            if remote is None:
+                return None
+            param, kind = remote
+            known = (param, kind != "flag")
+        else:
+            kind = ""
         param, takes_value = known
         if not takes_value:
             if eq or value:
@@ -131,10 +166,18 @@ def parse_fast(args: list[str]) -> dict[str, Any] | None:
                     return None
                 i += 1
                 value = args[i]
-            params[param] = value
+            params[param] = (*params[param], value) if kind == "multiple" else value
         i += 1
     command = tuple(args[i:])
     if not command:
+        return None
+    fanout = params["remote_fanout"]
+    if fanout is not None:
+        # click's IntRange(min=1); anything int() reads otherwise is click's to say.
+        if not (fanout.isascii() and fanout.isdigit() and int(fanout) >= 1):
+            return None
+        params["remote_fanout"] = int(fanout)
+    if params["remote_engine"] not in (None, "auto", "python", "sh"):
         return None
     mode = params["kill_script_mode"]
     if mode is not None and mode not in ("precede", "replace"):
@@ -150,7 +193,8 @@ def parse_fast(args: list[str]) -> dict[str, Any] | None:
 
 def run_fast(params: dict[str, Any]) -> None:
     """Run what :func:`parse_fast` parsed, as the click group and command would."""
-    as_click_would(lambda: _run(**merge_policy_parameters(params), remote=None))
+    remote = {k: params.pop(k) for k in list(params) if k.startswith("remote_")}
+    as_click_would(lambda: _run(**merge_policy_parameters(params), remote=remote))
 
 
 def __getattr__(name: str) -> object:
@@ -281,7 +325,7 @@ def _run(
     remote: dict[str, Any] | None,
 ) -> None:
     """The command, as the click command or :func:`run_fast` calls it (``remote``:
-    the remote options; None on the fast path, which takes none)."""
+    the remote options, or None)."""
     flags = {
         **policy_flags,
         "run.timeout": timeout_text,
