@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import signal
 from pathlib import Path
@@ -168,3 +170,26 @@ def test_which_is_shutils(dirs: list[str], cmd: str) -> None:
 
     path = os.pathsep.join(dirs)
     assert _which(cmd, path) == shutil.which(cmd, path=path)
+
+
+@given(
+    st.text(alphabet="AYQz+/=\n é", max_size=12)
+    | st.binary(max_size=20).map(lambda b: base64.b64encode(b).decode())
+)
+def test_a_wire_argument_is_read_as_b64decode_validate_reads_it_or_refused(text: str) -> None:
+    """binascii in strict mode, not base64: never a byte string that
+    b64decode(validate=True) would not give, and every b64encode is read."""
+    from tether import spec as spec_module
+
+    try:
+        expected: bytes | None = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        expected = None
+    try:
+        got: bytes | None = spec_module._unb64(text, "argv")
+    except UsageError:
+        got = None
+    if got is not None:
+        assert got == expected
+    if text == base64.b64encode(expected or b"").decode():
+        assert got == expected
