@@ -202,16 +202,22 @@ else:
         return _codes[0]
 
     def _load_codes():
-        # Only as bytecode: compiling the module from source (no .pyc, as
-        # under PYTHONDONTWRITEBYTECODE in a fresh checkout) costs what
-        # compiling the ~20 inits a command constructs does.
+        # Not where it would be compiled from source on every start (no .pyc
+        # and none to be written: PYTHONDONTWRITEBYTECODE in a fresh
+        # checkout): that costs what compiling the ~20 inits a command
+        # constructs does. Where a .pyc can be written, the first start
+        # writes it.
+        import sys
+
         spec = globals().get("__spec__")
-        if type(getattr(spec, "loader", None)).__name__ == "SourceFileLoader":
+        if (
+            sys.dont_write_bytecode
+            and type(getattr(spec, "loader", None)).__name__ == "SourceFileLoader"
+        ):
             cached = getattr(spec, "cached", None)
             if not cached:
                 return {}
             import os
-            import sys
 
             name = f"_record_inits.{sys.implementation.cache_tag}.pyc"
             if not os.path.exists(os.path.join(os.path.dirname(cached), name)):

@@ -111,3 +111,12 @@ def test_without_its_bytecode_the_module_is_not_compiled_for_the_inits(tmp_path:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     ).stdout.split(" ", 1)
     assert out == ["False", "<record Selection>\n"]
+    # Where bytecode is written, the first start writes it, and uses it.
+    del env["PYTHONDONTWRITEBYTECODE"]
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+        ).stdout.split(" ", 1)
+        assert out[0] == "True"
+        assert out[1].rstrip().endswith("_record_inits.py")
+    assert list((tmp_path / "tether" / "__pycache__").glob("_record_inits.*.pyc"))
