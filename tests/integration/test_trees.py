@@ -294,6 +294,9 @@ def middle():
     wait_marked("ghost")
 
 os.waitpid(spawn(middle), 0)
+# The middle has exited: the ghost is re-parented (a scan before that finds
+# it by the walk from its parent, a member, rather than as the subreaper's).
+mark("middle_gone")
 hang()
 """
 
@@ -672,7 +675,7 @@ def test_env_i_child(tree: Tree, mode: str) -> None:
 @pytest.mark.parametrize("mode", ALL_MODES)
 def test_env_i_double_fork_daemon(tree: Tree, mode: str) -> None:
     """No session, no parent, no cookie: only a cgroup or a subreaper sees it."""
-    out = run_tree(tree, tree.py("ghost", ENV_I_DAEMON), ["leader", "ghost"], mode)
+    out = run_tree(tree, tree.py("ghost", ENV_I_DAEMON), ["leader", "ghost", "middle_gone"], mode)
     assert_alive_before(out)
     ghost = out.before["ghost"]
     assert ghost["cookie"] is False
