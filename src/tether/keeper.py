@@ -530,7 +530,7 @@ def _spawn_leader(request: Mapping[str, Any], std: Sequence[int]) -> tuple[int, 
 def _starttime(pid: int) -> int:
     with open(f"/proc/{pid}/stat", "rb") as f:
         data = f.read(4096)
-    return int(data[data.rindex(b")") + 2 :].split()[19])
+    return int(procfs.split_stat(data)[2][19])
 
 
 def _keep(

@@ -135,3 +135,22 @@ def test_a_process_out_of_fds_gets_no_snapshot_rather_than_a_partial_one(
             assert out == ["missing", "0"]
         else:
             assert out == ["raised", str(errno.EMFILE)]
+
+
+@pytest.mark.parametrize("line", HOSTILE)
+def test_every_python_parser_of_a_stat_line_reads_it_alike(line: bytes) -> None:
+    """procfs.parse_stat, the snapshot's and the pruner's: one rule
+    (procfs.split_stat), so a hostile line is read, or refused, alike."""
+    from tether.prune.scan import parse_stat as prune_parse
+
+    def read(parse: object) -> object:
+        try:
+            p = parse(line)  # type: ignore[operator]
+        except (ValueError, IndexError):
+            return "refused"
+        # comm itself: decoded with "replace" for tether, surrogateescape for the pruner.
+        return (p.pid, p.ppid, p.pgid, p.sid, p.starttime, p.state, p.comm.isascii() and p.comm)
+
+    stat = read(procfs.parse_stat)
+    assert read(linux.info_from_stat) == stat
+    assert read(lambda data: prune_parse(data, 0.0)) == stat

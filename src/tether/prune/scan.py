@@ -32,6 +32,7 @@ from tether._platform.linux.procfs import (
     PF_KTHREAD,
     parse_cgroup_v2,
     parse_cmdline,
+    split_stat,
 )
 from tether._records import dataclass, field
 
@@ -105,11 +106,7 @@ def uptime() -> float:
 
 def parse_stat(data: bytes, now: float) -> Proc:
     """A :class:`Proc` from /proc/PID/stat; ``now`` is :func:`uptime` at scan time."""
-    # comm may contain spaces and parentheses: it ends at the *last* ")".
-    head, _, rest = data.rpartition(b") ")
-    f = rest.split(b" ", 21)  # up to starttime (field 22 of proc(5))
-    lpar = head.index(b" (")
-    pid = int(head[:lpar])
+    pid, comm, f = split_stat(data)
     ppid = int(f[1])
     starttime = int(f[19])
     return Proc(
@@ -119,7 +116,7 @@ def parse_stat(data: bytes, now: float) -> Proc:
         int(f[3]),
         starttime,
         f[0].decode(),
-        head[lpar + 2 :].decode("utf-8", "surrogateescape"),  # shown through text.visible
+        comm.decode("utf-8", "surrogateescape"),  # shown through text.visible
         bool(int(f[6]) & PF_KTHREAD) or pid == 2 or ppid == 2,
         (int(f[11]) + int(f[12])) / CLOCK_TICKS,
         now - starttime / CLOCK_TICKS,
@@ -365,7 +362,7 @@ def read_shown(pid: int, starttime: int) -> tuple[str | None, str | None] | None
             cmdline = _read(f"{PROC}/{pid}/cmdline", limit=CMDLINE_LIMIT)
             cgroup = _read(f"{PROC}/{pid}/cgroup")
             stat = _read(f"{PROC}/{pid}/stat")
-        if int(stat.rpartition(b") ")[2].split(b" ", 20)[19]) != starttime:
+        if int(split_stat(stat)[2][19]) != starttime:
             return None
     except (OSError, ValueError, IndexError):
         return None
@@ -400,7 +397,7 @@ def _shown(
             continue
         cmdline, cgroup, stat = files
         try:
-            if int(stat.rpartition(b") ")[2].split(b" ", 20)[19]) != starttime:
+            if int(split_stat(stat)[2][19]) != starttime:
                 out.append(None)
                 continue
         except (ValueError, IndexError):

@@ -143,13 +143,7 @@ def _table_from_scan(rows: list[tuple[Any, ...]]) -> dict[int, ProcessInfo]:
 
 
 def info_from_stat(data: bytes) -> ProcessInfo:
-    # proc(5), parsed as tether.prune.scan.parse_stat and the native reader
-    # parse it (one rule for a line that is not the kernel's): comm ends at
-    # the *last* ") ", the pid at the first " (", fields are one space apart.
-    head, _, rest = data.rpartition(b") ")
-    f = rest.split(b" ", 20)
-    lpar = head.index(b" (")
-    pid = int(head[:lpar])
+    pid, comm, f = procfs.split_stat(data)
     ppid = int(f[1])
     return ProcessInfo(
         pid,
@@ -158,7 +152,7 @@ def info_from_stat(data: bytes) -> ProcessInfo:
         int(f[3]),
         int(f[19]),
         f[0].decode(),
-        head[lpar + 2 :].decode("utf-8", "replace"),
+        comm.decode("utf-8", "replace"),
         bool(int(f[6]) & procfs.PF_KTHREAD) or pid == 2 or ppid == 2,
     )
 
@@ -349,9 +343,8 @@ def read_shown(pid: int, starttime: int) -> tuple[str, ...] | None:
             chunks = []
         finally:
             os.close(fd)
-    # proc(5): state and start time after the *last* ")" (comm may hold one).
-    rest = procfs.read_stat(pid).rpartition(b") ")[2].split(None, 20)
     try:
+        rest = procfs.split_stat(procfs.read_stat(pid))[2]
         if rest[0] in (b"Z", b"X") or int(rest[19]) != starttime:
             return None
     except (ValueError, IndexError):

@@ -64,20 +64,31 @@ class Stat:
         return bool(self.flags & PF_KTHREAD) or self.pid == 2 or self.ppid == 2
 
 
+def split_stat(data: bytes) -> tuple[int, bytes, list[bytes]]:
+    """A /proc/PID/stat line as (pid, comm, the fields after comm): ``f[0]``
+    the state ... ``f[19]`` the start time (proc(5) fields 3-22), ``f[20]``
+    the rest. comm is anyone's bytes (spaces, parentheses, newlines): it ends
+    at the *last* ") ", the pid at the first " ("; the fields are one space
+    apart. Every parser of the line goes through here, and the native reader
+    (_procscan.c) takes the same rule, so a line that is not the kernel's
+    reads alike everywhere. ValueError or IndexError for what is no such line.
+    """
+    head, _, rest = data.rpartition(b") ")
+    lpar = head.index(b" (")
+    return int(head[:lpar]), head[lpar + 2 :], rest.split(b" ", 20)
+
+
 def parse_stat(data: bytes) -> Stat:
-    # comm may contain spaces and parentheses: it ends at the *last* ")".
-    lpar = data.index(b"(")
-    rpar = data.rindex(b")")
-    rest = data[rpar + 2 :].split()
+    pid, comm, f = split_stat(data)
     return Stat(
-        pid=int(data[:lpar]),
-        comm=data[lpar + 1 : rpar].decode("utf-8", "replace"),
-        state=rest[0].decode(),
-        ppid=int(rest[1]),
-        pgid=int(rest[2]),
-        sid=int(rest[3]),
-        flags=int(rest[6]),
-        starttime=int(rest[19]),
+        pid=pid,
+        comm=comm.decode("utf-8", "replace"),
+        state=f[0].decode(),
+        ppid=int(f[1]),
+        pgid=int(f[2]),
+        sid=int(f[3]),
+        flags=int(f[6]),
+        starttime=int(f[19]),
     )
 
 
