@@ -311,8 +311,9 @@ def test_a_named_slurm_cgroup_root_that_is_no_directory_is_an_error(root: str) -
 def test_the_collector_is_off_for_the_scan_and_back_on_for_a_kill(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], kill: bool
 ) -> None:
-    """A dry run needs no cyclic collector (its records hold no cycles); a kill
-    runs the termination engine with it on, and it is on again afterwards."""
+    """A dry run needs no cyclic collector (its records hold no cycles): off,
+    as tether.cli.main leaves it; a kill runs the termination engine with it
+    on again (past a freeze of what start-up made)."""
     import gc
 
     from tether.cli.prune import parse_fast, prune
@@ -341,12 +342,17 @@ def test_the_collector_is_off_for_the_scan_and_back_on_for_a_kill(
     params = parse_fast(["--json", "--no-syslog", "--batch", "none", "--min-uid", "1000"])
     assert params is not None
     params["kill"] = kill
-    assert gc.isenabled()
-    with pytest.raises(SystemExit) as done:
-        prune(**params)
-    assert done.value.code == 0
-    assert seen == {"plan": False, "execute": kill, "show": kill}
-    assert gc.isenabled()
+    gc.disable()  # as tether.cli.main does
+    try:
+        with pytest.raises(SystemExit) as done:
+            prune(**params)
+        assert done.value.code == 0
+        assert seen == {"plan": False, "execute": kill, "show": kill}
+        assert gc.isenabled() is kill
+        assert (gc.get_freeze_count() > 0) is kill
+    finally:
+        gc.unfreeze()
+        gc.enable()
     assert capsys.readouterr().out == "{}\n"
 
 
@@ -435,14 +441,11 @@ def test_the_package_names_load_on_first_use() -> None:
         exec("from tether.prune import nothing", {})
 
 
-def test_the_command_starts_its_scan_first_with_the_collector_off(
+def test_the_command_starts_its_scan_and_plans_with_its_table(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """tether prune starts the /proc scan first (it overlaps the imports and
-    the configuration), the collector already off, and plan() takes that
-    scan's table."""
-    import gc
-
+    the configuration), and plan() takes that scan's table."""
     from tether.cli.prune import parse_fast, prune
     from tether.prune import classify, outcome, scan
 
@@ -450,7 +453,7 @@ def test_the_command_starts_its_scan_first_with_the_collector_off(
     table = Table({}, {}, 0.0)
 
     def started() -> object:
-        seen["collector"] = gc.isenabled()
+        seen["started"] = True
         return lambda: table
 
     def fake_plan(*args: object, scanner: Any = None, **kwargs: object) -> Plan:
@@ -472,6 +475,5 @@ def test_the_command_starts_its_scan_first_with_the_collector_off(
     with pytest.raises(SystemExit) as done:
         prune(**params)
     assert done.value.code == 0
-    assert seen["collector"] is False and seen["table"] is table
-    assert gc.isenabled()
+    assert seen["started"] is True and seen["table"] is table
     assert capsys.readouterr().out == "{}\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -16,6 +15,7 @@ from tether.cli._common import (
     configured,
     echo_err,
     echo_out,
+    gc_back_on,
 )
 from tether.errors import TetherError, UsageError
 
@@ -427,30 +427,13 @@ def prune(
     gid: int | None,
     **common: Any,
 ) -> None:
-    """``tether prune``'s body (click's command and the fast path's)."""
-    # The scan makes a record per process and the listing tens of thousands of
-    # objects, none of them in reference cycles: the collector would only walk
-    # them (~8 ms of a dry run over 5000 processes), and the imports' objects
-    # while the scan goes on. Back on before a kill: the termination engine's
-    # objects are its own business.
-    gc.disable()
-    try:
-        outcome = _prune(kill, older_than, min_cputime, orphans_only, users, gid, common)
-    finally:
-        gc.enable()
-    sys.exit(EXIT_OK if outcome.complete else EXIT_INCOMPLETE)
+    """``tether prune``'s body (click's command and the fast path's).
 
-
-def _prune(
-    kill: bool,
-    older_than: str | None,
-    min_cputime: str | None,
-    orphans_only: bool | None,
-    users: tuple[str, ...],
-    gid: int | None,
-    common: Mapping[str, Any],
-) -> Any:
-    """:func:`prune` up to its exit status: the outcome, shown."""
+    The cyclic collector is off from the start (:func:`tether.cli.main`):
+    the scan makes a record per process and the listing tens of thousands of
+    objects, none in reference cycles. A kill turns it back on before the
+    termination engine runs (:func:`gc_back_on`).
+    """
     from tether.prune.scan import scan_started
 
     # The /proc scan (~50 ms, nearly all in the kernel) goes on in a thread
@@ -484,12 +467,12 @@ def _prune(
             log.error(f"event=error error={str(err)!r} action=nothing killed")
             raise UsageError(f"{err} (nothing was killed)") from None
         if kill:
-            gc.enable()
+            gc_back_on()
         outcome = execute(p, kill=kill, policy=policy, log=log)
     finally:
         log.close()
     _show(outcome, c)
-    return outcome
+    sys.exit(EXIT_OK if outcome.complete else EXIT_INCOMPLETE)
 
 
 # -- epilog ------------------------------------------------------------------------

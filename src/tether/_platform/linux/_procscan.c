@@ -236,7 +236,9 @@ static void read_one(const struct work *w, struct file_read *f)
         }
         n = retry_read(fd, buf + total, CHUNK);
         if (n < 0) {
+            int err = errno; /* before free() may change it */
             PyMem_RawFree(buf);
+            errno = err;
             goto error;
         }
         if (n == 0)
