@@ -157,6 +157,19 @@ class JobRecord:
         if any(type(m) is not Identity for m in self.members):
             object.__setattr__(self, "members", tuple(Identity(*m) for m in self.members))
 
+    def of_this_boot(self) -> bool:
+        """Written during this boot (a record without a boot id, from an
+        older tether, counts as this boot's): only then do its identities
+        name processes that can still exist."""
+        return not self.boot_id or self.boot_id == boot_id()
+
+    def supervisor_alive(self) -> bool:
+        """Its supervisor, pid and start time, runs in this boot: the record
+        is looked after. The one rule the pruner and recovery both ask."""
+        from tether.process import is_alive
+
+        return self.of_this_boot() and is_alive(self.supervisor)
+
     def to_json(self, revision: int | None = None) -> bytes:
         """The record's JSON; ``revision``: written as that one instead."""
         # Field order as declared; the policy as Policy.to_dict(), identities

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING
 
 from tether import _platform
 from tether._platform._common import FIELDS, Delivery, ProcessInfo
+
+if TYPE_CHECKING:
+    from tether.identity import Identity
 
 __all__ = [
     "FIELDS",
@@ -29,6 +33,7 @@ __all__ = [
     "ancestors",
     "children_map",
     "close_all",
+    "is_alive",
     "own_starttime",
     "read_environ",
     "read_process",
@@ -45,6 +50,18 @@ IS_LINUX = _platform.NAME == "linux"
 def read_process(pid: int, fields: Collection[str] = ()) -> ProcessInfo | None:
     """One process's row, or None if it does not exist (or was reaped meanwhile)."""
     return _platform.read_process(pid, fields)
+
+
+def is_alive(identity: Identity | None) -> bool:
+    """Is exactly this process (pid and start time) alive and not a zombie?
+    The one rule for "this recorded supervisor, watchdog or leader still
+    runs": a reused pid has another start time, a zombie runs no code."""
+    if identity is None:
+        return False
+    info = _platform.read_process(identity.pid, ())
+    return (
+        info is not None and info.starttime == identity.starttime and info.state not in ("Z", "X")
+    )
 
 
 def snapshot(fields: Collection[str] = ()) -> dict[int, ProcessInfo]:

@@ -16,23 +16,12 @@ from collections.abc import Callable, Sequence
 
 from tether._platform.linux.cgroupfs import JobCgroup, find_cgroup2_mount
 from tether._records import dataclass
-from tether.identity import Identity
-from tether.journal import JobRecord, Journal, boot_id
+from tether.journal import JobRecord, Journal
 from tether.membership import Membership
 from tether.policy import Policy
-from tether.process import read_process
+from tether.process import is_alive
 from tether.report import Report
 from tether.terminate import terminate
-
-
-def is_alive(identity: Identity | None) -> bool:
-    """Is exactly this process (pid and start time) alive and not a zombie?"""
-    if identity is None:
-        return False
-    info = read_process(identity.pid)
-    return (
-        info is not None and info.starttime == identity.starttime and info.state not in ("Z", "X")
-    )
 
 
 @dataclass(frozen=True)
@@ -66,9 +55,9 @@ class JobState:
 
 
 def job_state(record: JobRecord) -> JobState:
-    same_boot = not record.boot_id or record.boot_id == boot_id()
+    same_boot = record.of_this_boot()
     return JobState(
-        supervisor_alive=same_boot and is_alive(record.supervisor),
+        supervisor_alive=record.supervisor_alive(),
         watchdog_alive=same_boot and is_alive(record.watchdog),
         same_boot=same_boot,
         given_up=record.state == "survivors",

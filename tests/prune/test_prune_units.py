@@ -380,13 +380,13 @@ def test_a_strays_shown_parts_are_procfs_parsers_results(data: bytes) -> None:
 
 def test_supervisor_alive_is_recoverys_job_state() -> None:
     """The pruner asks whether a record's supervisor lives without the
-    recovery engine: the same answer for a live one, a zombie, a reused pid
-    (another start time) and a record of another boot."""
+    recovery engine, by the record's own rule: the same answer as recovery's
+    job state for a live one, a zombie, a reused pid (another start time) and
+    a record of another boot."""
     from tether.identity import Identity
     from tether.journal import JobRecord, boot_id
     from tether.policy import Policy
     from tether.process import read_process
-    from tether.prune.sources import supervisor_alive
     from tether.recovery import job_state
 
     zombie = subprocess.Popen(["true"])
@@ -410,7 +410,7 @@ def test_supervisor_alive_is_recoverys_job_state() -> None:
                 owner_uid=0, started_at=0.0, boot_id=boot, supervisor=supervisor,
                 not_before=0,
             )  # fmt: skip
-            assert supervisor_alive(record) == job_state(record).supervisor_alive == alive
+            assert record.supervisor_alive() == job_state(record).supervisor_alive == alive
     finally:
         zombie.wait()
 

@@ -368,7 +368,7 @@ def _journal_record(text: str) -> JobRecord | None:
 
 
 def _leader_alive(record: JobRecord) -> bool:
-    from tether.recovery import is_alive
+    from tether.process import is_alive
 
     return is_alive(record.leader)
 

@@ -47,7 +47,6 @@ else:
 if TYPE_CHECKING:
     import subprocess
 
-    from tether.journal import JobRecord
 
 Identity = tuple[int, int]
 
@@ -297,24 +296,6 @@ def system_service_pids(path: str | None) -> set[int]:
 # -- tether's own jobs -------------------------------------------------------------
 
 
-def supervisor_alive(record: JobRecord) -> bool:
-    """``tether.recovery.job_state(record).supervisor_alive`` (tested equal):
-    the record is of this boot and its supervisor, pid and start time, is
-    alive and no zombie. Without importing the recovery engine (membership,
-    terminate, report: ~4 ms) into every prune of a node with records."""
-    from tether.journal import boot_id
-    from tether.process import read_process
-
-    if record.boot_id and record.boot_id != boot_id():
-        return False
-    info = read_process(record.supervisor.pid)
-    return (
-        info is not None
-        and info.starttime == record.supervisor.starttime
-        and info.state not in ("Z", "X")
-    )
-
-
 class TetherJobs:
     """Live tether jobs from the journal (root's, /run/tether, when run as root).
 
@@ -346,7 +327,7 @@ class TetherJobs:
         unified, _v1, _systemd = find_mounts()
         out: list[Job] = []
         for record in entries:
-            if not supervisor_alive(record):
+            if not record.supervisor_alive():
                 continue
             pids: set[int] = set()
             cgroup = self._cgroup(record.cgroup, record.job_id, unified)
