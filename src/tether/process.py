@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Iterable
-from typing import TYPE_CHECKING
 
 from tether import _platform
 from tether._platform._common import FIELDS, Delivery, ProcessInfo
 
+# Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from tether.identity import Identity
 
