@@ -14,7 +14,6 @@ root path runs over a real sshd whose sessions get a TMPDIR of their own.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pwd
@@ -23,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,12 +51,12 @@ def _cache_tag(python: str) -> str:
 
 
 def _head(data: bytes) -> bytes:
-    """The first line of a cache file holding the zip ``data``: its blake2b."""
-    return b"tether-engine blake2b=" + hashlib.blake2b(data, digest_size=32).hexdigest().encode()
+    """The first line of a cache file holding the zip ``data``: its size and CRC-32."""
+    return b"tether-engine size=%d crc32=%08x" % (len(data), zlib.crc32(data))
 
 
 def _engine_file(data: bytes) -> bytes:
-    """A cache file as stage 1 writes it: the zip's blake2b on the first line."""
+    """A cache file as stage 1 writes it: the zip's size and CRC-32 on the first line."""
     return _head(data) + b"\n" + data
 
 

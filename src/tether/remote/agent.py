@@ -61,7 +61,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PROTOCOL", "main", "serve"]
 
-JOB_ID = re.compile(r"[0-9a-f]{8,64}")
+#: A job id as the journal names it (checked by :func:`_cancel` only).
+JOB_ID = r"[0-9a-f]{8,64}"
 #: Stop reading the job's output while this much is queued for a slow client.
 _HIGH_WATER = 1 << 20
 #: After the tree is proven empty, how long to wait for its output pipes' EOF
@@ -153,6 +154,8 @@ def main(env: dict[str, str], mode: str) -> int:
         spec = load_json(payload)
     except (EOFError, ProtocolError, OSError):
         return 3
+    # Loaded: what follows may run for hours (a job, a recovery's graces).
+    gc_back_on()
     op = spec.get("op")
     try:
         if op == "run":
@@ -169,6 +172,18 @@ def main(env: dict[str, str], mode: str) -> int:
         return 3
     _write_all(out, json_frame(ERROR, {"message": f"unknown operation {op!r}", "exit_code": 125}))
     return 3
+
+
+def gc_back_on() -> None:
+    """Cyclic collection on again, for what may run for hours (stage 1
+    turns it off while the engine loads): what start-up made is frozen first
+    (it lives as long as the agent), so collections traverse only what
+    comes after."""
+    import gc
+
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def serve(env: dict[str, str], mode: str) -> NoReturn:
@@ -481,7 +496,7 @@ def _cancel(out: int, spec: dict[str, Any]) -> int:
     from tether.recovery import job_state, recover
 
     job_id = spec.get("job_id")
-    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+    if not isinstance(job_id, str) or not re.fullmatch(JOB_ID, job_id):
         raise ProtocolError(f"bad job id {job_id!r}")
     journal = Journal.default()
     lock = _lock_journal(journal.directory)

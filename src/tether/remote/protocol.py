@@ -17,7 +17,6 @@ agent  -> client: HELLO (once), STARTED, STDOUT, STDERR, ACK (a cancel was
 from __future__ import annotations
 
 import json
-import struct
 
 # Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
 # mypy treats any name TYPE_CHECKING as true).
@@ -44,8 +43,10 @@ STDIN_CREDIT = b"i"
 #: a job that does not read its stdin must not make the agent buffer it all.
 STDIN_WINDOW = 1 << 20
 
-_HEADER = struct.Struct(">cI")
-HEADER_SIZE = _HEADER.size
+#: A frame's header: its kind (one byte), then its payload's length (4 bytes,
+#: big-endian). Built by hand: struct is imported by nothing else a remote
+#: host's engine loads.
+HEADER_SIZE = 5
 #: Largest frame either side accepts (a report of a huge tree fits easily).
 MAX_FRAME = 64 << 20
 
@@ -55,7 +56,9 @@ class ProtocolError(Exception):
 
 
 def frame(kind: bytes, payload: bytes = b"") -> bytes:
-    return _HEADER.pack(kind, len(payload)) + payload
+    if len(kind) != 1:
+        raise ValueError(f"a frame's kind is one byte, not {kind!r}")
+    return kind + len(payload).to_bytes(4, "big") + payload
 
 
 def json_frame(kind: bytes, data: Any) -> bytes:
@@ -63,7 +66,9 @@ def json_frame(kind: bytes, data: Any) -> bytes:
 
 
 def parse_header(header: bytes) -> tuple[bytes, int]:
-    kind, size = _HEADER.unpack(header)
+    if len(header) != HEADER_SIZE:
+        raise ValueError(f"a frame header is {HEADER_SIZE} bytes, not {len(header)}")
+    kind, size = header[:1], int.from_bytes(header[1:], "big")
     if size > MAX_FRAME:
         raise ProtocolError(f"frame of {size} bytes is too large")
     return kind, size
