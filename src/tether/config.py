@@ -23,7 +23,6 @@ holds the same names, defaults and one-line descriptions.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -343,6 +342,8 @@ def _parse_ssh_options(value: object) -> tuple[str, ...]:
 def _toml_string(text: str) -> str:
     # JSON string escapes (\" \\ \n \uXXXX) are valid TOML basic-string escapes;
     # JSON leaves DEL raw, which TOML forbids in a string.
+    import json  # shown values only: a run reads its config without json
+
     return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
@@ -536,6 +537,8 @@ def _split_key(dotted: str) -> tuple[str, ...]:
     for m in re.finditer(_KEY_PART, dotted):
         p = m.group(0)
         if p[0] == '"':
+            import json
+
             p = json.loads(p)
         elif p[0] == "'":
             p = p[1:-1]

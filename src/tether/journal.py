@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
+from tether._compact_json import dumps as compact_json
 from tether._records import dataclass, field, fields, replace
 from tether.errors import JournalError, TetherError
 from tether.identity import Identity
@@ -182,11 +182,13 @@ class JobRecord:
             data["revision"] = revision
         if not data["revision"]:
             del data["revision"]
-        return json.dumps(data, separators=(",", ":")).encode()
+        return compact_json(data).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> JobRecord:
         """Parse a record; ValueError (with a readable message) if malformed."""
+        import json
+
         try:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:

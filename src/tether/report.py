@@ -9,7 +9,6 @@ are Unix times.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 
@@ -229,6 +228,8 @@ class Report:
         )
 
     def to_json(self, indent: int | None = 2) -> str:
+        import json  # --json only: a plain run imports no json
+
         return json.dumps(self.to_dict(), indent=indent)
 
     def render_text(self) -> str:

@@ -10,8 +10,6 @@ through :func:`log_field`, and JSON is written by :func:`json_dumps`.
 
 from __future__ import annotations
 
-import json
-
 # Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
 # mypy treats any name TYPE_CHECKING as true).
 TYPE_CHECKING = False
@@ -116,4 +114,6 @@ def json_safe(value: Any) -> Any:
 
 def json_dumps(value: Any, **kwargs: Any) -> str:
     """JSON that is always valid UTF-8 (non-finite numbers refused, not written)."""
+    import json  # not at import: a run writes no JSON but its journal's (tether._compact_json)
+
     return json.dumps(json_safe(value), allow_nan=False, **kwargs)

@@ -21,7 +21,9 @@ from tether.cli import COMMANDS
 
 def imported_after(code: str) -> set[str]:
     """The modules ``code`` leaves in sys.modules, run in a fresh interpreter."""
-    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
+    # The list is taken before the probe imports json to print it.
+    probe = f"{code}\nimport sys\nseen = sorted(sys.modules)\n"
+    probe += "import json\nprint(json.dumps(seen))\n"
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
     )
@@ -73,6 +75,9 @@ def test_a_local_run_imports_no_other_command_and_nothing_remote() -> None:
     assert not others & loaded
     assert not {m for m in loaded if m == "tether.remote" or m.startswith("tether.remote.")}
     assert "tether.display" not in loaded  # piped: no colour, no tables
+    # Records are written by tether._compact_json, reports only with --json,
+    # and no remote option was given: ~2 ms of json and the remote options.
+    assert "json" not in loaded and "tether.cli._remote" not in loaded
 
 
 def test_version_answers_without_click() -> None:

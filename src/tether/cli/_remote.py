@@ -87,11 +87,6 @@ def with_remote_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def wants_remote(options: dict[str, Any]) -> bool:
-    """Did the user ask for remote hosts?"""
-    return bool(options.get("remote_hosts") or options.get("remote_host_lists"))
-
-
 def remote_flags(options: dict[str, Any]) -> dict[str, object]:
     """Take the remote options that are settings out of ``options``, for the config merge.
 

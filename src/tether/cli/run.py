@@ -335,12 +335,11 @@ def _run(
         "run.cancel_on": cancel_on,
         "run.fail_on_leftovers": fail_on_leftovers or None,
     }
+    if remote is not None and not (remote.get("remote_hosts") or remote.get("remote_host_lists")):
+        remote = None  # no host asked for: a local run (which imports nothing remote)
     if remote is not None:
-        from tether.cli._remote import remote_flags, wants_remote
+        from tether.cli._remote import remote_flags
 
-        if not wants_remote(remote):
-            remote = None
-    if remote is not None:
         flags.update(remote_flags(remote))
         for given, flag in (
             (forward, "--forward"), (cancel_on, "--cancel-on"), (foreground, "--foreground"),
