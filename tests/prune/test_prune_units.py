@@ -477,3 +477,20 @@ def test_the_command_starts_its_scan_and_plans_with_its_table(
     assert done.value.code == 0
     assert seen["started"] is True and seen["table"] is table
     assert capsys.readouterr().out == "{}\n"
+
+
+def test_scan_seconds_count_from_a_scan_begun_earlier() -> None:
+    """``tether prune`` starts its /proc scan beside its start-up; the plan's
+    seconds (``scan_seconds`` in --json) count from that start, not from the
+    plan's call, which may come after most of the scan."""
+    import time
+
+    from tether.prune.classify import PruneOptions, plan
+    from tether.prune.scan import Table
+
+    def empty() -> Table:
+        return Table({}, {}, 0.0)
+
+    hour_ago = time.perf_counter() - 3600
+    assert plan(PruneOptions(min_uid=1000), [], scanner=empty, scan_began=hour_ago).seconds >= 3600
+    assert plan(PruneOptions(min_uid=1000), [], scanner=empty).seconds < 3600

@@ -434,12 +434,15 @@ def prune(
     objects, none in reference cycles. A kill turns it back on before the
     termination engine runs (:func:`gc_back_on`).
     """
+    import time
+
     from tether.prune.scan import scan_started
 
     # The /proc scan (~50 ms, nearly all in the kernel) goes on in a thread
     # while the rest of the pruner, the policy and the configuration are
     # imported and read; plan() takes its table when it is complete, and
     # reads the job lists after it, as it does when it scans itself.
+    scan_began = time.perf_counter()
     scanner = scan_started()
     from tether.policy import parse_duration
     from tether.prune.classify import plan
@@ -462,7 +465,7 @@ def prune(
     log = _log(c, config["prune.log_file"])
     try:
         try:
-            p = plan(options, sources, verbose=c.verbose, scanner=scanner)
+            p = plan(options, sources, verbose=c.verbose, scanner=scanner, scan_began=scan_began)
         except TetherError as err:
             log.error(f"event=error error={str(err)!r} action=nothing killed")
             raise UsageError(f"{err} (nothing was killed)") from None

@@ -365,6 +365,7 @@ def plan(
     utmp: str = src.UTMP,
     verbose: bool = False,
     whole_user_allowed: bool = True,
+    scan_began: float | None = None,
 ) -> Plan:
     """Scan the node and decide, for every process, whether it is a stray.
 
@@ -382,11 +383,14 @@ def plan(
         verbose: also list the user processes left alone, and why.
         whole_user_allowed: epilog mode: False limits the kill to the ended
             job's own processes even if its user has no other job here.
+        scan_began: ``time.perf_counter()`` when ``scanner``'s scan began, if
+            before this call (a scan started beside the command's start-up):
+            the plan's ``seconds`` count from there.
 
     Raises:
         SourceError: a source of legitimate jobs could not be read.
     """
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if scan_began is None else scan_began
     table = scanner()
     jobs, statuses = read_sources(sources, table)
     if system_slice is None:
