@@ -13,6 +13,7 @@ import math
 from collections import OrderedDict
 from typing import Any
 
+import json_documents
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -32,24 +33,7 @@ class _Float(float):
         return "not json"
 
 
-leaves = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    st.floats(),  # NaN and the infinities included: json spells them its own way
-    st.text(),  # control characters, quotes, backslashes, non-ASCII, surrogates
-)
-documents = st.recursive(
-    leaves,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4),
-        st.lists(inner, max_size=4).map(tuple),
-        st.dictionaries(st.text(max_size=6), inner, max_size=4),
-        # Keys json turns into strings itself (numbers, booleans, None).
-        st.dictionaries(st.one_of(st.integers(), st.booleans(), st.none()), inner, max_size=3),
-    ),
-    max_leaves=30,
-)
+documents = json_documents.documents()
 
 
 def _standard(obj: Any) -> str:

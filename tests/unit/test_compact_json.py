@@ -7,11 +7,11 @@ errors included, and the fallback path is exercised too.
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 from typing import Any
 
+import json_documents
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -19,33 +19,8 @@ from hypothesis import strategies as st
 from tether import _compact_json
 from tether._compact_json import dumps
 
-
-class _Int(enum.IntEnum):
-    ONE = 1
-
-
-class _Str(str):
-    pass
-
-
-leaves = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    st.floats(),  # NaN and the infinities: json's own spelling
-    st.text(),  # control characters, quotes, backslashes, non-ASCII, surrogates
-    st.just(_Int.ONE),
-    st.text(max_size=4).map(_Str),
-)
-documents = st.recursive(
-    leaves,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4),
-        st.lists(inner, max_size=4).map(tuple),
-        st.dictionaries(st.text(max_size=6), inner, max_size=4),
-        st.dictionaries(st.one_of(st.integers(), st.booleans(), st.none()), inner, max_size=3),
-    ),
-    max_leaves=30,
+documents = json_documents.documents(
+    st.just(json_documents.IntSubclass.ONE), st.text(max_size=4).map(json_documents.StrSubclass)
 )
 
 
