@@ -3,7 +3,10 @@
 Stage 1 turns cyclic collection off while the engine loads (the collections
 it made found nothing to free); the agent must turn it back on, frozen,
 before anything that may run for hours: a job's supervision or an
-out-of-band recovery.
+out-of-band recovery. The engine reads JSON (the offer, the SPEC and every
+control frame) without the json package, through json's own C scanner where
+the text is plain: what it returns must be what json.loads returns, and
+everything else json's answer.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from tether.remote import bootstrap, protocol
 from tether.spec import JobSpec
@@ -40,10 +46,9 @@ with open(sys.argv[1], "w") as f:
 
 def test_stage1_loads_the_engine_with_the_collector_off() -> None:
     code = compile(bootstrap.STAGE1, "<tether-stage1>", "exec", dont_inherit=True)
-    # gc.disable() comes before the first import of anything else.
-    first = bootstrap.STAGE1.split("import json")[0]
-    assert "gc.disable()" in first, first
-    assert code.co_names[:3] == ("gc", "disable", "json"), code.co_names[:3]
+    # gc.disable() comes before any other import; json is not one of them.
+    assert code.co_names[:3] == ("gc", "disable", "marshal"), code.co_names[:3]
+    assert "json" not in code.co_names
 
 
 def test_the_agent_supervises_with_the_collector_on_and_start_up_frozen(
@@ -103,3 +108,97 @@ def test_frames_keep_their_wire_format_without_struct() -> None:
             protocol.parse_header(header)
     with pytest.raises(protocol.ProtocolError):
         protocol.parse_header(struct.pack(">cI", b"O", protocol.MAX_FRAME + 1))
+
+
+# -- JSON without the json package ---------------------------------------------
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()  # NaN and the infinities too (json's defaults write and read them)
+    | st.text(),  # control characters and lone surrogates included
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@st.composite
+def _json_payloads(draw: st.DrawFn) -> bytes:
+    """Texts as a peer may send them: json.dumps in any of its styles, then
+    perhaps spoilt (whitespace or bytes around it, a cut, a byte changed)."""
+    text = json.dumps(
+        draw(_json_values),
+        ensure_ascii=draw(st.booleans()),
+        separators=draw(st.sampled_from([(",", ":"), (", ", ": ")])),
+        indent=draw(st.sampled_from([None, 1])),
+    )
+    data = text.encode("utf-8", "surrogatepass")
+    how = draw(st.sampled_from(["as is", "around", "cut", "byte", "bytes"]))
+    if how == "around":
+        data = draw(st.binary(max_size=3)) + data + draw(st.binary(max_size=3))
+    elif how == "cut":
+        data = data[: draw(st.integers(0, len(data)))]
+    elif how == "byte" and data:
+        i = draw(st.integers(0, len(data) - 1))
+        data = data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1 :]
+    elif how == "bytes":
+        data = draw(st.binary(max_size=12))
+    return data
+
+
+def _same(value: Any) -> str:
+    # NaN is not equal to itself: compare what json writes (and the types).
+    return repr(value) + json.dumps(value)
+
+
+def _json_says(data: bytes) -> object:
+    try:
+        return _same(json.loads(data))
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return "error"
+
+
+@given(_json_payloads())
+@example(b'{"a":1}x')  # one value, then more: json's "Extra data"
+@example(b' {"a":1}')  # whitespace before it: json skips it
+@example(b'{"a":"\x01"}')  # a raw control character in a string: not strict JSON
+@example(b'{"a":"\xc3\xa9"}')  # UTF-8, read as UTF-8
+@example(b'{"a":"\xed\xa0\x80"}')  # a lone surrogate, as json reads it (surrogatepass)
+@example(b"\xef\xbb\xbf{}")  # a UTF-8 BOM
+@example(b'{\x00"a":1}')  # a NUL among the first bytes: UTF-16 to json
+@example(b'{"a":NaN,"b":-Infinity}')
+def test_the_frames_json_reader_says_what_json_loads_says(data: bytes) -> None:
+    try:
+        got: object = _same(protocol.load_json(data))
+    except protocol.ProtocolError:
+        got = "error"
+    want = _json_says(data)
+    if want != "error" and json.loads(data).__class__ is not dict:
+        want = "error"  # load_json takes objects only
+    assert got == want, data
+
+
+def _stage1_offer() -> Any:
+    # Stage 1's reader alone (running all of stage 1's top would turn this
+    # process's collector off).
+    text = bootstrap.STAGE1.split("\ndef _offer")[1].split("\ndef ")[0]
+    namespace: dict[str, Any] = {}
+    exec(compile("import os\ndef _offer" + text, "<stage1-offer>", "exec"), namespace)
+    return namespace["_offer"]
+
+
+@given(_json_payloads())
+@example(b'{"version": "1.0", "protocol": 2, "sha256": "ab"}')
+@example(b'{"a": 1} x')
+@example(b'{"a": "\x01"}')  # a raw control character in a string: not strict JSON
+@example(b'{"a": 1}  ')
+@example(b"\xef\xbb\xbf{}")
+def test_stage1_reads_the_offer_as_json_loads_does(data: bytes) -> None:
+    offer = _stage1_offer()
+    line = data + b"\n"  # as _line() returns it
+    try:
+        got: object = _same(offer(line))
+    except ValueError:
+        got = "error"
+    assert got == _json_says(line), line

@@ -16,7 +16,7 @@ agent  -> client: HELLO (once), STARTED, STDOUT, STDERR, ACK (a cancel was
 
 from __future__ import annotations
 
-import json
+from tether._compact_json import dumps as _compact_dumps
 
 # Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
 # mypy treats any name TYPE_CHECKING as true).
@@ -62,7 +62,9 @@ def frame(kind: bytes, payload: bytes = b"") -> bytes:
 
 
 def json_frame(kind: bytes, data: Any) -> bytes:
-    return frame(kind, json.dumps(data, separators=(",", ":")).encode())
+    # json.dumps(data, separators=(",", ":")), the same text, without the
+    # json package (a remote host's engine would import it for nothing else).
+    return frame(kind, _compact_dumps(data).encode())
 
 
 def parse_header(header: bytes) -> tuple[bytes, int]:
@@ -92,11 +94,69 @@ class FrameBuffer:
         return out
 
 
-def load_json(payload: bytes) -> dict[str, Any]:
+class _DecoderContext:
+    """What ``json.JSONDecoder()`` hands its C scanner (``_json.make_scanner``
+    reads these attributes), with json's defaults: strict strings, floats and
+    ints as such, NaN and the infinities accepted."""
+
+    def __init__(self) -> None:
+        self.strict = True
+        self.object_hook = None
+        self.object_pairs_hook = None
+        self.parse_float = float
+        self.parse_int = int
+        inf = float("inf")
+        self.parse_constant = {"-Infinity": -inf, "Infinity": inf, "NaN": float("nan")}.__getitem__
+        self.memo: dict[str, str] = {}
+
+
+#: json.loads's C scanner, made once ([None]: not available here).
+_scanner: list[Any] = []
+#: The fast path's "ask json.loads".
+_SLOW = object()
+
+
+def _fast_loads(payload: bytes) -> object:
+    """``json.loads(payload)`` where it is plain: UTF-8, no whitespace around
+    the one value, read whole by json's own C scanner; else :data:`_SLOW`.
+
+    json.loads(bytes) picks another encoding only for a BOM or a NUL among
+    the first bytes, which make this scan fail or stop short; whitespace
+    around the value (json skips it) makes it fail or stop short too. So a value returned
+    here is the one json.loads returns; everything else (errors included)
+    is json's to say, and only then is the json package imported.
+    """
+    if not _scanner:
+        try:
+            from _json import make_scanner
+
+            # typeshed's make_scanner wants a JSONDecoder; it reads only these.
+            _scanner.append(make_scanner(_DecoderContext()))  # type: ignore[arg-type,unused-ignore]
+        except ImportError:
+            _scanner.append(None)
+    scan = _scanner[0]
+    if scan is None:
+        return _SLOW
     try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProtocolError(f"bad JSON payload: {err}") from None
+        text = payload.decode()
+    except UnicodeDecodeError:
+        return _SLOW
+    try:
+        value, end = scan(text, 0)
+    except Exception:  # StopIteration, a JSONDecodeError, RecursionError: json says
+        return _SLOW
+    return value if end == len(text) else _SLOW
+
+
+def load_json(payload: bytes) -> dict[str, Any]:
+    data = _fast_loads(payload)
+    if data is _SLOW:
+        import json
+
+        try:
+            data = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ProtocolError(f"bad JSON payload: {err}") from None
     if not isinstance(data, dict):
         raise ProtocolError("payload is not a JSON object")
     return data
