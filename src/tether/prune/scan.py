@@ -30,8 +30,8 @@ from tether._platform.linux import procscan
 from tether._platform.linux.procfs import (
     CLOCK_TICKS,
     PF_KTHREAD,
+    joined_cmdline,
     parse_cgroup_v2,
-    parse_cmdline,
     split_stat,
 )
 from tether._records import dataclass, field
@@ -366,7 +366,7 @@ def read_shown(pid: int, starttime: int) -> tuple[str | None, str | None] | None
             return None
     except (OSError, ValueError, IndexError):
         return None
-    return _command(cmdline), _cgroup_v2(cgroup)
+    return joined_cmdline(cmdline), parse_cgroup_v2(cgroup)
 
 
 def read_shown_all(
@@ -403,32 +403,5 @@ def _shown(
         except (ValueError, IndexError):
             out.append(None)
             continue
-        out.append((_command(cmdline), _cgroup_v2(cgroup)))
+        out.append((joined_cmdline(cmdline), parse_cgroup_v2(cgroup)))
     return out
-
-
-def _command(data: bytes) -> str | None:
-    """``" ".join(parse_cmdline(data))``, or None when it has no argument."""
-    if data and data[0] and b"\0\0" not in data:
-        # No empty argument (no leading or doubled NUL): each NUL but the
-        # trailing ones is a separator, and NUL is never inside a UTF-8
-        # sequence, so it can become the space after decoding.
-        text = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-        return text.replace("\0", " ")
-    args = parse_cmdline(data)
-    return " ".join(args) if args else None
-
-
-def _cgroup_v2(data: bytes) -> str | None:
-    """``parse_cgroup_v2(data)``: without a carriage return, lines end only at
-    newlines, so the "0::" line is found without splitting the others."""
-    if b"\r" in data:
-        return parse_cgroup_v2(data)  # splitlines() also ends a line at "\r"
-    if data.startswith(b"0::"):
-        start = 0
-    else:
-        start = data.find(b"\n0::") + 1
-        if start == 0:
-            return None
-    end = data.find(b"\n", start)
-    return data[start + 3 : end if end >= 0 else len(data)].decode("utf-8", "surrogateescape")

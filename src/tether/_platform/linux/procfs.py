@@ -216,11 +216,25 @@ def parse_status_uids(data: bytes) -> tuple[int, int, int, int]:
 
 
 def parse_cgroup_v2(data: bytes) -> str | None:
-    """The unified-hierarchy path (the ``0::`` line) of /proc/PID/cgroup."""
-    for line in data.splitlines():
-        if line.startswith(b"0::"):
-            return line[3:].decode("utf-8", "surrogateescape")
-    return None
+    """The unified-hierarchy path (the ``0::`` line) of /proc/PID/cgroup.
+
+    Lines end where ``bytes.splitlines()`` ends them (``\\r`` too: a cgroup
+    path is the user's to name). Without a ``\\r`` they end only at newlines,
+    and the line is found without splitting the others (the pruner reads
+    thousands of these)."""
+    if b"\r" in data:
+        for line in data.splitlines():
+            if line.startswith(b"0::"):
+                return line[3:].decode("utf-8", "surrogateescape")
+        return None
+    if data.startswith(b"0::"):
+        start = 0
+    else:
+        start = data.find(b"\n0::") + 1
+        if start == 0:
+            return None
+    end = data.find(b"\n", start)
+    return data[start + 3 : end if end >= 0 else len(data)].decode("utf-8", "surrogateescape")
 
 
 def parse_cmdline(data: bytes) -> tuple[str, ...]:
@@ -231,6 +245,17 @@ def parse_cmdline(data: bytes) -> tuple[str, ...]:
         return ()
     argv = data.rstrip(b"\0").decode("utf-8", "surrogateescape").split("\0")
     return tuple([a for a in argv if a])
+
+
+def joined_cmdline(data: bytes) -> str | None:
+    """``" ".join(parse_cmdline(data))``, or None when it has no argument."""
+    if data and data[0] and b"\0\0" not in data:
+        # No empty argument (no leading or doubled NUL): each NUL but the
+        # trailing ones is a separator, and NUL is never inside a UTF-8
+        # sequence, so it can become the space after decoding.
+        return data.rstrip(b"\0").decode("utf-8", "surrogateescape").replace("\0", " ")
+    args = parse_cmdline(data)
+    return " ".join(args) if args else None
 
 
 def boot_time() -> float:
