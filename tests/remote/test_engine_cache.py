@@ -75,7 +75,7 @@ sys.stdout.buffer.write(out.getvalue())
 """
 
 
-_EXIT_3 = "def serve(env, mode):\n    raise SystemExit(3)\n"
+_EXIT_3 = "def serve(env, mode, first=None):\n    raise SystemExit(3)\n"
 
 
 def _bytecode_zip(sources: dict[str, str], python: str) -> bytes:
@@ -362,7 +362,7 @@ def _run_stage1(tmp: Path, engine: bytes, after_check: str = "") -> tuple[str, s
 
 
 #: An agent module that says where it was imported from.
-_SERVE = "def serve(env, mode):\n    print('served', mode, __file__)\n    raise SystemExit(0)\n"
+_SERVE = "def serve(env, mode, first=None):\n    print('served', mode, __file__)\n    raise SystemExit(0)\n"
 
 
 def test_the_agent_runs_the_bytes_that_were_checked_not_the_file_of_that_name(
@@ -567,6 +567,101 @@ os.write(1, protocol.json_frame(protocol.HELLO, {"protocol": protocol.PROTOCOL})
 os.read(0, 1 << 16)
 """
 )
+
+
+#: A host that answers the offer only once the SPEC has arrived behind it
+#: (bounded): a client that waits for the answer before sending the SPEC (a
+#: round trip more per job) gets an ERROR from it instead of a result.
+_SPEC_WITH_OFFER_HOST = (
+    _HOST_READS
+    + r"""
+import json, select
+from tether.remote import protocol
+from tether.report import Report
+
+os.write(1, b"TETHER-PY 3.11.0\n")
+read(int(read(10)))  # stage 1
+offer = b""
+while not offer.endswith(b"\n"):
+    offer += read(1)
+ready, _, _ = select.select([0], [], [], 10.0)
+if not ready or json.loads(offer).get("spec") is not True:
+    os.write(1, b'{"mode": "error", "message": "no SPEC behind the offer"}\n')
+    sys.exit(0)
+kind, size = protocol.parse_header(read(protocol.HEADER_SIZE))
+assert kind == protocol.SPEC and json.loads(read(size))["op"] == "run"
+os.write(1, b'{"mode": "cached"}\n')
+report = Report(job_id="j", reason="r", policy="TERM", started_at=0.0, duration=0.0,
+                complete=True, members=(), survivors=(), trackers=()).to_dict()
+result = {"returncode": 0, "timed_out": False, "reason": "r", "report": report}
+os.write(1, protocol.json_frame(protocol.HELLO, {"protocol": protocol.PROTOCOL})
+         + protocol.json_frame(protocol.STARTED, {"job_id": "j"})
+         + protocol.json_frame(protocol.RESULT, result))
+os.read(0, 1 << 16)
+"""
+)
+
+
+def test_the_spec_travels_with_the_offer_not_after_its_answer(tmp_path: Path) -> None:
+    from tether.remote.client import HostRun, OutputSink
+
+    (tmp_path / "host.py").write_text(_SPEC_WITH_OFFER_HOST)
+    program = tmp_path / "ssh"
+    program.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'host.py'}\n")
+    program.chmod(0o755)
+    out = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+    try:
+        run = HostRun(
+            Target("spec-with-offer"),
+            JobSpec(argv=("true",)),
+            SshOptions(program=str(program)),
+            OutputSink(False, out, out),
+        )
+        run.start()
+        assert run.done.wait(60)
+    finally:
+        out.close()
+    assert run.result.error is None and run.result.exit_status == 0, run.result
+
+
+def test_stage1_hands_the_spec_behind_the_offer_to_the_agent(tmp_path: Path) -> None:
+    """The real stage 1 and agent: the SPEC read before the answer reaches the
+    agent whole, when the engine is shipped behind it and when it is cached."""
+    from tether.remote.client import HostRun, OutputSink
+
+    if SYSTEM_PYTHON is None:
+        pytest.skip("no python3 outside the venv (where no tether is installed)")
+    cache = tmp_path / "tmp"
+    cache.mkdir()
+    program = tmp_path / "ssh"
+    # The fixed remote command, run here (a stand-in for ssh to localhost),
+    # with a python3 that has no tether installed and a cache of its own.
+    bindir = os.path.dirname(SYSTEM_PYTHON)
+    program.write_text(
+        f"#!/bin/sh\nunset PYTHONPATH\nexport PATH={bindir}:/usr/bin:/bin TMPDIR={cache}\n"
+        'for a; do last=$a; done\nexec /bin/sh -c "$last"\n'
+    )
+    program.chmod(0o755)
+    marker = tmp_path / "ran"
+    modes = []
+    for _ in range(2):  # shipped, then cached
+        out = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+        try:
+            run = HostRun(
+                Target("local"),
+                JobSpec(argv=("touch", str(marker))),
+                SshOptions(program=str(program), engine="python"),
+                OutputSink(False, out, out),
+            )
+            run.start()
+            assert run.done.wait(60)
+        finally:
+            out.close()
+        assert run.result.error is None and run.result.exit_status == 0, run.result
+        assert marker.exists()
+        marker.unlink()
+        modes.append(run.result.remote.get("mode"))
+    assert modes == ["ship", "cached"], modes
 
 
 def test_the_spec_travels_with_the_engine_not_a_round_trip_later(tmp_path: Path) -> None:

@@ -106,8 +106,12 @@ def _identity(pid: int) -> list[int] | None:
     return None if info is None else [info.pid, info.starttime]
 
 
-def main(env: dict[str, str], mode: str) -> int:
-    """Serve one SPEC on stdin/stdout; the agent's exit status."""
+def main(env: dict[str, str], mode: str, first: bytes | None = None) -> int:
+    """Serve one SPEC on stdin/stdout; the agent's exit status.
+
+    ``first``: the SPEC frame, when stage 1 read it already (it came right
+    behind the client's offer); else it is read from stdin.
+    """
     # Keep the channel to ourselves: every process started from here (the
     # job, its watchdog) gets /dev/null for 0, 1 and 2, and no stray print can
     # corrupt the frames. The watchdog holding the channel open would also
@@ -148,11 +152,17 @@ def main(env: dict[str, str], mode: str) -> int:
         import tether.supervise
 
     try:
-        kind, payload = _read_frame(ctl)
+        if first is None:
+            kind, payload = _read_frame(ctl)
+        else:
+            kind, size = parse_header(first[:HEADER_SIZE])
+            payload = first[HEADER_SIZE:]
+            if len(payload) != size:
+                raise ProtocolError("a truncated SPEC frame")
         if kind != SPEC:
             raise ProtocolError(f"expected a SPEC frame, got {kind!r}")
         spec = load_json(payload)
-    except (EOFError, ProtocolError, OSError):
+    except (EOFError, ProtocolError, OSError, ValueError):
         return 3
     # Loaded: what follows may run for hours (a job, a recovery's graces).
     gc_back_on()
@@ -186,7 +196,7 @@ def gc_back_on() -> None:
         gc.enable()
 
 
-def serve(env: dict[str, str], mode: str) -> NoReturn:
+def serve(env: dict[str, str], mode: str, first: bytes | None = None) -> NoReturn:
     """:func:`main`, then exit without the interpreter's finalisation.
 
     Everything the agent says goes out with os.write, so nothing is left in
@@ -194,7 +204,7 @@ def serve(env: dict[str, str], mode: str) -> NoReturn:
     the ssh session. atexit handlers still run; with other threads alive
     (finalisation would wait for them) the normal exit is taken.
     """
-    code = main(env, mode)
+    code = main(env, mode, first)
     if threading.active_count() > 1:
         sys.exit(code)
     atexit._run_exitfuncs()

@@ -14,8 +14,10 @@ part of it; argv, policy and environment travel later, as data in frames.
    floor, through :data:`STAGE1_TO_SHELL`.
 2. **Stage 1** (:data:`STAGE1`, sent only to Python >= 3.11, the engine's floor)
    reads what the client offers (tether version, protocol, the sha256 of the
-   ``tether`` package's sources, :func:`sources_digest`) and answers how it
-   will load the engine:
+   ``tether`` package's sources, :func:`sources_digest`, and whether the
+   job's SPEC frame follows at once, which it then reads too: the client
+   does not wait for the answer to send it) and answers how it will load the
+   engine:
    ``cached`` (this zip was compiled here before), ``installed`` (a compatible
    tether is importable from site-packages), or ``ship`` (send a zip of the
    sources, whose entries must hash to the offered digest). A shipped
@@ -474,6 +476,16 @@ def _installed(want):
 def _stage1():
     env = dict(os.environ)
     want = _offer(_line())
+    first = None
+    if want.get("spec") is True:
+        # The job's SPEC frame came right behind the offer (the client does
+        # not wait for our answer: a round trip less before the job starts).
+        # Read now, before a shipped engine can follow, for the agent.
+        head = _read(5)
+        size = int.from_bytes(head[1:], "big")
+        if size > 64 << 20:  # protocol.MAX_FRAME
+            os._exit(3)
+        first = head + _read(size)
     agent = None
     try:
         # Bytecode is this interpreter's: its tag, and the magic number that
@@ -506,7 +518,7 @@ def _stage1():
         os.environ["PYTHONPATH"] = path + (os.pathsep + old if old else "")
         sys.meta_path.insert(0, engine)
         import tether.remote.agent as agent
-    agent.serve(env, mode)
+    agent.serve(env, mode, first)
 
 sys.exit(_stage1())
 """

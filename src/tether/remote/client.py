@@ -304,9 +304,10 @@ class Connection:
     def handshake(self, before_hello: Callable[[], object] | None = None) -> dict[str, Any]:
         """Load the agent on the remote host; its HELLO (within HANDSHAKE_TIMEOUT).
 
-        ``before_hello`` is called once the Python engine is on its way, before
-        its HELLO is awaited: what it sends (the SPEC) then travels with the
-        engine instead of a round trip later. The shell agent is not offered it.
+        ``before_hello`` is called right after the offer of the Python engine,
+        before stage 1's answer is awaited: what it sends (the SPEC) travels
+        with the offer, which says it follows, instead of a round trip (or
+        two) later. The shell agent is not offered it.
         """
         self._deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         banner = None
@@ -353,9 +354,12 @@ class Connection:
             "version": tether.__version__,
             "protocol": protocol.PROTOCOL,
             "sha256": package_digest(),
+            "spec": before_hello is not None,
         }
         if not self.write(stage1_block(magic=magic) + json.dumps(offer).encode() + b"\n"):
             raise RemoteError(self.label, self.ssh_error())
+        if before_hello is not None:
+            before_hello()  # the SPEC, right behind the offer (stage 1 reads it first)
         answer = self.read_line(self._deadline)
         if answer is None:
             raise RemoteError(self.label, self.ssh_error())
@@ -369,8 +373,6 @@ class Connection:
             blob = package_zip()[0]
             if not self.write(b"%d\n" % len(blob) + blob):
                 raise RemoteError(self.label, self.ssh_error())
-        if before_hello is not None:
-            before_hello()
         first = self.read_frame(self._deadline)
         if first is None or first[0] != protocol.HELLO:
             raise RemoteError(self.label, "the remote agent did not start: " + self.ssh_error())
@@ -834,7 +836,7 @@ class HostRun:
             if not conn.send_run(self.spec, stdin=self.stdin_fd is not None):
                 raise RemoteError(self.label, conn.ssh_error())
 
-        # The SPEC goes with the engine (Python agent), not after its HELLO.
+        # The SPEC goes with the engine's offer (Python agent), not after its HELLO.
         self._work.remote = conn.handshake(before_hello=send_spec)
         if not sent:
             send_spec()

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 #: Bumped whenever frames or payloads change incompatibly.
-PROTOCOL = 2
+PROTOCOL = 3
 
 SPEC = b"S"
 CANCEL = b"C"
