@@ -362,7 +362,11 @@ def _run_stage1(tmp: Path, engine: bytes, after_check: str = "") -> tuple[str, s
 
 
 #: An agent module that says where it was imported from.
-_SERVE = "def serve(env, mode, first=None):\n    print('served', mode, __file__)\n    raise SystemExit(0)\n"
+_SERVE = (
+    "def serve(env, mode, first=None):\n"
+    "    print('served', mode, __file__)\n"
+    "    raise SystemExit(0)\n"
+)
 
 
 def test_the_agent_runs_the_bytes_that_were_checked_not_the_file_of_that_name(
