@@ -97,8 +97,10 @@ def log_field(value: object) -> str:
     return text if len(text) <= MAX_LOG_FIELD else text[:MAX_LOG_FIELD] + "..."
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with every string's lone surrogates escaped, so it encodes as UTF-8."""
+def json_safe(value: Any, *, non_finite_as_null: bool = False) -> Any:
+    """``value`` with every string's lone surrogates escaped, so it encodes as
+    UTF-8; ``non_finite_as_null``: NaN and the infinities become None (data
+    from outside: json would write them as bare ``NaN``, which is not JSON)."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -106,14 +108,26 @@ def json_safe(value: Any) -> Any:
             return "".join(_escape(c) if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
         return value
     if isinstance(value, dict):
-        return {json_safe(k): json_safe(v) for k, v in value.items()}
+        return {
+            json_safe(k, non_finite_as_null=non_finite_as_null): json_safe(
+                v, non_finite_as_null=non_finite_as_null
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
+        return [json_safe(v, non_finite_as_null=non_finite_as_null) for v in value]
+    if non_finite_as_null and isinstance(value, float) and not -_INF < value < _INF:
+        return None  # NaN compares false both ways
     return value
 
 
-def json_dumps(value: Any, **kwargs: Any) -> str:
-    """JSON that is always valid UTF-8 (non-finite numbers refused, not written)."""
+_INF = float("inf")
+
+
+def json_dumps(value: Any, *, non_finite_as_null: bool = False, **kwargs: Any) -> str:
+    """JSON that is always valid UTF-8 (non-finite numbers refused, not
+    written; or written as null with ``non_finite_as_null``)."""
     import json  # not at import: a run writes no JSON but its journal's (tether._compact_json)
 
-    return json.dumps(json_safe(value), allow_nan=False, **kwargs)
+    safe = json_safe(value, non_finite_as_null=non_finite_as_null)
+    return json.dumps(safe, allow_nan=False, **kwargs)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from helpers import kill_identity, read_identity, tether_cmd, wait_for_file
 from tether.report import Report
@@ -81,3 +84,37 @@ def test_a_remote_report_renders_without_raw_escapes() -> None:
     for text in (report.render_text(), report_table(report, Paint(True))):
         assert "\x07" not in text and "\x9b" not in text and "\u202e" not in text
         assert "\nFORGED" not in text
+
+
+def test_a_hosts_non_finite_numbers_are_written_as_null() -> None:
+    """`tether run --host --json`: a host's HELLO or report may carry NaN or
+    an infinity; the file stays JSON a strict parser reads."""
+    hostile = {"remote": {"load": math.nan, "x": [math.inf, -math.inf, 1.5]}, "s": "\udcff"}
+    with pytest.raises(ValueError):
+        json_dumps(hostile)  # the default refuses them
+
+    def strict(constant: str) -> object:
+        raise AssertionError(f"bare {constant} in the JSON")
+
+    text = json_dumps(hostile, non_finite_as_null=True)
+    text.encode("utf-8")
+    assert json.loads(text, parse_constant=strict) == {
+        "remote": {"load": None, "x": [None, None, 1.5]},
+        "s": "\\xff",
+    }
+
+
+def test_write_hosts_json_survives_a_hosts_nan(tmp_path: Path) -> None:
+    from tether.cli._remote import write_hosts_json
+    from tether.remote.client import HostResult
+    from tether.remote.hostlist import Target
+
+    result = HostResult(Target("evil"), remote={"python": math.nan}, report={"t": math.inf})
+    out = tmp_path / "hosts.json"
+    write_hosts_json(str(out), [result])
+
+    def strict(constant: str) -> object:
+        raise AssertionError(f"bare {constant} in the JSON")
+
+    host = json.loads(out.read_text(), parse_constant=strict)["hosts"][0]
+    assert host["remote"] == {"python": None} and host["report"] == {"t": None}

@@ -179,10 +179,12 @@ def write_gathered(stream: Any, outputs: dict[str, bytes], labels: bool) -> None
 
 def write_hosts_json(target: str | None, results: list[HostResult]) -> None:
     """``--json FILE``: ``{"schema": 1, "hosts": [...]}``."""
-    import json
+    from tether.sanitize import json_dumps
 
     document = {"schema": JSON_SCHEMA, "hosts": [r.to_dict() for r in results]}
-    write_json(target, json.dumps(document, indent=2))
+    # A host's HELLO and report are its own bytes: a NaN there would make the
+    # file not JSON (jq refuses bare NaN), a lone surrogate not UTF-8.
+    write_json(target, json_dumps(document, indent=2, non_finite_as_null=True))
 
 
 def run_remote(
