@@ -238,7 +238,9 @@ def test_timeout_is_enforced_locally_when_the_host_never_reports(
     wait_for(lambda: not _pids_alive(tmp_path / "pids"), what="the fake ssh to be killed")
 
 
-def _tether_run_remote(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+def _tether_run_remote(
+    tmp_path: Path, *args: str, cancel_timeout: str = "0.3"
+) -> subprocess.Popen[str]:
     """``tether run --host evil`` with tmp_path/bin/ssh (the fake) first on PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -246,21 +248,31 @@ def _tether_run_remote(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": SRC}
     return subprocess.Popen(
         [sys.executable, "-m", "tether.cli", "run", "--host", "evil", "--cancel-timeout",
-         "0.3", *args, "--", "true"],
+         cancel_timeout, *args, "--", "true"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=env,
     )  # fmt: skip
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-@pytest.mark.parametrize("phase", ["bootstrap", "before STARTED"])
+@pytest.mark.parametrize("phase", ["bootstrap", "offer and SPEC sent", "before STARTED"])
 def test_int_and_term_are_honoured_before_the_job_id_is_known(
     tmp_path: Path, sig: signal.Signals, phase: str
 ) -> None:
-    _staged_ssh(tmp_path, None if phase == "bootstrap" else _HELLO)
-    proc = _tether_run_remote(tmp_path)
+    playback = {"bootstrap": None, "offer and SPEC sent": b"TETHER-PY 3.11.0\n"}
+    _staged_ssh(tmp_path, playback.get(phase, _HELLO))
+    # Before the agent's HELLO nothing runs there, even with the SPEC sent
+    # behind the offer: the cancel closes the connection at once. Waiting
+    # for the job id instead would sit out this --cancel-timeout (a hang
+    # for the guard below).
+    early = phase != "before STARTED"
+    proc = _tether_run_remote(tmp_path, cancel_timeout="600" if early else "0.3")
     try:
         wait_for(lambda: list((tmp_path / "pids").glob("*.pid")), what="the fake ssh")
+        if phase == "offer and SPEC sent":
+            stdin = tmp_path / "stdin"
+            wait_for(lambda: stdin.exists() and b'"op":"run"' in stdin.read_bytes(),
+                     what="the offer and its SPEC")  # fmt: skip
         if phase == "before STARTED":
             # The job was sent, its id not yet known.
             stdin = tmp_path / "stdin"

@@ -721,11 +721,12 @@ class HostRun:
     def cancel(self, reason: str) -> None:
         """Ask the remote agent to terminate the job (again: skip to the last step).
 
-        Before the job id is known there is nothing to name in a cancel: while
-        the bootstrap runs, the connection is closed at once (nothing was
-        asked to run yet); once the job was sent, its STARTED is awaited for
-        the ack timeout, then the connection is closed (:meth:`cancel_out_of_band`)
-        and the remote agent's dead man's switch ends whatever it started.
+        Before the job id is known there is nothing to name in a cancel: until
+        the agent's HELLO, the connection is closed at once (nothing runs yet,
+        though the SPEC may have gone with the engine's offer); after it, the
+        job's STARTED is awaited for the ack timeout, then the connection is
+        closed (:meth:`cancel_out_of_band`) and the remote agent's dead man's
+        switch ends whatever it started.
         """
         with self._lock:
             self.cancelled.set()
@@ -825,19 +826,22 @@ class HostRun:
         sent = False
 
         def send_spec() -> None:
-            # Unless cancelled meanwhile: from here on a cancel waits for the
-            # job id (phase "starting"), as the SPEC may already be running.
             nonlocal sent
             with self._lock:
                 if self.cancelled.is_set():
                     raise RemoteError(self.label, "cancelled before it started")
-                self._phase = "starting"
             sent = True
             if not conn.send_run(self.spec, stdin=self.stdin_fd is not None):
                 raise RemoteError(self.label, conn.ssh_error())
 
         # The SPEC goes with the engine's offer (Python agent), not after its HELLO.
         self._work.remote = conn.handshake(before_hello=send_spec)
+        # From the agent's HELLO on, the SPEC may be running: a cancel waits
+        # for the job id (phase "starting"). Before it, nothing ran (the agent
+        # says HELLO before it reads the SPEC stage 1 holds), so a cancel still
+        # closes the connection at once and stage 1 or the agent ends at EOF.
+        with self._lock:
+            self._phase = "starting"
         if not sent:
             send_spec()
         # The job id must come within the handshake's deadline too: a host

@@ -14,8 +14,8 @@ A job's ``--timeout`` is enforced here too, should its host stop reporting:
 see :meth:`~tether.remote.client.HostRun.local_deadlines` (cancelled once the
 timeout, the policy's graces and a margin passed; given up on, its ssh
 killed, after as much again). A cancel before a host's job id is known
-closes that connection (at once while it bootstraps; after the ack timeout
-once the job was sent), so INT and TERM are honoured in every phase.
+closes that connection (at once until the agent's HELLO; after the ack
+timeout once the agent is up), so INT and TERM are honoured in every phase.
 """
 
 from __future__ import annotations
