@@ -352,3 +352,87 @@ def test_buffered_frames_are_capped_for_all_hosts_together(
     finally:
         out.close()
     assert client._BUFFERED.used == 0  # given back as the connections closed
+
+
+_DEEP = b"[" * 200_000  # nested past any interpreter's stack
+
+
+@pytest.mark.parametrize("payload", [_DEEP, b'{"taken": ' + b"9" * 5000 + b"}", b"\xff\xfe", b"[]"])
+def test_a_hosts_unreadable_json_is_a_protocol_error(payload: bytes) -> None:
+    """Nesting deeper than the stack, an integer of more digits than int()
+    takes, bad UTF-8, a non-object: each a ProtocolError, nothing else."""
+    with pytest.raises(protocol.ProtocolError):
+        protocol.load_json(payload)
+
+
+def _cancel_playback(tmp_path: Path, result_frame: bytes) -> SshOptions:
+    hello = protocol.json_frame(protocol.HELLO, {"protocol": protocol.PROTOCOL})
+    script = b'TETHER-PY 3.11.0\n{"mode": "installed"}\n' + hello + result_frame
+    (tmp_path / "playback").write_bytes(script)
+    return _fake_ssh(tmp_path, f"cat {tmp_path}/playback; exec cat >/dev/null")
+
+
+@pytest.mark.parametrize(
+    "result_frame",
+    [
+        protocol.frame(protocol.RESULT, _DEEP),
+        protocol.json_frame(protocol.RESULT, {"found": True, "notes": 5}),
+        protocol.frame(protocol.HELLO, b"x" * (protocol.MAX_CONTROL_FRAME + 1)),
+        protocol.HELLO + (protocol.MAX_FRAME + 1).to_bytes(4, "big"),
+    ],
+    ids=["deep", "notes-not-a-list", "big-control-frame", "frame-past-the-limit"],
+)
+def test_an_out_of_band_cancel_survives_a_hostile_answer(
+    tmp_path: Path, result_frame: bytes
+) -> None:
+    """`tether cancel --host` and the out-of-band cancel of a run: whatever
+    the host answers, a result with an error (or the host's found job), never
+    an exception."""
+    ssh = _cancel_playback(tmp_path, result_frame)
+    result = client.cancel_job(Target("evil"), "j", ssh)
+    if result.error is None:  # notes of the wrong type: ignored, the rest taken
+        assert result.notes == [] and result.exit_status == 1, result  # no report
+    else:
+        assert result.exit_status == 125 and result.error.startswith("bad "), result
+
+
+def test_a_hosts_notes_reach_the_terminal_escaped(tmp_path: Path) -> None:
+    notes = ["\x1b]0;pwned\x07\x1b[2J", "x" * 5000]
+    ssh = _cancel_playback(
+        tmp_path, protocol.json_frame(protocol.RESULT, {"found": True, "notes": notes})
+    )
+    result = client.cancel_job(Target("evil"), "j", ssh)
+    assert result.notes[0] == "\\x1b]0;pwned\\x07\\x1b[2J"
+    assert len(result.notes[1]) == 1000
+    assert all(n.isprintable() for n in result.notes)
+
+
+def test_a_failed_out_of_band_cancel_ends_the_first_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever goes wrong in the out-of-band cancel's thread, its result is
+    set and the first connection killed: the run ends instead of waiting on
+    a connection nobody will close (a hang after ^C)."""
+
+    class FirstConnection:
+        killed = False
+
+        def kill(self) -> None:
+            self.killed = True
+
+    def broken(*_args: object, **_kwargs: object) -> client.HostResult:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(client, "cancel_job", broken)
+    out = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+    try:
+        run = HostRun(
+            Target("evil"), JobSpec(argv=("true",)), SshOptions(), OutputSink(False, out, out)
+        )
+        first = FirstConnection()
+        run.conn = first  # type: ignore[assignment]
+        run._run_oob("j", "no ack")
+    finally:
+        out.close()
+    assert first.killed
+    assert run._oob_result is not None and "RuntimeError: boom" in (run._oob_result.error or "")

@@ -273,8 +273,12 @@ class Connection:
             if len(self._buf) >= protocol.HEADER_SIZE:
                 try:
                     kind, size = protocol.parse_header(bytes(self._buf[: protocol.HEADER_SIZE]))
-                except ValueError as err:
+                except (ValueError, protocol.ProtocolError) as err:
                     raise RemoteError(self.label, f"bad frame: {err}") from None
+                if kind in protocol.CONTROL_FRAMES and size > protocol.MAX_CONTROL_FRAME:
+                    raise RemoteError(
+                        self.label, f"bad frame: a {visible(repr(kind))} frame of {size} bytes"
+                    )
                 end = protocol.HEADER_SIZE + size
                 if len(self._buf) >= end:
                     payload = bytes(self._buf[protocol.HEADER_SIZE : end])
@@ -365,8 +369,10 @@ class Connection:
             raise RemoteError(self.label, self.ssh_error())
         try:
             mode = json.loads(answer)
-        except ValueError:
-            raise RemoteError(self.label, f"bad answer from stage 1: {answer[:200]!r}") from None
+        except (ValueError, RecursionError):
+            mode = None
+        if not isinstance(mode, dict):
+            raise RemoteError(self.label, f"bad answer from stage 1: {visible(repr(answer[:200]))}")
         if mode.get("mode") == "error":
             raise RemoteError(self.label, str(mode.get("message")))
         if mode.get("mode") == "ship":
@@ -761,14 +767,18 @@ class HostRun:
         self._oob.start()
 
     def _run_oob(self, job_id: str, why: str) -> None:
-        result = cancel_job(
-            self.target,
-            job_id,
-            self.ssh,
-            policy=self.spec.policy,
-            reason=f"{self.cancel_reason or 'cancelled'}; out of band ({why})",
-            on_connect=self._oob_conns.append,
-        )
+        try:
+            result = cancel_job(
+                self.target,
+                job_id,
+                self.ssh,
+                policy=self.spec.policy,
+                reason=f"{self.cancel_reason or 'cancelled'}; out of band ({why})",
+                on_connect=self._oob_conns.append,
+            )
+        except Exception as err:  # a bug or a broken host: its result says so, never a hang
+            result = HostResult(self.target, job_id=job_id, cancelled="out-of-band")
+            result.error = f"the out-of-band cancel failed: {type(err).__name__}: {err}"
         result.notes.insert(0, f"cancelled over a new connection: {why}")
         self._oob_result = result
         # The first connection is stale or hung: end it; its reader thread
@@ -985,13 +995,18 @@ def cancel_job(
             result.notes.append(f"no live job {job_id} in the remote journal (already ended)")
             result.exit_status = 0
             return result
-        result.notes.extend(str(n) for n in data.get("notes", ()))
+        notes = data.get("notes")
+        if isinstance(notes, list):  # the host's words, for a terminal: escaped
+            result.notes.extend(visible(str(n)[:1000]) for n in notes[:100])
         result.report = data.get("report")
         result.reason = (result.report or {}).get("reason")
         result.exit_status = 0 if (result.report or {}).get("complete") else 1
     except RemoteError as err:
         result.error = err.message
         result.exit_status = err.exit_code
+    except protocol.ProtocolError as err:  # a payload that is not this protocol's
+        result.error = RemoteError(target.label, str(err)).message
+        result.exit_status = 125
     return result
 
 

@@ -49,6 +49,10 @@ STDIN_WINDOW = 1 << 20
 HEADER_SIZE = 5
 #: Largest frame either side accepts (a report of a huge tree fits easily).
 MAX_FRAME = 64 << 20
+#: Largest payload of the agent's small frames: the client parses them, and
+#: a frame of nested JSON becomes objects ~25 times its size in memory.
+MAX_CONTROL_FRAME = 64 << 10
+CONTROL_FRAMES = frozenset({HELLO, STARTED, ACK, ERROR, STDIN_CREDIT})
 
 
 class ProtocolError(Exception):
@@ -155,8 +159,10 @@ def load_json(payload: bytes) -> dict[str, Any]:
 
         try:
             data = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ProtocolError(f"bad JSON payload: {err}") from None
+        except (ValueError, RecursionError) as err:
+            # ValueError: bad UTF-8 or JSON, an integer of too many digits;
+            # RecursionError: nesting deeper than the interpreter's stack.
+            raise ProtocolError(f"bad JSON payload: {str(err)[:200]}") from None
     if not isinstance(data, dict):
         raise ProtocolError("payload is not a JSON object")
     return data
