@@ -62,3 +62,25 @@ def test_cancel_of_a_job_that_already_ended(lab: SshLab) -> None:
     assert host["host"] == "h02" and any("already ended" in n for n in host["notes"])
     two = {**document, "hosts": [host, host]}
     assert schema_errors("cancel", two), "cancel.schema.json allows two hosts"
+
+
+def test_a_remote_run_without_json_imports_no_json(lab: SshLab) -> None:
+    """The client writes its offer and frames as compact JSON without the
+    json package and reads the host's plain answers with json's C scanner
+    (~2 ms of a one-host run's start); it is imported for --json only."""
+    import sys
+
+    probe = (
+        "import contextlib, sys\n"
+        "from tether.cli import main\n"
+        "with contextlib.suppress(SystemExit):\n"
+        f"    main(['run', '-F', {lab.config_file!r}, '-q', '-w', 'h01', '--', 'true'])\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stdout.split())
+    assert "tether.remote.client" in loaded  # it did run remotely
+    assert "json" not in loaded

@@ -179,6 +179,8 @@ def write_gathered(stream: Any, outputs: dict[str, bytes], labels: bool) -> None
 
 def write_hosts_json(target: str | None, results: list[HostResult]) -> None:
     """``--json FILE``: ``{"schema": 1, "hosts": [...]}``."""
+    if target is None:
+        return  # no --json: nothing to build
     from tether.sanitize import json_dumps
 
     document = {"schema": JSON_SCHEMA, "hosts": [r.to_dict() for r in results]}

@@ -15,7 +15,6 @@ business: tether passes ``-F FILE`` and ``-o OPTION`` through and adds only
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import signal
@@ -26,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from tether import supervise
+from tether._compact_json import dumps as compact_json
 from tether._records import dataclass, field, replace
 from tether.errors import TetherError
 from tether.policy import Policy
@@ -360,7 +360,8 @@ class Connection:
             "sha256": package_digest(),
             "spec": before_hello is not None,
         }
-        if not self.write(stage1_block(magic=magic) + json.dumps(offer).encode() + b"\n"):
+        offer_line = compact_json(offer).encode() + b"\n"
+        if not self.write(stage1_block(magic=magic) + offer_line):
             raise RemoteError(self.label, self.ssh_error())
         if before_hello is not None:
             before_hello()  # the SPEC, right behind the offer (stage 1 reads it first)
@@ -368,11 +369,11 @@ class Connection:
         if answer is None:
             raise RemoteError(self.label, self.ssh_error())
         try:
-            mode = json.loads(answer)
-        except (ValueError, RecursionError):
-            mode = None
-        if not isinstance(mode, dict):
-            raise RemoteError(self.label, f"bad answer from stage 1: {visible(repr(answer[:200]))}")
+            mode = protocol.load_json(answer)
+        except protocol.ProtocolError:
+            raise RemoteError(
+                self.label, f"bad answer from stage 1: {visible(repr(answer[:200]))}"
+            ) from None
         if mode.get("mode") == "error":
             raise RemoteError(self.label, str(mode.get("message")))
         if mode.get("mode") == "ship":
