@@ -61,7 +61,7 @@ STOP_SWEEP_ROUNDS = 30
 #: Longest wait, after cgroup.kill, for the cgroup to empty before the scan
 #: for members outside it.
 KILL_SETTLE = 0.25
-#: Rounds of the kill's wait on the last listed member's pidfd before it
+#: Rounds of the kill's wait on the youngest new member's pidfd before it
 #: waits on every pidfd left (Membership._wait_killed).
 KILL_WAIT_LAST_ROUNDS = 4
 
@@ -784,9 +784,10 @@ class Membership:
         one read of cgroup.events tells; the events are waited for only if
         something the reads did not see is still inside.
 
-        The wait is first on one pidfd, the last listed (cgroup.kill signals
-        in the cgroup's order, which the listing follows, so it is usually
-        among the last to exit), then one poll of the rest, a few rounds:
+        The wait is first on one pidfd, the last of ``members`` (the
+        youngest the frozen listing added: cgroup.kill signals in the
+        cgroup's order, where processes that joined later come later, so it
+        is usually among the last to exit), then one poll of the rest, a few rounds:
         the exits of a thousand members cost a few polls, not a thousand
         epoll registrations (~2-4 ms of CPU while the exits compete for it).
         What is still alive then is waited for as before, each pidfd once
