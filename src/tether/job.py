@@ -906,7 +906,6 @@ class Job:
             reap_leader=self._reap_leader,
             wake_fd=wake_fd,
             on_new_members=self._record_members if self._record is not None else None,
-            leader_pidfd=handle.fileno,
         )
         if self._watchdog_pid:
             self._membership.protect([self._watchdog_pid])

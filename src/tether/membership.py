@@ -18,12 +18,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 from tether._platform import HAS_PIDFD
 from tether._platform.linux import (
-    allocation_order,
     capture,
     exited_pidfds,
     open_process_info,
     parse_captured,
-    snapshot_since,
 )
 from tether._platform.linux.cgroupfs import JobCgroup
 from tether._platform.linux.procfs import PF_KTHREAD, parse_cmdline, split_stat
@@ -88,15 +86,8 @@ class Membership:
         admit: Callable[[ProcessInfo], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         subtree_root: tuple[int, int] | None = None,
-        created_since: int | None = None,
-        keep_rows: Sequence[int] = (),
     ) -> None:
         _raise_fd_limit()
-        # The leader's place in the kernel's order of process creation
-        # (allocation_order): a full scan reads no row of an older process
-        # but those of keep_rows (snapshot_since). None: every row.
-        self._created_since = created_since
-        self._keep_rows = frozenset(keep_rows)
         # Every member is a descendant of this subreaper (a job keeper), so a
         # scan reads its subtree, not the whole process table.
         self._subtree_root = subtree_root
@@ -155,15 +146,8 @@ class Membership:
         reap_leader: Callable[[], None] | None = None,
         wake_fd: int | None = None,
         on_new_members: Callable[[Sequence[Member]], None] | None = None,
-        leader_pidfd: int = -1,
     ) -> Membership:
-        """A job tether started: the trackers ``selection`` chose, from ``leader`` on.
-
-        ``leader_pidfd``: a pidfd of the leader (unreaped), whose place in
-        the order of process creation spares full scans the rows of older
-        processes, none of which can be a member (start-time floor).
-        """
-        keeper = selection.keeper_pid
+        """A job tether started: the trackers ``selection`` chose, from ``leader`` on."""
         membership = cls(
             selection.trackers(leader, cookie=job_id),
             selection.statuses,
@@ -186,9 +170,6 @@ class Membership:
                 and selection.keeper_starttime is not None
                 else None
             ),
-            created_since=allocation_order(leader_pidfd) if leader_pidfd >= 0 else None,
-            # The subreaper tracker checks the job keeper's row (its identity).
-            keep_rows=() if keeper is None else (keeper,),
         )
         membership._leader_started_here = True
         return membership
@@ -501,8 +482,6 @@ class Membership:
                     "had adopted (double-forked, out of the job's session and "
                     "environment) re-parented out of its subtree and cannot be ruled out",
                 )
-        if self._created_since is not None:
-            return snapshot_since(self._created_since, self._keep_rows)
         return snapshot()
 
     def _find(self, table: Table) -> dict[int, set[str]]:

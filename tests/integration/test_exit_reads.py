@@ -7,8 +7,7 @@ found only then, was seen exiting (its pidfd) before the table was read, so
 it cannot have forked a successor that read missed. Any other member found
 already exited (a possible pid hopper) still costs terminate a fresh scan.
 A script runs the job with a dedicated supervisor, as `tether run` does,
-counting full table reads (of every process, or of those
-created since the leader).
+counting full table reads.
 """
 
 from __future__ import annotations
@@ -27,8 +26,6 @@ import tether.membership as membership
 reads = []
 table = membership.snapshot
 membership.snapshot = lambda *a, **k: (reads.append(1), table(*a, **k))[1]
-since = membership.snapshot_since
-membership.snapshot_since = lambda *a, **k: (reads.append(1), since(*a, **k))[1]
 from tether.job import Job
 from tether.spec import JobSpec
 

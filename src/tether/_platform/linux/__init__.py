@@ -21,7 +21,6 @@ import os
 import select
 import signal
 import stat
-import sys
 from collections.abc import Collection, Iterable
 
 from tether._platform._common import Delivery, ProcessInfo
@@ -114,95 +113,6 @@ def snapshot(fields: Collection[str]) -> dict[int, ProcessInfo]:
         else:
             return _table_from_scan(rows)
     for pid in procfs.pids():
-        data = procfs.read_stat(pid, strict=True)
-        if data:
-            with contextlib.suppress(ValueError, IndexError):
-                table[pid] = info_from_stat(data)
-    return table
-
-
-def allocation_order(pidfd: int) -> int | None:
-    """Where the process of ``pidfd`` (ours, a live or unreaped process) stands
-    in the kernel's order of process creation, for :func:`snapshot_since`;
-    None where pidfds do not tell it.
-
-    Since Linux 6.9 a pidfd is an inode of pidfs, one per struct pid, and on
-    a 64-bit kernel its number is a counter the kernel increments as it
-    allocates each pid in fork (alloc_pid), never reused and not settable
-    from userspace (unlike a pid number: ns_last_pid, clone3's set_tid).
-    Older kernels give every pidfd the same anonymous inode; a /proc dirfd
-    (where pidfd_open was refused) is no pidfd. So the order is trusted only
-    where a pidfd of this process, which is older, has a lower number on
-    the same file system.
-    """
-    if _dirfd_handles[0] or sys.maxsize <= 1 << 32:
-        return None
-    try:
-        theirs = os.fstat(pidfd)
-        fd = os.pidfd_open(os.getpid())
-    except OSError:
-        return None
-    try:
-        ours = os.fstat(fd)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return pidfs_order(ours, theirs)
-
-
-def pidfs_order(older: os.stat_result, newer: os.stat_result) -> int | None:
-    """``newer``'s inode number if pidfds of two processes, ``older`` created
-    first, say so in pidfs's creation order (distinct inodes of one file
-    system, the older one's lower); None otherwise (one anonymous inode for
-    every pidfd, as before Linux 6.9, or anything else)."""
-    if (
-        older.st_dev != newer.st_dev
-        or stat.S_IFMT(older.st_mode) != stat.S_IFMT(newer.st_mode)
-        or stat.S_ISDIR(newer.st_mode)
-        or not 0 < older.st_ino < newer.st_ino
-    ):
-        return None
-    return newer.st_ino
-
-
-def snapshot_since(floor: int, keep: Collection[int] = ()) -> dict[int, ProcessInfo]:
-    """:func:`snapshot` (stat only) of the processes created since the one
-    whose :func:`allocation_order` is ``floor`` (itself included), and of
-    the pids in ``keep``, whatever their age.
-
-    A job's member is never older than its leader (a process's parent is
-    always older than it, and what the job had started for it, by a daemon
-    outside its tree, is forked after it asked), and a scan takes no older
-    process as a member (its start-time floor): the rows of older ones only
-    cost their reads. A pidfd and its inode number (3 syscalls) tell a
-    process's age in half the kernel's time of its stat line, and no row is
-    built: the table of a host's 1000 idle processes costs ~half the CPU.
-    A pid is placed by the process holding it when its pidfd is opened:
-    one that exits and whose pid is reused after that is missed, as by a
-    full table whose read of that pid came first (rescans see it).
-    """
-    table: dict[int, ProcessInfo] = {}
-    pidfd_open, fstat, close = os.pidfd_open, os.fstat, os.close
-    for name in os.listdir(procfs.PROC):
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        if pid not in keep:
-            try:
-                fd = pidfd_open(pid)
-            except OSError as err:
-                if err.errno == errno.ESRCH:
-                    continue  # gone
-                # Anything else (EMFILE...): its age is unknown, so it is
-                # read as the full table reads it (and fails as that does).
-            else:
-                try:
-                    older = fstat(fd).st_ino < floor
-                finally:
-                    close(fd)
-                if older:
-                    continue
         data = procfs.read_stat(pid, strict=True)
         if data:
             with contextlib.suppress(ValueError, IndexError):
