@@ -436,3 +436,21 @@ def test_a_failed_out_of_band_cancel_ends_the_first_connection(
         out.close()
     assert first.killed
     assert run._oob_result is not None and "RuntimeError: boom" in (run._oob_result.error or "")
+
+
+def test_a_deeply_nested_hello_still_makes_a_json_document(tmp_path: Path) -> None:
+    """A HELLO nested 500 deep passes the frame cap and the JSON reader; it
+    is kept only a few levels deep, so writing --json cannot overflow the stack."""
+    from tether.cli._remote import write_hosts_json
+
+    deep = b'{"tether":"1","nest":' + b'{"a":' * 500 + b"1" + b"}" * 500 + b"}"
+    script = b'TETHER-PY 3.11.0\n{"mode": "installed"}\n' + protocol.frame(protocol.HELLO, deep)
+    script += protocol.json_frame(protocol.RESULT, {"found": False})
+    (tmp_path / "playback").write_bytes(script)
+    ssh = _fake_ssh(tmp_path, f"cat {tmp_path}/playback; exec cat >/dev/null")
+    result = client.cancel_job(Target("evil"), "j", ssh)
+    assert result.error is None and result.remote["tether"] == "1", result
+    out = tmp_path / "hosts.json"
+    write_hosts_json(str(out), [result])
+    written = json.loads(out.read_text())["hosts"][0]["remote"]
+    assert written["tether"] == "1" and written["nest"] == {"a": {"a": None}}

@@ -383,7 +383,7 @@ class Connection:
         first = self.read_frame(self._deadline)
         if first is None or first[0] != protocol.HELLO:
             raise RemoteError(self.label, "the remote agent did not start: " + self.ssh_error())
-        self.hello = protocol.load_json(first[1])
+        self.hello = _shallow(protocol.load_json(first[1]))
         return self.hello
 
     def _load_shell_agent(self) -> dict[str, Any]:
@@ -395,7 +395,7 @@ class Connection:
         if first is None or first[0] != protocol.HELLO:
             raise RemoteError(self.label, "the shell agent did not start: " + self.ssh_error())
         self.engine = "sh"
-        self.hello = protocol.load_json(first[1])
+        self.hello = _shallow(protocol.load_json(first[1]))
         return self.hello
 
     # -- what the engines read ------------------------------------------------
@@ -848,9 +848,11 @@ class HostRun:
         # The SPEC goes with the engine's offer (Python agent), not after its HELLO.
         self._work.remote = conn.handshake(before_hello=send_spec)
         # From the agent's HELLO on, the SPEC may be running: a cancel waits
-        # for the job id (phase "starting"). Before it, nothing ran (the agent
-        # says HELLO before it reads the SPEC stage 1 holds), so a cancel still
-        # closes the connection at once and stage 1 or the agent ends at EOF.
+        # for the job id (phase "starting"). Before the agent sends it nothing
+        # runs (it says HELLO, then reads the SPEC stage 1 holds), so a cancel
+        # until it arrives closes the connection at once: stage 1 ends at EOF,
+        # and an agent already past its HELLO ends its job by its dead man's
+        # switch (the result says so).
         with self._lock:
             self._phase = "starting"
         if not sent:
@@ -967,6 +969,23 @@ class HostRun:
         else:
             r.error = f"connection lost ({why}); the remote job was terminated"
             r.exit_status = 125
+
+
+def _shallow(hello: dict[str, Any], depth: int = 3) -> dict[str, Any]:
+    """A host's HELLO, kept for ``--json``: values nested deeper than ``depth``
+    become None. A HELLO is flat; a hostile one nested hundreds deep (well
+    within the frame cap) would make writing the document overflow the stack."""
+
+    def keep(value: Any, level: int) -> Any:
+        if isinstance(value, dict):
+            if level >= depth:
+                return None
+            return {k: keep(v, level + 1) for k, v in value.items()}
+        if isinstance(value, list):
+            return None if level >= depth else [keep(v, level + 1) for v in value]
+        return value
+
+    return {k: keep(v, 1) for k, v in hello.items()}
 
 
 def cancel_job(
