@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -129,3 +131,27 @@ def test_a_member_moved_out_of_the_cgroup_is_not_one_the_kill_is_waited_for(
         os.kill(moved.pid, signal.SIGKILL)  # our own child: the pid is its
         wait_for(lambda: not elsewhere.populated(), 10.0, "the other cgroup to empty")
         elsewhere.remove()
+
+
+def test_a_member_that_outlives_the_one_waited_on_is_still_waited_for(
+    membership: Membership, cgroup: JobCgroup, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """The wait sleeps on one pidfd, the last member it is given, then polls
+    the rest. That one exits first here; the other, outside the cgroup so
+    that "populated 0" cannot stand in for it, exits a second later: the wait
+    returns only after it has."""
+    outside = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL)
+    procs.append(outside)
+    wait_for_exec(outside.pid, "sleep")
+    first = adopt(membership, outside.pid)
+    last = adopt(membership, start_in(cgroup, procs))
+    cgroup.kill()
+    late = threading.Timer(1.0, os.kill, (first.pid, signal.SIGKILL))  # our child: its pid
+    late.start()
+    try:
+        assert membership._wait_killed([first, last], 30.0)
+        poller = select.poll()
+        poller.register(membership._handles[first].fileno, select.POLLIN)
+        assert poller.poll(0), "the wait returned before the other member exited"
+    finally:
+        late.join()

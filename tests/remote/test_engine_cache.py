@@ -539,6 +539,19 @@ def read(n):
 """
 
 
+#: The end of a fake host's script: HELLO, STARTED and a RESULT of a job
+#: that ran, then it waits for the client to hang up.
+_HOST_RUNS_THE_JOB = r"""
+report = Report(job_id="j", reason="r", policy="TERM", started_at=0.0, duration=0.0,
+                complete=True, members=(), survivors=(), trackers=()).to_dict()
+result = {"returncode": 0, "timed_out": False, "reason": "r", "report": report}
+os.write(1, protocol.json_frame(protocol.HELLO, {"protocol": protocol.PROTOCOL})
+         + protocol.json_frame(protocol.STARTED, {"job_id": "j"})
+         + protocol.json_frame(protocol.RESULT, result))
+os.read(0, 1 << 16)
+"""
+
+
 #: A host that sends its HELLO only once the SPEC has arrived (bounded): a
 #: client that waits for the HELLO before sending the SPEC (a round trip more
 #: per job) gets an ERROR from it instead of a result.
@@ -562,14 +575,8 @@ if not ready:
     sys.exit(0)
 kind, size = protocol.parse_header(read(protocol.HEADER_SIZE))
 assert kind == protocol.SPEC and json.loads(read(size))["op"] == "run"
-report = Report(job_id="j", reason="r", policy="TERM", started_at=0.0, duration=0.0,
-                complete=True, members=(), survivors=(), trackers=()).to_dict()
-result = {"returncode": 0, "timed_out": False, "reason": "r", "report": report}
-os.write(1, protocol.json_frame(protocol.HELLO, {"protocol": protocol.PROTOCOL})
-         + protocol.json_frame(protocol.STARTED, {"job_id": "j"})
-         + protocol.json_frame(protocol.RESULT, result))
-os.read(0, 1 << 16)
 """
+    + _HOST_RUNS_THE_JOB
 )
 
 
@@ -595,37 +602,35 @@ if not ready or json.loads(offer).get("spec") is not True:
 kind, size = protocol.parse_header(read(protocol.HEADER_SIZE))
 assert kind == protocol.SPEC and json.loads(read(size))["op"] == "run"
 os.write(1, b'{"mode": "cached"}\n')
-report = Report(job_id="j", reason="r", policy="TERM", started_at=0.0, duration=0.0,
-                complete=True, members=(), survivors=(), trackers=()).to_dict()
-result = {"returncode": 0, "timed_out": False, "reason": "r", "report": report}
-os.write(1, protocol.json_frame(protocol.HELLO, {"protocol": protocol.PROTOCOL})
-         + protocol.json_frame(protocol.STARTED, {"job_id": "j"})
-         + protocol.json_frame(protocol.RESULT, result))
-os.read(0, 1 << 16)
 """
+    + _HOST_RUNS_THE_JOB
 )
 
 
-def test_the_spec_travels_with_the_offer_not_after_its_answer(tmp_path: Path) -> None:
+def _run_on_fake_host(tmp_path: Path, host_source: str, label: str) -> None:
+    """One job through a stand-in for ssh that runs ``host_source`` (python):
+    it must end without error."""
     from tether.remote.client import HostRun, OutputSink
 
-    (tmp_path / "host.py").write_text(_SPEC_WITH_OFFER_HOST)
+    (tmp_path / "host.py").write_text(host_source)
     program = tmp_path / "ssh"
     program.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'host.py'}\n")
     program.chmod(0o755)
     out = open(os.devnull, "wb")  # noqa: SIM115 - closed below
     try:
         run = HostRun(
-            Target("spec-with-offer"),
-            JobSpec(argv=("true",)),
-            SshOptions(program=str(program)),
+            Target(label), JobSpec(argv=("true",)), SshOptions(program=str(program)),
             OutputSink(False, out, out),
-        )
+        )  # fmt: skip
         run.start()
         assert run.done.wait(60)
     finally:
         out.close()
     assert run.result.error is None and run.result.exit_status == 0, run.result
+
+
+def test_the_spec_travels_with_the_offer_not_after_its_answer(tmp_path: Path) -> None:
+    _run_on_fake_host(tmp_path, _SPEC_WITH_OFFER_HOST, "spec-with-offer")
 
 
 def test_stage1_hands_the_spec_behind_the_offer_to_the_agent(tmp_path: Path) -> None:
@@ -669,25 +674,7 @@ def test_stage1_hands_the_spec_behind_the_offer_to_the_agent(tmp_path: Path) -> 
 
 
 def test_the_spec_travels_with_the_engine_not_a_round_trip_later(tmp_path: Path) -> None:
-    from tether.remote.client import HostRun, OutputSink
-
-    (tmp_path / "host.py").write_text(_SPEC_FIRST_HOST)
-    program = tmp_path / "ssh"
-    program.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'host.py'}\n")
-    program.chmod(0o755)
-    out = open(os.devnull, "wb")  # noqa: SIM115 - closed below
-    try:
-        run = HostRun(
-            Target("spec-first"),
-            JobSpec(argv=("true",)),
-            SshOptions(program=str(program)),
-            OutputSink(False, out, out),
-        )
-        run.start()
-        assert run.done.wait(60)
-    finally:
-        out.close()
-    assert run.result.error is None and run.result.exit_status == 0, run.result
+    _run_on_fake_host(tmp_path, _SPEC_FIRST_HOST, "spec-first")
 
 
 def test_a_shipped_zip_is_compiled_only_if_its_entries_hash_to_the_offered_digest(
