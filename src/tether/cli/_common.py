@@ -132,18 +132,6 @@ def as_click_would(body: Callable[[], object]) -> None:
         sys.exit(1)
 
 
-def gc_back_on() -> None:
-    """Cyclic collection on again (:func:`tether.cli.main` turns it off for
-    start-up), for a command about to run for long: what start-up made
-    is frozen first (it lives as long as the process), so collections
-    traverse only what comes after."""
-    import gc
-
-    if not gc.isenabled():
-        gc.freeze()
-        gc.enable()
-
-
 def write_json(target: str | None, text: str) -> None:
     """The ``--json FILE`` option: write ``text`` to FILE, or stdout for ``-``."""
     if target is None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from tether.cli._common import EXIT_FAILED, echo_err, fail, gc_back_on, write_json
+from tether._collector import gc_back_on
+from tether.cli._common import EXIT_FAILED, echo_err, fail, write_json
 
 # Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
 # mypy treats any name TYPE_CHECKING as true).

@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
+from tether._collector import gc_back_on
 from tether._records import dataclass, replace
 from tether.cli._common import (
     EXIT_BAD_INPUT,
@@ -15,7 +16,6 @@ from tether.cli._common import (
     configured,
     echo_err,
     echo_out,
-    gc_back_on,
 )
 from tether.errors import TetherError, UsageError
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import sys
 
+from tether._collector import gc_back_on
 from tether.cli._common import (
     EXIT_FAILED,
     as_click_would,
@@ -25,7 +26,6 @@ from tether.cli._common import (
     configured,
     echo_err,
     fail,
-    gc_back_on,
     merge_policy_parameters,
     progress_line,
     termination_policy,

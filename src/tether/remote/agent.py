@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 
+from tether._collector import gc_back_on
 from tether.remote.protocol import (
     ACK,
     CANCEL,
@@ -182,18 +183,6 @@ def main(env: dict[str, str], mode: str, first: bytes | None = None) -> int:
         return 3
     _write_all(out, json_frame(ERROR, {"message": f"unknown operation {op!r}", "exit_code": 125}))
     return 3
-
-
-def gc_back_on() -> None:
-    """Cyclic collection on again, for what may run for hours (stage 1
-    turns it off while the engine loads): what start-up made is frozen first
-    (it lives as long as the agent), so collections traverse only what
-    comes after."""
-    import gc
-
-    if not gc.isenabled():
-        gc.freeze()
-        gc.enable()
 
 
 def serve(env: dict[str, str], mode: str, first: bytes | None = None) -> NoReturn:
