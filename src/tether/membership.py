@@ -24,7 +24,7 @@ from tether._platform.linux import (
     parse_captured,
 )
 from tether._platform.linux.cgroupfs import JobCgroup
-from tether._platform.linux.procfs import PF_KTHREAD, parse_cmdline, split_stat
+from tether._platform.linux.procfs import kernel_thread, parse_cmdline, split_stat
 from tether._records import NamedTuple
 from tether.errors import NoSuchProcessError, UnsafeTargetError, UsageError
 from tether.evidence import WEAK_TRACKERS, tree_cookie
@@ -1104,7 +1104,7 @@ def _stat_row(stat: bytes) -> tuple[int, int, int, str, bool] | None:
         pid, comm, f = split_stat(stat)
         ppid = int(f[1])
         starttime = int(f[19])
-        kthread = bool(int(f[6]) & PF_KTHREAD) or pid == 2 or ppid == 2
+        kthread = kernel_thread(pid, ppid, int(f[6]))
     except (ValueError, IndexError):
         return None
     return pid, ppid, starttime, comm.decode("utf-8", "replace"), kthread

@@ -31,6 +31,7 @@ from tether._platform.linux.procfs import (
     CLOCK_TICKS,
     PF_KTHREAD,
     joined_cmdline,
+    kernel_thread,
     parse_cgroup_v2,
     split_stat,
 )
@@ -117,7 +118,7 @@ def parse_stat(data: bytes, now: float) -> Proc:
         starttime,
         f[0].decode(),
         comm.decode("utf-8", "surrogateescape"),  # shown through text.visible
-        bool(int(f[6]) & PF_KTHREAD) or pid == 2 or ppid == 2,
+        kernel_thread(pid, ppid, int(f[6])),
         (int(f[11]) + int(f[12])) / CLOCK_TICKS,
         now - starttime / CLOCK_TICKS,
     )

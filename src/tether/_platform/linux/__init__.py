@@ -153,7 +153,7 @@ def info_from_stat(data: bytes) -> ProcessInfo:
         int(f[19]),
         f[0].decode(),
         comm.decode("utf-8", "replace"),
-        bool(int(f[6]) & procfs.PF_KTHREAD) or pid == 2 or ppid == 2,
+        procfs.kernel_thread(pid, ppid, int(f[6])),
     )
 
 

@@ -61,7 +61,14 @@ class Stat:
 
     @property
     def is_kernel_thread(self) -> bool:
-        return bool(self.flags & PF_KTHREAD) or self.pid == 2 or self.ppid == 2
+        return kernel_thread(self.pid, self.ppid, self.flags)
+
+
+def kernel_thread(pid: int, ppid: int, flags: int) -> bool:
+    """A kernel thread: PF_KTHREAD, or kthreadd (pid 2) or its child. Every
+    parser of a stat line asks here (the native reader, _procscan.c, takes
+    the same rule)."""
+    return bool(flags & PF_KTHREAD) or pid == 2 or ppid == 2
 
 
 def split_stat(data: bytes) -> tuple[int, bytes, list[bytes]]:
