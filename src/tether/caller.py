@@ -11,8 +11,8 @@ the caller exits (no start-up race decides it).
 from __future__ import annotations
 
 import os
-import signal
 
+from tether import _signals
 from tether.errors import UsageError
 
 # Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
@@ -28,7 +28,7 @@ def hangup_ignored() -> bool:
     Read before tether installs any handler of its own. An ignored signal
     stays ignored across exec, so the job inherits nohup's intent too.
     """
-    return signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    return _signals.getsignal(_signals.SIGHUP) == _signals.SIG_IGN
 
 
 def open_caller() -> ProcessHandle | None:

@@ -26,11 +26,11 @@ from __future__ import annotations
 import math
 import os
 import re
-import signal
 import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+from tether import _signals
 from tether._records import dataclass, field, replace
 from tether.errors import TetherError, UsageError
 from tether.policy import (
@@ -157,7 +157,7 @@ def _parse_policy(value: object) -> Policy:
         raise _Invalid(str(err)) from None
 
 
-def _parse_signal(value: object) -> signal.Signals:
+def _parse_signal(value: object) -> _signals.Signal:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     text = _string(value, 'a signal such as "TERM", "SIGINT" or 15')
@@ -167,7 +167,7 @@ def _parse_signal(value: object) -> signal.Signals:
         raise _Invalid(str(err)) from None
 
 
-def _parse_optional_signal(value: object) -> signal.Signals | None:
+def _parse_optional_signal(value: object) -> _signals.Signal | None:
     if value == "":
         return None
     return _parse_signal(value)
@@ -350,7 +350,7 @@ def _toml_string(text: str) -> str:
 def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, signal.Signals):
+    if isinstance(value, _signals.Signal):
         return _toml_string(signal_name(value))
     if isinstance(value, int):
         return str(value)
@@ -362,7 +362,7 @@ def _toml_value(value: object) -> str:
 
 
 def _json_value(value: object) -> object:
-    if isinstance(value, signal.Signals):
+    if isinstance(value, _signals.Signal):
         return signal_name(value)
     if isinstance(value, tuple):
         return list(value)
@@ -952,8 +952,8 @@ class EffectiveConfig:
     """Every setting's effective value and source; immutable.
 
     Read values with ``config["run.timeout"]`` (typed: durations in seconds,
-    signals as :class:`signal.Signals`, arrays as tuples, policies as
-    :class:`Policy`, None when unset), the source with
+    signals as ints with a ``name``, as ``signal.Signals`` members have,
+    arrays as tuples, policies as :class:`Policy`, None when unset), the source with
     ``config.setting(key).source``, and the policy for ``tether run``/``kill``
     with :meth:`policy_for_run`. Flags go on top with :meth:`with_flags`.
 

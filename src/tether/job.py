@@ -8,7 +8,6 @@ import io
 import os
 import resource
 import select
-import signal
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 
-from tether import logs
+from tether import _signals, logs
 from tether._records import dataclass, replace
 from tether.errors import (
     CommandNotExecutableError,
@@ -1213,11 +1212,11 @@ class Job:
 
     def terminate(self) -> None:
         """SIGTERM to the leader, as :meth:`subprocess.Popen.terminate`."""
-        self.send_signal(signal.SIGTERM)
+        self.send_signal(_signals.SIGTERM)
 
     def kill(self) -> None:
         """SIGKILL to the leader, as :meth:`subprocess.Popen.kill`."""
-        self.send_signal(signal.SIGKILL)
+        self.send_signal(_signals.SIGKILL)
 
     def communicate(
         self, input: str | bytes | None = None, timeout: float | None = None
@@ -1474,7 +1473,7 @@ def run(
     rc = outcome.returncode
     done = CompletedJob(
         spec.argv,
-        rc if rc is not None else -signal.SIGKILL,
+        rc if rc is not None else -_signals.SIGKILL,
         outcome.timed_out,
         outcome.report,
         stdout=pipes.result(1),

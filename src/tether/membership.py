@@ -12,10 +12,10 @@ import functools
 import os
 import resource
 import select
-import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from tether import _signals
 from tether._platform import HAS_PIDFD
 from tether._platform.linux import (
     capture,
@@ -930,7 +930,7 @@ class Membership:
         for _round in range(STOP_SWEEP_ROUNDS):
             for m in new:
                 seen.add(id(m))
-                if m.alive and self.send(m, signal.SIGSTOP) is Delivery.DELIVERED:
+                if m.alive and self.send(m, _signals.SIGSTOP) is Delivery.DELIVERED:
                     self._stopped.append(m)
             # Any member not seen before, even one already dead, means the
             # tree was still forking during the last round.
@@ -949,15 +949,15 @@ class Membership:
         # sealed: nothing of it can run again, so no later scan can find
         # more of it than the sweep's last one (and its exits prove it empty).
         self._swept = self._swept and all(
-            any(s == signal.SIGKILL for s, _t in m.signals) for m in self.live()
+            any(s == _signals.SIGKILL for s, _t in m.signals) for m in self.live()
         )
         if self._frozen and self.cgroup is not None:
             self.cgroup.thaw()
             self._frozen = False
         for m in self._stopped:
             # A pending SIGKILL ends a stopped process without a SIGCONT.
-            if not any(s == signal.SIGKILL for s, _t in m.signals):
-                self.send(m, signal.SIGCONT)
+            if not any(s == _signals.SIGKILL for s, _t in m.signals):
+                self.send(m, _signals.SIGCONT)
         self._stopped.clear()
 
     # -- reporting -------------------------------------------------------

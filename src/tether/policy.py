@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import re
-import signal
 
+from tether import _signals
 from tether._records import dataclass, field, replace
 from tether.errors import PolicyError
 
@@ -116,7 +116,7 @@ def format_duration(seconds: float) -> str:
     return f"{s}s"
 
 
-def parse_signal(text: str) -> signal.Signals:
+def parse_signal(text: str) -> _signals.Signal:
     """Parse ``TERM``, ``SIGTERM``, ``sigterm`` or ``15`` into a signal.
 
     Raises:
@@ -125,7 +125,7 @@ def parse_signal(text: str) -> signal.Signals:
     s = text.strip()
     if s.isascii() and s.isdigit():
         try:
-            sig = signal.Signals(int(s))
+            sig = _signals.Signal(int(s))
         except ValueError:
             raise PolicyError(f"unknown signal {text!r}") from None
         return sig
@@ -133,14 +133,14 @@ def parse_signal(text: str) -> signal.Signals:
     if not name.startswith("SIG"):
         name = "SIG" + name
     try:
-        return signal.Signals[name]
+        return _signals.Signal.named(name)
     except KeyError:
         raise PolicyError(f"unknown signal {text!r} (examples: TERM, SIGINT, 9)") from None
 
 
 def _name_of(number: str) -> str:
     try:
-        return signal.Signals(int(number)).name.removeprefix("SIG")
+        return _signals.Signal(int(number)).name.removeprefix("SIG")
     except ValueError:
         return "TERM"
 
@@ -148,20 +148,20 @@ def _name_of(number: str) -> str:
 def signal_name(sig: int) -> str:
     """``15`` -> ``"TERM"``; unknown numbers render as digits."""
     try:
-        return signal.Signals(sig).name.removeprefix("SIG")
+        return _signals.Signal(sig).name.removeprefix("SIG")
     except ValueError:
         return str(sig)
 
 
 #: Signals a process cannot catch, block or ignore.
-UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+UNCATCHABLE = frozenset({_signals.SIGKILL, _signals.SIGSTOP})
 
 
 @dataclass(frozen=True)
 class Step:
     """One step of a policy: send ``signal``, then wait up to ``grace`` seconds."""
 
-    signal: signal.Signals
+    signal: _signals.Signal
     grace: float
 
     def __str__(self) -> str:
@@ -198,7 +198,7 @@ class Policy:
     """
 
     steps: tuple[Step, ...]
-    leader_signal: signal.Signals | None = None
+    leader_signal: _signals.Signal | None = None
     tree_delay: float = 0.0
     kill_script: KillScript | None = field(default=None)
 
@@ -221,7 +221,7 @@ class Policy:
         if not text.strip() or any(not t for t in tokens):
             raise PolicyError(f"empty policy or empty step in {text!r} (example: TERM,10s,KILL)")
         steps: list[Step] = []
-        pending: signal.Signals | None = None
+        pending: _signals.Signal | None = None
         for tok in tokens:
             if tok.isdigit():
                 # "TERM,10,KILL" meant a grace, but 10 is also SIGUSR1: inside
@@ -255,25 +255,27 @@ class Policy:
 
     @classmethod
     def from_timeout_flags(
-        cls, sig: signal.Signals | None = None, kill_after: float | None = None
+        cls, sig: _signals.Signal | None = None, kill_after: float | None = None
     ) -> Policy:
         """The policy coreutils ``timeout -s SIG -k DURATION`` implies.
 
         tether always ends with KILL (nothing may outlive the job); ``-k`` only
         sets how long the first signal is given.
         """
-        first = sig if sig is not None else signal.SIGTERM
+        first = sig if sig is not None else _signals.Signal(_signals.SIGTERM)
         grace = kill_after if kill_after is not None else 10.0
-        if first == signal.SIGKILL:
+        if first == _signals.SIGKILL:
             return cls((Step(first, DEFAULT_FINAL_WAIT),))
-        return cls((Step(first, grace), Step(signal.SIGKILL, DEFAULT_FINAL_WAIT)))
+        return cls(
+            (Step(first, grace), Step(_signals.Signal(_signals.SIGKILL), DEFAULT_FINAL_WAIT))
+        )
 
     @property
     def warnings(self) -> tuple[str, ...]:
         """Orders that are allowed but probably not meant (the CLI prints them)."""
         out = []
         for i, step in enumerate(self.steps[:-1]):
-            if step.signal == signal.SIGKILL:
+            if step.signal == _signals.SIGKILL:
                 later = ",".join(signal_name(s.signal) for s in self.steps[i + 1 :])
                 out.append(
                     f"policy {self}: KILL in step {i + 1} ends every member, so {later} "

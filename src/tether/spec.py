@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
+from tether import _signals
 from tether._records import dataclass, field, replace
 from tether.errors import UsageError
 from tether.policy import Policy, parse_signal, signal_name
@@ -46,12 +46,12 @@ Arg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 #: Signals a supervisor cannot take over: uncatchable, synchronous faults (a
 #: handler would loop on the faulting instruction), and CHLD (it reaps with it).
 _UNROUTABLE = frozenset(
-    {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGSEGV, signal.SIGBUS,
-     signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS}
+    {_signals.SIGKILL, _signals.SIGSTOP, _signals.SIGCHLD, _signals.SIGSEGV, _signals.SIGBUS,
+     _signals.SIGFPE, _signals.SIGILL, _signals.SIGTRAP, _signals.SIGSYS}
 )  # fmt: skip
 
 
-def parse_signal_set(value: object, what: str) -> frozenset[signal.Signals]:
+def parse_signal_set(value: object, what: str) -> frozenset[_signals.Signal]:
     """``"HUP,USR1"`` (or names/numbers in a list) as a set of signals a
     supervisor can handle; ``none`` or ``""`` is the empty set.
 
@@ -65,11 +65,11 @@ def parse_signal_set(value: object, what: str) -> frozenset[signal.Signals]:
         items = list(value)
     else:
         raise UsageError(f"{what}: not a list of signals: {value!r}")
-    out: set[signal.Signals] = set()
+    out: set[_signals.Signal] = set()
     for item in items:
         try:
             sig = (
-                signal.Signals(item)
+                _signals.Signal(item)
                 if isinstance(item, int) and not isinstance(item, bool)
                 else parse_signal(str(item))
             )
@@ -159,8 +159,8 @@ class JobSpec:
     restartable: bool = False
     tag_gid: int | None = None
     leftovers: Leftovers = "terminate"
-    forward: frozenset[signal.Signals] = frozenset()
-    cancel_on: frozenset[signal.Signals] | None = None
+    forward: frozenset[_signals.Signal] = frozenset()
+    cancel_on: frozenset[_signals.Signal] | None = None
     foreground: bool = False
     fail_on_leftovers: bool = False
 

@@ -30,11 +30,11 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 
+from tether import _signals
 from tether._records import dataclass
 from tether.policy import MAX_POLL_MS
 from tether.report import Report
@@ -53,14 +53,14 @@ else:
     Protocol = object  # for mypy only: nothing subclasses or isinstance-checks Channel
 
 #: Signals that cancel a supervised job, as ``timeout`` forwards them.
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+FORWARDED = (_signals.SIGINT, _signals.SIGTERM, _signals.SIGHUP, _signals.SIGQUIT)
 #: Signals passed on to the leader by default: programs reload on HUP (as PID
 #: 1, where nothing hangs up), reopen logs on USR1/USR2, redraw on WINCH. Left
 #: at their default action, USR1/USR2 would kill tether and HUP a container.
-PASSED_ON = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+PASSED_ON = (_signals.SIGUSR1, _signals.SIGUSR2, _signals.SIGWINCH)
 #: Signals a ``--foreground`` job gets from the terminal itself (it shares the
 #: terminal's process group): tether neither cancels on them nor passes them on.
-FROM_TERMINAL = (signal.SIGINT, signal.SIGQUIT)
+FROM_TERMINAL = (_signals.SIGINT, _signals.SIGQUIT)
 
 EXIT_LEFTOVERS = 123
 EXIT_TIMEOUT = 124
@@ -86,8 +86,8 @@ class SignalRoles:
 
 def signal_roles(
     *,
-    forward: frozenset[signal.Signals] = frozenset(),
-    cancel_on: frozenset[signal.Signals] | None = None,
+    forward: frozenset[_signals.Signal] = frozenset(),
+    cancel_on: frozenset[_signals.Signal] | None = None,
     foreground: bool = False,
     pid1: bool | None = None,
     hup_ignored: bool = False,
@@ -106,10 +106,10 @@ def signal_roles(
     if pid1 is None:
         pid1 = os.getpid() == 1
     named = set(forward) | set(cancel_on or ())
-    untouched = {signal.SIGHUP} - named if hup_ignored else set()
+    untouched = {_signals.SIGHUP} - named if hup_ignored else set()
     absorb = set(FROM_TERMINAL) - named if foreground else set()
     if cancel_on is None:
-        cancel = set(FORWARDED) - {signal.SIGHUP} if pid1 else set(FORWARDED)
+        cancel = set(FORWARDED) - {_signals.SIGHUP} if pid1 else set(FORWARDED)
         cancel -= set(forward) | absorb
     else:
         cancel = set(cancel_on)
@@ -166,32 +166,32 @@ def forwarded_signals(
         signals = roles.cancel
     rfd, wfd = os.pipe()
     inbox = SignalInbox(rfd)
-    old: dict[int, signal._HANDLER] = {}
+    old: dict[int, _signals.Handler] = {}
     old_wakeup: int | None = None
     try:
         for fd in (rfd, wfd):
             os.set_blocking(fd, False)
         for s in signals:
-            old[s] = signal.signal(s, inbox._record)
+            old[s] = _signals.signal(s, inbox._record)
         for s in roles.forward if roles is not None else ():
-            old[s] = signal.signal(s, inbox._pass_on)
+            old[s] = _signals.signal(s, inbox._pass_on)
         for s in roles.absorb if roles is not None else ():
-            old[s] = signal.signal(s, _wake_only)
+            old[s] = _signals.signal(s, _wake_only)
         if wake_on_child:
-            old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _wake_only)
-        old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+            old[_signals.SIGCHLD] = _signals.signal(_signals.SIGCHLD, _wake_only)
+        old_wakeup = _signals.set_wakeup_fd(wfd, warn_on_full_buffer=False)
         yield inbox
     finally:
         if old_wakeup is not None:
-            signal.set_wakeup_fd(old_wakeup)
+            _signals.set_wakeup_fd(old_wakeup)
         for s, handler in old.items():
-            signal.signal(s, handler)
+            _signals.signal(s, handler)
         os.close(rfd)
         os.close(wfd)
 
 
 def signal_label(signum: int) -> str:
-    return f"SIG{signal.Signals(signum).name.removeprefix('SIG')}"
+    return f"SIG{_signals.Signal(signum).name.removeprefix('SIG')}"
 
 
 class Channel(Protocol):
@@ -399,7 +399,7 @@ def supervise(
 
     def why_cancel() -> str | None:
         if caller is not None and caller.has_exited():
-            inbox.received.append(signal.SIGHUP)  # as the caller's hangup would
+            inbox.received.append(_signals.SIGHUP)  # as the caller's hangup would
             return f"the caller (pid {caller.pid}) exited"
         if inbox.received:
             return f"{who} received {signal_label(inbox.received[0])}"

@@ -9,11 +9,10 @@ handles, and says when the kernel confirms the tree is empty.
 from __future__ import annotations
 
 import functools
-import signal
 import time
 from collections.abc import Callable, Sequence
 
-from tether import logs
+from tether import _signals, logs
 from tether._records import dataclass, field
 from tether.policy import UNCATCHABLE, Policy, Step, signal_name
 from tether.process import Delivery
@@ -313,7 +312,7 @@ def _deliver(
         if sig not in UNCATCHABLE:
             # A stopped process (Ctrl-Z, a debugger detached) would keep the
             # signal pending, then hand it to whichever thread wakes first.
-            target.send(m, signal.SIGCONT)
+            target.send(m, _signals.SIGCONT)
         result = target.send(m, sig)
         if notes is not None:
             notes.append((m.pid, sig, result.value))
@@ -368,7 +367,7 @@ def _run_step(
             # nothing forks past it. cgroup.kill goes first (the target reads
             # what it covers from the frozen cgroup): the scan for members
             # outside the cgroup then runs once the kernel has torn it down.
-            covered = target.kill_all() if sig == signal.SIGKILL else ()
+            covered = target.kill_all() if sig == _signals.SIGKILL else ()
             at = clock()  # one write killed them all
             for m in covered:
                 if m.alive:

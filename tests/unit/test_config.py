@@ -285,7 +285,8 @@ ssh_options = ["ConnectTimeout=10", "BatchMode yes"]
     config = files.load()
     assert config.setting("termination.policy").text == '"INT,2s,TERM,10s,KILL"'
     assert config["termination.policy"] == Policy.parse("INT,2s,TERM,10s,KILL")
-    assert config["termination.leader_signal"] is signal.SIGTERM
+    leader_signal = config["termination.leader_signal"]
+    assert leader_signal == signal.SIGTERM and leader_signal.name == "SIGTERM"
     assert config["termination.tree_delay"] == 1.5
     assert config["termination.final_wait"] == 90.0
     assert config["termination.kill_script"] == (
@@ -298,7 +299,7 @@ ssh_options = ["ConnectTimeout=10", "BatchMode yes"]
     assert config["prune.exclude_users"] == ("slurm", "1001")
     policy = config.policy_for_run()
     assert str(policy) == "INT,2s,TERM,10s,KILL,90s"
-    assert policy.leader_signal is signal.SIGTERM
+    assert policy.leader_signal == signal.SIGTERM
     assert policy.tree_delay == 1.5
     assert policy.kill_script is not None
     assert policy.kill_script.timeout == 3.0

@@ -46,7 +46,8 @@ TERM, KILL, INT, HUP = signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIG
     ],
 )
 def test_parse_signal(text: str, sig: signal.Signals) -> None:
-    assert parse_signal(text) is sig
+    parsed = parse_signal(text)
+    assert (parsed, parsed.name) == (sig, sig.name)
 
 
 @pytest.mark.parametrize(
@@ -66,8 +67,9 @@ def test_policy_error_is_a_usage_error_and_a_value_error() -> None:
 
 @pytest.mark.parametrize("sig", list(signal.Signals))
 def test_every_signal_name_parses_back(sig: signal.Signals) -> None:
-    assert parse_signal(signal_name(sig)) is sig
-    assert parse_signal(str(int(sig))) is sig
+    for text in (signal_name(sig), str(int(sig))):
+        parsed = parse_signal(text)
+        assert (parsed, parsed.name) == (sig, sig.name)
 
 
 def test_signal_name() -> None:
@@ -254,7 +256,8 @@ def test_from_timeout_flags() -> None:
     assert Policy.from_timeout_flags(KILL, 3.0).steps == (Step(KILL, DEFAULT_FINAL_WAIT),)
     # Always ends with KILL.
     for sig in (INT, HUP, TERM, signal.SIGUSR1, KILL):
-        assert Policy.from_timeout_flags(sig).steps[-1].signal is KILL
+        last = Policy.from_timeout_flags(sig).steps[-1].signal
+        assert (last, last.name) == (KILL, "SIGKILL")
 
 
 def test_skipping_to_last() -> None:

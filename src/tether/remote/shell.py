@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import signal
 
 from tether.policy import Policy, format_duration, signal_name
 from tether.spec import JobSpec
@@ -72,7 +71,7 @@ def escape(data: bytes) -> bytes:
     return b"".join(b"\\%03o" % b for b in data)
 
 
-def _signal(sig: signal.Signals) -> str:
+def _signal(sig: int) -> str:
     name = signal_name(sig)
     if not _SIGNAL_NAME.fullmatch(name):
         raise ShellEngineError(f"signal {name} cannot be sent by the shell agent")

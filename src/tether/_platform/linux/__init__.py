@@ -19,10 +19,10 @@ import contextlib
 import errno
 import os
 import select
-import signal
 import stat
 from collections.abc import Collection, Iterable
 
+from tether import _signals
 from tether._platform._common import Delivery, ProcessInfo
 from tether._platform.linux import procfs, procscan
 
@@ -445,7 +445,7 @@ def send_signal(pid: int, starttime: int, fd: int, sig: int) -> Delivery:
     if fd < 0:
         return Delivery.GONE
     try:
-        signal.pidfd_send_signal(fd, sig)
+        _signals.pidfd_send_signal(fd, sig)
     except ProcessLookupError:
         return Delivery.GONE
     except PermissionError:
@@ -481,7 +481,7 @@ def _dirfd_says_exited(fd: int) -> bool:
     # still takes signal 0, so its state is read too (a pidfd would already
     # poll readable: a zombie counts as exited).
     try:
-        signal.pidfd_send_signal(fd, 0)
+        _signals.pidfd_send_signal(fd, 0)
     except ProcessLookupError:
         return True
     except PermissionError:

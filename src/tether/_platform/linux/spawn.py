@@ -39,9 +39,9 @@ import errno
 import fcntl
 import functools
 import os
-import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from tether import _signals
 from tether._records import NamedTuple
 
 # Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
@@ -326,7 +326,7 @@ def _clone_ctypes(
     args = _clone_args()(
         flags=_CLONE_PIDFD | (_CLONE_INTO_CGROUP if cg_fd >= 0 else 0),
         pidfd=ctypes.addressof(pidfd),
-        exit_signal=signal.SIGCHLD,
+        exit_signal=_signals.SIGCHLD,
         cgroup=max(cg_fd, 0),
     )
     # Signals stay blocked across the clone, as _posixsubprocess does: one
@@ -334,7 +334,7 @@ def _clone_ctypes(
     # caller's handler (a KeyboardInterrupt) in the child instead of acting
     # on it as on any new process. A pending signal is not inherited; the
     # parent gets it once the mask is restored.
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    mask = _signals.pthread_sigmask(_signals.SIG_BLOCK, _signals.valid_signals())
     try:
         pid = syscall(
             ctypes.c_long(_SYS_CLONE3), ctypes.byref(args), ctypes.c_long(ctypes.sizeof(args))
@@ -345,7 +345,7 @@ def _clone_ctypes(
         if pid < 0:
             raise Unavailable(f"clone3: {os.strerror(ctypes.get_errno())}")
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _signals.pthread_sigmask(_signals.SIG_SETMASK, mask)
     return pid, pidfd.value
 
 
@@ -384,10 +384,10 @@ def _child(
         try:
             # Signals the caller handles in Python get their default action
             # here, as exec would give them, before any can be delivered.
-            for sig in signal.valid_signals():
-                if callable(signal.getsignal(sig)):
-                    signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            for sig in _signals.valid_signals():
+                if callable(_signals.getsignal(sig)):
+                    _signals.signal(sig, _signals.SIG_DFL)
+            _signals.pthread_sigmask(_signals.SIG_SETMASK, mask)
             if cwd is not None:
                 index = -1  # a failure names the directory, as Popen's
                 os.chdir(cwd)
@@ -423,8 +423,8 @@ def _child(
             # Python ignores SIGPIPE and SIGXFSZ; a job must start with the
             # defaults (Popen's restore_signals).
             for name in ("SIGPIPE", "SIGXFSZ"):
-                if hasattr(signal, name):
-                    signal.signal(getattr(signal, name), signal.SIG_DFL)
+                if hasattr(_signals, name):
+                    _signals.signal(getattr(_signals, name), _signals.SIG_DFL)
         except BaseException as err:  # anything: the child must report and _exit
             num = err.errno if isinstance(err, OSError) else None
             failed, index = num or errno.EINVAL, index or len(candidates)

@@ -1,0 +1,53 @@
+"""tether._signals.Signal stands in for signal.Signals: same numbers, names and errors."""
+
+from __future__ import annotations
+
+import pickle
+import signal
+
+import pytest
+
+from tether import _signals
+from tether._signals import Signal
+
+
+@pytest.mark.parametrize("number", range(-1, signal.NSIG + 2))
+def test_every_number_is_named_as_the_enum_names_it(number: int) -> None:
+    try:
+        expected: str | None = signal.Signals(number).name
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ValueError):
+            Signal(number)
+        assert _signals.name_of(number) is None
+    else:
+        sig = Signal(number)
+        assert (sig.name, int(sig), sig.value, _signals.name_of(number)) == (
+            expected, number, number, expected,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(signal.Signals.__members__))
+def test_every_name_and_alias_is_found(name: str) -> None:
+    sig = Signal.named(name)
+    assert sig == signal.Signals[name] and sig.name == signal.Signals[name].name
+
+
+def test_a_signal_mixes_with_the_callers_signal_module() -> None:
+    term = Signal(signal.SIGTERM)
+    assert term == signal.SIGTERM and hash(term) == hash(signal.SIGTERM)
+    assert term in {signal.SIGTERM} and signal.SIGTERM in {term}
+    assert str(term) == f"{term}" == "15" and repr(term) == "<Signal.SIGTERM: 15>"
+    assert pickle.loads(pickle.dumps(term)).name == "SIGTERM"
+    with pytest.raises(KeyError):
+        Signal.named("SIGNOPE")
+    with pytest.raises(ValueError):
+        Signal(True)
+
+
+def test_the_constants_and_functions_are_the_kernels() -> None:
+    for name in ("SIGKILL", "SIGTERM", "SIGCHLD", "SIGHUP", "SIG_DFL", "SIG_IGN", "SIG_BLOCK"):
+        assert getattr(_signals, name) == getattr(signal, name)
+    assert _signals.valid_signals() == signal.valid_signals()
+    assert _signals.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGTERM)
