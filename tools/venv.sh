@@ -12,8 +12,8 @@
 # PYTHON picks the interpreter (default: python3 from PATH, which must be
 # >= 3.11); TETHER_VENV the directory (default .venv, ignored by git). A venv
 # made by another interpreter is remade. The editable install is redone only
-# when the build files (pyproject.toml, setup.py, the C extension's source)
-# or the extras change, so a second run needs no network.
+# when the build files (pyproject.toml, setup.py, the C extension's source,
+# src/scripts/tether) or the extras change, so a second run needs no network.
 set -eu
 cd "$(dirname "$0")/.."
 extras=${1:-}
@@ -57,11 +57,12 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.tether-base" 2>/dev/null)" !=
     rm -f "$venv/.tether-installed"
 fi
 
-# Skip the install when this build (pyproject.toml, setup.py and the C source
-# of the optional native spawn, which the editable install compiles in place)
-# is already installed with these (or more) extras. A changed C source is
-# rebuilt here; spawn.py also refuses a module built from another source.
-stamp="$(cat pyproject.toml setup.py src/tether/_platform/linux/_vspawn.c src/tether/_platform/linux/_procscan.c 2>/dev/null | cksum | cut -d' ' -f1) $extras"
+# Skip the install when this build (pyproject.toml, setup.py, the C source
+# of the optional native spawn, which the editable install compiles in place,
+# and the `tether` command, which it copies into $venv/bin) is already
+# installed with these (or more) extras. A changed C source is rebuilt here;
+# spawn.py also refuses a module built from another source.
+stamp="$(cat pyproject.toml setup.py src/tether/_platform/linux/_vspawn.c src/tether/_platform/linux/_procscan.c src/scripts/tether 2>/dev/null | cksum | cut -d' ' -f1) $extras"
 have=$(cat "$venv/.tether-installed" 2>/dev/null || true)
 if [ "$have" != "$stamp" ] && { [ -n "$extras" ] || [ "${have%% *}" != "${stamp%% *}" ]; }; then
     spec=.
