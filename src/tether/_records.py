@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from typing import NamedTuple
 else:
     import _thread
-    import collections
+    from _collections import _tuplegetter  # the C field getter namedtuple uses
 
     class FrozenInstanceError(AttributeError):
         """Assigning to a field of a frozen record (as dataclasses' own)."""
@@ -340,6 +340,61 @@ else:
          "_make", "_replace", "_asdict", "_source"}
     )  # fmt: skip
 
+    def _named_tuple(typename, field_names, defaults, module):
+        # collections.namedtuple, as it builds the class (collections, with
+        # itertools, keyword, operator and reprlib, is ~2 ms of a start).
+        field_names = tuple(field_names)
+        num_fields = len(field_names)
+        arg_list = ", ".join(field_names) + ("," if num_fields == 1 else "")
+        tuple_new = tuple.__new__
+        namespace = {"_tuple_new": tuple_new, "__builtins__": {},
+                     "__name__": f"namedtuple_{typename}"}  # fmt: skip
+        __new__ = eval(f"lambda _cls, {arg_list}: _tuple_new(_cls, ({arg_list}))", namespace)
+        __new__.__name__ = "__new__"
+        __new__.__doc__ = f"Create new instance of {typename}({arg_list})"
+        if defaults:
+            __new__.__defaults__ = tuple(defaults)
+        field_defaults = dict(zip(field_names[num_fields - len(defaults) :], defaults, strict=True))
+
+        @classmethod
+        def _make(cls, iterable):
+            result = tuple_new(cls, iterable)
+            if len(result) != num_fields:
+                raise TypeError(f"Expected {num_fields} arguments, got {len(result)}")
+            return result
+
+        def _replace(self, /, **kwds):
+            result = self._make(map(kwds.pop, field_names, self))
+            if kwds:
+                raise ValueError(f"Got unexpected field names: {list(kwds)!r}")
+            return result
+
+        repr_fmt = "(" + ", ".join(f"{name}=%r" for name in field_names) + ")"
+
+        def __repr__(self):
+            return self.__class__.__name__ + repr_fmt % self
+
+        def _asdict(self):
+            return dict(zip(self._fields, self, strict=True))
+
+        def __getnewargs__(self):
+            return tuple(self)
+
+        methods = (__new__, _make.__func__, _replace, __repr__, _asdict, __getnewargs__)
+        for method in methods:
+            method.__qualname__ = f"{typename}.{method.__name__}"
+        class_namespace = {
+            "__doc__": f"{typename}({arg_list})", "__slots__": (), "_fields": field_names,
+            "_field_defaults": field_defaults, "__new__": __new__, "_make": _make,
+            "_replace": _replace, "__repr__": __repr__, "_asdict": _asdict,
+            "__getnewargs__": __getnewargs__, "__match_args__": field_names,
+        }  # fmt: skip
+        for index, name in enumerate(field_names):
+            class_namespace[name] = _tuplegetter(index, f"Alias for field number {index}")
+        result = type(typename, (tuple,), class_namespace)
+        result.__module__ = module
+        return result
+
     class _NamedTupleMeta(type):
         # typing.NamedTuple's class syntax, without its checks of each
         # annotation (under `from __future__ import annotations` each is a
@@ -350,9 +405,7 @@ else:
             defaults = [namespace[n] for n in names if n in namespace]
             if names[len(names) - len(defaults) :] != [n for n in names if n in namespace]:
                 raise TypeError(f"{name}: a field without a default follows one with a default")
-            cls = collections.namedtuple(
-                name, names, defaults=defaults, module=namespace["__module__"]
-            )
+            cls = _named_tuple(name, names, defaults, namespace["__module__"])
             for key, value in namespace.items():
                 if key in _NAMED_TUPLE_OWN:
                     raise AttributeError(f"Cannot overwrite NamedTuple attribute {key}")

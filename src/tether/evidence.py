@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection
 
 from tether.identity import Identity
 from tether.process import ProcessInfo, read_process
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 #: Trackers whose word alone is forgeable: the cookie, and the walk from it.
 WEAK_TRACKERS = frozenset({"cookie"})

@@ -12,8 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from types import TracebackType
 
 from tether import _signals, logs
 from tether._records import dataclass, replace
@@ -43,6 +41,8 @@ from tether.watchdog import WATCHDOG_DONE
 # mypy treats any name TYPE_CHECKING as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from types import TracebackType
     from typing import IO, Any, TypedDict, Unpack
 
     from tether.keeper import KeptPopen

@@ -30,7 +30,6 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator, Mapping
 
 from tether._compact_json import dumps as compact_json
 from tether._records import dataclass, field, fields, replace
@@ -42,6 +41,7 @@ from tether.policy import Policy
 # mypy treats any name TYPE_CHECKING as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping
     from typing import Any
 
 SCHEMA = 1

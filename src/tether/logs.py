@@ -16,10 +16,14 @@ for epilogues and daemons that cannot easily change a command line,
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
 
 from tether._records import NamedTuple
 from tether.errors import UsageError
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 # The stdlib's numeric levels, without importing logging for them.
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40

@@ -13,7 +13,6 @@ import os
 import resource
 import select
 import time
-from collections.abc import Callable, Iterable, Sequence
 
 from tether import _signals
 from tether._platform import HAS_PIDFD
@@ -49,6 +48,8 @@ from tether.tracking.walk import WalkTracker
 # mypy treats any name TYPE_CHECKING as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
     from tether.journal import JobRecord
     from tether.report import Survivor
     from tether.terminate import Member

@@ -15,7 +15,6 @@ the backend once, at import) and never looks at the platform itself.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterable
 
 from tether import _platform
 from tether._platform._common import FIELDS, Delivery, ProcessInfo
@@ -23,6 +22,8 @@ from tether._platform._common import FIELDS, Delivery, ProcessInfo
 # Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Collection, Iterable
+
     from tether.identity import Identity
 
 __all__ = [

@@ -10,7 +10,6 @@ are Unix times.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
 
 from tether import sanitize
 from tether._records import dataclass, field
@@ -21,6 +20,7 @@ from tether.tracking.base import TrackerStatus
 # mypy treats any name TYPE_CHECKING as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
     from typing import Any, TypeVar
 
 #: The ``"schema"`` of a report's JSON; bumped only for a change that is not

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
 
 from tether import _signals, logs
 from tether._records import dataclass, field
@@ -23,6 +22,7 @@ from tether.tracking.base import TrackerStatus
 # mypy treats any name TYPE_CHECKING as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from typing import Protocol
 else:
     Protocol = object  # for mypy only: nothing subclasses or isinstance-checks these

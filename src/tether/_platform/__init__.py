@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Collection
 
 from tether._platform._common import Delivery, ProcessInfo
 from tether.errors import UsageError
@@ -40,6 +39,7 @@ from tether.errors import UsageError
 # mypy treats any name TYPE_CHECKING as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Collection
     from typing import Protocol
 else:
     Protocol = object  # for mypy only: nothing subclasses or isinstance-checks these

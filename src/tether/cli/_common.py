@@ -8,10 +8,8 @@ never is).
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-from collections.abc import Callable, Mapping
 
 from tether.errors import UsageError
 
@@ -19,6 +17,7 @@ from tether.errors import UsageError
 # mypy treats any name TYPE_CHECKING as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
     from typing import Any, NoReturn, TextIO
 
     import click
@@ -325,6 +324,8 @@ def with_policy_options(f: Callable[..., Any]) -> Callable[..., Any]:
     The command receives them merged, as ``policy_flags`` (settings for
     :func:`configured`), and ``json_file`` (see :func:`json_target`).
     """
+
+    import functools  # click's path only
 
     @functools.wraps(f)
     def command(*args: Any, **kwargs: Any) -> Any:

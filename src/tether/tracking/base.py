@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
 from tether._records import dataclass
 from tether.errors import UsageError
 from tether.process import ProcessInfo
@@ -12,6 +10,7 @@ from tether.process import ProcessInfo
 # mypy treats any name TYPE_CHECKING as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
     from typing import Protocol
 else:
     Protocol = object  # for mypy only: nothing subclasses or isinstance-checks these

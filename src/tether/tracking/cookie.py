@@ -9,11 +9,15 @@ processes of the job owner's uid (:func:`tether.evidence.cookie_counts`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 
 from tether.evidence import cookie_counts
 from tether.process import read_environ
 from tether.tracking.base import Table
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 COOKIE_VAR = "TETHER_JOB_ID"
 

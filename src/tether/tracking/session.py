@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from tether.evidence import session_is_jobs
 from tether.identity import Identity
 from tether.tracking.base import Table
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 class SessionTracker:

@@ -8,9 +8,12 @@ parent-link walk from the supervisor stays complete.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from tether.tracking.base import Table
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 class SubreaperTracker:

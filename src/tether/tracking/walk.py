@@ -6,10 +6,13 @@ reused by a stranger is not taken for a member.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from tether.process import children_map
 from tether.tracking.base import Table
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 class WalkTracker:

@@ -20,7 +20,6 @@ import errno
 import os
 import select
 import stat
-from collections.abc import Collection, Iterable
 
 from tether import _signals
 from tether._platform._common import Delivery, ProcessInfo
@@ -30,6 +29,7 @@ from tether._platform.linux import procfs, procscan
 # mypy treats any name TYPE_CHECKING as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Collection, Iterable
     from typing import Any
 
 NAME = "linux"

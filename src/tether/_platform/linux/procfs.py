@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
 
 from tether._records import dataclass
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 PROC = "/proc"
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC

@@ -39,7 +39,6 @@ import errno
 import fcntl
 import functools
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from tether import _signals
 from tether._records import NamedTuple
@@ -48,6 +47,7 @@ from tether._records import NamedTuple
 # mypy treats any name TYPE_CHECKING as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from typing import Any
 
 #: clone3 and close_range share their numbers across the architectures that
