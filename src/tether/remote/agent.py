@@ -21,15 +21,11 @@ or the end of the control stream.
 
 from __future__ import annotations
 
+import _thread
 import atexit
-import contextlib
 import os
-import re
 import select
-import signal
-import subprocess
 import sys
-import threading
 
 from tether._collector import gc_back_on
 from tether.remote.protocol import (
@@ -60,10 +56,16 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NoReturn
 
+# What a host job imports is every job's CPU (issue 15): nothing here pulls in
+# re, contextlib, subprocess, signal or threading (enum, functools,
+# collections, locale, selectors, warnings behind them, ~15 ms in a fresh
+# python); only builtin modules (_thread, atexit, select on most builds) and
+# the engine's own. tests/remote/test_host_imports.py holds the line.
+
 __all__ = ["PROTOCOL", "main", "serve"]
 
-#: A job id as the journal names it (checked by :func:`_cancel` only).
-JOB_ID = r"[0-9a-f]{8,64}"
+#: A job id as the journal names it, 8 to 64 of these (checked by :func:`_cancel` only).
+_JOB_ID_CHARS = frozenset("0123456789abcdef")
 #: Stop reading the job's output while this much is queued for a slow client.
 _HIGH_WATER = 1 << 20
 #: After the tree is proven empty, how long to wait for its output pipes' EOF
@@ -148,9 +150,11 @@ def main(env: dict[str, str], mode: str, first: bytes | None = None) -> int:
     # The engine's imports (~40 ms) while the SPEC is on its way: on a real
     # network they overlap the round trip instead of following it. A failure
     # is met again, and reported, where the job needs them.
-    with contextlib.suppress(Exception):
+    try:
         import tether.job
         import tether.supervise
+    except Exception:
+        pass
 
     try:
         if first is None:
@@ -178,8 +182,10 @@ def main(env: dict[str, str], mode: str, first: bytes | None = None) -> int:
         return 3
     except Exception as err:  # one line back to the client, never a silent death
         message = {"message": f"remote agent failed: {type(err).__name__}: {err}", "exit_code": 125}
-        with contextlib.suppress(OSError):
+        try:
             _write_all(out, json_frame(ERROR, message))
+        except OSError:
+            pass
         return 3
     _write_all(out, json_frame(ERROR, {"message": f"unknown operation {op!r}", "exit_code": 125}))
     return 3
@@ -194,7 +200,9 @@ def serve(env: dict[str, str], mode: str, first: bytes | None = None) -> NoRetur
     (finalisation would wait for them) the normal exit is taken.
     """
     code = main(env, mode, first)
-    if threading.active_count() > 1:
+    # _thread's count of the threads it started that still run, the main
+    # thread not included: threading's too, without importing threading.
+    if _thread._count() > 0:
         sys.exit(code)
     atexit._run_exitfuncs()
     os._exit(code)
@@ -384,15 +392,18 @@ class _Runner:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         self.pipes = {out_r: STDOUT, err_r: STDERR}
-        stdin_r = -1
         if self.spec.get("stdin"):
             stdin_r, self.stdin_w = os.pipe()
             os.set_blocking(self.stdin_w, False)
+        else:
+            # /dev/null as subprocess.DEVNULL would open it, without importing
+            # subprocess for the constant.
+            stdin_r = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         with forwarded_signals() as inbox:
             try:
                 job = Job(
                     spec,
-                    stdin=stdin_r if stdin_r >= 0 else subprocess.DEVNULL,
+                    stdin=stdin_r,
                     stdout=out_w,
                     stderr=err_w,
                     dedicated_supervisor=True,
@@ -411,8 +422,7 @@ class _Runner:
             finally:
                 os.close(out_w)
                 os.close(err_w)
-                if stdin_r >= 0:
-                    os.close(stdin_r)
+                os.close(stdin_r)
             self.send(
                 json_frame(
                     STARTED,
@@ -448,14 +458,21 @@ class _Runner:
         self.send(json_frame(RESULT, result))
         if not self.out_dead:
             os.set_blocking(self.out, True)
-            with contextlib.suppress(OSError):
+            try:
                 _write_all(self.out, bytes(self.outbuf))
+            except OSError:
+                pass
         return 0
 
 
 def _stop(identity: tuple[int, int] | None, what: str, notes: list[str]) -> None:
     """SIGKILL one of tether's own processes (never a job member) by identity."""
     from tether.process import ProcessHandle
+
+    if TYPE_CHECKING:
+        from signal import SIGKILL
+    else:
+        from _signal import SIGKILL  # signal's C half: no enum to build
 
     if identity is None:
         return
@@ -464,7 +481,7 @@ def _stop(identity: tuple[int, int] | None, what: str, notes: list[str]) -> None
         notes.append(f"{what} pid {identity[0]} already gone")
         return
     try:
-        handle.send_signal(signal.SIGKILL)
+        handle.send_signal(SIGKILL)
         if handle.fileno >= 0:
             select.select([handle.fileno], [], [], 5.0)
         notes.append(f"{what} pid {identity[0]} stopped (SIGKILL)")
@@ -495,7 +512,9 @@ def _cancel(out: int, spec: dict[str, Any]) -> int:
     from tether.recovery import job_state, recover
 
     job_id = spec.get("job_id")
-    if not isinstance(job_id, str) or not re.fullmatch(JOB_ID, job_id):
+    if not isinstance(job_id, str) or not (
+        8 <= len(job_id) <= 64 and _JOB_ID_CHARS.issuperset(job_id)
+    ):
         raise ProtocolError(f"bad job id {job_id!r}")
     journal = Journal.default()
     lock = _lock_journal(journal.directory)

@@ -105,6 +105,12 @@ import gc
 # objects are never traversed again) before it supervises.
 gc.disable()
 import marshal, os, stat, sys
+# python -c puts "" (the working directory: the login's HOME, later the
+# agent's) first on sys.path: every stdlib import not built in would list
+# HOME (twice: again after the agent's chdir) and take a module of that name
+# found there (a stray ~/enum.py) over the standard library's.
+if sys.path[:1] == [""]:
+    del sys.path[0]
 try:
     from _frozen_importlib import ModuleSpec as _ModuleSpec
 except ImportError:
