@@ -62,8 +62,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "CompletedJob": "tether.job",
     "Job": "tether.job",
-    "JobFailedError": "tether.job",
-    "JobTimeoutError": "tether.job",
+    "JobFailedError": "tether._run_errors",
+    "JobTimeoutError": "tether._run_errors",
     "kill_gid": "tether.job",
     "kill_tree": "tether.job",
     "run": "tether.job",

@@ -13,9 +13,12 @@ work.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+# Not typing.TYPE_CHECKING: typing stays unimported at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-_Encoder = Callable[[object, int], "list[str] | tuple[str, ...]"]
+    _Encoder = Callable[[object, int], "list[str] | tuple[str, ...]"]
 #: make_encoder's arguments but the first (each call's own markers dict, as
 #: JSONEncoder.iterencode makes: a failed call can leave entries in it, and
 #: threads must not share one), or None where the C encoder is not usable.

@@ -22,7 +22,6 @@ for themselves:
 from __future__ import annotations
 
 import os
-import re
 
 from tether.identity import Identity
 from tether.process import ProcessInfo, read_process
@@ -35,16 +34,23 @@ if TYPE_CHECKING:
 #: Trackers whose word alone is forgeable: the cookie, and the walk from it.
 WEAK_TRACKERS = frozenset({"cookie"})
 
-# What tether itself writes (new_cookie: 24 hex digits; remote agents prefix
-# it). Anything else read from an environment is data, not a journal name.
-# A pattern, not a compiled regex: re compiles (and caches) it on first use,
-# which a job's own run never makes.
-_COOKIE = r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}"
+#: The longest cookie tether writes (new_cookie: 24 hex digits; remote agents
+#: prefix it).
+COOKIE_MAX = 64
 
 
 def valid_cookie(value: str) -> bool:
-    """Could tether have written this cookie? (Safe as a journal file name.)"""
-    return re.fullmatch(_COOKIE, value) is not None
+    """Could tether have written this cookie? (Safe as a journal file name.)
+
+    ``[0-9A-Za-z][0-9A-Za-z_-]{0,63}``, checked without re (~5 ms of a
+    start): anything else read from an environment is data, not a journal
+    name. ASCII first: str.isalnum() alone takes any script's letters."""
+    return (
+        0 < len(value) <= COOKIE_MAX
+        and value.isascii()
+        and value[0].isalnum()
+        and (len(value) == 1 or value[1:].replace("_", "a").replace("-", "a").isalnum())
+    )
 
 
 def process_uid(info: ProcessInfo) -> int | None:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import _thread
 import io
 import os
 import resource
 import select
-import subprocess
 import sys
-import threading
 import time
 
 from tether import _signals, logs
@@ -19,7 +16,6 @@ from tether.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
     JournalError,
-    TetherError,
     UsageError,
 )
 from tether.identity import Identity
@@ -41,10 +37,12 @@ from tether.watchdog import WATCHDOG_DONE
 # mypy treats any name TYPE_CHECKING as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping, Sequence
+    import subprocess
+    from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
     from typing import IO, Any, TypedDict, Unpack
 
+    from tether._run_errors import JobFailedError, JobTimeoutError
     from tether.keeper import KeptPopen
 else:
 
@@ -83,7 +81,7 @@ _caller_nofile = [resource.getrlimit(resource.RLIMIT_NOFILE)[0]]
 if TYPE_CHECKING:
     _Stream = int | IO[Any] | None
 _LOG = "tether.job"
-_dedicated_lock = threading.Lock()
+_dedicated_lock = _thread.allocate_lock()
 #: Ids of jobs using a dedicated supervisor (at most one: its children are the job's).
 _dedicated_jobs: set[str] = set()
 
@@ -179,10 +177,15 @@ def _spawn_watchdog(args: Sequence[str], stdin: int, shell_stage: bool = False) 
         os.close(devnull)
 
 
-@functools.lru_cache(maxsize=4)
+_own_starttimes: dict[int, int] = {}
+
+
 def _own_starttime(pid: int) -> int:
     """This process's start time (keyed by pid: a forked child asks anew)."""
-    return own_starttime()
+    starttime = _own_starttimes.get(pid)
+    if starttime is None:
+        starttime = _own_starttimes[pid] = own_starttime()
+    return starttime
 
 
 def _wait_watchdog_exit(pid: int, timeout: float) -> None:
@@ -223,7 +226,7 @@ def _nofile_to_restore() -> int | None:
     """The caller's soft fd limit if tether has raised this process's since (the
     job inherits the caller's limits, not tether's), else None."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if not _raise_fd_limit.cache_info().currsize:
+    if not _raise_fd_limit.cached():
         _caller_nofile[0] = soft  # not raised yet: whatever it is, it is the caller's
         return None
     return None if soft == _caller_nofile[0] else _caller_nofile[0]
@@ -260,64 +263,118 @@ _CLONE_INTO_CGROUP = True
 _CLONE_MAX_RESIDENT = 32 << 20
 
 
-class _CgroupPopen(subprocess.Popen["Any"]):
-    """Popen whose child is born in the job cgroup (clone3: natively in any
-    process, by ctypes only in a single-threaded one such as `tether run`),
-    else runs the shim argv it was given."""
+class _SpawnedLeader:
+    """The leader as Job uses a Popen (``pid``, ``poll()``, ``wait()``,
+    ``returncode``, no pipes), started by :func:`spawn.spawn` without
+    subprocess: subprocess imports locale, re, enum, threading, selectors and
+    warnings, ~10 ms of every `tether run` (issue 15). A job with pipes, a
+    keeper or no clone3 gets a Popen. Statuses as Popen's: -N for signal N;
+    0 if another waiter reaped it first (ECHILD, Popen's rule)."""
 
-    def __init__(self, direct: Mapping[str, Any], *args: Any, **kwargs: Any) -> None:
-        self._direct = direct
-        super().__init__(*args, **kwargs)
+    stdin = stdout = stderr = None
 
-    #: (start time, pidfd) of the leader its clone made, when known (see below).
-    born: tuple[int, int] | None = None
+    def __init__(self, args: list[str], pid: int, born: tuple[int, int] | None) -> None:
+        self.args = args
+        self.pid = pid
+        #: (start time, pidfd) of the leader, from its clone (see _CgroupPopen.born).
+        self.born = born
+        self.returncode: int | None = None
+        self._waitpid_lock = _thread.allocate_lock()
 
-    def _execute_child(self, *popen_args: Any) -> None:
-        from tether._platform.linux import procfs, spawn
-
-        c = spawn.ChildArgs(*popen_args)
-        # Only what spawn() does itself (Popen passes process_group=-1 for "none").
-        plain = (c.preexec_fn, c.executable, c.gid, c.uid) == (None,) * 4
-        plain = plain and c.process_group in (None, -1) and c.close_fds and c.restore_signals
-        # The ctypes clone3 is a fork (page tables copied, copy-on-write
-        # after) where Popen vforks: its cost grows with this process's size
-        # while the shim's cgroup.procs write costs a fixed ~10 ms. A large
-        # caller (200 MB: 38 ms against 23 ms) keeps the shim unless the
-        # native clone, a vfork, is there.
-        small = spawn.native() or spawn.resident_bytes() <= _CLONE_MAX_RESIDENT
-        if plain and small and not c.pass_fds:  # spawn() checks what its way needs
-            before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    def poll(self) -> int | None:
+        if self.returncode is None and self._waitpid_lock.acquire(False):
             try:
-                pid, pidfd = spawn.spawn(
-                    self._direct["argv"],
-                    os.environ if c.env is None else c.env,
-                    stdio=(c.p2cread, c.c2pwrite, c.errwrite),
-                    cgroup=self._direct["cgroup"],
-                    start_new_session=c.start_new_session,
-                    umask=c.umask,
-                    extra_groups=c.gids,
-                    nofile=self._direct["nofile"],
-                    cwd=None if c.cwd is None else os.fsdecode(c.cwd),
-                )
-            except spawn.Unavailable:
-                pass
-            else:
-                # The clone's own pidfd and its start time from the clock
-                # (procfs.starttime_between): Job holds the leader without
-                # the first lookup of a new pid's /proc entries (~0.1-0.3 ms),
-                # when both readings fall in one tick.
-                starttime = procfs.starttime_between(
-                    before, time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-                )
-                if starttime is None:
-                    os.close(pidfd)
-                else:
-                    self.born = (starttime, pidfd)
-                self.pid = pid
-                self._child_created = True
-                self._close_pipe_fds(*c[10:16])  # type: ignore[attr-defined]
-                return
-        super()._execute_child(*popen_args)  # type: ignore[misc]
+                if self.returncode is None:
+                    try:
+                        pid, status = os.waitpid(self.pid, os.WNOHANG)
+                    except ChildProcessError:
+                        self.returncode = 0
+                    else:
+                        if pid == self.pid:
+                            self.returncode = os.waitstatus_to_exitcode(status)
+            finally:
+                self._waitpid_lock.release()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None:
+            while self.returncode is None:
+                with self._waitpid_lock:
+                    if self.returncode is not None:
+                        break
+                    try:
+                        _pid, status = os.waitpid(self.pid, 0)
+                    except ChildProcessError:
+                        self.returncode = 0
+                    else:
+                        self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+        deadline = time.monotonic() + timeout
+        while (rc := self.poll()) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                import subprocess
+
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            # Popen's own rhythm for a wait with a timeout (its pidfd may be
+            # closed by the Job meanwhile, so it is not waited on here).
+            time.sleep(min(left, 0.05))
+        return rc
+
+
+def _spawn_leader(
+    direct: Mapping[str, Any],
+    env: Mapping[str, str],
+    stdio: tuple[int, int, int],
+    *,
+    cwd: str | None,
+    start_new_session: bool,
+    extra_groups: list[int] | None,
+) -> _SpawnedLeader | None:
+    """The leader, born in its cgroup by clone3 without a Popen; None where
+    this process cannot clone it (the Popen path then decides)."""
+    from tether._platform.linux import procfs, spawn
+
+    # The ctypes clone3 is a fork (page tables copied, copy-on-write after)
+    # where Popen vforks: its cost grows with this process's size while the
+    # shim's cgroup.procs write costs a fixed ~10 ms. A large caller (200 MB:
+    # 38 ms against 23 ms) keeps the shim unless the native clone, a vfork,
+    # is there.
+    if not (spawn.native() or spawn.resident_bytes() <= _CLONE_MAX_RESIDENT):
+        return None
+    before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    try:
+        pid, pidfd = spawn.spawn(
+            direct["argv"],
+            env,
+            stdio=stdio,
+            cgroup=direct["cgroup"],
+            start_new_session=start_new_session,
+            extra_groups=extra_groups,
+            nofile=direct["nofile"],
+            cwd=cwd,
+        )
+    except spawn.Unavailable:
+        return None
+    # The clone's own pidfd and its start time from the clock
+    # (procfs.starttime_between): Job holds the leader without the first
+    # lookup of a new pid's /proc entries (~0.1-0.3 ms), when both readings
+    # fall in one tick.
+    starttime = procfs.starttime_between(before, time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+    if starttime is None:
+        os.close(pidfd)
+    born = None if starttime is None else (starttime, pidfd)
+    return _SpawnedLeader(list(direct["argv"]), pid, born)
+
+
+def _stdio_fd(stream: object) -> int | None:
+    """The fd a spawn gives the leader for ``stream`` (None: inherit, -1), or
+    None where only Popen can say (PIPE, DEVNULL, STDOUT, a file object)."""
+    if stream is None:
+        return -1
+    if isinstance(stream, int) and not isinstance(stream, bool) and stream >= 0:
+        return stream
+    return None
 
 
 def _environ_copy() -> dict[str, str]:
@@ -380,49 +437,6 @@ def resolve_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -
     return found
 
 
-class JobFailedError(TetherError, subprocess.CalledProcessError):
-    """``check=True`` and the leader exited with a non-zero status.
-
-    A :class:`subprocess.CalledProcessError` (``returncode``, ``cmd``,
-    ``output``/``stdout``, ``stderr``) that also carries the job's ``report``.
-    """
-
-    def __init__(
-        self,
-        returncode: int,
-        cmd: Any,
-        output: Any = None,
-        stderr: Any = None,
-        report: Report | None = None,
-    ) -> None:
-        subprocess.CalledProcessError.__init__(self, returncode, cmd, output, stderr)
-        self.report = report
-
-
-class JobTimeoutError(TetherError, subprocess.TimeoutExpired):
-    """``check=True`` and the timeout expired: the tree was terminated.
-
-    A :class:`subprocess.TimeoutExpired` (``cmd``, ``timeout``, the output
-    captured until the end) that also carries the job's ``report``.
-    """
-
-    exit_code = 124
-
-    def __init__(
-        self,
-        cmd: Any,
-        timeout: float,
-        output: Any = None,
-        stderr: Any = None,
-        report: Report | None = None,
-    ) -> None:
-        subprocess.TimeoutExpired.__init__(self, cmd, timeout, output, stderr)
-        self.report = report
-
-
-JobFailedError.__module__ = JobTimeoutError.__module__ = "tether"
-
-
 @dataclass(frozen=True)
 class CompletedJob:
     """What :func:`run` returns (a :class:`subprocess.CompletedProcess` and more).
@@ -452,6 +466,8 @@ class CompletedJob:
     def check_returncode(self) -> None:
         """Raise :class:`JobFailedError` if the leader's status is not 0."""
         if self.returncode:
+            from tether._run_errors import JobFailedError
+
             raise JobFailedError(self.returncode, self.args, self.stdout, self.stderr, self.report)
 
 
@@ -488,6 +504,11 @@ if not TYPE_CHECKING:
     del JobOptions, TypedDict
 
     def __getattr__(name: str) -> object:
+        if name in ("JobFailedError", "JobTimeoutError"):
+            # subprocess's subclasses, made where subprocess is imported.
+            from tether import _run_errors
+
+            return getattr(_run_errors, name)
         if name != "JobOptions":
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
         from typing import TypedDict
@@ -534,18 +555,19 @@ def _shell_command(args: Sequence[Arg] | str | bytes) -> tuple[str, ...]:
     return command_args(["/bin/sh", "-c", *args])
 
 
-@contextlib.contextmanager
-def _quiet_inbox() -> Iterator[SignalInbox]:
+class _quiet_inbox:
     """An inbox no signal reaches: the library leaves the caller's handlers as
     they are (a Ctrl-C is the caller's KeyboardInterrupt; leaving the ``with``
-    of the job terminates the tree)."""
-    rfd, wfd = os.pipe()
-    try:
-        os.set_blocking(rfd, False)  # supervise() drains it
-        yield SignalInbox(rfd)
-    finally:
-        os.close(rfd)
-        os.close(wfd)
+    of the job terminates the tree). A class: contextlib is ~4 ms of a start."""
+
+    def __enter__(self) -> SignalInbox:
+        self._fds = os.pipe()
+        os.set_blocking(self._fds[0], False)  # supervise() drains it
+        return SignalInbox(self._fds[0])
+
+    def __exit__(self, *_exc: object) -> None:
+        os.close(self._fds[0])
+        os.close(self._fds[1])
 
 
 class _Pipes:
@@ -556,7 +578,9 @@ class _Pipes:
 
     _KEYS = (1, 2)
 
-    def __init__(self, popen: subprocess.Popen[Any], input: str | bytes | None) -> None:
+    def __init__(
+        self, popen: subprocess.Popen[Any] | _SpawnedLeader, input: str | bytes | None
+    ) -> None:
         self._text = any(isinstance(f, io.TextIOWrapper) for f in (popen.stdout, popen.stderr))
         self._files: dict[int, IO[Any]] = {}  # 1 stdout, 2 stderr
         self._codec: dict[int, tuple[str, str]] = {}
@@ -579,15 +603,19 @@ class _Pipes:
                         raise TypeError("input must be bytes unless the job is in text mode")
                     input = input.encode(self._stdin.encoding, self._stdin.errors or "strict")
                 self._input = memoryview(input)
-                with contextlib.suppress(BrokenPipeError):
+                try:
                     self._stdin.flush()
+                except BrokenPipeError:
+                    pass
             else:
                 self._close_stdin()
 
     def _close_stdin(self) -> None:
         if self._stdin is not None:
-            with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+            try:
                 self._stdin.close()
+            except (BrokenPipeError, OSError, ValueError):
+                pass
             self._stdin = None
 
     # -- the Channel ----------------------------------------------------
@@ -746,7 +774,7 @@ class Job:
         self._report: Report | None = None
         self._leader_logged = False
         self._session_recorded = False
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._dedicated = dedicated_supervisor
         self._forks_nothing_else = dedicated_supervisor and _forks_nothing_else
         #: The first journal write that failed mid-job (ENOSPC...), said once.
@@ -819,43 +847,33 @@ class Job:
                 "nofile": _nofile_to_restore(),
             }
         )
+        extra_groups = None if spec.tag_gid is None else [*os.getgroups(), spec.tag_gid]
         try:
-            spawn: Any = subprocess.Popen
-            if use_keeper:
-                assert self._journal is not None
-                keep = {
-                    "job_id": self.id,
-                    "journal": self._journal.directory,
-                    "direct": direct,
-                    # Recovery's record should the journal's be unreadable
-                    # (its JSON: parsed only if ever needed).
-                    "record": self._record_json,
-                }
-                from tether.keeper import KeptPopen
-
-                spawn = functools.partial(KeptPopen, keep)
-            elif direct is not None:
-                spawn = functools.partial(_CgroupPopen, direct)
-            self._popen: subprocess.Popen[Any] = spawn(
-                exec_argv,
-                env=base_env,
-                cwd=spec.cwd,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
-                text=text,
-                encoding=encoding,
-                errors=errors,
-                pass_fds=pass_fds,
-                # foreground: as `timeout --foreground`, the job stays in the
-                # terminal's foreground process group, so /dev/tty, Ctrl-C and
-                # Ctrl-Z reach it (and tether) directly.
-                start_new_session=not spec.foreground,
-                close_fds=True,
-                # The tag survives setsid, double forks and env -i; only
-                # CAP_SETGID can drop it (SGE's ENABLE_ADDGRP_KILL).
-                extra_groups=None if spec.tag_gid is None else [*os.getgroups(), spec.tag_gid],
-            )
+            spawned: _SpawnedLeader | None = None
+            p2cread, c2pwrite, errwrite = (_stdio_fd(f) for f in (stdin, stdout, stderr))
+            if (
+                direct is not None
+                and not use_keeper
+                and not pass_fds
+                and p2cread is not None
+                and c2pwrite is not None
+                and errwrite is not None
+            ):
+                spawned = _spawn_leader(
+                    direct,
+                    base_env,
+                    (p2cread, c2pwrite, errwrite),
+                    cwd=spec.cwd,
+                    start_new_session=not spec.foreground,
+                    extra_groups=extra_groups,
+                )
+            if spawned is not None:
+                self._popen: subprocess.Popen[Any] | _SpawnedLeader = spawned
+            else:
+                self._popen = self._start_popen(
+                    exec_argv, base_env, direct, use_keeper, extra_groups, stdin, stdout, stderr,
+                    text=text, encoding=encoding, errors=errors, pass_fds=pass_fds,
+                )  # fmt: skip
         except FileNotFoundError:
             self._cleanup_failed_start()
             raise CommandNotFoundError(self.argv[0]) from None
@@ -922,6 +940,64 @@ class Job:
                      job_id=self.id, pid=self.pid, argv=oneline(" ".join(self.argv), 200),
                      trackers=used, not_used=refused, caveats=list(sel.caveats()),
                      cgroup=self.cgroup_path)  # fmt: skip
+
+    def _start_popen(
+        self,
+        exec_argv: list[str],
+        env: dict[str, str],
+        direct: dict[str, Any] | None,
+        use_keeper: bool,
+        extra_groups: list[int] | None,
+        stdin: _Stream,
+        stdout: _Stream,
+        stderr: _Stream,
+        **popen_options: Any,
+    ) -> subprocess.Popen[Any]:
+        """The leader through a Popen: a keeper's, one born in the cgroup
+        (CgroupPopen), or subprocess's own (no cgroup: its vfork is cheaper
+        than a fork)."""
+        import subprocess
+
+        spawn: Any = subprocess.Popen
+        if use_keeper:
+            assert self._journal is not None
+            keep = {
+                "job_id": self.id,
+                "journal": self._journal.directory,
+                "direct": direct,
+                # Recovery's record should the journal's be unreadable
+                # (its JSON: parsed only if ever needed).
+                "record": self._record_json,
+            }
+            from tether.keeper import KeptPopen
+
+            def spawn(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+                return KeptPopen(keep, *args, **kwargs)
+
+        elif direct is not None:
+            from tether._cgroup_popen import CgroupPopen
+
+            def spawn(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+                return CgroupPopen(direct, *args, **kwargs)
+
+        popen: subprocess.Popen[Any] = spawn(
+            exec_argv,
+            env=env,
+            cwd=self.spec.cwd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            # foreground: as `timeout --foreground`, the job stays in the
+            # terminal's foreground process group, so /dev/tty, Ctrl-C and
+            # Ctrl-Z reach it (and tether) directly.
+            start_new_session=not self.spec.foreground,
+            close_fds=True,
+            # The tag survives setsid, double forks and env -i; only
+            # CAP_SETGID can drop it (SGE's ENABLE_ADDGRP_KILL).
+            extra_groups=extra_groups,
+            **popen_options,
+        )
+        return popen
 
     def _wait_exec(self, popen: KeptPopen) -> None:
         """The bookkeeping above overlapped the leader's exec: now learn
@@ -1034,9 +1110,11 @@ class Job:
             )
             logs.log(_LOG, logs.WARNING, text, job_id=self.id)
             if self._dedicated:
-                with contextlib.suppress(OSError, ValueError):
+                try:
                     sys.stderr.write(f"tether: warning: {visible(text)}\n")
                     sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
 
     def _finish_journal(self, complete: bool, *, started: bool = True) -> None:
         """Drop the record once the tree is proven empty; release the watchdog.
@@ -1059,8 +1137,10 @@ class Job:
             # this process's next job if nothing of this one is left.
             kept.release(empty=complete and started)
         if self._watchdog_pipe >= 0:
-            with contextlib.suppress(OSError):
+            try:
                 os.write(self._watchdog_pipe, WATCHDOG_DONE)
+            except OSError:
+                pass
             os.close(self._watchdog_pipe)
             self._watchdog_pipe = -1
         if self._watchdog_pid:
@@ -1199,6 +1279,8 @@ class Job:
         """
         rc = self.wait_leader(timeout)
         if rc is None:
+            import subprocess
+
             raise subprocess.TimeoutExpired(self.args, timeout if timeout is not None else 0)
         return rc
 
@@ -1243,6 +1325,8 @@ class Job:
         while self.returncode is None:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
+                import subprocess
+
                 raise subprocess.TimeoutExpired(
                     self.args, timeout or 0, output=pipes.output(1), stderr=pipes.output(2)
                 )
@@ -1356,11 +1440,15 @@ class Job:
                     on_progress=on_progress,
                     on_step=self._record_step if self._record is not None else None,
                 )
-                with contextlib.suppress(ChildProcessError):
-                    self._popen.wait(timeout=0 if not report.complete else None)
+                try:
+                    # Not wait(timeout=0): its TimeoutExpired is subprocess's.
+                    if report.complete:
+                        self._popen.wait()
+                    else:
+                        self._popen.poll()
+                except ChildProcessError:
+                    pass
                 self._note_leader(self._popen.returncode)
-            except subprocess.TimeoutExpired:
-                pass
             finally:
                 self._membership.close()
                 self._leader.close()
@@ -1405,8 +1493,10 @@ class Job:
         closing them first would end a writer by SIGPIPE, not by the policy."""
         for f in (self._popen.stdout, self._popen.stderr, self._popen.stdin):
             if f is not None:
-                with contextlib.suppress(OSError, ValueError):
+                try:
                     f.close()
+                except (OSError, ValueError):
+                    pass
 
 
 def start(args: Sequence[Arg] | str | bytes, **options: Unpack[JobOptions]) -> Job:
@@ -1448,6 +1538,8 @@ def run(
             when the leader exited (returncode 123, as ``tether run``'s).
         JobTimeoutError: ``check`` and the timeout expired.
     """
+    import subprocess  # pipes: Popen's
+
     if input is not None:
         if options.get("stdin") is not None:
             raise ValueError("stdin and input arguments may not both be used")
@@ -1482,9 +1574,13 @@ def run(
     )
     if check and done.timed_out:
         assert spec.timeout is not None
+        from tether._run_errors import JobTimeoutError
+
         raise JobTimeoutError(args, spec.timeout, done.stdout, done.stderr, done.report)
     if check and outcome.leftovers:
         # fail_on_leftovers: the leak fails the run as `tether run` exits 123.
+        from tether._run_errors import JobFailedError
+
         raise JobFailedError(EXIT_LEFTOVERS, args, done.stdout, done.stderr, done.report)
     if check:
         done.check_returncode()

@@ -25,7 +25,6 @@ of a record is refused, never followed.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -89,14 +88,18 @@ def private_tmp_dir(name: str, tmp: str = "/tmp") -> str:
         return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077
 
     canonical = os.path.join(tmp, name)
-    with contextlib.suppress(OSError):
+    try:
         os.mkdir(canonical, 0o700)
+    except OSError:
+        pass
     if ours(canonical):
         return canonical
-    with contextlib.suppress(OSError):
+    try:
         for n in sorted(os.listdir(tmp)):
             if n.startswith(name + ".") and ours(os.path.join(tmp, n)):
                 return os.path.join(tmp, n)
+    except OSError:
+        pass
     import tempfile
 
     try:
@@ -327,9 +330,11 @@ class Journal:
             except FileNotFoundError:
                 if not create:
                     raise
-                with contextlib.suppress(FileExistsError):
+                try:
                     os.makedirs(os.path.dirname(self.directory) or "/", exist_ok=True)
                     os.mkdir(self.directory, 0o700)
+                except FileExistsError:
+                    pass
                 fd = os.open(self.directory, flags)
         except FileNotFoundError:
             raise
@@ -395,16 +400,20 @@ class Journal:
                 os.close(fd)
             os.replace(tmp, slot, src_dir_fd=dfd, dst_dir_fd=dfd)
         except OSError as err:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
             raise JournalError(
                 f"cannot write journal record {self.path(job_id)}: {err.strerror}"
             ) from None
         self._written[job_id] = (slot, revision + 1)
         if revision:
             # The new record is whole in its slot: the old one goes.
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(last, dir_fd=dfd)
+            except OSError:
+                pass
         return data
 
     def remove(self, job_id: str) -> None:
@@ -416,8 +425,10 @@ class Journal:
         self._written.pop(job_id, None)
         # Both: the older slot's unlink after a write may have failed.
         for slot in (job_id + _SUFFIX, job_id + _SECOND):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(slot, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
 
     def read(self, job_id: str) -> JobRecord | JournalProblem | None:
         """The job's record, a problem with it, or None if there is none."""

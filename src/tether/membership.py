@@ -7,14 +7,13 @@ cgroup ``populated 0`` and every member's pidfd readable.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import resource
 import select
 import time
 
 from tether import _signals
+from tether._once import once
 from tether._platform import HAS_PIDFD
 from tether._platform.linux import (
     capture,
@@ -638,15 +637,19 @@ class Membership:
                     self._reap_leader()
                     tried_leader = True
                     continue
-                with contextlib.suppress(ChildProcessError):
+                try:
                     os.waitpid(info.si_pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
         else:
             for m, ppid in list(self._ppid.items()):
                 # A zombie's pid cannot be reused until it is reaped, so
                 # waiting for this exact pid can only collect this member.
                 if ppid == self._me and not m.alive and not m.is_leader:
-                    with contextlib.suppress(ChildProcessError):
+                    try:
                         os.waitpid(m.pid, os.WNOHANG)
+                    except ChildProcessError:
+                        pass
 
     def _confirmed_empty(self, strong_only: bool = False) -> bool:
         weak = self._weak if strong_only else ()
@@ -699,8 +702,10 @@ class Membership:
     def _drain_wake(self) -> None:
         if self._wake_fd is None:
             return
-        with contextlib.suppress(BlockingIOError, InterruptedError):
+        try:
             os.read(self._wake_fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            pass
 
     # -- signalling ------------------------------------------------------
 
@@ -1149,11 +1154,13 @@ class _IdentityTracker:
         ]
 
 
-@functools.cache
+@once
 def _raise_fd_limit() -> None:
     # Every member is held by a pidfd: a 1000-process tree (or a node's
     # thousands of strays) needs more than the common soft limit of 1024.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
-        with contextlib.suppress(ValueError, OSError):
+        try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass

@@ -8,7 +8,6 @@ handles, and says when the kernel confirms the tree is empty.
 
 from __future__ import annotations
 
-import functools
 import time
 
 from tether import _signals, logs
@@ -491,5 +490,13 @@ def _record(m: Member, t0: float) -> MemberRecord:
     return MemberRecord(m.pid, m.start_time, m.cmdline, found, outcome, ended_by, ended_at, names)
 
 
-#: A report names a thousand members' signals: the enum lookup once per signal.
-_signal_name = functools.cache(signal_name)
+#: A report names a thousand members' signals: each name is looked up once.
+_signal_names: dict[int, str] = {}
+
+
+def _signal_name(sig: int) -> str:
+    """signal_name(), remembered: a report names the same few signals 1000s of times."""
+    name = _signal_names.get(sig)
+    if name is None:
+        name = _signal_names[sig] = signal_name(sig)
+    return name

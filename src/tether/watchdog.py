@@ -25,7 +25,6 @@ record from the journal and terminates what is left with the recorded policy
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import sys
@@ -38,8 +37,10 @@ WATCHDOG_DONE = b"done\n"
 
 
 def _say(message: str) -> None:
-    with contextlib.suppress(OSError):
+    try:
         os.write(2, f"tether watchdog: {message}\n".encode(errors="replace"))
+    except OSError:
+        pass
 
 
 def watch(supervisor_fd: int, control_fd: int) -> bool:

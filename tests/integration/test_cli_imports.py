@@ -156,3 +156,53 @@ def test_a_remote_run_parses_without_click() -> None:
     )
     assert "tether.remote.hostlist" in loaded
     assert "click" not in loaded
+
+
+#: What `tether run -- true` must not import (issue 15): each is 1-8 ms of a
+#: start on a 2-core machine, measured in a fresh interpreter. subprocess
+#: brings locale, re, enum, signal's enums, threading, selectors and warnings;
+#: contextlib and functools bring collections; the pip-generated console
+#: script brings re (tether's own script, src/scripts/tether, does not).
+STDLIB_NOT_ON_THE_RUN_PATH = frozenset(
+    {"re", "enum", "signal", "subprocess", "contextlib", "functools", "collections",
+     "threading", "locale", "selectors", "warnings", "types", "typing", "json", "struct",
+     "operator", "keyword", "reprlib", "copyreg", "weakref", "dataclasses", "tempfile"}
+)  # fmt: skip
+
+# No contextlib in the probe itself.
+_BARE_RUN = "from tether.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--", "true"],
+        ["run", "--timeout", "10s", "-s", "INT", "--kill-after", "1.5s", "--", "true"],
+        ["run", "--", "sh", "-c", "exit 3"],
+    ],
+)
+def test_a_local_run_imports_none_of_the_heavy_standard_library(argv: list[str]) -> None:
+    """The leader is spawned without subprocess (tether.job._SpawnedLeader),
+    signals are numbered without signal's enums (tether._signals), durations
+    read without re: each module below is a start-up cost the run path
+    does not need. A module that creeps back in fails here, by name."""
+    loaded = imported_after(_BARE_RUN.format(argv=argv))
+    assert "tether.job" in loaded and "tether._signals" in loaded
+    assert not loaded & STDLIB_NOT_ON_THE_RUN_PATH, sorted(loaded & STDLIB_NOT_ON_THE_RUN_PATH)
+    assert "tether._cgroup_popen" not in loaded and "tether._run_errors" not in loaded
+
+
+def test_the_errors_of_check_are_subprocess_classes_on_first_use() -> None:
+    """JobFailedError and JobTimeoutError subclass subprocess's errors: their
+    module is imported when they are named, from tether or tether.job."""
+    code = (
+        "import subprocess, pickle, tether, tether.job\n"
+        "assert tether.JobFailedError is tether.job.JobFailedError\n"
+        "assert tether.JobTimeoutError is tether.job.JobTimeoutError\n"
+        "assert issubclass(tether.JobFailedError, subprocess.CalledProcessError)\n"
+        "assert issubclass(tether.JobTimeoutError, subprocess.TimeoutExpired)\n"
+        "assert issubclass(tether.JobFailedError, tether.TetherError)\n"
+        "e = pickle.loads(pickle.dumps(tether.JobFailedError(3, ['x'])))\n"
+        "assert (type(e), e.returncode, e.cmd) == (tether.JobFailedError, 3, ['x'])\n"
+    )
+    assert "tether._run_errors" in imported_after(code)

@@ -15,7 +15,6 @@ reads /proc.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import select
@@ -115,8 +114,10 @@ def snapshot(fields: Collection[str]) -> dict[int, ProcessInfo]:
     for pid in procfs.pids():
         data = procfs.read_stat(pid, strict=True)
         if data:
-            with contextlib.suppress(ValueError, IndexError):
+            try:
                 table[pid] = info_from_stat(data)
+            except (ValueError, IndexError):
+                pass
     return table
 
 
@@ -135,8 +136,10 @@ def _table_from_scan(rows: list[tuple[Any, ...]]) -> dict[int, ProcessInfo]:
             table[pid] = ProcessInfo(pid, ppid, pgid, sid, starttime, state, comm, kthread)
         elif type(row[1]) is bytes:
             if row[1]:
-                with contextlib.suppress(ValueError, IndexError):
+                try:
                     table[row[0]] = info_from_stat(row[1])
+                except (ValueError, IndexError):
+                    pass
         elif row[1] not in procfs.NOT_READABLE:  # as read_stat(strict=True)
             raise OSError(row[1], os.strerror(row[1]), f"{procfs.PROC}/{row[0]}/stat")
     return table

@@ -10,7 +10,6 @@ processes" rule never applies.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import select
@@ -132,10 +131,12 @@ class JobCgroup:
         out: list[int] = []
         # kernfs counts a directory's subdirectories in its link count (2 +
         # subdirs): a job that made no sub-cgroup needs no listing of its files.
-        with contextlib.suppress(OSError):
+        try:
             if os.stat(self.path).st_nlink == 2:
                 with open(os.path.join(self.path, "cgroup.procs"), "rb") as f:
                     return [int(x) for x in f.read().split()]
+        except OSError:
+            pass
         for dirpath, _dirs, _files in os.walk(self.path):
             try:
                 with open(os.path.join(dirpath, "cgroup.procs"), "rb") as f:
@@ -177,8 +178,10 @@ class JobCgroup:
         return self._wait_event("frozen", 1, timeout)
 
     def thaw(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self._write("cgroup.freeze", "0")
+        except FileNotFoundError:
+            pass
 
     def wait_empty(self, timeout: float) -> bool:
         return self._wait_event("populated", 0, timeout)
@@ -205,9 +208,11 @@ class JobCgroup:
             os.close(self._events_fd)
             self._events_fd = -1
         deadline = time.monotonic() + timeout
-        with contextlib.suppress(OSError):
+        try:
             os.rmdir(self.path)  # the usual case: no sub-cgroup, no walk
             return True
+        except OSError:
+            pass
         while True:
             try:
                 for dirpath, _dirs, _files in os.walk(self.path, topdown=False):

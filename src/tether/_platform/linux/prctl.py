@@ -6,8 +6,9 @@ Through the optional native module where it is built (no ctypes to import,
 
 from __future__ import annotations
 
-import functools
 import os
+
+from tether._once import once
 
 # Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
 # mypy treats any name TYPE_CHECKING as true).
@@ -27,7 +28,7 @@ def _native() -> Any:
     return spawn._native_module() if spawn._use_native else None
 
 
-@functools.lru_cache(maxsize=1)
+@once
 def _libc() -> ctypes.CDLL:
     # dlopen(NULL): the symbols already loaded, libc's among them. Not
     # ctypes.util.find_library("c"), which runs `ldconfig -p` in a subprocess

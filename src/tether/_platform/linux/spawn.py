@@ -34,13 +34,12 @@ slower. Both children do the same set-up (:func:`_child` is the reference).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
-import functools
 import os
 
 from tether import _signals
+from tether._once import once
 from tether._records import NamedTuple
 
 # Not typing.TYPE_CHECKING: typing stays unimported at run time (start-up;
@@ -63,7 +62,7 @@ class Unavailable(Exception):
     """clone3 into a cgroup cannot be used here: take the shim path."""
 
 
-@functools.lru_cache(maxsize=1)
+@once
 def _clone_args() -> Any:
     """struct clone_args, CLONE_ARGS_SIZE_VER2 (88 bytes: up to .cgroup).
 
@@ -78,7 +77,7 @@ def _clone_args() -> Any:
     )
 
 
-@functools.lru_cache(maxsize=1)
+@once
 def _syscall() -> Callable[..., int] | None:
     if os.uname().machine not in ("x86_64", "aarch64", "riscv64", "loongarch64"):
         return None  # other tables (e.g. alpha, mips o32) number them differently
@@ -109,7 +108,7 @@ _use_native = True
 _raise_in_child = 0
 
 
-@functools.lru_cache(maxsize=1)
+@once
 def _native_module() -> Any:
     """The _vspawn extension, or None: not built (optional), or stale."""
     try:
@@ -165,7 +164,11 @@ def _exec_list(argv0: str, env: Mapping[str, str]) -> list[bytes]:
     exe = os.fsencode(argv0)
     if os.path.dirname(exe):
         return [exe]
-    return [os.path.join(os.fsencode(d), exe) for d in os.get_exec_path(env)]
+    # os.get_exec_path(env)'s rule, without the warnings module it imports
+    # (for bytes keys, which a str Mapping has none of).
+    path = env.get("PATH")
+    dirs = (os.defpath if path is None else path).split(os.pathsep)
+    return [os.path.join(os.fsencode(d), exe) for d in dirs]
 
 
 class Started:
@@ -196,8 +199,10 @@ class Started:
             os.close(self._errr)
         if not report:
             return  # EOF: the error pipe closed on exec (O_CLOEXEC)
-        with contextlib.suppress(ChildProcessError):
+        try:
             os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
         code, _, index = report.partition(b":")
         num = int(code) if code.isdigit() else errno.EINVAL
         if index == b"-1":
