@@ -38,10 +38,19 @@
  *   what read_shown returns, or the errno of the first of its files that
  *   failed (each pid's three files are read in that order by one thread).
  *
- * The reads of scan, read_statuses and read_shown_many run with the GIL
- * released and, where there are many and more than one CPU, in two threads
- * (halves of the list): /proc reads are the kernel's work, and on 2 CPUs
- * the halves take half the wall time.
+ * capture(proc_dir, pids) -> list of (pid, pidfd, stat, cmdline), or None
+ *   what tether._platform.linux.capture does in Python, for a frozen
+ *   cgroup's members before its cgroup.kill: per pid, in this order,
+ *   pidfd_open, then PID/stat (read as procfs.read_stat reads it), then
+ *   PID/cmdline (one read of at most 64 KiB); a pid whose pidfd_open gives
+ *   ESRCH, or whose stat read is empty or fails, is left out (its pidfd
+ *   closed); any other pidfd_open error gives None with every pidfd closed
+ *   (the caller then reads its own way). The rows keep the pids' order.
+ *
+ * The reads of scan, read_statuses, read_shown_many and capture run with
+ * the GIL released and, where there are many and more than one CPU, in two
+ * threads (taking a few items at a time): /proc reads are the kernel's
+ * work, and on 2 CPUs the halves take half the wall time.
  */
 #define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #define PY_SSIZE_T_CLEAN
@@ -50,15 +59,17 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 /* The procscan.py this file speaks to checks it (and SOURCE_CRC, set by
  * setup.py): a module built from another version of this file is not used. */
-#define PROCSCAN_ABI 1
+#define PROCSCAN_ABI 2
 
 #ifndef TETHER_PROCSCAN_CRC
 #define TETHER_PROCSCAN_CRC -1 /* built without setup.py: source unknown */
@@ -183,13 +194,11 @@ struct file_read {
 #define READ_SIZE 8192 /* the largest first read (status) */
 #define CHUNK 65536    /* each later read */
 
-/* The files to read, and the next one no thread has taken yet. */
+/* The files to read. */
 struct work {
     int dfd;
     const char *names;
     struct file_read *files;
-    size_t n, step; /* step: files taken at a time, whole groups */
-    size_t next;    /* atomic */
 };
 
 static void read_one(const struct work *w, struct file_read *f)
@@ -254,40 +263,59 @@ error:
     close(fd);
 }
 
-/* Take STEP files at a time until none is left: a thread that the
+/* Items [0, N) of some work, shared by the calling thread and a helper:
+ * ONE(CTX, i, slot) does item i (slot: 0 the caller, 1 the helper, for
+ * per-thread scratch). Each item is written in place, so results stay in
+ * the items' order whichever thread did them. */
+struct split {
+    void (*one)(void *ctx, size_t i, int slot);
+    void *ctx;
+    size_t n, step; /* step: items taken at a time */
+    size_t next;    /* atomic: the first item no thread has taken yet */
+    int stop;       /* atomic: set by an item after which the rest is moot */
+};
+
+struct split_thread {
+    struct split *s;
+    int slot;
+};
+
+/* Take STEP items at a time until none is left: a thread that the
  * scheduler holds back leaves the rest to the other, which waits for it
- * at most the files it took. */
-static void *read_some(void *arg)
+ * at most the items it took. */
+static void *split_some(void *arg)
 {
-    struct work *w = arg;
+    const struct split_thread *t = arg;
+    struct split *s = t->s;
     for (;;) {
-        size_t from = __atomic_fetch_add(&w->next, w->step, __ATOMIC_RELAXED);
-        if (from >= w->n)
+        size_t from = __atomic_fetch_add(&s->next, s->step, __ATOMIC_RELAXED);
+        if (from >= s->n)
             return NULL;
-        size_t to = from + w->step < w->n ? from + w->step : w->n;
-        for (size_t i = from; i < to; i++)
-            read_one(w, &w->files[i]);
+        size_t to = from + s->step < s->n ? from + s->step : s->n;
+        for (size_t i = from; i < to; i++) {
+            if (__atomic_load_n(&s->stop, __ATOMIC_RELAXED))
+                return NULL;
+            s->one(s->ctx, i, t->slot);
+        }
     }
 }
 
-/* Fewer files than this are read by the calling thread alone. */
+/* Fewer items than this are done by the calling thread alone. */
 #define PARALLEL_MIN 64
 
-/* Read FILES[0..N) (NAMES holds their directory names), by groups of GROUP
- * files read in their order by one thread, and in two threads when there
- * are many and this process may run on more than one CPU: /proc reads are
- * the kernel's work, and two threads do them side by side (4990 stat
- * files: 62 -> 32 ms of wall time on 2 CPUs, the same CPU time). Called
- * without the GIL: touches no Python object. Where the helper thread
- * cannot start, the caller reads everything. */
-static void read_files(int dfd, const char *names, struct file_read *files, size_t n,
-                       size_t group)
+/* Every item of S, in two threads when there are many and this process
+ * may run on more than one CPU: /proc reads are the kernel's work, and two
+ * threads do them side by side (4990 stat files: 62 -> 32 ms of wall time
+ * on 2 CPUs, the same CPU time). Called without the GIL: touches no Python
+ * object. Where the helper thread cannot start, the caller does everything;
+ * the helper is joined before this returns. */
+static void run_split(struct split *s)
 {
-    struct work w = {dfd, names, files, n, 16 * group, 0};
+    struct split_thread me = {s, 0}, other = {s, 1};
     cpu_set_t cpus;
-    if (n < PARALLEL_MIN || sched_getaffinity(0, sizeof cpus, &cpus) != 0
+    if (s->n < PARALLEL_MIN || sched_getaffinity(0, sizeof cpus, &cpus) != 0
         || CPU_COUNT(&cpus) < 2) {
-        read_some(&w);
+        split_some(&me);
         return;
     }
     /* The helper blocks every signal: they are the interpreter's, and go
@@ -297,12 +325,29 @@ static void read_files(int dfd, const char *names, struct file_read *files, size
     pthread_t helper;
     int started = pthread_sigmask(SIG_SETMASK, &block, &old) == 0;
     if (started) {
-        started = pthread_create(&helper, NULL, read_some, &w) == 0;
+        started = pthread_create(&helper, NULL, split_some, &other) == 0;
         pthread_sigmask(SIG_SETMASK, &old, NULL);
     }
-    read_some(&w);
+    split_some(&me);
     if (started)
         pthread_join(helper, NULL);
+}
+
+static void read_nth(void *ctx, size_t i, int slot)
+{
+    const struct work *w = ctx;
+    (void)slot;
+    read_one(w, &w->files[i]);
+}
+
+/* Read FILES[0..N) (NAMES holds their directory names), by groups of GROUP
+ * files read in their order by one thread (run_split). Without the GIL. */
+static void read_files(int dfd, const char *names, struct file_read *files, size_t n,
+                       size_t group)
+{
+    struct work w = {dfd, names, files};
+    struct split s = {read_nth, &w, n, 16 * group, 0, 0};
+    run_split(&s);
 }
 
 static void free_files(struct file_read *files, size_t n)
@@ -826,12 +871,263 @@ done:
     return out;
 }
 
+/* -- capture: a frozen cgroup's members, read before cgroup.kill ---------- */
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 /* old headers; x86_64 and aarch64 (what setup.py builds for) */
+#endif
+
+#define CAPTURE_STAT 4096      /* procfs.read_stat's reads */
+#define CAPTURE_CMDLINE 65536  /* capture's one bounded cmdline read */
+
+/* One pid of capture(): what its thread found. */
+struct captured {
+    int pid;
+    int fd;         /* its pidfd, or -1: not opened, gone, or closed again */
+    int err;        /* pidfd_open's errno other than ESRCH: the capture fails */
+    int oom;        /* no memory for a read: MemoryError */
+    char *stat;     /* PyMem_Raw, stat_len bytes; NULL: gone */
+    size_t stat_len;
+    char *cmdline;  /* PyMem_Raw, cmdline_len bytes; NULL when empty */
+    size_t cmdline_len;
+};
+
+struct capture_work {
+    const char *dir;         /* the proc directory's path */
+    struct captured *items;
+    char *scratch[2];        /* CAPTURE_CMDLINE bytes a thread (run_split's slot) */
+    struct split *split;     /* to stop both threads after a failure */
+};
+
+/* procfs.read_stat(pid) (not strict): reads of CAPTURE_STAT bytes while
+ * the data is a whole number of them; any error is an empty read. 0, or -1
+ * without memory. *OUT is NULL when empty. */
+static int capture_stat(const char *path, char **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    int fd = retry_open(AT_FDCWD, path);
+    if (fd < 0)
+        return 0;
+    char first[CAPTURE_STAT];
+    ssize_t n = retry_read(fd, first, sizeof first);
+    if (n <= 0) {
+        close(fd);
+        return 0;
+    }
+    size_t total = (size_t)n;
+    char *buf = PyMem_RawMalloc(total);
+    if (buf == NULL) {
+        close(fd);
+        return -1;
+    }
+    memcpy(buf, first, total);
+    while (total % CAPTURE_STAT == 0) {
+        char *bigger = PyMem_RawRealloc(buf, total + CAPTURE_STAT);
+        if (bigger == NULL) {
+            PyMem_RawFree(buf);
+            close(fd);
+            return -1;
+        }
+        buf = bigger;
+        n = retry_read(fd, buf + total, CAPTURE_STAT);
+        if (n < 0) { /* the Python reader's except: an empty read */
+            PyMem_RawFree(buf);
+            close(fd);
+            return 0;
+        }
+        if (n == 0)
+            break;
+        total += (size_t)n;
+    }
+    close(fd);
+    *out = buf;
+    *len = total;
+    return 0;
+}
+
+/* _read_bounded(path, 65536): one read into SCRATCH, any error empty. 0,
+ * or -1 without memory. */
+static int capture_cmdline(const char *path, char *scratch, char **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    int fd = retry_open(AT_FDCWD, path);
+    if (fd < 0)
+        return 0;
+    ssize_t n = retry_read(fd, scratch, CAPTURE_CMDLINE);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    char *buf = PyMem_RawMalloc((size_t)n);
+    if (buf == NULL)
+        return -1;
+    memcpy(buf, scratch, (size_t)n);
+    *out = buf;
+    *len = (size_t)n;
+    return 0;
+}
+
+/* One pid, in _platform.linux.capture's order: the pidfd first (so that a
+ * pidfd not exited afterwards proves the reads were of its process: a live
+ * process keeps its pid), then stat, then the command line. A zombie's
+ * command line is empty, which is why a caller reads before it kills. */
+static void capture_nth(void *ctx, size_t i, int slot)
+{
+    struct capture_work *w = ctx;
+    struct captured *c = &w->items[i];
+    int fd = (int)syscall(SYS_pidfd_open, c->pid, 0); /* always O_CLOEXEC */
+    if (fd < 0) {
+        if (errno != ESRCH) { /* gone is skipped; anything else fails all */
+            c->err = errno ? errno : EINVAL;
+            __atomic_store_n(&w->split->stop, 1, __ATOMIC_RELAXED);
+        }
+        return;
+    }
+    c->fd = fd;
+    /* By path, as the Python reader opens them: no directory fd is held, so
+     * the capture needs no fd but the pidfds and one file at a time. (The
+     * directory's length was checked: the path fits.) */
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%d/stat", w->dir, c->pid);
+    if (capture_stat(path, &c->stat, &c->stat_len) < 0)
+        goto oom;
+    if (c->stat == NULL) { /* gone (or unreadable): skipped, its pidfd closed */
+        close(fd);
+        c->fd = -1;
+        return;
+    }
+    snprintf(path, sizeof path, "%s/%d/cmdline", w->dir, c->pid);
+    if (capture_cmdline(path, w->scratch[slot], &c->cmdline, &c->cmdline_len) < 0)
+        goto oom;
+    return;
+oom:
+    c->oom = 1; /* its pidfd stays in c->fd: closed with the others */
+    __atomic_store_n(&w->split->stop, 1, __ATOMIC_RELAXED);
+}
+
+/* Every pidfd ITEMS hold is closed, every buffer freed. */
+static void free_captured(struct captured *items, size_t n, int close_fds)
+{
+    if (items == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (close_fds && items[i].fd >= 0)
+            close(items[i].fd);
+        PyMem_RawFree(items[i].stat);
+        PyMem_RawFree(items[i].cmdline);
+    }
+    PyMem_RawFree(items);
+}
+
+static PyObject *ps_capture(PyObject *self, PyObject *args)
+{
+    PyObject *dir_obj, *pids;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O&O", PyUnicode_FSConverter, &dir_obj, &pids))
+        return NULL;
+    PyObject *seq = PySequence_Fast(pids, "pids must be iterable");
+    if (seq == NULL) {
+        Py_DECREF(dir_obj);
+        return NULL;
+    }
+    size_t n = (size_t)PySequence_Fast_GET_SIZE(seq);
+    struct captured *items = PyMem_RawCalloc(n + 1, sizeof *items);
+    if (items == NULL) {
+        Py_DECREF(seq);
+        Py_DECREF(dir_obj);
+        return PyErr_NoMemory();
+    }
+    for (size_t i = 0; i < n; i++) {
+        items[i].fd = -1;
+        /* A pid_t, as os.pidfd_open takes it (OverflowError beyond). */
+        int overflow = 0;
+        long pid = PyLong_AsLongAndOverflow(PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)i),
+                                            &overflow);
+        if (pid == -1 && PyErr_Occurred())
+            goto bad;
+        if (overflow || pid < INT_MIN || pid > INT_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "a pid does not fit a pid_t");
+            goto bad;
+        }
+        items[i].pid = (int)pid;
+    }
+    Py_CLEAR(seq);
+    /* Room for "/<pid>/cmdline" (a pid_t: at most 11 characters). */
+    if ((size_t)PyBytes_GET_SIZE(dir_obj) + 32 > PATH_MAX) {
+        errno = ENAMETOOLONG;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, dir_obj);
+        goto bad;
+    }
+    struct split s = {capture_nth, NULL, n, 16, 0, 0};
+    struct capture_work w = {PyBytes_AS_STRING(dir_obj), items, {NULL, NULL}, &s};
+    s.ctx = &w;
+    w.scratch[0] = PyMem_RawMalloc(CAPTURE_CMDLINE);
+    w.scratch[1] = PyMem_RawMalloc(CAPTURE_CMDLINE);
+    if (w.scratch[0] == NULL || w.scratch[1] == NULL) {
+        PyMem_RawFree(w.scratch[0]);
+        PyMem_RawFree(w.scratch[1]);
+        PyErr_NoMemory();
+        goto bad;
+    }
+    /* The tree is frozen meanwhile: its CPUs are idle, so both threads read. */
+    Py_BEGIN_ALLOW_THREADS
+    run_split(&s);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(w.scratch[0]);
+    PyMem_RawFree(w.scratch[1]);
+    Py_CLEAR(dir_obj);
+    int failed = 0, oom = 0;
+    for (size_t i = 0; i < n; i++) {
+        failed |= items[i].err != 0;
+        oom |= items[i].oom;
+    }
+    if (oom || failed) {
+        /* No pidfd for some process (a seccomp filter, no fd left): None,
+         * every one opened closed, and the caller reads its own way. */
+        free_captured(items, n, 1);
+        if (oom)
+            return PyErr_NoMemory();
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        goto fail;
+    for (size_t i = 0; i < n; i++) {
+        const struct captured *c = &items[i];
+        if (c->fd < 0)
+            continue;
+        PyObject *item = Py_BuildValue("(iiy#y#)", c->pid, c->fd, c->stat,
+                                       (Py_ssize_t)c->stat_len,
+                                       c->cmdline ? c->cmdline : "",
+                                       (Py_ssize_t)c->cmdline_len);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+    }
+    free_captured(items, n, 0); /* the pidfds are the caller's now */
+    return out;
+fail:
+    /* The list's numbers are not owners: every pidfd is closed here. */
+    Py_XDECREF(out);
+    free_captured(items, n, 1);
+    return NULL;
+bad:
+    Py_XDECREF(seq);
+    Py_XDECREF(dir_obj);
+    free_captured(items, n, 0);
+    return NULL;
+}
+
 static PyMethodDef ps_methods[] = {
     {"scan", ps_scan, METH_VARARGS, "Every /proc/PID/stat, parsed where well-formed."},
     {"read_shown", ps_read_shown, METH_VARARGS, "A stray's cmdline, cgroup and stat."},
     {"read_status", ps_read_status, METH_VARARGS, "A process's uids and groups."},
     {"read_statuses", ps_read_statuses, METH_VARARGS, "read_status of many, side by side."},
     {"read_shown_many", ps_read_shown_many, METH_VARARGS, "read_shown of many, side by side."},
+    {"capture", ps_capture, METH_VARARGS, "(pid, pidfd, stat, cmdline) of each pid, or None."},
     {NULL, NULL, 0, NULL},
 };
 

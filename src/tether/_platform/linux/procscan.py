@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 #: The _procscan.c this file speaks to (its PROCSCAN_ABI): a module built
 #: from another version of it is not used.
-ABI = 1
+ABI = 2
 #: False: never the native way (the environment variable TETHER_NO_NATIVE_PROCSCAN
 #: set to anything but "" or "0" does the same; tests of the Python way).
 use_native = os.environ.get("TETHER_NO_NATIVE_PROCSCAN", "") in ("", "0")
