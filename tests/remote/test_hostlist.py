@@ -103,3 +103,61 @@ def test_exclusion_removes_exactly_the_excluded(
     drop = data.draw(st.lists(st.sampled_from(names), unique=True))
     kept = [t.host for t in resolve_targets([], [text], [",".join(drop)] if drop else [])]
     assert kept == [n for n in names if n not in drop]
+
+
+# -- the names' checks without re (a remote run's start), held to the regexes --
+
+#: Characters near the classes' edges: a newline, Unicode digits and letters
+#: (a Kelvin sign, a dotless i) that case-insensitive or Unicode rules might take.
+_EDGES = ["\n", "\u0660", "\u00e9", "\u212a", "\uff10", "\u0131", "\U0001d7ce"]
+_NAME_ALPHABET = st.sampled_from([*"aZ09_.%-:@[]fF ", *_EDGES])
+_names = st.text(_NAME_ALPHABET, max_size=6) | st.text(max_size=6)
+
+
+@given(_names)
+def test_host_user_and_ipv6_checks_are_the_regexes(text: str) -> None:
+    import re
+
+    from tether.remote import hostlist
+
+    host = re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._%-]*", text) is not None
+    user = re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", text) is not None
+    ipv6 = re.fullmatch(r"[0-9A-Fa-f:.%]+", text) is not None
+    assert (hostlist._is_host(text), hostlist._is_user(text), hostlist._is_ipv6(text)) == (
+        host,
+        user,
+        ipv6,
+    )
+
+
+# \u00b2 (a superscript two) is a digit to str.isdigit, not to \d.
+_RANGE_ALPHABET = st.sampled_from([*"0129-x ", "\u0660", "\u0669", "\uff11", "\u00b2"])
+
+
+@given(st.text(_RANGE_ALPHABET, max_size=7) | st.text(max_size=5))
+def test_a_range_is_read_as_the_regex_read_it(text: str) -> None:
+    import re
+
+    from tether.remote import hostlist
+
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
+    assert hostlist._range(text) == (None if m is None else (m.group(1), m.group(2)))
+
+
+def test_str_isdecimal_is_the_regex_digit_class_for_every_character() -> None:
+    """_range reads ``\\d`` (a str pattern's: Unicode category Nd) as str.isdecimal."""
+    import re
+
+    digit = re.compile(r"\d")
+    for code in range(0x110000):
+        c = chr(code)
+        assert (digit.fullmatch(c) is not None) == c.isdecimal(), hex(code)
+
+
+@pytest.mark.parametrize("port", ["\u00b2", "\u0663", "\uff12\uff12", "2\u00b2", "+22", " 22", ""])
+def test_a_port_is_ascii_digits(port: str) -> None:
+    """A superscript digit passed str.isdigit and then raised int()'s
+    ValueError (a traceback, not a usage error); an Arabic-Indic three was
+    read as port 3."""
+    with pytest.raises(HostListError, match="bad port"):
+        parse_target(f"h:{port}")

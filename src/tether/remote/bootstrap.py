@@ -42,7 +42,6 @@ next stage is swallowed by a buffer.
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from collections.abc import Iterable
@@ -699,7 +698,6 @@ def stage1_block(code_text: str = STAGE1, magic: str | None = None) -> bytes:
     return b"%010d" % len(block) + block
 
 
-@functools.lru_cache(maxsize=1)
 def _own_magic() -> str:
     # As stage 0 reads it: the import system's own module, always loaded
     # (importlib.util would import contextlib and more, ~4 ms, for a constant).
@@ -708,11 +706,18 @@ def _own_magic() -> str:
     return MAGIC_NUMBER.hex()
 
 
-@functools.lru_cache(maxsize=4)
+#: Stage 1 blocks marshalled here, by their source (a dict, not
+#: functools.lru_cache: functools is left unimported on a remote run's start).
+_MARSHALLED: dict[str, bytes] = {}
+
+
 def _marshalled(code_text: str) -> bytes:
     import marshal
 
-    # As stage 0 compiles a source block: no flags of this module (its
-    # ``from __future__``), asserts kept whatever -O this python runs with.
-    code = compile(code_text, "<tether-stage1>", "exec", dont_inherit=True, optimize=0)
-    return marshal.dumps(code)
+    block = _MARSHALLED.get(code_text)
+    if block is None:
+        # As stage 0 compiles a source block: no flags of this module (its
+        # ``from __future__``), asserts kept whatever -O this python runs with.
+        code = compile(code_text, "<tether-stage1>", "exec", dont_inherit=True, optimize=0)
+        block = _MARSHALLED[code_text] = marshal.dumps(code)
+    return block

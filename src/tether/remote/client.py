@@ -14,11 +14,8 @@ business: tether passes ``-F FILE`` and ``-o OPTION`` through and adds only
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import signal
-import subprocess
 import threading
 import time
 from collections import deque
@@ -148,6 +145,143 @@ class SshOptions:
         return [*argv, "--", target.host, REMOTE_COMMAND]
 
 
+class _SshProcess:
+    """The ssh client, as ``subprocess.Popen(argv, stdin=PIPE, stdout=PIPE,
+    stderr=PIPE, bufsize=0, start_new_session=True)`` made it, without
+    subprocess: with signal, locale, re, enum, selectors and warnings behind
+    it, that import was ~5 ms of a remote run's start before ssh was.
+
+    posix_spawnp, so a missing program is an OSError here, as Popen's. The
+    child gets the pipes as 0-2 and, as Popen's close_fds, no other
+    descriptor: ours are close-on-exec, and any we inherited open is closed
+    in it; SIGPIPE and SIGXFSZ are back to their defaults (restore_signals).
+    Reaped under a lock (by :meth:`poll` or :meth:`wait`), so :meth:`kill`
+    never signals a pid that may have been reused.
+    """
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        if TYPE_CHECKING:
+            from signal import SIGPIPE, SIGXFSZ
+        else:
+            from _signal import SIGPIPE, SIGXFSZ
+        pipes = [os.pipe() for _ in range(3)]
+        # Ours in the child: stdin's read end, stdout's and stderr's write ends.
+        theirs = [_above_stdio(pipes[0][0]), _above_stdio(pipes[1][1]), _above_stdio(pipes[2][1])]
+        mine = [pipes[0][1], pipes[1][0], pipes[2][0]]
+        actions: list[tuple[int, ...]] = [
+            (os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(theirs)
+        ]
+        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds()]
+        try:
+            self.pid = os.posix_spawnp(
+                argv[0],
+                list(argv),
+                os.environ,
+                file_actions=actions,
+                setsid=True,
+                setsigdef=(SIGPIPE, SIGXFSZ),
+            )
+        except BaseException:
+            for fd in mine:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        self.returncode: int | None = None
+        self._lock = threading.Lock()
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            self._pidfd = -1  # no pidfds: wait() polls
+        self.stdin = open(mine[0], "wb", buffering=0)  # noqa: SIM115 - closed by Connection
+        self.stdout = open(mine[1], "rb", buffering=0)  # noqa: SIM115
+        self.stderr = open(mine[2], "rb", buffering=0)  # noqa: SIM115
+
+    def poll(self) -> int | None:
+        """Its exit status if it ended (Popen's returncode: -N for signal N)."""
+        with self._lock:
+            if self.returncode is None:
+                try:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pid, status = self.pid, 0  # reaped by someone else: as Popen says
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Its exit status, waiting at most ``timeout`` seconds (None: still running)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            rc = self.poll()
+            if rc is not None:
+                return rc
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            if self._pidfd >= 0:
+                # Readable once it has exited; the reaping is poll()'s.
+                select.select([self._pidfd], [], [], left)
+            else:
+                time.sleep(delay if left is None else min(delay, left))
+                delay = min(delay * 2, 0.05)
+
+    def kill(self) -> None:
+        """SIGKILL, unless reaped already (then its pid may be another's)."""
+        if TYPE_CHECKING:
+            from signal import SIGKILL
+        else:
+            from _signal import SIGKILL
+        with self._lock:
+            if self.returncode is None:
+                try:
+                    os.kill(self.pid, SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def release(self) -> None:
+        """Close the pidfd (once reaped, or given up on)."""
+        with self._lock:
+            if self._pidfd >= 0:
+                os.close(self._pidfd)
+                self._pidfd = -1
+
+
+def _above_stdio(fd: int) -> int:
+    """``fd``, or a copy of it numbered 3 or more: posix_spawn's dup2 of a
+    descriptor onto its own number would leave it close-on-exec (a process
+    started with 0, 1 or 2 closed gets pipes there)."""
+    low = []
+    while fd < 3:
+        low.append(fd)
+        fd = os.dup(fd)
+    for n in low:
+        os.close(n)
+    return fd
+
+
+def _inherited_fds() -> list[int]:
+    """Descriptors above 2 that a child would inherit (not close-on-exec):
+    only what this process was given open, since Python opens every
+    descriptor close-on-exec."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    out.append(fd)
+            except OSError:
+                pass  # the listing's own descriptor, closed since
+    return out
+
+
 class Connection:
     """One ssh process running the bootstrap and then the agent."""
 
@@ -164,17 +298,9 @@ class Connection:
         #: The engine that answered: "python" or "sh" (after the handshake).
         self.engine = "python"
         try:
-            self.proc = subprocess.Popen(
-                ssh.argv(target),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                bufsize=0,
-            )
+            self.proc = _SshProcess(ssh.argv(target))
         except OSError as err:
             raise RemoteError(self.label, f"cannot run {ssh.program}: {err.strerror}") from None
-        assert self.proc.stdout is not None and self.proc.stderr is not None
         if ssh.engine != "sh":
             prefetch_package_zip()
         self._out = self.proc.stdout.fileno()
@@ -186,7 +312,6 @@ class Connection:
     # -- ssh's own stderr: the reason when a connection fails --------------
 
     def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
         pending = b""
         while True:
             try:
@@ -294,11 +419,11 @@ class Connection:
 
     def write(self, data: bytes) -> bool:
         """Send bytes to the remote side; False if the connection is gone."""
-        assert self.proc.stdin is not None
         with self._write_lock:
             try:
-                self.proc.stdin.write(data)
-                self.proc.stdin.flush()
+                view = memoryview(data)
+                while view:
+                    view = view[self.proc.stdin.write(view) or 0 :]
             except (OSError, ValueError):
                 return False
         return True
@@ -434,31 +559,34 @@ class Connection:
 
     def close(self, timeout: float = 5.0) -> int | None:
         """Close our end, wait for ssh (kill it after ``timeout``); its status."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        with self._write_lock, contextlib.suppress(OSError):
-            self.proc.stdin.close()
+        with self._write_lock:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
         # Nothing reads its stdout any more: a host still writing (a flood we
         # refused) gets EPIPE and ends, instead of blocking until the kill.
-        with contextlib.suppress(OSError):
-            self.proc.stdout.close()
         try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+            self.proc.stdout.close()
+        except OSError:
+            pass
+        rc = self.proc.wait(timeout)
+        if rc is None:
             self.kill()
             rc = self.proc.wait()
+        self.proc.release()
         self._stderr_thread.join(timeout=2.0)
         for f in (self.proc.stdout, self.proc.stderr):
-            if f is not None:
-                with contextlib.suppress(OSError):
-                    f.close()
+            try:
+                f.close()
+            except OSError:
+                pass
         self._consume(len(self._buf))
         return rc
 
     def kill(self) -> None:
         """SIGKILL our ssh process (our unreaped child: its pid cannot be reused)."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGKILL)
+        self.proc.kill()
 
 
 # -- one host ------------------------------------------------------------------
@@ -631,9 +759,11 @@ class OutputSink:
 
     @staticmethod
     def _emit(stream: Any, data: bytes) -> None:
-        with contextlib.suppress(OSError, ValueError):
+        try:
             stream.write(data)
             stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 class HostRun:
