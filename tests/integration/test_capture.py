@@ -180,6 +180,75 @@ def test_a_failed_pidfd_open_gives_none_and_closes_every_pidfd(
         assert open_fds() == before
 
 
+#: What a fake proc directory holds for a pid: (stat, cmdline), None for a
+#: missing file, "dir" for a directory in its place (a read error), a number
+#: for a stat line of that many bytes.
+FAKE: list[tuple[bytes | int | str | None, bytes | str | None]] = [
+    (b"%d (ok) S 1 1 1\n", b"ok\0"),
+    (4096, b"page\0"),  # a whole page: one read more, which ends it
+    (8192, b"pages\0"),  # read on while each read is a whole page
+    (8292, b"more\0"),
+    (b"", b"empty stat\0"),  # empty: skipped
+    (None, b"no stat\0"),  # gone: skipped
+    ("dir", b"unreadable stat\0"),  # a read error: skipped
+    (b"%d (nocmd) S 1\n", None),  # no command line: empty
+    (b"%d (dircmd) S 1\n", "dir"),
+    (b"%d (emptycmd) S 1\n", b""),
+    (b"%d (long) S 1\n", b"y" * 100_000 + b"\0"),  # cut at 64 KiB
+]
+
+
+def fake_proc(root: Path, pids: list[int]) -> dict[int, tuple[bytes | None, bytes]]:
+    """Files for pids[i] as FAKE[i % len(FAKE)] (every tenth pid has no
+    directory at all); the rows a capture must give (None: skipped)."""
+    want: dict[int, tuple[bytes | None, bytes]] = {}
+    for i, pid in enumerate(pids):
+        stat, cmdline = FAKE[i % len(FAKE)]
+        if isinstance(stat, int):
+            head = b"%d (x) S " % pid
+            stat = head + b"7" * (stat - len(head))
+        if i % 10 == 9:
+            want[pid] = (None, b"")
+            continue
+        d = root / str(pid)
+        d.mkdir(parents=True)
+        for name, data in (("stat", stat), ("cmdline", cmdline)):
+            if data == "dir":
+                (d / name).mkdir()
+            elif isinstance(data, bytes):
+                (d / name).write_bytes(data.replace(b"%d", b"%d" % pid))
+        got = stat.replace(b"%d", b"%d" % pid) if isinstance(stat, bytes) else b""
+        cmd = cmdline[:65536] if isinstance(cmdline, bytes) else b""
+        want[pid] = (got or None, cmd)
+    return want
+
+
+@needs_native
+@needs_cgroup
+def test_native_reads_as_the_python_reader_reads(
+    frozen_tree: Tree, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Real pids (their pidfds) over a proc directory of crafted files: stat
+    read while each read is a whole page, an empty or unreadable stat
+    skipped, a missing or unreadable command line empty, a long one cut."""
+    from tether._platform.linux import procfs
+
+    pids = frozen_tree.pids
+    want = fake_proc(tmp_path / "proc", pids)
+    monkeypatch.setattr(procfs, "PROC", str(tmp_path / "proc"))
+    before = open_fds()
+    native, python = capture_both(monkeypatch, pids)
+    try:
+        assert native is not None and python is not None
+        expected = [(p, st, cmd) for p, (st, cmd) in want.items() if st is not None]
+        assert [(p, st, cmd) for p, _fd, st, cmd in native] == expected
+        assert [(p, st, cmd) for p, _fd, st, cmd in python] == expected
+        assert all(pidfd_pid(fd) == pid for pid, fd, _st, _cmd in native)
+    finally:
+        close_rows(native, python)
+    assert open_fds() == before
+
+
 def free_slots(limit: int, fds: set[int]) -> int:
     """New fds a process with these open can get under RLIMIT_NOFILE ``limit``."""
     return limit - sum(1 for fd in fds if fd < limit)
