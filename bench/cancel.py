@@ -35,7 +35,12 @@ tree is checked by identity: "left" counts processes still alive when the
 call returned; they are then SIGKILLed through their pidfd. Nothing is
 killed by name.
 
-    python3 bench/cancel.py [--repeat 5] [--sizes 1,100,1000]
+With ``--src LABEL=DIR`` (repeatable; DIR a tether source tree, e.g. a
+worktree's src/ with its extensions built in place) the tether rows are
+run again, in the same rounds, by a worker process that imports tether from
+DIR: an A/B of two versions under the same load, named "... [LABEL]".
+
+    python3 bench/cancel.py [--repeat 5] [--sizes 1,100,1000] [--src LABEL=DIR]
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import os
 import select
 import signal
@@ -57,6 +63,7 @@ from _common import (
     Tracked,
     Tree,
     cgroup2_mount,
+    compile_trees,
     median,
     pass_miss,
     raise_fd_limit,
@@ -154,6 +161,60 @@ def trial_tether(n: int, res: Result, trackers: str, policy: str) -> None:
             job.cancel("bench cleanup")
         TRACKED.kill_leftovers()
         tree.remove_files()
+
+
+class Worker:
+    """A process that runs :func:`trial_tether` with the tether of another
+    source tree (PYTHONPATH), one trial per request: its clock and CPU are
+    read there, around the same call, as in this process."""
+
+    def __init__(self, src: str) -> None:
+        env = dict(os.environ, PYTHONPATH=src)
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+
+    def trial(self, n: int, res: Result, trackers: str, policy: str) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps([n, trackers, policy]) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the worker for PYTHONPATH {self.proc.args} died")
+        got = json.loads(line)
+        for key in ("times", "exited", "found", "cpu"):
+            getattr(res, key).extend(got[key])
+        res.left += got["left"]
+        res.incomplete += got["incomplete"]
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=30)
+
+
+def worker() -> int:
+    """The :class:`Worker` side: a trial per line of stdin, its Result as a
+    JSON line. The trees get stderr as their stdout: the results' pipe is
+    this process's alone."""
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    raise_fd_limit()
+    try:
+        for line in sys.stdin:
+            n, trackers, policy = json.loads(line)
+            res = Result()
+            trial_tether(n, res, trackers, policy)
+            out.write(json.dumps(vars(res)) + "\n")
+            out.flush()
+    finally:
+        TRACKED.kill_leftovers()
+    return 0
 
 
 def _live_in_pgid(pgid: int) -> bool:
@@ -263,6 +324,8 @@ def trial_raw_cgroup(n: int, res: Result, mount: str) -> None:
 
 
 def main() -> int:
+    if sys.argv[1:] == ["--worker"]:
+        return worker()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5, help="trials per cell (median is shown)")
     ap.add_argument("--sizes", default="1,100,1000", help="tree sizes (processes, leader included)")
@@ -273,9 +336,18 @@ def main() -> int:
         help="run only the methods whose name contains this (repeatable), e.g. "
         "--only 'cgroup (auto), KILL' --only raw",
     )
+    ap.add_argument(
+        "--src",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also run the tether rows with the tether of source tree DIR (a worker "
+        "process with PYTHONPATH=DIR), in the same rounds, as rows named [LABEL]",
+    )
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     raise_fd_limit()
+    src_trees = compile_trees(args.src)
     mount = cgroup2_mount()
     can_cgroup = mount is not None and os.access(mount, os.W_OK)
 
@@ -292,6 +364,22 @@ def main() -> int:
     methods += [
         ("tether no cgroup, KILL", lambda n, r: trial_tether(n, r, nocg, "KILL")),
         ("tether no cgroup, TERM,5s,KILL", lambda n, r: trial_tether(n, r, nocg, "TERM,5s,KILL")),
+    ]
+    workers: list[Worker] = []
+    tether_rows = [name for name, _ in methods]
+    for label, src in src_trees:
+        w = Worker(src)
+        workers.append(w)
+        for name in tether_rows:
+            trackers = "auto" if "cgroup (auto)" in name else nocg
+            policy = name.rsplit(", ", 1)[1]
+            methods.append(
+                (
+                    f"{name} [{label}]",
+                    lambda n, r, w=w, t=trackers, p=policy: w.trial(n, r, t, p),
+                )
+            )
+    methods += [
         ("killpg(SIGKILL) + wait", trial_killpg),
         ("psutil children/kill/wait_procs", trial_psutil),
     ]
@@ -308,6 +396,8 @@ def main() -> int:
         f"cancel-to-empty, median of {args.repeat} (ms); python {sys.version.split()[0]}, "
         f"{os.cpu_count()} cpus, kernel {os.uname().release}, cgroup2 at {mount}"
     )
+    for label, src in src_trees:
+        print(f"[{label}]: the tether of {src}, in a worker process")
     if not can_cgroup:
         print("cgroup2 not writable: cgroup rows skipped")
     try:
@@ -318,6 +408,8 @@ def main() -> int:
                     fn(n, results[(name, n)])
             print(f"  n={n}: done in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     finally:
+        for w in workers:
+            w.close()
         leaked = TRACKED.kill_leftovers()
         for path in list(RAW_CGROUPS):
             with contextlib.suppress(OSError):
@@ -379,32 +471,40 @@ def main() -> int:
             f"{median([x / y for x, y in zip(a0, b0, strict=True)]):.2f}x"
         )
 
-    cg, rawcg = "tether cgroup (auto), KILL", "raw cgroup.kill + populated 0"
-    if {cg, rawcg} <= ran:
-        for n in sizes:
-            t = ms(cg, n)
-            raw = ms(rawcg, n)
-            print(
-                f"  with cgroup, n={n:<5} tether {t * 1000:8.1f} ms vs raw cgroup.kill "
-                f"{raw * 1000:7.1f} ms = {t / raw:5.2f}x  (target <= 1.3x)  "
-                f"{pass_miss(t <= 1.3 * raw)}"
-            )
-            print(f"      {paired(cg, rawcg, n)}")
+    rawcg, kpg, ps_name = (
+        "raw cgroup.kill + populated 0",
+        "killpg(SIGKILL) + wait",
+        "psutil children/kill/wait_procs",
+    )
     big = max(sizes)
-    nocg = "tether no cgroup, KILL"
-    if {nocg, "psutil children/kill/wait_procs"} <= ran:
-        t, ps = ms(nocg, big), ms("psutil children/kill/wait_procs", big)
-        print(
-            f"  no cgroup, n={big:<5} tether {t * 1000:8.1f} ms vs psutil recipe "
-            f"{ps * 1000:7.1f} ms = {ps / t:5.2f}x faster  (target >= 3x)  {pass_miss(ps >= 3 * t)}"
-        )
-    if {nocg, "killpg(SIGKILL) + wait"} <= ran:
-        t, kp = ms(nocg, big), ms("killpg(SIGKILL) + wait", big)
-        print(
-            f"  no cgroup, n={big:<5} tether {t * 1000:8.1f} ms vs killpg + wait "
-            f"{kp * 1000:7.1f} ms = {t / kp:5.2f}x  (target <= 2x)  {pass_miss(t <= 2 * kp)}"
-        )
-        print(f"      {paired(nocg, 'killpg(SIGKILL) + wait', big)}")
+    for suffix in ["", *(f" [{label}]" for label, _ in src_trees)]:
+        cg, nocg_row = f"tether cgroup (auto), KILL{suffix}", f"tether no cgroup, KILL{suffix}"
+        if suffix and ({cg, nocg_row} & ran):
+            print(f" tether{suffix}:")
+        if {cg, rawcg} <= ran:
+            for n in sizes:
+                t = ms(cg, n)
+                raw = ms(rawcg, n)
+                print(
+                    f"  with cgroup, n={n:<5} tether {t * 1000:8.1f} ms vs raw cgroup.kill "
+                    f"{raw * 1000:7.1f} ms = {t / raw:5.2f}x  (target <= 1.3x)  "
+                    f"{pass_miss(t <= 1.3 * raw)}"
+                )
+                print(f"      {paired(cg, rawcg, n)}")
+        if {nocg_row, ps_name} <= ran:
+            t, ps = ms(nocg_row, big), ms(ps_name, big)
+            print(
+                f"  no cgroup, n={big:<5} tether {t * 1000:8.1f} ms vs psutil recipe "
+                f"{ps * 1000:7.1f} ms = {ps / t:5.2f}x faster  (target >= 3x)  "
+                f"{pass_miss(ps >= 3 * t)}"
+            )
+        if {nocg_row, kpg} <= ran:
+            t, kp = ms(nocg_row, big), ms(kpg, big)
+            print(
+                f"  no cgroup, n={big:<5} tether {t * 1000:8.1f} ms vs killpg + wait "
+                f"{kp * 1000:7.1f} ms = {t / kp:5.2f}x  (target <= 2x)  {pass_miss(t <= 2 * kp)}"
+            )
+            print(f"      {paired(nocg_row, kpg, big)}")
     return 0
 
 
