@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
 
 from tether._platform.linux.cgroupfs import JobCgroup, find_cgroup2_mount
 from tether._records import dataclass
@@ -22,6 +21,11 @@ from tether.policy import Policy
 from tether.process import is_alive
 from tether.report import Report
 from tether.terminate import terminate
+
+# Not typing.TYPE_CHECKING: typing stays unimported at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 
 @dataclass(frozen=True)
