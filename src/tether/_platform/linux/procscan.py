@@ -1,8 +1,10 @@
-"""The pruner's optional native /proc reader (``_procscan.c``), or None.
+"""The optional native /proc reader (``_procscan.c``), or None.
 
+It serves the pruner (:mod:`tether.prune.scan`), the stat-only snapshot and
+a cgroup KILL's capture of the frozen members (:func:`tether._platform.linux.capture`).
 The extension is built where a compiler is (setup.py, optional); without it,
-or when it is stale, :mod:`tether.prune.scan` reads /proc in Python. Both
-ways give the same table (tests run both).
+or when it is stale, each reads /proc in Python. Both ways give the same
+rows (tests run both).
 """
 
 from __future__ import annotations
