@@ -849,6 +849,18 @@ class Membership:
                 rows.append((pid, fd, stat, cmdline))
             else:
                 os.close(fd)
+        # A frozen process cannot exit by itself: one listed twice but not
+        # captured was unreadable (out of fds: each open's EMFILE reads as
+        # "gone"), not gone. cgroup.kill still reaches it; the report must
+        # not read as if it named everything it killed.
+        unread = len(set(todo) & inside - {pid for pid, _fd, _st, _cmd in raw})
+        if unread:
+            self._caveats = (
+                *self._caveats,
+                f"{unread} process(es) of the job's cgroup could not be read before "
+                "cgroup.kill (out of file descriptors?): killed with the cgroup, not "
+                "named in this report",
+            )
         return _Captured(rows, [], known)
 
     def _adopt_captured(self, captured: _Captured) -> list[Member]:

@@ -257,3 +257,60 @@ def test_signal_and_exit_order_decide_the_outcome() -> None:
     assert (rec.outcome, rec.ended_by, rec.ended_at) == ("survived", None, None)
     rec = _record(member([], None, denied=True), 1.0)
     assert rec.outcome == "denied"
+
+
+@needs_cgroup
+def test_members_unread_for_want_of_fds_are_said_not_silently_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The capture before cgroup.kill reads each frozen member through its own
+    fds. With none to spare, a read fails as a gone process's does and the
+    member is not named; cgroup.kill still kills it. The report says how many
+    it killed unnamed (a frozen process cannot have exited by itself)."""
+    import resource
+
+    from tether import membership
+    from tether._platform.linux import procscan
+
+    monkeypatch.setattr(procscan, "use_native", False)  # the Python reader: deterministic
+    real = membership.capture
+
+    def with_one_fd_free(pids: list[int]) -> object:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.open(os.devnull, os.O_RDONLY)  # open() takes the lowest free number
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free + 1, hard))  # that one alone
+        try:
+            return real(pids)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    monkeypatch.setattr(membership, "capture", with_one_fd_free)
+    ready = tmp_path / "ready"
+    job = tether.start(
+        [sys.executable, "-c", _LEADER, str(ready), "20"],
+        trackers="auto",
+        policy="KILL",
+        stdin=subprocess.DEVNULL,
+    )
+    kids: dict[int, int] = {}
+    try:
+        wait_for(ready.exists, what="the sleeps to start")
+        for pid in map(int, ready.read_text().split()):
+            st = proc_stat(pid)
+            assert st is not None
+            kids[pid] = st.starttime
+        report = job.cancel("test")
+    finally:
+        job.cancel("cleanup")
+        for ident in kids.items():
+            kill_identity(*ident)
+    assert report.complete  # the cgroup emptied
+    for pid, starttime in kids.items():
+        assert proc_stat(pid) is None or proc_stat(pid).starttime != starttime  # type: ignore[union-attr]
+    in_cgroup = {job.pid, *kids}
+    named = {m.pid for m in report.members} & in_cgroup
+    said = [c for c in report.caveats if "could not be read before cgroup.kill" in c]
+    assert len(said) == 1, report.caveats
+    assert int(said[0].split()[0]) + len(named) == len(in_cgroup), (said, named)
+    assert len(named) < len(in_cgroup)  # the limit did bite
