@@ -342,6 +342,8 @@ def _spawn_leader(
     # is there.
     if not (spawn.native() or spawn.resident_bytes() <= _CLONE_MAX_RESIDENT):
         return None
+    # Popen's audit event (PEP 578), which this spawn would otherwise skip.
+    sys.audit("subprocess.Popen", direct["argv"][0], list(direct["argv"]), cwd, env)
     before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
     try:
         pid, pidfd = spawn.spawn(
@@ -1441,11 +1443,19 @@ class Job:
                     on_step=self._record_step if self._record is not None else None,
                 )
                 try:
-                    # Not wait(timeout=0): its TimeoutExpired is subprocess's.
                     if report.complete:
                         self._popen.wait()
+                    elif isinstance(self._popen, _SpawnedLeader):
+                        self._popen.poll()  # its wait(0) would import subprocess to raise
                     else:
-                        self._popen.poll()
+                        # A Popen's (a job keeper's does not wait for a
+                        # stalled keeper's status here): subprocess is loaded.
+                        import subprocess
+
+                        try:
+                            self._popen.wait(timeout=0)
+                        except subprocess.TimeoutExpired:
+                            pass
                 except ChildProcessError:
                     pass
                 self._note_leader(self._popen.returncode)

@@ -58,10 +58,13 @@ import sys
 from tether.job import Job
 from tether.spec import JobSpec
 
+audited = []
+sys.addaudithook(lambda event, args: audited.append(args) if event == "subprocess.Popen" else None)
 with Job(JobSpec(argv=["sh", "-c", "exit 3"]), dedicated_supervisor=True) as job:
     kind = type(job._popen).__name__
     rc = job.wait()
-print(kind, rc, "subprocess" in sys.modules)
+seen = [a for a in audited if list(a[1]) == ["sh", "-c", "exit 3"]]
+print(kind, rc, "subprocess" in sys.modules, len(seen))
 """
 
 
@@ -71,8 +74,9 @@ print(kind, rc, "subprocess" in sys.modules)
 )
 def test_a_dedicated_job_in_a_cgroup_gets_the_spawned_leader() -> None:
     """A single-threaded process (as `tether run`) whose job has a cgroup
-    starts the leader without subprocess, and reads its status."""
+    starts the leader without subprocess, reads its status, and raises
+    Popen's audit event for it (PEP 578 hooks see every spawn)."""
     out = subprocess.run(
         [sys.executable, "-c", _WHICH], capture_output=True, text=True, check=True, timeout=120
     )
-    assert out.stdout.split() == ["_SpawnedLeader", "3", "False"], out
+    assert out.stdout.split() == ["_SpawnedLeader", "3", "False", "1"], out

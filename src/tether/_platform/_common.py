@@ -34,6 +34,17 @@ class Delivery:
     def __repr__(self) -> str:
         return f"<Delivery.{self.name}: {self.value!r}>"
 
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        # The one instance again (as an Enum member): copy, deepcopy and
+        # pickle keep `is Delivery.GONE` true.
+        return _delivery, (self.name,)
+
+
+def _delivery(name: str) -> Delivery:
+    value = getattr(Delivery, name)
+    assert isinstance(value, Delivery)
+    return value
+
 
 Delivery.DELIVERED = Delivery("DELIVERED", "delivered")
 Delivery.GONE = Delivery("GONE", "gone")
