@@ -186,10 +186,10 @@ _LEADER = (
 )
 
 
-@needs_cgroup
-def test_kill_with_cgroup_names_each_member_with_its_identity(tmp_path: Path) -> None:
-    """Every member cgroup.kill covered is in the report with the start time
-    /proc gave it, its command line, found by the cgroup, killed by KILL."""
+def _cancel_twenty(tmp_path: Path) -> tuple[tether.Job, int, dict[int, int], tether.Report]:
+    """A job of 20 sleeps under its leader, cancelled once all run: the job,
+    its leader's start time, the sleeps' (pid, start time), the report.
+    Nothing is left behind."""
     ready = tmp_path / "ready"
     job = tether.start(
         [sys.executable, "-c", _LEADER, str(ready), "20"],
@@ -206,11 +206,18 @@ def test_kill_with_cgroup_names_each_member_with_its_identity(tmp_path: Path) ->
             kids[pid] = st.starttime
         lead = proc_stat(job.pid)
         assert lead is not None
-        report = job.cancel("test")
+        return job, lead.starttime, kids, job.cancel("test")
     finally:
         job.cancel("cleanup")
         for ident in kids.items():
             kill_identity(*ident)
+
+
+@needs_cgroup
+def test_kill_with_cgroup_names_each_member_with_its_identity(tmp_path: Path) -> None:
+    """Every member cgroup.kill covered is in the report with the start time
+    /proc gave it, its command line, found by the cgroup, killed by KILL."""
+    job, lead_starttime, kids, report = _cancel_twenty(tmp_path)
     assert report.complete
     assert report.steps[0].froze == "cgroup"
     by_pid = {m.pid: m for m in report.members}
@@ -221,7 +228,7 @@ def test_kill_with_cgroup_names_each_member_with_its_identity(tmp_path: Path) ->
         assert rec.cmdline == f"sleep {700 + i}"
         assert "cgroup" in rec.found_by
         assert (rec.outcome, rec.ended_by, rec.signals) == ("killed", "KILL", ("KILL",))
-    assert by_pid[job.pid].start_time == starttime_to_epoch(lead.starttime)
+    assert by_pid[job.pid].start_time == starttime_to_epoch(lead_starttime)
     assert report.steps[0].signalled == len(kids) + 1
 
 
@@ -286,25 +293,7 @@ def test_members_unread_for_want_of_fds_are_said_not_silently_left_out(
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
     monkeypatch.setattr(membership, "capture", with_one_fd_free)
-    ready = tmp_path / "ready"
-    job = tether.start(
-        [sys.executable, "-c", _LEADER, str(ready), "20"],
-        trackers="auto",
-        policy="KILL",
-        stdin=subprocess.DEVNULL,
-    )
-    kids: dict[int, int] = {}
-    try:
-        wait_for(ready.exists, what="the sleeps to start")
-        for pid in map(int, ready.read_text().split()):
-            st = proc_stat(pid)
-            assert st is not None
-            kids[pid] = st.starttime
-        report = job.cancel("test")
-    finally:
-        job.cancel("cleanup")
-        for ident in kids.items():
-            kill_identity(*ident)
+    job, _lead, kids, report = _cancel_twenty(tmp_path)
     assert report.complete  # the cgroup emptied
     for pid, starttime in kids.items():
         assert proc_stat(pid) is None or proc_stat(pid).starttime != starttime  # type: ignore[union-attr]
