@@ -35,11 +35,16 @@ def pytest_configure(config: pytest.Config) -> None:
     job of a shell without job control (`.ci/run &`, a cron line) inherits
     SIGINT and SIGQUIT ignored, and an ignored signal stays ignored across
     exec: a job's `trap ... INT` is then void and Ctrl-C under asyncio.run
-    is never seen, which the tests of those features would take for bugs."""
+    is never seen, which the tests of those features would take for bugs.
+    Under nohup, SIGHUP is ignored the same way, and `tether run` takes that
+    for "outlive the caller" (tether.caller.hangup_ignored): the tests of
+    caller death and of HUP forwarding need it at its default."""
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session", autouse=True)
