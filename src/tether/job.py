@@ -332,7 +332,8 @@ def _spawn_leader(
     extra_groups: list[int] | None,
 ) -> _SpawnedLeader | None:
     """The leader, born in its cgroup by clone3 without a Popen; None where
-    this process cannot clone it (the Popen path then decides)."""
+    this process cannot clone it (the job then starts its leader through the
+    /bin/sh shim). Also CgroupPopen's way, for a leader with pipes."""
     from tether._platform.linux import procfs, spawn
 
     # The ctypes clone3 is a fork (page tables copied, copy-on-write after)
@@ -869,6 +870,10 @@ class Job:
                     start_new_session=not spec.foreground,
                     extra_groups=extra_groups,
                 )
+                if spawned is None:
+                    # Declined (a large process without the native clone, or
+                    # no clone3): the Popen would decline alike; the shim.
+                    direct = None
             if spawned is not None:
                 self._popen: subprocess.Popen[Any] | _SpawnedLeader = spawned
             else:
