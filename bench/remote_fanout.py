@@ -13,6 +13,10 @@ each repetition so drift affects them alike:
   (pip install clustershell, in any venv: the bench only, not a dependency;
   found on PATH or with ``--clush PATH``);
 - ``ssh``: N plain ``ssh -F CFG bXX true`` started together from here;
+- ``ssh+py``: the same with ``python3 -S -c pass`` for ``true``: what starting
+  the host's python costs a host (the floor of any engine that runs in a
+  python of its own per job, as tether's does: its server CPU less this row's
+  is what tether itself spends);
 - ``base`` (with ``--baseline SRC``): ``tether`` again from another source
   tree (``PYTHONPATH=SRC``), e.g. this one with the remote package of an
   earlier commit, for a before/after from the same run; ``--baseline`` again
@@ -128,7 +132,8 @@ def commands(tool: str, lab: SshLab, n: int, clush: str) -> list[list[str]]:
         return [["pdsh", "-R", "ssh", "-f", str(n), "-w", hosts, "true"]]
     if tool == "clush":
         return [[clush, "-f", str(n), "-w", hosts, "-o", f"-F {cfg}", "true"]]
-    return [["ssh", "-F", cfg, "-T", f"b{i:02d}", "true"] for i in range(1, n + 1)]
+    remote = ["python3", "-S", "-c", "pass"] if tool == "ssh+py" else ["true"]
+    return [["ssh", "-F", cfg, "-T", f"b{i:02d}", *remote] for i in range(1, n + 1)]
 
 
 def measure(
@@ -187,7 +192,7 @@ def main() -> None:
     args = parser.parse_args()
     if not sshd_available() or os.geteuid() != 0:
         raise SystemExit("needs root and OpenSSH (apt-get install openssh-server)")
-    tools = ["tether", "ssh"]
+    tools = ["tether", "ssh", "ssh+py"]
     for i, tree in enumerate(args.baseline, 1):
         name = "base" if i == 1 else f"base{i}"
         BASELINE[name] = os.path.abspath(tree)
@@ -261,6 +266,11 @@ def main() -> None:
                 ratio = wall / med[("pdsh", n)][0]
                 print(f"target: {n} hosts, tether wall <= 1.5x pdsh ({ratio:.2f}x): "
                       f"{pass_miss(ratio <= 1.5 and not failed)}")  # fmt: skip
+            if n > 1 and ("ssh+py", n) in med:
+                floor = med[("ssh+py", n)][1] / n * 1000
+                above = server / n * 1000 - floor
+                print(f"info: {n} hosts, server CPU a host: a bare python3 -S per host "
+                      f"{floor:.1f} ms; tether above it {above:.1f} ms")  # fmt: skip
             if n > 1:
                 per = server / n * 1000
                 print(f"target: {n} hosts, server CPU per host <= 50 ms ({per:.1f} ms): "
