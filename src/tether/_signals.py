@@ -86,12 +86,15 @@ _BY_NUMBER, _BY_NAME = _table()
 class Signal(int):
     """A signal number that knows its name, as a ``signal.Signals`` member:
     ``Signal(15).name == "SIGTERM"``; ``Signal(35)`` (a real-time signal
-    without a name of its own) raises ValueError, as ``Signals(35)`` does."""
+    without a name of its own) raises ValueError, as ``Signals(35)`` does.
+    Integers only: ``Signal("15")`` raises ValueError as ``Signals("15")``
+    does (int() would read it, and " 15" too); True and 15.0, which
+    ``Signals`` takes for the numbers they equal, are refused as well."""
 
     __slots__ = ()
 
     def __new__(cls, number: int) -> Signal:
-        if isinstance(number, bool) or int(number) not in _BY_NUMBER:
+        if not isinstance(number, int) or isinstance(number, bool) or int(number) not in _BY_NUMBER:
             raise ValueError(f"{number!r} is not a valid Signal")
         return super().__new__(cls, number)
 

@@ -64,3 +64,27 @@ def test_a_delivery_is_the_one_instance_through_copy_and_pickle() -> None:
         assert copy.copy(d) is d and copy.deepcopy(d) is d
         for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
             assert pickle.loads(pickle.dumps(d, protocol)) is d
+
+
+@pytest.mark.parametrize("value", ["15", " 15", "15\n", "SIGTERM", b"15", bytearray(b"9"), "٩"])
+def test_a_string_or_bytes_is_no_signal_as_the_enum_says(value: object) -> None:
+    """int() reads "15", " 15" and b"15" (and the Arabic-Indic digit nine);
+    Signals does not, and nor may Signal."""
+    with pytest.raises(ValueError):
+        signal.Signals(value)
+    with pytest.raises(ValueError):
+        Signal(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [15.0, 9.5, True, False])
+def test_floats_and_bools_are_no_signals(value: object) -> None:
+    """Integers only, stricter than the enum (Signals(15.0) and Signals(True)
+    are SIGTERM and SIGHUP, by equality)."""
+    with pytest.raises(ValueError):
+        Signal(value)  # type: ignore[arg-type]
+
+
+def test_an_int_subclass_is_a_signal() -> None:
+    """signal.Signals members (an IntEnum) and Signal itself are integers."""
+    assert Signal(signal.SIGTERM).name == "SIGTERM"
+    assert Signal(Signal(9)).name == "SIGKILL"
