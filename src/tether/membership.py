@@ -11,6 +11,7 @@ import os
 import resource
 import select
 import time
+from errno import EMFILE, ENFILE
 
 from tether import _signals
 from tether._once import once
@@ -96,6 +97,9 @@ class Membership:
         self._walk = WalkTracker(walk_roots)
         self._statuses = tuple(statuses)
         self._caveats = tuple(caveats)
+        #: Pids of the frozen cgroup that a capture could not read (see
+        #: :meth:`_note_unread`).
+        self._unread: set[int] = set()
         self.not_before = not_before
         self.leader = leader
         self.cgroup = cgroup
@@ -832,8 +836,14 @@ class Membership:
         todo = [p for p in pids if p not in known_pids]
         raw = capture(todo)
         if raw is None:
-            # pidfd_open refused (a seccomp filter): dirfds, parsed at once.
-            return _Captured([], self._open_each(todo), known)
+            # pidfd_open refused (a seccomp filter, or EMFILE in the Python
+            # reader): dirfds, parsed at once.
+            opened, unopened = self._open_each(todo)
+            # Not checked against a new listing, as below: at the fd limit
+            # that read fails too (and reads as an empty cgroup). Each was
+            # listed frozen, and a frozen process cannot exit by itself.
+            self._note_unread(unopened)
+            return _Captured([], opened, known)
         try:
             inside = set(self.cgroup.procs())
         except OSError:
@@ -853,15 +863,14 @@ class Membership:
         # captured was unreadable (out of fds: each open's EMFILE reads as
         # "gone"), not gone. cgroup.kill still reaches it; the report must
         # not read as if it named everything it killed.
-        unread = len(set(todo) & inside - {pid for pid, _fd, _st, _cmd in raw})
-        if unread:
-            self._caveats = (
-                *self._caveats,
-                f"{unread} process(es) of the job's cgroup could not be read before "
-                "cgroup.kill (out of file descriptors?): killed with the cgroup, not "
-                "named in this report",
-            )
+        self._note_unread(set(todo) & inside - {pid for pid, _fd, _st, _cmd in raw})
         return _Captured(rows, [], known)
+
+    def _note_unread(self, pids: Iterable[int]) -> None:
+        """Frozen members of the cgroup not read before cgroup.kill: killed
+        with it, and said in a caveat (:attr:`caveats`) unless named after
+        all."""
+        self._unread.update(pids)
 
     def _adopt_captured(self, captured: _Captured) -> list[Member]:
         """The new members a capture holds, oldest first.
@@ -921,15 +930,33 @@ class Membership:
         self._walk.remember(by_identity)
         return new
 
-    def _open_each(self, pids: Iterable[int]) -> list[tuple[ProcessInfo, ProcessHandle]]:
-        """A dirfd per process: its row (with cmdline) and a handle, parsed at once."""
-        opened = []
-        for pid in pids:
-            got = open_process_info(pid, None, ("cmdline",))
-            if got is not None:
-                info, fd = got
-                opened.append((info, ProcessHandle(pid, info.starttime, fd)))
-        return opened
+    def _open_each(
+        self, pids: Iterable[int]
+    ) -> tuple[list[tuple[ProcessInfo, ProcessHandle]], list[int]]:
+        """A dirfd per process: its row (with cmdline) and a handle, parsed at
+        once; and the pids not opened for want of descriptors (EMFILE,
+        ENFILE). Those must not stop the cancel before its cgroup.kill, which
+        needs no descriptor per process: the caller says how many it killed
+        unnamed."""
+        opened: list[tuple[ProcessInfo, ProcessHandle]] = []
+        unopened: list[int] = []
+        try:
+            for pid in pids:
+                try:
+                    got = open_process_info(pid, None, ("cmdline",))
+                except OSError as err:
+                    if err.errno not in (EMFILE, ENFILE):
+                        raise
+                    unopened.append(pid)
+                    continue
+                if got is not None:
+                    info, fd = got
+                    opened.append((info, ProcessHandle(pid, info.starttime, fd)))
+        except BaseException:
+            for _info, handle in opened:
+                handle.close()
+            raise
+        return opened, unopened
 
     def freeze(self) -> str | None:
         if self.cgroup is not None and self._cgroup_acts_alone():
@@ -1032,7 +1059,20 @@ class Membership:
 
     @property
     def caveats(self) -> tuple[str, ...]:
-        return self._caveats
+        # Counted when asked: another tracker's scan (the session's, the
+        # subreaper's) may name an unread one after the kill, or a later
+        # capture read it. By pid: an unread one has no start time, and a
+        # stranger would have to take its pid and join the job meanwhile.
+        named = {pid for pid, _start in self._by_identity}
+        unread = len(self._unread - named)
+        if not unread:
+            return self._caveats
+        return (
+            *self._caveats,
+            f"{unread} process(es) of the job's cgroup could not be read before "
+            "cgroup.kill (out of file descriptors?): killed with the cgroup, not "
+            "named in this report",
+        )
 
     def close(self) -> None:
         for h in self._handles.values():
