@@ -11,6 +11,7 @@ import sys
 import time
 
 from tether import _signals, logs
+from tether._fdwait import wait_readable
 from tether._records import dataclass, replace
 from tether.errors import (
     CommandNotExecutableError,
@@ -207,7 +208,7 @@ def _wait_watchdog_exit(pid: int, timeout: float) -> None:
             time.sleep(0.01)
         return
     try:
-        select.select([fd], [], [], timeout)
+        wait_readable(fd, timeout)
     finally:
         os.close(fd)
 

@@ -41,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from tether._fdwait import wait_readable
 from tether._platform.linux import procfs
 from tether._records import NamedTuple
 
@@ -806,8 +807,7 @@ def _said_ready(waiting: socket.socket) -> bool:
     """The job keeper on ``waiting`` answered "idle" with "ready" (it restored
     its limits and is alive), within _READY_WAIT: it has normally answered long
     before the next job comes."""
-    r, _, _ = select.select([waiting], [], [], _READY_WAIT)
-    if not r:
+    if not wait_readable(waiting.fileno(), _READY_WAIT):
         return False
     try:
         return waiting.recv(1) == _READY
@@ -980,12 +980,11 @@ class KeptPopen(subprocess.Popen["Any"]):
     def _take_status(self, timeout: float | None) -> bool:
         """Read the job keeper's status message (waiting up to ``timeout``)."""
         if self._lost:
-            r, _, _ = select.select([self._leader_pidfd], [], [], timeout)
-            if r:
+            if wait_readable(self._leader_pidfd, timeout):
                 self.returncode = STATUS_LOST
-            return bool(r)
-        r, _, _ = select.select([self._job.fileno()], [], [], timeout)
-        if not r:
+                return True
+            return False
+        if not wait_readable(self._job.fileno(), timeout):
             return False
         try:
             got = recv_message(self._job)
@@ -1006,11 +1005,13 @@ class KeptPopen(subprocess.Popen["Any"]):
     def _internal_poll(self, _deadstate: Any = None, *args: Any, **kwargs: Any) -> int | None:
         if self.returncode is None and self._waitpid_lock.acquire(False):
             try:
-                if self.returncode is None and not self._take_status(0):
+                if (
+                    self.returncode is None
+                    and not self._take_status(0)
                     # The leader has exited: its status is on its way.
-                    r, _, _ = select.select([self._leader_pidfd], [], [], 0)
-                    if r:
-                        self._take_status(_STATUS_GRACE)
+                    and wait_readable(self._leader_pidfd, 0)
+                ):
+                    self._take_status(_STATUS_GRACE)
             finally:
                 self._waitpid_lock.release()
         return self.returncode

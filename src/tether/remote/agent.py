@@ -28,6 +28,7 @@ import select
 import sys
 
 from tether._collector import gc_back_on
+from tether._fdwait import wait_readable, wait_writable
 from tether.remote.protocol import (
     ACK,
     CANCEL,
@@ -95,8 +96,7 @@ def _write_all(fd: int, data: bytes, stall: float = 60.0) -> None:
         try:
             n = os.write(fd, view)
         except BlockingIOError:
-            _r, writable, _x = select.select([], [fd], [], stall)
-            if not writable:
+            if not wait_writable(fd, stall):
                 raise TimeoutError(f"the channel took nothing for {stall:.0f}s") from None
             continue
         view = view[n:]
@@ -483,7 +483,7 @@ def _stop(identity: tuple[int, int] | None, what: str, notes: list[str]) -> None
     try:
         handle.send_signal(SIGKILL)
         if handle.fileno >= 0:
-            select.select([handle.fileno], [], [], 5.0)
+            wait_readable(handle.fileno, 5.0)
         notes.append(f"{what} pid {identity[0]} stopped (SIGKILL)")
     finally:
         handle.close()

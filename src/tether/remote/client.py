@@ -15,7 +15,6 @@ business: tether passes ``-F FILE`` and ``-o OPTION`` through and adds only
 from __future__ import annotations
 
 import os
-import select
 import threading
 import time
 from collections import deque
@@ -23,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from tether import supervise
 from tether._compact_json import dumps as compact_json
+from tether._fdwait import wait_readable
 from tether._records import dataclass, field, replace
 from tether.errors import TetherError
 from tether.policy import Policy
@@ -164,15 +164,26 @@ class _SshProcess:
             from signal import SIGPIPE, SIGXFSZ
         else:
             from _signal import SIGPIPE, SIGXFSZ
-        pipes = [os.pipe() for _ in range(3)]
-        # Ours in the child: stdin's read end, stdout's and stderr's write ends.
-        theirs = [_above_stdio(pipes[0][0]), _above_stdio(pipes[1][1]), _above_stdio(pipes[2][1])]
-        mine = [pipes[0][1], pipes[1][0], pipes[2][0]]
-        actions: list[tuple[int, ...]] = [
-            (os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(theirs)
-        ]
-        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds()]
+        # stdin's, stdout's and stderr's (read, write): every one opened so far
+        # is closed if a later one fails (EMFILE at a fan-out's fd limit).
+        fds: list[int] = []
         try:
+            for _ in range(3):
+                fds += os.pipe()
+            # The child's: stdin's read end, stdout's and stderr's write ends.
+            for i in (0, 3, 5):
+                fds[i] = _above_stdio(fds[i])
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        theirs = [fds[0], fds[3], fds[5]]
+        mine = [fds[1], fds[2], fds[4]]
+        try:
+            actions: list[tuple[int, ...]] = [
+                (os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(theirs)
+            ]
+            actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds()]
             self.pid = os.posix_spawnp(
                 argv[0],
                 list(argv),
@@ -223,7 +234,7 @@ class _SshProcess:
                 return None
             if self._pidfd >= 0:
                 # Readable once it has exited; the reaping is poll()'s.
-                select.select([self._pidfd], [], [], left)
+                wait_readable(self._pidfd, left)
             else:
                 time.sleep(delay if left is None else min(delay, left))
                 delay = min(delay * 2, 0.05)
@@ -252,11 +263,18 @@ class _SshProcess:
 def _above_stdio(fd: int) -> int:
     """``fd``, or a copy of it numbered 3 or more: posix_spawn's dup2 of a
     descriptor onto its own number would leave it close-on-exec (a process
-    started with 0, 1 or 2 closed gets pipes there)."""
+    started with 0, 1 or 2 closed gets pipes there). On success ``fd`` itself
+    is closed if a copy replaced it; on failure it is still open (the
+    caller's to close) and no copy is."""
     low = []
-    while fd < 3:
-        low.append(fd)
-        fd = os.dup(fd)
+    try:
+        while fd < 3:
+            low.append(fd)
+            fd = os.dup(fd)
+    except BaseException:
+        for n in low[1:]:
+            os.close(n)
+        raise
     for n in low:
         os.close(n)
     return fd
@@ -351,10 +369,8 @@ class Connection:
         """Read more from ssh's stdout; False on EOF (or timeout, if given)."""
         if self._eof:
             return False
-        if timeout is not None:
-            ready, _w, _x = select.select([self._out], [], [], max(0.0, timeout))
-            if not ready:
-                return False
+        if timeout is not None and not wait_readable(self._out, timeout):
+            return False
         try:
             chunk = os.read(self._out, 1 << 16)
         except OSError:

@@ -1,0 +1,428 @@
+"""tether at and past the file descriptor limit, on the real paths.
+
+Past 1023: ``select.select`` cannot take a descriptor numbered FD_SETSIZE
+(1024) or above (ValueError), and tether raises its own RLIMIT_NOFILE (three
+pipes per ssh of a fan-out, a pidfd per member of a cancel), so such numbers
+are real. Each wait on one descriptor goes through :mod:`tether._fdwait`
+(poll): here each runs in a child process whose every number up to 1100 is
+taken, so whatever it opens is numbered above.
+
+At the limit: a constructor that fails for want of descriptors closes what
+it opened, and the cancel of a frozen cgroup whose members cannot all be
+read still kills them all (cgroup.kill) and says how many it did not name.
+
+Every scenario runs in a child process (its limits and descriptors are its
+own, not the test runner's) that writes what it saw as JSON to a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import select
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import cgroup_writable, kill_identity, proc_stat
+from tether._fdwait import wait_readable, wait_writable
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+#: Every child: tether from this tree, its result written to argv[1].
+_PRELUDE = """
+import json, os, resource, sys
+sys.path[:0] = [{src!r}]
+OUT = sys.argv[1]
+def done(**result):
+    with open(OUT, "w") as f:
+        json.dump(result, f)
+"""
+
+#: Takes every descriptor number up to 1100: what the child opens next is
+#: numbered above (past FD_SETSIZE, 1024).
+_HIGH = """
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
+_null = os.open(os.devnull, os.O_RDONLY)
+_held = [_null]
+while _held[-1] < 1100:
+    _held.append(os.dup(_null))
+def next_fd():
+    fd = os.dup(_null)
+    os.close(fd)
+    return fd
+assert next_fd() > 1100
+"""
+
+#: ``with_free(k)``: the soft limit set so that exactly k descriptors can be
+#: opened (open() takes the lowest free number: the k-th opened is the
+#: first one out of reach); ``restore()`` puts it back.
+_LOW = """
+_SOFT, _HARD = resource.getrlimit(resource.RLIMIT_NOFILE)
+def with_free(k):
+    probe = [os.open(os.devnull, os.O_RDONLY) for _ in range(k + 1)]
+    for fd in probe:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (probe[k], _HARD))
+def restore():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_SOFT, _HARD))
+def open_fds():
+    return sorted(int(n) for n in os.listdir("/proc/self/fd"))
+"""
+
+needs_high_fds = pytest.mark.skipif(
+    resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 4096,
+    reason="the hard RLIMIT_NOFILE is below 4096",
+)
+needs_cgroup = pytest.mark.skipif(not cgroup_writable(), reason="needs cgroup v2 write access")
+
+
+def _child(tmp_path: Path, body: str, *parts: str, args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run ``body`` after the prelude and ``parts`` in a child python; its result."""
+    out = tmp_path / "result.json"
+    code = _PRELUDE.format(src=SRC) + "".join(parts) + textwrap.dedent(body)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+# -- the helper itself: select()'s answers -------------------------------------
+
+
+def test_the_waits_answer_as_select_did() -> None:
+    r, w = os.pipe()
+    try:
+        assert not wait_readable(r, 0) and not wait_readable(r, 0.01)
+        assert wait_writable(w, 0) and wait_writable(w, None)
+        # A negative timeout is no wait at all (poll's -1 would be forever).
+        assert not wait_readable(r, -1.0)
+        os.write(w, b"x")
+        assert wait_readable(r, None) and wait_readable(r, 0)
+        assert select.select([r], [], [], 0)[0] == [r]
+        os.read(r, 1)
+        # Filled: not writable; drained: writable again.
+        os.set_blocking(w, False)
+        with pytest.raises(BlockingIOError):
+            while True:
+                os.write(w, b"y" * 65536)
+        assert not wait_writable(w, 0.01)
+        while os.read(r, 1 << 20) and wait_readable(r, 0):
+            pass
+        assert wait_writable(w, 0)
+        # EOF is readable, as for select.
+        os.close(w)
+        w = -1
+        assert wait_readable(r, None)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    # A closed descriptor is EBADF, a negative one ValueError, as select's.
+    with pytest.raises(OSError) as err:
+        wait_readable(r, 0)
+    assert err.value.errno == 9
+    with pytest.raises(ValueError):
+        wait_readable(-1, 0)
+
+
+# -- past FD_SETSIZE ---------------------------------------------------------
+
+
+@needs_high_fds
+def test_the_ssh_process_waits_and_its_connection_reads_past_fd_1023(tmp_path: Path) -> None:
+    """_SshProcess.wait (a pidfd) and Connection._fill (ssh's stdout), both
+    numbered above 1100; a stand-in for ssh prints a line and waits for EOF."""
+    fake_ssh = tmp_path / "ssh"
+    fake_ssh.write_text("#!/bin/sh\necho hello\nread _line\nexit 0\n")
+    fake_ssh.chmod(0o755)
+    result = _child(
+        tmp_path,
+        """
+        import time
+        from tether.remote.client import Connection, SshOptions, _SshProcess
+        from tether.remote.hostlist import Target
+
+        proc = _SshProcess(["sleep", "60"])
+        try:
+            fds = [proc._pidfd, proc.stdout.fileno()]
+            running = proc.wait(0.05)
+            proc.kill()
+            rc = proc.wait(60)
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.release()
+            for f in (proc.stdin, proc.stdout, proc.stderr):
+                f.close()
+        conn = Connection(Target("h"), SshOptions(program=sys.argv[2], engine="sh"))
+        try:
+            fds.append(conn._out)
+            line = conn.read_line(time.monotonic() + 60)
+        finally:
+            conn.proc.stdin.close()
+            closed = conn.close(60)
+        done(fds=fds, running=running, rc=rc, line=line.decode(), closed=closed)
+        """,
+        _HIGH,
+        args=(str(fake_ssh),),
+    )
+    assert min(result["fds"]) > 1100, result
+    assert result["running"] is None  # the timed wait ran out (select raised ValueError)
+    assert result["rc"] == -9
+    assert result["line"] == "hello" and result["closed"] == 0
+
+
+@needs_high_fds
+def test_a_library_job_from_its_keeper_is_waited_for_past_fd_1023(tmp_path: Path) -> None:
+    """tether.start through the job keeper (KeptPopen: its readiness, its
+    status socket, the leader's pidfd), every descriptor above 1100."""
+    result = _child(
+        tmp_path,
+        """
+        import tether
+        from tether.job import _kept
+
+        with tether.start(["sh", "-c", "exit 7"], policy="KILL") as job:
+            kept = _kept(job._popen) is not None
+            first = next_fd()
+            rc = job.wait(60)
+            report = job.cancel("test")
+        done(kept=kept, first=first, rc=rc, complete=report.complete)
+        """,
+        _HIGH,
+    )
+    assert result["kept"], "the job was not started by the keeper: nothing tested"
+    assert result["first"] > 1100
+    assert result["rc"] == 7 and result["complete"]
+
+
+@needs_high_fds
+def test_a_watchdogs_exit_is_waited_for_past_fd_1023(tmp_path: Path) -> None:
+    """job._wait_watchdog_exit: a timed wait on an unreaped child's pidfd,
+    which it leaves unreaped."""
+    result = _child(
+        tmp_path,
+        """
+        import signal
+        from tether.job import _wait_watchdog_exit
+
+        pid = os.posix_spawnp("sleep", ["sleep", "60"], dict(os.environ))
+        try:
+            _wait_watchdog_exit(pid, 0.05)
+            alive = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        finally:
+            os.kill(pid, signal.SIGKILL)  # our unreaped child: its pid is its own
+        _wait_watchdog_exit(pid, 60)
+        exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        _pid, status = os.waitpid(pid, 0)
+        done(alive=alive, exited=exited is not None, status=os.waitstatus_to_exitcode(status))
+        """,
+        _HIGH,
+    )
+    assert result == {"alive": True, "exited": True, "status": -9}
+
+
+@needs_high_fds
+def test_the_agent_writes_and_stops_past_fd_1023(tmp_path: Path) -> None:
+    """The remote agent's channel write (waits for a full pipe to drain) and
+    its stop of one of tether's own processes (waits on its pidfd)."""
+    result = _child(
+        tmp_path,
+        """
+        import subprocess, threading
+        from tether.process import read_process
+        from tether.remote.agent import _stop, _write_all
+
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        got = []
+        def drain():
+            while chunk := os.read(r, 4096):
+                got.append(len(chunk))
+        reader = threading.Thread(target=drain)
+        reader.start()
+        try:
+            _write_all(w, b"x" * (1 << 20))
+        finally:
+            os.close(w)
+            reader.join(60)
+        os.close(r)
+
+        child = subprocess.Popen(["sleep", "60"])
+        try:
+            notes = []
+            _stop((child.pid, read_process(child.pid).starttime), "helper", notes)
+            # It waited for the exit: the child is a zombie now, not reaped.
+            exited = os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        finally:
+            child.kill()
+            rc = child.wait(60)
+        done(
+            fds=[r, w], written=sum(got), notes=notes, pid=child.pid,
+            exited=exited is not None, rc=rc,
+        )
+        """,
+        _HIGH,
+    )
+    assert min(result["fds"]) > 1100
+    assert result["written"] == 1 << 20
+    assert result["notes"] == [f"helper pid {result['pid']} stopped (SIGKILL)"]
+    assert result["exited"] and result["rc"] == -9
+
+
+# -- at the limit ------------------------------------------------------------
+
+
+def test_the_ssh_process_closes_its_pipes_when_out_of_fds(tmp_path: Path) -> None:
+    """_SshProcess opens six pipe ends (and, with 0-2 closed, a copy of
+    the one numbered 0): at every shortfall the OSError leaves the open set
+    as it was."""
+    result = _child(
+        tmp_path,
+        """
+        from tether.remote.client import _SshProcess
+
+        def attempts():
+            out = []
+            for k in range(10):
+                before = open_fds()
+                with_free(k)
+                try:
+                    proc = _SshProcess(["true"])
+                except OSError as err:
+                    restore()
+                    out.append([k, err.errno, open_fds() == before])
+                    continue
+                restore()
+                proc.wait()
+                proc.release()
+                for f in (proc.stdin, proc.stdout, proc.stderr):
+                    f.close()
+                out.append([k, 0, open_fds() == before])
+            return out
+
+        normal = attempts()
+        # 0-2 closed: the pipes get those numbers and each child end is
+        # copied above 2 (_above_stdio), the copies being the last opens.
+        for fd in (0, 1, 2):
+            os.close(fd)
+        done(normal=normal, closed_stdio=attempts())
+        """,
+        _LOW,
+    )
+    for case in ("normal", "closed_stdio"):
+        rows = result[case]
+        assert all(same for _k, _errno, same in rows), (case, rows)
+        failed = [k for k, err, _same in rows if err]
+        assert all(err in (0, 24) for _k, err, _same in rows), (case, rows)
+        # Fewer than six free: the pipes cannot all be had.
+        assert failed[:6] == list(range(6)), (case, rows)
+    # With 0-2 closed, stdin's read end is 0 and is copied above 2: a seventh.
+    assert 6 in [k for k, err, _same in result["closed_stdio"] if err], result
+
+
+_LEADER = (
+    "import os, subprocess, sys\n"
+    "kids = [subprocess.Popen(['sleep', f'{800 + i}']) for i in range(int(sys.argv[2]))]\n"
+    "with open(sys.argv[1] + '.tmp', 'w') as f:\n"
+    "    f.write(' '.join(str(k.pid) for k in kids))\n"
+    "os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
+    "[k.wait() for k in kids]\n"
+)
+
+
+@needs_cgroup
+@pytest.mark.parametrize("free", [0, 4])
+def test_a_frozen_cgroup_read_member_by_member_at_the_fd_limit_is_killed_whole(
+    tmp_path: Path, free: int
+) -> None:
+    """The capture's fallback (a dirfd per member, Membership._open_each) at
+    the fd limit: an EMFILE on a member does not stop the cancel before
+    cgroup.kill; every process dies and the report says how many it killed
+    without naming them."""
+    ready = tmp_path / "ready"
+    result = _child(
+        tmp_path,
+        """
+        import subprocess, time
+        import tether
+        from tether import membership
+
+        free = int(sys.argv[2])
+        # The native (or Python) capture away: the fallback reads each member.
+        membership.capture = lambda pids: None
+        real = membership.Membership._open_each
+        calls = []
+        def at_the_limit(self, pids):
+            pids = list(pids)
+            with_free(free)
+            try:
+                got = real(self, pids)
+            finally:
+                restore()
+            calls.append(len(pids))
+            return got
+        membership.Membership._open_each = at_the_limit
+
+        job = tether.start(
+            [sys.executable, "-c", sys.argv[4], sys.argv[3], "20"],
+            trackers="auto", policy="KILL", stdin=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(sys.argv[3]) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with open(sys.argv[3]) as f:
+                kids = [int(p) for p in f.read().split()]
+            starts = {}
+            for pid in kids:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    starts[pid] = int(f.read().rsplit(b")", 1)[1].split()[19])
+            try:
+                report = job.cancel("test")
+                error = None
+            except Exception as err:
+                report, error = None, repr(err)
+        finally:
+            membership.Membership._open_each = real
+            job.cancel("cleanup")
+        done(
+            leader=job.pid, kids=starts, calls=calls, error=error,
+            complete=None if report is None else report.complete,
+            named=[] if report is None else [m.pid for m in report.members],
+            caveats=[] if report is None else list(report.caveats),
+        )
+        """,
+        _LOW,
+        args=(str(free), str(ready), _LEADER),
+    )
+    kids = {int(pid): st for pid, st in result["kids"].items()}
+    try:
+        assert result["error"] is None, result["error"]
+        assert result["calls"], "the fallback did not run: nothing tested"
+        assert result["complete"]
+        for pid, starttime in kids.items():
+            st = proc_stat(pid)
+            assert st is None or st.starttime != starttime, pid
+        in_cgroup = {result["leader"], *kids}
+        named = set(result["named"]) & in_cgroup
+        said = [c for c in result["caveats"] if "could not be read before cgroup.kill" in c]
+        assert len(said) == 1, result["caveats"]
+        assert int(said[0].split()[0]) + len(named) == len(in_cgroup), (said, named)
+        assert len(named) < len(in_cgroup)  # the limit did bite
+    finally:
+        for ident in kids.items():
+            kill_identity(*ident)
