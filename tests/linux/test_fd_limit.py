@@ -287,13 +287,19 @@ def test_the_agent_writes_and_stops_past_fd_1023(tmp_path: Path) -> None:
 
 
 def test_the_ssh_process_closes_its_pipes_when_out_of_fds(tmp_path: Path) -> None:
-    """_SshProcess opens six pipe ends (and, with 0-2 closed, a copy of
-    the one numbered 0): at every shortfall the OSError leaves the open set
-    as it was."""
+    """_SshProcess opens six pipe ends (and, with 0-2 closed, a copy of the
+    one numbered 0), then lists the descriptors its child must not inherit:
+    at every shortfall the OSError leaves the open set as it was, and a
+    child it does start never holds a descriptor we were given (the listing
+    failing for want of a descriptor is not "none to close")."""
     result = _child(
         tmp_path,
         """
         from tether.remote.client import _SshProcess
+
+        given = os.open(os.devnull, os.O_RDONLY)
+        os.set_inheritable(given, True)  # as one a caller got open: not the child's
+        probe = ["sh", "-c", f"[ -e /proc/$$/fd/{given} ] && exit 3; exit 0"]
 
         def attempts():
             out = []
@@ -301,22 +307,22 @@ def test_the_ssh_process_closes_its_pipes_when_out_of_fds(tmp_path: Path) -> Non
                 before = open_fds()
                 with_free(k)
                 try:
-                    proc = _SshProcess(["true"])
+                    proc = _SshProcess(probe)
                 except OSError as err:
                     restore()
-                    out.append([k, err.errno, open_fds() == before])
+                    out.append([k, err.errno, open_fds() == before, None])
                     continue
                 restore()
-                proc.wait()
+                rc = proc.wait(60)
                 proc.release()
                 for f in (proc.stdin, proc.stdout, proc.stderr):
                     f.close()
-                out.append([k, 0, open_fds() == before])
+                out.append([k, 0, open_fds() == before, rc])
             return out
 
         normal = attempts()
-        # 0-2 closed: the pipes get those numbers and each child end is
-        # copied above 2 (_above_stdio), the copies being the last opens.
+        # 0-2 closed: the pipes get those numbers, and stdin's read end, at
+        # 0, is copied above 2 (_above_stdio): one descriptor more.
         for fd in (0, 1, 2):
             os.close(fd)
         done(normal=normal, closed_stdio=attempts())
@@ -325,13 +331,15 @@ def test_the_ssh_process_closes_its_pipes_when_out_of_fds(tmp_path: Path) -> Non
     )
     for case in ("normal", "closed_stdio"):
         rows = result[case]
-        assert all(same for _k, _errno, same in rows), (case, rows)
-        failed = [k for k, err, _same in rows if err]
-        assert all(err in (0, 24) for _k, err, _same in rows), (case, rows)
-        # Fewer than six free: the pipes cannot all be had.
-        assert failed[:6] == list(range(6)), (case, rows)
-    # With 0-2 closed, stdin's read end is 0 and is copied above 2: a seventh.
-    assert 6 in [k for k, err, _same in result["closed_stdio"] if err], result
+        assert all(same for _k, _errno, same, _rc in rows), (case, rows)
+        assert all(err in (0, 24) for _k, err, _same, _rc in rows), (case, rows)
+        # Every child started: exit 0, the given descriptor not inherited.
+        assert [rc for _k, err, _same, rc in rows if not err] == [0] * 3, (case, rows)
+        failed = [k for k, err, _same, _rc in rows if err]
+        # Six pipe ends and the listing (and the copy) cannot all be had.
+        assert failed == list(range(len(failed))), (case, rows)
+    assert len([r for r in result["normal"] if r[1]]) == 7, result["normal"]
+    assert len([r for r in result["closed_stdio"] if r[1]]) == 7, result["closed_stdio"]
 
 
 _LEADER = (

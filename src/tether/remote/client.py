@@ -14,6 +14,7 @@ business: tether passes ``-F FILE`` and ``-o OPTION`` through and adds only
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -286,7 +287,9 @@ def _inherited_fds() -> list[int]:
     descriptor close-on-exec."""
     try:
         names = os.listdir("/proc/self/fd")
-    except OSError:
+    except OSError as err:
+        if err.errno in (errno.EMFILE, errno.ENFILE):
+            raise  # not "none": the child would keep whatever we were given
         return []
     out = []
     for name in names:
