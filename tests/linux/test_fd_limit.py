@@ -434,3 +434,36 @@ def test_a_frozen_cgroup_read_member_by_member_at_the_fd_limit_is_killed_whole(
     finally:
         for ident in kids.items():
             kill_identity(*ident)
+
+
+def test_a_process_opened_at_the_fd_limit_leaves_no_descriptor_behind(tmp_path: Path) -> None:
+    """open_process_info takes a dirfd, a pidfd and, for a field, one more
+    descriptor: at each shortfall it raises EMFILE (not "gone", not "no
+    pidfd support") and every descriptor it took is closed again."""
+    result = _child(
+        tmp_path,
+        """
+        from tether._platform.linux import open_process_info, _dirfd_handles
+
+        out = []
+        for k in range(5):
+            before = open_fds()
+            with_free(k)
+            try:
+                got = open_process_info(os.getpid(), None, ("cmdline",))
+            except OSError as err:
+                restore()
+                out.append([k, err.errno, open_fds() == before])
+                continue
+            restore()
+            os.close(got[1])
+            out.append([k, 0, open_fds() == before])
+        done(rows=out, dirfd_handles=bool(_dirfd_handles[0]))
+        """,
+        _LOW,
+    )
+    rows = result["rows"]
+    assert all(same for _k, _errno, same in rows), rows
+    # The dirfd, the pidfd and the cmdline's: three at once.
+    assert [err for _k, err, _same in rows] == [24, 24, 24, 0, 0], rows
+    assert not result["dirfd_handles"], "EMFILE from pidfd_open read as no pidfd support"

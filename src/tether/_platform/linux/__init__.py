@@ -436,6 +436,8 @@ def open_process_info(
             except OSError as err:
                 if err.errno == errno.ESRCH:
                     return None
+                if err.errno in (errno.EMFILE, errno.ENFILE):
+                    raise  # out of descriptors, not a kernel without pidfds
                 # No pidfd support: the dirfd itself is accepted by
                 # pidfd_send_signal (Linux >= 5.1), keep a dup of it.
                 pidfd = os.dup(d.fd)
@@ -447,6 +449,9 @@ def open_process_info(
             except (procfs.ProcessGone, PermissionError, ProcessLookupError):
                 os.close(pidfd)
                 return None
+            except BaseException:
+                os.close(pidfd)  # EMFILE on a field's read: not ours to keep
+                raise
             return info, pidfd
     except (procfs.ProcessGone, PermissionError, ProcessLookupError):
         return None
