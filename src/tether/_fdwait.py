@@ -26,8 +26,9 @@ def wait_readable(fd: int, timeout: float | None) -> bool:
 
 
 def wait_writable(fd: int, timeout: float | None) -> bool:
-    """True once ``fd`` takes a write (or is in error), False after ``timeout``
-    seconds (None: no limit), as ``select.select([], [fd], [], timeout)``."""
+    """True once ``fd`` takes a write (or is in error or hung up: the write
+    then fails at once), False after ``timeout`` seconds (None: no limit),
+    as ``select.select([], [fd], [], timeout)``."""
     return _wait(fd, select.POLLOUT, timeout)
 
 

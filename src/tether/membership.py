@@ -97,9 +97,10 @@ class Membership:
         self._walk = WalkTracker(walk_roots)
         self._statuses = tuple(statuses)
         self._caveats = tuple(caveats)
-        #: Pids of the frozen cgroup that a capture could not read (see
+        #: Pids of the frozen cgroup that a capture could not read, each with
+        #: the start times of the members known by that pid then (see
         #: :meth:`_note_unread`).
-        self._unread: set[int] = set()
+        self._unread: dict[int, frozenset[int]] = {}
         self.not_before = not_before
         self.leader = leader
         self.cgroup = cgroup
@@ -869,8 +870,13 @@ class Membership:
     def _note_unread(self, pids: Iterable[int]) -> None:
         """Frozen members of the cgroup not read before cgroup.kill: killed
         with it, and said in a caveat (:attr:`caveats`) unless named after
-        all."""
-        self._unread.update(pids)
+        all. A pid is reused: one an exited member had is named only by a
+        member of another start time."""
+        known: dict[int, set[int]] = {}
+        for pid, starttime in self._by_identity:
+            known.setdefault(pid, set()).add(starttime)
+        for pid in pids:
+            self._unread.setdefault(pid, frozenset(known.get(pid, ())))
 
     def _adopt_captured(self, captured: _Captured) -> list[Member]:
         """The new members a capture holds, oldest first.
@@ -1061,10 +1067,15 @@ class Membership:
     def caveats(self) -> tuple[str, ...]:
         # Counted when asked: another tracker's scan (the session's, the
         # subreaper's) may name an unread one after the kill, or a later
-        # capture read it. By pid: an unread one has no start time, and a
-        # stranger would have to take its pid and join the job meanwhile.
-        named = {pid for pid, _start in self._by_identity}
-        unread = len(self._unread - named)
+        # capture read it. An unread one has no start time of its own: a
+        # member found since under its pid, with a start time not known
+        # for that pid before, names it.
+        named = {
+            pid
+            for pid, starttime in self._by_identity
+            if pid in self._unread and starttime not in self._unread[pid]
+        }
+        unread = len(self._unread.keys() - named)
         if not unread:
             return self._caveats
         return (

@@ -306,3 +306,31 @@ def test_members_unread_for_want_of_fds_are_said_not_silently_left_out(
     assert len(said) == 1, report.caveats
     assert int(said[0].split()[0]) + len(named) == len(in_cgroup), (said, named)
     assert len(named) < len(in_cgroup)  # the limit did bite
+
+
+def test_an_unread_member_is_named_only_by_a_member_of_a_new_start_time() -> None:
+    """The caveat's count of frozen members the capture could not read: one
+    is named by a member found afterwards under its pid, but not by one
+    known before under that pid (an exited member whose pid was reused)."""
+    m = Membership([], [], not_before=0, leader=None)
+    m._ancestors = set()
+    try:
+        fds = _fds(2)
+        old = m._adopt_captured(
+            _Captured([(7040, fds[0], stat_line(7040, starttime=10), b"")], [], [])
+        )
+        assert [x.pid for x in old] == [7040]
+        m._note_unread([7040, 7041])
+
+        def unread() -> int:
+            said = [c for c in m.caveats if "could not be read before cgroup.kill" in c]
+            return int(said[0].split()[0]) if said else 0
+
+        assert unread() == 2  # 7040's known member started before: not it
+        new = m._adopt_captured(
+            _Captured([(7040, fds[1], stat_line(7040, starttime=30), b"")], [], [])
+        )
+        assert [x.pid for x in new] == [7040]
+        assert unread() == 1  # the reused pid's process, found since
+    finally:
+        m.close()

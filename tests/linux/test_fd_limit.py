@@ -187,26 +187,40 @@ def test_the_ssh_process_waits_and_its_connection_reads_past_fd_1023(tmp_path: P
 
 @needs_high_fds
 def test_a_library_job_from_its_keeper_is_waited_for_past_fd_1023(tmp_path: Path) -> None:
-    """tether.start through the job keeper (KeptPopen: its readiness, its
-    status socket, the leader's pidfd), every descriptor above 1100."""
+    """tether.start through the job keeper (KeptPopen: its status socket,
+    the leader's pidfd; for the second job, the idle keeper's readiness),
+    every descriptor above 1100."""
     result = _child(
         tmp_path,
         """
         import tether
         from tether.job import _kept
 
-        with tether.start(["sh", "-c", "exit 7"], policy="KILL") as job:
-            kept = _kept(job._popen) is not None
-            first = next_fd()
-            rc = job.wait(60)
-            report = job.cancel("test")
-        done(kept=kept, first=first, rc=rc, complete=report.complete)
+        from tether import keeper
+
+        said = []
+        real_said_ready = keeper._said_ready
+        def said_ready(waiting):
+            said.append(waiting.fileno())
+            return real_said_ready(waiting)
+        keeper._said_ready = said_ready
+        runs = []
+        # The second job goes to the keeper the first one left idle: its
+        # "ready" is waited for (_said_ready) before the job is handed over.
+        for code in (7, 8):
+            with tether.start(["sh", "-c", f"exit {code}"], policy="KILL") as job:
+                kept = _kept(job._popen) is not None
+                rc = job.wait(60)
+                report = job.cancel("test")
+            runs.append([kept, rc, report.complete])
+        done(runs=runs, said=said)
         """,
         _HIGH,
     )
-    assert result["kept"], "the job was not started by the keeper: nothing tested"
-    assert result["first"] > 1100
-    assert result["rc"] == 7 and result["complete"]
+    assert all(kept for kept, _rc, _complete in result["runs"]), result
+    assert [rc for _kept, rc, _complete in result["runs"]] == [7, 8], result
+    assert all(complete for _kept, _rc, complete in result["runs"]), result
+    assert result["said"] and min(result["said"]) > 1100, "no idle keeper was asked: " + str(result)
 
 
 @needs_high_fds
@@ -362,7 +376,32 @@ def test_a_frozen_cgroup_read_member_by_member_at_the_fd_limit_is_killed_whole(
     cgroup.kill; every process dies and the report says how many it killed
     without naming them."""
     ready = tmp_path / "ready"
-    result = _child(
+    try:
+        result = _run_frozen_cgroup_child(tmp_path, ready, free)
+    except BaseException:
+        _kill_listed_sleeps(ready)
+        raise
+    kids = {int(pid): st for pid, st in result["kids"].items()}
+    try:
+        assert result["error"] is None, result["error"]
+        assert result["calls"], "the fallback did not run: nothing tested"
+        assert result["complete"]
+        for pid, starttime in kids.items():
+            st = proc_stat(pid)
+            assert st is None or st.starttime != starttime, pid
+        in_cgroup = {result["leader"], *kids}
+        named = set(result["named"]) & in_cgroup
+        said = [c for c in result["caveats"] if "could not be read before cgroup.kill" in c]
+        assert len(said) == 1, result["caveats"]
+        assert int(said[0].split()[0]) + len(named) == len(in_cgroup), (said, named)
+        assert len(named) < len(in_cgroup)  # the limit did bite
+    finally:
+        for ident in kids.items():
+            kill_identity(*ident)
+
+
+def _run_frozen_cgroup_child(tmp_path: Path, ready: Path, free: int) -> dict[str, Any]:
+    return _child(
         tmp_path,
         """
         import subprocess, time
@@ -417,29 +456,31 @@ def test_a_frozen_cgroup_read_member_by_member_at_the_fd_limit_is_killed_whole(
         _LOW,
         args=(str(free), str(ready), _LEADER),
     )
-    kids = {int(pid): st for pid, st in result["kids"].items()}
+
+
+def _kill_listed_sleeps(ready: Path) -> None:
+    """The child failed: its leader's sleeps (listed in ``ready``), by their
+    pid and the command line the leader gave them."""
     try:
-        assert result["error"] is None, result["error"]
-        assert result["calls"], "the fallback did not run: nothing tested"
-        assert result["complete"]
-        for pid, starttime in kids.items():
-            st = proc_stat(pid)
-            assert st is None or st.starttime != starttime, pid
-        in_cgroup = {result["leader"], *kids}
-        named = set(result["named"]) & in_cgroup
-        said = [c for c in result["caveats"] if "could not be read before cgroup.kill" in c]
-        assert len(said) == 1, result["caveats"]
-        assert int(said[0].split()[0]) + len(named) == len(in_cgroup), (said, named)
-        assert len(named) < len(in_cgroup)  # the limit did bite
-    finally:
-        for ident in kids.items():
-            kill_identity(*ident)
+        pids = [int(p) for p in ready.read_text().split()]
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        st = proc_stat(pid)
+        if st is not None and cmdline.startswith(b"sleep\0" + b"8"):
+            kill_identity(pid, st.starttime)
 
 
 def test_a_process_opened_at_the_fd_limit_leaves_no_descriptor_behind(tmp_path: Path) -> None:
-    """open_process_info takes a dirfd, a pidfd and, for a field, one more
-    descriptor: at each shortfall it raises EMFILE (not "gone", not "no
-    pidfd support") and every descriptor it took is closed again."""
+    """open_process_info takes a dirfd, a stat read's, a pidfd and, for a
+    field, one more descriptor: at each shortfall it raises EMFILE (not
+    "gone") and every descriptor it took is closed again. A pidfd_open out
+    of descriptors system-wide (ENFILE, which dup() of the dirfd would not
+    meet) is raised too, not taken for a kernel without pidfds."""
     result = _child(
         tmp_path,
         """
@@ -458,7 +499,22 @@ def test_a_process_opened_at_the_fd_limit_leaves_no_descriptor_behind(tmp_path: 
             restore()
             os.close(got[1])
             out.append([k, 0, open_fds() == before])
-        done(rows=out, dirfd_handles=bool(_dirfd_handles[0]))
+
+        import errno
+        real_pidfd_open = os.pidfd_open
+        def no_file(pid, flags=0):
+            raise OSError(errno.ENFILE, os.strerror(errno.ENFILE))
+        os.pidfd_open = no_file
+        before = open_fds()
+        try:
+            open_process_info(os.getpid(), None, ("cmdline",))
+            enfile = None
+        except OSError as err:
+            enfile = err.errno
+        finally:
+            os.pidfd_open = real_pidfd_open
+        done(rows=out, enfile=enfile, enfile_closed=open_fds() == before,
+             dirfd_handles=bool(_dirfd_handles[0]))
         """,
         _LOW,
     )
@@ -466,4 +522,5 @@ def test_a_process_opened_at_the_fd_limit_leaves_no_descriptor_behind(tmp_path: 
     assert all(same for _k, _errno, same in rows), rows
     # The dirfd, the pidfd and the cmdline's: three at once.
     assert [err for _k, err, _same in rows] == [24, 24, 24, 0, 0], rows
-    assert not result["dirfd_handles"], "EMFILE from pidfd_open read as no pidfd support"
+    assert result["enfile"] == 23 and result["enfile_closed"], result
+    assert not result["dirfd_handles"], "ENFILE from pidfd_open read as no pidfd support"
