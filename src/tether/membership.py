@@ -821,7 +821,14 @@ class Membership:
         self._settled = False
         try:
             pids = self.cgroup.procs()
-        except OSError:
+        except OSError as err:
+            # Killed with the cgroup all the same; the report must not read
+            # as if it named everything it killed.
+            self._caveats = (
+                *self._caveats,
+                f"the job's cgroup could not be listed before cgroup.kill "
+                f"({err.strerror}): what it held was killed with it, not named in this report",
+            )
             return _Captured([], [], [])
         # A member not seen exited still holds its pid (a zombie's pid is
         # not reused until it is reaped, and a reaped member's pidfd polls

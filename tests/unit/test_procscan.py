@@ -629,3 +629,26 @@ def test_a_strays_files_are_read_in_their_order(tmp_path: Path) -> None:
         check=False,
     )
     assert done.stdout == "(b'a\\x00', b'0::/x\\n')\n", done
+
+
+def test_a_module_not_found_for_want_of_descriptors_is_looked_for_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The import of _procscan lists its package's directory: at the fd
+    limit that raises OSError (EMFILE), as a cancel at the limit showed.
+    That is no answer to "is it built": nothing is cached, the next call
+    loads it."""
+    calls = []
+
+    def out_of_fds() -> object:
+        calls.append(1)
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(procscan, "use_native", True)
+    monkeypatch.setattr(procscan, "_cached", [])
+    monkeypatch.setattr(procscan, "_load", out_of_fds)
+    assert procscan.module() is None
+    assert procscan._cached == []
+    monkeypatch.setattr(procscan, "_load", lambda: NATIVE)
+    assert procscan.module() is NATIVE
+    assert calls == [1]

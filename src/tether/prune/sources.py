@@ -221,9 +221,14 @@ def uid_of(user: str) -> int | None:
         return None
 
 
-def _cgroup_procs(path: str) -> set[int]:
-    """Pids in a cgroup and every cgroup below it (missing ones are skipped)."""
-    return set(JobCgroup(path).procs())
+def _cgroup_procs(path: str, source: str) -> set[int]:
+    """Pids in a cgroup and every cgroup below it (missing ones are skipped).
+    One that cannot be listed is a SourceError: its job's processes would
+    otherwise read as strays."""
+    try:
+        return set(JobCgroup(path).procs())
+    except OSError as err:
+        raise SourceError(source, f"cannot list {path!r}: {err.strerror}") from None
 
 
 def _uid_of_processes(table: Table, pids: Iterable[int]) -> int | None:
@@ -332,7 +337,7 @@ class TetherJobs:
             pids: set[int] = set()
             cgroup = self._cgroup(record.cgroup, record.job_id, unified)
             if cgroup is not None:
-                pids = _cgroup_procs(cgroup)
+                pids = _cgroup_procs(cgroup, self.name)
             if record.tag_gid is not None:
                 # Only CAP_SETGID adds a supplementary group: a root job's tag
                 # vouches for processes that left its session and cgroup.
@@ -455,7 +460,7 @@ class SlurmCgroups:
     def jobs(self, table: Table) -> list[Job]:
         by_id: dict[str, tuple[set[int], int | None, str]] = {}
         for job_id, path, uid in self.job_dirs():
-            pids = _cgroup_procs(path)
+            pids = _cgroup_procs(path, self.name)
             entry = by_id.setdefault(job_id, (set(), uid, path))
             entry[0].update(pids)
         out = []

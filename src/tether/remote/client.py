@@ -322,13 +322,32 @@ class Connection:
             self.proc = _SshProcess(ssh.argv(target))
         except OSError as err:
             raise RemoteError(self.label, f"cannot run {ssh.program}: {err.strerror}") from None
-        if ssh.engine != "sh":
-            prefetch_package_zip()
-        self._out = self.proc.stdout.fileno()
-        self._stderr_thread = threading.Thread(
-            target=self._read_stderr, name=f"ssh-stderr-{self.label}", daemon=True
-        )
-        self._stderr_thread.start()
+        try:
+            if ssh.engine != "sh":
+                prefetch_package_zip()
+            self._out = self.proc.stdout.fileno()
+            self._stderr_thread = threading.Thread(
+                target=self._read_stderr, name=f"ssh-stderr-{self.label}", daemon=True
+            )
+            self._stderr_thread.start()
+        except BaseException as err:
+            # No Connection to close it: ssh and its pipes go now (a fan-out
+            # at its thread limit would otherwise keep one of each per host).
+            self._abandon()
+            if isinstance(err, RuntimeError):  # "can't start new thread"
+                raise RemoteError(self.label, f"cannot start a reader for ssh: {err}") from None
+            raise
+
+    def _abandon(self) -> None:
+        """Kill and reap ssh, close its pipes: the constructor failed."""
+        self.proc.kill()
+        self.proc.wait(5.0)
+        self.proc.release()
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass
 
     # -- ssh's own stderr: the reason when a connection fails --------------
 

@@ -100,6 +100,12 @@ def probe(mount: str | None = None) -> CgroupProbe:
     return CgroupProbe(parent, f"job cgroups under {parent}")
 
 
+def _removed(err: OSError) -> bool:
+    """The cgroup (or the file) is gone: ENOENT at open, ENODEV for a file
+    of a cgroup removed under an open descriptor."""
+    return err.errno in (errno.ENOENT, errno.ENODEV)
+
+
 class JobCgroup:
     """One job's cgroup: create, enter, kill, freeze, wait for empty, remove."""
 
@@ -127,7 +133,14 @@ class JobCgroup:
         return os.path.join(self.path, "cgroup.procs")
 
     def procs(self) -> list[int]:
-        """Pids in this cgroup and every cgroup below it."""
+        """Pids in this cgroup and every cgroup below it.
+
+        A cgroup removed meanwhile (this one or one below) holds none. Any
+        other failure to list one is raised (OSError): EMFILE at the fd
+        limit, EACCES. An empty list must mean empty, not unread: the
+        capture before cgroup.kill names what it lists, and the pruner
+        would take the processes of a job it could not list for strays.
+        """
         out: list[int] = []
         # kernfs counts a directory's subdirectories in its link count (2 +
         # subdirs): a job that made no sub-cgroup needs no listing of its files.
@@ -135,14 +148,25 @@ class JobCgroup:
             if os.stat(self.path).st_nlink == 2:
                 with open(os.path.join(self.path, "cgroup.procs"), "rb") as f:
                     return [int(x) for x in f.read().split()]
-        except OSError:
-            pass
-        for dirpath, _dirs, _files in os.walk(self.path):
+        except OSError as err:
+            if not _removed(err):
+                raise
+            if not os.path.lexists(self.path):
+                return []
+            # A sub-cgroup appeared or went between the stat and the open:
+            # listed below, directory by directory.
+
+        def unless_removed(err: OSError) -> None:
+            if not _removed(err):
+                raise err
+
+        for dirpath, _dirs, _files in os.walk(self.path, onerror=unless_removed):
             try:
                 with open(os.path.join(dirpath, "cgroup.procs"), "rb") as f:
                     out.extend(int(x) for x in f.read().split())
-            except OSError:
-                continue  # removed meanwhile (or unreadable): nothing to count there
+            except OSError as err:
+                if not _removed(err):
+                    raise
         return out
 
     def events(self) -> dict[str, int]:

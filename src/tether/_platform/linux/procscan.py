@@ -31,7 +31,14 @@ def module() -> Any:
     if not use_native:
         return None
     if not _cached:
-        _cached.append(_load())
+        try:
+            loaded = _load()
+        except OSError:
+            # Out of descriptors: finding the module lists its package's
+            # directory (EMFILE at the limit, seen in a cancel at the fd
+            # limit). Not "not built": tried again on the next call.
+            return None
+        _cached.append(loaded)
     return _cached[0]
 
 
