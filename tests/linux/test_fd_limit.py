@@ -365,6 +365,33 @@ _LEADER = (
     "[k.wait() for k in kids]\n"
 )
 
+#: In a child: ``start_sleeps(ready, leader, n)`` starts the _LEADER job with
+#: n sleeps (cgroup and keeper as tether.start picks them); the job and the
+#: sleeps' start times by pid, once all run.
+_SLEEPS = """
+import subprocess, time
+import tether
+def start_sleeps(ready, leader, n):
+    job = tether.start(
+        [sys.executable, "-c", leader, ready, str(n)],
+        trackers="auto", policy="KILL", stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(ready) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with open(ready) as f:
+            kids = [int(p) for p in f.read().split()]
+        starts = {}
+        for pid in kids:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                starts[pid] = int(f.read().rsplit(b")", 1)[1].split()[19])
+    except BaseException:
+        job.cancel("cleanup")
+        raise
+    return job, starts
+"""
+
 
 @needs_cgroup
 @pytest.mark.parametrize("free", [0, 4])
@@ -408,8 +435,6 @@ def _run_frozen_cgroup_child(tmp_path: Path, ready: Path, free: int) -> dict[str
     return _child(
         tmp_path,
         """
-        import subprocess, time
-        import tether
         from tether import membership
 
         free = int(sys.argv[2])
@@ -428,20 +453,8 @@ def _run_frozen_cgroup_child(tmp_path: Path, ready: Path, free: int) -> dict[str
             return got
         membership.Membership._open_each = at_the_limit
 
-        job = tether.start(
-            [sys.executable, "-c", sys.argv[4], sys.argv[3], "20"],
-            trackers="auto", policy="KILL", stdin=subprocess.DEVNULL,
-        )
+        job, starts = start_sleeps(sys.argv[3], sys.argv[4], 20)
         try:
-            deadline = time.monotonic() + 30
-            while not os.path.exists(sys.argv[3]) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            with open(sys.argv[3]) as f:
-                kids = [int(p) for p in f.read().split()]
-            starts = {}
-            for pid in kids:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    starts[pid] = int(f.read().rsplit(b")", 1)[1].split()[19])
             try:
                 report = job.cancel("test")
                 error = None
@@ -458,6 +471,7 @@ def _run_frozen_cgroup_child(tmp_path: Path, ready: Path, free: int) -> dict[str
         )
         """,
         _LOW,
+        _SLEEPS,
         args=(str(free), str(ready), _LEADER),
     )
 
@@ -643,8 +657,6 @@ def test_a_frozen_cgroup_not_listed_at_the_fd_limit_is_killed_and_said(tmp_path:
         result = _child(
             tmp_path,
             """
-            import subprocess, time
-            import tether
             from tether import membership
 
             real = membership.Membership._capture_cgroup
@@ -658,20 +670,8 @@ def test_a_frozen_cgroup_not_listed_at_the_fd_limit_is_killed_and_said(tmp_path:
                     calls.append(1)
             membership.Membership._capture_cgroup = at_the_limit
 
-            job = tether.start(
-                [sys.executable, "-c", sys.argv[3], sys.argv[2], "5"],
-                trackers="auto", policy="KILL", stdin=subprocess.DEVNULL,
-            )
+            job, starts = start_sleeps(sys.argv[2], sys.argv[3], 5)
             try:
-                deadline = time.monotonic() + 30
-                while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                with open(sys.argv[2]) as f:
-                    kids = [int(p) for p in f.read().split()]
-                starts = {}
-                for pid in kids:
-                    with open(f"/proc/{pid}/stat", "rb") as f:
-                        starts[pid] = int(f.read().rsplit(b")", 1)[1].split()[19])
                 report = job.cancel("test")
             finally:
                 membership.Membership._capture_cgroup = real
@@ -680,6 +680,7 @@ def test_a_frozen_cgroup_not_listed_at_the_fd_limit_is_killed_and_said(tmp_path:
                  caveats=list(report.caveats))
             """,
             _LOW,
+            _SLEEPS,
             args=(str(ready), _LEADER),
         )
     except BaseException:
