@@ -391,10 +391,10 @@ class Membership:
         if self.cgroup is None:
             return False
         if self._cgroup_spares_us is None:
-            try:
-                inside = set(self.cgroup.procs())
-            except OSError:
-                inside = set()
+            # Raised, not taken for "none of us inside" (and kept): an
+            # unlisted cgroup that held our shell would be frozen or killed
+            # whole. (A removed cgroup lists empty.)
+            inside = set(self.cgroup.procs())
             if self._ancestors is None:
                 self._ancestors = set(ancestors(self._me))
             self._cgroup_spares_us = not inside & (self._protected | self._ancestors)
@@ -855,7 +855,15 @@ class Membership:
         try:
             inside = set(self.cgroup.procs())
         except OSError:
-            inside = set()
+            # Nothing captured is proven its listed process's (a pid reused
+            # by a stranger in between would be named, and signalled if it
+            # outlived the kill): none is adopted. Each was listed frozen,
+            # so cgroup.kill takes it; counted in the caveat unless a later
+            # scan names it (as the fallback's unopened ones).
+            for _pid, fd, _st, _cmd in raw:
+                os.close(fd)
+            self._note_unread(todo)
+            return _Captured([], [], known)
         # Checked after that read: a pidfd not exited means its pid was still
         # its process's when the cgroup listed it, so the reads through the
         # pid described it and it was in the cgroup (not a stranger that got

@@ -50,7 +50,11 @@ IS_LINUX = _platform.NAME == "linux"
 
 
 def read_process(pid: int, fields: Collection[str] = ()) -> ProcessInfo | None:
-    """One process's row, or None if it does not exist (or was reaped meanwhile)."""
+    """One process's row, or None if it does not exist (or was reaped meanwhile).
+
+    A read that fails for another reason (EMFILE: out of descriptors) raises
+    OSError: "no such process" decides that a supervisor died or that a pid
+    is no ancestor of ours."""
     return _platform.read_process(pid, fields)
 
 

@@ -22,6 +22,7 @@ Interactive sessions are found from the process table itself
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pwd
 import re
@@ -267,8 +268,11 @@ def find_mounts() -> tuple[str | None, list[str], str | None]:
                         v1.append(path)
                     if "name=systemd" in opts:
                         systemd = path
-    except OSError:
-        pass
+    except OSError as err:
+        # Not "no cgroup mounts": no Slurm job cgroup and no system service
+        # would be found, and their processes would read as strays.
+        why = f"cannot read /proc/self/mountinfo: {err.strerror}"
+        raise SourceError("mountinfo", why) from None
     return unified, v1, systemd
 
 
@@ -283,18 +287,27 @@ def system_slice_dir() -> str | None:
 
 def system_service_pids(path: str | None) -> set[int]:
     """Pids of system services: the ``system.slice`` subtree, except Slurm's job
-    cgroups below ``slurmstepd.scope`` (a job's processes are not a service)."""
+    cgroups below ``slurmstepd.scope`` (a job's processes are not a service).
+
+    A service cgroup removed meanwhile holds none. One that cannot be listed
+    (EMFILE, EACCES) is a SourceError, not an empty service: its processes
+    would read as strays and be killed."""
     out: set[int] = set()
     if path is None:
         return out
-    for dirpath, dirs, _files in os.walk(path):
+
+    def unlisted(err: OSError) -> None:
+        if err.errno not in (errno.ENOENT, errno.ENODEV):
+            raise SourceError("system.slice", f"cannot list {err.filename!r}: {err.strerror}")
+
+    for dirpath, dirs, _files in os.walk(path, onerror=unlisted):
         if _V2_SCOPE_DIR.fullmatch(os.path.basename(dirpath)):
             dirs[:] = [d for d in dirs if not _JOB_DIR.fullmatch(d)]
         try:
             with open(os.path.join(dirpath, "cgroup.procs"), "rb") as f:
                 out.update(int(x) for x in f.read().split())
-        except OSError:
-            continue
+        except OSError as err:
+            unlisted(err)
     return out
 
 

@@ -78,8 +78,11 @@ def _read_info(
 
 def read_process(pid: int, fields: Collection[str]) -> ProcessInfo | None:
     if not fields:
-        # Stat only: one read, one open (see snapshot).
-        data = procfs.read_stat(pid)
+        # Stat only: one read, one open (see snapshot). Strict: None says the
+        # process is gone (or hidden from us), never that this process is out
+        # of descriptors (EMFILE): "not alive" decides that a supervisor
+        # died (tether reap, the pruner) and which ancestors are protected.
+        data = procfs.read_stat(pid, strict=True)
         try:
             return info_from_stat(data) if data else None
         except (ValueError, IndexError):
@@ -194,13 +197,18 @@ def subtree(
         if info is None:
             continue
         table[pid] = info
+        # A process or thread gone meanwhile has no children to list; any
+        # other failure (EMFILE) is raised: a subtree that silently lacks a
+        # child's branch could call a tree empty.
         try:
             tids = (
                 [str(pid)]
                 if pid == root and root_single_threaded
                 else os.listdir(f"{procfs.PROC}/{pid}/task")
             )
-        except OSError:
+        except OSError as err:
+            if err.errno not in procfs.NOT_READABLE:
+                raise
             continue
         for tid in tids:
             try:
@@ -209,7 +217,10 @@ def subtree(
             except FileNotFoundError:
                 if os.path.exists(f"{procfs.PROC}/{pid}/task/{tid}"):
                     return None  # the thread is there, its children file is not
-            except (OSError, ValueError):
+            except OSError as err:
+                if err.errno not in procfs.NOT_READABLE:
+                    raise
+            except ValueError:
                 continue
     return table
 
@@ -385,13 +396,16 @@ def starttime_to_epoch(starttime: int) -> float:
 
 
 def boot_id() -> str:
+    """This boot's id; "" where the kernel has none. Any other failure to
+    read it (EMFILE) is raised: "" makes every record read as another
+    boot's, whose supervisor counts as gone (the pruner's strays)."""
     if _boot_id:
         return _boot_id[0]  # it changes with a reboot only
     try:
         # Bytes decoded here: a text open looks the codec up (an import).
         with open(_BOOT_ID, "rb") as f:
             found = f.read(64).strip().decode("ascii")
-    except (OSError, UnicodeDecodeError):
+    except (FileNotFoundError, UnicodeDecodeError):
         return ""
     if found:
         _boot_id.append(found)

@@ -1,0 +1,387 @@
+"""A read that fails is not an empty answer, on the paths that decide.
+
+Out of descriptors (EMFILE) a read of /proc or of a cgroup fails; where that
+failure read as "no such process", "no member" or "no service", tether took
+a supervised job for orphaned, named fewer processes than cgroup.kill took
+without saying so, froze or killed a cgroup that held tether itself, and
+the pruner took a system service's processes for strays. Each scenario runs
+in a child python whose fd limit leaves exactly ``k`` descriptors free
+around the call under test (``with_free(k)``, as in test_fd_limit.py: the
+limit another thread's descriptors would leave), and writes what it saw as
+JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import cgroup_writable, kill_identity, proc_stat
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+_PRELUDE = """
+import json, os, resource, sys
+sys.path[:0] = [{src!r}]
+OUT = sys.argv[1]
+def done(**result):
+    with open(OUT, "w") as f:
+        json.dump(result, f)
+_SOFT, _HARD = resource.getrlimit(resource.RLIMIT_NOFILE)
+def with_free(k):
+    probe = [os.open(os.devnull, os.O_RDONLY) for _ in range(k + 1)]
+    for fd in probe:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (probe[k], _HARD))
+def restore():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_SOFT, _HARD))
+def at_limit(call, *args):
+    "call(*args) with no descriptor free: ['ok', result] or ['error', errno or text]"
+    with_free(0)
+    try:
+        return ["ok", call(*args)]
+    except OSError as err:
+        return ["error", err.errno]
+    except Exception as err:
+        return ["error", type(err).__name__ + ": " + str(err)]
+    finally:
+        restore()
+"""
+
+needs_cgroup = pytest.mark.skipif(not cgroup_writable(), reason="needs cgroup v2 write access")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a process of another uid)")
+
+
+def _child(tmp_path: Path, body: str, args: tuple[str, ...] = ()) -> dict[str, Any]:
+    out = tmp_path / "result.json"
+    code = _PRELUDE.format(src=SRC) + textwrap.dedent(body)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+# -- "is it alive?" out of descriptors -----------------------------------------
+
+
+def test_a_supervised_job_out_of_descriptors_is_not_taken_for_orphaned(tmp_path: Path) -> None:
+    """is_alive() read a stat-only row with a non-strict read: EMFILE read as
+    "no such process", so `tether reap` (recovery.job_state) took a running,
+    supervised job for orphaned and would terminate it, the pruner's
+    TetherJobs (JobRecord.supervisor_alive) dropped it (its processes read
+    as strays; an unreadable boot id made its record another boot's), the
+    ancestors tether protects were none, and a keeper's subtree read as the
+    keeper gone. Each now raises."""
+    result = _child(
+        tmp_path,
+        """
+        import subprocess
+        import tether
+        from tether._platform import linux
+        from tether.journal import Journal
+        from tether.process import ancestors
+        from tether.recovery import job_state
+
+        job = tether.start(["sleep", "60"], stdin=subprocess.DEVNULL)
+        try:
+            journal = Journal.default()
+            try:
+                record = journal.read(job.id)
+            finally:
+                journal.close()
+            state = job_state(record)
+            before = [state.supervisor_alive, state.orphaned]
+            def orphaned():
+                return job_state(record).orphaned
+            reap = at_limit(orphaned)
+            # The pruner's question in a fresh process: the boot id unread.
+            linux._boot_id.clear()
+            prune = at_limit(record.supervisor_alive)
+            linux._boot_id.clear()
+            boot = at_limit(linux.boot_id)
+            mine = ancestors(os.getpid())
+            protected = at_limit(ancestors, os.getpid())
+            # A library job's scan reads its keeper's subtree: None there
+            # meant "the keeper is gone" (whole-table scans from then on, and
+            # a caveat that it exited).
+            keeper = linux.subtree(os.getpid(), root_starttime=linux.own_starttime())
+            subtree = at_limit(linux.subtree, os.getpid())
+        finally:
+            job.cancel("cleanup")
+        done(before=before, reap=reap, prune=prune, boot=boot, mine=mine, protected=protected,
+             keeper=keeper is not None, subtree=subtree)
+        """,
+    )
+    assert result["before"] == [True, False], result
+    assert result["mine"], "no ancestors read at all: nothing tested"
+    assert result["reap"] == ["error", 24], result
+    assert result["prune"] == ["error", 24], result
+    assert result["boot"] == ["error", 24], result
+    assert result["protected"] == ["error", 24], result
+    assert result["keeper"]
+    assert result["subtree"] == ["error", 24], result
+
+
+# -- the capture before cgroup.kill ---------------------------------------------
+
+_LEADER = (
+    "import subprocess, sys\n"
+    "kids = [subprocess.Popen(['sleep', f'{700 + i}']) for i in range(int(sys.argv[2]))]\n"
+    "with open(sys.argv[1] + '.tmp', 'w') as f:\n"
+    "    f.write(' '.join(str(k.pid) for k in kids))\n"
+    "import os; os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
+    "[k.wait() for k in kids]\n"
+)
+
+
+def _kill_listed_sleeps(ready: Path) -> None:
+    """The child failed: the leader's sleeps (listed in ``ready``), by pid and
+    the command line the leader gave them."""
+    try:
+        pids = [int(p) for p in ready.read_text().split()]
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        st = proc_stat(pid)
+        if st is not None and cmdline.startswith(b"sleep\0" + b"7"):
+            kill_identity(pid, st.starttime)
+
+
+@needs_cgroup
+def test_a_capture_whose_check_listing_fails_says_what_it_did_not_name(tmp_path: Path) -> None:
+    """The capture before cgroup.kill read the frozen members, then could not
+    list the cgroup again to prove the reads were of its processes (EMFILE):
+    that failure read as an empty cgroup, every captured row was dropped and
+    nothing was said, so the report named none of the processes the kill
+    took. Now none is named (unproven) and the caveat counts them."""
+    ready = tmp_path / "ready"
+    try:
+        result = _child(
+            tmp_path,
+            """
+            import subprocess, time
+            import tether
+            from tether import membership
+            from tether._platform.linux import cgroupfs
+
+            real_capture = membership.capture
+            real_procs = cgroupfs.JobCgroup.procs
+            armed, hits = [False], []
+            def capture(pids):
+                rows = real_capture(pids)
+                armed[0] = rows is not None  # the check that follows the capture
+                return rows
+            def procs(self):
+                if not armed[0]:
+                    return real_procs(self)
+                armed[0] = False
+                got = at_limit(real_procs, self)
+                hits.append(got)
+                if got[0] == "error":
+                    raise OSError(got[1], os.strerror(got[1]))
+                return got[1]
+            membership.capture = capture
+            cgroupfs.JobCgroup.procs = procs
+
+            ready, n = sys.argv[2], 5
+            # The cgroup alone: no later scan (subreaper, session, walk) can
+            # name a member after the kill.
+            job = tether.start([sys.executable, "-c", sys.argv[3], ready, str(n)],
+                               trackers="cgroup", policy="KILL", stdin=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + 30
+                while not os.path.exists(ready) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                with open(ready) as f:
+                    kids = [int(p) for p in f.read().split()]
+                starts = {}
+                for pid in kids:
+                    with open(f"/proc/{pid}/stat", "rb") as f:
+                        starts[pid] = int(f.read().rsplit(b")", 1)[1].split()[19])
+                report = job.cancel("test")
+            finally:
+                membership.capture = real_capture
+                cgroupfs.JobCgroup.procs = real_procs
+                job.cancel("cleanup")
+            done(leader=job.pid, kids=starts, hits=hits, complete=report.complete,
+                 named=[m.pid for m in report.members], caveats=list(report.caveats))
+            """,
+            args=(str(ready), _LEADER),
+        )
+    except BaseException:
+        _kill_listed_sleeps(ready)
+        raise
+    kids = {int(pid): st for pid, st in result["kids"].items()}
+    try:
+        assert result["hits"] == [["error", 24]], result["hits"]
+        assert result["complete"], result
+        for pid, starttime in kids.items():
+            st = proc_stat(pid)
+            # Dead: gone, or a zombie left to init (the cgroup alone has
+            # no subreaper to take them).
+            assert st is None or st.starttime != starttime or st.state in ("Z", "X"), pid
+        in_cgroup = {result["leader"], *kids}
+        named = set(result["named"]) & in_cgroup
+        said = [c for c in result["caveats"] if "could not be read before cgroup.kill" in c]
+        assert len(said) == 1, result["caveats"]
+        unnamed = int(said[0].split()[0])
+        # Every process the kill took is named or counted; the sleeps were
+        # captured, not proven: counted.
+        assert not named & set(kids), named
+        assert unnamed + len(named) == len(in_cgroup), (said, named)
+    finally:
+        for ident in kids.items():
+            kill_identity(*ident)
+
+
+# -- a cgroup that holds tether itself ------------------------------------------
+
+
+@needs_cgroup
+def test_a_cgroup_not_listed_is_not_taken_for_one_without_us(tmp_path: Path) -> None:
+    """Whether the job's cgroup holds tether or an ancestor (`tether reap` run
+    from a shell inside the job) was asked once and kept: a listing that
+    failed (EMFILE) read as "none of us inside", and the next cgroup.kill
+    took tether with the job. Now the failure is raised and nothing kept:
+    asked again, the cgroup holds us and the kill is not the cgroup's."""
+    name = f"tether-errtest-{os.getpid()}"
+    from tether._platform.linux import cgroupfs
+
+    parent = cgroupfs.probe().parent
+    assert parent is not None
+    path = os.path.join(parent, name)
+    try:
+        result = _child(
+            tmp_path,
+            """
+            from tether._platform.linux import cgroupfs
+            from tether.membership import Membership
+
+            home = cgroupfs.own_cgroup_path()
+            mount = cgroupfs.find_cgroup2_mount()
+            cg = cgroupfs.JobCgroup.create(cgroupfs.probe().parent, sys.argv[2])
+            cg.move(os.getpid())
+            m = Membership([], [], not_before=0, leader=None, cgroup=cg)
+            try:
+                first = at_limit(m._cgroup_acts_alone)
+                # Descriptors back: had "spares us" been kept, this kills us.
+                killed = sorted(x.pid for x in m.kill_all())
+                again = m._cgroup_acts_alone()
+            finally:
+                with open(os.path.join(mount + home, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+                m.close()
+                cg.remove()
+            done(first=first, killed=killed, again=again)
+            """,
+            args=(name,),
+        )
+    finally:
+        if os.path.isdir(path):
+            os.rmdir(path)
+    assert result["first"] == ["error", 24], result
+    assert result["again"] is False
+    assert result["killed"] == []
+
+
+# -- the pruner's system services ---------------------------------------------------
+
+
+@needs_cgroup
+@needs_root
+def test_a_service_cgroup_not_listed_stops_the_pruner(tmp_path: Path) -> None:
+    """system_service_pids walked system.slice with os.walk, whose listing
+    errors are dropped, and skipped a cgroup.procs it could not open: out of
+    descriptors, a service (here a process of uid 60000 in a service cgroup)
+    was no service, and the pruner's plan took its process for a stray. Now
+    it is a SourceError (nothing is killed); a service that is really gone
+    is still none. An unread mountinfo is one too, not "no cgroup mounts"."""
+    name = f"tether-errtest-{os.getpid()}.slice"
+    from tether._platform.linux import cgroupfs
+
+    parent = cgroupfs.probe().parent
+    assert parent is not None
+    slice_dir = os.path.join(parent, name)
+    service = os.path.join(slice_dir, "errtest.service")
+    os.mkdir(slice_dir)
+    sleeper = None
+    try:
+        os.mkdir(service)
+        sleeper = subprocess.Popen(
+            ["setpriv", "--reuid=60000", "--regid=60000", "--clear-groups", "sleep", "600"],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # not the pruner's own session (never a stray)
+        )
+        Path(service, "cgroup.procs").write_text(str(sleeper.pid))
+        result = _child(
+            tmp_path,
+            """
+            from tether.prune import sources
+            from tether.prune.classify import PruneOptions, plan
+
+            slice_dir, pid = sys.argv[2], int(sys.argv[3])
+            options = PruneOptions(min_uid=1000, min_age=0.0, include_ssh=True)
+            listed = sorted(sources.system_service_pids(slice_dir))
+            direct = at_limit(sources.system_service_pids, slice_dir)
+            if direct[0] == "ok":
+                direct[1] = sorted(direct[1])
+            def strays(slice_dir):
+                return {s.pid for s in plan(options, [], system_slice=slice_dir).strays}
+            exempt = pid not in strays(slice_dir)
+            # What the service listing decides: without it, a stray.
+            unlisted = pid in strays(os.path.join(slice_dir, "none"))
+            real = sources.system_service_pids
+            def at_the_limit(path):
+                with_free(0)
+                try:
+                    return real(path)
+                finally:
+                    restore()
+            sources.system_service_pids = at_the_limit
+            try:
+                stray = pid in strays(slice_dir)
+                decided = ["stray" if stray else "spared"]
+            except sources.SourceError as err:
+                decided = ["refused", str(err)]
+            finally:
+                sources.system_service_pids = real
+            gone = sorted(sources.system_service_pids(os.path.join(slice_dir, "none")))
+            # Unread, mountinfo named no cgroup mount: no Slurm job cgroup and
+            # no system.slice would be found at all.
+            mounts = at_limit(sources.find_mounts)
+            done(listed=listed, direct=direct, exempt=exempt, unlisted=unlisted, decided=decided,
+                 gone=gone, mounts=mounts)
+            """,
+            args=(slice_dir, str(sleeper.pid)),
+        )
+    finally:
+        if sleeper is not None:
+            sleeper.kill()
+            sleeper.wait()
+        if os.path.isdir(service):
+            os.rmdir(service)
+        os.rmdir(slice_dir)
+    assert result["listed"] == [sleeper.pid], result
+    assert result["exempt"], "the service's process was a stray with its cgroup listed"
+    assert result["unlisted"], "not a stray even unlisted: the listing decides nothing here"
+    assert result["decided"][0] == "refused", result["decided"]
+    assert result["direct"][0] == "error" and "cannot list" in result["direct"][1], result
+    assert result["gone"] == []
+    assert result["mounts"][0] == "error" and "mountinfo" in result["mounts"][1], result
