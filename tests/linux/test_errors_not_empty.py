@@ -385,3 +385,83 @@ def test_a_service_cgroup_not_listed_stops_the_pruner(tmp_path: Path) -> None:
     assert result["direct"][0] == "error" and "cannot list" in result["direct"][1], result
     assert result["gone"] == []
     assert result["mounts"][0] == "error" and "mountinfo" in result["mounts"][1], result
+
+
+# -- what a scan finds: the cookie, the cgroup ----------------------------------
+
+
+@needs_cgroup
+@needs_root
+def test_a_cookie_or_a_cgroup_not_read_is_not_no_member(tmp_path: Path) -> None:
+    """read_environ took any failure for "no environment": out of
+    descriptors, the cookie tracker found none of the job's processes, and
+    the pruner's SLURM_JOB_ID shelter (_slurm_env_jobs) left a running
+    job's double-forked helper to be killed as a stray. The cgroup tracker
+    took any failure of its listing for "no member". Each now raises; a
+    process gone, or another user's environment, is still no cookie."""
+    name = f"tether-errtest-{os.getpid()}"
+    from tether._platform.linux import cgroupfs
+
+    parent = cgroupfs.probe().parent
+    assert parent is not None
+    path = os.path.join(parent, name)
+    os.mkdir(path)
+    sleeper = None
+    try:
+        # A helper of Slurm job 77 (uid 60000) that carries the job's id, in
+        # a cgroup, with a tether cookie too.
+        sleeper = subprocess.Popen(
+            ["setpriv", "--reuid=60000", "--regid=60000", "--clear-groups", "sleep", "600"],
+            stdin=subprocess.DEVNULL,
+            env={"SLURM_JOB_ID": "77", "TETHER_JOB_ID": "errtest", "PATH": os.defpath},
+            start_new_session=True,
+        )
+        Path(path, "cgroup.procs").write_text(str(sleeper.pid))
+        result = _child(
+            tmp_path,
+            """
+            from tether._platform.linux import cgroupfs
+            from tether.process import read_environ, snapshot
+            from tether.prune import scan
+            from tether.prune.classify import _slurm_env_jobs
+            from tether.tracking.cgroup import CgroupTracker
+            from tether.tracking.cookie import CookieTracker
+
+            path, pid = sys.argv[2], int(sys.argv[3])
+            table = snapshot()
+            start = table[pid].starttime
+            cookie = CookieTracker("errtest", not_before=start, owner_uid=60000)
+            found = sorted(cookie.find(table, set()))
+            env = at_limit(read_environ, pid, start)
+            cookies = at_limit(lambda: sorted(cookie.find(table, set())))
+            # The pruner: statuses read first (an unread one is exempt).
+            ptable = scan.scan()
+            assert ptable.load_status(ptable.procs[pid])
+            def sheltered():
+                jobs = _slurm_env_jobs(ptable, {"77": 60000}, (), 1000)
+                return sorted(p for j in jobs for p in j.pids)
+            shelter = sheltered()
+            shelter_at_limit = at_limit(sheltered)
+            tracker = CgroupTracker(cgroupfs.JobCgroup(path))
+            listed = sorted(tracker.find(table, set()))
+            fresh = CgroupTracker(cgroupfs.JobCgroup(path))  # its cgroup.events not open yet
+            members = at_limit(lambda: sorted(fresh.find(table, set())))
+            gone = sorted(CgroupTracker(cgroupfs.JobCgroup(path + "-none")).find(table, set()))
+            done(found=found, env=env, cookies=cookies, shelter=shelter,
+                 shelter_at_limit=shelter_at_limit, listed=listed, members=members, gone=gone)
+            """,
+            args=(path, str(sleeper.pid)),
+        )
+    finally:
+        if sleeper is not None:
+            sleeper.kill()
+            sleeper.wait()
+        os.rmdir(path)
+    pid = sleeper.pid
+    assert result["found"] == [pid] and result["shelter"] == [pid], result
+    assert result["listed"] == [pid], result
+    assert result["env"] == ["error", 24], result
+    assert result["cookies"] == ["error", 24], result
+    assert result["shelter_at_limit"] == ["error", 24], result
+    assert result["members"] == ["error", 24], result
+    assert result["gone"] == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 from tether._platform.linux.cgroupfs import JobCgroup
 from tether.tracking.base import Table
 
@@ -25,5 +27,11 @@ class CgroupTracker:
             if not self.cgroup.populated():
                 return ()
             return self.cgroup.procs()
-        except OSError:
-            return ()
+        except OSError as err:
+            # Removed (ENOENT, ENODEV through the open cgroup.events): no
+            # process left in it. Any other failure (EMFILE) is raised: "no
+            # member" would let a scan take the tree for empty, and the
+            # policy's polite steps would skip what only the cgroup holds.
+            if err.errno in (errno.ENOENT, errno.ENODEV):
+                return ()
+            raise

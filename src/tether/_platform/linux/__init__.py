@@ -226,12 +226,16 @@ def subtree(
 
 
 def read_environ(pid: int, starttime: int) -> bytes | None:
+    """None if the process is gone or its environment is not ours to read
+    (another user's); any other failure (EMFILE) is raised: "no cookie"
+    leaves a job's process out of its tree, and the pruner's SLURM_JOB_ID
+    shelter out of its job."""
     try:
         with procfs.ProcDir(pid) as d:
             if d.stat().starttime != starttime:
                 return None
             return d.read("environ")
-    except (procfs.ProcessGone, OSError):
+    except (procfs.ProcessGone, PermissionError, ProcessLookupError):
         return None
 
 
