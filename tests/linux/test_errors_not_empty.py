@@ -465,3 +465,37 @@ def test_a_cookie_or_a_cgroup_not_read_is_not_no_member(tmp_path: Path) -> None:
     assert result["shelter_at_limit"] == ["error", 24], result
     assert result["members"] == ["error", 24], result
     assert result["gone"] == []
+
+
+# -- the cgroup probe ------------------------------------------------------------
+
+
+@needs_cgroup
+def test_a_cgroup_probe_out_of_descriptors_is_not_no_cgroup(tmp_path: Path) -> None:
+    """find_cgroup2_mount and own_cgroup_path took a failed read of
+    /proc/self/mountinfo or /proc/self/cgroup for "no cgroup2 mounted" and
+    "not in the unified hierarchy": the probe, kept for the process's life,
+    then ran every later job of a long-lived caller without a cgroup (its
+    status giving a reason that is not true), and `tether reap` ignored a
+    crashed job's recorded cgroup. Each now raises, and nothing is kept."""
+    result = _child(
+        tmp_path,
+        """
+        from tether._platform.linux import cgroupfs
+        from tether.tracking import select
+
+        real = cgroupfs.probe().parent
+        first = at_limit(lambda: select.cgroup_probe().parent)
+        later = select.cgroup_probe().parent
+        mount = at_limit(cgroupfs.find_cgroup2_mount)
+        home = at_limit(cgroupfs.own_cgroup_path)
+        gone = cgroupfs.own_cgroup_path(2**22 + 1)  # above pid_max: no such process
+        done(real=real, first=first, later=later, mount=mount, home=home, gone=gone)
+        """,
+    )
+    assert result["real"] is not None
+    assert result["first"] == ["error", 24], result
+    assert result["later"] == result["real"], result
+    assert result["mount"] == ["error", 24], result
+    assert result["home"] == ["error", 24], result
+    assert result["gone"] is None
