@@ -44,7 +44,10 @@ def restore():
     resource.setrlimit(resource.RLIMIT_NOFILE, (_SOFT, _HARD))
 def at_limit(call, *args):
     "call(*args) with no descriptor free: ['ok', result] or ['error', errno or text]"
-    with_free(0)
+    return with_k_free(0, call, *args)
+def with_k_free(k, call, *args):
+    "call(*args) with k descriptors free"
+    with_free(k)
     try:
         return ["ok", call(*args)]
     except OSError as err:
@@ -499,3 +502,35 @@ def test_a_cgroup_probe_out_of_descriptors_is_not_no_cgroup(tmp_path: Path) -> N
     assert result["mount"] == ["error", 24], result
     assert result["home"] == ["error", 24], result
     assert result["gone"] is None
+
+
+@needs_root
+def test_a_tagged_process_not_read_is_not_untagged(tmp_path: Path) -> None:
+    """processes_with_supplementary_gid (the gid tracker; the pruner's
+    vouching for a tether --tag-gid job) took any failed read of a status
+    for "not tagged": out of descriptors, no process carried the tag."""
+    gid = 64999
+    tagged = subprocess.Popen(
+        ["setpriv", f"--groups={gid}", "sleep", "600"],
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        result = _child(
+            tmp_path,
+            """
+            from tether.tracking.gid import processes_with_supplementary_gid
+
+            gid = int(sys.argv[2])
+            found = [pid for pid, _st in processes_with_supplementary_gid(gid)]
+            # One free: /proc is listed, no process in it can be read.
+            at = with_k_free(1, lambda: [pid for pid, _st in processes_with_supplementary_gid(gid)])
+            done(found=found, at=at)
+            """,
+            args=(str(gid),),
+        )
+    finally:
+        tagged.kill()
+        tagged.wait()
+    assert result["found"] == [tagged.pid], result
+    assert result["at"] == ["error", 24], result

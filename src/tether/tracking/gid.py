@@ -46,7 +46,10 @@ def processes_with_supplementary_gid(gid: int) -> list[Identity]:
                 if gid not in supplementary_groups(d.read("status")):
                     continue
                 st = d.stat()
-        except (procfs.ProcessGone, OSError, ValueError):
+        except (procfs.ProcessGone, PermissionError, ProcessLookupError, ValueError):
+            # Gone, or hidden from us (hidepid). Any other failure (EMFILE)
+            # is raised: a process that kept the tag is the job's, and the
+            # pruner would take it for a stray.
             continue
         if st.state not in ("Z", "X") and not st.is_kernel_thread:
             out.append(Identity(st.pid, st.starttime))
