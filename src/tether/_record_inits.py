@@ -155,10 +155,11 @@ def __init__(self, job_id, cookie, argv, policy, owner_uid, started_at, boot_id,
  self.__post_init__()
 CODES["def __init__(self, job_id, cookie, argv, policy, owner_uid, started_at, boot_id, supervisor, not_before, cgroup=_d_cgroup, sid=_d_sid, leader=_d_leader, watchdog=_d_watchdog, members=_d_members, trackers=_d_trackers, restartable=_d_restartable, tag_gid=_d_tag_gid, state=_d_state, schema=_d_schema, step=_d_step, revision=_d_revision):\n _set(self, 'job_id', job_id)\n _set(self, 'cookie', cookie)\n _set(self, 'argv', argv)\n _set(self, 'policy', policy)\n _set(self, 'owner_uid', owner_uid)\n _set(self, 'started_at', started_at)\n _set(self, 'boot_id', boot_id)\n _set(self, 'supervisor', supervisor)\n _set(self, 'not_before', not_before)\n _set(self, 'cgroup', cgroup)\n _set(self, 'sid', sid)\n _set(self, 'leader', leader)\n _set(self, 'watchdog', watchdog)\n _set(self, 'members', members)\n _set(self, 'trackers', trackers)\n _set(self, 'restartable', restartable)\n _set(self, 'tag_gid', tag_gid)\n _set(self, 'state', state)\n _set(self, 'schema', schema)\n _set(self, 'step', step)\n _set(self, 'revision', revision)\n self.__post_init__()\n"] = __init__.__code__
 
-def __init__(self, path, message):
+def __init__(self, path, message, errno):
  _set(self, 'path', path)
  _set(self, 'message', message)
-CODES["def __init__(self, path, message):\n _set(self, 'path', path)\n _set(self, 'message', message)\n"] = __init__.__code__
+ _set(self, 'errno', errno)
+CODES["def __init__(self, path, message, errno=_d_errno):\n _set(self, 'path', path)\n _set(self, 'message', message)\n _set(self, 'errno', errno)\n"] = __init__.__code__
 
 def __init__(self, argv, mode, timeout):
  _set(self, 'argv', argv)

@@ -298,10 +298,18 @@ def _identity(key: str, value: object) -> Identity:
 
 @dataclass(frozen=True)
 class JournalProblem:
-    """A journal file that could not be used: reported, skipped, never fatal."""
+    """A journal file that could not be used: reported, skipped, never fatal.
+
+    ``errno``: set when the file could not be read at all (EMFILE, EIO...),
+    as against one that was read and refused (a symlink, another owner's,
+    corrupt): the record may be a live job's, and whoever acts on the
+    journal's absence of a job (the pruner) must not take its silence for
+    one.
+    """
 
     path: str
     message: str
+    errno: int | None = None
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
@@ -462,7 +470,7 @@ class Journal:
         except OSError as err:
             if err.errno == errno.ELOOP:
                 return JournalProblem(path, "is a symlink, not a record: skipped")
-            return JournalProblem(path, f"unreadable ({err.strerror}): skipped")
+            return JournalProblem(path, f"unreadable ({err.strerror}): skipped", err.errno)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):

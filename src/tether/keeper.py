@@ -851,14 +851,14 @@ def _own_state() -> tuple[int | None, bytes]:
         os.getgroups(),
         os.getpriority(os.PRIO_PROCESS, 0),
     )
+    # Unreadable (EMFILE) is raised, not a context without its capability
+    # and seccomp lines: two such would compare equal across a change of
+    # privileges, and the old keeper would run the job.
+    fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = os.read(fd, 1 << 16)
-        finally:
-            os.close(fd)
-    except OSError:
-        return None, context
+        data = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
     lines = [line for line in data.split(b"\n") if line.startswith(_CONTEXT_LINES)]
     context += b"\n" + b"\n".join(lines)
     try:

@@ -534,3 +534,78 @@ def test_a_tagged_process_not_read_is_not_untagged(tmp_path: Path) -> None:
         tagged.wait()
     assert result["found"] == [tagged.pid], result
     assert result["at"] == ["error", 24], result
+
+
+# -- the pruner's own journal ----------------------------------------------------
+
+
+def test_a_journal_record_not_read_stops_the_pruner(tmp_path: Path) -> None:
+    """tether prune's TetherJobs source: a record that cannot be opened for
+    want of descriptors may be a live job's; it was dropped ("unreadable:
+    skipped"), so that job was not running and its processes were strays.
+    Now it is a SourceError (nothing is killed). A record read and refused
+    (corrupt) still vouches for nothing, as before."""
+    journal_dir = tmp_path / "journal"
+    result = _child(
+        tmp_path,
+        """
+        from tether.journal import Identity, Journal, new_record
+        from tether.policy import Policy
+        from tether.process import own_starttime
+        from tether.prune.scan import scan
+        from tether.prune.sources import SourceError, TetherJobs
+
+        journal = Journal(sys.argv[2])
+        journal.write(new_record(
+            job_id="live", cookie="live", argv=("sleep", "1"),
+            policy=Policy.parse("KILL"), supervisor=Identity(os.getpid(), own_starttime()),
+            not_before=0, cgroup=None, trackers=("session",), restartable=False,
+        ))
+        journal.close()
+        source = TetherJobs(sys.argv[2])
+        table = scan()
+
+        def jobs():
+            return [j.job_id for j in source.jobs(table)]
+
+        listed = jobs()
+        real = Journal._read_name
+        def read_name_at_the_limit(self, dfd, name):
+            return with_k_free(0, real, self, dfd, name)[1]
+        Journal._read_name = read_name_at_the_limit
+        try:
+            try:
+                at_limit_jobs = ["listed", jobs()]
+            except SourceError as err:
+                at_limit_jobs = ["refused", str(err)]
+        finally:
+            Journal._read_name = real
+        done(listed=listed, at_limit=at_limit_jobs)
+        """,
+        args=(str(journal_dir),),
+    )
+    assert result["listed"] == ["live"], result
+    outcome, detail = result["at_limit"]
+    assert outcome == "refused", result
+    assert "unreadable" in detail and "Too many open files" in detail, detail
+
+
+def test_a_keeper_context_not_read_is_an_error(tmp_path: Path) -> None:
+    """The keeper's context (credentials, capabilities, seccomp...) decides
+    whether a waiting keeper may run the caller's next job. Read out of
+    descriptors, it lacked the capability and seccomp lines: two such
+    contexts compared equal across a drop of privileges. It is raised now."""
+    result = _child(
+        tmp_path,
+        """
+        from tether import keeper
+
+        outcome, got = at_limit(keeper._own_state)
+        done(
+            normal=keeper._own_state()[1].count(b"Cap"),
+            at_limit=[outcome, got if outcome == "error" else "a context"],
+        )
+        """,
+    )
+    assert result["normal"] >= 3, result  # CapInh, CapPrm, CapEff... read
+    assert result["at_limit"] == ["error", 24], result

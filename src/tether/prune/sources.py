@@ -331,15 +331,24 @@ class TetherJobs:
         self.journal_dir = journal_dir
 
     def jobs(self, table: Table) -> list[Job]:
-        from tether.journal import JobRecord, Journal
+        from tether.journal import JobRecord, Journal, JournalProblem
 
         journal = Journal(self.journal_dir) if self.journal_dir else Journal.default()
         try:
-            entries = [e for e in journal.entries() if isinstance(e, JobRecord)]
+            found = list(journal.entries())
         except TetherError as err:
             raise SourceError(self.name, str(err)) from None
+        except OSError as err:
+            raise SourceError(self.name, f"cannot read the journal: {err.strerror}") from None
         finally:
             journal.close()
+        # A record not read at all (EMFILE) may be a live job's: its
+        # processes would read as strays. One read and refused (a symlink,
+        # corrupt, another owner's) vouches for nothing, as before.
+        unread = [e for e in found if isinstance(e, JournalProblem) and e.errno is not None]
+        if unread:
+            raise SourceError(self.name, str(unread[0]))
+        entries = [e for e in found if isinstance(e, JobRecord)]
         if not entries:
             return []  # the usual node: no tether job
         unified, _v1, _systemd = find_mounts()
