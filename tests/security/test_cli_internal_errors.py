@@ -112,3 +112,16 @@ def test_a_bad_epilog_option_never_drains_the_node(strict: tuple[str, ...], stat
                    "epilog", *strict, "--no-such-option")  # fmt: skip
     assert _one_line(done.stderr).endswith("(nothing was killed)")
     assert done.returncode == status
+
+
+@pytest.mark.parametrize("args", list(STATUS), ids=" ".join)
+def test_out_of_descriptors_in_a_command_is_one_line_and_its_unfinished_status(
+    args: tuple[str, ...],
+) -> None:
+    """EMFILE mid-command is neither bad input nor a bug: one line that says
+    to raise the limit, and the status the command gives work it may not
+    have finished (as an internal error's)."""
+    done = _tether(_BREAK_INVOKE.format(exc="OSError(24, 'Too many open files')"), *args)
+    line = _one_line(done.stderr)
+    assert line.startswith("tether: Too many open files (out of file descriptors: raise the limit")
+    assert done.returncode == STATUS[args], (done.returncode, line)

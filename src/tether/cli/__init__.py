@@ -419,6 +419,14 @@ def _failed(err: Exception, command: str | None, args: list[str], bad_input: int
         echo_err(f"tether: {err}")
         return code
     if isinstance(err, OSError):
+        if err.errno in (24, 23):  # EMFILE, ENFILE (no errno import at start-up)
+            # Out of descriptors mid-work, not bad input: what was asked may
+            # be half done (the command's "not all done" status).
+            echo_err(
+                f"tether: {err.strerror} (out of file descriptors: raise the limit, "
+                "ulimit -n, and run it again)"
+            )
+            return _internal_status(command, args)
         echo_err(f"tether: {err.strerror or err}")
         return bad_input
     # Never a traceback: one line, a documented status.
