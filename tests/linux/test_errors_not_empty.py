@@ -13,68 +13,22 @@ JSON.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fd_child import LOW, run_child, run_sleeps_child
 
 from helpers import cgroup_writable, kill_identity, proc_stat
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-_PRELUDE = """
-import json, os, resource, sys
-sys.path[:0] = [{src!r}]
-OUT = sys.argv[1]
-def done(**result):
-    with open(OUT, "w") as f:
-        json.dump(result, f)
-_SOFT, _HARD = resource.getrlimit(resource.RLIMIT_NOFILE)
-def with_free(k):
-    probe = [os.open(os.devnull, os.O_RDONLY) for _ in range(k + 1)]
-    for fd in probe:
-        os.close(fd)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (probe[k], _HARD))
-def restore():
-    resource.setrlimit(resource.RLIMIT_NOFILE, (_SOFT, _HARD))
-def at_limit(call, *args):
-    "call(*args) with no descriptor free: ['ok', result] or ['error', errno or text]"
-    return with_k_free(0, call, *args)
-def with_k_free(k, call, *args):
-    "call(*args) with k descriptors free"
-    with_free(k)
-    try:
-        return ["ok", call(*args)]
-    except OSError as err:
-        return ["error", err.errno]
-    except Exception as err:
-        return ["error", type(err).__name__ + ": " + str(err)]
-    finally:
-        restore()
-"""
 
 needs_cgroup = pytest.mark.skipif(not cgroup_writable(), reason="needs cgroup v2 write access")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a process of another uid)")
 
 
-def _child(tmp_path: Path, body: str, args: tuple[str, ...] = ()) -> dict[str, Any]:
-    out = tmp_path / "result.json"
-    code = _PRELUDE.format(src=SRC) + textwrap.dedent(body)
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(out), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
-    result: dict[str, Any] = json.loads(out.read_text())
-    return result
+def _child_low(tmp_path: Path, body: str, args: tuple[str, ...] = ()) -> dict[str, Any]:
+    return run_child(tmp_path, body, LOW, args=args)
 
 
 # -- "is it alive?" out of descriptors -----------------------------------------
@@ -88,7 +42,7 @@ def test_a_supervised_job_out_of_descriptors_is_not_taken_for_orphaned(tmp_path:
     as strays; an unreadable boot id made its record another boot's), the
     ancestors tether protects were none, and a keeper's subtree read as the
     keeper gone. Each now raises."""
-    result = _child(
+    result = _child_low(
         tmp_path,
         """
         import subprocess
@@ -140,32 +94,6 @@ def test_a_supervised_job_out_of_descriptors_is_not_taken_for_orphaned(tmp_path:
 
 # -- the capture before cgroup.kill ---------------------------------------------
 
-_LEADER = (
-    "import subprocess, sys\n"
-    "kids = [subprocess.Popen(['sleep', f'{700 + i}']) for i in range(int(sys.argv[2]))]\n"
-    "with open(sys.argv[1] + '.tmp', 'w') as f:\n"
-    "    f.write(' '.join(str(k.pid) for k in kids))\n"
-    "import os; os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
-    "[k.wait() for k in kids]\n"
-)
-
-
-def _kill_listed_sleeps(ready: Path) -> None:
-    """The child failed: the leader's sleeps (listed in ``ready``), by pid and
-    the command line the leader gave them."""
-    try:
-        pids = [int(p) for p in ready.read_text().split()]
-    except (OSError, ValueError):
-        return
-    for pid in pids:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        st = proc_stat(pid)
-        if st is not None and cmdline.startswith(b"sleep\0" + b"7"):
-            kill_identity(pid, st.starttime)
-
 
 @needs_cgroup
 def test_a_capture_whose_check_listing_fails_says_what_it_did_not_name(tmp_path: Path) -> None:
@@ -175,63 +103,48 @@ def test_a_capture_whose_check_listing_fails_says_what_it_did_not_name(tmp_path:
     nothing was said, so the report named none of the processes the kill
     took. Now none is named (unproven) and the caveat counts them."""
     ready = tmp_path / "ready"
-    try:
-        result = _child(
-            tmp_path,
-            """
-            import subprocess, time
-            import tether
-            from tether import membership
-            from tether._platform.linux import cgroupfs
+    result, kids = run_sleeps_child(
+        tmp_path,
+        ready,
+        """
+        import subprocess, time
+        import tether
+        from tether import membership
+        from tether._platform.linux import cgroupfs
 
-            real_capture = membership.capture
-            real_procs = cgroupfs.JobCgroup.procs
-            armed, hits = [False], []
-            def capture(pids):
-                rows = real_capture(pids)
-                armed[0] = rows is not None  # the check that follows the capture
-                return rows
-            def procs(self):
-                if not armed[0]:
-                    return real_procs(self)
-                armed[0] = False
-                got = at_limit(real_procs, self)
-                hits.append(got)
-                if got[0] == "error":
-                    raise OSError(got[1], os.strerror(got[1]))
-                return got[1]
-            membership.capture = capture
-            cgroupfs.JobCgroup.procs = procs
+        real_capture = membership.capture
+        real_procs = cgroupfs.JobCgroup.procs
+        armed, hits = [False], []
+        def capture(pids):
+            rows = real_capture(pids)
+            armed[0] = rows is not None  # the check that follows the capture
+            return rows
+        def procs(self):
+            if not armed[0]:
+                return real_procs(self)
+            armed[0] = False
+            got = at_limit(real_procs, self)
+            hits.append(got)
+            if got[0] == "error":
+                raise OSError(got[1], os.strerror(got[1]))
+            return got[1]
+        membership.capture = capture
+        cgroupfs.JobCgroup.procs = procs
 
-            ready, n = sys.argv[2], 5
-            # The cgroup alone: no later scan (subreaper, session, walk) can
-            # name a member after the kill.
-            job = tether.start([sys.executable, "-c", sys.argv[3], ready, str(n)],
-                               trackers="cgroup", policy="KILL", stdin=subprocess.DEVNULL)
-            try:
-                deadline = time.monotonic() + 30
-                while not os.path.exists(ready) and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                with open(ready) as f:
-                    kids = [int(p) for p in f.read().split()]
-                starts = {}
-                for pid in kids:
-                    with open(f"/proc/{pid}/stat", "rb") as f:
-                        starts[pid] = int(f.read().rsplit(b")", 1)[1].split()[19])
-                report = job.cancel("test")
-            finally:
-                membership.capture = real_capture
-                cgroupfs.JobCgroup.procs = real_procs
-                job.cancel("cleanup")
-            done(leader=job.pid, kids=starts, hits=hits, complete=report.complete,
-                 named=[m.pid for m in report.members], caveats=list(report.caveats))
-            """,
-            args=(str(ready), _LEADER),
-        )
-    except BaseException:
-        _kill_listed_sleeps(ready)
-        raise
-    kids = {int(pid): st for pid, st in result["kids"].items()}
+        ready, n = sys.argv[2], 5
+        # The cgroup alone: no later scan (subreaper, session, walk) can
+        # name a member after the kill.
+        job, starts = start_sleeps(ready, sys.argv[3], n, trackers="cgroup")
+        try:
+            report = job.cancel("test")
+        finally:
+            membership.capture = real_capture
+            cgroupfs.JobCgroup.procs = real_procs
+            job.cancel("cleanup")
+        done(leader=job.pid, kids=starts, hits=hits, complete=report.complete,
+             named=[m.pid for m in report.members], caveats=list(report.caveats))
+        """,
+    )
     try:
         assert result["hits"] == [["error", 24]], result["hits"]
         assert result["complete"], result
@@ -271,7 +184,7 @@ def test_a_cgroup_not_listed_is_not_taken_for_one_without_us(tmp_path: Path) -> 
     assert parent is not None
     path = os.path.join(parent, name)
     try:
-        result = _child(
+        result = _child_low(
             tmp_path,
             """
             from tether._platform.linux import cgroupfs
@@ -333,7 +246,7 @@ def test_a_service_cgroup_not_listed_stops_the_pruner(tmp_path: Path) -> None:
             start_new_session=True,  # not the pruner's own session (never a stray)
         )
         Path(service, "cgroup.procs").write_text(str(sleeper.pid))
-        result = _child(
+        result = _child_low(
             tmp_path,
             """
             from tether.prune import sources
@@ -420,7 +333,7 @@ def test_a_cookie_or_a_cgroup_not_read_is_not_no_member(tmp_path: Path) -> None:
             start_new_session=True,
         )
         Path(path, "cgroup.procs").write_text(str(sleeper.pid))
-        result = _child(
+        result = _child_low(
             tmp_path,
             """
             from tether._platform.linux import cgroupfs
@@ -481,7 +394,7 @@ def test_a_cgroup_probe_out_of_descriptors_is_not_no_cgroup(tmp_path: Path) -> N
     then ran every later job of a long-lived caller without a cgroup (its
     status giving a reason that is not true), and `tether reap` ignored a
     crashed job's recorded cgroup. Each now raises, and nothing is kept."""
-    result = _child(
+    result = _child_low(
         tmp_path,
         """
         from tether._platform.linux import cgroupfs
@@ -516,7 +429,7 @@ def test_a_tagged_process_not_read_is_not_untagged(tmp_path: Path) -> None:
         start_new_session=True,
     )
     try:
-        result = _child(
+        result = _child_low(
             tmp_path,
             """
             from tether.tracking.gid import processes_with_supplementary_gid
@@ -546,7 +459,7 @@ def test_a_journal_record_not_read_stops_the_pruner(tmp_path: Path) -> None:
     Now it is a SourceError (nothing is killed). A record read and refused
     (corrupt) still vouches for nothing, as before."""
     journal_dir = tmp_path / "journal"
-    result = _child(
+    result = _child_low(
         tmp_path,
         """
         from tether.journal import Identity, Journal, new_record
@@ -595,7 +508,7 @@ def test_a_keeper_context_not_read_is_an_error(tmp_path: Path) -> None:
     whether a waiting keeper may run the caller's next job. Read out of
     descriptors, it lacked the capability and seccomp lines: two such
     contexts compared equal across a drop of privileges. It is raised now."""
-    result = _child(
+    result = _child_low(
         tmp_path,
         """
         from tether import keeper

@@ -17,86 +17,23 @@ own, not the test runner's) that writes what it saw as JSON to a file.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import select
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fd_child import HIGH, LEADER, LOW, SLEEPS, kill_listed_sleeps, run_child, run_sleeps_child
 
 from helpers import cgroup_writable, kill_identity, proc_stat
 from tether._fdwait import wait_readable, wait_writable
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-#: Every child: tether from this tree, its result written to argv[1].
-_PRELUDE = """
-import json, os, resource, sys
-sys.path[:0] = [{src!r}]
-OUT = sys.argv[1]
-def done(**result):
-    with open(OUT, "w") as f:
-        json.dump(result, f)
-"""
-
-#: Takes every descriptor number up to 1100: what the child opens next is
-#: numbered above (past FD_SETSIZE, 1024).
-_HIGH = """
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
-_null = os.open(os.devnull, os.O_RDONLY)
-_held = [_null]
-while _held[-1] < 1100:
-    _held.append(os.dup(_null))
-def next_fd():
-    fd = os.dup(_null)
-    os.close(fd)
-    return fd
-assert next_fd() > 1100
-"""
-
-#: ``with_free(k)``: the soft limit set so that exactly k descriptors can be
-#: opened (open() takes the lowest free number: the k-th opened is the
-#: first one out of reach); ``restore()`` puts it back.
-_LOW = """
-_SOFT, _HARD = resource.getrlimit(resource.RLIMIT_NOFILE)
-def with_free(k):
-    probe = [os.open(os.devnull, os.O_RDONLY) for _ in range(k + 1)]
-    for fd in probe:
-        os.close(fd)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (probe[k], _HARD))
-def restore():
-    resource.setrlimit(resource.RLIMIT_NOFILE, (_SOFT, _HARD))
-def open_fds():
-    return sorted(int(n) for n in os.listdir("/proc/self/fd"))
-"""
 
 needs_high_fds = pytest.mark.skipif(
     resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 4096,
     reason="the hard RLIMIT_NOFILE is below 4096",
 )
 needs_cgroup = pytest.mark.skipif(not cgroup_writable(), reason="needs cgroup v2 write access")
-
-
-def _child(tmp_path: Path, body: str, *parts: str, args: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run ``body`` after the prelude and ``parts`` in a child python; its result."""
-    out = tmp_path / "result.json"
-    code = _PRELUDE.format(src=SRC) + "".join(parts) + textwrap.dedent(body)
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(out), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result: dict[str, Any] = json.loads(out.read_text())
-    return result
 
 
 # -- the helper itself: select()'s answers -------------------------------------
@@ -148,7 +85,7 @@ def test_the_ssh_process_waits_and_its_connection_reads_past_fd_1023(tmp_path: P
     fake_ssh = tmp_path / "ssh"
     fake_ssh.write_text("#!/bin/sh\necho hello\nread _line\nexit 0\n")
     fake_ssh.chmod(0o755)
-    result = _child(
+    result = run_child(
         tmp_path,
         """
         import time
@@ -176,7 +113,7 @@ def test_the_ssh_process_waits_and_its_connection_reads_past_fd_1023(tmp_path: P
             closed = conn.close(60)
         done(fds=fds, running=running, rc=rc, line=line.decode(), closed=closed)
         """,
-        _HIGH,
+        HIGH,
         args=(str(fake_ssh),),
     )
     assert min(result["fds"]) > 1100, result
@@ -190,7 +127,7 @@ def test_a_library_job_from_its_keeper_is_waited_for_past_fd_1023(tmp_path: Path
     """tether.start through the job keeper (KeptPopen: its status socket,
     the leader's pidfd; for the second job, the idle keeper's readiness),
     every descriptor above 1100."""
-    result = _child(
+    result = run_child(
         tmp_path,
         """
         import tether
@@ -215,7 +152,7 @@ def test_a_library_job_from_its_keeper_is_waited_for_past_fd_1023(tmp_path: Path
             runs.append([kept, rc, report.complete])
         done(runs=runs, said=said)
         """,
-        _HIGH,
+        HIGH,
     )
     assert all(kept for kept, _rc, _complete in result["runs"]), result
     assert [rc for _kept, rc, _complete in result["runs"]] == [7, 8], result
@@ -227,7 +164,7 @@ def test_a_library_job_from_its_keeper_is_waited_for_past_fd_1023(tmp_path: Path
 def test_a_watchdogs_exit_is_waited_for_past_fd_1023(tmp_path: Path) -> None:
     """job._wait_watchdog_exit: a timed wait on an unreaped child's pidfd,
     which it leaves unreaped."""
-    result = _child(
+    result = run_child(
         tmp_path,
         """
         import signal
@@ -244,7 +181,7 @@ def test_a_watchdogs_exit_is_waited_for_past_fd_1023(tmp_path: Path) -> None:
         _pid, status = os.waitpid(pid, 0)
         done(alive=alive, exited=exited is not None, status=os.waitstatus_to_exitcode(status))
         """,
-        _HIGH,
+        HIGH,
     )
     assert result == {"alive": True, "exited": True, "status": -9}
 
@@ -253,7 +190,7 @@ def test_a_watchdogs_exit_is_waited_for_past_fd_1023(tmp_path: Path) -> None:
 def test_the_agent_writes_and_stops_past_fd_1023(tmp_path: Path) -> None:
     """The remote agent's channel write (waits for a full pipe to drain) and
     its stop of one of tether's own processes (waits on its pidfd)."""
-    result = _child(
+    result = run_child(
         tmp_path,
         """
         import subprocess, threading
@@ -289,7 +226,7 @@ def test_the_agent_writes_and_stops_past_fd_1023(tmp_path: Path) -> None:
             exited=exited is not None, rc=rc,
         )
         """,
-        _HIGH,
+        HIGH,
     )
     assert min(result["fds"]) > 1100
     assert result["written"] == 1 << 20
@@ -306,7 +243,7 @@ def test_the_ssh_process_closes_its_pipes_when_out_of_fds(tmp_path: Path) -> Non
     at every shortfall the OSError leaves the open set as it was, and a
     child it does start never holds a descriptor we were given (the listing
     failing for want of a descriptor is not "none to close")."""
-    result = _child(
+    result = run_child(
         tmp_path,
         """
         from tether.remote.client import _SshProcess
@@ -341,7 +278,7 @@ def test_the_ssh_process_closes_its_pipes_when_out_of_fds(tmp_path: Path) -> Non
             os.close(fd)
         done(normal=normal, closed_stdio=attempts())
         """,
-        _LOW,
+        LOW,
     )
     for case in ("normal", "closed_stdio"):
         rows = result[case]
@@ -356,43 +293,6 @@ def test_the_ssh_process_closes_its_pipes_when_out_of_fds(tmp_path: Path) -> Non
     assert len([r for r in result["closed_stdio"] if r[1]]) == 7, result["closed_stdio"]
 
 
-_LEADER = (
-    "import os, subprocess, sys\n"
-    "kids = [subprocess.Popen(['sleep', f'{800 + i}']) for i in range(int(sys.argv[2]))]\n"
-    "with open(sys.argv[1] + '.tmp', 'w') as f:\n"
-    "    f.write(' '.join(str(k.pid) for k in kids))\n"
-    "os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
-    "[k.wait() for k in kids]\n"
-)
-
-#: In a child: ``start_sleeps(ready, leader, n)`` starts the _LEADER job with
-#: n sleeps (cgroup and keeper as tether.start picks them); the job and the
-#: sleeps' start times by pid, once all run.
-_SLEEPS = """
-import subprocess, time
-import tether
-def start_sleeps(ready, leader, n):
-    job = tether.start(
-        [sys.executable, "-c", leader, ready, str(n)],
-        trackers="auto", policy="KILL", stdin=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(ready) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        with open(ready) as f:
-            kids = [int(p) for p in f.read().split()]
-        starts = {}
-        for pid in kids:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                starts[pid] = int(f.read().rsplit(b")", 1)[1].split()[19])
-    except BaseException:
-        job.cancel("cleanup")
-        raise
-    return job, starts
-"""
-
-
 @needs_cgroup
 @pytest.mark.parametrize("free", [0, 4])
 def test_a_frozen_cgroup_read_member_by_member_at_the_fd_limit_is_killed_whole(
@@ -404,9 +304,9 @@ def test_a_frozen_cgroup_read_member_by_member_at_the_fd_limit_is_killed_whole(
     without naming them."""
     ready = tmp_path / "ready"
     try:
-        result = _run_frozen_cgroup_child(tmp_path, ready, free)
+        result = _run_frozen_cgrouprun_child(tmp_path, ready, free)
     except BaseException:
-        _kill_listed_sleeps(ready)
+        kill_listed_sleeps(ready)
         raise
     kids = {int(pid): st for pid, st in result["kids"].items()}
     try:
@@ -431,8 +331,8 @@ def test_a_frozen_cgroup_read_member_by_member_at_the_fd_limit_is_killed_whole(
             kill_identity(*ident)
 
 
-def _run_frozen_cgroup_child(tmp_path: Path, ready: Path, free: int) -> dict[str, Any]:
-    return _child(
+def _run_frozen_cgrouprun_child(tmp_path: Path, ready: Path, free: int) -> dict[str, Any]:
+    return run_child(
         tmp_path,
         """
         from tether import membership
@@ -470,27 +370,10 @@ def _run_frozen_cgroup_child(tmp_path: Path, ready: Path, free: int) -> dict[str
             caveats=[] if report is None else list(report.caveats),
         )
         """,
-        _LOW,
-        _SLEEPS,
-        args=(str(free), str(ready), _LEADER),
+        LOW,
+        SLEEPS,
+        args=(str(free), str(ready), LEADER),
     )
-
-
-def _kill_listed_sleeps(ready: Path) -> None:
-    """The child failed: its leader's sleeps (listed in ``ready``), by their
-    pid and the command line the leader gave them."""
-    try:
-        pids = [int(p) for p in ready.read_text().split()]
-    except (OSError, ValueError):
-        return
-    for pid in pids:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        st = proc_stat(pid)
-        if st is not None and cmdline.startswith(b"sleep\0" + b"8"):
-            kill_identity(pid, st.starttime)
 
 
 def test_a_process_opened_at_the_fd_limit_leaves_no_descriptor_behind(tmp_path: Path) -> None:
@@ -499,7 +382,7 @@ def test_a_process_opened_at_the_fd_limit_leaves_no_descriptor_behind(tmp_path: 
     "gone") and every descriptor it took is closed again. A pidfd_open out
     of descriptors system-wide (ENFILE, which dup() of the dirfd would not
     meet) is raised too, not taken for a kernel without pidfds."""
-    result = _child(
+    result = run_child(
         tmp_path,
         """
         from tether._platform.linux import open_process_info, _dirfd_handles
@@ -534,7 +417,7 @@ def test_a_process_opened_at_the_fd_limit_leaves_no_descriptor_behind(tmp_path: 
         done(rows=out, enfile=enfile, enfile_closed=open_fds() == before,
              dirfd_handles=bool(_dirfd_handles[0]))
         """,
-        _LOW,
+        LOW,
     )
     rows = result["rows"]
     assert all(same for _k, _errno, same in rows), rows
@@ -552,7 +435,7 @@ def test_a_connection_whose_reader_cannot_start_leaves_no_ssh_behind(tmp_path: P
     fake_ssh = tmp_path / "ssh"
     fake_ssh.write_text(f"#!/bin/sh\necho $$ > {tmp_path / 'ssh.pid'}\nexec sleep 60\n")
     fake_ssh.chmod(0o755)
-    result = _child(
+    result = run_child(
         tmp_path,
         """
         import threading, time
@@ -588,7 +471,7 @@ def test_a_connection_whose_reader_cannot_start_leaves_no_ssh_behind(tmp_path: P
             pass
         done(error=error, same_fds=open_fds() == before, ssh_pid=ssh_pid, unreaped=unreaped)
         """,
-        _LOW,
+        LOW,
         args=(str(fake_ssh),),
     )
     assert result["error"] is not None and "cannot start a reader for ssh" in result["error"]
@@ -605,7 +488,7 @@ def test_a_cgroup_listed_at_the_fd_limit_is_an_error_not_empty(tmp_path: Path) -
     "no processes" (the capture before cgroup.kill names what it lists; the
     pruner takes a job it cannot list for a source error, not for strays);
     a cgroup removed meanwhile is still empty."""
-    result = _child(
+    result = run_child(
         tmp_path,
         """
         from tether._platform.linux import cgroupfs
@@ -639,7 +522,7 @@ def test_a_cgroup_listed_at_the_fd_limit_is_an_error_not_empty(tmp_path: Path) -
         gone = cgroupfs.JobCgroup(cg.path).procs()
         done(got=got, pruner=pruner, gone=gone)
         """,
-        _LOW,
+        LOW,
     )
     assert result["got"]["flat"] == ["error", 24], result
     assert result["got"]["nested"] == ["error", 24], result
@@ -653,40 +536,33 @@ def test_a_frozen_cgroup_not_listed_at_the_fd_limit_is_killed_and_said(tmp_path:
     descriptor left for cgroup.procs): the cancel goes on, cgroup.kill
     takes every process, and the report says it could not name them."""
     ready = tmp_path / "ready"
-    try:
-        result = _child(
-            tmp_path,
-            """
-            from tether import membership
+    result, kids = run_sleeps_child(
+        tmp_path,
+        ready,
+        """
+        from tether import membership
 
-            real = membership.Membership._capture_cgroup
-            calls = []
-            def at_the_limit(self):
-                with_free(0)
-                try:
-                    return real(self)
-                finally:
-                    restore()
-                    calls.append(1)
-            membership.Membership._capture_cgroup = at_the_limit
-
-            job, starts = start_sleeps(sys.argv[2], sys.argv[3], 5)
+        real = membership.Membership._capture_cgroup
+        calls = []
+        def at_the_limit(self):
+            with_free(0)
             try:
-                report = job.cancel("test")
+                return real(self)
             finally:
-                membership.Membership._capture_cgroup = real
-                job.cancel("cleanup")
-            done(kids=starts, calls=len(calls), complete=report.complete,
-                 caveats=list(report.caveats))
-            """,
-            _LOW,
-            _SLEEPS,
-            args=(str(ready), _LEADER),
-        )
-    except BaseException:
-        _kill_listed_sleeps(ready)
-        raise
-    kids = {int(pid): st for pid, st in result["kids"].items()}
+                restore()
+                calls.append(1)
+        membership.Membership._capture_cgroup = at_the_limit
+
+        job, starts = start_sleeps(sys.argv[2], sys.argv[3], 5)
+        try:
+            report = job.cancel("test")
+        finally:
+            membership.Membership._capture_cgroup = real
+            job.cancel("cleanup")
+        done(kids=starts, calls=len(calls), complete=report.complete,
+             caveats=list(report.caveats))
+        """,
+    )
     try:
         assert result["calls"], "the capture did not run: nothing tested"
         assert result["complete"]
