@@ -887,11 +887,15 @@ class Membership:
         with it, and said in a caveat (:attr:`caveats`) unless named after
         all. A pid is reused: one an exited member had is named only by a
         member of another start time."""
-        known: dict[int, set[int]] = {}
+        pids = set(pids) - self._unread.keys()
+        if not pids:
+            return  # the usual cancel: every member read (no pass over the members)
+        known: dict[int, set[int]] = {pid: set() for pid in pids}
         for pid, starttime in self._by_identity:
-            known.setdefault(pid, set()).add(starttime)
-        for pid in pids:
-            self._unread.setdefault(pid, frozenset(known.get(pid, ())))
+            if pid in known:
+                known[pid].add(starttime)
+        for pid, starttimes in known.items():
+            self._unread[pid] = frozenset(starttimes)
 
     def _adopt_captured(self, captured: _Captured) -> list[Member]:
         """The new members a capture holds, oldest first.
@@ -1085,6 +1089,8 @@ class Membership:
         # capture read it. An unread one has no start time of its own: a
         # member found since under its pid, with a start time not known
         # for that pid before, names it.
+        if not self._unread:
+            return self._caveats
         named = {
             pid
             for pid, starttime in self._by_identity
