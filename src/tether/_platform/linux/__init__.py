@@ -400,16 +400,17 @@ def starttime_to_epoch(starttime: int) -> float:
 
 
 def boot_id() -> str:
-    """This boot's id; "" where the kernel has none. Any other failure to
-    read it (EMFILE) is raised: "" makes every record read as another
-    boot's, whose supervisor counts as gone (the pruner's strays)."""
+    """This boot's id; "" where the kernel has none or never lets us read it
+    (a sandbox's /proc: then every record says "" alike). A failure that
+    passes (EMFILE) is raised: "" against a record's real id makes it read
+    as another boot's, whose supervisor counts as gone (the pruner's strays)."""
     if _boot_id:
         return _boot_id[0]  # it changes with a reboot only
     try:
         # Bytes decoded here: a text open looks the codec up (an import).
         with open(_BOOT_ID, "rb") as f:
             found = f.read(64).strip().decode("ascii")
-    except (FileNotFoundError, UnicodeDecodeError):
+    except (FileNotFoundError, PermissionError, UnicodeDecodeError):
         return ""
     if found:
         _boot_id.append(found)

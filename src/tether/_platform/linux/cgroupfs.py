@@ -33,11 +33,12 @@ def find_cgroup2_mount(mountinfo: str = _MOUNTINFO) -> str | None:
                 if right.split(" ", 1)[0] == "cgroup2":
                     mount_point = left.split(" ")[4]
                     return _unescape_octal(mount_point) if "\\" in mount_point else mount_point
-    except FileNotFoundError:
-        # No such file: no cgroup2 to find. Any other failure (EMFILE) is
-        # raised, not "none mounted": the probe is kept for the process's
-        # life (every later job would run without a cgroup, for a reason
-        # that is not true), and recovery would ignore a crashed job's cgroup.
+    except (FileNotFoundError, PermissionError):
+        # No such file (or never ours to read): no cgroup2 to find. A
+        # failure that passes (EMFILE) is raised, not "none mounted": the
+        # probe is kept for the process's life (every later job would run
+        # without a cgroup, for a reason that is not true), and recovery
+        # would ignore a crashed job's cgroup.
         return None
     return None
 
@@ -68,8 +69,8 @@ def own_cgroup_path(pid: int | str = "self") -> str | None:
                 if line.startswith(b"0::"):
                     return line[3:].rstrip(b"\n").decode("utf-8", "surrogateescape")
     except OSError as err:
-        if err.errno in (errno.ENOENT, errno.ESRCH):
-            return None  # no such process
+        if err.errno in (errno.ENOENT, errno.ESRCH, errno.EACCES, errno.EPERM):
+            return None  # no such process, or hidden from us
         raise  # EMFILE: not "outside the unified hierarchy" (see find_cgroup2_mount)
     return None
 
