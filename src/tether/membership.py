@@ -11,7 +11,6 @@ import os
 import resource
 import select
 import time
-from errno import EMFILE, ENFILE
 
 from tether import _signals
 from tether._once import once
@@ -23,7 +22,12 @@ from tether._platform.linux import (
     parse_captured,
 )
 from tether._platform.linux.cgroupfs import JobCgroup
-from tether._platform.linux.procfs import kernel_thread, parse_cmdline, split_stat
+from tether._platform.linux.procfs import (
+    OUT_OF_DESCRIPTORS,
+    kernel_thread,
+    parse_cmdline,
+    split_stat,
+)
 from tether._records import NamedTuple
 from tether.errors import NoSuchProcessError, UnsafeTargetError, UsageError
 from tether.evidence import WEAK_TRACKERS, tree_cookie
@@ -970,7 +974,7 @@ class Membership:
                 try:
                     got = open_process_info(pid, None, ("cmdline",))
                 except OSError as err:
-                    if err.errno not in (EMFILE, ENFILE):
+                    if err.errno not in OUT_OF_DESCRIPTORS:
                         raise
                     unopened.append(pid)
                     continue

@@ -99,11 +99,7 @@ def test_the_ssh_process_waits_and_its_connection_reads_past_fd_1023(tmp_path: P
             proc.kill()
             rc = proc.wait(60)
         finally:
-            proc.kill()
-            proc.wait()
-            proc.release()
-            for f in (proc.stdin, proc.stdout, proc.stderr):
-                f.close()
+            proc.abandon()
         conn = Connection(Target("h"), SshOptions(program=sys.argv[2], engine="sh"))
         try:
             fds.append(conn._out)
@@ -265,9 +261,7 @@ def test_the_ssh_process_closes_its_pipes_when_out_of_fds(tmp_path: Path) -> Non
                     continue
                 restore()
                 rc = proc.wait(60)
-                proc.release()
-                for f in (proc.stdin, proc.stdout, proc.stderr):
-                    f.close()
+                proc.abandon()
                 out.append([k, 0, open_fds() == before, rc])
             return out
 

@@ -108,11 +108,7 @@ def test_wait_with_a_timeout_then_kill() -> None:
         proc.kill()
         assert proc.returncode == -9
     finally:
-        proc.kill()
-        proc.wait()
-        proc.release()
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            f.close()
+        proc.abandon()
 
 
 def test_a_missing_ssh_program_is_the_hosts_error(tmp_path: Path) -> None:

@@ -419,7 +419,9 @@ def _failed(err: Exception, command: str | None, args: list[str], bad_input: int
         echo_err(f"tether: {err}")
         return code
     if isinstance(err, OSError):
-        if err.errno in (24, 23):  # EMFILE, ENFILE (no errno import at start-up)
+        from tether._platform.linux.procfs import OUT_OF_DESCRIPTORS
+
+        if err.errno in OUT_OF_DESCRIPTORS:
             # Out of descriptors mid-work, not bad input: what was asked may
             # be half done (the command's "not all done" status).
             echo_err(

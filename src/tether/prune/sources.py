@@ -22,7 +22,6 @@ Interactive sessions are found from the process table itself
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import pwd
 import re
@@ -31,7 +30,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from tether._platform.linux.cgroupfs import JobCgroup
+from tether._platform.linux.cgroupfs import JobCgroup, cgroup_removed
 from tether._records import dataclass, field
 from tether.errors import TetherError
 from tether.prune.scan import Table
@@ -297,7 +296,7 @@ def system_service_pids(path: str | None) -> set[int]:
         return out
 
     def unlisted(err: OSError) -> None:
-        if err.errno not in (errno.ENOENT, errno.ENODEV):
+        if not cgroup_removed(err):
             raise SourceError("system.slice", f"cannot list {err.filename!r}: {err.strerror}")
 
     for dirpath, dirs, _files in os.walk(path, onerror=unlisted):

@@ -14,7 +14,6 @@ business: tether passes ``-F FILE`` and ``-o OPTION`` through and adds only
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
@@ -24,6 +23,7 @@ from collections.abc import Callable, Sequence
 from tether import supervise
 from tether._compact_json import dumps as compact_json
 from tether._fdwait import wait_readable
+from tether._platform.linux.procfs import OUT_OF_DESCRIPTORS
 from tether._records import dataclass, field, replace
 from tether.errors import TetherError
 from tether.policy import Policy
@@ -253,6 +253,18 @@ class _SshProcess:
                 except ProcessLookupError:
                     pass
 
+    def abandon(self, timeout: float = 5.0) -> None:
+        """Kill it, reap it (waiting at most ``timeout``), close its pidfd and
+        pipes: nothing of it is kept."""
+        self.kill()
+        self.wait(timeout)
+        self.release()
+        for pipe in (self.stdin, self.stdout, self.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+
     def release(self) -> None:
         """Close the pidfd (once reaped, or given up on)."""
         with self._lock:
@@ -288,7 +300,7 @@ def _inherited_fds() -> list[int]:
     try:
         names = os.listdir("/proc/self/fd")
     except OSError as err:
-        if err.errno in (errno.EMFILE, errno.ENFILE):
+        if err.errno in OUT_OF_DESCRIPTORS:
             raise  # not "none": the child would keep whatever we were given
         return []
     out = []
@@ -333,21 +345,10 @@ class Connection:
         except BaseException as err:
             # No Connection to close it: ssh and its pipes go now (a fan-out
             # at its thread limit would otherwise keep one of each per host).
-            self._abandon()
+            self.proc.abandon()
             if isinstance(err, RuntimeError):  # "can't start new thread"
                 raise RemoteError(self.label, f"cannot start a reader for ssh: {err}") from None
             raise
-
-    def _abandon(self) -> None:
-        """Kill and reap ssh, close its pipes: the constructor failed."""
-        self.proc.kill()
-        self.proc.wait(5.0)
-        self.proc.release()
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                pipe.close()
-            except OSError:
-                pass
 
     # -- ssh's own stderr: the reason when a connection fails --------------
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
-
-from tether._platform.linux.cgroupfs import JobCgroup
+from tether._platform.linux.cgroupfs import JobCgroup, cgroup_removed
 from tether.tracking.base import Table
 
 # Not typing.TYPE_CHECKING: typing stays unimported at run time.
@@ -32,6 +30,6 @@ class CgroupTracker:
             # process left in it. Any other failure (EMFILE) is raised: "no
             # member" would let a scan take the tree for empty, and the
             # policy's polite steps would skip what only the cgroup holds.
-            if err.errno in (errno.ENOENT, errno.ENODEV):
+            if cgroup_removed(err):
                 return ()
             raise

@@ -455,8 +455,8 @@ def open_process_info(
             except OSError as err:
                 if err.errno == errno.ESRCH:
                     return None
-                if err.errno in (errno.EMFILE, errno.ENFILE):
-                    raise  # out of descriptors, not a kernel without pidfds
+                if err.errno in procfs.OUT_OF_DESCRIPTORS:
+                    raise  # not a kernel without pidfds
                 # No pidfd support: the dirfd itself is accepted by
                 # pidfd_send_signal (Linux >= 5.1), keep a dup of it.
                 pidfd = os.dup(d.fd)

@@ -15,6 +15,7 @@ import os
 import select
 import time
 
+from tether._platform.linux import procfs
 from tether._records import dataclass
 
 _MOUNTINFO = "/proc/self/mountinfo"
@@ -69,7 +70,7 @@ def own_cgroup_path(pid: int | str = "self") -> str | None:
                 if line.startswith(b"0::"):
                     return line[3:].rstrip(b"\n").decode("utf-8", "surrogateescape")
     except OSError as err:
-        if err.errno in (errno.ENOENT, errno.ESRCH, errno.EACCES, errno.EPERM):
+        if err.errno in procfs.NOT_READABLE:
             return None  # no such process, or hidden from us
         raise  # EMFILE: not "outside the unified hierarchy" (see find_cgroup2_mount)
     return None
@@ -107,9 +108,10 @@ def probe(mount: str | None = None) -> CgroupProbe:
     return CgroupProbe(parent, f"job cgroups under {parent}")
 
 
-def _removed(err: OSError) -> bool:
+def cgroup_removed(err: OSError) -> bool:
     """The cgroup (or the file) is gone: ENOENT at open, ENODEV for a file
-    of a cgroup removed under an open descriptor."""
+    of a cgroup removed under an open descriptor. The one error of a cgroup
+    read that means "holds nothing"."""
     return err.errno in (errno.ENOENT, errno.ENODEV)
 
 
@@ -156,7 +158,7 @@ class JobCgroup:
                 with open(os.path.join(self.path, "cgroup.procs"), "rb") as f:
                     return [int(x) for x in f.read().split()]
         except OSError as err:
-            if not _removed(err):
+            if not cgroup_removed(err):
                 raise
             if not os.path.lexists(self.path):
                 return []
@@ -164,7 +166,7 @@ class JobCgroup:
             # listed below, directory by directory.
 
         def unless_removed(err: OSError) -> None:
-            if not _removed(err):
+            if not cgroup_removed(err):
                 raise err
 
         for dirpath, _dirs, _files in os.walk(self.path, onerror=unless_removed):
@@ -172,7 +174,7 @@ class JobCgroup:
                 with open(os.path.join(dirpath, "cgroup.procs"), "rb") as f:
                     out.extend(int(x) for x in f.read().split())
             except OSError as err:
-                if not _removed(err):
+                if not cgroup_removed(err):
                     raise
         return out
 

@@ -170,6 +170,9 @@ class ProcDir:
 #: Errors of a /proc/PID read that say only that this process is not one to
 #: read: it is gone, or hidden from this user (hidepid).
 NOT_READABLE = frozenset({errno.ENOENT, errno.ESRCH, errno.EACCES, errno.EPERM})
+#: This process (or the system) is out of descriptors: says nothing of the
+#: file or process asked for, which must not read as gone or empty.
+OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 
 
 def read_stat(pid: int, *, strict: bool = False) -> bytes:
